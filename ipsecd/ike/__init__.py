@@ -1,0 +1,1 @@
+"""IKE (ISAKMP/Oakley, IKEv1): the key exchange component of ipsecd."""

@@ -1,0 +1,1 @@
+"""lab: bring ipsec-lab topologies up in Docker, drive traffic, assert on captures."""

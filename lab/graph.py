@@ -37,9 +37,13 @@ def to_dot(topology: Topology) -> str:
             f'  "{node.name}" [shape=box, style="rounded,filled", fillcolor="{COLOURS[node.role]}", '
             f'label="{node.name}\\n({node.role}){extra}"];'
         )
+    rank = _walk_order(topology)
+    for node in topology.nodes.values():
         for iface in node.interfaces.values():
-            address = iface.address or ""
-            lines.append(f'  "{node.name}" -- "seg:{iface.segment}" [label="{iface.name}\\n{address}"];')
+            ends = [f'"{node.name}"', f'"seg:{iface.segment}"']
+            if rank[f"seg:{iface.segment}"] < rank[node.name]:
+                ends.reverse()  # draw left to right in the order a packet would walk the topology
+            lines.append(f'  {ends[0]} -- {ends[1]} [label="{iface.name}\\n{iface.address or ""}"];')
     return "\n".join([*lines, "}", ""])
 
 
@@ -52,3 +56,21 @@ def render(topology: Topology, output: Path) -> Path:
     else:
         subprocess.run(["dot", f"-T{fmt}", "-o", str(output)], input=dot, text=True, check=True)
     return output
+
+
+def _walk_order(topology: Topology) -> dict[str, int]:
+    """Breadth-first order over nodes and segments, starting at the first node."""
+    neighbours: dict[str, list[str]] = {}
+    for node in topology.nodes.values():
+        for iface in node.interfaces.values():
+            neighbours.setdefault(node.name, []).append(f"seg:{iface.segment}")
+            neighbours.setdefault(f"seg:{iface.segment}", []).append(node.name)
+    order: dict[str, int] = {}
+    for start in neighbours:
+        queue = [start]
+        while queue:
+            current = queue.pop(0)
+            if current not in order:
+                order[current] = len(order)
+                queue += neighbours[current]
+    return order

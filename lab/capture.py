@@ -202,6 +202,28 @@ def assert_protocol_seen(packets: Iterable, name: str, between: tuple[str, str] 
     return matching
 
 
+def assert_checksums_valid(packets: Iterable) -> int:
+    """Every IPv4, TCP, UDP and ICMP checksum on the wire is right (no offload left a partial one); returns
+    how many packets were checked."""
+    checked = 0
+    for packet in ip_packets(packets):
+        for layer in (IP, TCP, UDP, ICMP):
+            if layer not in packet or (layer is UDP and packet[UDP].chksum == 0):
+                continue
+            fresh = packet[IP].copy()
+            fresh[layer].chksum = None
+            if layer is IP:
+                fresh.chksum = None
+            expected = IP(bytes(fresh))[layer].chksum
+            if packet[layer].chksum != expected:
+                raise AssertionError(
+                    f"bad {layer.__name__} checksum {packet[layer].chksum:#06x} "
+                    f"(should be {expected:#06x}) in {packet.summary()}"
+                )
+        checked += 1
+    return checked
+
+
 def assert_marker_absent(packets: Iterable, marker: bytes) -> None:
     """The payload marker never appears in clear in any captured frame."""
     hits = [p for p in packets if marker in bytes(p)]

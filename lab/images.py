@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -199,7 +200,7 @@ class Images:
         ):
             if "error" in chunk:
                 raise ImageError(f"docker build {tag}: {chunk['error'].strip()}")
-            line = chunk.get("stream", "").rstrip()
+            line = re.sub(r"\x1b\[[0-9;]*m", "", chunk.get("stream", "")).rstrip()
             if line:
                 self.log(f"  {line}")
 

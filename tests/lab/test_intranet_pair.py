@@ -1,6 +1,12 @@
 """intranet-pair on real containers: ping and TCP between the hosts, seen in clear on the LAN."""
 
-from lab.capture import assert_marker_present, assert_only_protocols, assert_protocol_seen, assert_source_seen
+from lab.capture import (
+    assert_checksums_valid,
+    assert_marker_present,
+    assert_only_protocols,
+    assert_protocol_seen,
+    assert_source_seen,
+)
 from lab.traffic import iperf3, tcp_transfer
 
 MARKER = b"IPSEC-LAB-MARKER-"
@@ -27,6 +33,7 @@ def test_tcp_transfer_arrives_whole_and_in_clear(lab_up):
     pkts = cap.packets()
     assert_only_protocols(pkts, between=("10.0.0.1", "10.0.0.2"), allowed={"tcp/5001"})
     assert_marker_present(pkts, MARKER)
+    assert assert_checksums_valid(pkts) > 10  # TX checksum offload is off on lab links
 
 
 def test_bulk_tcp_with_iperf3(lab_up):
@@ -53,3 +60,14 @@ def test_node_handle_files_processes_and_errors(lab_up):
     assert not proc.alive()
     assert node.host.interface("eth1").addresses == ["10.0.0.1"]
     assert node.exec("ethtool -k eth1 | grep '^tx-checksumming'").stdout.strip() == "tx-checksumming: off"
+
+
+def test_ipsecd_config_from_the_topology_is_copied_into_the_node(lab_up, tmp_path, caplog):
+    config = tmp_path / "host-a.yaml"
+    config.write_text("# ipsecd node config\nrules: []\n")
+    lab = lab_up("intranet-pair", overrides={"nodes": {"host-a": {"ipsecd": str(config)}}}, fresh=True)
+    assert lab.node("host-a").get_file("/etc/ipsecd/ipsecd.yaml") == config.read_bytes()
+    assert lab.node("host-b").exec(["test", "-e", "/etc/ipsecd/ipsecd.yaml"]).rc == 1
+    daemon = lab.node("host-a").exec(["python3", "-c", "import ipsecd.daemon"]).ok
+    started = "ipsecd started" in caplog.text
+    assert started == daemon, caplog.text  # started exactly when the image has the daemon

@@ -14,6 +14,7 @@ lab bench                         run the benchmarks in bench/
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
@@ -30,7 +31,12 @@ DEFAULT_TOPOLOGY = "intranet-pair"
 
 
 def _lab_name(args) -> str:
-    return args.name or topologies.load(args.topology).name
+    """--name, else the topology's name; `lab down NAME` also accepts a running lab's name."""
+    if args.name:
+        return args.name
+    if args.topology not in topologies.available() and args.topology in DockerBackend().labs():
+        return args.topology
+    return topologies.load(args.topology).name
 
 
 def cmd_up(args) -> int:
@@ -58,6 +64,9 @@ def cmd_down(args) -> int:
 
 def cmd_status(args) -> int:
     rows = DockerBackend().status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
     if not rows:
         print("no lab is running")
         return 0
@@ -181,7 +190,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--name", help="lab name (default: the topology's name)")
         if name == "down":
             s.add_argument("--all", action="store_true", help="every lab on this machine")
-    verb("status", cmd_status, "running labs")
+    s = verb("status", cmd_status, "running labs")
+    s.add_argument("--json", action="store_true")
     s = verb("exec", cmd_exec, "run a command in a node")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")

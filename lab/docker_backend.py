@@ -186,6 +186,12 @@ class Node:
         )
         return process
 
+    def process(self, name: str, log: str | None = None) -> Process:
+        """The handle of a process spawned earlier under `name` (e.g. "ipsecd", started by `lab up`)."""
+        return Process(
+            self, name, log or ("/var/log/ipsecd.log" if name == "ipsecd" else f"/var/log/lab/{name}.log")
+        )
+
     def capture(self, ifname: str, name: str | None = None, bpf: str = "") -> Capture:
         """A capture of this node's interface (taken on its fabric end); use as a context manager."""
         self.spec.interfaces[ifname]
@@ -259,7 +265,7 @@ class DockerBackend:
         if not topology.runnable:
             raise LabError(f"topology {topology.name} is not runnable yet: {topology.reason}")
         if self.containers(name) or fabric_name(name) in netns.listnetns():
-            raise LabError(f"lab {name} is already up (or left over): run `lab down {name}` first")
+            raise LabError(f"lab {name} is already up (or left over): `lab down --name {name}` first")
         lab = Lab(name, topology, results_dir or RESULTS / "labs" / name, self)
         tags = {kind: self.images.ensure(kind) for kind in {n.image for n in topology.nodes.values()}}
         try:

@@ -129,6 +129,7 @@ def lab_up(
     """Factory: lab_up("intranet-pair") -> a running Lab (shared by the module unless fresh=True)."""
     results_dir = _test_dir(request)
     own = _Labs(lab_backend, suffix="-f")
+    used: list[Lab] = []
 
     def factory(topology: str, overrides: dict | None = None, fresh: bool = False) -> Lab:
         key = _key(topology, overrides)
@@ -137,7 +138,45 @@ def lab_up(
         if lab is None:
             lab = labs.up(key, topologies.load(topology, overrides), results_dir)
         lab.results_dir = results_dir
+        used.append(lab)
         return lab
 
     yield factory
+    report = request.node.stash.get(_REPORT_KEY, None)
+    if report is not None and report.failed:
+        for lab in used:
+            _save_node_state(lab, results_dir)
     own.finalize()
+
+
+_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
+
+#: What a failed test leaves behind for each node, next to its pcaps.
+NODE_STATE = (
+    "for f in /var/log/ipsecd.log /var/log/lab/*.log; do "
+    "[ -f $f ] && echo \"== $f\" && tail -n 200 $f; done; "
+    "echo '== ip addr'; ip -br addr; echo '== ip route'; ip route; echo '== ip rule'; ip rule; "
+    "echo '== nft list ruleset'; nft list ruleset; echo '== ip xfrm state'; ip xfrm state; "
+    "echo '== ps'; ps -eo pid,etime,args"
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.when == "call":
+        item.stash[_REPORT_KEY] = report
+    return report
+
+
+def _save_node_state(lab: Lab, results_dir) -> None:
+    """Logs, addresses, routes, rules and processes of every node, for a failed test."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for node in lab.nodes.values():
+        try:
+            state = node.exec(NODE_STATE, timeout=10)
+        except Exception as exc:  # a dead node is itself worth recording
+            state = f"could not read the node's state: {exc}"
+        (results_dir / f"{lab.name}-{node.name}.state.txt").write_text(
+            getattr(state, "stdout", state) + getattr(state, "stderr", "")
+        )

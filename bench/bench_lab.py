@@ -9,6 +9,7 @@ import sys
 from bench.common import Row, median_time
 from lab import topology
 from lab.docker_backend import DockerBackend
+from lab.pytest_plugin import lab_prefix
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 
@@ -16,7 +17,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 def run() -> list[Row]:
     backend = DockerBackend()
     topo = topology.load("intranet-pair")
-    name = f"{os.environ.get('LAB_PREFIX', 'b')}-bench"
+    name = f"{lab_prefix()}-bench"
     for kind in {n.image for n in topo.nodes.values()}:
         backend.images.ensure(kind)
     backend.down(name)

@@ -10,7 +10,9 @@
 - `lab_up(topology, overrides=None, fresh=False)`: `overrides` is merged into the YAML before validation
   (e.g. {"nodes": {"host-a": {"ipsecd": "/abs/path/host-a.yaml"}}}); `fresh=True` gives a lab of its own,
   torn down at the end of the test instead of being shared by the module.
-- Labs are named `<LAB_PREFIX or t>-<topology>[-n]`, so engineers sharing a machine set LAB_PREFIX.
+- Labs are named `<prefix>-<topology>[-n]`; the prefix is $LAB_PREFIX, or `t` plus a hash of the checkout's
+  path, so test runs from different worktrees on one machine never touch each other's labs.
+  `lab_name("x")` gives a test its own lab name with the same prefix.
 - pcaps and lab.json go to results/<run>/<test>/ (LAB_RESULTS, LAB_RUN override the parts).
 - Tests using these fixtures get the `lab` marker and are skipped, with the reason, without Docker or root.
 """
@@ -23,18 +25,31 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from lab import topology as topologies
 from lab.docker_backend import RESULTS, DockerBackend, Lab
 
-LAB_FIXTURES = {"lab_up", "lab_backend"}
+LAB_FIXTURES = {"lab_up", "lab_backend", "lab_name"}
 
 
 def _results_root() -> os.PathLike:
     run = os.environ.get("LAB_RUN") or time.strftime("%Y%m%d-%H%M%S")
     return RESULTS / run
+
+
+def lab_prefix() -> str:
+    """$LAB_PREFIX, else `t` and 4 hex digits of this checkout's path."""
+    checkout = str(Path(__file__).resolve().parent.parent)
+    return os.environ.get("LAB_PREFIX") or "t" + hashlib.sha256(checkout.encode()).hexdigest()[:4]
+
+
+@pytest.fixture
+def lab_name() -> Callable[[str], str]:
+    """lab_name("teardown") -> "<prefix>-teardown": a lab name of the test's own, clear of other runs."""
+    return lambda suffix: f"{lab_prefix()}-{suffix}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -90,8 +105,7 @@ class _Labs:
         return self.labs.get(key)
 
     def up(self, key: str, topo, results_dir) -> Lab:
-        prefix = os.environ.get("LAB_PREFIX", "t")
-        base = f"{prefix}-{topo.name}{self.suffix}"
+        base = f"{lab_prefix()}-{topo.name}{self.suffix}"
         name, n = base, 1
         while name in self.names:
             n += 1

@@ -17,8 +17,8 @@ def lab_cli(lab_backend, tmp_path):
     return run
 
 
-def test_up_status_exec_capture_down(lab_cli, lab_backend, tmp_path):
-    name = f"{os.environ.get('LAB_PREFIX', 't')}-cli"
+def test_up_status_exec_capture_down(lab_cli, lab_backend, lab_name, tmp_path):
+    name = lab_name("cli")
     lab_cli("down", "--name", name)
     try:
         up = lab_cli("up", "intranet-pair", "--name", name)
@@ -42,8 +42,8 @@ def test_up_status_exec_capture_down(lab_cli, lab_backend, tmp_path):
     assert lab_backend.containers(name) == []
 
 
-def test_unrunnable_topology_and_bad_file_are_refused(lab_cli, tmp_path):
-    refused = lab_cli("up", "domain", "--name", "t-never")
+def test_unrunnable_topology_and_bad_file_are_refused(lab_cli, lab_name, tmp_path):
+    refused = lab_cli("up", "domain", "--name", lab_name("never"))
     assert refused.returncode == 1
     assert "not runnable yet: the domain controller image" in refused.stderr
     bad = tmp_path / "bad.yaml"

@@ -1,0 +1,117 @@
+"""Helpers for the strongSwan scenarios on gateway-tunnel: node overrides, suites, credentials, WAN checks.
+
+See scenarios/strongswan-tunnel/README.md (both gateways strongSwan, the anchor) and
+scenarios/strongswan-interop/README.md (ipsecd gateway ↔ strongSwan gateway).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scapy.layers.inet import IP, UDP
+from scenarios.pki import Identity, Pki
+
+from lab.strongswan import Tunnel
+
+GW_A, GW_B = "198.51.100.1", "198.51.100.2"
+SITE_A, SITE_B = "10.1.0.0/24", "10.2.0.0/24"
+PSK = "ipsec-lab interop key"
+#: No plain route between the sites on a strongSwan gateway: a missing SA means no traffic, not plaintext.
+STRONGSWAN_GATEWAY = {"image": "strongswan", "routes": []}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Main mode and quick mode methods, in swanctl's words and in the documents' words."""
+
+    name: str
+    ike: str
+    esp: str
+    encr: str  # swanctl --list-sas encr-alg / encr-keysize, integ-alg, dh-group
+    keysize: str | None
+    dh_group: str
+
+
+SUITES = {
+    s.name: s
+    for s in (
+        Suite("3des-sha1-modp1024", "3des-sha1-modp1024", "3des-sha1", "3DES_CBC", None, "MODP_1024"),
+        Suite("aes128-sha1-modp2048", "aes128-sha1-modp2048", "aes128-sha1", "AES_CBC", "128", "MODP_2048"),
+    )
+}
+GATEWAYS = {"gw-a": (GW_A, GW_B, SITE_A, SITE_B), "gw-b": (GW_B, GW_A, SITE_B, SITE_A)}
+
+
+def tunnel(gateway: str, suite: Suite, auth: str, pki: Pki | None = None, **extra) -> Tunnel:
+    """The strongSwan tunnel of `gateway` (gw-a or gw-b) to the other one, PSK or certificates."""
+    me, peer, mine, theirs = GATEWAYS[gateway]
+    common = dict(ike_proposal=suite.ike, esp_proposal=suite.esp, **extra)
+    if auth == "psk":
+        return Tunnel(me, peer, mine, theirs, psk=PSK, **common)
+    other = "gw-b" if gateway == "gw-a" else "gw-a"
+    return Tunnel(me, peer, mine, theirs, cert=f"{gateway}.pem", remote_id=Pki.dn_of(other), **common)
+
+
+def credentials(pki: Pki, me: Identity) -> dict[str, bytes]:
+    """The files swanctl --load-all reads: the CA, our certificate, our key."""
+    return {
+        "/etc/swanctl/x509ca/lab-ca.pem": pki.ca_pem,
+        f"/etc/swanctl/x509/{me.name}.pem": me.cert_pem,
+        f"/etc/swanctl/private/{me.name}.pem": me.key_pem,
+    }
+
+
+def udp_esp(packets) -> list[tuple[str, str, int]]:
+    """(source, destination, SPI) of every ESP-in-UDP packet (port 4500, no non-ESP marker, RFC 3948)."""
+    found = []
+    for p in packets:
+        if IP in p and UDP in p and 4500 in (p[UDP].sport, p[UDP].dport):
+            data = bytes(p[UDP].payload)
+            if len(data) > 8 and data[:4] != bytes(4):
+                found.append((p[IP].src, p[IP].dst, int.from_bytes(data[:4], "big")))
+    return found
+
+
+#: Windows names of the suites (policy file: key_exchange methods, security_methods), see docs/policy.md.
+WINDOWS_METHODS = {
+    "3des-sha1-modp1024": ("3DES-SHA1-2", "ESP[3DES,SHA1]"),
+    "aes128-sha1-modp2048": ("AES128-SHA1-14", "ESP[AES128,SHA1]"),
+}
+
+
+def ipsecd_policy(
+    gateway: str, suite: Suite, auth: str, pki: Pki | None = None, lifetime: str = "100000k/3600s"
+) -> str:
+    """The ipsecd gateway's policy (the Policy Agent's format, branch policy: docs/policy.md): two tunnel
+    rules as Windows has them, one per direction, with this suite and PSK or certificate authentication."""
+    me, peer, mine, theirs = GATEWAYS[gateway]
+    main_mode, quick_mode = WINDOWS_METHODS[suite.name]
+    authentication = f"[{{psk: {PSK}}}]" if auth == "psk" else f'[{{certificate: "{pki.ca_dn()}"}}]'
+    rules = []
+    for name, source, destination, endpoint in (
+        ("to the far site", mine, theirs, peer),
+        ("from the far site", theirs, mine, me),
+    ):
+        rules += [
+            f"  - name: {name}",
+            "    filter_list:",
+            f"      name: {source} -> {destination}",
+            f"      filters: [{{name: {name.split()[0]}, source: {source}, destination: {destination}, "
+            "protocol: any, mirrored: false}]",
+            "    filter_action:",
+            "      name: Require Security (tunnel)",
+            "      action: negotiate",
+            f'      security_methods: ["{quick_mode}:{lifetime}"]',
+            f"    authentication: {authentication}",
+            f"    tunnel: {endpoint}",
+        ]
+    return "\n".join(
+        [
+            f"name: strongswan interop ({gateway})",
+            "polling_interval: 30s",
+            f"key_exchange: {{methods: [{main_mode}]}}",
+            "rules:",
+            *rules,
+            "",
+        ]
+    )

@@ -57,6 +57,20 @@ KEY_LOG_CONF = f"""charon {{
 }}
 """
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ")
+#: charon's key log: `12[CHD] encryption initiator key => 16 bytes @ 0x...` then hex dump lines
+KEY_LINE = re.compile(r"^(\d+)\[(\w+)\] (.*?) => \d+ bytes @ 0x[0-9a-f]+$")
+DUMP_LINE = re.compile(r"^(\d+)\[\w+\] +\d+: ((?:[0-9A-F]{2} ?)+)")
+USING = re.compile(r"^(\d+)\[CHD\] +using (\w+) for (encryption|integrity)")
+#: charon's algorithm names -> tshark's ESP SA table names
+TSHARK_ENCRYPTION = {
+    "AES_CBC": "AES-CBC [RFC3602]",
+    "3DES_CBC": "TripleDES-CBC [RFC2451]",
+    "AES_GCM_16": "AES-GCM with 16 octet ICV [RFC4106]",
+}
+TSHARK_INTEGRITY = {
+    "HMAC_SHA1_96": "HMAC-SHA-1-96 [RFC2404]",
+    "HMAC_SHA2_256_128": "HMAC-SHA-256-128 [RFC4868]",
+}
 
 
 @dataclass(frozen=True)
@@ -204,6 +218,16 @@ class Charon:
     def log(self) -> str:
         return self.node.exec(["cat", CHARON_LOG]).stdout
 
+    def esp_keys(self) -> list[EspKeys]:
+        """Every ESP SA's keys so far (charon started with key_log=True)."""
+        return esp_keys(self.node.exec(["cat", KEY_LOG], check=True).stdout)
+
+    def tshark_args(self) -> list[str]:
+        """tshark options that decrypt and authenticate the ESP of every SA this charon has had."""
+        options = ["esp.enable_encryption_decode:TRUE", "esp.enable_authentication_check:TRUE"]
+        options += [k.tshark_uat() for k in self.esp_keys()]
+        return [arg for option in options for arg in ("-o", option)]
+
     def setup_times(self) -> list[float]:
         """Seconds from 'initiating Main Mode' to 'CHILD_SA ... established', per initiation in the log."""
         started, times = None, []
@@ -217,6 +241,80 @@ class Charon:
                 times.append((datetime.fromisoformat(stamp.group(1)) - started).total_seconds())
                 started = None
         return times
+
+
+@dataclass(frozen=True)
+class EspKeys:
+    """One ESP SA's keys, as charon logged them (GCM keys are key || 4-byte salt)."""
+
+    spi: int
+    encryption: str
+    encryption_key: bytes
+    integrity: str | None
+    integrity_key: bytes
+
+    def tshark_uat(self) -> str:
+        """This SA as an entry of tshark's `uat:esp_sa` table."""
+        integrity = TSHARK_INTEGRITY[self.integrity] if self.integrity else "NULL"
+        return (
+            f'uat:esp_sa:"IPv4","*","*","{self.spi:#010x}","{TSHARK_ENCRYPTION[self.encryption]}",'
+            f'"0x{self.encryption_key.hex()}","{integrity}","0x{self.integrity_key.hex()}"'
+        )
+
+
+def esp_keys(log: str) -> list[EspKeys]:
+    """The ESP SAs in a charon key log (level 4 on chd). charon logs, per CHILD_SA and in one thread, the
+    algorithms, the `initiator/responder SA seed` (protocol | SPI | Ni | Nr, RFC 2409 §5.5: the SPI the keys
+    belong to), the keys, then `adding inbound ESP SA`; the seed binds each key to its SPI.
+
+    >>> [k.spi for k in esp_keys(SAMPLE_KEY_LOG)]
+    [3735928559, 3405691582]
+    >>> esp_keys(SAMPLE_KEY_LOG)[0].tshark_uat()
+    'uat:esp_sa:"IPv4","*","*","0xdeadbeef","AES-CBC [RFC3602]","0x0102","HMAC-SHA-1-96 [RFC2404]","0x0a0b"'
+    """
+    found: list[EspKeys] = []
+    state: dict[str, dict[str, object]] = {}  # per thread: algorithms and the values dumped so far
+    label: dict[str, str] = {}  # per thread: the value whose hex dump follows
+    for line in log.splitlines():
+        if m := USING.match(line):
+            state.setdefault(m[1], {})[m[3]] = m[2]
+        elif m := KEY_LINE.match(line):
+            label[m[1]] = m[3]
+            state.setdefault(m[1], {})[m[3]] = b""
+        elif (m := DUMP_LINE.match(line)) and m[1] in label:
+            state[m[1]][label[m[1]]] += bytes.fromhex(m[2].replace(" ", ""))
+        elif (m := re.match(r"^(\d+)\[CHD\] adding (in|out)bound ESP SA", line)) and m[1] in state:
+            sa = state.pop(m[1])
+            label.pop(m[1], None)
+            for side in ("initiator", "responder"):
+                found.append(
+                    EspKeys(
+                        int.from_bytes(sa[f"{side} SA seed"][1:5], "big"),
+                        sa["encryption"],
+                        sa[f"encryption {side} key"],
+                        sa.get("integrity"),
+                        sa.get(f"integrity {side} key", b""),
+                    )
+                )
+    return found
+
+
+SAMPLE_KEY_LOG = """12[CHD]   using AES_CBC for encryption
+12[CHD]   using HMAC_SHA1_96 for integrity
+12[CHD] initiator SA seed => 5 bytes @ 0x7fec689b79e0
+12[CHD]    0: 03 DE AD BE EF                                   .....
+12[CHD] responder SA seed => 5 bytes @ 0x7fec689b7990
+12[CHD]    0: 03 CA FE BA BE                                   .....
+12[CHD] encryption initiator key => 2 bytes @ 0x7fec30002bb0
+12[CHD]    0: 01 02                                            ..
+12[CHD] encryption responder key => 2 bytes @ 0x7fec30002ec0
+12[CHD]    0: 03 04                                            ..
+12[CHD] integrity initiator key => 2 bytes @ 0x7fec30002b90
+12[CHD]    0: 0A 0B                                            ..
+12[CHD] integrity responder key => 2 bytes @ 0x7fec30002ee0
+12[CHD]    0: 0C 0D                                            ..
+12[CHD] adding inbound ESP SA
+"""
 
 
 def parse_pretty(text: str) -> list[dict]:

@@ -17,6 +17,7 @@ from scenarios.swan_lab import (
     STRONGSWAN_GATEWAY,
     SUITES,
     credentials,
+    tshark_esp,
     tunnel,
     udp_esp,
 )
@@ -49,7 +50,7 @@ def charons(lab) -> dict[str, Charon]:
         node = lab.node(name)
         charon = Charon(node)
         if not node.process("charon").alive():
-            charon.start(key_log=False)
+            charon.start(key_log=True)
         charon.terminate()
         found[name] = charon
     wait_until(lambda: not any(c.sas() for c in found.values()), 10, what="no IKE SA left on either gateway")
@@ -122,6 +123,10 @@ def test_sites_talk_through_strongswan_and_the_wan_carries_only_ike_and_esp_in_u
     # the SPIs on the wire are the ones both daemons show, each direction with its own
     assert set(udp_esp(pkts)) == {(GW_A, GW_B, spis["gw-a"][1]), (GW_B, GW_A, spis["gw-a"][0])}
     assert spis["gw-a"] == spis["gw-b"][::-1]
+    # tshark, keyed from charon's key log, decrypts every ESP packet, authenticates it, finds the marker
+    inner, authentic, seen = tshark_esp(wan.pcap, charons["gw-a"].tshark_args())
+    assert authentic == seen == len(udp_esp(pkts)), (authentic, seen)
+    assert MARKER * 10 in inner
 
 
 def test_wrong_preshared_key_means_no_sa_and_no_traffic(lab, charons, pki):

@@ -15,6 +15,9 @@ from scenarios.pki import Pki
 from scenarios.swan_lab import (
     GW_A,
     GW_B,
+    PSK,
+    SITE_A,
+    SITE_B,
     STRONGSWAN_GATEWAY,
     SUITES,
     credentials,
@@ -36,9 +39,12 @@ POLICY_DIR = "/var/lib/ipsecd/policies"
 CERT_DIR = "/etc/ipsecd/certificates"
 
 
-def ipsecd_ike_missing() -> str | None:
-    """Why ipsecd cannot negotiate with strongSwan in this checkout, or None once its daemon runs IKE."""
-    daemon = Path(__file__).resolve().parents[2] / "ipsecd" / "daemon.py"
+IPSECD = Path(__file__).resolve().parents[2] / "ipsecd"
+
+
+def daemon_ike_missing() -> str | None:
+    """Why ipsecd's daemon cannot negotiate with strongSwan in this checkout, or None once it runs IKE."""
+    daemon = IPSECD / "daemon.py"
     if not daemon.is_file():
         return "ipsecd has no daemon in this checkout yet (driver branch)"
     source = daemon.read_text()
@@ -47,7 +53,11 @@ def ipsecd_ike_missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(ipsecd_ike_missing() is not None, reason=str(ipsecd_ike_missing()))
+needs_daemon_ike = pytest.mark.skipif(daemon_ike_missing() is not None, reason=str(daemon_ike_missing()))
+needs_ike_component = pytest.mark.skipif(
+    not (IPSECD / "ike" / "ike.py").is_file(),
+    reason="ipsecd's IKE component is not in this checkout (branch ike)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +80,20 @@ def strongswan(lab) -> Charon:
     return charon
 
 
+def install_credentials(node: Node, pki: Pki) -> dict[str, str]:
+    """gw-a's certificate, key and the CA in CERT_DIR; returns their paths."""
+    me = pki.issue("gw-a", GW_A)
+    paths = {"cert": f"{CERT_DIR}/gw-a.pem", "key": f"{CERT_DIR}/gw-a.key", "ca": f"{CERT_DIR}/lab-ca.pem"}
+    node.put_file(paths["cert"], me.cert_pem)
+    node.put_file(paths["key"], me.key_pem, mode=0o600)
+    node.put_file(paths["ca"], pki.ca_pem)
+    return paths
+
+
 def configure_ipsecd(node: Node, policy: str, pki: Pki) -> None:
     """Give ipsecd in gw-a the policy (local store: a folder of policies and the `assigned` one), its
     certificate and the CA, then make it re-read them (`ipsecctl refresh`)."""
-    me = pki.issue("gw-a", GW_A)
-    node.put_file(f"{CERT_DIR}/lab-ca.pem", pki.ca_pem)
-    node.put_file(f"{CERT_DIR}/gw-a.pem", me.cert_pem)
-    node.put_file(f"{CERT_DIR}/gw-a.key", me.key_pem, mode=0o600)
+    install_credentials(node, pki)
     node.put_file(f"{POLICY_DIR}/interop.yaml", policy)
     node.put_file(f"{POLICY_DIR}/assigned", "interop.yaml\n")
     node.exec(["ipsecctl", "refresh"], check=True, timeout=20)
@@ -104,6 +121,61 @@ CASES = [
 ]
 
 
+@needs_ike_component
+@pytest.mark.parametrize(("suite", "auth", "initiator"), CASES)
+def test_ike_component_negotiates_with_strongswan(lab, strongswan, pki, suite, auth, initiator):
+    """ipsecd's IKE alone (scenarios/ike_probe.py, no data plane) against strongSwan over the WAN."""
+    suite_ = SUITES[suite]
+    gw_a = lab.node("gw-a")
+    strongswan.load(tunnel("gw-b", suite_, auth), files=credentials(pki, pki.issue("gw-b", GW_B)))
+    config = {
+        "local": GW_A,
+        "peer": GW_B,
+        "local_net": SITE_A,
+        "remote_net": SITE_B,
+        "initiate": initiator == "ipsecd",
+        "encryption": suite_.encryption,
+        "group": suite_.group,
+        **({"psk": PSK} if auth == "psk" else install_credentials(gw_a, pki)),
+    }
+    gw_a.put_file(
+        "/opt/lab/ike_probe.py", (Path(__file__).parent / "scenarios" / "ike_probe.py").read_bytes()
+    )
+    gw_a.exec(["rm", "-f", "/var/log/lab/ike-probe.log"])
+    with lab.capture_segment("wan") as wan:
+        probe = gw_a.spawn(["python3", "/opt/lab/ike_probe.py", json.dumps(config)], name="ike-probe")
+        try:
+            probe.wait_for_log('"listening"')
+            if initiator == "strongswan":
+                strongswan.initiate()
+            added = wait_until(
+                lambda: [e for e in _events(probe.log()) if e["event"] == "add_sa"],
+                20,
+                what="ipsecd's IKE to hand the driver an SA",
+            )
+            child = strongswan.wait_child()
+        finally:
+            probe.stop()
+    (sa,) = added
+    assert (sa["inbound"], sa["outbound"]) == (int(child["spi-out"], 16), int(child["spi-in"], 16))
+    assert (sa["mode"], sa["udp"]) == ("tunnel", [4500, 4500])  # ESP in UDP 4500, as strongSwan requires
+    (ike_sa,) = strongswan.sas()
+    assert (ike_sa["encr-alg"], ike_sa["dh-group"], child["encap"]) == (suite_.encr, suite_.dh_group, "yes")
+    assert ike_sa.get("initiator") == ("yes" if initiator == "strongswan" else None)
+    if auth == "cert":
+        assert ike_sa["remote-id"] == Pki.dn_of("gw-a")
+    pkts = wan.packets()
+    assert_only_protocols(pkts, allowed=IKE_AND_ESP_IN_UDP)
+    assert_protocol_seen(pkts, "udp/500", between=(GW_A, GW_B))  # main mode 1-4, then 4500 (marker)
+    assert_protocol_seen(pkts, "udp/4500", between=(GW_A, GW_B))
+
+
+def _events(log: str) -> list[dict]:
+    """The JSON lines of the probe's log (its other lines are IKE's event log in words)."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+@needs_daemon_ike
 @pytest.mark.parametrize(("suite", "auth", "initiator"), CASES)
 def test_ipsecd_and_strongswan_secure_the_sites(lab, strongswan, pki, suite, auth, initiator):
     suite_ = SUITES[suite]
@@ -151,6 +223,7 @@ def test_ipsecd_and_strongswan_secure_the_sites(lab, strongswan, pki, suite, aut
     assert inner.count(MARKER * 10) >= 2  # both transfers, one sent by each side's data plane
 
 
+@needs_daemon_ike
 @pytest.mark.parametrize("rekeyed_by", ["strongswan", "ipsecd"])
 def test_quick_mode_rekey_while_traffic_flows_loses_no_connection(lab, strongswan, pki, rekeyed_by):
     """strongSwan rekeys on `swanctl --rekey`; ipsecd on its kilobyte lifetime (soft at 90 %, mid-stream)."""

@@ -26,19 +26,29 @@ STRONGSWAN_GATEWAY = {"image": "strongswan", "routes": []}
 class Suite:
     """Main mode and quick mode methods, in swanctl's words and in the documents' words."""
 
-    name: str
     ike: str
     esp: str
     encr: str  # swanctl --list-sas encr-alg / encr-keysize, integ-alg, dh-group
     keysize: str | None
     dh_group: str
+    encryption: str  # ipsecd's (and Windows') names: 3des or aes128 with SHA1, Oakley group 2 or 14
+    group: int
+
+    @property
+    def name(self) -> str:
+        return self.ike
+
+    @property
+    def windows(self) -> tuple[str, str]:
+        """The policy file's main mode method and quick mode security method (docs/policy.md)."""
+        return f"{self.encryption.upper()}-SHA1-{self.group}", f"ESP[{self.encryption.upper()},SHA1]"
 
 
 SUITES = {
     s.name: s
     for s in (
-        Suite("3des-sha1-modp1024", "3des-sha1-modp1024", "3des-sha1", "3DES_CBC", None, "MODP_1024"),
-        Suite("aes128-sha1-modp2048", "aes128-sha1-modp2048", "aes128-sha1", "AES_CBC", "128", "MODP_2048"),
+        Suite("3des-sha1-modp1024", "3des-sha1", "3DES_CBC", None, "MODP_1024", "3des", 2),
+        Suite("aes128-sha1-modp2048", "aes128-sha1", "AES_CBC", "128", "MODP_2048", "aes128", 14),
     )
 }
 GATEWAYS = {"gw-a": (GW_A, GW_B, SITE_A, SITE_B), "gw-b": (GW_B, GW_A, SITE_B, SITE_A)}
@@ -74,20 +84,13 @@ def udp_esp(packets) -> list[tuple[str, str, int]]:
     return found
 
 
-#: Windows names of the suites (policy file: key_exchange methods, security_methods), see docs/policy.md.
-WINDOWS_METHODS = {
-    "3des-sha1-modp1024": ("3DES-SHA1-2", "ESP[3DES,SHA1]"),
-    "aes128-sha1-modp2048": ("AES128-SHA1-14", "ESP[AES128,SHA1]"),
-}
-
-
 def ipsecd_policy(
     gateway: str, suite: Suite, auth: str, pki: Pki | None = None, lifetime: str = "100000k/3600s"
 ) -> str:
     """The ipsecd gateway's policy (the Policy Agent's format, branch policy: docs/policy.md): two tunnel
     rules as Windows has them, one per direction, with this suite and PSK or certificate authentication."""
     me, peer, mine, theirs = GATEWAYS[gateway]
-    main_mode, quick_mode = WINDOWS_METHODS[suite.name]
+    main_mode, quick_mode = suite.windows
     authentication = f"[{{psk: {PSK}}}]" if auth == "psk" else f'[{{certificate: "{pki.ca_dn()}"}}]'
     rules = []
     for name, source, destination, endpoint in (

@@ -1,13 +1,18 @@
-"""strongSwan ↔ strongSwan on gateway-tunnel: IKEv1 setup latency and iperf3 through its userspace data plane.
+"""IKEv1 setup latency and strongSwan's data plane on gateway-tunnel: strongSwan↔strongSwan is the anchor.
 
-The anchor for ipsecd's rows (../shared/research/strongswan-peer.md measured 5.5-13 ms protocol time and
-466 / 542 / 104 Mbit/s TCP for AES-128-CBC/SHA1, AES-128-GCM, 3DES/SHA1 on this machine). Both gateways run
-charon with kernel-libipsec: ESP in UDP 4500, both charons in userspace sharing the 2 cores with iperf3.
+../shared/research/strongswan-peer.md measured 5.5-13 ms protocol time and 466 / 542 / 104 Mbit/s TCP for
+AES-128-CBC/SHA1, AES-128-GCM, 3DES/SHA1 on this machine. strongSwan's gateways run charon with
+kernel-libipsec: ESP in UDP 4500, both charons in userspace sharing the 2 cores with iperf3.
 
-- setup: median of BENCH_IKE_RUNS (20) `swanctl --initiate` runs, each after deleting every SA; "protocol"
-  is the initiator's log time from `initiating Main Mode` (first packet) to `CHILD_SA ... established`
-  (SA installed), the note adds the wall time of the swanctl command (process start + vici round trip).
-- throughput: one TCP iperf3 stream host-a → host-b for BENCH_SECONDS (5), and the charons' CPU.
+- setup (main mode + quick mode, PSK): median of BENCH_IKE_RUNS (20) initiations by gw-a, each after every
+  SA was deleted, from main mode's first packet to the quick mode SA installed on the initiator:
+  strongSwan↔strongSwan from charon's log (`initiating Main Mode` to `CHILD_SA ... established`);
+  ipsecd↔strongSwan and ipsecd↔ipsecd from ipsecd's IKE component (lab/ike_probe.py: acquire to the SA
+  handed to the driver), measured once the component is in this checkout.
+- throughput: one TCP iperf3 stream host-a → host-b for BENCH_SECONDS (5) through strongSwan's tunnel, and
+  the charons' CPU. ipsecd's rows are bench_dataplane's (same topology, same iperf3).
+
+Each row notes how busy the machine was just before (other tenants share it).
 
     python -m bench strongswan
 """
@@ -18,46 +23,75 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import Row
 from lab import topology
-from lab.docker_backend import DockerBackend, Node
+from lab.docker_backend import DockerBackend, Lab, Node
+from lab.ike_probe import IkeProbe
 from lab.pytest_plugin import lab_prefix
 from lab.strongswan import Charon, Tunnel
 from lab.traffic import iperf3
 
 RUNS = int(os.environ.get("BENCH_IKE_RUNS", "20"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
-GATEWAY = {"image": "strongswan", "routes": []}
-#: main mode proposal, ESP proposal (swanctl's names)
-SETUP_SUITES = (("3des-sha1-modp1024", "3des-sha1"), ("aes128-sha1-modp2048", "aes128-sha1"))
+STRONGSWAN = {"image": "strongswan", "routes": []}
+PSK = "bench"
+#: (main mode proposal, ESP proposal) in swanctl's words, (encryption, Oakley group) in ipsecd's
+SETUP_SUITES = (
+    ("3des-sha1-modp1024", "3des-sha1", "3des", 2),
+    ("aes128-sha1-modp2048", "aes128-sha1", "aes128", 14),
+)
 #: ESP proposal, the name ipsecd's data-plane rows use
 DATA_SUITES = (
     ("aes128gcm16", "aes-gcm-128"),
     ("aes128-sha1", "aes-128-cbc/sha1"),
     ("3des-sha1", "3des-sha1"),
 )
+IKE_COMPONENT = Path(__file__).resolve().parent.parent / "ipsecd" / "ike" / "ike.py"
 
 
-def tunnels(lab, ike: str, esp: str) -> dict[str, Tunnel]:
-    """The PSK tunnel of each gateway towards the other (WAN addresses, site subnets from the topology)."""
-    wan = {n: lab.node(n).address("eth2") for n in ("gw-a", "gw-b")}
-    site = {n: str(lab.topology.node(n).interfaces["eth1"].address.network) for n in ("gw-a", "gw-b")}
-    return {
-        me: Tunnel(wan[me], wan[peer], site[me], site[peer], ike, esp, psk="bench")
-        for me, peer in (("gw-a", "gw-b"), ("gw-b", "gw-a"))
-    }
+@contextmanager
+def gateway_tunnel(name: str, strongswan: tuple[str, ...]) -> Iterator[Lab]:
+    """gateway-tunnel with the gateways in `strongswan` running image strongswan (the others: node)."""
+    backend = DockerBackend()
+    topo = topology.load("gateway-tunnel", {"nodes": dict.fromkeys(strongswan, STRONGSWAN)})
+    for kind in {n.image for n in topo.nodes.values()}:
+        backend.images.ensure(kind)
+    full = f"{lab_prefix()}-bench-{name}"
+    backend.down(full)
+    try:
+        yield backend.up(topo, full)
+    finally:
+        backend.down(full)
 
 
-def fresh_sa(charons: dict[str, Charon], lab, ike: str, esp: str) -> float:
-    """Delete every SA, load the suite, initiate from gw-a; returns the wall time of the initiation."""
+def ends(lab: Lab, me: str) -> tuple[str, str, str, str]:
+    """(own WAN address, peer's WAN address, own site, peer's site) of gateway `me`."""
+    peer = "gw-b" if me == "gw-a" else "gw-a"
+    wan = [lab.node(n).address("eth2") for n in (me, peer)]
+    site = [str(lab.topology.node(n).interfaces["eth1"].address.network) for n in (me, peer)]
+    return wan[0], wan[1], site[0], site[1]
+
+
+def tunnel(lab: Lab, me: str, ike: str, esp: str) -> Tunnel:
+    return Tunnel(*ends(lab, me), ike, esp, psk=PSK)
+
+
+def probe_config(lab: Lab, me: str, encryption: str, group: int) -> dict:
+    local, peer, local_net, remote_net = ends(lab, me)
+    return {"local": local, "peer": peer, "local_net": local_net, "remote_net": remote_net,
+            "encryption": encryption, "group": group, "psk": PSK}  # fmt: skip
+
+
+def fresh_sa(charons: dict[str, Charon], lab: Lab, ike: str, esp: str) -> None:
+    """Delete every SA, load the suite, initiate from gw-a (swanctl returns once the SA is installed)."""
     for name, charon in charons.items():
         charon.terminate()
-        charon.load(tunnels(lab, ike, esp)[name])
-    started = time.perf_counter()
+        charon.load(tunnel(lab, name, ike, esp))
     charons["gw-a"].initiate()
-    return time.perf_counter() - started
 
 
 def machine_busy(seconds: float = 1.0) -> float:
@@ -79,38 +113,32 @@ def cpu_seconds(node: Node) -> float:
     return sum(int(x) for x in stat) / os.sysconf("SC_CLK_TCK")
 
 
-def run() -> list[Row]:
-    backend = DockerBackend()
-    topo = topology.load("gateway-tunnel", {"nodes": {"gw-a": GATEWAY, "gw-b": GATEWAY}})
-    name = f"{lab_prefix()}-bench-ss"
-    for kind in {n.image for n in topo.nodes.values()}:
-        backend.images.ensure(kind)
-    backend.down(name)
-    lab = backend.up(topo, name)
+def setup_row(pair: str, ike: str, times: list[float], busy: float) -> Row:
+    ms = [t * 1000 for t in times]
+    return Row(
+        f"IKEv1 MM+QM setup {pair} {ike}",
+        statistics.median(ms),
+        "ms",
+        note=f"median of {len(ms)}, min {min(ms):.1f} max {max(ms):.1f}; machine {busy:.0f}% busy before",
+    )
+
+
+def strongswan_rows() -> list[Row]:
     rows = []
-    try:
+    with gateway_tunnel("ss", ("gw-a", "gw-b")) as lab:
         charons = {n: Charon(lab.node(n)).start() for n in ("gw-a", "gw-b")}
-        for ike, esp in SETUP_SUITES:
-            idle_check = machine_busy()
-            logged = len(charons["gw-a"].setup_times())
-            walls = [fresh_sa(charons, lab, ike, esp) for _ in range(RUNS)]
-            protocol = charons["gw-a"].setup_times()[logged:]
-            if len(protocol) != RUNS:
-                raise RuntimeError(f"{len(protocol)} setups in gw-a's log for {RUNS} initiations ({ike})")
-            rows.append(
-                Row(
-                    f"IKEv1 MM+QM setup strongSwan↔strongSwan {ike}",
-                    statistics.median(protocol) * 1000,
-                    "ms",
-                    note=f"median of {RUNS}, min {min(protocol) * 1000:.0f} max {max(protocol) * 1000:.0f}; "
-                    f"wall of docker exec swanctl --initiate {statistics.median(walls) * 1000:.0f} ms; "
-                    f"machine {idle_check:.0f}% busy before",
-                )
-            )
+        for ike, esp, _, _ in SETUP_SUITES:
+            busy, logged = machine_busy(), len(charons["gw-a"].setup_times())
+            for _ in range(RUNS):
+                fresh_sa(charons, lab, ike, esp)
+            times = charons["gw-a"].setup_times()[logged:]
+            if len(times) != RUNS:
+                raise RuntimeError(f"{len(times)} setups in gw-a's charon log for {RUNS} initiations ({ike})")
+            rows.append(setup_row("strongSwan↔strongSwan", ike, times, busy))
         for esp, label in DATA_SUITES:
             fresh_sa(charons, lab, "aes128-sha1-modp2048", esp)
-            idle_check = machine_busy()
             gateways = [lab.node("gw-a"), lab.node("gw-b")]
+            busy = machine_busy()
             cpu, started = [cpu_seconds(g) for g in gateways], time.monotonic()
             end = iperf3(lab.node("host-a"), lab.node("host-b"), seconds=SECONDS)
             elapsed = time.monotonic() - started
@@ -122,10 +150,41 @@ def run() -> list[Row]:
                     "Mbit/s",
                     higher_is_better=True,
                     note=f"{end['sum_sent'].get('retransmits')} retransmits, charon gw-a {used[0]:.0f}% "
-                    f"gw-b {used[1]:.0f}% of a core; machine {idle_check:.0f}% busy before",
+                    f"gw-b {used[1]:.0f}% of a core; machine {busy:.0f}% busy before",
                 )
             )
-    finally:
-        backend.down(name)
-    print("ipsecd↔ipsecd and ipsecd↔strongSwan setup: not measured until ipsecd runs IKE", file=sys.stderr)
+    return rows
+
+
+def ipsecd_rows() -> list[Row]:
+    """ipsecd (gw-a, initiating) against strongSwan, then against ipsecd (gw-b)."""
+    rows = []
+    with gateway_tunnel("ipsecd-ss", ("gw-b",)) as lab:
+        charon, probe = Charon(lab.node("gw-b")).start(), IkeProbe(lab.node("gw-a"))
+        for ike, esp, encryption, group in SETUP_SUITES:
+            charon.load(tunnel(lab, "gw-b", ike, esp))
+            busy, times = machine_busy(), []
+            for _ in range(RUNS):
+                charon.terminate()
+                times.append(probe.setup_time(probe_config(lab, "gw-a", encryption, group)))
+            rows.append(setup_row("ipsecd↔strongSwan", ike, times, busy))
+    with gateway_tunnel("ipsecd", ()) as lab:
+        initiator, responder = IkeProbe(lab.node("gw-a")), IkeProbe(lab.node("gw-b"))
+        for ike, _, encryption, group in SETUP_SUITES:
+            responder.start(probe_config(lab, "gw-b", encryption, group))
+            busy = machine_busy()
+            times = [initiator.setup_time(probe_config(lab, "gw-a", encryption, group)) for _ in range(RUNS)]
+            responder.stop()
+            rows.append(setup_row("ipsecd↔ipsecd", ike, times, busy))
+    return rows
+
+
+def run() -> list[Row]:
+    rows = strongswan_rows()
+    if IKE_COMPONENT.is_file():
+        rows += ipsecd_rows()
+    else:
+        print(
+            "ipsecd↔ipsecd and ipsecd↔strongSwan setup: not measured, no IKE component here", file=sys.stderr
+        )
     return rows

@@ -29,6 +29,7 @@ from scenarios.swan_lab import (
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
 from lab.docker_backend import Node
+from lab.ike_probe import IkeProbe
 from lab.strongswan import Charon
 from lab.traffic import tcp_transfer, wait_listening
 
@@ -124,7 +125,7 @@ CASES = [
 @needs_ike_component
 @pytest.mark.parametrize(("suite", "auth", "initiator"), CASES)
 def test_ike_component_negotiates_with_strongswan(lab, strongswan, pki, suite, auth, initiator):
-    """ipsecd's IKE alone (scenarios/ike_probe.py, no data plane) against strongSwan over the WAN."""
+    """ipsecd's IKE alone (lab/ike_probe.py, no data plane) against strongSwan over the WAN."""
     suite_ = SUITES[suite]
     gw_a = lab.node("gw-a")
     strongswan.load(tunnel("gw-b", suite_, auth), files=credentials(pki, pki.issue("gw-b", GW_B)))
@@ -138,21 +139,13 @@ def test_ike_component_negotiates_with_strongswan(lab, strongswan, pki, suite, a
         "group": suite_.group,
         **({"psk": PSK} if auth == "psk" else install_credentials(gw_a, pki)),
     }
-    gw_a.put_file(
-        "/opt/lab/ike_probe.py", (Path(__file__).parent / "scenarios" / "ike_probe.py").read_bytes()
-    )
-    gw_a.exec(["rm", "-f", "/var/log/lab/ike-probe.log"])
+    probe = IkeProbe(gw_a)
     with lab.capture_segment("wan") as wan:
-        probe = gw_a.spawn(["python3", "/opt/lab/ike_probe.py", json.dumps(config)], name="ike-probe")
         try:
-            probe.wait_for_log('"listening"')
+            probe.start(config)
             if initiator == "strongswan":
                 strongswan.initiate()
-            added = wait_until(
-                lambda: [e for e in _events(probe.log()) if e["event"] == "add_sa"],
-                20,
-                what="ipsecd's IKE to hand the driver an SA",
-            )
+            added = probe.wait_for("add_sa")
             child = strongswan.wait_child()
         finally:
             probe.stop()
@@ -168,11 +161,6 @@ def test_ike_component_negotiates_with_strongswan(lab, strongswan, pki, suite, a
     assert_only_protocols(pkts, allowed=IKE_AND_ESP_IN_UDP)
     assert_protocol_seen(pkts, "udp/500", between=(GW_A, GW_B))  # main mode 1-4, then 4500 (marker)
     assert_protocol_seen(pkts, "udp/4500", between=(GW_A, GW_B))
-
-
-def _events(log: str) -> list[dict]:
-    """The JSON lines of the probe's log (its other lines are IKE's event log in words)."""
-    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 
 
 @needs_daemon_ike

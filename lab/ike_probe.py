@@ -1,0 +1,149 @@
+"""ipsecd's IKE component alone in a node, on real UDP 500/4500, against a peer (no data plane).
+
+Lets the strongSwan interop tests and the bench run IKE before the daemon wires it to the driver. The host
+side (`IkeProbe`) copies this file into a node that has ipsecd (image `node`) and runs it there:
+
+    probe = IkeProbe(lab.node("gw-a"))
+    probe.start({"local": "198.51.100.1", "peer": "198.51.100.2", "local_net": "10.1.0.0/24",
+                 "remote_net": "10.2.0.0/24", "encryption": "aes128", "group": 14, "psk": "...",
+                 "initiate": True})          # or "cert", "key", "ca": paths in the node
+    probe.wait_for("add_sa")                 # [{"event": "add_sa", "inbound": ..., "udp": [4500, 4500], ...}]
+    probe.setup_time(config)                 # initiate once: seconds from main mode's first packet to the SA
+
+In the node it prints one JSON line per SA IKE hands the driver (`add_sa`) or deletes, between IKE's event log
+lines, and runs until stopped; with `"once": true` it initiates, prints `setup` (seconds from the acquire to
+the quick mode SA handed to the driver), deletes its SAs (telling the peer) and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+NODE_PATH = "/opt/lab/ike_probe.py"
+LOG = "/var/log/lab/ike-probe.log"
+
+
+class IkeProbe:
+    """Host side: the probe in one node."""
+
+    def __init__(self, node):
+        self.node = node
+        self.process = None
+
+    def _install(self) -> None:
+        self.node.put_file(NODE_PATH, Path(__file__).read_bytes())
+        self.node.exec(["rm", "-f", LOG])
+
+    def start(self, config: dict) -> IkeProbe:
+        """Run IKE with `config` in the background; returns once its sockets are bound."""
+        self._install()
+        self.process = self.node.spawn(["python3", NODE_PATH, json.dumps(config)], name="ike-probe", log=LOG)
+        self.process.wait_for_log('"listening"')
+        return self
+
+    def events(self) -> list[dict]:
+        """The JSON lines so far (the other lines are IKE's event log in words)."""
+        return [json.loads(line) for line in self.process.log().splitlines() if line.startswith("{")]
+
+    def wait_for(self, event: str, timeout: float = 20) -> list[dict]:
+        from lab.capture import wait_until
+
+        return wait_until(
+            lambda: [e for e in self.events() if e["event"] == event],
+            timeout,
+            what=f"{self.node.name}: ipsecd's IKE to report {event} (log {LOG})",
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def setup_time(self, config: dict) -> float:
+        """Initiate once (main mode + quick mode), then delete the SAs; seconds to the SA in the driver."""
+        self._install()
+        result = self.node.exec(
+            ["python3", NODE_PATH, json.dumps({**config, "initiate": True, "once": True})], timeout=40
+        )
+        setups = [json.loads(line) for line in result.stdout.splitlines() if '"setup"' in line]
+        if not setups:
+            raise RuntimeError(
+                f"{self.node.name}: ipsecd's IKE did not set up an SA:\n{result.stdout}{result.stderr}"
+            )
+        return setups[0]["seconds"]
+
+
+# -- in the node ------------------------------------------------------------------------------------------
+
+
+def emit(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+class RecordingDriver:
+    """Stands in for the IPsec driver: prints what IKE hands it."""
+
+    def __init__(self):
+        self.installed = asyncio.Event()
+
+    def add_sa(self, sa) -> None:
+        self.installed.set()
+        emit(
+            event="add_sa",
+            inbound=sa.inbound.spi,
+            outbound=sa.outbound.spi,
+            mode=sa.mode,
+            udp=list(sa.udp_encapsulation) if sa.udp_encapsulation else None,
+            describe=sa.describe(),
+        )
+
+    def delete_sa(self, spi: int, destination: str, protocol: str) -> None:
+        emit(event="delete_sa", spi=spi, destination=destination, protocol=protocol)
+
+
+def authentication(config: dict):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from ipsecd.ike.settings import Certificates, PreSharedKey
+
+    if "psk" in config:
+        return PreSharedKey(config["psk"].encode())
+    cert = x509.load_pem_x509_certificate(Path(config["cert"]).read_bytes())
+    key = serialization.load_pem_private_key(Path(config["key"]).read_bytes(), None)
+    return Certificates(cert, key, (x509.load_pem_x509_certificate(Path(config["ca"]).read_bytes()),))
+
+
+async def run(config: dict) -> None:
+    from ipsecd.ike.ike import IKE, Rule
+    from ipsecd.ike.settings import MainModeOffer, PeerPolicy, QuickModeOffer, Selector
+
+    policy = PeerPolicy(
+        auth=[authentication(config)],
+        main_mode=[MainModeOffer(config["encryption"], "sha1", config["group"])],
+        quick_mode=[QuickModeOffer("esp", config["encryption"], "sha1")],
+        tunnel=True,
+    )
+    local, remote = Selector.parse(config["local_net"]), Selector.parse(config["remote_net"])
+    rule = Rule("to the far site", policy, local, remote, tunnel_endpoint=config["peer"])
+    driver = RecordingDriver()
+    ike = IKE(config["local"], driver)
+    ike.load_policy([rule])
+    await ike.start(own_4500=True)
+    emit(event="listening")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    if config.get("initiate"):
+        ike.acquire(rule, local, remote)
+    if not config.get("once"):
+        await asyncio.Event().wait()
+    await asyncio.wait_for(driver.installed.wait(), 30)
+    emit(event="setup", seconds=loop.time() - started)
+    await ike.stop()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    asyncio.run(run(json.loads(sys.argv[1])))

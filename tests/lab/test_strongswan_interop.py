@@ -22,6 +22,7 @@ from scenarios.swan_lab import (
     SUITES,
     credentials,
     ipsecd_policy,
+    manual_sa_config,
     tshark_esp,
     tunnel,
     udp_esp,
@@ -38,6 +39,7 @@ IKE_AND_ESP_IN_UDP = {"udp/500", "udp/4500"}
 OVERRIDES = {"nodes": {"gw-b": STRONGSWAN_GATEWAY}}  # gw-a keeps the node image (ipsecd) and its routes
 POLICY_DIR = "/var/lib/ipsecd/policies"
 CERT_DIR = "/etc/ipsecd/certificates"
+CONFIG = "/etc/ipsecd/ipsecd.yaml"
 
 
 IPSECD = Path(__file__).resolve().parents[2] / "ipsecd"
@@ -55,6 +57,10 @@ def daemon_ike_missing() -> str | None:
 
 
 needs_daemon_ike = pytest.mark.skipif(daemon_ike_missing() is not None, reason=str(daemon_ike_missing()))
+needs_driver = pytest.mark.skipif(
+    not (IPSECD / "daemon.py").is_file(),
+    reason="ipsecd's driver daemon is not in this checkout (branch driver)",
+)
 needs_ike_component = pytest.mark.skipif(
     not (IPSECD / "ike" / "ike.py").is_file(),
     reason="ipsecd's IKE component is not in this checkout (branch ike)",
@@ -161,6 +167,56 @@ def test_ike_component_negotiates_with_strongswan(lab, strongswan, pki, suite, a
     assert_only_protocols(pkts, allowed=IKE_AND_ESP_IN_UDP)
     assert_protocol_seen(pkts, "udp/500", between=(GW_A, GW_B))  # main mode 1-4, then 4500 (marker)
     assert_protocol_seen(pkts, "udp/4500", between=(GW_A, GW_B))
+
+
+@needs_ike_component
+@needs_driver
+@pytest.mark.parametrize("suite", SUITES)
+def test_ipsecd_driver_keyed_from_the_negotiation_carries_traffic_with_strongswan(
+    lab, strongswan, pki, suite
+):
+    """ipsecd's data plane against libipsec before the daemon runs IKE: ipsecd's IKE negotiates, then
+    ipsecd's driver gets that SA pair as manual SAs (keys from strongSwan's key log), ESP in UDP 4500."""
+    suite_ = SUITES[suite]
+    gw_a, host_a, host_b = lab.node("gw-a"), lab.node("host-a"), lab.node("host-b")
+    strongswan.load(tunnel("gw-b", suite_, "psk"))
+    config = {"local": GW_A, "peer": GW_B, "local_net": SITE_A, "remote_net": SITE_B, "psk": PSK,
+              "encryption": suite_.encryption, "group": suite_.group, "initiate": True}  # fmt: skip
+    probe = IkeProbe(gw_a).start(config)
+    try:
+        probe.wait_for("add_sa")
+    finally:
+        gw_a.exec("kill -9 $(cat /run/lab/ike-probe.pid)")  # gone without deleting: strongSwan keeps the SA
+    child = strongswan.wait_child()
+    spi_in, spi_out = int(child["spi-in"], 16), int(child["spi-out"], 16)
+    keys = {k.spi: k for k in strongswan.esp_keys()}
+    gw_a.put_file(CONFIG, manual_sa_config(keys, outbound=spi_in, inbound=spi_out))
+    daemon = gw_a.spawn(
+        ["ipsecd", "--config", "/etc/ipsecd/ipsecd.yaml"], name="ipsecd", log="/var/log/ipsecd.log"
+    )
+    try:
+        wait_until(lambda: gw_a.exec(["ipsecctl", "status"]).ok, 20, what="ipsecd to answer")
+        payload = MARKER * 2000
+        with lab.capture_segment("wan") as wan:
+            host_a.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", host_b.address()], check=True)
+            host_b.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", host_a.address()], check=True)
+            assert tcp_transfer(host_a, host_b, payload, port=5006) == payload
+            assert tcp_transfer(host_b, host_a, payload, port=5007) == payload
+        counters = json.loads(gw_a.exec(["ipsecctl", "stats", "--json"], check=True).stdout)["counters"]
+    finally:
+        daemon.stop()
+    pkts = wan.packets()
+    assert_only_protocols(pkts, allowed={"udp/4500"})
+    assert_marker_absent(pkts, MARKER)
+    assert set(udp_esp(pkts)) == {(GW_A, GW_B, spi_in), (GW_B, GW_A, spi_out)}
+    assert counters["packets_not_authenticated"] == counters["packets_not_decrypted"] == 0
+    assert counters["confidential_bytes_received"] >= len(payload)
+    (child,) = strongswan.child_sas()
+    assert int(child["bytes-in"]) >= len(payload) and int(child["bytes-out"]) >= len(payload)
+    # tshark with strongSwan's keys authenticates every packet, ipsecd's included, and finds both transfers
+    inner, authentic, seen = tshark_esp(wan.pcap, strongswan.tshark_args())
+    assert authentic == seen == len(udp_esp(pkts)), (authentic, seen)
+    assert inner.count(MARKER * 10) >= 2
 
 
 @needs_daemon_ike

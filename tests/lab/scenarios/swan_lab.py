@@ -10,10 +10,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from scapy.layers.inet import IP, UDP
 from scenarios.pki import Identity, Pki
 
-from lab.strongswan import Tunnel
+from lab.strongswan import EspKeys, Tunnel
 
 GW_A, GW_B = "198.51.100.1", "198.51.100.2"
 SITE_A, SITE_B = "10.1.0.0/24", "10.2.0.0/24"
@@ -153,3 +154,45 @@ def tshark_esp(pcap: Path, tshark_args: list[str]) -> tuple[bytes, int, int]:
     fields = [h for line in out for h in line.partition("|")[2].replace("|", ",").split(",") if h]
     inner = b"".join(bytes.fromhex(h) for h in fields)
     return inner, sum(line.split("|")[0] == "1" for line in out), len(out)
+
+
+#: charon's cipher names -> ipsecd's (ipsecd/algorithms.py)
+IPSECD_ENCRYPTION = {"AES_CBC": "aes-cbc-128", "3DES_CBC": "3des-cbc"}
+
+
+def manual_sa_config(keys: dict[int, EspKeys], outbound: int, inbound: int) -> str:
+    """An ipsecd node configuration (driver branch format) for gw-a: the site-to-site filter, and the SA
+    pair strongSwan negotiated as manual SAs, ESP in UDP 4500 both ways (what strongSwan's libipsec sends)."""
+    encryption = IPSECD_ENCRYPTION[keys[outbound].encryption]
+    name = "site-a<->site-b"
+    sas = [
+        {
+            "spi": spi,
+            "protocol": "esp",
+            "direction": direction,
+            "mode": "tunnel",
+            "source": source,
+            "destination": destination,
+            "encryption": encryption,
+            "enc_key": keys[spi].encryption_key.hex(),
+            "integrity": "hmac-sha1-96",
+            "auth_key": keys[spi].integrity_key.hex(),
+            "udp_encap": {"sport": 4500, "dport": 4500},
+            "filter": name,
+        }
+        for spi, direction, source, destination in (
+            (outbound, "outbound", GW_A, GW_B),
+            (inbound, "inbound", GW_B, GW_A),
+        )
+    ]
+    methods = [{"esp_encryption": encryption, "esp_integrity": "hmac-sha1-96"}]
+    return yaml.safe_dump(
+        {
+            "filters": [
+                {"name": name, "source": SITE_A, "destination": SITE_B, "tunnel": GW_B, "action": "tunnel"}
+            ],
+            "actions": {"tunnel": {"action": "negotiate", "methods": methods}},
+            "sas": sas,
+        },
+        sort_keys=False,
+    )

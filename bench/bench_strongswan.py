@@ -82,8 +82,15 @@ def tunnel(lab: Lab, me: str, ike: str, esp: str) -> Tunnel:
 
 def probe_config(lab: Lab, me: str, encryption: str, group: int) -> dict:
     local, peer, local_net, remote_net = ends(lab, me)
-    return {"local": local, "peer": peer, "local_net": local_net, "remote_net": remote_net,
-            "encryption": encryption, "group": group, "psk": PSK}  # fmt: skip
+    return {
+        "local": local,
+        "peer": peer,
+        "local_net": local_net,
+        "remote_net": remote_net,
+        "encryption": encryption,
+        "group": group,
+        "psk": PSK,
+    }
 
 
 def fresh_sa(charons: dict[str, Charon], lab: Lab, ike: str, esp: str) -> None:

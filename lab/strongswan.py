@@ -80,7 +80,8 @@ class Tunnel:
     Proposals are swanctl's (e.g. "3des-sha1-modp1024" for main mode, "3des-sha1" for ESP; add a group to
     the ESP proposal for PFS). `psk` set: pre-shared key with ID_IPV4_ADDR identities; else certificates:
     `cert` (a file in /etc/swanctl/x509, key in /etc/swanctl/private) and the peer's DN as `remote_id`.
-    `start_action`: none (initiate by hand), trap (on the first packet, like Windows), start (at load).
+    `start_action`: none (initiate by hand) or start (at load); trap (on the first packet) does nothing
+    with libipsec 5.9.8, which raises no acquire.
     """
 
     local_addr: str
@@ -99,57 +100,48 @@ class Tunnel:
     def render(self) -> str:
         """The swanctl.conf text for this tunnel."""
         if self.psk is not None:
-            local = ["auth = psk", f"id = {self.local_addr}"]
-            remote = ["auth = psk", f"id = {self.remote_id or self.remote_addr}"]
+            local = {"auth": "psk", "id": self.local_addr}
+            remote = {"auth": "psk", "id": self.remote_id or self.remote_addr}
         elif self.cert and self.remote_id:
-            local = ["auth = pubkey", f"certs = {self.cert}"]
-            remote = ["auth = pubkey", f'id = "{self.remote_id}"']
+            local = {"auth": "pubkey", "certs": self.cert}
+            remote = {"auth": "pubkey", "id": f'"{self.remote_id}"'}
         else:
             raise ValueError("a Tunnel needs psk, or cert and remote_id (the peer's certificate DN)")
-        conn = [
-            "version = 1",
-            "aggressive = no",
-            f"local_addrs = {self.local_addr}",
-            f"remote_addrs = {self.remote_addr}",
-            f"proposals = {self.ike_proposal}",
-            "mobike = no",
-            "local {",
-            *_indent(local),
-            "}",
-            "remote {",
-            *_indent(remote),
-            "}",
-            "children {",
-            *_indent(
-                [
-                    f"{self.child} {{",
-                    *_indent(
-                        [
-                            "mode = tunnel",
-                            f"local_ts = {self.local_ts}",
-                            f"remote_ts = {self.remote_ts}",
-                            f"esp_proposals = {self.esp_proposal}",
-                            f"start_action = {self.start_action}",
-                        ]
-                    ),
-                    "}",
-                ]
-            ),
-            "}",
-        ]
-        lines = ["connections {", *_indent([f"{self.name} {{", *_indent(conn), "}"]), "}"]
+        child = {
+            "mode": "tunnel",
+            "local_ts": self.local_ts,
+            "remote_ts": self.remote_ts,
+            "esp_proposals": self.esp_proposal,
+            "start_action": self.start_action,
+        }
+        connection = {
+            "version": 1,
+            "aggressive": "no",  # main mode
+            "local_addrs": self.local_addr,
+            "remote_addrs": self.remote_addr,
+            "proposals": self.ike_proposal,
+            "mobike": "no",
+            "local": local,
+            "remote": remote,
+            "children": {self.child: child},
+        }
+        settings: dict = {"connections": {self.name: connection}}
         if self.psk is not None:
-            secret = [
-                f"id-local = {self.local_addr}",
-                f"id-remote = {self.remote_id or self.remote_addr}",
-                f'secret = "{self.psk}"',
-            ]
-            lines += ["secrets {", *_indent([f"ike-{self.name} {{", *_indent(secret), "}"]), "}"]
-        return "\n".join(lines)
+            secret = {"id-local": local["id"], "id-remote": remote["id"], "secret": f'"{self.psk}"'}
+            settings["secrets"] = {f"ike-{self.name}": secret}
+        return "\n".join(_settings(settings))
 
 
-def _indent(lines: list[str]) -> list[str]:
-    return ["    " + line for line in lines]
+def _settings(settings: dict, depth: int = 0) -> list[str]:
+    """strongSwan's settings syntax: `name {` ... `}` for sections, `key = value` for the rest."""
+    pad = "    " * depth
+    lines = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            lines += [f"{pad}{key} {{", *_settings(value, depth + 1), f"{pad}}}"]
+        else:
+            lines.append(f"{pad}{key} = {value}")
+    return lines
 
 
 class Charon:

@@ -180,8 +180,16 @@ def test_ipsecd_driver_keyed_from_the_negotiation_carries_traffic_with_strongswa
     suite_ = SUITES[suite]
     gw_a, host_a, host_b = lab.node("gw-a"), lab.node("host-a"), lab.node("host-b")
     strongswan.load(tunnel("gw-b", suite_, "psk"))
-    config = {"local": GW_A, "peer": GW_B, "local_net": SITE_A, "remote_net": SITE_B, "psk": PSK,
-              "encryption": suite_.encryption, "group": suite_.group, "initiate": True}  # fmt: skip
+    config = {
+        "local": GW_A,
+        "peer": GW_B,
+        "local_net": SITE_A,
+        "remote_net": SITE_B,
+        "psk": PSK,
+        "encryption": suite_.encryption,
+        "group": suite_.group,
+        "initiate": True,
+    }
     probe = IkeProbe(gw_a).start(config)
     try:
         probe.wait_for("add_sa")

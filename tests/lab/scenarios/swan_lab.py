@@ -55,7 +55,7 @@ SUITES = {
 GATEWAYS = {"gw-a": (GW_A, GW_B, SITE_A, SITE_B), "gw-b": (GW_B, GW_A, SITE_B, SITE_A)}
 
 
-def tunnel(gateway: str, suite: Suite, auth: str, pki: Pki | None = None, **extra) -> Tunnel:
+def tunnel(gateway: str, suite: Suite, auth: str, **extra) -> Tunnel:
     """The strongSwan tunnel of `gateway` (gw-a or gw-b) to the other one, PSK or certificates."""
     me, peer, mine, theirs = GATEWAYS[gateway]
     common = dict(ike_proposal=suite.ike, esp_proposal=suite.esp, **extra)
@@ -92,35 +92,43 @@ def ipsecd_policy(
     rules as Windows has them, one per direction, with this suite and PSK or certificate authentication."""
     me, peer, mine, theirs = GATEWAYS[gateway]
     main_mode, quick_mode = suite.windows
-    authentication = f"[{{psk: {PSK}}}]" if auth == "psk" else f'[{{certificate: "{pki.ca_dn()}"}}]'
-    rules = []
-    for name, source, destination, endpoint in (
-        ("to the far site", mine, theirs, peer),
-        ("from the far site", theirs, mine, me),
-    ):
-        rules += [
-            f"  - name: {name}",
-            "    filter_list:",
-            f"      name: {source} -> {destination}",
-            f"      filters: [{{name: {name.split()[0]}, source: {source}, destination: {destination}, "
-            "protocol: any, mirrored: false}]",
-            "    filter_action:",
-            "      name: Require Security (tunnel)",
-            "      action: negotiate",
-            f'      security_methods: ["{quick_mode}:{lifetime}"]',
-            f"    authentication: {authentication}",
-            f"    tunnel: {endpoint}",
-        ]
-    return "\n".join(
-        [
-            f"name: strongswan interop ({gateway})",
-            "polling_interval: 30s",
-            f"key_exchange: {{methods: [{main_mode}]}}",
-            "rules:",
-            *rules,
-            "",
-        ]
-    )
+    authentication = [{"psk": PSK} if auth == "psk" else {"certificate": pki.ca_dn()}]
+    action = {
+        "name": "Require Security (tunnel)",
+        "action": "negotiate",
+        "security_methods": [f"{quick_mode}:{lifetime}"],
+    }
+    rules = [
+        {
+            "name": name,
+            "filter_list": {
+                "name": f"{source} -> {destination}",
+                "filters": [
+                    {
+                        "name": name,
+                        "source": source,
+                        "destination": destination,
+                        "protocol": "any",
+                        "mirrored": False,
+                    }
+                ],
+            },
+            "filter_action": action,
+            "authentication": authentication,
+            "tunnel": endpoint,
+        }
+        for name, source, destination, endpoint in (
+            ("to the far site", mine, theirs, peer),
+            ("from the far site", theirs, mine, me),
+        )
+    ]
+    policy = {
+        "name": f"strongswan interop ({gateway})",
+        "polling_interval": "30s",
+        "key_exchange": {"methods": [main_mode]},
+        "rules": rules,
+    }
+    return yaml.safe_dump(policy, sort_keys=False)
 
 
 def tshark_esp(pcap: Path, tshark_args: list[str]) -> tuple[bytes, int, int]:

@@ -162,6 +162,14 @@ class Charon:
         )
         return self
 
+    def fresh(self, key_log: bool = False) -> Charon:
+        """charon running with no SA: started if it is not (a lab shared by tests), else every SA deleted."""
+        if self.node.process("charon").alive():
+            self.terminate()
+        else:
+            self.start(key_log=key_log)
+        return self
+
     def swanctl(self, *args: str, timeout: float = 30) -> str:
         return self.node.exec(["swanctl", *args], check=True, timeout=timeout).stdout
 

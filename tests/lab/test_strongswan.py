@@ -45,14 +45,7 @@ def lab(lab_up):
 @pytest.fixture
 def charons(lab) -> dict[str, Charon]:
     """charon running in both gateways (started once per lab), with no SA left from an earlier test."""
-    found = {}
-    for name in ("gw-a", "gw-b"):
-        node = lab.node(name)
-        charon = Charon(node)
-        if not node.process("charon").alive():
-            charon.start(key_log=True)
-        charon.terminate()
-        found[name] = charon
+    found = {name: Charon(lab.node(name)).fresh(key_log=True) for name in ("gw-a", "gw-b")}
     wait_until(lambda: not any(c.sas() for c in found.values()), 10, what="no IKE SA left on either gateway")
     return found
 

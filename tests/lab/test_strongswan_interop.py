@@ -79,12 +79,7 @@ def lab(lab_up):
 
 @pytest.fixture
 def strongswan(lab) -> Charon:
-    node = lab.node("gw-b")
-    charon = Charon(node)
-    if not node.process("charon").alive():
-        charon.start(key_log=True)
-    charon.terminate()
-    return charon
+    return Charon(lab.node("gw-b")).fresh(key_log=True)
 
 
 def install_credentials(node: Node, pki: Pki) -> dict[str, str]:

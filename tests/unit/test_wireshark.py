@@ -112,7 +112,7 @@ def test_wrong_keys_fail_in_tshark_too(capture):
                                  udp_encap=sa.udp_encap) for sa in sas]
     by_spi = {sa.spi: sa for sa in sas}
     for spi, data, good, bad in tshark_fields(path, tshark_esp_args(wrong)):
-        sa = by_spi[int(spi, 16)]
+        sa = by_spi[int(spi.split(",")[0], 16)]  # garbage may look like a nested ESP
         if sa.integrity:
             assert good != "1" and bad in ("1", ""), (sa.encryption, sa.integrity, bad)  # "": gave up
         if sa.encryption != "null":

@@ -10,8 +10,8 @@ algorithm and key.  ``tshark_esp_args`` gives the same as ``tshark -o`` options.
 ...                          "aes-cbc-128", bytes(16), "hmac-sha1-96", bytes(range(20)))
 >>> esp_sa_table([sa]).split(",")[:5]
 ['"IPv4"', '"192.0.2.1"', '"192.0.2.2"', '"0x00001000"', '"AES-CBC [RFC3602]"']
->>> esp_sa_table([sa]).split(",")[6:]
-['"HMAC-SHA-1-96 [RFC2404]"', '"0x000102030405060708090a0b0c0d0e0f10111213"\n']
+>>> esp_sa_line(sa).split(",")[6:]
+['"HMAC-SHA-1-96 [RFC2404]"', '"0x000102030405060708090a0b0c0d0e0f10111213"']
 """
 from __future__ import annotations
 

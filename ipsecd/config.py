@@ -52,6 +52,7 @@ class DriverSettings:
     idle_seconds: int = 300  # an SA that carries nothing this long is deleted (the documents' idle SAs)
     route_table: int = 2121  # policy routing table holding the default route into the TUN
     fwmark: int = 0x2121  # the mark nftables puts on packets to be secured
+    bypass_mark: int = 0x2122  # the mark on the daemon's own packets, which are never secured again
 
 
 @dataclass(frozen=True)

@@ -142,13 +142,14 @@ class Driver:
             del self._pending[key]
         log.info("policy loaded: %d filters", len(spd))
 
-    def add_sa(self, sa: SecurityAssociation, filter_name: str) -> None:
+    def add_sa(self, sa: SecurityAssociation, filter_name: str, *, manual: bool = False) -> None:
         """Install an SA (or an AH+ESP bundle through its AH SA) that secures traffic of `filter_name`.
 
         An outbound SA becomes the one used for that filter and peer (a rekey replaces the old one, which
-        IKE deletes later); the packet kept while negotiating goes out at once.
+        IKE deletes later); the packet kept while negotiating goes out at once. Negotiated SAs that carry
+        nothing for `idle_seconds` are deleted; manual ones (nobody would renew them) are not.
         """
-        if sa.idle_timeout is None and self.idle_seconds:
+        if sa.idle_timeout is None and self.idle_seconds and not manual:
             sa.idle_timeout = self.idle_seconds
         self.sad.add(sa)
         for member in (sa, sa.inner):
@@ -260,6 +261,11 @@ class Driver:
             self.sad.counters.malformed_packets += 1
 
     # -- status for ipsecctl -------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """How many (filter, peer) pairs wait for IKE, each with its one kept packet."""
+        return len(self._pending)
 
     def counter_values(self) -> dict[str, int]:
         """The ipsecmon counters plus the driver's own; 'dropped by policy' includes the kernel's drops."""
@@ -445,6 +451,8 @@ def internet_checksum(data: bytes | bytearray) -> int:
 # -- the kernel side ---------------------------------------------------------------------------------------
 
 IP_PKTINFO = 8
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_PROBE = 3
 DRAIN = 64  # packets read per wake-up
 
 
@@ -466,6 +474,8 @@ class KernelWire:
         self.udp.bind(("0.0.0.0", nat_t_port))
         for sock in (self.raw_out, self.udp):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, bypass_mark)
+            # The path MTU the kernel learns for inner traffic (TUN MTU) must not cap our outer packets.
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
         for sock in (self.esp_in, self.ah_in):
             sock.setblocking(False)
 

@@ -6,10 +6,12 @@ packets written here enter the IP stack as if received on `ipsec0`, for local de
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
 import subprocess
+from pathlib import Path
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -25,6 +27,8 @@ class Tun:
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
         try:
             fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+            with contextlib.suppress(OSError):  # IPv4 only: no IPv6 chatter (router solicitations) in the TUN
+                Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
             subprocess.run(["ip", "link", "set", name, "mtu", str(mtu), "up"], check=True,
                            capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as e:

@@ -82,7 +82,8 @@ def request(path: str, command: str, timeout: float = 10.0, **args: Any) -> Any:
                     break
                 data += chunk
     except OSError as e:
-        raise ControlError(f"cannot talk to ipsecd at {path}: {e.strerror or e} (is ipsecd running?)") from None
+        reason = e.strerror or e
+        raise ControlError(f"cannot talk to ipsecd at {path}: {reason} (is ipsecd running?)") from None
     try:
         reply = json.loads(data)
     except ValueError:

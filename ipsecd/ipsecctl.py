@@ -22,7 +22,8 @@ from ipsecd.control import ControlError, request
 def table(rows: list[list[Any]], headers: list[str]) -> str:
     cells = [headers, *[["" if c is None else str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+    return "\n".join(lines)
 
 
 def show_status(result: dict) -> str:
@@ -31,7 +32,8 @@ def show_status(result: dict) -> str:
         f"ipsecd pid {result['pid']}, up {result['uptime_seconds']} s, configuration {result['config']}",
         f"filters: {result['filters']}   active SAs: {result['active_sas']}   "
         f"waiting for IKE: {result['pending_acquires']}   TUN: {result['tun']}",
-        f"confidential bytes sent/received: {c['confidential_bytes_sent']}/{c['confidential_bytes_received']}",
+        "confidential bytes sent/received: "
+        f"{c['confidential_bytes_sent']}/{c['confidential_bytes_received']}",
         f"bad SPI: {c['bad_spi_packets']}   not decrypted: {c['packets_not_decrypted']}   "
         f"not authenticated: {c['packets_not_authenticated']}   replayed: {c['replayed_packets']}   "
         f"dropped by policy: {c['dropped_by_policy']}",
@@ -41,7 +43,8 @@ def show_status(result: dict) -> str:
 def show_sas(result: list[dict]) -> str:
     if not result:
         return "no security associations"
-    rows = [[s["spi"], s["protocol"].upper(), s["direction"], s["mode"], f"{s['source']} -> {s['destination']}",
+    rows = [[s["spi"], s["protocol"].upper(), s["direction"], s["mode"],
+             f"{s['source']} -> {s['destination']}",
              "/".join(a for a in (s["encryption"], s["integrity"]) if a),
              "udp " + "->".join(map(str, s["udp_encap"])) if s["udp_encap"] else "",
              s["filter"], s["counters"]["packets"], s["counters"]["bytes"], s["sequence"], s["age_seconds"]]

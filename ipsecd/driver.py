@@ -28,6 +28,7 @@ calls `ike.acquire(filter, selector)`, `ike.expire(sa, hard)` and `ike.datagram_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -43,6 +44,7 @@ from ipsecd.spd import SPD, Action, Direction, Filter, Selector
 log = logging.getLogger("ipsecd.driver")
 
 FLOW_CACHE_SIZE = 65536
+NAT_KEEPALIVE_SECONDS = 20.0
 ACQUIRE_RETRY_SECONDS = 5.0  # how long a pending acquire waits before the driver asks IKE again
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 
@@ -123,6 +125,7 @@ class Driver:
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._soft: set[tuple[str, str]] = set()
         self._log_times: dict[str, float] = {}
+        self._last_keepalive = -NAT_KEEPALIVE_SECONDS
         self.load_policy(spd or SPD())
 
     # -- the Policy Agent's and IKE's interface -------------------------------------------------------------
@@ -184,7 +187,18 @@ class Driver:
         self.wire.send_udp(NON_ESP_MARKER + data, addr)
 
     def expire(self, now: float | None = None) -> None:
-        """Apply lifetimes: soft tells IKE to rekey; hard and idle SAs are deleted (called every second)."""
+        """Apply lifetimes: soft tells IKE to rekey; hard and idle SAs are deleted (called every second).
+
+        Also sends the NAT-T keepalives (RFC 3948 §2.3, every 20 s as Windows does) to the peers of
+        UDP-encapsulated SAs, so the NAT keeps its mapping while the SA is quiet.
+        """
+        now = self.clock() if now is None else now
+        if now - self._last_keepalive >= NAT_KEEPALIVE_SECONDS:
+            self._last_keepalive = now
+            for key, sa in self._outbound.items():
+                if sa.udp_encap:
+                    with contextlib.suppress(OSError):
+                        self.wire.send_udp(b"\xff", (sa.dst, self._nat_port.get(key, sa.udp_encap[1])))
         for sa, reason in self.sad.expire(now):
             words = {"soft": "soft lifetime reached, rekey wanted", "hard": "hard lifetime reached, deleted",
                      "idle": f"idle for {sa.idle_timeout:.0f} s, deleted"}[reason]
@@ -350,7 +364,10 @@ class Driver:
             self.sad.counters.malformed_packets += 1
             return
         name = self._filter_of.get(sa.key)
-        if not any(f.matches(sel) for f in self._inbound_filters.get(name, ())):
+        best = self.spd.lookup(sel, Direction.INBOUND)
+        blocked = best is not None and best.action.action is Action.BLOCK
+        permitted = best is not None and best.action.action is Action.PERMIT
+        if blocked or not (permitted or any(f.matches(sel) for f in self._inbound_filters.get(name, ()))):
             self.sad.counters.dropped_by_policy += 1
             self._say(f"selector {name}", f"packet {sel} arrived on SA {sa.spi:#x} but is not traffic "
                                           f"of its filter {name}: dropped")

@@ -197,8 +197,10 @@ class Netfilter:
 
 
 def _sysctl(key: str, value: str) -> None:
+    path = Path("/proc/sys", key)
     try:
-        Path("/proc/sys", key).write_text(value)
+        if path.read_text().strip() != value:
+            path.write_text(value)
     except OSError as e:  # a read-only /proc/sys in a container: say so, carry on
         log.warning("cannot set %s=%s (%s); decapsulated packets may be dropped", key, value, e.strerror)
 

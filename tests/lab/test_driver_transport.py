@@ -4,17 +4,13 @@ See scenarios/driver-transport/README.md. The module shares one lab; tests that 
 configuration put the scenario's own back when they end.
 """
 
-import subprocess
-import sys
-import tempfile
-
 import pytest
 from scapy.layers.inet import IP
 from scapy.layers.ipsec import AH, ESP
 from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 from scenarios.driver_lab import (
     counters,
+    inject_frames,
     ipsecctl,
     overrides,
     reload_config,
@@ -138,16 +134,6 @@ def test_block_and_permit_filters_do_what_they_say(pair):
     filters = {(f["name"], f["direction"]): f for f in ipsecctl(a, "filters")}
     assert filters[("no-udp-9999", "outbound")]["packets"] >= 1
     assert filters[("clear-tcp-7000", "outbound")]["packets"] >= 1
-
-
-def inject_frames(lab, segment: str, frames) -> None:
-    """Put Ethernet frames on a segment's bridge, as a third host on the segment would."""
-    bridge = lab.capture_segment(segment).device  # the bridge captures listen on
-    with tempfile.NamedTemporaryFile(suffix=".pcap") as f:
-        wrpcap(f.name, frames)
-        send = f"from scapy.all import *; sendp(rdpcap({f.name!r}), iface={bridge!r}, verbose=False)"
-        subprocess.run(["ip", "netns", "exec", lab.fabric, sys.executable, "-c", send], check=True,
-                       timeout=30)
 
 
 def test_tampered_replayed_and_unknown_spi_packets_raise_their_counters(pair):

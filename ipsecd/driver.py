@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, classify_udp4500
+from ipsecd.netfilter import Netfilter, comment_name
 from ipsecd.sad import SAD, SecurityAssociation
 from ipsecd.spd import SPD, Action, Direction, Filter, Selector
 
@@ -123,15 +124,20 @@ class _Pending:
 
 
 class Driver:
+    """The SPD, the SAD and the packets between them; I/O through `wire`, kernel policy through `kernel`.
+
+    `kernel` is a netfilter.Netfilter (None in unit tests, where no kernel policy is installed);
+    `ike` is None with manual keys only; `clock` is injectable so lifetimes are testable.
+    """
+
     def __init__(self, spd: SPD | None = None, *, wire: Wire | None = None, ike: IKEHooks | None = None,
-                 kernel: object | None = None, idle_seconds: float | None = 300,
-                 replay_window: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+                 kernel: Netfilter | None = None, idle_seconds: float | None = 300,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.sad = SAD()
         self.wire = wire or RecordingWire()
         self.ike = ike
-        self.kernel = kernel  # netfilter.Netfilter, or None when the kernel half is managed elsewhere
+        self.kernel = kernel
         self.idle_seconds = idle_seconds
-        self.replay_window = replay_window
         self.clock = clock
         self.counters = dict.fromkeys((key for key, _ in DRIVER_COUNTERS), 0)
         self._outbound: dict[tuple[str, str], SecurityAssociation] = {}  # (filter, peer) -> outer SA
@@ -196,7 +202,7 @@ class Driver:
         self._soft.add((filter_name, peer))
         pending = self._pending.pop((filter_name, peer), None)
         if pending is not None:
-            self._send_clear(pending.packet, peer)
+            self._send_clear(pending.packet, socket.inet_ntoa(pending.packet[16:20]))
         log.info("soft association: traffic of filter %s to %s goes in clear", filter_name, peer)
 
     def send_4500(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -327,7 +333,7 @@ class Driver:
                  "destination": str(f.dst), "protocol": f.protocol, "source_port": f.src_port,
                  "destination_port": f.dst_port, "tunnel": str(f.tunnel) if f.tunnel else None,
                  "action": f.action.name, "verdict": str(f.action.action), "rule": f.rule,
-                 "packets": hits.get((f.name.replace('"', "'")[:100], str(f.direction)), 0),
+                 "packets": hits.get((comment_name(f.name), str(f.direction)), 0),
                  "description": f.describe()} for f in self.spd.filters]
 
     # -- inside ---------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ def test_node_handle_files_processes_and_errors(lab_up):
 
 
 def test_ipsecd_config_from_the_topology_is_copied_into_the_node(lab_up, tmp_path, caplog):
+    caplog.set_level("INFO", logger="lab")  # "ipsecd started" is logged at INFO
     config = tmp_path / "host-a.yaml"
     config.write_text("# ipsecd node config\nrules: []\n")
     lab = lab_up("intranet-pair", overrides={"nodes": {"host-a": {"ipsecd": str(config)}}}, fresh=True)

@@ -155,7 +155,10 @@ class SecurityAssociation:
         _choice("mode", self.mode, ("transport", "tunnel"))
         if not 256 <= self.spi <= SEQ_MAX:
             raise ValueError(f"SPI {self.spi:#x} outside 0x100-0xffffffff (RFC 4303 §2.1)")
-        self._src, self._dst = ip_to_bytes(self.src), ip_to_bytes(self.dst)
+        try:
+            self._src, self._dst = ip_to_bytes(self.src), ip_to_bytes(self.dst)
+        except ValueError as e:
+            raise ValueError(f"SA src/dst: {e}") from None
         enc = algorithms.encryption(self.encryption)
         integ = algorithms.integrity(self.integrity) if self.integrity else None
         if self.protocol == "esp":

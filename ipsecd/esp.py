@@ -47,7 +47,10 @@ NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
 ISAKMP_HEADER = 28
 
 _PAD = bytes(range(1, 256))  # RFC 4303 §2.4 default padding: 1, 2, 3, ...
-_unpack_ip = struct.Struct("!BBHHHBBH4s4s").unpack_from
+_IP = struct.Struct("!BBHHHBBH4s4s")
+_pack_ip, _unpack_ip = _IP.pack, _IP.unpack_from
+_BYTE = [bytes((i,)) for i in range(256)]
+_TRAILERS: dict[int, bytes] = {}  # (pad length << 8 | next header) -> padding + the 2 trailer bytes
 
 
 # -- errors: each names the counter (ipsecd.counters) the drop is counted under --
@@ -101,29 +104,48 @@ class DummyPacket(IPsecError):
 # -- IPv4 helpers --
 
 def ipv4_checksum(header: bytes) -> int:
-    """RFC 791 header checksum of ``header`` (checksum field included as it is)."""
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    """RFC 791 header checksum of ``header`` (its checksum field included as it is).
+
+    The one's complement sum of 16-bit words is the big integer modulo 0xFFFF
+    (2**16 = 1 mod 0xFFFF): one C-level operation instead of a Python loop.
+    """
+    rest = int.from_bytes(header, "big") % 0xFFFF
+    return 0xFFFF - rest if rest else 0
 
 
 def rewrite_ipv4_header(header: bytes, protocol: int, total_length: int) -> bytes:
-    """``header`` with a new protocol and total length, checksum recomputed."""
-    h = bytearray(header)
-    h[2:4] = total_length.to_bytes(2, "big")
-    h[9] = protocol
-    h[10:12] = b"\x00\x00"
-    h[10:12] = ipv4_checksum(h).to_bytes(2, "big")
-    return bytes(h)
+    """``header`` with a new protocol and total length; checksum updated incrementally
+    (RFC 1624 eqn. 3) from the old one, which the kernel has already verified or set."""
+    ver_ihl, tos, old_total, ident, frag, ttl, old_protocol, checksum, src, dst = _unpack_ip(header)
+    s = ((~checksum & 0xFFFF) + (~old_total & 0xFFFF) + total_length + (~old_protocol & 0xFFFF)
+         + protocol)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    new = _pack_ip(ver_ihl, tos, total_length, ident, frag, ttl, protocol, ~s & 0xFFFF, src, dst)
+    return new if len(header) == 20 else new + header[20:]
 
 
-def ipv4_header(src: bytes, dst: bytes, protocol: int, payload_length: int, *, tos: int = 0,
+def ipv4_header(src: bytes, dst: bytes, protocol: int, payload_length: int, tos: int = 0,
                 ident: int = 0, flags_fragment: int = 0, ttl: int = 64) -> bytes:
     """A 20-byte IPv4 header (no options) with its checksum."""
-    h = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + payload_length, ident, flags_fragment, ttl,
-                    protocol, 0, src, dst)
-    return h[:10] + ipv4_checksum(h).to_bytes(2, "big") + h[12:]
+    return HeaderTemplate(src, dst, ttl).build(protocol, payload_length, tos, ident, flags_fragment)
+
+
+class HeaderTemplate:
+    """IPv4 headers src -> dst with a fixed TTL; the addresses' checksum share is precomputed."""
+
+    __slots__ = ("_dst", "_partial", "_src", "_ttl")
+
+    def __init__(self, src: bytes, dst: bytes, ttl: int = 64):
+        self._src, self._dst, self._ttl = src, dst, ttl
+        self._partial = int.from_bytes(src + dst, "big") % 0xFFFF + 0x4500 + (ttl << 8)
+
+    def build(self, protocol: int, payload_length: int, tos: int = 0, ident: int = 0,
+              flags_fragment: int = 0) -> bytes:
+        total = 20 + payload_length
+        rest = (self._partial + tos + total + ident + flags_fragment + protocol) % 0xFFFF
+        return _pack_ip(0x45, tos, total, ident, flags_fragment, self._ttl, protocol,
+                        0xFFFF - rest if rest else 0, self._src, self._dst)
 
 
 def split_ipv4(packet: bytes) -> tuple[int, bytes, bytes]:
@@ -160,7 +182,11 @@ def classify_udp4500(payload: bytes) -> str:
 
 def _pad(payload: bytes, next_header: int, block: int) -> bytes:
     padlen = -(len(payload) + 2) % block
-    return payload + _PAD[:padlen] + bytes((padlen, next_header))
+    key = padlen << 8 | next_header
+    trailer = _TRAILERS.get(key)
+    if trailer is None:
+        trailer = _TRAILERS[key] = _PAD[:padlen] + bytes((padlen, next_header))
+    return payload + trailer
 
 
 def _unpad(plain: bytes) -> tuple[int, bytes]:

@@ -45,6 +45,7 @@ from ipsecd.esp import (
     UDP_HEADER,
     BadPacket,
     DummyPacket,
+    HeaderTemplate,
     IPsecError,
     Replayed,
     SAExpired,
@@ -180,6 +181,7 @@ class SecurityAssociation:
         # in a bundle the ESP SA builds the tunnel header; AH goes over it like transport mode
         self._tunnel = self.mode == "tunnel" and self.inner is None
         self._spi_bytes = self.spi.to_bytes(4, "big")
+        self._outer = HeaderTemplate(self._src, self._dst)
         self._replay = ReplayWindow(self.replay_window) if self.direction == "inbound" else None
         hard_kb = self.lifetime.hard_kilobytes
         self._hard_bytes = math.inf if hard_kb is None else hard_kb * 1024
@@ -237,8 +239,7 @@ class SecurityAssociation:
         return header + self._ah.seal(header, payload, next_header, self.spi, seq) + payload
 
     def _tunnel_header(self, inner: bytes, protocol: int, length: int, seq: int) -> bytes:
-        return ipv4_header(self._src, self._dst, protocol, length, tos=inner[1],
-                           ident=seq & 0xFFFF, flags_fragment=inner[6] << 8 & 0x4000)
+        return self._outer.build(protocol, length, inner[1], seq & 0xFFFF, inner[6] << 8 & 0x4000)
 
     def _next_seq(self, nbytes: int) -> int:
         seq = self.seq + 1

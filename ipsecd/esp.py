@@ -11,8 +11,8 @@ An ESP packet (RFC 4303 §2)::
 Speed (see shared/research/dataplane.md): one pre-keyed cipher and HMAC per SA;
 CBC keeps one streaming encryptor and feeds it a zero block before each packet,
 so E_K(previous ciphertext block) becomes the packet's unpredictable explicit IV
-(RFC 3602 §3 asks for an unpredictable IV); CBC decryption is one reusable ECB
-decryptor plus an XOR with the shifted ciphertext, avoiding a new context per packet.
+(RFC 3602 §3 asks for an unpredictable IV); CBC decryption feeds IV | ciphertext to one
+running CBC decryptor and drops the first output block: no new context per packet.
 
 >>> from ipsecd.algorithms import encryption, integrity
 >>> t = transform(encryption("aes-gcm-128"), bytes(20), None, b"")
@@ -217,14 +217,14 @@ class _Transform:
         self.icv_size = enc.icv_size or (integ.icv_size if integ else 0)
         self.min_length = ESP_HEADER + enc.iv_size + max(enc.block_size, 4) + self.icv_size
 
-    def _icv(self, data: bytes) -> bytes:
+    def _icv(self, data: bytes | memoryview) -> bytes:
         h = self._mac.copy()
         h.update(data)
         return h.finalize()[: self.icv_size]
 
     def _verify(self, data: bytes) -> None:
         if self._mac is not None and not hmac.compare_digest(
-                self._icv(data[: -self.icv_size]), data[-self.icv_size:]):
+                self._icv(memoryview(data)[: -self.icv_size]), data[-self.icv_size:]):
             raise AuthenticationFailed("ICV mismatch")
 
     def _check_length(self, data: bytes) -> None:
@@ -253,8 +253,8 @@ class CbcTransform(_Transform):
         super().__init__(enc, integ, integ_key)
         self._cipher = enc.cipher(key)
         self._stream = Cipher(self._cipher, modes.CBC(os.urandom(enc.block_size))).encryptor()
-        self._ecb = Cipher(self._cipher, modes.ECB()).decryptor()
         self._zero = bytes(enc.block_size)
+        self._chained = Cipher(self._cipher, modes.CBC(self._zero)).decryptor()
 
     def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
         """``iv`` forces an explicit IV (known-answer tests); normally it is derived (see module doc)."""
@@ -273,11 +273,9 @@ class CbcTransform(_Transform):
             raise BadPacket(f"ESP ciphertext of {end - ESP_HEADER - block} bytes is not a "
                             f"multiple of the {block}-byte block")
         self._verify(data)
-        decrypted = self._ecb.update(data[ESP_HEADER + block: end])
-        chained = data[ESP_HEADER: end - block]  # IV, then every ciphertext block but the last
-        plain = (int.from_bytes(decrypted, "big") ^ int.from_bytes(chained, "big")).to_bytes(
-            len(decrypted), "big")
-        return _unpad(plain)
+        # IV | ciphertext into the SA's running CBC decryptor: the IV's own output block is
+        # garbage (chained to the previous packet), every later block is this packet's plaintext
+        return _unpad(self._chained.update(memoryview(data)[ESP_HEADER:end])[block:])
 
 
 class GcmTransform(_Transform):
@@ -300,7 +298,7 @@ class GcmTransform(_Transform):
     def open(self, data: bytes) -> tuple[int, bytes]:
         self._check_length(data)
         try:
-            plain = self._aead.decrypt(self._salt + data[8:16], data[16:], data[:8])
+            plain = self._aead.decrypt(self._salt + data[8:16], memoryview(data)[16:], data[:8])
         except InvalidTag:
             raise AuthenticationFailed("AES-GCM tag mismatch") from None
         return _unpad(plain)

@@ -204,12 +204,7 @@ class SecurityAssociation:
         """
         if self.inner is not None:
             packet = self.inner.encapsulate(packet)
-        if self._tunnel:
-            if len(packet) < 20 or packet[0] >> 4 != 4:
-                raise BadPacket("inner packet is not IPv4")
-            header, payload, next_header = None, packet, IPPROTO_IPIP
-        else:
-            next_header, header, payload = split_ipv4(packet)
+        header, payload, next_header = self._split(packet)
         seq = self._next_seq(len(payload))
         if self.protocol == "ah":
             return self._ah_encapsulate(header, payload, next_header, seq, packet)
@@ -223,9 +218,24 @@ class SecurityAssociation:
         return rewrite_ipv4_header(header, protocol, len(header) + len(body)) + body
 
     def encapsulate_udp(self, packet: bytes) -> bytes:
-        """Like ``encapsulate`` but only the ESP bytes, for sending on the UDP 4500 socket."""
-        outer = self.encapsulate(packet)
-        return outer[(outer[0] & 0x0F) * 4 + UDP_HEADER:]
+        """The ESP bytes only (SPI to ICV), for sending on the UDP 4500 socket to ``udp_encap``.
+
+        Transport mode relies on the socket's addresses being the packet's own.
+        """
+        if self.protocol != "esp" or self.inner is not None:
+            raise ValueError(f"SA {self.spi:#x}: only a plain ESP SA can use a UDP socket")
+        _, payload, next_header = self._split(packet)
+        seq = self._next_seq(len(payload))
+        return self._esp.seal(self._spi_bytes + seq.to_bytes(4, "big"), payload, next_header)
+
+    def _split(self, packet: bytes) -> tuple[bytes | None, bytes, int]:
+        """(header to keep or None for tunnel mode, payload to protect, its next header)."""
+        if self._tunnel:
+            if len(packet) < 20 or packet[0] >> 4 != 4:
+                raise BadPacket("inner packet is not IPv4")
+            return None, packet, IPPROTO_IPIP
+        next_header, header, payload = split_ipv4(packet)
+        return header, payload, next_header
 
     def _ah_encapsulate(self, header: bytes | None, payload: bytes, next_header: int, seq: int,
                         packet: bytes) -> bytes:
@@ -318,11 +328,12 @@ class SecurityAssociation:
         if next_header == IPPROTO_NONE:
             raise DummyPacket("dummy packet (next header 59)")
         if self._tunnel:
+            total = int.from_bytes(payload[2:4], "big")
             if next_header != IPPROTO_IPIP or len(payload) < 20 or payload[0] >> 4 != 4 \
-                    or int.from_bytes(payload[2:4], "big") != len(payload):
+                    or not 20 <= total <= len(payload):
                 raise BadPacket(f"tunnel SA {self.spi:#x}: payload is not one IPv4 packet "
                                 f"(next header {next_header})")
-            return payload
+            return payload if total == len(payload) else payload[:total]  # TFC padding (§2.4)
         return rewrite_ipv4_header(header, next_header, len(header) + len(payload)) + payload
 
     def _count_drop(self, error: IPsecError) -> None:

@@ -49,6 +49,7 @@ ISAKMP_HEADER = 28
 _PAD = bytes(range(1, 256))  # RFC 4303 §2.4 default padding: 1, 2, 3, ...
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _pack_ip, _unpack_ip = _IP.pack, _IP.unpack_from
+_unpack_addresses = struct.Struct("!4H").unpack
 _BYTE = [bytes((i,)) for i in range(256)]
 _TRAILERS: dict[int, bytes] = {}  # (pad length << 8 | next header) -> padding + the 2 trailer bytes
 
@@ -165,6 +166,28 @@ def split_ipv4(packet: bytes) -> tuple[int, bytes, bytes]:
 def udp_header(sport: int, dport: int, payload_length: int) -> bytes:
     """RFC 3948 §2.1 UDP header; checksum 0 (allowed for IPv4, SHOULD for UDP-ESP)."""
     return struct.pack("!HHHH", sport, dport, UDP_HEADER + payload_length, 0)
+
+
+def nat_checksum_fixup(packet: bytes, original_src: bytes, original_dst: bytes) -> bytes:
+    """RFC 3948 §3.1.2 (transport mode through a NAT): update the TCP/UDP checksum, which
+    the peer computed over its original addresses (NAT-OA, RFC 3947 §5.2), to the
+    addresses now in ``packet``'s IPv4 header.  Incremental, RFC 1624 eqn. 3.
+    """
+    ihl = (packet[0] & 0x0F) * 4
+    offset = ihl + (16 if packet[9] == 6 else 6 if packet[9] == IPPROTO_UDP else -ihl)
+    if offset < ihl or len(packet) < offset + 2 or packet[12:20] == original_src + original_dst:
+        return packet
+    checksum = int.from_bytes(packet[offset:offset + 2], "big")
+    if checksum == 0 and packet[9] == IPPROTO_UDP:
+        return packet  # UDP without checksum
+    old, new = _unpack_addresses(original_src + original_dst), _unpack_addresses(packet[12:20])
+    s = (~checksum & 0xFFFF) + 4 * 0xFFFF - sum(old) + sum(new)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    fixed = ~s & 0xFFFF
+    if fixed == 0 and packet[9] == IPPROTO_UDP:
+        fixed = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
+    return packet[:offset] + fixed.to_bytes(2, "big") + packet[offset + 2:]
 
 
 def classify_udp4500(payload: bytes) -> str:

@@ -124,7 +124,10 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 class SecurityAssociation:
     """One SA. ``src``/``dst`` are the outer (tunnel or host) addresses of this direction.
 
-    ``udp_encap`` = (sport, dport) puts ESP in UDP (RFC 3948). ``inner`` makes an
+    ``udp_encap`` = (sport, dport) puts ESP in UDP (RFC 3948); on an inbound transport
+    SA ``nat_oa`` = the original (source, destination) the peer used, from quick mode's
+    NAT-OA payloads, makes decapsulation fix the inner TCP/UDP checksum for the
+    addresses a NAT wrote into the header (RFC 3948 §3.1.2).  ``inner`` makes an
     AH+ESP bundle (RFC 4301 §4.5, Windows "AH and ESP"): this SA must be AH, ``inner``
     the ESP SA of the same direction and peers; outbound ESP is applied first (in
     the bundle's mode), then AH over the result (IP | AH | ESP | ...), inbound the
@@ -142,6 +145,7 @@ class SecurityAssociation:
     integrity: str | None = None
     integrity_key: bytes = field(default=b"", repr=False)
     udp_encap: tuple[int, int] | None = None
+    nat_oa: tuple[str, str] | None = None  # original (src, dst) from NAT-OA, transport + UDP only
     lifetime: Lifetime = field(default_factory=Lifetime)
     idle_timeout: float | None = None  # seconds without packets before SAD.expire deletes it
     replay_window: int = 64
@@ -180,6 +184,9 @@ class SecurityAssociation:
                              "addresses and mode")
         # in a bundle the ESP SA builds the tunnel header; AH goes over it like transport mode
         self._tunnel = self.mode == "tunnel" and self.inner is None
+        if self.nat_oa and (self._tunnel or not self.udp_encap):
+            raise ValueError("nat_oa applies to transport mode with UDP encapsulation only")
+        self._nat_oa = b"".join(map(ip_to_bytes, self.nat_oa)) if self.nat_oa else None
         self._spi_bytes = self.spi.to_bytes(4, "big")
         self._outer = HeaderTemplate(self._src, self._dst)
         self._replay = ReplayWindow(self.replay_window) if self.direction == "inbound" else None
@@ -334,7 +341,10 @@ class SecurityAssociation:
                 raise BadPacket(f"tunnel SA {self.spi:#x}: payload is not one IPv4 packet "
                                 f"(next header {next_header})")
             return payload if total == len(payload) else payload[:total]  # TFC padding (§2.4)
-        return rewrite_ipv4_header(header, next_header, len(header) + len(payload)) + payload
+        inner = rewrite_ipv4_header(header, next_header, len(header) + len(payload)) + payload
+        if self._nat_oa is not None:
+            inner = esp.nat_checksum_fixup(inner, self._nat_oa[:4], self._nat_oa[4:])
+        return inner
 
     def _count_drop(self, error: IPsecError) -> None:
         key = error.counter

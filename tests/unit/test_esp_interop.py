@@ -234,3 +234,27 @@ def test_ah_esp_bundle_against_scapy_layer_by_layer(mode):
         inner, sa = sad.inbound(rfc4302_ah(raw(scapy_esp.encrypt(p)), ah_key, 0x2002, sa_seq := sa_seq + 1))
         assert sa.spi == 0x2002 and sa.inner.counters.packets == sa.counters.packets
         check_same_inner(inner, p, mode)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_transport_through_nat_fixes_inner_checksum(proto):
+    """RFC 3948 §3.1.2: a NAT rewrote the outer source; with NAT-OA the TCP/UDP checksum is
+    updated so that scapy finds it right for the addresses in the delivered header."""
+    behind_nat, public = "10.0.0.5", "203.0.113.7"
+    key = os.urandom(20)
+    theirs = scapy_ipsec.SecurityAssociation(scapy_ipsec.ESP, spi=SPI, crypt_algo="AES-GCM",
+                                             crypt_key=key, nat_t_header=UDP(sport=4500, dport=4500))
+    ours = SecurityAssociation(SPI, "esp", "inbound", "transport", public, PEER_B, "aes-gcm-128", key,
+                               udp_encap=(4500, 4500), nat_oa=(behind_nat, PEER_B))
+    layer_class = TCP if proto == "tcp" else UDP
+    l4 = TCP(sport=1701, dport=80, flags="S") if proto == "tcp" else UDP(sport=1701, dport=1701)
+    for n in range(50):
+        p = IP(raw(IP(src=behind_nat, dst=PEER_B, id=n) / l4 / Raw(os.urandom(n))))
+        wire = IP(raw(theirs.encrypt(p)))
+        wire.src = public  # what the NAT does (it leaves the UDP checksum 0)
+        del wire.chksum
+        got = IP(ours.decapsulate(raw(wire)))
+        assert got.src == public and raw(got[layer_class].payload) == raw(p[layer_class].payload)
+        received = got[layer_class].chksum
+        del got[layer_class].chksum
+        assert IP(raw(got))[layer_class].chksum == received

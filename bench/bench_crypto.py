@@ -14,12 +14,14 @@ import time
 
 from ipsecd.algorithms import ENCRYPTIONS, INTEGRITIES
 from ipsecd.esp import ip_to_bytes, ipv4_header
-from ipsecd.sad import SecurityAssociation
+from ipsecd.sad import SAD, SecurityAssociation
 
 SIZES = (64, 512, 1400)
+ROUNDS = 7
 SUITES = [  # (label, protocol, encryption, integrity, mode, udp)
     ("aes-gcm-128 tunnel", "esp", "aes-gcm-128", None, "tunnel", None),
     ("aes-gcm-128 tunnel udp", "esp", "aes-gcm-128", None, "tunnel", (4500, 4500)),
+    ("aes-gcm-128 tunnel udp socket+SAD", "socket", "aes-gcm-128", None, "tunnel", (4500, 4500)),
     ("aes-gcm-128 transport", "esp", "aes-gcm-128", None, "transport", None),
     ("aes-gcm-256 tunnel", "esp", "aes-gcm-256", None, "tunnel", None),
     ("aes-cbc-128/sha1 tunnel", "esp", "aes-cbc-128", "hmac-sha1-96", "tunnel", None),
@@ -39,6 +41,8 @@ def make_sa(protocol, enc, integ, mode, udp, direction, keys):
                                     keys["integ"])
         return SecurityAssociation(0x1002, "ah", direction, mode, a, b, integrity="hmac-md5-96",
                                    integrity_key=keys["ah"], inner=inner)
+    if protocol == "socket":  # the UDP 4500 path: ESP bytes out, SAD lookup in
+        return make_sa("esp", enc, integ, mode, udp, direction, keys)
     if protocol == "ah":
         return SecurityAssociation(0x1000, "ah", direction, mode, a, b, integrity=integ,
                                    integrity_key=keys["integ"])
@@ -55,20 +59,30 @@ def measure(suite, size: int, budget: float) -> tuple[float, float]:
     packet = ipv4_header(ip_to_bytes("192.0.2.1"), ip_to_bytes("192.0.2.2"), 17, size - 20) + os.urandom(
         size - 20)
     encapsulate, decapsulate = out.encapsulate, inbound.decapsulate
-    # calibrate: how many packets fit the time budget
+    if protocol == "socket":
+        sad = SAD()
+        sad.add(inbound)
+        encapsulate = out.encapsulate_udp
+
+        def decapsulate(esp_bytes):
+            return sad.inbound_udp(esp_bytes, "192.0.2.1", "192.0.2.2")
+    # calibrate: how many packets fit a tenth of the budget; then the best of ROUNDS rounds,
+    # which filters out other tenants of the machine
     start = time.perf_counter()
     n = 0
     while time.perf_counter() - start < budget / 10:
         encapsulate(packet)
         n += 1
-    n = max(200, n * 10)
-    start = time.perf_counter()
-    wire = [encapsulate(packet) for _ in range(n)]
-    t_enc = (time.perf_counter() - start) / n
-    start = time.perf_counter()
-    for w in wire:
-        decapsulate(w)
-    t_dec = (time.perf_counter() - start) / n
+    n = max(100, n)
+    t_enc = t_dec = float("inf")
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        wire = [encapsulate(packet) for _ in range(n)]
+        t_enc = min(t_enc, (time.perf_counter() - start) / n)
+        start = time.perf_counter()
+        for w in wire:
+            decapsulate(w)
+        t_dec = min(t_dec, (time.perf_counter() - start) / n)
     return t_enc * 1e6, t_dec * 1e6
 
 
@@ -79,11 +93,11 @@ def main() -> None:
     args = parser.parse_args()
     budget = 0.05 if args.quick else 0.5
     results = []
-    print(f"{'suite':32}" + "".join(f"{f'enc {s}B':>11}{f'dec {s}B':>11}" for s in SIZES)
+    print(f"{'suite':34}" + "".join(f"{f'enc {s}B':>11}{f'dec {s}B':>11}" for s in SIZES)
           + f"{'Mbit/s 1400B enc/dec':>24}")
     for suite in SUITES:
         row = {"suite": suite[0]}
-        line = f"{suite[0]:32}"
+        line = f"{suite[0]:34}"
         for size in SIZES:
             t_enc, t_dec = measure(suite, size, budget)
             row[f"encapsulate_{size}_us"], row[f"decapsulate_{size}_us"] = round(t_enc, 2), round(t_dec, 2)

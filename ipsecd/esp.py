@@ -22,6 +22,7 @@ running CBC decryptor and drops the first output block: no new context per packe
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import os
@@ -343,6 +344,7 @@ def transform(enc: Encryption, enc_key: bytes, integ: Integrity | None, integ_ke
     return CbcTransform(enc, enc_key, integ, integ_key)
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_to_bytes(address: str) -> bytes:
-    """Dotted IPv4 address -> 4 bytes (ValueError names the address)."""
+    """Dotted IPv4 address -> 4 bytes (ValueError names the address); cached for per-packet use."""
     return ipaddress.IPv4Address(address).packed

@@ -303,7 +303,7 @@ class SecurityAssociation:
         inner header from them (TTL 64).
         """
         try:
-            header = ipv4_header(ip_to_bytes(src), ip_to_bytes(dst), IPPROTO_UDP, 0)
+            header = b"" if self._tunnel else ipv4_header(ip_to_bytes(src), ip_to_bytes(dst), IPPROTO_UDP, 0)
             return self._esp_decapsulate(header, payload)
         except IPsecError as e:
             self._count_drop(e)

@@ -281,6 +281,8 @@ class SecurityAssociation:
         Raises (after counting) BadPacket, AuthenticationFailed, DecryptionFailed,
         Replayed, DummyPacket, PolicyViolation.
         """
+        if self._replay is None:
+            raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
         try:
             protocol, header, body = split_ipv4(packet)
             if self.protocol == "ah":
@@ -302,6 +304,8 @@ class SecurityAssociation:
         ``src``/``dst`` are the datagram's addresses; transport mode rebuilds the
         inner header from them (TTL 64).
         """
+        if self._replay is None:
+            raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
         try:
             header = b"" if self._tunnel else ipv4_header(ip_to_bytes(src), ip_to_bytes(dst), IPPROTO_UDP, 0)
             return self._esp_decapsulate(header, payload)

@@ -100,8 +100,13 @@ def check_same_inner(ours: bytes, expected: IP, mode: str):
         assert checksum_ok(ours)
 
 
-@pytest.mark.parametrize("mode,udp", MODES, ids=lambda v: str(v))
-@pytest.mark.parametrize("enc,auth", SUITES, ids=lambda v: str(v))
+def every_suite_and_mode(test):
+    """Parametrize over every algorithm pair x (transport, tunnel) x (raw, UDP-encapsulated)."""
+    by_mode = pytest.mark.parametrize("mode,udp", MODES, ids=str)
+    return by_mode(pytest.mark.parametrize("enc,auth", SUITES, ids=str)(test))
+
+
+@every_suite_and_mode
 def test_esp_ours_decrypted_by_scapy(enc, auth, mode, udp):
     out, _, theirs = make_pair(enc, auth, mode, udp)
     for p in inner_packets():
@@ -120,8 +125,7 @@ def test_esp_ours_decrypted_by_scapy(enc, auth, mode, udp):
         check_same_inner(raw(decrypted), p, mode)
 
 
-@pytest.mark.parametrize("mode,udp", MODES, ids=lambda v: str(v))
-@pytest.mark.parametrize("enc,auth", SUITES, ids=lambda v: str(v))
+@every_suite_and_mode
 def test_esp_scapy_decrypted_by_us(enc, auth, mode, udp):
     _, inbound, theirs = make_pair(enc, auth, mode, udp)
     for p in inner_packets():

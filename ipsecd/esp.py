@@ -305,18 +305,22 @@ class CbcTransform(_Transform):
 class GcmTransform(_Transform):
     """AES-GCM with a 16-byte ICV (RFC 4106): nonce = salt | 8-byte explicit IV, AAD = SPI | seq.
 
-    The explicit IV is the 64-bit sequence number: unique per key because the
-    sequence number never wraps (RFC 4106 §3.1 requires uniqueness only).
+    The explicit IV is the sequence number XOR a random 64-bit mask chosen per SA (as
+    Linux's seqiv does): unique within the SA because the sequence number never wraps
+    (RFC 4106 §3.1 requires uniqueness only), and two SAs that share a key - manual
+    keying often uses one key both ways - collide only if their masks agree in the
+    upper 32 bits (probability 2**-32).
     """
 
     def __init__(self, enc: Encryption, key: bytes):
         super().__init__(enc, None, b"")
         self._aead = AESGCM(key[: -enc.salt_size])
         self._salt = key[-enc.salt_size:]
+        self._iv_mask = int.from_bytes(os.urandom(8), "big")
 
     def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
         if iv is None:
-            iv = b"\x00\x00\x00\x00" + header[4:8]
+            iv = (self._iv_mask ^ int.from_bytes(header[4:8], "big")).to_bytes(8, "big")
         return header + iv + self._aead.encrypt(self._salt + iv, _pad(payload, next_header, 4), header)
 
     def open(self, data: bytes) -> tuple[int, bytes]:

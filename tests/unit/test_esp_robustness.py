@@ -168,3 +168,13 @@ def test_truncations_and_random_bytes_only_raise_ipsec_errors(enc, auth, udp):
                   if k in ("bad_spi_packets", "packets_not_decrypted", "packets_not_authenticated",
                            "replayed_packets", "malformed_packets", "dropped_by_policy"))
     assert counted == drops > len(candidates)  # every drop counted once
+
+
+def test_gcm_ivs_unique_per_sa_and_distinct_between_sas_sharing_a_key():
+    """Manual keying may give both directions one key: their GCM nonces must still differ."""
+    key = os.urandom(20)
+    a, b = (SecurityAssociation(spi, "esp", "outbound", "tunnel", A, B, "aes-gcm-128", key)
+            for spi in (0x1000, 0x2000))
+    ivs_a = [a.encapsulate(inner(8))[28:36] for _ in range(2000)]
+    ivs_b = [b.encapsulate(inner(8))[28:36] for _ in range(2000)]
+    assert len(set(ivs_a)) == 2000 and not set(ivs_a) & set(ivs_b)

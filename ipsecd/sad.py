@@ -383,6 +383,18 @@ class SecurityAssociation:
         return now - self._idle_since >= self.idle_timeout
 
     @property
+    def overhead(self) -> int:
+        """Most bytes ``encapsulate`` adds to a packet (bundle included): for MTU/MSS planning."""
+        if self.protocol == "ah":
+            added = self._ah.length
+        else:
+            enc = self._esp.encryption
+            added = 8 + enc.iv_size + max(enc.block_size, 4) - 1 + 2 + self._esp.icv_size
+            added += UDP_HEADER if self.udp_encap else 0
+        added += 20 if self._tunnel else 0
+        return added + (self.inner.overhead if self.inner is not None else 0)
+
+    @property
     def key(self) -> tuple[int, bytes, int]:
         """The SAD key (RFC 4301 §4.1): SPI, destination, protocol number."""
         return self.spi, self._dst, PROTOCOLS[self.protocol]

@@ -286,3 +286,22 @@ def test_bundle_esp_alone_is_a_policy_violation():
     assert sad.counters.dropped_by_policy == 1
     sad.delete(0x4001, B, "esp")  # deleting one half removes the bundle
     assert len(sad) == 0
+
+
+@pytest.mark.parametrize("enc,auth,mode,udp", [
+    ("aes-gcm-128", None, "tunnel", (4500, 4500)), ("aes-cbc-256", "hmac-sha256-128", "tunnel", None),
+    ("3des-cbc", "hmac-sha1-96", "transport", None), ("null", "hmac-md5-96", "transport", (4500, 4500))])
+def test_overhead_is_the_worst_case(enc, auth, mode, udp):
+    from ipsecd.algorithms import ENCRYPTIONS, INTEGRITIES
+
+    sa = SecurityAssociation(0x1000, "esp", "outbound", mode, A, B, enc,
+                             os.urandom(ENCRYPTIONS[enc].key_size), auth,
+                             os.urandom(INTEGRITIES[auth].key_size) if auth else b"", udp_encap=udp)
+    added = {len(sa.encapsulate(packet(n))) - len(packet(n)) for n in range(40, 60)}
+    assert max(added) == sa.overhead
+
+
+def test_bundle_overhead_adds_both():
+    out = bundle("outbound", "tunnel")
+    added = {len(out.encapsulate(packet(n))) - len(packet(n)) for n in range(40, 60)}
+    assert max(added) == out.overhead == 24 + 20 + 8 + 8 + 7 + 2 + 12

@@ -4,8 +4,13 @@ anti-replay windows, lifetimes and counters, and the packet transforms that use 
 An SA is one direction of one protocol.  The driver calls, per packet::
 
     outer = sa.encapsulate(inner_ipv4_packet)        # outbound SA (or the outer SA of a bundle)
+    esp_bytes = sa.encapsulate_udp(inner_ipv4_packet)  # the same, for the UDP 4500 socket
     inner, sa = sad.inbound(outer_ipv4_packet)       # raw socket: proto 50, 51, or UDP-ESP
     inner, sa = sad.inbound_udp(esp, src, dst)       # ESP read from the UDP 4500 socket
+    if esp.classify_udp4500(datagram) == "ike": ...  # before inbound_udp (RFC 3948 §2)
+
+and, periodically, ``for sa, reason in sad.expire(now)`` ("soft": ask IKE to rekey;
+"hard"/"idle": already deleted), ``sad.snapshot()`` for ipsecctl.
 
 Drops raise an ``ipsecd.esp.IPsecError`` subclass; the SA/SAD has already counted it
 under ``exc.counter`` (per SA and globally), so the driver only logs and drops.

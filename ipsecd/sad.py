@@ -472,6 +472,8 @@ class SAD:
                 raise BadPacket(f"IP protocol {protocol} is neither ESP nor AH")
             if len(packet) < offset + 4:
                 raise BadPacket(f"{len(packet)}-byte packet too short for an SPI")
+            if packet[offset:offset + 4] == esp.NON_ESP_MARKER:
+                raise BadPacket("SPI 0: IKE after the non-ESP marker (RFC 3948 §2.2), not ESP")
         except BadPacket:
             self.counters.malformed_packets += 1
             raise
@@ -480,9 +482,9 @@ class SAD:
 
     def inbound_udp(self, payload: bytes, src: str, dst: str) -> tuple[bytes, SecurityAssociation]:
         """``inbound`` for an ESP payload read from the UDP 4500 socket (classify it first)."""
-        if len(payload) < 8:
+        if esp.classify_udp4500(payload) != "esp":
             self.counters.malformed_packets += 1
-            raise BadPacket(f"{len(payload)}-byte UDP-ESP payload")
+            raise BadPacket(f"{len(payload)}-byte UDP 4500 payload is not ESP (RFC 3948 §2)")
         sa = self._inbound_sa(int.from_bytes(payload[:4], "big"), ip_to_bytes(dst), IPPROTO_ESP)
         return sa.decapsulate_udp(payload, src, dst), sa
 

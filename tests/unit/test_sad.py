@@ -305,3 +305,15 @@ def test_bundle_overhead_adds_both():
     out = bundle("outbound", "tunnel")
     added = {len(out.encapsulate(packet(n))) - len(packet(n)) for n in range(40, 60)}
     assert max(added) == out.overhead == 24 + 20 + 8 + 8 + 7 + 2 + 12
+
+
+def test_ike_and_keepalives_are_not_looked_up_as_esp():
+    """SPI 0 is the non-ESP marker (RFC 3948 §2.2): malformed for the SAD, never a bad SPI."""
+    sad = SAD()
+    ike = bytes(4) + bytes(28)
+    udp = ipv4_header(ip_to_bytes(A), ip_to_bytes(B), 17, 8 + len(ike)) + bytes(8) + ike
+    for call in (lambda: sad.inbound(udp), lambda: sad.inbound_udp(ike, A, B),
+                 lambda: sad.inbound_udp(b"\xff", A, B)):
+        with pytest.raises(BadPacket):
+            call()
+    assert (sad.counters.malformed_packets, sad.counters.bad_spi_packets) == (3, 0)

@@ -178,3 +178,20 @@ def test_gcm_ivs_unique_per_sa_and_distinct_between_sas_sharing_a_key():
     ivs_a = [a.encapsulate(inner(8))[28:36] for _ in range(2000)]
     ivs_b = [b.encapsulate(inner(8))[28:36] for _ in range(2000)]
     assert len(set(ivs_a)) == 2000 and not set(ivs_a) & set(ivs_b)
+
+
+@pytest.mark.parametrize("protocol,mode", [("esp", "transport"), ("esp", "tunnel"), ("ah", "transport"),
+                                           ("ah", "tunnel")])
+def test_outbound_garbage_from_the_tun_only_raises_ipsec_errors(protocol, mode):
+    keys = dict(encryption="aes-cbc-128", encryption_key=os.urandom(16)) if protocol == "esp" else {}
+    sa = SecurityAssociation(0x1234, protocol, "outbound", mode, A, B, integrity="hmac-sha1-96",
+                             integrity_key=os.urandom(20), **keys)
+    rng = random.Random(791)
+    good = inner(30)
+    samples = [good[:n] for n in range(len(good))] + [rng.randbytes(rng.randrange(70)) for _ in range(500)]
+    samples += [b"\x45" + rng.randbytes(rng.randrange(19, 70)) for _ in range(500)]
+    for data in samples:
+        try:
+            sa.encapsulate(data)
+        except IPsecError as e:
+            assert isinstance(e, BadPacket)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -103,6 +104,13 @@ def cmd_exec(args) -> int:
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     return result.rc
+
+
+def cmd_shell(args) -> int:
+    """An interactive shell in a node (docker exec -it)."""
+    container = _attach(args).node(args.node).container.name
+    os.execvp("docker", ["docker", "exec", "-it", container, "bash"])
+    return 1
 
 
 def cmd_capture(args) -> int:
@@ -196,6 +204,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s.add_argument("command", nargs="*", help="after --")
+    s = verb("shell", cmd_shell, "an interactive shell in a node")
+    s.add_argument("node")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s = verb("capture", cmd_capture, "start, stop or list captures")
     s.add_argument("action", choices=["start", "stop", "list"])
     s.add_argument("node", nargs="?")

@@ -283,8 +283,8 @@ class DockerBackend:
                 10,
                 what=f"lab {name}: every node running with its interfaces up",
             )
-            for node in lab.nodes.values():
-                self._configure(node)
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(self._configure, lab.nodes.values()))
         except BaseException:
             self.down(name)
             raise
@@ -395,11 +395,13 @@ class DockerBackend:
         )
 
     def _configure(self, node: Node) -> None:
-        """Role settings (NAT rules) and ipsecd, after wiring."""
-        nat = node.spec.nat
-        if nat is not None:
-            node.put_file("/etc/lab/nat.nft", nat_ruleset(nat))
-            node.exec(["nft", "-f", "/etc/lab/nat.nft"], check=True)
+        """Names of the other nodes in /etc/hosts, role settings (NAT rules), then ipsecd; after wiring."""
+        node.put_file("/etc/lab/hosts", hosts_file(node.lab.topology))
+        setup = ["cat /etc/lab/hosts >> /etc/hosts"]
+        if node.spec.nat is not None:
+            node.put_file("/etc/lab/nat.nft", nat_ruleset(node.spec.nat))
+            setup.append("nft -f /etc/lab/nat.nft")
+        node.exec(" && ".join(setup), check=True)
         if node.spec.ipsecd is not None:
             node.put_file(IPSECD_CONFIG, node.spec.ipsecd.read_text())
             if node.exec(["python3", "-c", "import ipsecd.daemon"]).ok:
@@ -478,6 +480,17 @@ class DockerBackend:
                 }
             )
         return rows
+
+
+def hosts_file(topology: model.Topology) -> str:
+    """/etc/hosts lines: every node address, named `<node>` on its first interface, `<node>-<if>` on all."""
+    lines = ["# lab nodes"]
+    for node in topology.nodes.values():
+        addressed = [i for i in node.interfaces.values() if i.address is not None]
+        for position, iface in enumerate(addressed):
+            names = [f"{node.name}-{iface.name}"] if position else [node.name, f"{node.name}-{iface.name}"]
+            lines.append(f"{iface.address.ip}\t{' '.join(names)}")
+    return "\n".join(lines) + "\n"
 
 
 def nat_ruleset(nat: model.Nat) -> str:

@@ -168,7 +168,7 @@ _REPORT_KEY = pytest.StashKey[pytest.TestReport]()
 #: What a failed test leaves behind for each node, next to its pcaps.
 NODE_STATE = (
     "for f in /var/log/ipsecd.log /var/log/lab/*.log; do "
-    "[ -f $f ] && echo \"== $f\" && tail -n 200 $f; done; "
+    '[ -f $f ] && echo "== $f" && tail -n 200 $f; done; '
     "echo '== ip addr'; ip -br addr; echo '== ip route'; ip route; echo '== ip rule'; ip rule; "
     "echo '== nft list ruleset'; nft list ruleset; echo '== ip xfrm state'; ip xfrm state; "
     "echo '== ps'; ps -eo pid,etime,args"

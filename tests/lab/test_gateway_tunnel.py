@@ -16,5 +16,6 @@ def test_site_to_site_traffic_crosses_the_wan(lab_up):
     assert len(assert_protocol_seen(pkts, "icmp", between=("10.1.0.10", "10.2.0.10"))) == 4
     assert_protocol_seen(pkts, "tcp/5002", between=("10.1.0.10", "10.2.0.10"))
     assert_marker_present(pkts, MARKER)
+    assert host_a.exec(["ping", "-c", "1", "-W", "2", "host-b"]).ok, "node names resolve through /etc/hosts"
     hops = host_a.exec(["ping", "-c", "1", "-t", "2", "-W", "2", host_b.address()])
     assert hops.rc != 0, "two routers lie between the sites, so TTL 2 must not reach host-b"

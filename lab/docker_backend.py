@@ -194,7 +194,8 @@ class Node:
 
     def capture(self, ifname: str, name: str | None = None, bpf: str = "") -> Capture:
         """A capture of this node's interface (taken on its fabric end); use as a context manager."""
-        self.spec.interfaces[ifname]
+        if ifname not in self.spec.interfaces:
+            raise KeyError(f"{self.name} has no interface {ifname!r} ({', '.join(self.spec.interfaces)})")
         label = name or f"{self.name}-{ifname}"
         return Capture(self.lab.fabric, _short("v", self.name, ifname), self.lab.pcap_path(label), bpf)
 

@@ -14,7 +14,8 @@
   path, so test runs from different worktrees on one machine never touch each other's labs.
   `lab_name("x")` gives a test its own lab name with the same prefix.
 - pcaps and lab.json go to results/<run>/<test>/ (LAB_RESULTS, LAB_RUN override the parts).
-- Tests using these fixtures get the `lab` marker and are skipped, with the reason, without Docker or root.
+- Tests using these fixtures get the `lab` marker and are skipped, with the reason, without Docker or root
+  (they fail instead when CI or LAB_REQUIRED is set, so a broken engine cannot turn CI green).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def unavailable() -> str | None:
 @pytest.fixture(scope="session")
 def lab_backend() -> DockerBackend:
     reason = unavailable()
+    if reason and (os.environ.get("CI") or os.environ.get("LAB_REQUIRED")):
+        pytest.fail(f"lab tests cannot run in CI: {reason}", pytrace=False)
     if reason:
         pytest.skip(reason)
     return DockerBackend()

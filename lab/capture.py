@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.ipsec import ESP
 from scapy.plist import PacketList
 from scapy.utils import rdpcap
 
 T = TypeVar("T")
 
+IKE_PORTS = (500, 4500)
 STATS = re.compile(r"(\d+) packets? captured.*?(\d+) packets? received by filter", re.S)
 
 
@@ -158,17 +158,23 @@ def _flush_and_stop(pid: int, log_path: Path) -> None:
 
 
 def protocol(packet) -> str:
-    """A short name for what an IP packet carries: esp, ah, icmp, tcp/<port>, udp/<port> (lowest port)."""
-    if ESP in packet and UDP not in packet:
-        return "esp"
+    """A short name for what an IP packet carries: esp, ah, icmp, tcp/<port>, udp/<port>.
+
+    The port is 500 or 4500 when either end uses it (IKE, NAT-T), else the lower of the two (the service).
+
+    >>> protocol(IP(src="203.0.113.1", dst="203.0.113.2") / UDP(sport=40001, dport=4500))
+    'udp/4500'
+    >>> protocol(IP(proto=50) / (b"\\x00" * 16))
+    'esp'
+    """
     ip = packet[IP]
-    if ip.proto == 51:
-        return "ah"
-    if ICMP in packet:
-        return "icmp"
+    named = {50: "esp", 51: "ah", 1: "icmp"}
+    if ip.proto in named:
+        return named[ip.proto]
     for layer, name in ((UDP, "udp"), (TCP, "tcp")):
         if layer in packet:
-            return f"{name}/{min(packet[layer].sport, packet[layer].dport)}"
+            ports = (packet[layer].dport, packet[layer].sport)
+            return f"{name}/{next((p for p in ports if p in IKE_PORTS), min(ports))}"
     return f"ip/{ip.proto}"
 
 

@@ -238,6 +238,18 @@ class Lab:
             raise KeyError(f"lab {self.name}: no segment {segment!r}")
         return Capture(self.fabric, _short("b", segment), self.pcap_path(f"segment-{segment}"), bpf)
 
+    def set_link(self, node: str, ifname: str, up: bool) -> None:
+        """Cut or restore a node's link at the fabric end (the node sees its carrier go down), e.g. to make
+        a domain controller or a peer unreachable."""
+        if ifname not in self.topology.node(node).interfaces:
+            raise KeyError(f"{node} has no interface {ifname!r}")
+        with IPRoute(netns=self.fabric) as ipr:
+            ipr.link(
+                "set",
+                index=ipr.link_lookup(ifname=_short("v", node, ifname))[0],
+                state="up" if up else "down",
+            )
+
     def down(self) -> None:
         self.backend.down(self.name)
 

@@ -153,9 +153,19 @@ def cmd_images(args) -> int:
             print(f"not building images: {reason} (lab tests will be skipped)")
             return 0
     images = Images()
-    for kind in args.kinds or ["base", "node"]:
+    for kind in args.kinds or ["base", *sorted(_kinds_in_use())]:
         print(images.ensure(kind))
     return 0
+
+
+def _kinds_in_use() -> set[str]:
+    """Image kinds the runnable topologies use."""
+    kinds = set()
+    for name in topologies.available():
+        topo = topologies.load(name)
+        if topo.runnable:
+            kinds |= {node.image for node in topo.nodes.values()}
+    return kinds
 
 
 def cmd_validate(args) -> int:

@@ -35,6 +35,8 @@ log = logging.getLogger("lab")
 
 LABEL = "ipsec-lab"
 IPSECD_CONFIG = "/etc/ipsecd/ipsecd.yaml"
+IPSECD_LOG = "/var/log/ipsecd.log"
+IPSECD_SOCKET = "/run/ipsecd.sock"  # docs/ARCHITECTURE.md: ipsecctl <-> ipsecd
 RESULTS = Path(os.environ.get("LAB_RESULTS", Path.cwd() / "results"))
 
 
@@ -188,9 +190,7 @@ class Node:
 
     def process(self, name: str, log: str | None = None) -> Process:
         """The handle of a process spawned earlier under `name` (e.g. "ipsecd", started by `lab up`)."""
-        return Process(
-            self, name, log or ("/var/log/ipsecd.log" if name == "ipsecd" else f"/var/log/lab/{name}.log")
-        )
+        return Process(self, name, log or (IPSECD_LOG if name == "ipsecd" else f"/var/log/lab/{name}.log"))
 
     def capture(self, ifname: str, name: str | None = None, bpf: str = "") -> Capture:
         """A capture of this node's interface (taken on its fabric end); use as a context manager."""
@@ -418,8 +418,7 @@ class DockerBackend:
         if node.spec.ipsecd is not None:
             node.put_file(IPSECD_CONFIG, node.spec.ipsecd.read_text())
             if node.exec(["python3", "-c", "import ipsecd.daemon"]).ok:
-                node.spawn(["ipsecd", "--config", IPSECD_CONFIG], name="ipsecd", log="/var/log/ipsecd.log")
-                log.info("%s: ipsecd started with %s", node.name, node.spec.ipsecd)
+                self._start_ipsecd(node)
             else:
                 log.warning(
                     "%s: ipsecd is not installed in this image; %s copied to %s, not started",
@@ -427,6 +426,21 @@ class DockerBackend:
                     node.spec.ipsecd,
                     IPSECD_CONFIG,
                 )
+
+    @staticmethod
+    def _start_ipsecd(node: Node) -> None:
+        """Start ipsecd and wait for its control socket; if it dies first, fail with the end of its log."""
+        daemon = node.spawn(["ipsecd", "--config", IPSECD_CONFIG], name="ipsecd", log=IPSECD_LOG)
+
+        def listening() -> bool:
+            if node.exec(["test", "-S", IPSECD_SOCKET]).ok:
+                return True
+            if not daemon.alive():
+                raise LabError(f"{node.name}: ipsecd exited at start; {IPSECD_LOG}:\n{daemon.log()[-2000:]}")
+            return False
+
+        wait_until(listening, 15, what=f"{node.name}: ipsecd to open {IPSECD_SOCKET}")
+        log.info("%s: ipsecd started with %s", node.name, node.spec.ipsecd)
 
     def describe(self, lab: Lab) -> dict:
         """The lab as data (written to results/.../lab.json)."""

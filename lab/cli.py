@@ -180,6 +180,12 @@ def cmd_validate(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_check(args) -> int:
+    from lab.preflight import report
+
+    return report()
+
+
 def cmd_bench(args) -> int:
     return subprocess.call([sys.executable, "-m", "bench", *args.only])
 
@@ -230,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--if-possible", action="store_true", help="skip (exit 0) without root or Docker")
     s = verb("validate", cmd_validate, "check topology files")
     s.add_argument("files", nargs="+")
+    verb("check", cmd_check, "can this machine run labs? what does the kernel offer?")
     s = verb("bench", cmd_bench, "run benchmarks")
     s.add_argument("only", nargs="*")
     return p

@@ -51,3 +51,10 @@ def test_unrunnable_topology_and_bad_file_are_refused(lab_cli, lab_name, tmp_pat
     checked = lab_cli("validate", str(bad))
     assert checked.returncode == 1
     assert f"{bad}:2: segments.lan.subnet: '10.0.0.0/33' is not an IPv4 network" in checked.stderr
+
+
+def test_check_probes_the_machine(lab_cli):
+    checked = lab_cli("check")
+    assert checked.returncode == 0, checked.stdout
+    for line in ("ok   docker", "ok   veth + bridge", "ok   tun device", "ok   nftables nat"):
+        assert line in checked.stdout

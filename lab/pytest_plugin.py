@@ -34,6 +34,8 @@ from lab import topology as topologies
 from lab.docker_backend import RESULTS, DockerBackend, Lab
 
 LAB_FIXTURES = {"lab_up", "lab_backend", "lab_name"}
+_RUN_KEY = pytest.StashKey[os.PathLike]()
+_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
 
 
 def _results_root() -> os.PathLike:
@@ -56,9 +58,6 @@ def lab_name() -> Callable[[str], str]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: needs Docker and root; brings up real containers")
     config.stash[_RUN_KEY] = _results_root()
-
-
-_RUN_KEY = pytest.StashKey[os.PathLike]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -165,8 +164,6 @@ def lab_up(
             _save_node_state(lab, results_dir)
     own.finalize()
 
-
-_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
 
 #: What a failed test leaves behind for each node, next to its pcaps.
 NODE_STATE = (

@@ -4,7 +4,6 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from lab import capture
 from lab.capture import (
     assert_checksums_valid,
     assert_marker_absent,
@@ -82,9 +81,3 @@ def test_wait_until_returns_the_value_or_names_what_it_waited_for():
     assert wait_until(lambda: next(answers), timeout=2, interval=0.001) == "ready"
     with pytest.raises(TimeoutError, match="waiting for the moon"):
         wait_until(lambda: False, timeout=0.05, what="the moon")
-
-
-def test_doctests():
-    import doctest
-
-    assert doctest.testmod(capture).failed == 0

@@ -1,9 +1,13 @@
 """Topology files: the shipped ones load; each kind of bad file is refused naming file, line and field."""
 
+import doctest
+import importlib
+import pkgutil
 from pathlib import Path
 
 import pytest
 
+import lab
 from lab import model, topology
 from lab.docker_backend import DockerBackend, LabError, hosts_file, nat_ruleset
 from lab.graph import render, to_dot
@@ -203,3 +207,10 @@ def test_hosts_file_names_every_node():
     assert "192.168.1.1\tnat nat-eth1\n" in hosts
     assert "203.0.113.1\tnat-eth2\n" in hosts
     assert "203.0.113.2\tserver server-eth1\n" in hosts
+
+
+@pytest.mark.parametrize(
+    "name", [m.name for m in pkgutil.iter_modules(lab.__path__, "lab.") if m.name != "lab.__main__"]
+)
+def test_lab_docstring_examples(name):
+    assert doctest.testmod(importlib.import_module(name)).failed == 0

@@ -154,6 +154,24 @@ def _flush_and_stop(pid: int, log_path: Path) -> None:
         os.kill(pid, signal.SIGINT)
 
 
+def tshark(
+    pcap: Path | str, fields: Iterable[str], display_filter: str = "", options: Iterable[str] = ()
+) -> list[list[str]]:
+    """Decode a pcap with tshark, an independent decoder: one row of `fields` per matching packet.
+
+    `options` are tshark preferences such as 'esp.enable_encryption_decode:TRUE' or a 'uat:esp_sa:...'
+    line, so ESP can be decrypted with keys the test knows."""
+    argv = ["tshark", "-n", "-r", str(pcap), "-T", "fields", "-E", "separator=/t", "-E", "occurrence=f"]
+    argv += [a for f in fields for a in ("-e", f)]
+    argv += [a for o in options for a in ("-o", o)]
+    if display_filter:
+        argv += ["-Y", display_filter]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"tshark failed on {pcap}: {done.stderr.strip()}")
+    return [line.split("\t") for line in done.stdout.splitlines()]
+
+
 # -- assertions on decoded packets ------------------------------------------------------------------------
 
 

@@ -81,3 +81,16 @@ def test_wait_until_returns_the_value_or_names_what_it_waited_for():
     assert wait_until(lambda: next(answers), timeout=2, interval=0.001) == "ready"
     with pytest.raises(TimeoutError, match="waiting for the moon"):
         wait_until(lambda: False, timeout=0.05, what="the moon")
+
+
+def test_tshark_decodes_independently(tmp_path):
+    from scapy.utils import wrpcap
+
+    from lab.capture import tshark
+
+    pcap = tmp_path / "x.pcap"
+    wrpcap(str(pcap), [ESP_PACKET, NATT, IKE, CLEAR])
+    assert tshark(pcap, ["ip.src", "esp.spi"], "esp") == [["10.0.0.1", "0x00001001"]] * 2
+    assert tshark(pcap, ["tcp.dstport"], "tcp") == [["5001"]]
+    with pytest.raises(RuntimeError, match="tshark failed"):
+        tshark(pcap, ["no.such.field"])

@@ -106,6 +106,12 @@ def cmd_exec(args) -> int:
     return result.rc
 
 
+def cmd_restart(args) -> int:
+    node = _attach(args).restart(args.node)
+    print(f"{node.container.name} restarted and re-wired")
+    return 0
+
+
 def cmd_shell(args) -> int:
     """An interactive shell in a node (docker exec -it)."""
     container = _attach(args).node(args.node).container.name
@@ -220,6 +226,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s.add_argument("command", nargs="*", help="after --")
+    s = verb("restart", cmd_restart, "recreate a node and re-wire its links")
+    s.add_argument("node")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s = verb("shell", cmd_shell, "an interactive shell in a node")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")

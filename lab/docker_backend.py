@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import tarfile
@@ -35,6 +36,7 @@ log = logging.getLogger("lab")
 
 LABEL = "ipsec-lab"
 IPSECD_CONFIG = "/etc/ipsecd/ipsecd.yaml"
+FIREWALL_RULES = "/etc/lab/firewall.nft"
 IPSECD_LOG = "/var/log/ipsecd.log"
 IPSECD_SOCKET = "/run/ipsecd.sock"  # docs/ARCHITECTURE.md: ipsecctl <-> ipsecd
 RESULTS = Path(os.environ.get("LAB_RESULTS", Path.cwd() / "results"))
@@ -192,6 +194,16 @@ class Node:
         """The handle of a process spawned earlier under `name` (e.g. "ipsecd", started by `lab up`)."""
         return Process(self, name, log or (IPSECD_LOG if name == "ipsecd" else f"/var/log/lab/{name}.log"))
 
+    def firewall(self, drop: list[str]) -> None:
+        """Replace the node's firewall: drop what `drop` names ("esp", "udp/500", ...); [] lifts it."""
+        self.put_file(FIREWALL_RULES, firewall_ruleset(drop))
+        self.exec(["nft", "-f", FIREWALL_RULES], check=True)
+
+    def dropped(self) -> int:
+        """Packets the node's firewall has dropped so far."""
+        rules = self.exec(["nft", "list", "table", "inet", "lab_firewall"]).stdout
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", rules))
+
     def capture(self, ifname: str, name: str | None = None, bpf: str = "") -> Capture:
         """A capture of this node's interface (taken on its fabric end); use as a context manager."""
         if ifname not in self.spec.interfaces:
@@ -249,6 +261,10 @@ class Lab:
                 index=ipr.link_lookup(ifname=_short("v", node, ifname))[0],
                 state="up" if up else "down",
             )
+
+    def restart(self, node: str) -> Node:
+        """A new container for `node`, wired and configured again (see DockerBackend.restart)."""
+        return self.backend.restart(self, node)
 
     def down(self) -> None:
         self.backend.down(self.name)
@@ -347,23 +363,48 @@ class DockerBackend:
             "for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ -e $f ] && echo 0 > $f; done; "
             "true",
         )
-        ethtool = []
         with IPRoute(netns=lab.fabric) as ipr:
             for segment in lab.topology.segments:
                 bridge = _short("b", segment)
                 ipr.link("add", ifname=bridge, kind="bridge", br_ageing_time=0, br_stp_state=0)
                 ipr.link("set", index=ipr.link_lookup(ifname=bridge)[0], state="up")
-            for spec in lab.topology.nodes.values():
+        self._make_links(lab, lab.topology.nodes.values())
+
+    @staticmethod
+    def _make_links(lab: Lab, specs) -> None:
+        """A veth per interface of the nodes `specs`: fabric end on the segment's bridge, TX offload off."""
+        ethtool = []
+        with IPRoute(netns=lab.fabric) as ipr:
+            for spec in specs:
                 for iface in spec.interfaces.values():
-                    outer, inner = (
-                        _short("v", spec.name, iface.name),
-                        _hashed("t", lab.name, spec.name, iface.name),
-                    )
+                    outer = _short("v", spec.name, iface.name)
+                    inner = _hashed("t", lab.name, spec.name, iface.name)
                     ipr.link("add", ifname=outer, kind="veth", peer={"ifname": inner})
                     bridge = ipr.link_lookup(ifname=_short("b", iface.segment))[0]
                     ipr.link("set", index=ipr.link_lookup(ifname=outer)[0], master=bridge, state="up")
                     ethtool += [f"ethtool -K {outer} tx off", f"ethtool -K {inner} tx off"]
         _in_fabric(lab.fabric, " >/dev/null && ".join(ethtool) + " >/dev/null")
+
+    def restart(self, lab: Lab, name: str) -> Node:
+        """Recreate one node's container and re-wire its links (links die with the container's namespace),
+        then configure it as `up` does. Files and processes in the node are gone; its addresses are not."""
+        spec = lab.topology.node(name)
+        lab.node(name).container.remove(force=True)
+        ends = {_short("v", name, ifname) for ifname in spec.interfaces}
+
+        def links_gone() -> bool:
+            with IPRoute(netns=lab.fabric) as ipr:
+                return not ends & {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+        wait_until(links_gone, 10, what=f"{name}'s old links to disappear")
+        self._make_links(lab, [spec])
+        node = lab.nodes[name] = self._start_container(lab, spec, self.images.ensure(spec.image))
+        self._wire(lab, node)
+        wait_until(
+            lambda: self._ready(node), 10, what=f"{node.container.name} running with its interfaces up"
+        )
+        self._configure(node)
+        return node
 
     def _wire(self, lab: Lab, node: Node) -> None:
         """Move the node's veth ends into its namespace; name, MAC, MTU, address, routes."""
@@ -414,6 +455,9 @@ class DockerBackend:
         if node.spec.nat is not None:
             node.put_file("/etc/lab/nat.nft", nat_ruleset(node.spec.nat))
             setup.append("nft -f /etc/lab/nat.nft")
+        if node.spec.drop:
+            node.put_file(FIREWALL_RULES, firewall_ruleset(node.spec.drop))
+            setup.append(f"nft -f {FIREWALL_RULES}")
         node.exec(" && ".join(setup), check=True)
         if node.spec.ipsecd is not None:
             node.put_file(IPSECD_CONFIG, node.spec.ipsecd.read_text())
@@ -528,13 +572,21 @@ def nat_ruleset(nat: model.Nat) -> str:
     if nat.ports:
         lines += [f"    oifname {nat.outside} meta l4proto {{ tcp, udp }} masquerade{to_ports}{flags}"]
     lines += [f"    oifname {nat.outside} masquerade{flags}", "  }"]
-    if nat.drop_esp:
-        lines += [
-            "  chain forward {",
-            "    type filter hook forward priority filter;",
-            "    meta l4proto esp counter drop",
-            "  }",
-        ]
+    return "\n".join([*lines, "}", ""])
+
+
+def firewall_ruleset(drop: list[str]) -> str:
+    """The node firewall (table inet lab_firewall): drop, with a counter, what `drop` names, in every
+    direction. An empty list gives an empty table, so applying it lifts the firewall."""
+    matches = []
+    for name in drop:
+        proto, _, port = name.partition("/")
+        matches += [f"{proto} dport {port}", f"{proto} sport {port}"] if port else [f"meta l4proto {proto}"]
+    lines = ["table inet lab_firewall {}", "delete table inet lab_firewall", "table inet lab_firewall {"]
+    for hook in ("input", "forward", "output"):
+        lines += [f"  chain {hook} {{", f"    type filter hook {hook} priority filter;"]
+        lines += [f"    {match} counter drop" for match in matches]
+        lines.append("  }")
     return "\n".join([*lines, "}", ""])
 
 

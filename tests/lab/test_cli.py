@@ -26,6 +26,8 @@ def test_up_status_exec_capture_down(lab_cli, lab_backend, lab_name, tmp_path):
         assert f"{name}-host-a" in up.stdout
         status = lab_cli("status").stdout
         assert f"{name:20} host-b       host       running   eth1=10.0.0.2/24" in status
+        restarted = lab_cli("restart", "host-b", "--name", name)
+        assert restarted.returncode == 0 and "restarted and re-wired" in restarted.stdout, restarted.stderr
         started = lab_cli("capture", "start", "host-b", "eth1", "--name", name)
         assert started.returncode == 0, started.stderr
         ping = lab_cli("exec", "host-a", "--name", name, "--", "ping", "-c1", "-W2", "10.0.0.2")

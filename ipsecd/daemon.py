@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from ipsecd import config, control, wireshark
 from ipsecd.config import ConfigError, ManualSA, NodeConfig
 from ipsecd.counters import GLOBAL_COUNTERS
-from ipsecd.driver import DRIVER_COUNTERS, Driver, KernelWire
+from ipsecd.driver import DRIVER_COUNTERS, Driver, IKEHooks, KernelWire
 from ipsecd.netfilter import Marks, Netfilter
 from ipsecd.sad import Lifetime, SecurityAssociation
 from ipsecd.tun import Tun
@@ -74,9 +74,12 @@ def build_sa(group: Group, replay_window: int) -> SecurityAssociation:
 
 
 class Daemon:
-    """One node's ipsecd: TUN, sockets, kernel policy, driver, control socket, lifetime timer."""
+    """One node's ipsecd: TUN, sockets, kernel policy, driver, control socket, lifetime timer.
 
-    def __init__(self, path: str, cfg: NodeConfig) -> None:
+    IKE plugs in as `ike` (acquire/expire/datagram_4500) and calls `daemon.driver` back.
+    """
+
+    def __init__(self, path: str, cfg: NodeConfig, ike: IKEHooks | None = None) -> None:
         self.path = path
         self.cfg = cfg
         self.started = time.time()
@@ -85,7 +88,8 @@ class Daemon:
         self.tun = Tun(s.tun, s.mtu)
         self.wire = KernelWire(self.tun, s.bypass_mark)
         self.kernel = Netfilter(Marks(s.fwmark, s.bypass_mark, s.route_table, s.tun))
-        self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, idle_seconds=s.idle_seconds)
+        self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, ike=ike,
+                             idle_seconds=s.idle_seconds)
         self.install_manual(cfg)
 
     def install_manual(self, cfg: NodeConfig) -> None:

@@ -102,7 +102,8 @@ class Daemon:
         for group in wanted:
             if group not in self.manual:
                 sa = build_sa(group, cfg.driver.replay_window)
-                self.driver.add_sa(sa, group[0].filter, manual=True)
+                self.driver.add_sa(sa, group[0].filter, manual=True,
+                                   nat_keepalive=any(m.nat_keepalive for m in group))
                 self.manual[group] = sa
 
     def reload(self) -> str:

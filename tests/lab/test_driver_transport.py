@@ -98,6 +98,17 @@ def test_esp_sa_table_for_wireshark(pair):
     ]
 
 
+def test_a_bad_configuration_is_refused_on_reload_and_the_old_one_stays(pair):
+    _, a, _ = pair
+    bad = scenario_config(SCENARIO, "host-a").replace("encryption: aes-gcm-128", "encryption: aes-gcm-127")
+    a.put_file("/etc/ipsecd/ipsecd.yaml", bad)
+    refused = a.exec(["ipsecctl", "reload"])
+    assert refused.rc == 1
+    assert "ipsecd.yaml:17: sas[0].encryption: unknown encryption algorithm 'aes-gcm-127'" in refused.stderr
+    a.exec(["ping", "-c", "1", "-W", "2", B], check=True)  # still secured with the previous configuration
+    assert len(ipsecctl(a, "sa")) == 2
+
+
 def test_a_host_without_the_sa_sending_in_clear_gets_nothing_through(pair):
     lab, a, b = pair
     reload_config(a, "filters: []\n")  # host-a now sends everything in clear

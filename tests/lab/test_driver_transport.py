@@ -169,3 +169,17 @@ def test_tampered_replayed_and_unknown_spi_packets_raise_their_counters(pair):
     after = counters(b)
     assert after["confidential_bytes_received"] == before["confidential_bytes_received"]
     wait_until(lambda: a.exec(["ping", "-c", "1", "-W", "1", B]).ok, 5, what="ping after the injections")
+
+
+def test_stopping_ipsecd_removes_its_kernel_policy(lab_up):
+    lab = lab_up("intranet-pair", overrides=overrides(SCENARIO, "host-a", "host-b"), fresh=True)
+    a = lab.node("host-a")
+    wait_ready(a)
+    assert "table inet ipsecd" in a.exec(["nft", "list", "tables"], check=True).stdout
+    pid = a.exec(["pgrep", "-f", "ipsecd --config"], check=True).stdout.split()[0]
+    a.exec(["kill", "-TERM", pid], check=True)
+    wait_until(lambda: a.exec(["kill", "-0", pid]).rc != 0, 10, what="ipsecd to exit")
+    assert "ipsecd" not in a.exec(["nft", "list", "tables"], check=True).stdout
+    assert "0x2121" not in a.exec(["ip", "rule"], check=True).stdout
+    assert "ipsec0" not in a.exec(["ip", "-br", "link"], check=True).stdout
+    assert "kernel policy removed" in a.exec(["cat", "/var/log/ipsecd.log"], check=True).stdout

@@ -93,9 +93,10 @@ def measure(suite, size: int, budget: float) -> tuple[float, float]:
 
 
 # (suite label, size, µs target per direction): the whole data plane must reach 1.3 Gbit/s tunnel
-# AES-GCM (8.6 µs per 1400-byte packet, ~5 µs of it kernel I/O, dataplane.md) and 150 Mbit/s 3DES
-TARGETS = [("aes-gcm-128 tunnel", 1400, 3.0), ("aes-gcm-128 transport", 1400, 3.0),
-           ("aes-gcm-128 tunnel", 64, 3.0), ("aes-cbc-128/sha1 tunnel", 1400, 5.0),
+# AES-GCM, 8.6 µs per 1400-byte packet, of which kernel I/O takes 4.4-5.1 µs (dataplane.md §4),
+# leaving the codec 3.5 µs; 150 Mbit/s of 3DES leaves 75 µs, minus the same I/O
+TARGETS = [("aes-gcm-128 tunnel", 1400, 3.5), ("aes-gcm-128 transport", 1400, 3.5),
+           ("aes-gcm-128 tunnel", 64, 3.5), ("aes-cbc-128/sha1 tunnel", 1400, 5.0),
            ("3des-cbc/sha1 tunnel", 1400, 70.0)]
 
 

@@ -42,8 +42,15 @@ def _lab_name(args) -> str:
 
 def cmd_up(args) -> int:
     topo = topologies.load(args.topology)
+    backend, name = DockerBackend(), args.name or topo.name
+    running = [c for c in backend.containers(name) if c.status == "running"]
+    if args.replace:
+        backend.down(name)
+    elif len(running) == len(topo.nodes):
+        print(f"lab {name} is already up (--replace to recreate it)")
+        return 0
     started = time.monotonic()
-    lab = DockerBackend().up(topo, args.name)
+    lab = backend.up(topo, name)
     print(f"lab {lab.name} up in {time.monotonic() - started:.1f}s ({topo.path})")
     for node in lab.nodes.values():
         addresses = ", ".join(f"{i.name} {i.address}" for i in node.spec.interfaces.values())
@@ -220,6 +227,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--name", help="lab name (default: the topology's name)")
         if name == "down":
             s.add_argument("--all", action="store_true", help="every lab on this machine")
+        else:
+            s.add_argument("--replace", action="store_true", help="tear the lab down first if it is up")
     s = verb("status", cmd_status, "running labs")
     s.add_argument("--json", action="store_true")
     s = verb("exec", cmd_exec, "run a command in a node")

@@ -24,6 +24,7 @@ def test_up_status_exec_capture_down(lab_cli, lab_backend, lab_name, tmp_path):
         up = lab_cli("up", "intranet-pair", "--name", name)
         assert up.returncode == 0, up.stderr
         assert f"{name}-host-a" in up.stdout
+        assert "is already up" in lab_cli("up", "intranet-pair", "--name", name).stdout
         status = lab_cli("status").stdout
         assert f"{name:20} host-b       host       running   eth1=10.0.0.2/24" in status
         restarted = lab_cli("restart", "host-b", "--name", name)

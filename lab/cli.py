@@ -119,6 +119,18 @@ def cmd_restart(args) -> int:
     return 0
 
 
+def cmd_logs(args) -> int:
+    """The logs of a node's background processes (ipsecd and whatever Node.spawn started)."""
+    paths = "/var/log/ipsecd.log /var/log/lab/*.log"
+    result = (
+        _attach(args)
+        .node(args.node)
+        .exec(f"for f in {paths}; do [ -f $f ] && tail -v -n {args.lines} $f; done")
+    )
+    sys.stdout.write(result.stdout or f"no logs on {args.node}\n")
+    return 0
+
+
 def cmd_shell(args) -> int:
     """An interactive shell in a node (docker exec -it)."""
     container = _attach(args).node(args.node).container.name
@@ -238,6 +250,10 @@ def parser() -> argparse.ArgumentParser:
     s = verb("restart", cmd_restart, "recreate a node and re-wire its links")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
+    s = verb("logs", cmd_logs, "logs of a node's background processes (ipsecd, ...)")
+    s.add_argument("node")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
+    s.add_argument("-n", "--lines", type=int, default=50)
     s = verb("shell", cmd_shell, "an interactive shell in a node")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")

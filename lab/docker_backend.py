@@ -186,7 +186,7 @@ class Node:
         self.container.exec_run(["sh", "-c", script, name, *argv], detach=True)
         process = Process(self, name, log_path)
         wait_until(
-            lambda: self.exec(["test", "-s", process.pid_path]).ok, 5, what=f"{self.name}: {name} to start"
+            lambda: self.exec(["test", "-s", process.pid_path]).ok, 10, what=f"{self.name}: {name} to start"
         )
         return process
 

@@ -103,7 +103,9 @@ class Images:
             return False
         return True
 
-    def prune(self, keep: set[str], older_than_hours: float = 1.0, kinds: set[str] | None = None) -> list[str]:
+    def prune(
+        self, keep: set[str], older_than_hours: float = 1.0, kinds: set[str] | None = None
+    ) -> list[str]:
         """Remove node-level images (every kind but base) that no container uses, older than the given age,
         except the tags in `keep`. Bases stay: a rebuild of one costs a debootstrap. Another checkout whose
         image goes rebuilds it on its next run (seconds). `kinds` limits it to those kinds. Returns the

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -41,8 +42,15 @@ def _lab_name(args) -> str:
 
 def cmd_up(args) -> int:
     topo = topologies.load(args.topology)
+    backend, name = DockerBackend(), args.name or topo.name
+    running = [c for c in backend.containers(name) if c.status == "running"]
+    if args.replace:
+        backend.down(name)
+    elif len(running) == len(topo.nodes):
+        print(f"lab {name} is already up (--replace to recreate it)")
+        return 0
     started = time.monotonic()
-    lab = DockerBackend().up(topo, args.name)
+    lab = backend.up(topo, name)
     print(f"lab {lab.name} up in {time.monotonic() - started:.1f}s ({topo.path})")
     for node in lab.nodes.values():
         addresses = ", ".join(f"{i.name} {i.address}" for i in node.spec.interfaces.values())
@@ -105,6 +113,31 @@ def cmd_exec(args) -> int:
     return result.rc
 
 
+def cmd_restart(args) -> int:
+    node = _attach(args).restart(args.node)
+    print(f"{node.container.name} restarted and re-wired")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    """The logs of a node's background processes (ipsecd and whatever Node.spawn started)."""
+    paths = "/var/log/ipsecd.log /var/log/lab/*.log"
+    result = (
+        _attach(args)
+        .node(args.node)
+        .exec(f"for f in {paths}; do [ -f $f ] && tail -v -n {args.lines} $f; done")
+    )
+    sys.stdout.write(result.stdout or f"no logs on {args.node}\n")
+    return 0
+
+
+def cmd_shell(args) -> int:
+    """An interactive shell in a node (docker exec -it)."""
+    container = _attach(args).node(args.node).container.name
+    os.execvp("docker", ["docker", "exec", "-it", container, "bash"])
+    return 1
+
+
 def cmd_capture(args) -> int:
     if args.action == "list":
         folder = RESULTS / "labs"
@@ -145,9 +178,25 @@ def cmd_images(args) -> int:
             print(f"not building images: {reason} (lab tests will be skipped)")
             return 0
     images = Images()
-    for kind in args.kinds or ["base", "node"]:
+    kinds = args.kinds or ["base", *sorted(_kinds_in_use())]
+    if args.prune:
+        keep = {images.tag(kind) for kind in kinds}
+        for tag in images.prune(keep, args.older_than):
+            print(f"removed {tag}")
+        return 0
+    for kind in kinds:
         print(images.ensure(kind))
     return 0
+
+
+def _kinds_in_use() -> set[str]:
+    """Image kinds the runnable topologies use."""
+    kinds = set()
+    for name in topologies.available():
+        topo = topologies.load(name)
+        if topo.runnable:
+            kinds |= {node.image for node in topo.nodes.values()}
+    return kinds
 
 
 def cmd_validate(args) -> int:
@@ -160,6 +209,12 @@ def cmd_validate(args) -> int:
             print(exc, file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def cmd_check(args) -> int:
+    from lab.preflight import report
+
+    return report()
 
 
 def cmd_bench(args) -> int:
@@ -190,12 +245,24 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--name", help="lab name (default: the topology's name)")
         if name == "down":
             s.add_argument("--all", action="store_true", help="every lab on this machine")
+        else:
+            s.add_argument("--replace", action="store_true", help="tear the lab down first if it is up")
     s = verb("status", cmd_status, "running labs")
     s.add_argument("--json", action="store_true")
     s = verb("exec", cmd_exec, "run a command in a node")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s.add_argument("command", nargs="*", help="after --")
+    s = verb("restart", cmd_restart, "recreate a node and re-wire its links")
+    s.add_argument("node")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
+    s = verb("logs", cmd_logs, "logs of a node's background processes (ipsecd, ...)")
+    s.add_argument("node")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
+    s.add_argument("-n", "--lines", type=int, default=50)
+    s = verb("shell", cmd_shell, "an interactive shell in a node")
+    s.add_argument("node")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s = verb("capture", cmd_capture, "start, stop or list captures")
     s.add_argument("action", choices=["start", "stop", "list"])
     s.add_argument("node", nargs="?")
@@ -207,8 +274,11 @@ def parser() -> argparse.ArgumentParser:
     s = verb("images", cmd_images, "build images")
     s.add_argument("kinds", nargs="*")
     s.add_argument("--if-possible", action="store_true", help="skip (exit 0) without root or Docker")
+    s.add_argument("--prune", action="store_true", help="remove unused node-level images (not bases)")
+    s.add_argument("--older-than", type=float, default=1.0, metavar="HOURS", help="with --prune (default 1)")
     s = verb("validate", cmd_validate, "check topology files")
     s.add_argument("files", nargs="+")
+    verb("check", cmd_check, "can this machine run labs? what does the kernel offer?")
     s = verb("bench", cmd_bench, "run benchmarks")
     s.add_argument("only", nargs="*")
     return p

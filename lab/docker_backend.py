@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import tarfile
@@ -35,6 +36,9 @@ log = logging.getLogger("lab")
 
 LABEL = "ipsec-lab"
 IPSECD_CONFIG = "/etc/ipsecd/ipsecd.yaml"
+FIREWALL_RULES = "/etc/lab/firewall.nft"
+IPSECD_LOG = "/var/log/ipsecd.log"
+IPSECD_SOCKET = "/run/ipsecd.sock"  # docs/ARCHITECTURE.md: ipsecctl <-> ipsecd
 RESULTS = Path(os.environ.get("LAB_RESULTS", Path.cwd() / "results"))
 
 
@@ -182,19 +186,28 @@ class Node:
         self.container.exec_run(["sh", "-c", script, name, *argv], detach=True)
         process = Process(self, name, log_path)
         wait_until(
-            lambda: self.exec(["test", "-s", process.pid_path]).ok, 5, what=f"{self.name}: {name} to start"
+            lambda: self.exec(["test", "-s", process.pid_path]).ok, 10, what=f"{self.name}: {name} to start"
         )
         return process
 
     def process(self, name: str, log: str | None = None) -> Process:
         """The handle of a process spawned earlier under `name` (e.g. "ipsecd", started by `lab up`)."""
-        return Process(
-            self, name, log or ("/var/log/ipsecd.log" if name == "ipsecd" else f"/var/log/lab/{name}.log")
-        )
+        return Process(self, name, log or (IPSECD_LOG if name == "ipsecd" else f"/var/log/lab/{name}.log"))
+
+    def firewall(self, drop: list[str]) -> None:
+        """Replace the node's firewall: drop what `drop` names ("esp", "udp/500", ...); [] lifts it."""
+        self.put_file(FIREWALL_RULES, firewall_ruleset(drop))
+        self.exec(["nft", "-f", FIREWALL_RULES], check=True)
+
+    def dropped(self) -> int:
+        """Packets the node's firewall has dropped so far."""
+        rules = self.exec(["nft", "list", "table", "inet", "lab_firewall"]).stdout
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", rules))
 
     def capture(self, ifname: str, name: str | None = None, bpf: str = "") -> Capture:
         """A capture of this node's interface (taken on its fabric end); use as a context manager."""
-        self.spec.interfaces[ifname]
+        if ifname not in self.spec.interfaces:
+            raise KeyError(f"{self.name} has no interface {ifname!r} ({', '.join(self.spec.interfaces)})")
         label = name or f"{self.name}-{ifname}"
         return Capture(self.lab.fabric, _short("v", self.name, ifname), self.lab.pcap_path(label), bpf)
 
@@ -236,6 +249,22 @@ class Lab:
         if segment not in self.topology.segments:
             raise KeyError(f"lab {self.name}: no segment {segment!r}")
         return Capture(self.fabric, _short("b", segment), self.pcap_path(f"segment-{segment}"), bpf)
+
+    def set_link(self, node: str, ifname: str, up: bool) -> None:
+        """Cut or restore a node's link at the fabric end (the node sees its carrier go down), e.g. to make
+        a domain controller or a peer unreachable."""
+        if ifname not in self.topology.node(node).interfaces:
+            raise KeyError(f"{node} has no interface {ifname!r}")
+        with IPRoute(netns=self.fabric) as ipr:
+            ipr.link(
+                "set",
+                index=ipr.link_lookup(ifname=_short("v", node, ifname))[0],
+                state="up" if up else "down",
+            )
+
+    def restart(self, node: str) -> Node:
+        """A new container for `node`, wired and configured again (see DockerBackend.restart)."""
+        return self.backend.restart(self, node)
 
     def down(self) -> None:
         self.backend.down(self.name)
@@ -283,8 +312,8 @@ class DockerBackend:
                 10,
                 what=f"lab {name}: every node running with its interfaces up",
             )
-            for node in lab.nodes.values():
-                self._configure(node)
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(self._configure, lab.nodes.values()))
         except BaseException:
             self.down(name)
             raise
@@ -334,23 +363,48 @@ class DockerBackend:
             "for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ -e $f ] && echo 0 > $f; done; "
             "true",
         )
-        ethtool = []
         with IPRoute(netns=lab.fabric) as ipr:
             for segment in lab.topology.segments:
                 bridge = _short("b", segment)
                 ipr.link("add", ifname=bridge, kind="bridge", br_ageing_time=0, br_stp_state=0)
                 ipr.link("set", index=ipr.link_lookup(ifname=bridge)[0], state="up")
-            for spec in lab.topology.nodes.values():
+        self._make_links(lab, lab.topology.nodes.values())
+
+    @staticmethod
+    def _make_links(lab: Lab, specs) -> None:
+        """A veth per interface of the nodes `specs`: fabric end on the segment's bridge, TX offload off."""
+        ethtool = []
+        with IPRoute(netns=lab.fabric) as ipr:
+            for spec in specs:
                 for iface in spec.interfaces.values():
-                    outer, inner = (
-                        _short("v", spec.name, iface.name),
-                        _hashed("t", lab.name, spec.name, iface.name),
-                    )
+                    outer = _short("v", spec.name, iface.name)
+                    inner = _hashed("t", lab.name, spec.name, iface.name)
                     ipr.link("add", ifname=outer, kind="veth", peer={"ifname": inner})
                     bridge = ipr.link_lookup(ifname=_short("b", iface.segment))[0]
                     ipr.link("set", index=ipr.link_lookup(ifname=outer)[0], master=bridge, state="up")
                     ethtool += [f"ethtool -K {outer} tx off", f"ethtool -K {inner} tx off"]
         _in_fabric(lab.fabric, " >/dev/null && ".join(ethtool) + " >/dev/null")
+
+    def restart(self, lab: Lab, name: str) -> Node:
+        """Recreate one node's container and re-wire its links (links die with the container's namespace),
+        then configure it as `up` does. Files and processes in the node are gone; its addresses are not."""
+        spec = lab.topology.node(name)
+        lab.node(name).container.remove(force=True)
+        ends = {_short("v", name, ifname) for ifname in spec.interfaces}
+
+        def links_gone() -> bool:
+            with IPRoute(netns=lab.fabric) as ipr:
+                return not ends & {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+        wait_until(links_gone, 10, what=f"{name}'s old links to disappear")
+        self._make_links(lab, [spec])
+        node = lab.nodes[name] = self._start_container(lab, spec, self.images.ensure(spec.image))
+        self._wire(lab, node)
+        wait_until(
+            lambda: self._ready(node), 10, what=f"{node.container.name} running with its interfaces up"
+        )
+        self._configure(node)
+        return node
 
     def _wire(self, lab: Lab, node: Node) -> None:
         """Move the node's veth ends into its namespace; name, MAC, MTU, address, routes."""
@@ -395,16 +449,20 @@ class DockerBackend:
         )
 
     def _configure(self, node: Node) -> None:
-        """Role settings (NAT rules) and ipsecd, after wiring."""
-        nat = node.spec.nat
-        if nat is not None:
-            node.put_file("/etc/lab/nat.nft", nat_ruleset(nat))
-            node.exec(["nft", "-f", "/etc/lab/nat.nft"], check=True)
+        """Names of the other nodes in /etc/hosts, role settings (NAT rules), then ipsecd; after wiring."""
+        node.put_file("/etc/lab/hosts", hosts_file(node.lab.topology))
+        setup = ["cat /etc/lab/hosts >> /etc/hosts"]
+        if node.spec.nat is not None:
+            node.put_file("/etc/lab/nat.nft", nat_ruleset(node.spec.nat))
+            setup.append("nft -f /etc/lab/nat.nft")
+        if node.spec.drop:
+            node.put_file(FIREWALL_RULES, firewall_ruleset(node.spec.drop))
+            setup.append(f"nft -f {FIREWALL_RULES}")
+        node.exec(" && ".join(setup), check=True)
         if node.spec.ipsecd is not None:
             node.put_file(IPSECD_CONFIG, node.spec.ipsecd.read_text())
             if node.exec(["python3", "-c", "import ipsecd.daemon"]).ok:
-                node.spawn(["ipsecd", "--config", IPSECD_CONFIG], name="ipsecd", log="/var/log/ipsecd.log")
-                log.info("%s: ipsecd started with %s", node.name, node.spec.ipsecd)
+                self._start_ipsecd(node)
             else:
                 log.warning(
                     "%s: ipsecd is not installed in this image; %s copied to %s, not started",
@@ -412,6 +470,21 @@ class DockerBackend:
                     node.spec.ipsecd,
                     IPSECD_CONFIG,
                 )
+
+    @staticmethod
+    def _start_ipsecd(node: Node) -> None:
+        """Start ipsecd and wait for its control socket; if it dies first, fail with the end of its log."""
+        daemon = node.spawn(["ipsecd", "--config", IPSECD_CONFIG], name="ipsecd", log=IPSECD_LOG)
+
+        def listening() -> bool:
+            if node.exec(["test", "-S", IPSECD_SOCKET]).ok:
+                return True
+            if not daemon.alive():
+                raise LabError(f"{node.name}: ipsecd exited at start; {IPSECD_LOG}:\n{daemon.log()[-2000:]}")
+            return False
+
+        wait_until(listening, 15, what=f"{node.name}: ipsecd to open {IPSECD_SOCKET}")
+        log.info("%s: ipsecd started with %s", node.name, node.spec.ipsecd)
 
     def describe(self, lab: Lab) -> dict:
         """The lab as data (written to results/.../lab.json)."""
@@ -480,6 +553,17 @@ class DockerBackend:
         return rows
 
 
+def hosts_file(topology: model.Topology) -> str:
+    """/etc/hosts lines: every node address, named `<node>` on its first interface, `<node>-<if>` on all."""
+    lines = ["# lab nodes"]
+    for node in topology.nodes.values():
+        addressed = [i for i in node.interfaces.values() if i.address is not None]
+        for position, iface in enumerate(addressed):
+            names = [f"{node.name}-{iface.name}"] if position else [node.name, f"{node.name}-{iface.name}"]
+            lines.append(f"{iface.address.ip}\t{' '.join(names)}")
+    return "\n".join(lines) + "\n"
+
+
 def nat_ruleset(nat: model.Nat) -> str:
     """The NAT box's nftables ruleset: masquerade out of `outside`, port rewriting, optional ESP drop."""
     to_ports = f" to :{nat.ports[0]}-{nat.ports[1]}" if nat.ports else ""
@@ -488,13 +572,21 @@ def nat_ruleset(nat: model.Nat) -> str:
     if nat.ports:
         lines += [f"    oifname {nat.outside} meta l4proto {{ tcp, udp }} masquerade{to_ports}{flags}"]
     lines += [f"    oifname {nat.outside} masquerade{flags}", "  }"]
-    if nat.drop_esp:
-        lines += [
-            "  chain forward {",
-            "    type filter hook forward priority filter;",
-            "    meta l4proto esp counter drop",
-            "  }",
-        ]
+    return "\n".join([*lines, "}", ""])
+
+
+def firewall_ruleset(drop: list[str]) -> str:
+    """The node firewall (table inet lab_firewall): drop, with a counter, what `drop` names, in every
+    direction. An empty list gives an empty table, so applying it lifts the firewall."""
+    matches = []
+    for name in drop:
+        proto, _, port = name.partition("/")
+        matches += [f"{proto} dport {port}", f"{proto} sport {port}"] if port else [f"meta l4proto {proto}"]
+    lines = ["table inet lab_firewall {}", "delete table inet lab_firewall", "table inet lab_firewall {"]
+    for hook in ("input", "forward", "output"):
+        lines += [f"  chain {hook} {{", f"    type filter hook {hook} priority filter;"]
+        lines += [f"    {match} counter drop" for match in matches]
+        lines.append("  }")
     return "\n".join([*lines, "}", ""])
 
 

@@ -14,7 +14,8 @@
   path, so test runs from different worktrees on one machine never touch each other's labs.
   `lab_name("x")` gives a test its own lab name with the same prefix.
 - pcaps and lab.json go to results/<run>/<test>/ (LAB_RESULTS, LAB_RUN override the parts).
-- Tests using these fixtures get the `lab` marker and are skipped, with the reason, without Docker or root.
+- Tests using these fixtures get the `lab` marker and are skipped, with the reason, without Docker or root
+  (they fail instead when CI or LAB_REQUIRED is set, so a broken engine cannot turn CI green).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from lab import topology as topologies
 from lab.docker_backend import RESULTS, DockerBackend, Lab
 
 LAB_FIXTURES = {"lab_up", "lab_backend", "lab_name"}
+_RUN_KEY = pytest.StashKey[os.PathLike]()
+_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
 
 
 def _results_root() -> os.PathLike:
@@ -57,9 +60,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RUN_KEY] = _results_root()
 
 
-_RUN_KEY = pytest.StashKey[os.PathLike]()
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
@@ -82,6 +82,8 @@ def unavailable() -> str | None:
 @pytest.fixture(scope="session")
 def lab_backend() -> DockerBackend:
     reason = unavailable()
+    if reason and (os.environ.get("CI") or os.environ.get("LAB_REQUIRED")):
+        pytest.fail(f"lab tests cannot run in CI: {reason}", pytrace=False)
     if reason:
         pytest.skip(reason)
     return DockerBackend()
@@ -163,12 +165,10 @@ def lab_up(
     own.finalize()
 
 
-_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
-
 #: What a failed test leaves behind for each node, next to its pcaps.
 NODE_STATE = (
     "for f in /var/log/ipsecd.log /var/log/lab/*.log; do "
-    "[ -f $f ] && echo \"== $f\" && tail -n 200 $f; done; "
+    '[ -f $f ] && echo "== $f" && tail -n 200 $f; done; '
     "echo '== ip addr'; ip -br addr; echo '== ip route'; ip route; echo '== ip rule'; ip rule; "
     "echo '== nft list ruleset'; nft list ruleset; echo '== ip xfrm state'; ip xfrm state; "
     "echo '== ps'; ps -eo pid,etime,args"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address, ip_interface, ip_network
 from pathlib import Path
@@ -41,7 +41,9 @@ class TopologyError(ValueError):
         super().__init__("\n".join(problems))
 
 
-def _parses(parse) -> Any:
+def _parses(parse: Callable[[str], object]) -> Callable[[object], bool]:
+    """A format check: strings must parse; other types are the schema's `type` keyword's business."""
+
     def check(value: object) -> bool:
         if not isinstance(value, str):
             return True
@@ -234,9 +236,7 @@ def _build(data: dict, path: Path) -> Topology:
         if "nat" in n:
             nat_data = n["nat"]
             ports = _port_range(nat_data["ports"]) if "ports" in nat_data else None
-            nat = Nat(
-                nat_data["outside"], ports, nat_data.get("random", False), nat_data.get("drop_esp", False)
-            )
+            nat = Nat(nat_data["outside"], ports, nat_data.get("random", False))
         ipsecd = (path.parent / n["ipsecd"]).resolve() if "ipsecd" in n else None
         nodes[name] = Node(
             name,
@@ -247,6 +247,7 @@ def _build(data: dict, path: Path) -> Topology:
             {k: str(v) for k, v in n.get("sysctls", {}).items()},
             ipsecd,
             nat,
+            list(n.get("drop", [])),
         )
     return Topology(
         data["name"],

@@ -87,14 +87,45 @@ def test_node_has_what_the_userspace_data_plane_needs(lab_up):
     assert node.exec(["ip", "xfrm", "state"], check=True).stdout == ""  # XFRM exists, and is per node
 
 
-def test_ipsecd_config_from_the_topology_is_copied_into_the_node(lab_up, tmp_path, caplog):
+def test_topology_ipsecd_config_and_firewall_are_applied(lab_up, tmp_path, caplog):
     config = tmp_path / "host-a.yaml"
-    config.write_text("# ipsecd node config\nrules: []\n")
+    config.write_text("# ipsecd node config: no filters, no SAs\nfilters: []\n")
     caplog.set_level(logging.INFO, logger="lab")
-    lab = lab_up("intranet-pair", overrides={"nodes": {"host-a": {"ipsecd": str(config)}}}, fresh=True)
+    overrides = {"nodes": {"host-a": {"ipsecd": str(config)}, "host-b": {"drop": ["icmp"]}}}
+    lab = lab_up("intranet-pair", overrides=overrides, fresh=True)
+    assert not lab.node("host-a").exec(["ping", "-c", "1", "-W", "1", "host-b"]).ok
+    assert lab.node("host-b").dropped() == 1
     assert lab.node("host-a").get_file("/etc/ipsecd/ipsecd.yaml") == config.read_bytes()
     assert lab.node("host-b").exec(["test", "-e", "/etc/ipsecd/ipsecd.yaml"]).rc == 1
     daemon = lab.node("host-a").exec(["python3", "-c", "import ipsecd.daemon"]).ok
     started = "ipsecd started" in caplog.text
     assert started == daemon, caplog.text  # started exactly when the image has the daemon
     assert daemon or "ipsecd is not installed in this image" in caplog.text
+
+
+FAKE_IPSECD = """#!/bin/sh
+echo "fake ipsecd $*"
+exec socat UNIX-LISTEN:/run/ipsecd.sock,fork EXEC:cat
+"""
+BROKEN_IPSECD = """#!/bin/sh
+echo "ipsecd.yaml:3: rules[0].action: 'maybe' is not a filter action" >&2
+exit 2
+"""
+
+
+def test_ipsecd_start_waits_for_the_control_socket_or_reports_the_log(lab_up, lab_backend):
+    """The start contract of `lab up` for ipsecd, with stand-in executables (the daemon comes later)."""
+    import pytest
+
+    from lab.docker_backend import LabError
+
+    node = lab_up("intranet-pair", fresh=True).node("host-a")
+    node.put_file("/usr/local/bin/ipsecd", FAKE_IPSECD, mode=0o755)
+    lab_backend._start_ipsecd(node)
+    assert node.exec(["test", "-S", "/run/ipsecd.sock"]).ok
+    assert "fake ipsecd --config /etc/ipsecd/ipsecd.yaml" in node.process("ipsecd").log()
+    node.process("ipsecd").stop()
+    node.put_file("/usr/local/bin/ipsecd", BROKEN_IPSECD, mode=0o755)
+    node.exec(["rm", "-f", "/run/ipsecd.sock"], check=True)
+    with pytest.raises(LabError, match=r"(?s)host-a: ipsecd exited at start.*rules\[0\].action: 'maybe'"):
+        lab_backend._start_ipsecd(node)

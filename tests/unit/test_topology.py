@@ -1,12 +1,16 @@
 """Topology files: the shipped ones load; each kind of bad file is refused naming file, line and field."""
 
+import doctest
+import importlib
+import pkgutil
 from pathlib import Path
 
 import pytest
 
+import lab
 from lab import model, topology
-from lab.docker_backend import DockerBackend, LabError, nat_ruleset
-from lab.graph import to_dot
+from lab.docker_backend import DockerBackend, LabError, firewall_ruleset, hosts_file, nat_ruleset
+from lab.graph import render, to_dot
 
 GOOD = """\
 name: demo
@@ -103,6 +107,11 @@ def test_good_file_builds_the_model():
             "topologies/x.yaml:16: nodes.gw.nat.ports: '40999-40000' is not a port range",
         ),
         ("  a:\n", "  A:\n", "topologies/x.yaml:6: nodes.A: 'A' is not a valid name"),
+        (
+            "    role: nat\n",
+            "    role: nat\n    drop: [udp500]\n",
+            "topologies/x.yaml:13: nodes.gw.drop[0]: 'udp500'",
+        ),
         # semantic errors, found after the schema passed
         (
             "eth1: {segment: lan, address: 10.0.0.1/24}",
@@ -176,10 +185,21 @@ def test_macs_are_deterministic_locally_administered_unicast():
     assert first & 0x02 and not first & 0x01
 
 
-def test_nat_ruleset_rewrites_ports_and_can_drop_esp():
-    rules = nat_ruleset(model.Nat("eth2", (40000, 40999), drop_esp=True))
+def test_nat_ruleset_rewrites_ports():
+    rules = nat_ruleset(model.Nat("eth2", (40000, 40999)))
     assert "oifname eth2 meta l4proto { tcp, udp } masquerade to :40000-40999" in rules
-    assert "meta l4proto esp counter drop" in rules
+
+
+def test_firewall_ruleset_drops_in_every_direction():
+    topo = topology.loads(
+        GOOD.replace("    role: nat\n", "    role: nat\n    drop: [esp, udp/500]\n"), "x.yaml"
+    )
+    rules = firewall_ruleset(topo.node("gw").drop)
+    for hook in ("input", "forward", "output"):
+        assert f"type filter hook {hook} priority filter;" in rules
+    assert rules.count("meta l4proto esp counter drop") == 3
+    assert rules.count("udp dport 500 counter drop") == rules.count("udp sport 500 counter drop") == 3
+    assert "counter drop" not in firewall_ruleset([])
 
 
 def test_unrunnable_topology_is_refused_with_its_reason():
@@ -191,3 +211,22 @@ def test_graph_names_every_node_segment_and_address():
     dot = to_dot(topology.load("gateway-tunnel"))
     for text in ("gw-a", "host-b", "seg:wan", "198.51.100.0/24", "10.2.0.10/24"):
         assert text in dot
+
+
+def test_graph_renders_png(tmp_path: Path):
+    out = render(topology.load("nat-t"), tmp_path / "nat-t.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hosts_file_names_every_node():
+    hosts = hosts_file(topology.load("nat-t"))
+    assert "192.168.1.1\tnat nat-eth1\n" in hosts
+    assert "203.0.113.1\tnat-eth2\n" in hosts
+    assert "203.0.113.2\tserver server-eth1\n" in hosts
+
+
+@pytest.mark.parametrize(
+    "name", [m.name for m in pkgutil.iter_modules(lab.__path__, "lab.") if m.name != "lab.__main__"]
+)
+def test_lab_docstring_examples(name):
+    assert doctest.testmod(importlib.import_module(name)).failed == 0

@@ -39,9 +39,9 @@ def test_daemon_code_rebuilds_the_node_image_only(tree):
 
 def test_a_package_added_by_any_image_rebuilds_the_base_and_so_the_node(tree):
     base, node = tags()
-    (tree / "images" / "strongswan").mkdir()
-    (tree / "images" / "strongswan" / "packages.txt").write_text("strongswan-charon  # the peer\n")
-    assert "strongswan-charon" in images.base_packages()
+    (tree / "images" / "peer").mkdir()
+    (tree / "images" / "peer" / "packages.txt").write_text("racoon  # another peer\n")
+    assert "racoon" in images.base_packages()
     new_base, new_node = tags()
     assert new_base != base and new_node != node
 

@@ -7,9 +7,7 @@ scenarios/strongswan-interop/README.md (ipsecd gateway ↔ strongSwan gateway).
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 from scapy.layers.inet import IP, UDP
@@ -130,39 +128,6 @@ def ipsecd_policy(
         "rules": rules,
     }
     return yaml.safe_dump(policy, sort_keys=False)
-
-
-def tshark_esp(pcap: Path, tshark_args: list[str]) -> tuple[bytes, int, int]:
-    """What tshark, the independent decoder, finds in the capture's ESP given charon's keys: the inner TCP
-    and UDP payloads concatenated, how many ESP packets had a good ICV, and how many ESP packets it saw."""
-    out = subprocess.run(
-        [
-            "tshark",
-            "-n",
-            "-r",
-            str(pcap),
-            *tshark_args,
-            "-Y",
-            "esp",
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-            "-e",
-            "esp.icv_good",
-            "-e",
-            "tcp.payload",
-            "-e",
-            "data.data",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.splitlines()
-    fields = [h for line in out for h in line.partition("|")[2].replace("|", ",").split(",") if h]
-    inner = b"".join(bytes.fromhex(h) for h in fields)
-    return inner, sum(line.split("|")[0] == "1" for line in out), len(out)
 
 
 #: charon's cipher names -> ipsecd's (ipsecd/algorithms.py)

@@ -3,7 +3,7 @@
 One run brings each lab up, runs iperf3 TCP and UDP (large datagrams, paced) and reports Mbit/s, packets
 per second on the wire and CPU (whole machine, and the ipsecd processes). Targets from issue 3 for this
 2-core machine: TCP with AES-GCM-128 >= 1000 Mbit/s transport, >= 1300 Mbit/s tunnel; 3DES >= 150.
-strongSwan's userspace data plane joins the table once its image exists (images/strongswan).
+strongSwan's userspace data plane on the same topology: bench_strongswan (TCP strongSwan tunnel rows).
 
     python -m bench dataplane            (BENCH_SECONDS=5, BENCH_UDP_RATE=500M)
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -225,5 +224,4 @@ def run() -> list[Row]:
                              f"{extra}"))
             finally:
                 backend.down(name)
-    print("strongSwan's userspace data plane: not measured, no strongSwan image yet", file=sys.stderr)
     return rows

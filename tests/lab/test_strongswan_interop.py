@@ -96,11 +96,15 @@ def install_credentials(node: Node, pki: Pki) -> dict[str, str]:
 
 def configure_ipsecd(node: Node, policy: str, pki: Pki) -> None:
     """Give ipsecd in gw-a the policy (local store: a folder of policies and the `assigned` one), its
-    certificate and the CA, then make it re-read them (`ipsecctl refresh`)."""
+    certificate and the CA; start ipsecd, or make the running one re-read them (`ipsecctl refresh`)."""
     install_credentials(node, pki)
     node.put_file(f"{POLICY_DIR}/interop.yaml", policy)
     node.put_file(f"{POLICY_DIR}/assigned", "interop.yaml\n")
-    node.exec(["ipsecctl", "refresh"], check=True, timeout=20)
+    if node.process("ipsecd").alive():
+        node.exec(["ipsecctl", "refresh"], check=True, timeout=20)
+        return
+    node.spawn(["ipsecd", "--config", CONFIG], name="ipsecd", log="/var/log/ipsecd.log")
+    wait_until(lambda: node.exec(["ipsecctl", "status"]).ok, 20, what=f"{node.name}: ipsecd to answer")
 
 
 def ipsecd_sas(node: Node) -> list[dict]:

@@ -73,13 +73,19 @@ def dumps(policy: model.Policy) -> str:
 
 
 def save(policy: model.Policy, path: str | os.PathLike[str]) -> None:
-    """Write atomically: a reader (the Policy Agent polling) never sees half a file."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    write_atomically(Path(path), dumps(policy))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file and rename it: a reader (the agent polling) never sees half a file.
+
+    The file is readable by its owner only: policies may hold pre-shared keys.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(dumps(policy))
-        os.replace(tmp, target)
+            f.write(text)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,0 +1,326 @@
+"""The Policy Agent: reads the assigned policy from its store, checks it, and hands it to the driver and IKE.
+
+As the documents describe it: at start and at the policy's polling interval it asks the store whether the
+assigned policy changed (a cheap change stamp, the documents' whenChanged); on ``refresh`` (``ipsecctl
+refresh``, the equivalent of ``gpupdate``) it reads it whatever the stamp says. A policy that fails its
+checks is refused with the file, line, object and field named, and the policy in force stays in force.
+When the node's addresses change (the Interface Manager's job) "my IP address" filters are re-expanded.
+
+Every apply returns a ``PolicyChange`` saying which rules changed or went away: the daemon deletes the
+SAs negotiated under those rules (the driver tags them with the rule name) and keeps every other SA.
+
+>>> import tempfile
+>>> from ipaddress import IPv4Address
+>>> from ipsecd.policy.store import LocalStore
+>>> from ipsecd.policy.predefined import predefined
+>>> class Recorder:
+...     def load_policy(self, settings): self.settings = settings
+>>> store = LocalStore(tempfile.mkdtemp())
+>>> store.assign(store.save(predefined("server")))
+>>> driver, ike = Recorder(), Recorder()
+>>> agent = PolicyAgent(store, driver, ike, lambda: [IPv4Address("10.0.0.1")], clock=lambda: 0.0)
+>>> sorted(agent.apply().touched_rules), len(driver.settings), ike.settings.policy
+([], 4, 'Server (Request Security)')
+>>> print(agent.events[-1])
+1970-01-01T00:00:00Z policy-applied: Server (Request Security) {72385230-70fa-11d1-864c-14a300000000} \
+changed 2003-04-24T00:00:00Z: 2 rules, 4 specific filters
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from ipsecd import spd
+from ipsecd.policy import model, policyfile
+from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
+from ipsecd.policy.ike_settings import IKEPolicy, ike_settings
+from ipsecd.policy.store import LocalStore, PolicyRef, PolicyStore, StoreUnavailable
+from ipsecd.policy.validate import PolicyError
+
+
+class Driver(Protocol):
+    def load_policy(self, spd: spd.SPD) -> None: ...
+
+
+class IKE(Protocol):
+    def load_policy(self, settings: IKEPolicy | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the event log: policy changes here, negotiations from IKE in the same form."""
+
+    time: float
+    kind: str  # policy-applied, policy-refused, policy-unassigned, addresses-changed, store-unavailable,
+    # policy-imported, policy-exported
+    message: str
+
+    def __str__(self) -> str:
+        return f"{policyfile.format_stamp(int(self.time))} {self.kind}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "kind": self.kind, "message": self.message}
+
+
+@dataclass(frozen=True)
+class AppliedPolicy:
+    """The policy in force: as read, as expanded for these addresses, as handed to IKE."""
+
+    ref: PolicyRef
+    stamp: Hashable
+    policy: model.Policy
+    addresses: tuple[IPv4Address, ...]
+    filters_by_rule: dict[str, tuple[spd.Filter, ...]]
+    spd: spd.SPD
+    ike: IKEPolicy
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """What an apply changed. touched_rules: rules of the previous policy whose SAs must be deleted
+    (their filters, action, authentication or tunnel changed, or they are gone); added_rules: new ones."""
+
+    touched_rules: frozenset[str]
+    added_rules: frozenset[str]
+    main_mode_changed: bool  # new main modes use the new settings; existing ones run to their lifetime
+
+    def describe(self) -> str:
+        parts = []
+        if self.touched_rules:
+            parts.append(f"SAs of {', '.join(sorted(self.touched_rules))} deleted")
+        if self.added_rules:
+            parts.append(f"new rules {', '.join(sorted(self.added_rules))}")
+        if self.main_mode_changed:
+            parts.append("main mode settings changed")
+        return "; ".join(parts) or "no SA touched"
+
+
+def compare(old: AppliedPolicy | None, new: AppliedPolicy | None) -> PolicyChange:
+    before, after = _fingerprints(old), _fingerprints(new)
+    return PolicyChange(
+        touched_rules=frozenset(name for name, fp in before.items() if after.get(name) != fp),
+        added_rules=frozenset(after.keys() - before.keys()),
+        main_mode_changed=(old and old.ike.main_mode) != (new and new.ike.main_mode),
+    )
+
+
+def _fingerprints(applied: AppliedPolicy | None) -> dict[str, tuple[Any, ...]]:
+    """Per rule, everything an SA negotiated under it depends on."""
+    if applied is None:
+        return {}
+    out: dict[str, tuple[Any, ...]] = {
+        name: (filters, applied.ike.rule(name)) for name, filters in applied.filters_by_rule.items()
+    }
+    if applied.ike.default_response:
+        out[applied.ike.default_response.rule] = ((), applied.ike.default_response)
+    return out
+
+
+class PolicyAgent:
+    """Reads, validates, applies, polls and refreshes the node's one assigned policy."""
+
+    def __init__(self, store: PolicyStore, driver: Driver, ike: IKE,
+                 addresses: Callable[[], Iterable[IPv4Address]], clock: Callable[[], float] = time.time,
+                 resolve: Resolver = resolve_dns,
+                 unassigned_poll_interval: float = model.DEFAULT_POLLING_INTERVAL,
+                 log: Callable[[Event], None] | None = None, max_events: int = 1000) -> None:
+        self.store, self.driver, self.ike = store, driver, ike
+        self.addresses, self.clock, self.resolve = addresses, clock, resolve
+        self.unassigned_poll_interval = unassigned_poll_interval
+        self.log = log
+        self.applied: AppliedPolicy | None = None
+        self.events: deque[Event] = deque(maxlen=max_events)
+        self._refused: tuple[PolicyRef, Hashable] | None = None  # not retried until its stamp moves
+        self._next_poll = 0.0
+
+    # --- applying
+
+    def apply(self) -> PolicyChange:
+        """Read the assigned policy and put it in force. Raises PolicyError (the old policy stays)."""
+        self._schedule_poll()
+        ref = self.store.assigned_policy()
+        if ref is None:
+            return self._unassign()
+        stamp = self.store.change_stamp(ref)
+        try:
+            policy = self.store.load(ref)
+        except PolicyError as e:
+            self._refuse(ref, stamp, e)
+            raise
+        return self._install(ref, stamp, policy, "policy-applied")
+
+    def refresh(self) -> PolicyChange:
+        """``ipsecctl refresh``: re-read the store now, whatever the change stamp says."""
+        return self.apply()
+
+    def poll(self) -> PolicyChange | None:
+        """The periodic check: apply when the assigned policy, its stamp or this node's addresses moved.
+
+        Never raises for a bad policy or an unreachable store: both are logged and the old policy stays.
+        """
+        self._schedule_poll()
+        try:
+            ref = self.store.assigned_policy()
+            stamp = self.store.change_stamp(ref) if ref else None
+        except StoreUnavailable as e:
+            self._event("store-unavailable", f"{e}; keeping {self._in_force()}")
+            return None
+        if ref is None:
+            return self._unassign() if self.applied else None
+        current = self.applied
+        if current and (ref, stamp) == (current.ref, current.stamp):
+            if self._my_addresses() == current.addresses:
+                return None
+            try:
+                return self._install(ref, stamp, current.policy, "addresses-changed")
+            except PolicyError:
+                return None
+        if (ref, stamp) == self._refused:
+            return None
+        try:
+            return self.apply()
+        except (PolicyError, StoreUnavailable):
+            return None
+
+    def seconds_until_poll(self) -> float:
+        return max(0.0, self._next_poll - self.clock())
+
+    async def run(self) -> None:
+        """Apply at start, then poll at the policy's interval, for ever (a task of the daemon's loop).
+
+        Polling resolves DNS names and reads files, so it runs in a worker thread, off the event loop.
+        """
+        with contextlib.suppress(PolicyError, StoreUnavailable):  # logged; polling tries again
+            await asyncio.to_thread(self.apply)
+        while True:
+            await asyncio.sleep(self.seconds_until_poll())
+            await asyncio.to_thread(self.poll)
+
+    def _install(self, ref: PolicyRef, stamp: Hashable, policy: model.Policy, kind: str) -> PolicyChange:
+        addresses = self._my_addresses()
+        try:
+            by_rule = expand_rules(policy, addresses, self.resolve)
+        except PolicyError as e:
+            self._refuse(ref, stamp, e)
+            raise
+        filters = spd.SPD(f for rule_filters in by_rule.values() for f in rule_filters)
+        new = AppliedPolicy(ref, stamp, policy, addresses, by_rule, filters, ike_settings(policy))
+        previous = self.applied
+        change = compare(previous, new)
+        self.ike.load_policy(new.ike)  # IKE first: the driver's acquires name rules IKE must know
+        self.driver.load_policy(new.spd)
+        self.applied, self._refused = new, None
+        self._schedule_poll()
+        stamp_text = policyfile.format_stamp(policy.last_changed)
+        self._event(kind, f"{policy.name} {{{policy.guid}}} changed {stamp_text}: {len(policy.rules)} rules, "
+                          f"{len(filters)} specific filters" + (f"; {change.describe()}" if previous else ""))
+        return change
+
+    def _unassign(self) -> PolicyChange:
+        change = compare(self.applied, None)
+        if self.applied:
+            self.ike.load_policy(None)
+            self.driver.load_policy(spd.SPD())
+            self._event("policy-unassigned", f"{self.applied.policy.name} no longer assigned; "
+                                             f"{change.describe()}")
+        self.applied = None
+        return change
+
+    def _refuse(self, ref: PolicyRef, stamp: Hashable, error: PolicyError) -> None:
+        self._refused = (ref, stamp)
+        self._event("policy-refused", f"{ref.location} refused, keeping {self._in_force()}:\n{error}")
+
+    def _in_force(self) -> str:
+        return f"{self.applied.policy.name!r} in force" if self.applied else "no policy in force"
+
+    def _my_addresses(self) -> tuple[IPv4Address, ...]:
+        return tuple(sorted(set(self.addresses())))
+
+    def _schedule_poll(self) -> None:
+        interval = self.applied.policy.polling_interval if self.applied else self.unassigned_poll_interval
+        self._next_poll = self.clock() + interval
+
+    def _event(self, kind: str, message: str) -> None:
+        event = Event(self.clock(), kind, message)
+        self.events.append(event)
+        if self.log:
+            self.log(event)
+
+    # --- import and export (a file, keeping GUIDs and change stamps)
+
+    def export(self, path: str | Path, ref: PolicyRef | None = None) -> model.Policy:
+        """Write a policy of the store (the assigned one by default) to a file another node can import."""
+        ref = ref or self.store.assigned_policy()
+        if ref is None:
+            raise LookupError("no policy is assigned; name the policy to export")
+        policy = self.store.load(ref)
+        policyfile.save(policy, path)
+        self._event("policy-exported", f"{policy.name} {{{policy.guid}}} to {path}")
+        return policy
+
+    def import_(self, path: str | Path, assign: bool = False) -> PolicyRef:
+        """Store the policy in a file, replacing the stored policy with the same GUID; optionally assign it.
+
+        It takes effect at the next poll or refresh, as in Windows. PolicyError if the file is bad.
+        """
+        policy = policyfile.load(path)
+        ref = self.store.save(policy)
+        if assign:
+            if not isinstance(self.store, LocalStore):
+                raise TypeError("only a local store takes assignments from this node")
+            self.store.assign(ref)
+        self._event("policy-imported", f"{policy.name} {{{policy.guid}}} from {path} to {ref.location}"
+                                       + (", assigned" if assign else ""))
+        return ref
+
+    # --- what ipsecctl shows (JSON-ready)
+
+    def show_policy(self) -> dict[str, Any] | None:
+        """``ipsecctl show policy``: the assigned policy in force, as its file would read."""
+        if not self.applied:
+            return None
+        as_file = yaml.safe_load(policyfile.dumps(self.applied.policy))
+        return {"location": self.applied.ref.location, **as_file}
+
+    def generic_filters(self) -> list[dict[str, Any]]:
+        """``ipsecctl show filters generic``: the policy's filters as configured ('me', DNS names)."""
+        if not self.applied:
+            return []
+        rows = []
+        for rule in self.applied.policy.rules:
+            for f in rule.filter_list.filters:
+                rows.append({
+                    "rule": rule.name, "filter_list": rule.filter_list.name, "filter": f.name,
+                    "source": str(f.source), "destination": str(f.destination),
+                    "protocol": model.protocol_name(f.protocol), "source_port": f.source_port or "any",
+                    "destination_port": f.destination_port or "any", "mirrored": f.mirrored,
+                    "action": rule.filter_action.name, "tunnel": str(rule.tunnel) if rule.tunnel else None,
+                    "active": rule.active,
+                })
+        return rows
+
+    def specific_filters(self) -> list[dict[str, Any]]:
+        """``ipsecctl show filters specific``: what the driver holds, most specific first."""
+        if not self.applied:
+            return []
+        return [{
+            "name": f.name, "rule": f.rule, "direction": f.direction.value, "source": str(f.src),
+            "destination": str(f.dst), "protocol": model.protocol_name(f.protocol),
+            "source_port": f.src_port or "any", "destination_port": f.dst_port or "any",
+            "action": f.action.action.value, "tunnel": str(f.tunnel) if f.tunnel else None,
+            "weight": list(f.weight), "text": f.describe(),
+        } for f in self.applied.spd.filters]
+
+    def event_log(self, since: float = 0.0) -> list[dict[str, Any]]:
+        return [e.to_dict() | {"text": str(e)} for e in self.events if e.time >= since]
+

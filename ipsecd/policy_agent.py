@@ -286,10 +286,10 @@ class PolicyAgent:
     # --- what ipsecctl shows (JSON-ready)
 
     def show_policy(self) -> dict[str, Any] | None:
-        """``ipsecctl show policy``: the assigned policy in force, as its file would read."""
+        """``ipsecctl show policy``: the policy in force as its file would read, pre-shared keys hidden."""
         if not self.applied:
             return None
-        as_file = yaml.safe_load(policyfile.dumps(self.applied.policy))
+        as_file = yaml.safe_load(policyfile.dumps(self.applied.policy, hide_keys=True))
         return {"location": self.applied.ref.location, **as_file}
 
     def generic_filters(self) -> list[dict[str, Any]]:

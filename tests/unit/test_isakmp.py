@@ -10,8 +10,20 @@ from ipsecd.ike import isakmp as I
 from tests.vectors import strongswan_ikev1 as vectors
 
 EVERY_PAYLOAD = [
-    I.SA([I.Proposal(1, I.ProtocolID.ISAKMP, b"", [
-        I.Transform(1, 1, [I.Attribute(1, 5), I.Attribute(2, 2), I.Attribute(12, b"\x00\x01\x51\x80")])])]),
+    I.SA(
+        [
+            I.Proposal(
+                1,
+                I.ProtocolID.ISAKMP,
+                b"",
+                [
+                    I.Transform(
+                        1, 1, [I.Attribute(1, 5), I.Attribute(2, 2), I.Attribute(12, b"\x00\x01\x51\x80")]
+                    )
+                ],
+            )
+        ]
+    ),
     I.KE(b"\x11" * 128),
     I.ID(I.IDType.IPV4_ADDR, bytes([10, 0, 0, 1]), 17, 500),
     I.Cert(b"\x30\x82" + bytes(40)),
@@ -47,6 +59,7 @@ def test_unknown_payload_is_kept_with_its_type():
 
 def test_selector_ids():
     import ipaddress
+
     host = I.ID.for_network(ipaddress.IPv4Network("10.0.0.1/32"))
     net = I.ID.for_network(ipaddress.IPv4Network("10.1.0.0/16"), 6, 80)
     assert host.id_type == I.IDType.IPV4_ADDR and net.id_type == I.IDType.IPV4_ADDR_SUBNET

@@ -15,8 +15,10 @@ from ipsecd.ike import isakmp as I
 from ipsecd.ike import oakley
 from tests.vectors import strongswan_ikev1 as vectors
 
-SUITES = {"v1-3des-sha1-modp1024": oakley.Phase1Suite("3des", "sha1", 2),
-          "v1-aes128-sha1-modp2048": oakley.Phase1Suite("aes128", "sha1", 14)}
+SUITES = {
+    "v1-3des-sha1-modp1024": oakley.Phase1Suite("3des", "sha1", 2),
+    "v1-aes128-sha1-modp2048": oakley.Phase1Suite("aes128", "sha1", 14),
+}
 
 
 class Replay:
@@ -31,8 +33,9 @@ class Replay:
         self.gxr, self.nr = self.mm4.first(I.KE).data, self.mm4.first(I.Nonce).data
         self.gxy = self.case.value("shared Diffie Hellman secret")
         self.skeyid = oakley.skeyid_psk(self.suite, vectors.PSK, self.ni, self.nr)
-        self.keys = oakley.derive_phase1(self.suite, self.skeyid, self.gxy, self.mm1.icookie,
-                                         self.mm2.rcookie)
+        self.keys = oakley.derive_phase1(
+            self.suite, self.skeyid, self.gxy, self.mm1.icookie, self.mm2.rcookie
+        )
         self.block = self.suite.cipher.block_size
 
     def decrypt(self, msg: I.Message, iv: bytes) -> list[I.Payload]:
@@ -41,14 +44,14 @@ class Replay:
 
     def main_mode_5_6(self):
         iv = oakley.phase1_iv(self.suite, self.gxi, self.gxr)
-        return self.decrypt(self.mm5, iv), self.decrypt(self.mm6, self.mm5.body[-self.block:])
+        return self.decrypt(self.mm5, iv), self.decrypt(self.mm6, self.mm5.body[-self.block :])
 
     def quick_mode(self):
-        iv = oakley.phase2_iv(self.suite, self.mm6.body[-self.block:], self.qm[0].message_id)
+        iv = oakley.phase2_iv(self.suite, self.mm6.body[-self.block :], self.qm[0].message_id)
         out = []
         for msg in self.qm:
             out.append(self.decrypt(msg, iv))
-            iv = msg.body[-self.block:]
+            iv = msg.body[-self.block :]
         return out
 
 
@@ -120,8 +123,13 @@ def test_derived_esp_keys_decrypt_the_captured_esp(replay):
     for spi in (qm1[1].proposals[0].spi, qm2[1].proposals[0].spi):
         km = oakley.keymat(replay.suite, replay.keys.skeyid_d, 3, spi, ni, nr, size)
         sas[int.from_bytes(spi, "big")] = SecurityAssociation(
-            ESP, spi=int.from_bytes(spi, "big"), crypt_algo=crypt, crypt_key=km[:size - 20],
-            auth_algo="HMAC-SHA1-96", auth_key=km[size - 20:])
+            ESP,
+            spi=int.from_bytes(spi, "big"),
+            crypt_algo=crypt,
+            crypt_key=km[: size - 20],
+            auth_algo="HMAC-SHA1-96",
+            auth_key=km[size - 20 :],
+        )
     decrypted = 0
     for d in replay.case.datagrams:
         if d.kind != "esp":

@@ -88,15 +88,20 @@ def load(name: str) -> Case:
             kind = "keepalive" if payload == b"\xff" else "esp"
         else:
             kind = "ike"
-        datagrams.append(Datagram(pkt[IP].src, udp.sport, pkt[IP].dst, udp.dport, payload, kind,
-                                  bytes(pkt[IP])))
+        datagrams.append(
+            Datagram(pkt[IP].src, udp.sport, pkt[IP].dst, udp.dport, payload, kind, bytes(pkt[IP]))
+        )
     esp, cky_i, ka = [], b"", b""
     for line in (DIR / f"keys-{name}.txt").read_text().splitlines():
-        m = re.match(r"ESP (in|out)\s+spi=0x(\w+) ([\d.]+)->([\d.]+) enc=(\S+) key=0x(\w+) "
-                     r"integ=(\S+) key=0x(\w+)", line)
+        m = re.match(
+            r"ESP (in|out)\s+spi=0x(\w+) ([\d.]+)->([\d.]+) enc=(\S+) key=0x(\w+) "
+            r"integ=(\S+) key=0x(\w+)",
+            line,
+        )
         if m:
-            esp.append(EspKeys(int(m[2], 16), m[1], m[3], m[4], m[5], bytes.fromhex(m[6]), m[7],
-                               bytes.fromhex(m[8])))
+            esp.append(
+                EspKeys(int(m[2], 16), m[1], m[3], m[4], m[5], bytes.fromhex(m[6]), m[7], bytes.fromhex(m[8]))
+            )
         m = re.match(r"IKEv1 sa=\d+ CKY-I=(\w+) Ka=(\w+)", line)
         if m:
             cky_i, ka = bytes.fromhex(m[1]), bytes.fromhex(m[2])

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ipsecd.ike import informational, isakmp, main_mode, natt, quick_mode
+from ipsecd.ike import informational, isakmp, keylog, main_mode, natt, quick_mode
 from ipsecd.ike.isakmp import ExchangeType, MalformedMessage, Message, NotifyType, ProtocolID
 from ipsecd.ike.main_mode import Established, Failure, IsakmpSA, NegotiationError
 from ipsecd.ike.quick_mode import QuickModeDone
@@ -639,6 +639,10 @@ class IKE:
         self._remove_main_mode(cookies, reason, notify_peer=False)
 
     # -- monitoring ----------------------------------------------------------------------------------
+
+    def ikev1_decryption_table(self) -> list[str]:
+        """Rows for Wireshark's ikev1_decryption_table: every main mode SA we hold."""
+        return keylog.ikev1_decryption_table(e.sa for e in self.main_modes.values())
 
     def main_mode_sas(self) -> list[dict]:
         now = self.clock.time()

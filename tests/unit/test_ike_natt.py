@@ -1,6 +1,5 @@
 """NAT-T: vendor IDs, NAT-D against the strongSwan capture, detection and float, UDP 4500 framing."""
 
-
 import pytest
 
 from ipsecd.ike import isakmp, main_mode, natt, oakley, quick_mode

@@ -59,9 +59,8 @@ def test_tshark_decrypts_our_ike_and_esp(tmp_path, cipher, integrity, group):
     pcap = tmp_path / "ike.pcap"
     wrpcap(str(pcap), packets)
 
-    keys = lab.ike_a.ikev1_decryption_table() or [
-        f"{done.isakmp_sa.icookie.hex()},{done.isakmp_sa.keys.ka.hex()}"
-    ]
+    keys = lab.ike_a.ikev1_decryption_table()
+    assert keys == [f"{done.isakmp_sa.icookie.hex()},{done.isakmp_sa.keys.ka.hex()}"]
     options = [
         f"uat:ikev1_decryption_table:{keys[0]}",
         "esp.enable_encryption_decode:TRUE",

@@ -1,0 +1,1 @@
+"""pytest plugin of the lab harness (fixtures arrive with the lab foundation)."""

@@ -1,0 +1,75 @@
+"""NAT-T: vendor IDs, NAT-D against the strongSwan capture, detection and float, UDP 4500 framing."""
+
+import pytest
+
+from ipsecd.ike import isakmp, main_mode, natt, oakley, quick_mode
+from ipsecd.ike.settings import PeerPolicy, PreSharedKey, Selector
+from tests.unit.test_ike_exchanges import converse
+from tests.vectors import strongswan_ikev1 as vectors
+
+SHA1 = oakley.HASHES["sha1"]
+
+
+def test_vendor_ids_are_the_md5s_of_their_strings():
+    assert natt.VID_RFC3947.hex() == "4a131c81070358455c5728f20e95452f"
+    assert natt.VID_DRAFT_02.hex() == "90cb80913ebb696e086381b5ec427b1f"
+    assert natt.VID_WINDOWS_2003.hex() == "1e2b516905991c7d7c96fcbfb587e461" + "00000004"
+    assert natt.VID_INITIAL_CONTACT.hex() == "26244d38eddb61b3172a36e3d0cfb819"
+    assert natt.vendor_name(natt.VID_WINDOWS_2003) == "MS NT5 ISAKMPOAKLEY version 4"
+
+
+def test_variant_choice_prefers_rfc_and_falls_back_to_windows_draft():
+    assert natt.choose_variant([natt.VID_DRAFT_02, natt.VID_RFC3947]) is natt.RFC3947
+    draft = natt.choose_variant([natt.VID_WINDOWS_2003, natt.VID_DRAFT_02])
+    assert draft is natt.DRAFT_02 and draft.natd.TYPE == 130 and draft.udp_transport == 61444
+    assert natt.choose_variant([natt.VID_WINDOWS_2003]) is None
+
+
+@pytest.mark.parametrize("case", vectors.CASES)
+def test_natd_matches_strongswan(case):
+    c = vectors.load(case)
+    mm1, mm2, mm3, mm4 = (isakmp.Message.decode(d.data) for d in c.ike()[:4])
+    assert [natt.vendor_name(v.data) for v in mm1.all(isakmp.VendorID)][3:] == [
+        "NAT-T (RFC 3947)",
+        "NAT-T (draft-02)",
+    ]
+    cky = (mm1.icookie, mm2.rcookie)
+    ours = natt.natd_hash(SHA1, *cky, "10.77.0.2", 500)
+    assert ours == c.value("natd_hash", 0) and ours == mm3.all(isakmp.NatD)[0].data
+    # strongSwan fakes its own NAT-D on both sides (libipsec wants UDP encapsulation), so each side of the
+    # capture must conclude "the peer is behind a NAT" and nothing else
+    as_responder = natt.detect(
+        [p.data for p in mm3.all(isakmp.NatD)], SHA1, *cky, ("10.77.0.2", 500), ("10.77.0.1", 500)
+    )
+    assert as_responder == natt.NatStatus(local_behind_nat=False, remote_behind_nat=True)
+    status = natt.detect(
+        [p.data for p in mm4.all(isakmp.NatD)], SHA1, *cky, ("10.77.0.1", 500), ("10.77.0.2", 500)
+    )
+    assert status == natt.NatStatus(local_behind_nat=False, remote_behind_nat=True)
+    assert status.describe() == "the peer is behind a NAT"
+
+
+def test_nat_between_peers_floats_and_selects_udp_encapsulation():
+    pol = PeerPolicy(auth=[PreSharedKey(b"k")])
+    # the initiator sits at 192.168.1.10 behind a NAT that shows it as 203.0.113.5:40110
+    i = main_mode.Initiator(pol, ("192.168.1.10", 500), ("198.51.100.2", 500))
+    r = main_mode.Responder(pol, ("198.51.100.2", 500), ("203.0.113.5", 40110))
+    converse(i, r, i.start())
+    assert i.float_to_4500 and r.float_to_4500
+    assert i.sa.nat.local_behind_nat and not i.sa.nat.remote_behind_nat
+    assert r.sa.nat.remote_behind_nat and not r.sa.nat.local_behind_nat
+    q = quick_mode.Initiator(
+        i.sa, pol, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), 7
+    )
+    first = q.start()
+    qr = quick_mode.Responder(r.sa, isakmp.Message.decode(first).message_id, lambda *_: pol, 9)
+    converse(q, qr, first)
+    assert q.events[0].udp_encapsulation == (500, 500)  # ike.py moves the SA to 4500 when it floats
+    assert "UDP-encapsulated" in qr.events[0].describe()
+
+
+def test_udp_4500_framing():
+    assert natt.classify_4500(natt.frame(b"ike-message", 4500)) == ("ike", b"ike-message")
+    assert natt.frame(b"m", 500) == b"m"
+    assert natt.classify_4500(b"\x01\x02\x03\x04esp") == ("esp", b"\x01\x02\x03\x04esp")
+    assert natt.classify_4500(natt.KEEPALIVE) == ("keepalive", b"")

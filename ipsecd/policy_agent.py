@@ -15,12 +15,14 @@ SAs negotiated under those rules (the driver tags them with the rule name) and k
 >>> from ipsecd.policy.predefined import predefined
 >>> class Recorder:
 ...     def load_policy(self, settings): self.settings = settings
+>>> from ipsecd.policy.model import AuthKind, AuthMethod
 >>> store = LocalStore(tempfile.mkdtemp())
->>> store.assign(store.save(predefined("server")))
+>>> psk = (AuthMethod(AuthKind.PRESHARED_KEY, psk="lab"),)
+>>> store.assign(store.save(predefined("server", authentication=psk)))
 >>> driver, ike = Recorder(), Recorder()
 >>> agent = PolicyAgent(store, driver, ike, lambda: [IPv4Address("10.0.0.1")], clock=lambda: 0.0)
->>> sorted(agent.apply().touched_rules), len(driver.settings), ike.settings.policy
-([], 4, 'Server (Request Security)')
+>>> sorted(agent.apply().touched_rules), len(driver.settings), [rule.name for rule in ike.settings]
+([], 4, ['All IP Traffic/all ip', '<Dynamic> default response'])
 >>> print(agent.events[-1])
 1970-01-01T00:00:00Z policy-applied: Server (Request Security) {72385230-70fa-11d1-864c-14a300000000} \
 changed 2003-04-24T00:00:00Z: 2 rules, 4 specific filters
@@ -41,9 +43,10 @@ from typing import Any, Protocol
 import yaml
 
 from ipsecd import spd
+from ipsecd.ike.ike import Rule as IKERule
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
-from ipsecd.policy.ike_settings import IKEPolicy, ike_settings
+from ipsecd.policy.ike_settings import CertificateSource, IKESettings, ike_settings
 from ipsecd.policy.store import LocalStore, PolicyRef, PolicyStore, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
 
@@ -53,7 +56,7 @@ class Driver(Protocol):
 
 
 class IKE(Protocol):
-    def load_policy(self, settings: IKEPolicy | None) -> None: ...
+    def load_policy(self, rules: list[IKERule]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -82,15 +85,17 @@ class AppliedPolicy:
     addresses: tuple[IPv4Address, ...]
     filters_by_rule: dict[str, tuple[spd.Filter, ...]]
     spd: spd.SPD
-    ike: IKEPolicy
+    ike: IKESettings
 
 
 @dataclass(frozen=True)
 class PolicyChange:
     """What an apply changed. touched_rules: rules of the previous policy whose SAs must be deleted
-    (their filters, action, authentication or tunnel changed, or they are gone); added_rules: new ones."""
+    (their filters, action, authentication or tunnel changed, or they are gone), and touched_filters the
+    names of their specific filters (what the driver tags SAs with); added_rules: new ones."""
 
     touched_rules: frozenset[str]
+    touched_filters: frozenset[str]
     added_rules: frozenset[str]
     main_mode_changed: bool  # new main modes use the new settings; existing ones run to their lifetime
 
@@ -107,23 +112,35 @@ class PolicyChange:
 
 def compare(old: AppliedPolicy | None, new: AppliedPolicy | None) -> PolicyChange:
     before, after = _fingerprints(old), _fingerprints(new)
+    touched = frozenset(name for name, fp in before.items() if after.get(name) != fp)
+    filters = old.filters_by_rule if old else {}
     return PolicyChange(
-        touched_rules=frozenset(name for name, fp in before.items() if after.get(name) != fp),
+        touched_rules=touched,
+        touched_filters=frozenset(f.name for name in touched for f in filters.get(name, ())),
         added_rules=frozenset(after.keys() - before.keys()),
-        main_mode_changed=(old and old.ike.main_mode) != (new and new.ike.main_mode),
+        main_mode_changed=_main_mode(old) != _main_mode(new),
     )
 
 
 def _fingerprints(applied: AppliedPolicy | None) -> dict[str, tuple[Any, ...]]:
-    """Per rule, everything an SA negotiated under it depends on."""
+    """Per rule, everything an SA negotiated under it depends on: its filters and its IKE settings."""
     if applied is None:
         return {}
     out: dict[str, tuple[Any, ...]] = {
-        name: (filters, applied.ike.rule(name)) for name, filters in applied.filters_by_rule.items()
+        name: (filters, [applied.ike.for_filter(f) for f in filters])
+        for name, filters in applied.filters_by_rule.items()
     }
-    if applied.ike.default_response:
-        out[applied.ike.default_response.rule] = ((), applied.ike.default_response)
+    response = applied.policy.default_response
+    if response and response.active:
+        out[response.name] = ((), [r for r in applied.ike.rules if r.name == response.name])
     return out
+
+
+def _main_mode(applied: AppliedPolicy | None) -> tuple[Any, ...] | None:
+    if applied is None:
+        return None
+    kx = applied.policy.key_exchange
+    return (kx.methods, kx.lifetime_seconds, kx.sessions, kx.master_key_pfs)
 
 
 class PolicyAgent:
@@ -131,11 +148,12 @@ class PolicyAgent:
 
     def __init__(self, store: PolicyStore, driver: Driver, ike: IKE,
                  addresses: Callable[[], Iterable[IPv4Address]], clock: Callable[[], float] = time.time,
-                 resolve: Resolver = resolve_dns,
+                 resolve: Resolver = resolve_dns, certificate_for: CertificateSource | None = None,
                  unassigned_poll_interval: float = model.DEFAULT_POLLING_INTERVAL,
                  log: Callable[[Event], None] | None = None, max_events: int = 1000) -> None:
         self.store, self.driver, self.ike = store, driver, ike
         self.addresses, self.clock, self.resolve = addresses, clock, resolve
+        self.certificate_for = certificate_for
         self.unassigned_poll_interval = unassigned_poll_interval
         self.log = log
         self.applied: AppliedPolicy | None = None
@@ -214,22 +232,25 @@ class PolicyAgent:
             self._refuse(ref, stamp, e)
             raise
         filters = spd.SPD(f for rule_filters in by_rule.values() for f in rule_filters)
-        new = AppliedPolicy(ref, stamp, policy, addresses, by_rule, filters, ike_settings(policy))
+        settings = ike_settings(policy, by_rule, self.certificate_for)
+        new = AppliedPolicy(ref, stamp, policy, addresses, by_rule, filters, settings)
         previous = self.applied
         change = compare(previous, new)
-        self.ike.load_policy(new.ike)  # IKE first: the driver's acquires name rules IKE must know
+        self.ike.load_policy(list(settings.rules))  # IKE first: it must know the rules the driver acquires
         self.driver.load_policy(new.spd)
         self.applied, self._refused = new, None
         self._schedule_poll()
         stamp_text = policyfile.format_stamp(policy.last_changed)
         self._event(kind, f"{policy.name} {{{policy.guid}}} changed {stamp_text}: {len(policy.rules)} rules, "
                           f"{len(filters)} specific filters" + (f"; {change.describe()}" if previous else ""))
+        for warning in settings.warnings:
+            self._event("policy-warning", warning)
         return change
 
     def _unassign(self) -> PolicyChange:
         change = compare(self.applied, None)
         if self.applied:
-            self.ike.load_policy(None)
+            self.ike.load_policy([])
             self.driver.load_policy(spd.SPD())
             self._event("policy-unassigned", f"{self.applied.policy.name} no longer assigned; "
                                              f"{change.describe()}")
@@ -255,6 +276,10 @@ class PolicyAgent:
         self.events.append(event)
         if self.log:
             self.log(event)
+
+    def ike_rule_for(self, f: spd.Filter) -> IKERule | None:
+        """The IKE rule for a driver's acquire on filter f (the daemon's glue between the two)."""
+        return self.applied.ike.for_filter(f) if self.applied else None
 
     # --- import and export (a file, keeping GUIDs and change stamps)
 

@@ -1,82 +1,153 @@
-"""What the Policy Agent hands IKE: main mode settings for the node, quick mode settings per rule.
+"""What the Policy Agent hands IKE: its own ``Rule``/``PeerPolicy`` objects (ipsecd.ike), built per policy.
 
-The driver tags every specific filter with its rule's name (``spd.Filter.rule``) and passes it to
-``ike.acquire(rule, selector)``; IKE finds that rule's settings here with ``IKEPolicy.rule(name)``. As a
-responder, IKE matches the peer's proposed traffic against the SPD to find the rule, and uses
-``default_response`` when no rule matches (securing only what the peer asked for).
+One IKE rule per specific filter pair (local and remote selector), in SPD order (most specific first,
+because IKE takes the first rule that covers a peer), then the default response rule, which covers any
+peer and any traffic and so only answers what no other rule claims. Main mode offers come from the key
+exchange settings; quick mode offers from the filter action; quick mode PFS uses the group of the first
+main mode method (Windows uses the negotiated one). Authentication: pre-shared keys as they are,
+certificates through ``certificate_for(ca_name)`` (the node's certificate and key, and that CA), Kerberos
+not yet; AH+ESP bundles are not offered yet. What IKE cannot use is skipped with a warning; a rule left
+without authentication or offers is not given to IKE, so its traffic cannot be secured (and is held, as
+when a negotiation fails).
 
+>>> from ipaddress import IPv4Address
+>>> from ipsecd.policy.expand import expand_rules
 >>> from ipsecd.policy.predefined import predefined
->>> s = ike_settings(predefined("secure server"))
->>> [str(m) for m in s.main_mode.methods], s.main_mode.lifetime_seconds
-(['3DES-SHA1-2', '3DES-MD5-2', 'DES-SHA1-1', 'DES-MD5-1'], 28800)
->>> s.rule("All IP Traffic").fallback_to_clear, s.default_response.rule
-(False, '<Dynamic> default response')
+>>> p = predefined("secure server", authentication=(AuthMethod(AuthKind.PRESHARED_KEY, psk="lab"),))
+>>> s = ike_settings(p, expand_rules(p, [IPv4Address("10.0.0.1")]))
+>>> for r in s.rules: print(r.name, r.local, r.remote)
+All IP Traffic/all ip 10.0.0.1/32 0.0.0.0/0
+<Dynamic> default response 0.0.0.0/0 0.0.0.0/0
+>>> [o.describe() for o in s.rules[0].policy.main_mode]
+['3DES/SHA1/group 2', '3DES/MD5/group 2', 'DES/SHA1/group 1', 'DES/MD5/group 1']
+>>> [(o.describe(), o.lifetime_seconds) for o in s.rules[0].policy.quick_mode][:2]
+[('ESP[3DES,SHA1]', 900), ('ESP[3DES,MD5]', 900)]
 """
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
-from ipaddress import IPv4Address
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 
 from ipsecd import spd
-from ipsecd.policy.model import AuthMethod, ConnectionType, DefaultResponseRule, MainModeMethod, Policy, Rule
+from ipsecd.ike.ike import Rule as IKERule
+from ipsecd.ike.settings import AuthMethod as IKEAuth
+from ipsecd.ike.settings import (
+    Certificates,
+    MainModeOffer,
+    PeerPolicy,
+    PreSharedKey,
+    QuickModeOffer,
+    Selector,
+)
+from ipsecd.policy.model import AuthKind, AuthMethod, DefaultResponseRule, Policy, Rule
+
+CIPHERS = {"3des-cbc": "3des", "des-cbc": "des", None: None}
+INTEGRITY = {"hmac-sha1-96": "sha1", "hmac-md5-96": "md5", None: None}
+ANY = Selector(IPv4Network("0.0.0.0/0"))
+
+CertificateSource = Callable[[str], Certificates]
 
 
 @dataclass(frozen=True)
-class MainModePolicy:
-    """Phase 1: offers in order, master key lifetime, and how many quick modes one main mode may key."""
+class IKESettings:
+    """The IKE rules in the order IKE must try them, and how to find the rule for a driver's acquire."""
 
-    methods: tuple[MainModeMethod, ...]
-    lifetime_seconds: int
-    sessions_limit: int  # 0 = unlimited; master key PFS forces 1 (a new main mode for every quick mode)
-    master_key_pfs: bool
+    rules: tuple[IKERule, ...] = ()
+    by_filter: dict[spd.Filter, IKERule] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
-
-@dataclass(frozen=True)
-class QuickModePolicy:
-    """Phase 2 for one rule: who we accept (authentication, in order) and what we offer."""
-
-    rule: str
-    authentication: tuple[AuthMethod, ...]
-    offers: tuple[spd.SecurityMethod, ...]
-    pfs: bool = False
-    tunnel: IPv4Address | None = None
-    accept_unsecured: bool = False
-    fallback_to_clear: bool = False
-    connection_type: ConnectionType = ConnectionType.ALL
+    def for_filter(self, f: spd.Filter) -> IKERule | None:
+        """The IKE rule to pass to ``ike.acquire`` for a packet that hit this negotiate filter."""
+        return self.by_filter.get(f)
 
 
-@dataclass(frozen=True)
-class IKEPolicy:
-    policy: str
-    guid: uuid.UUID
-    main_mode: MainModePolicy
-    rules: tuple[QuickModePolicy, ...]
-    default_response: QuickModePolicy | None
+def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ...]],
+                 certificate_for: CertificateSource | None = None) -> IKESettings:
+    lifetime = policy.key_exchange.lifetime_seconds
+    main_mode = [MainModeOffer(CIPHERS[m.encryption], m.hash, m.dh_group, lifetime)
+                 for m in policy.key_exchange.methods]
+    pfs_group = main_mode[0].group if main_mode else None
+    warnings: list[str] = []
+    ordered: list[tuple[spd.Filter, IKERule]] = []
+    for rule in policy.rules:
+        if not rule.active or rule.filter_action.action is not spd.Action.NEGOTIATE:
+            continue
+        auth = _auth(rule.name, rule.authentication, certificate_for, warnings)
+        if not auth:
+            continue
+        offers = _offers(rule.name, rule.filter_action.security_methods,
+                         pfs_group if rule.filter_action.pfs else None, warnings)
+        if not offers:
+            continue
+        peer_policy = PeerPolicy(auth, main_mode, offers, tunnel=rule.tunnel is not None)
+        ordered += _rules_for_filters(rule, peer_policy, filters_by_rule.get(rule.name, ()))
+    ordered.sort(key=lambda pair: pair[0].weight, reverse=True)  # stable: the SPD's own order
+    rules: list[IKERule] = []
+    for _, r in ordered:
+        if r not in rules:  # the two filters of a mirrored pair give one rule
+            rules.append(r)
+    if policy.default_response and policy.default_response.active:
+        rules += _default_response(policy.default_response, main_mode, certificate_for, warnings)
+    return IKESettings(tuple(rules), dict(ordered), tuple(warnings))
 
-    def rule(self, name: str) -> QuickModePolicy | None:
-        if self.default_response and name == self.default_response.rule:
-            return self.default_response
-        return next((r for r in self.rules if r.rule == name), None)
+
+def _rules_for_filters(rule: Rule, peer_policy: PeerPolicy,
+                       filters: tuple[spd.Filter, ...]) -> list[tuple[spd.Filter, IKERule]]:
+    """Both filters of a mirrored pair map to one IKE rule: local and remote as seen from this node."""
+    out = []
+    for f in filters:
+        outbound = f.direction is spd.Direction.OUTBOUND
+        if rule.tunnel and not outbound:
+            continue  # the inbound tunnel rule names this gateway; the outbound one negotiates both ways
+        src = Selector(f.src, f.protocol or 0, f.src_port or 0)
+        dst = Selector(f.dst, f.protocol or 0, f.dst_port or 0)
+        local, remote = (src, dst) if outbound else (dst, src)
+        tunnel = str(rule.tunnel) if rule.tunnel else None
+        out.append((f, IKERule(f.name, peer_policy, local, remote, tunnel)))
+    return out
 
 
-def ike_settings(policy: Policy) -> IKEPolicy:
-    kx = policy.key_exchange
-    main_mode = MainModePolicy(kx.methods, kx.lifetime_seconds, 1 if kx.master_key_pfs else kx.sessions,
-                               kx.master_key_pfs)
-    rules = tuple(quick_mode(r) for r in policy.rules
-                  if r.active and r.filter_action.action is spd.Action.NEGOTIATE)
-    default = policy.default_response
-    return IKEPolicy(policy.name, policy.guid, main_mode, rules,
-                     default_response(default) if default and default.active else None)
+def _default_response(rule: DefaultResponseRule, main_mode: list[MainModeOffer],
+                      certificate_for: CertificateSource | None, warnings: list[str]) -> list[IKERule]:
+    auth = _auth(rule.name, rule.authentication, certificate_for, warnings)
+    if not auth:
+        return []
+    offers = _offers(rule.name, rule.security_methods, None, warnings)
+    if not offers:
+        return []
+    return [IKERule(rule.name, PeerPolicy(auth, main_mode, offers), ANY, ANY)]
 
 
-def quick_mode(rule: Rule) -> QuickModePolicy:
-    a = rule.filter_action
-    return QuickModePolicy(rule.name, rule.authentication, a.security_methods, a.pfs, rule.tunnel,
-                           a.accept_unsecured, a.fallback_to_clear, rule.connection_type)
+def _offers(rule: str, methods: tuple[spd.SecurityMethod, ...], pfs_group: int | None,
+            warnings: list[str]) -> list[QuickModeOffer]:
+    out = []
+    for m in methods:
+        if m.uses_esp and m.ah_integrity:
+            warnings.append(f"rule {rule!r}: {m.describe()} skipped (IKE does not offer AH+ESP bundles yet)")
+        elif m.uses_esp:
+            out.append(QuickModeOffer("esp", CIPHERS[m.esp_encryption], INTEGRITY[m.esp_integrity],
+                                      m.lifetime_seconds, m.lifetime_kb, pfs_group))
+        else:
+            out.append(QuickModeOffer("ah", None, INTEGRITY[m.ah_integrity], m.lifetime_seconds,
+                                      m.lifetime_kb, pfs_group))
+    if not out:
+        warnings.append(f"rule {rule!r}: no security method IKE can offer; its traffic cannot be secured")
+    return out
 
 
-def default_response(rule: DefaultResponseRule) -> QuickModePolicy:
-    return QuickModePolicy(rule.name, rule.authentication, rule.security_methods)
+def _auth(rule: str, methods: tuple[AuthMethod, ...], certificate_for: CertificateSource | None,
+          warnings: list[str]) -> list[IKEAuth]:
+    out: list[IKEAuth] = []
+    for m in methods:
+        if m.kind is AuthKind.PRESHARED_KEY and m.psk:
+            out.append(PreSharedKey(m.psk.encode()))
+        elif m.kind is AuthKind.CERTIFICATE and certificate_for and m.ca:
+            out.append(certificate_for(m.ca))
+        else:
+            why = "no certificate on this node" if m.kind is AuthKind.CERTIFICATE else "not supported yet"
+            warnings.append(f"rule {rule!r}: authentication by {m} skipped ({why})")
+    if not out:
+        warnings.append(f"rule {rule!r}: no authentication method IKE can use; its traffic cannot be secured")
+    return out

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ipsecd import spd
+from ipsecd.ike.settings import MAIN_MODE_LIFETIME_MAX, MAIN_MODE_LIFETIME_MIN
 from ipsecd.policy.model import AuthKind, AuthMethod, Policy, Rule
 
 
@@ -56,8 +57,8 @@ def _check(policy: Policy) -> Iterator[tuple[str, str]]:
     kx = policy.key_exchange
     if not kx.methods:
         yield "key_exchange.methods", "main mode needs at least one security method"
-    if kx.lifetime_seconds < 60:
-        yield "key_exchange.lifetime", "the master key lifetime is at least 1 minute"
+    if not MAIN_MODE_LIFETIME_MIN <= kx.lifetime_seconds <= MAIN_MODE_LIFETIME_MAX:
+        yield "key_exchange.lifetime", "the master key lifetime is between 5min and 48h"
     if kx.sessions < 0:
         yield "key_exchange.sessions", "must be 0 (unlimited) or more"
     seen: dict[str, int] = {}

@@ -75,8 +75,14 @@ def test_apply_hands_filters_to_the_driver_and_settings_to_ike(node):
     change = node.agent.apply()
     (filters,), (settings,) = node.driver.loaded, node.ike.loaded
     assert rules_in(filters) == {"block telnet", "secure peer"} and len(filters) == 4
-    assert settings.rule("secure peer").offers[0].esp_encryption == "3des-cbc"
-    assert settings.rule("block telnet") is None  # IKE only hears of negotiate rules
+    # IKE hears of negotiate rules only, one IKE rule per mirrored pair, the default response last
+    assert [(r.name, str(r.local), str(r.remote)) for r in settings] == [
+        ("secure peer/1", "10.0.0.1/32", "10.0.0.2/32"),
+        ("<Dynamic> default response", "0.0.0.0/0", "0.0.0.0/0")]
+    assert settings[0].policy.quick_mode[0].encryption == "3des"
+    assert settings[0].policy.auth[0].key == b"lab"
+    peer_filter = next(f for f in filters.filters if f.rule == "secure peer")
+    assert node.agent.ike_rule_for(peer_filter) is settings[0]
     assert change.added_rules == {"block telnet", "secure peer", "<Dynamic> default response"}
     assert node.agent.events[-1].kind == "policy-applied"
     assert "intranet pair {0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a}" in node.agent.events[-1].message
@@ -100,6 +106,7 @@ def test_polling_applies_only_what_changed(node):
     node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"ESP[DES,MD5]"'))
     change = node.agent.poll()
     assert change.touched_rules == {"secure peer"}  # its SAs go; block telnet and the response rule stay
+    assert change.touched_filters == {"secure peer/1"}
     peer = next(f for f in node.driver.loaded[-1].filters if f.rule == "secure peer")
     assert peer.action.security_methods[0].esp_encryption == "des-cbc"
 
@@ -133,13 +140,13 @@ def test_assigning_another_policy_and_unassigning(node):
     node.agent.apply()
     node.store.assign(node.store.save(predefined("secure server", authentication=PSK)))
     change = node.agent.poll()
-    assert node.ike.loaded[-1].policy == "Secure Server (Require Security)"
+    assert [r.name for r in node.ike.loaded[-1]] == ["All IP Traffic/all ip", "<Dynamic> default response"]
     # same authentication and offers: SAs made by the default response rule survive the switch
     assert change.touched_rules == {"block telnet", "secure peer"}
     assert change.added_rules == {"All IP Traffic", "All ICMP Traffic"}
     node.store.assign(None)
     node.agent.poll()
-    assert len(node.driver.loaded[-1]) == 0 and node.ike.loaded[-1] is None
+    assert len(node.driver.loaded[-1]) == 0 and node.ike.loaded[-1] == []
     assert node.agent.events[-1].kind == "policy-unassigned" and node.agent.applied is None
 
 
@@ -218,6 +225,21 @@ def test_import_refuses_a_bad_file_and_stores_nothing(node, tmp_path):
     with pytest.raises(PolicyError, match=r"bad\.yaml:10:"):
         node.agent.import_(bad)
     assert [Path(ref.location).name for ref, _ in node.store.list()] == ["pair.yaml"]
+
+
+def test_what_ike_cannot_use_is_skipped_with_a_warning(node):
+    node.path.write_text(PAIR.replace("[{psk: lab}]\ndefault", "[kerberos]\ndefault")
+                         .replace('"ESP[3DES,SHA1]"', '"ESP[3DES,SHA1]", "AH[SHA1]+ESP[3DES,SHA1]"'))
+    node.agent.apply()
+    assert [r.name for r in node.ike.loaded[-1]] == ["<Dynamic> default response"]
+    warnings = [e.message for e in node.agent.events if e.kind == "policy-warning"]
+    assert warnings == [
+        "rule 'secure peer': authentication by kerberos skipped (not supported yet)",
+        "rule 'secure peer': no authentication method IKE can use; its traffic cannot be secured"]
+    node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"AH[SHA1]+ESP[3DES,SHA1]"'))
+    node.agent.poll()
+    assert node.agent.events[-1].message == (
+        "rule 'secure peer': no security method IKE can offer; its traffic cannot be secured")
 
 
 def test_views_for_ipsecctl(node):

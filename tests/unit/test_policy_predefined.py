@@ -39,8 +39,10 @@ def test_windows_identities_and_key_exchange_defaults():
 def test_client_respond_only_has_only_the_default_response_rule():
     client = predefined("Client (Respond Only)")
     assert client.rules == () and expand(client, ME) == []
-    settings = ike_settings(client)
-    assert settings.rules == () and len(settings.default_response.offers) == 6
+    settings = ike_settings(predefined("client", authentication=PSK), {})
+    (response,) = settings.rules
+    assert response.name == "<Dynamic> default response" and len(response.policy.quick_mode) == 6
+    assert [o.protocol for o in response.policy.quick_mode] == ["esp"] * 4 + ["ah"] * 2
     assert hit(client, IP(src="10.0.0.1", dst="10.0.0.2") / TCP()) is None  # clear unless asked
 
 

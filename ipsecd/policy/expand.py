@@ -5,7 +5,8 @@ one filter per address it resolves to (resolved when the policy is applied), "an
 filter becomes two, one per direction. The result is ordered most specific first (``spd.Filter.weight``).
 
 A filter that is not mirrored matches one direction: inbound when its destination is this node and its
-source is not, outbound otherwise; in a tunnel rule, inbound when the tunnel endpoint is this node.
+source is not, outbound otherwise; in a tunnel rule, inbound when the tunnel endpoint is this node (and
+then it takes the name of the outbound tunnel filter it answers, the name its SAs are known by).
 The default response rule adds no filter: IKE answers with it and secures only what the peer asks for.
 
 >>> from ipsecd.policy.policyfile import loads
@@ -28,6 +29,7 @@ secure web/1: inbound 10.0.0.0/24 -> 192.0.2.1/32 tcp ports 80->any => negotiate
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
@@ -82,7 +84,26 @@ def expand_rules(policy: Policy, my_addresses: Iterable[IPv4Address],
         out[rule.name] = tuple(filters)
     if problems:
         raise PolicyError(problems)
-    return out
+    return _pair_tunnels(out)
+
+
+def _pair_tunnels(by_rule: dict[str, tuple[spd.Filter, ...]]) -> dict[str, tuple[spd.Filter, ...]]:
+    """Name each inbound tunnel filter after the outbound one it answers (reverse addresses and ports).
+
+    Windows needs two tunnel rules, one per direction; the driver knows an SA's inbound filter by the name
+    of the filter the SA was negotiated for, which is the outbound one.
+    """
+    outbound = {(f.dst, f.src, f.protocol, f.dst_port, f.src_port): f.name
+                for filters in by_rule.values() for f in filters
+                if f.tunnel and f.direction is spd.Direction.OUTBOUND}
+
+    def paired(f: spd.Filter) -> spd.Filter:
+        if not f.tunnel or f.direction is spd.Direction.OUTBOUND:
+            return f
+        name = outbound.get((f.src, f.dst, f.protocol, f.src_port, f.dst_port))
+        return dataclasses.replace(f, name=name) if name else f
+
+    return {rule: tuple(paired(f) for f in filters) for rule, filters in by_rule.items()}
 
 
 def _networks(endpoint: Endpoint, mine: tuple[IPv4Address, ...], resolve: Resolver) -> list[IPv4Network]:

@@ -88,6 +88,7 @@ def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ..
     for _, r in ordered:
         if r not in rules:  # the two filters of a mirrored pair give one rule
             rules.append(r)
+    ordered += _inbound_tunnel_filters(policy, filters_by_rule, rules)
     if policy.default_response and policy.default_response.active:
         rules += _default_response(policy.default_response, main_mode, certificate_for, warnings)
     return IKESettings(tuple(rules), dict(ordered), tuple(warnings))
@@ -106,6 +107,19 @@ def _rules_for_filters(rule: Rule, peer_policy: PeerPolicy,
         local, remote = (src, dst) if outbound else (dst, src)
         tunnel = str(rule.tunnel) if rule.tunnel else None
         out.append((f, IKERule(f.name, peer_policy, local, remote, tunnel)))
+    return out
+
+
+def _inbound_tunnel_filters(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ...]],
+                            rules: list[IKERule]) -> list[tuple[spd.Filter, IKERule]]:
+    """An inbound tunnel filter belongs to the IKE rule of the outbound tunnel filter it answers."""
+    out = []
+    for rule in policy.rules:
+        for f in filters_by_rule.get(rule.name, ()) if rule.tunnel else ():
+            if f.direction is spd.Direction.INBOUND:
+                match = next((r for r in rules if r.name == f.name and r.tunnel_endpoint), None)
+                if match:
+                    out.append((f, match))
     return out
 
 

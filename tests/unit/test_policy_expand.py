@@ -1,6 +1,7 @@
 """Expansion of generic filters into the driver's specific filters, and what packets they then match."""
 
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -131,6 +132,23 @@ def test_tunnel_rules_direction_follows_the_endpoint():
     assert (out.direction, out.tunnel) == (spd.Direction.OUTBOUND, IPv4Address("192.0.2.2"))
     assert (back.direction, back.tunnel) == (spd.Direction.INBOUND, IPv4Address("192.0.2.1"))
     assert (out.src, out.dst) == (IPv4Network("10.1.0.0/16"), IPv4Network("10.2.0.0/16"))
+    # the inbound tunnel filter answers the outbound one: same name, the one its SAs are known by
+    assert (back.name, back.rule) == ("to branch/1", "from branch")
+
+
+POLICIES = Path(__file__).parents[2] / "policies"
+EXAMPLES = sorted([*POLICIES.glob("*.yaml"), *POLICIES.glob("*/*.yaml")])  # predefined/ is a symlink
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_shipped_policy_file_loads_and_expands(path):
+    p = policyfile.load(path)
+    assert expand(p, [IPv4Address("10.0.0.1"), IPv4Address("198.51.100.1")], resolve) is not None
+
+
+def test_the_examples_are_there():
+    assert {p.name for p in EXAMPLES} >= {"intranet-pair-filters.yaml", "gateway-tunnel-gw-a.yaml",
+                                          "gateway-tunnel-gw-b.yaml", "secure-server-require-security.yaml"}
 
 
 def test_inactive_rules_and_me_to_me_add_nothing():

@@ -2,6 +2,7 @@
 
 import uuid
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -202,3 +203,10 @@ def test_load_names_a_missing_file(tmp_path):
 def test_hidden_keys_are_hidden():
     text = policyfile.dumps(policyfile.loads(WEB), hide_keys=True)
     assert "s3cret" not in text and "branch}" not in text and "********" in text
+
+
+def test_the_documented_example_loads():
+    doc = (Path(__file__).parents[2] / "docs" / "policy.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    rules = policyfile.loads(example, "docs/policy.md").rules
+    assert [r.name for r in rules] == ["block telnet", "secure host-b"]

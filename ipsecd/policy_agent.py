@@ -109,6 +109,11 @@ class PolicyChange:
             parts.append("main mode settings changed")
         return "; ".join(parts) or "no SA touched"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"touched_rules": sorted(self.touched_rules), "touched_filters": sorted(self.touched_filters),
+                "added_rules": sorted(self.added_rules), "main_mode_changed": self.main_mode_changed,
+                "text": self.describe()}
+
 
 def compare(old: AppliedPolicy | None, new: AppliedPolicy | None) -> PolicyChange:
     before, after = _fingerprints(old), _fingerprints(new)
@@ -348,4 +353,37 @@ class PolicyAgent:
 
     def event_log(self, since: float = 0.0) -> list[dict[str, Any]]:
         return [e.to_dict() | {"text": str(e)} for e in self.events if e.time >= since]
+
+    def stored_policies(self) -> list[dict[str, Any]]:
+        """``ipsecctl show policy --all``: every policy in the store, the assigned one marked."""
+        assigned = self.store.assigned_policy()
+        return [{"location": ref.location, "name": p.name, "guid": str(p.guid),
+                 "when_changed": policyfile.format_stamp(p.last_changed), "assigned": ref == assigned}
+                for ref, p in self.store.list()]
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        """The control-socket commands of the Policy Agent, to merge into the daemon's table for ipsecctl.
+
+        Each takes keyword arguments from the request and returns JSON-ready data; an exception (a refused
+        policy: PolicyError, with file, line and field) becomes the error answer.
+        """
+        def refresh() -> dict[str, Any]:
+            change = self.refresh()
+            applied = self.applied
+            return {"policy": applied.policy.name if applied else None, "change": change.to_dict()}
+
+        def export(path: str, location: str | None = None) -> dict[str, Any]:
+            policy = self.export(path, PolicyRef(location) if location else None)
+            return {"path": path, "name": policy.name, "guid": str(policy.guid)}
+
+        def import_(path: str, assign: bool = False) -> dict[str, Any]:
+            return {"location": self.import_(path, assign).location, "assigned": assign}
+
+        def filters(kind: str = "specific") -> list[dict[str, Any]]:
+            if kind not in ("generic", "specific"):
+                raise ValueError(f"filters are generic or specific, not {kind!r}")
+            return self.generic_filters() if kind == "generic" else self.specific_filters()
+
+        return {"policy": self.show_policy, "policies": self.stored_policies, "policy_filters": filters,
+                "policy_events": self.event_log, "refresh": refresh, "export": export, "import": import_}
 

@@ -1,6 +1,7 @@
 """Policy Agent and local store: apply, refuse, poll, refresh, re-expand, unassign, import/export."""
 
 import dataclasses
+import json
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
@@ -253,3 +254,24 @@ def test_views_for_ipsecctl(node):
     specific = node.agent.specific_filters()
     assert specific[0]["text"] == "secure peer/1: outbound 10.0.0.1/32 -> 10.0.0.2/32 any => negotiate"
     assert [e["kind"] for e in node.agent.event_log()] == ["policy-applied"]
+
+
+def test_control_commands_answer_in_json(node, tmp_path):
+    commands = node.agent.handlers()
+    node.agent.apply()
+    assert json.loads(json.dumps(commands["policy"]()))["guid"] == "0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a"
+    assert commands["policy_filters"](kind="generic")[0]["source"] == "me"
+    assert commands["policy_filters"]()[0]["direction"] == "outbound"
+    with pytest.raises(ValueError, match="generic or specific"):
+        commands["policy_filters"](kind="dynamic")
+    assert commands["refresh"]() == {"policy": "intranet pair", "change": {
+        "touched_rules": [], "touched_filters": [], "added_rules": [], "main_mode_changed": False,
+        "text": "no SA touched"}}
+    out = tmp_path / "x.yaml"
+    assert commands["export"](path=str(out))["guid"] == "0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a"
+    assert commands["import"](path=str(out))["location"] == str(node.path)  # same GUID: same stored file
+    assert commands["policies"]() == [{"location": str(node.path), "name": "intranet pair",
+                                       "guid": "0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a",
+                                       "when_changed": "2026-11-22T10:00:00Z", "assigned": True}]
+    assert [e["kind"] for e in commands["policy_events"]()][-2:] == ["policy-exported", "policy-imported"]
+    json.dumps(commands["policy_events"]())

@@ -3,20 +3,44 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TOPO   ?= intranet-pair
+NAME   ?=
+LAB    := $(PY) -m lab
 
-.PHONY: venv test unit lint lab-up lab-down bench clean
+.PHONY: venv images test unit lab-tests lint lab-up lab-down lab-status bench clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
+	@echo "== python environment ($(VENV))"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install --progress-bar off -q -e '.[dev]'
 	touch $@
+
+# Base and node images; rebuilt only when their inputs change (tags are input hashes).
+images: venv
+	@echo "== images"
+	$(LAB) images --if-possible base node
+
+lab-up: images
+	$(LAB) up $(TOPO) $(if $(NAME),--name $(NAME))
+
+lab-down: venv
+	$(LAB) down $(TOPO) $(if $(NAME),--name $(NAME))
+
+lab-status: venv
+	$(LAB) status
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-test: venv
-	$(PY) -m pytest -q
+test: images
+	@echo "== tests (unit and lab)"
+	$(PY) -m pytest -q -rs tests/unit tests/lab
+
+bench: images
+	$(PY) -m bench
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .build results

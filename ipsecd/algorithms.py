@@ -1,0 +1,111 @@
+"""ESP/AH encryption and integrity algorithms, declared as data.
+
+One row per algorithm: the name used in configuration files, the sizes the wire
+format needs, the name Wireshark's ``esp_sa`` table uses, and the IKEv1 IPsec DOI
+numbers (RFC 2407 §4.4.4 transform ids, §4.5 attribute values) that quick mode
+proposes.  The codec in ``esp.py``/``ah.py`` reads only these rows.
+
+>>> encryption("aes-cbc-128").key_size, integrity("hmac-sha1-96").icv_size
+(16, 12)
+>>> encryption("aes-gcm-128").wireshark
+'AES-GCM with 16 octet ICV [RFC4106]'
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import algorithms as _ciphers
+
+try:  # cryptography >= 43 moved 3DES out of the main namespace
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+except ImportError:  # pragma: no cover - older cryptography
+    TripleDES = _ciphers.TripleDES
+
+
+def _des(key: bytes) -> TripleDES:
+    # Single DES (RFC 2405) is 3DES-EDE with K1 = K2 = K3: E(K) D(K) E(K) = E(K).
+    # OpenSSL 3 dropped plain DES from its default provider; this keeps it working.
+    return TripleDES(key * 3)
+
+
+@dataclass(frozen=True)
+class Encryption:
+    """An ESP encryption algorithm.
+
+    ``mode`` is "cbc" (explicit IV, RFC 2405/2451/3602), "gcm" (AEAD, RFC 4106:
+    the key ends with a 4-byte salt, the ICV comes from the cipher) or "null"
+    (RFC 2410).  ``block_size`` is what the payload is padded to (4 for
+    stream-like modes: RFC 4303 §2.4 still wants 4-byte alignment).
+    """
+
+    name: str
+    mode: str
+    key_size: int  # bytes, salt included for GCM
+    iv_size: int
+    block_size: int
+    wireshark: str
+    ikev1_transform: int  # RFC 2407 §4.4.4 ESP transform id
+    ikev1_key_length: int | None = None  # Key Length attribute (bits), AES only
+    icv_size: int = 0  # AEAD tag length
+    salt_size: int = 0
+    cipher: object = None  # key -> cryptography block cipher (CBC modes)
+
+    @property
+    def aead(self) -> bool:
+        return self.mode == "gcm"
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """An HMAC integrity algorithm truncated to ``icv_size`` bytes (RFC 2403/2404/4868)."""
+
+    name: str
+    key_size: int
+    icv_size: int
+    hash: type[hashes.HashAlgorithm]
+    wireshark: str
+    ikev1_auth: int  # RFC 2407 §4.5 Authentication Algorithm attribute
+    ikev1_ah_transform: int  # RFC 2407 §4.4.3 AH transform id
+
+
+def _aes_cbc(bits: int) -> Encryption:
+    return Encryption(f"aes-cbc-{bits}", "cbc", bits // 8, 16, 16, "AES-CBC [RFC3602]", 12, bits,
+                      cipher=_ciphers.AES)
+
+
+def _aes_gcm(bits: int) -> Encryption:
+    return Encryption(f"aes-gcm-{bits}", "gcm", bits // 8 + 4, 8, 4,
+                      "AES-GCM with 16 octet ICV [RFC4106]", 20, bits, icv_size=16, salt_size=4)
+
+
+ENCRYPTIONS: dict[str, Encryption] = {e.name: e for e in (
+    Encryption("null", "null", 0, 0, 4, "NULL", 11),
+    Encryption("des-cbc", "cbc", 8, 8, 8, "DES-CBC [RFC2405]", 2, cipher=_des),
+    Encryption("3des-cbc", "cbc", 24, 8, 8, "TripleDES-CBC [RFC2451]", 3, cipher=TripleDES),
+    _aes_cbc(128), _aes_cbc(192), _aes_cbc(256),
+    _aes_gcm(128), _aes_gcm(256),
+)}
+
+INTEGRITIES: dict[str, Integrity] = {i.name: i for i in (
+    Integrity("hmac-md5-96", 16, 12, hashes.MD5, "HMAC-MD5-96 [RFC2403]", 1, 2),
+    Integrity("hmac-sha1-96", 20, 12, hashes.SHA1, "HMAC-SHA-1-96 [RFC2404]", 2, 3),
+    Integrity("hmac-sha256-128", 32, 16, hashes.SHA256, "HMAC-SHA-256-128 [RFC4868]", 5, 5),
+)}
+
+
+def _find(table: dict, kind: str, name: str):
+    try:
+        return table[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown {kind} algorithm {name!r}; known: {', '.join(table)}") from None
+
+
+def encryption(name: str) -> Encryption:
+    """The encryption algorithm called ``name`` (ValueError lists the known names)."""
+    return _find(ENCRYPTIONS, "encryption", name)
+
+
+def integrity(name: str) -> Integrity:
+    """The integrity algorithm called ``name`` (ValueError lists the known names)."""
+    return _find(INTEGRITIES, "integrity", name)

@@ -1,0 +1,367 @@
+"""The node configuration file (YAML): driver settings, filters, filter actions and manual SAs.
+
+Manual keys come first (like `setkey`), so the driver works before IKE exists. Every value is checked and a
+bad one is refused with the file, line and field named, so the daemon refuses to start (or a reload keeps
+the previous configuration) instead of running with something half understood.
+
+>>> cfg = parse('''
+... filters:
+...   - {name: a-b, source: 10.0.0.1, destination: 10.0.0.2, action: secure}
+... actions:
+...   secure: {action: negotiate}
+... sas:
+...   - {spi: 0x1001, protocol: esp, direction: outbound, source: 10.0.0.1, destination: 10.0.0.2,
+...      encryption: aes-gcm-128, enc_key: "00112233445566778899aabbccddeeff01020304", filter: a-b}
+... ''', "ipsecd.yaml")
+>>> for f in cfg.spd.filters: print(f.describe())
+a-b: outbound 10.0.0.1/32 -> 10.0.0.2/32 any => negotiate
+a-b: inbound 10.0.0.2/32 -> 10.0.0.1/32 any => negotiate
+>>> parse("driver:\\n  mtu: 50", "ipsecd.yaml")
+Traceback (most recent call last):
+...
+ipsecd.config.ConfigError: ipsecd.yaml:2: driver.mtu: 50 is outside 576..9000
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ipsecd import algorithms
+from ipsecd.spd import PROTOCOL_NUMBERS, SPD, Action, Direction, Filter, FilterAction, SecurityMethod
+
+DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
+ANY = IPv4Network("0.0.0.0/0")
+
+
+class ConfigError(ValueError):
+    """A configuration value that is wrong; the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    tun: str = "ipsec0"
+    mtu: int = 1400
+    socket: str = "/run/ipsecd.sock"
+    replay_window: int = 64
+    idle_seconds: int = 300  # an SA that carries nothing this long is deleted (the documents' idle SAs)
+    route_table: int = 2121  # policy routing table holding the default route into the TUN
+    fwmark: int = 0x2121  # the mark nftables puts on packets to be secured
+    bypass_mark: int = 0x2122  # the mark on the daemon's own packets, which are never secured again
+
+
+@dataclass(frozen=True)
+class ManualSA:
+    """One manually keyed SA, as `setkey` would add it; the driver turns it into a SecurityAssociation."""
+
+    spi: int
+    protocol: str  # "esp" or "ah"
+    direction: Direction
+    mode: str  # "transport" or "tunnel"
+    source: IPv4Address
+    destination: IPv4Address
+    filter: str
+    encryption: str | None = None
+    enc_key: bytes = b""
+    integrity: str | None = None
+    auth_key: bytes = b""
+    udp_encap: tuple[int, int] | None = None  # (sport, dport) of RFC 3948 UDP encapsulation
+    lifetime_seconds: int | None = None
+    lifetime_kb: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: str
+    driver: DriverSettings
+    spd: SPD
+    sas: tuple[ManualSA, ...] = ()
+    ike: dict[str, Any] = field(default_factory=dict)  # handed to IKE as is; IKE checks it
+
+
+def load(path: str | Path = DEFAULT_PATH) -> NodeConfig:
+    """Read and check a configuration file; ConfigError names what is wrong."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return parse(text, str(path))
+
+
+def parse(text: str, name: str = "ipsecd.yaml") -> NodeConfig:
+    try:
+        data = yaml.safe_load(text)
+        lines = _lines(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{name}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    return _Reader(name, lines).node(data if data is not None else {})
+
+
+def _lines(node: yaml.Node | None, path: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+    """Line number (1-based) of every value in the file, keyed by its field path such as 'sas[1].spi'."""
+    out = {} if out is None else out
+    if node is None:
+        return out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _lines(value, f"{path}.{key.value}" if path else str(key.value), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            _lines(value, f"{path}[{i}]", out)
+    return out
+
+
+class _Reader:
+    """Turns the parsed YAML into checked objects; every error says where."""
+
+    def __init__(self, name: str, lines: dict[str, int]) -> None:
+        self.name = name
+        self.lines = lines
+
+    def error(self, path: str, message: str) -> ConfigError:
+        probe = path
+        while probe and probe not in self.lines:  # a missing field: point at its parent
+            probe = probe.rpartition(".")[0] if "." in probe else probe.rpartition("[")[0]
+        line = f":{self.lines[probe]}" if probe in self.lines else ""
+        return ConfigError(f"{self.name}{line}: {path or 'top level'}: {message}")
+
+    def mapping(self, value: Any, path: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                raise self.error(f"{path}.{key}" if path else str(key),
+                                 f"unknown field; known: {', '.join(sorted(allowed))}")
+        for key in sorted(required - value.keys()):
+            raise self.error(f"{path}.{key}" if path else key, "missing")
+        return value
+
+    def sequence(self, value: Any, path: str) -> list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(path, f"expected a list, got {type(value).__name__}")
+        return value
+
+    def convert(self, path: str, value: Any, parse: Callable[[Any], Any]) -> Any:
+        try:
+            return parse(value)
+        except (ValueError, TypeError) as e:
+            raise self.error(path, str(e)) from None
+
+    # -- top level -------------------------------------------------------------------------------------------
+
+    def node(self, data: Any) -> NodeConfig:
+        data = self.mapping(data, "", {"node", "driver", "filters", "actions", "sas", "ike"})
+        driver = self.driver(data.get("driver") or {})
+        actions = self.actions(data.get("actions") or {})
+        filters = self.filters(data.get("filters"), actions)
+        raw_sas = self.sequence(data.get("sas"), "sas")
+        sas = tuple(self.sa(raw, f"sas[{i}]", filters) for i, raw in enumerate(raw_sas))
+        seen: dict[tuple, int] = {}
+        for i, sa in enumerate(sas):
+            key = (sa.spi, sa.destination, sa.protocol)
+            if key in seen:
+                raise self.error(f"sas[{i}].spi", f"same SPI, destination and protocol as sas[{seen[key]}]")
+            seen[key] = i
+        ike = data.get("ike") or {}
+        if not isinstance(ike, dict):
+            raise self.error("ike", "expected a mapping")
+        spd = SPD(f for pair in filters.values() for f in pair)
+        return NodeConfig(self.name, driver, spd, sas, ike)
+
+    def driver(self, raw: Any) -> DriverSettings:
+        known = DriverSettings.__dataclass_fields__
+        raw = self.mapping(raw, "driver", set(known))
+        values = {}
+        for key, value in raw.items():
+            expected = type(getattr(DriverSettings, key))
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise self.error(f"driver.{key}", f"expected {expected.__name__}, got {value!r}")
+            values[key] = value
+        settings = DriverSettings(**values)
+        if not 576 <= settings.mtu <= 9000:
+            raise self.error("driver.mtu", f"{settings.mtu} is outside 576..9000")
+        if not 32 <= settings.replay_window <= 4096:
+            raise self.error("driver.replay_window", "RFC 4303 §3.4.3 wants 32..4096 (64 recommended)")
+        return settings
+
+    def actions(self, raw: Any) -> dict[str, FilterAction]:
+        raw = self.mapping(raw, "actions", set(raw) if isinstance(raw, dict) else set())
+        out = {}
+        for name, spec in raw.items():
+            path = f"actions.{name}"
+            spec = self.mapping(spec, path, {"action", "methods", "pfs", "accept_unsecured",
+                                             "fallback_to_clear"}, {"action"})
+            action = self.convert(f"{path}.action", spec["action"], Action)
+            methods = tuple(self.method(m, f"{path}.methods[{i}]")
+                            for i, m in enumerate(self.sequence(spec.get("methods"), f"{path}.methods")))
+            if action is Action.NEGOTIATE and not methods:
+                methods = (SecurityMethod(),)
+            flags = {k: spec.get(k, False) for k in ("pfs", "accept_unsecured", "fallback_to_clear")}
+            for key, value in flags.items():
+                if not isinstance(value, bool):
+                    raise self.error(f"{path}.{key}", f"expected true or false, got {value!r}")
+            out[name] = FilterAction(name, action, methods, **flags)
+        return out
+
+    def method(self, raw: Any, path: str) -> SecurityMethod:
+        keys = {"esp_encryption", "esp_integrity", "ah_integrity", "lifetime_seconds", "lifetime_kb"}
+        raw = self.mapping(raw, path, keys)
+        for key in ("esp_encryption", "esp_integrity", "ah_integrity"):
+            if raw.get(key) is not None:
+                lookup = algorithms.encryption if key == "esp_encryption" else algorithms.integrity
+                self.convert(f"{path}.{key}", raw[key], lookup)
+        return self.convert(path, raw, lambda r: SecurityMethod(**r))
+
+    def filters(self, raw: Any, actions: dict[str, FilterAction]) -> dict[str, tuple[Filter, ...]]:
+        builtin = {a.value: FilterAction(a.value, a) for a in (Action.PERMIT, Action.BLOCK)}
+        out: dict[str, tuple[Filter, ...]] = {}
+        for i, spec in enumerate(self.sequence(raw, "filters")):
+            path = f"filters[{i}]"
+            spec = self.mapping(spec, path, {"name", "source", "destination", "protocol", "source_port",
+                                             "destination_port", "mirrored", "tunnel", "action", "rule"},
+                                {"name", "action"})
+            name = str(spec["name"])
+            if name in out:
+                raise self.error(f"{path}.name", f"filter {name!r} is defined twice")
+            action_name = spec["action"]
+            action = actions.get(action_name) or builtin.get(action_name)
+            if action is None:
+                known = ", ".join([*builtin, *actions])
+                raise self.error(f"{path}.action", f"no filter action {action_name!r}; known: {known}")
+            protocol = self.convert(f"{path}.protocol", spec.get("protocol", "any"), _protocol)
+            ports = [self.convert(f"{path}.{k}", spec.get(k, "any"), _port)
+                     for k in ("source_port", "destination_port")]
+            tunnel = spec.get("tunnel")
+            mirrored = spec.get("mirrored", True)
+            if not isinstance(mirrored, bool):
+                raise self.error(f"{path}.mirrored", f"expected true or false, got {mirrored!r}")
+            src = self.convert(f"{path}.source", spec.get("source", "any"), _network)
+            dst = self.convert(f"{path}.destination", spec.get("destination", "any"), _network)
+            tunnel = self.convert(f"{path}.tunnel", tunnel, IPv4Address) if tunnel is not None else None
+            try:
+                one = Filter(name, src, dst, action, Direction.OUTBOUND, protocol, ports[0], ports[1], tunnel,
+                             str(spec.get("rule", "")))
+            except ValueError as e:
+                raise self.error(path, str(e)) from None
+            out[name] = one.mirrored() if mirrored else (one,)
+        return out
+
+    def sa(self, raw: Any, path: str, filters: dict[str, tuple[Filter, ...]]) -> ManualSA:
+        raw = self.mapping(raw, path, {"spi", "protocol", "direction", "mode", "source", "destination",
+                                       "encryption", "enc_key", "integrity", "auth_key", "udp_encap",
+                                       "filter", "lifetime_seconds", "lifetime_kb"},
+                           {"spi", "protocol", "direction", "source", "destination", "filter"})
+        spi = raw["spi"]
+        if not isinstance(spi, int) or isinstance(spi, bool) or not 0 < spi < 2**32:
+            raise self.error(f"{path}.spi", f"expected a number 256..4294967295, got {spi!r}")
+        if spi < 256:
+            raise self.error(f"{path}.spi", f"SPI {spi} is reserved (1-255); use 256..4294967295")
+        protocol = raw["protocol"]
+        if protocol not in ("esp", "ah"):
+            raise self.error(f"{path}.protocol", f"expected esp or ah, got {protocol!r}")
+        direction = raw["direction"]
+        if direction not in tuple(Direction):
+            raise self.error(f"{path}.direction", f"expected inbound or outbound, got {direction!r}")
+        direction = Direction(direction)
+        mode = raw.get("mode", "transport")
+        if mode not in ("transport", "tunnel"):
+            raise self.error(f"{path}.mode", f"expected transport or tunnel, got {mode!r}")
+        source = self.convert(f"{path}.source", raw["source"], IPv4Address)
+        destination = self.convert(f"{path}.destination", raw["destination"], IPv4Address)
+        filter_name = raw["filter"]
+        if filter_name not in filters:
+            raise self.error(f"{path}.filter", f"no filter named {filter_name!r}")
+        outbound = filters[filter_name][0]
+        if outbound.action.action is not Action.NEGOTIATE:
+            raise self.error(f"{path}.filter", f"filter {filter_name!r} does not negotiate security")
+        if (mode == "tunnel") != (outbound.tunnel is not None):
+            raise self.error(f"{path}.mode", f"filter {filter_name!r} is "
+                             f"{'a tunnel filter' if outbound.tunnel else 'a transport filter'}")
+        if direction is Direction.OUTBOUND and outbound.tunnel and destination != outbound.tunnel:
+            raise self.error(f"{path}.destination", f"the tunnel endpoint of filter {filter_name!r} "
+                             f"is {outbound.tunnel}")
+        encryption, enc_key = self.algorithm_key(raw, path, "encryption", "enc_key", algorithms.encryption)
+        integrity, auth_key = self.algorithm_key(raw, path, "integrity", "auth_key", algorithms.integrity)
+        if protocol == "ah" and encryption:
+            raise self.error(f"{path}.encryption", "AH does not encrypt; use protocol esp")
+        if protocol == "ah" and not integrity:
+            raise self.error(f"{path}.integrity", "AH needs an integrity algorithm")
+        if protocol == "esp" and not (encryption or integrity):
+            raise self.error(f"{path}.encryption", "ESP needs encryption, integrity or both")
+        if encryption and algorithms.encryption(encryption).aead and integrity:
+            raise self.error(f"{path}.integrity", f"{encryption} authenticates itself; leave integrity out")
+        udp_encap = raw.get("udp_encap")
+        if udp_encap is not None:
+            if protocol == "ah":
+                raise self.error(f"{path}.udp_encap", "AH cannot be UDP-encapsulated (RFC 3715 §2.1)")
+            spec = self.mapping(udp_encap, f"{path}.udp_encap", {"sport", "dport"})
+            udp_encap = tuple(self.convert(f"{path}.udp_encap.{k}", spec.get(k, 4500), _port_number)
+                              for k in ("sport", "dport"))
+        lifetimes = {}
+        for key in ("lifetime_seconds", "lifetime_kb"):
+            value = raw.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise self.error(f"{path}.{key}", f"expected a positive number, got {value!r}")
+            lifetimes[key] = value
+        return ManualSA(spi, protocol, direction, mode, source, destination, filter_name, encryption, enc_key,
+                        integrity, auth_key, udp_encap, **lifetimes)
+
+    def algorithm_key(self, raw: dict, path: str, algo_key: str, key_key: str,
+                      lookup: Callable[[str], Any]) -> tuple[str | None, bytes]:
+        name = raw.get(algo_key)
+        if name in (None, "none"):
+            if raw.get(key_key):
+                raise self.error(f"{path}.{key_key}", f"a key but no {algo_key} algorithm")
+            return None, b""
+        algo = self.convert(f"{path}.{algo_key}", str(name), lookup)
+        text = raw.get(key_key, "")
+        if not isinstance(text, str):
+            raise self.error(f"{path}.{key_key}", "expected a quoted string of hex digits")
+        digits = text.removeprefix("0x").replace(":", "").replace(" ", "")
+        if len(digits) != 2 * algo.key_size:
+            got = len(digits) / 2
+            raise self.error(f"{path}.{key_key}", f"expected {algo.key_size} bytes of hex for {algo.name}, "
+                             f"got {int(got) if got == int(got) else got}")
+        try:
+            return algo.name, bytes.fromhex(digits)
+        except ValueError:
+            raise self.error(f"{path}.{key_key}", "expected hex digits 0-9, a-f") from None
+
+
+def _network(value: Any) -> IPv4Network:
+    if value in ("any", None):
+        return ANY
+    try:
+        return IPv4Network(str(value), strict=True)
+    except ValueError as e:
+        raise ValueError(f"expected any, an IPv4 address or a subnet like 10.0.0.0/24: {e}") from None
+
+
+def _protocol(value: Any) -> int | None:
+    if value in ("any", None):
+        return None
+    if isinstance(value, str) and value.lower() in PROTOCOL_NUMBERS:
+        return PROTOCOL_NUMBERS[value.lower()]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+        return value
+    raise ValueError(f"expected any, {', '.join(PROTOCOL_NUMBERS)} or 0..255, got {value!r}")
+
+
+def _port(value: Any) -> int | None:
+    return None if value in ("any", None) else _port_number(value)
+
+
+def _port_number(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
+        return value
+    raise ValueError(f"expected a port 1..65535, got {value!r}")

@@ -1,0 +1,548 @@
+"""The IPsec driver: applies the SPD and the SAD to packets going out, coming in and passing through.
+
+The kernel (see netfilter.py) already permits, blocks and drops unsecured inbound packets; what reaches
+the driver is:
+
+- outbound: packets a negotiate filter marked, read from the TUN. The driver finds the filter again
+  (per-flow cache), the SA bundle for that filter and peer, encapsulates and sends through a raw IP socket
+  or the UDP 4500 socket (NAT-T). With no SA yet it keeps only the last packet per (filter, peer) and
+  asks IKE for one, as the documents say; with manual keys only, it counts and drops.
+- inbound: ESP and AH from raw sockets and ESP-in-UDP from port 4500 (where the non-ESP marker means
+  IKE and 0xFF a NAT keepalive). The SAD finds the SA by SPI, checks replay and ICV, decrypts; the driver
+  then checks the inner packet against the SA's filter (RFC 4301 §5.2) and writes it to the TUN.
+
+Every drop is counted under the ipsecmon counter it belongs to and the daemon goes on: a malformed
+packet never stops the data plane.
+
+Interfaces for IKE and the Policy Agent: `load_policy(spd)`, `add_sa(sa, filter_name)`,
+`delete_sa(spi, dst, protocol)`, `add_soft_sa(filter_name, peer)`, `send_4500(data, addr)`; the driver
+calls `ike.acquire(filter, selector)`, `ike.expire(sa, hard)` and `ike.datagram_4500(data, addr)`.
+
+>>> from scapy.layers.inet import IP, ICMP
+>>> wire = RecordingWire()
+>>> driver = Driver(SPD(), wire=wire)
+>>> driver.outbound(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP()))  # no filter: sent in clear
+>>> wire.sent[0][1]
+'10.0.0.2'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, classify_udp4500
+from ipsecd.sad import SAD, SecurityAssociation
+from ipsecd.spd import SPD, Action, Direction, Filter, Selector
+
+log = logging.getLogger("ipsecd.driver")
+
+FLOW_CACHE_SIZE = 65536
+NAT_KEEPALIVE_SECONDS = 20.0
+ACQUIRE_RETRY_SECONDS = 5.0  # how long a pending acquire waits before the driver asks IKE again
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+
+# Driver counters beyond the SAD's ipsecmon counters: (key, label).
+DRIVER_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("packets_without_sa", "Packets Dropped Waiting For An SA"),
+    ("acquires", "SA Requests To IKE (Acquire)"),
+    ("soft_association_packets", "Packets Sent In Clear By Soft Associations"),
+    ("nat_keepalives_received", "NAT-T Keepalives Received"),
+    ("ike_datagrams_4500", "IKE Datagrams On Port 4500"),
+    ("send_errors", "Send Errors"),
+)
+
+
+class IKEHooks(Protocol):
+    """What the driver asks of IKE (ipsecd.ike); None means manual keys only."""
+
+    def acquire(self, filter: Filter, selector: Selector) -> None: ...
+    def expire(self, sa: SecurityAssociation, hard: bool) -> None: ...
+    def datagram_4500(self, data: bytes, addr: tuple[str, int]) -> None: ...
+
+
+class Wire(Protocol):
+    """The driver's packet I/O: the kernel sockets and the TUN, or a recording double in unit tests."""
+
+    def send_ip(self, packet: bytes, dst: str) -> None: ...
+    def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None: ...
+    def deliver(self, packet: bytes) -> None: ...
+
+
+@dataclass
+class RecordingWire:
+    """A Wire that keeps what the driver sends and delivers (unit tests, doctests)."""
+
+    sent: list[tuple[bytes, str]] = field(default_factory=list)
+    sent_udp: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
+    delivered: list[bytes] = field(default_factory=list)
+
+    def send_ip(self, packet: bytes, dst: str) -> None:
+        self.sent.append((packet, dst))
+
+    def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
+        self.sent_udp.append((payload, addr))
+
+    def deliver(self, packet: bytes) -> None:
+        self.delivered.append(packet)
+
+
+def ntoa(address: int) -> str:
+    return socket.inet_ntoa(address.to_bytes(4, "big"))
+
+
+class _Pending:
+    """The one packet kept while IKE negotiates, and when IKE was last asked."""
+
+    __slots__ = ("asked", "packet")
+
+    def __init__(self, packet: bytes, asked: float) -> None:
+        self.packet = packet
+        self.asked = asked
+
+
+class Driver:
+    def __init__(self, spd: SPD | None = None, *, wire: Wire | None = None, ike: IKEHooks | None = None,
+                 kernel: object | None = None, idle_seconds: float | None = 300,
+                 replay_window: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sad = SAD()
+        self.wire = wire or RecordingWire()
+        self.ike = ike
+        self.kernel = kernel  # netfilter.Netfilter, or None when the kernel half is managed elsewhere
+        self.idle_seconds = idle_seconds
+        self.replay_window = replay_window
+        self.clock = clock
+        self.counters = dict.fromkeys((key for key, _ in DRIVER_COUNTERS), 0)
+        self._outbound: dict[tuple[str, str], SecurityAssociation] = {}  # (filter, peer) -> outer SA
+        self._filter_of: dict[tuple, str] = {}  # SA key -> the filter it secures
+        self._nat_port: dict[tuple[str, str], int] = {}  # (filter, peer) -> UDP port seen from the peer
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._soft: set[tuple[str, str]] = set()
+        self._log_times: dict[str, float] = {}
+        self._last_keepalive = -NAT_KEEPALIVE_SECONDS
+        self.load_policy(spd or SPD())
+
+    # -- the Policy Agent's and IKE's interface -------------------------------------------------------------
+
+    def load_policy(self, spd: SPD) -> None:
+        """Replace the filters atomically; SAs stay (IKE deletes what the new policy no longer wants)."""
+        if self.kernel is not None:
+            self.kernel.install(spd)
+        self.spd = spd
+        self._flows: dict[tuple, Filter | None] = {}
+        self._inbound_filters: dict[str, list[Filter]] = {}
+        for f in spd.filters:
+            if f.direction is Direction.INBOUND:
+                self._inbound_filters.setdefault(f.name, []).append(f)
+        names = {f.name for f in spd.filters}
+        for key in [k for k in self._pending if k[0] not in names]:
+            del self._pending[key]
+        log.info("policy loaded: %d filters", len(spd))
+
+    def add_sa(self, sa: SecurityAssociation, filter_name: str, *, manual: bool = False) -> None:
+        """Install an SA (or an AH+ESP bundle through its AH SA) that secures traffic of `filter_name`.
+
+        An outbound SA becomes the one used for that filter and peer (a rekey replaces the old one, which
+        IKE deletes later); the packet kept while negotiating goes out at once. Negotiated SAs that carry
+        nothing for `idle_seconds` are deleted; manual ones (nobody would renew them) are not.
+        """
+        if sa.idle_timeout is None and self.idle_seconds and not manual:
+            sa.idle_timeout = self.idle_seconds
+        self.sad.add(sa)
+        for member in (sa, sa.inner):
+            if member is not None:
+                self._filter_of[member.key] = filter_name
+        log.info("SA added: %s for filter %s", describe_sa(sa), filter_name)
+        if sa.direction == "outbound":
+            key = (filter_name, sa.dst)
+            self._outbound[key] = sa
+            self._soft.discard(key)
+            pending = self._pending.pop(key, None)
+            if pending is not None:
+                self._send(sa, key, pending.packet)
+
+    def delete_sa(self, spi: int, dst: str, protocol: str) -> SecurityAssociation:
+        """Remove an SA (with its bundle); KeyError if there is none."""
+        sa = self.sad.delete(spi, dst, protocol)
+        self._forget(sa)
+        log.info("SA deleted: %s", describe_sa(sa))
+        return sa
+
+    def add_soft_sa(self, filter_name: str, peer: str) -> None:
+        """A soft association: IKE got no answer and the filter action falls back to clear."""
+        self._soft.add((filter_name, peer))
+        pending = self._pending.pop((filter_name, peer), None)
+        if pending is not None:
+            self._send_clear(pending.packet, peer)
+        log.info("soft association: traffic of filter %s to %s goes in clear", filter_name, peer)
+
+    def send_4500(self, data: bytes, addr: tuple[str, int]) -> None:
+        """IKE sends on port 4500 through the driver's socket; the non-ESP marker is added here."""
+        self.wire.send_udp(NON_ESP_MARKER + data, addr)
+
+    def expire(self, now: float | None = None) -> None:
+        """Apply lifetimes: soft tells IKE to rekey; hard and idle SAs are deleted (called every second).
+
+        Also sends the NAT-T keepalives (RFC 3948 §2.3, every 20 s as Windows does) to the peers of
+        UDP-encapsulated SAs, so the NAT keeps its mapping while the SA is quiet.
+        """
+        now = self.clock() if now is None else now
+        if now - self._last_keepalive >= NAT_KEEPALIVE_SECONDS:
+            self._last_keepalive = now
+            for key, sa in self._outbound.items():
+                if sa.udp_encap:
+                    with contextlib.suppress(OSError):
+                        self.wire.send_udp(b"\xff", (sa.dst, self._nat_port.get(key, sa.udp_encap[1])))
+        for sa, reason in self.sad.expire(now):
+            words = {"soft": "soft lifetime reached, rekey wanted", "hard": "hard lifetime reached, deleted",
+                     "idle": f"idle for {sa.idle_timeout:.0f} s, deleted"}[reason]
+            log.info("SA %s: %s", describe_sa(sa), words)
+            if reason != "soft":
+                self._forget(sa)
+            if self.ike is not None:
+                self.ike.expire(sa, reason != "soft")
+
+    # -- data plane -----------------------------------------------------------------------------------------
+
+    def outbound(self, packet: bytes) -> None:
+        """A packet read from the TUN: the kernel marked it for a negotiate filter."""
+        try:
+            sel = Selector.parse(packet)
+        except ValueError:
+            self.sad.counters.malformed_packets += 1
+            return
+        flow = (sel.src, sel.dst, sel.protocol, sel.src_port, sel.dst_port)
+        try:
+            f = self._flows[flow]
+        except KeyError:
+            f = self.spd.lookup(sel, Direction.OUTBOUND)
+            if len(self._flows) >= FLOW_CACHE_SIZE:
+                self._flows.clear()
+            self._flows[flow] = f
+        if f is None or f.action.action is not Action.NEGOTIATE:
+            # The policy changed while the packet was on its way: do what the policy says now.
+            if f is not None and f.action.action is Action.BLOCK:
+                self.sad.counters.dropped_by_policy += 1
+            else:
+                self._send_clear(packet, ntoa(sel.dst))
+            return
+        peer = str(f.tunnel) if f.tunnel is not None else ntoa(sel.dst)
+        key = (f.name, peer)
+        sa = self._outbound.get(key)
+        if sa is not None:
+            self._send(sa, key, packet)
+        elif key in self._soft:
+            self.counters["soft_association_packets"] += 1
+            self._send_clear(packet, ntoa(sel.dst))
+        else:
+            self._hold(key, f, sel, packet)
+
+    def inbound(self, packet: bytes) -> None:
+        """An ESP or AH packet from a raw socket (the whole IPv4 packet)."""
+        try:
+            inner, sa = self.sad.inbound(packet)
+        except IPsecError as e:
+            self._dropped(e)
+            return
+        self._deliver(inner, sa)
+
+    def inbound_udp(self, payload: bytes, src: str, sport: int, dst: str) -> None:
+        """A datagram from UDP port 4500: ESP (RFC 3948), IKE after the non-ESP marker, or a keepalive."""
+        kind = classify_udp4500(payload)
+        if kind == "esp":
+            try:
+                inner, sa = self.sad.inbound_udp(payload, src, dst)
+            except IPsecError as e:
+                self._dropped(e)
+                return
+            if sa.mode == "transport":
+                inner = fix_l4_checksum(inner)  # RFC 3948 §3.1.2: a NAT changed the addresses it covers
+            self._learn_nat_port(sa, src, sport)
+            self._deliver(inner, sa)
+        elif kind == "ike":
+            self.counters["ike_datagrams_4500"] += 1
+            if self.ike is not None:
+                self.ike.datagram_4500(payload[4:], (src, sport))
+        elif kind == "keepalive":
+            self.counters["nat_keepalives_received"] += 1
+        else:
+            self.sad.counters.malformed_packets += 1
+
+    # -- status for ipsecctl -------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """How many (filter, peer) pairs wait for IKE, each with its one kept packet."""
+        return len(self._pending)
+
+    def counter_values(self) -> dict[str, int]:
+        """The ipsecmon counters plus the driver's own; 'dropped by policy' includes the kernel's drops."""
+        values = self.sad.snapshot().as_dict()
+        kernel = self.kernel.totals() if self.kernel is not None else {"block": 0, "unsecured": 0}
+        values["blocked_by_filter"] = kernel["block"]
+        values["unsecured_packets_dropped"] = kernel["unsecured"]
+        values["dropped_by_policy"] += (kernel["block"] + kernel["unsecured"]
+                                        + self.counters["packets_without_sa"])
+        values.update(self.counters)
+        return values
+
+    def sa_table(self) -> list[dict]:
+        now = self.clock()
+        return [sa_status(sa, self._filter_of.get(sa.key, ""), now) for sa in self.sad]
+
+    def filter_table(self) -> list[dict]:
+        rules = self.kernel.counters() if self.kernel is not None else []
+        hits: dict[tuple[str, str], int] = {}
+        for rule in rules:
+            if rule["chain"] in ("inbound", "outbound"):
+                hits[(rule["filter"], rule["chain"])] = rule["packets"]
+        return [{"name": f.name, "direction": str(f.direction), "source": str(f.src),
+                 "destination": str(f.dst), "protocol": f.protocol, "source_port": f.src_port,
+                 "destination_port": f.dst_port, "tunnel": str(f.tunnel) if f.tunnel else None,
+                 "action": f.action.name, "verdict": str(f.action.action), "rule": f.rule,
+                 "packets": hits.get((f.name.replace('"', "'")[:100], str(f.direction)), 0),
+                 "description": f.describe()} for f in self.spd.filters]
+
+    # -- inside ---------------------------------------------------------------------------------------------
+
+    def _send(self, sa: SecurityAssociation, key: tuple[str, str], packet: bytes) -> None:
+        try:
+            if sa.udp_encap:
+                port = self._nat_port.get(key, sa.udp_encap[1])
+                self.wire.send_udp(sa.encapsulate_udp(packet), (sa.dst, port))
+            else:
+                self.wire.send_ip(sa.encapsulate(packet), sa.dst)
+        except SAExpired as e:
+            self._say("expired", f"outbound SA can carry no more: {e}")
+            self._outbound.pop(key, None)
+            self.counters["packets_without_sa"] += 1
+        except IPsecError as e:
+            self._dropped(e)
+        except OSError as e:
+            self.counters["send_errors"] += 1
+            self._say("send", f"cannot send to {sa.dst}: {e.strerror}")
+
+    def _send_clear(self, packet: bytes, dst: str) -> None:
+        try:
+            self.wire.send_ip(packet, dst)
+        except OSError as e:
+            self.counters["send_errors"] += 1
+            self._say("send", f"cannot send to {dst}: {e.strerror}")
+
+    def _hold(self, key: tuple[str, str], f: Filter, sel: Selector, packet: bytes) -> None:
+        """No SA yet: keep only this last packet and ask IKE (not more often than every few seconds)."""
+        now = self.clock()
+        pending = self._pending.get(key)
+        if pending is not None:
+            self.counters["packets_without_sa"] += 1  # the packet it replaces is lost
+            pending.packet = packet
+            if now - pending.asked < ACQUIRE_RETRY_SECONDS:
+                return
+            pending.asked = now
+        if self.ike is None:
+            self.counters["packets_without_sa"] += 1
+            self._say(f"nosa {key}", f"no SA for filter {f.name} to {key[1]} and no IKE to negotiate one: "
+                                     "packets dropped (add manual SAs to the configuration)")
+            return
+        if pending is None:
+            self._pending[key] = _Pending(packet, now)
+        self.counters["acquires"] += 1
+        log.info("asking IKE for an SA: filter %s, packet %s", f.name, sel)
+        self.ike.acquire(f, sel)
+
+    def _deliver(self, inner: bytes, sa: SecurityAssociation) -> None:
+        """The inner packet must be what the SA's filter secures (RFC 4301 §5.2), then it goes up."""
+        try:
+            sel = Selector.parse(inner)
+        except ValueError:
+            self.sad.counters.malformed_packets += 1
+            return
+        name = self._filter_of.get(sa.key)
+        best = self.spd.lookup(sel, Direction.INBOUND)
+        blocked = best is not None and best.action.action is Action.BLOCK
+        permitted = best is not None and best.action.action is Action.PERMIT
+        if blocked or not (permitted or any(f.matches(sel) for f in self._inbound_filters.get(name, ()))):
+            self.sad.counters.dropped_by_policy += 1
+            self._say(f"selector {name}", f"packet {sel} arrived on SA {sa.spi:#x} but is not traffic "
+                                          f"of its filter {name}: dropped")
+            return
+        try:
+            self.wire.deliver(inner)
+        except OSError as e:
+            self.counters["send_errors"] += 1
+            self._say("deliver", f"cannot write to the TUN: {e.strerror}")
+
+    def _learn_nat_port(self, sa: SecurityAssociation, src: str, sport: int) -> None:
+        """A NAT may have picked another port for the peer: answer where its packets come from."""
+        name = self._filter_of.get(sa.key)
+        key = (name, src)
+        if key in self._outbound and self._nat_port.get(key) != sport:
+            self._nat_port[key] = sport
+            log.info("NAT-T: peer %s of filter %s is reached at UDP port %d", src, name, sport)
+
+    def _forget(self, sa: SecurityAssociation) -> None:
+        outer = sa.outer or sa
+        for key, current in list(self._outbound.items()):
+            if current is outer:
+                del self._outbound[key]
+        for member in (outer, outer.inner):
+            if member is not None:
+                self._filter_of.pop(member.key, None)
+
+    def _dropped(self, error: IPsecError) -> None:
+        self._say(type(error).__name__, f"packet dropped: {error}")
+
+    def _say(self, topic: str, message: str, every: float = 10.0) -> None:
+        """Log a drop once per topic every few seconds, so a flood cannot flood the log."""
+        now = self.clock()
+        if now - self._log_times.get(topic, -every) >= every:
+            self._log_times[topic] = now
+            log.warning(message)
+
+
+def describe_sa(sa: SecurityAssociation) -> str:
+    algo = sa.encryption if sa.protocol == "esp" else ""
+    if sa.integrity:
+        algo = f"{algo}/{sa.integrity}" if algo else sa.integrity
+    inner = f" + {describe_sa(sa.inner)}" if sa.inner is not None else ""
+    encap = f" in UDP {sa.udp_encap[0]}->{sa.udp_encap[1]}" if sa.udp_encap else ""
+    return (f"{sa.direction} {sa.protocol.upper()} SPI {sa.spi:#010x} {sa.src} -> {sa.dst} {sa.mode} "
+            f"{algo}{encap}{inner}")
+
+
+def sa_status(sa: SecurityAssociation, filter_name: str, now: float) -> dict:
+    return {"spi": f"{sa.spi:#010x}", "protocol": sa.protocol, "direction": sa.direction, "mode": sa.mode,
+            "source": sa.src, "destination": sa.dst,
+            "encryption": sa.encryption if sa.protocol == "esp" else None,
+            "integrity": sa.integrity, "udp_encap": list(sa.udp_encap) if sa.udp_encap else None,
+            "filter": filter_name, "age_seconds": round(now - sa.created, 1), "sequence": sa.seq,
+            "bundle": f"{sa.inner.spi:#010x}" if sa.inner is not None else None,
+            "counters": sa.counters.as_dict(), "description": describe_sa(sa)}
+
+
+def fix_l4_checksum(packet: bytes) -> bytes:
+    """Recompute the TCP/UDP checksum of an IPv4 packet over its (possibly NAT-rewritten) addresses.
+
+    Safe because ESP already proved the payload authentic (RFC 3948 §3.1.2 allows the receiver to
+    skip or redo the check). UDP with checksum 0 stays 0.
+
+    >>> from scapy.layers.inet import IP, TCP
+    >>> p = bytearray(bytes(IP(src="192.168.1.10", dst="203.0.113.2") / TCP(dport=80)))
+    >>> p[12:16] = bytes([203, 0, 113, 1])  # the NAT's address
+    >>> fixed = IP(fix_l4_checksum(bytes(p)))
+    >>> expected = IP(bytes(IP(src="203.0.113.1", dst="203.0.113.2") / TCP(dport=80)))[TCP].chksum
+    >>> fixed[TCP].chksum == expected
+    True
+    """
+    protocol = packet[9]
+    ihl = (packet[0] & 0x0F) * 4
+    if protocol not in (6, 17) or struct.unpack_from("!H", packet, 6)[0] & 0x3FFF:
+        return packet  # not TCP/UDP, or a fragment: nothing we can recompute here
+    offset = ihl + (16 if protocol == 6 else 6)
+    if len(packet) < offset + 2 or (protocol == 17 and packet[offset:offset + 2] == b"\x00\x00"):
+        return packet
+    segment = bytearray(packet[ihl:])
+    segment[offset - ihl:offset - ihl + 2] = b"\x00\x00"
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, protocol, len(segment))
+    checksum = internet_checksum(pseudo + segment)
+    if protocol == 17 and checksum == 0:
+        checksum = 0xFFFF
+    return packet[:offset] + checksum.to_bytes(2, "big") + packet[offset + 2:]
+
+
+def internet_checksum(data: bytes | bytearray) -> int:
+    if len(data) % 2:
+        data = bytes(data) + b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+# -- the kernel side ---------------------------------------------------------------------------------------
+
+IP_PKTINFO = 8
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_PROBE = 3
+DRAIN = 64  # packets read per wake-up
+
+
+class KernelWire:
+    """The real I/O: TUN device, raw sockets for ESP and AH, the UDP 4500 socket.
+
+    Everything the daemon sends carries the bypass mark, so the nftables rules never mark it for
+    securing again.
+    """
+
+    def __init__(self, tun, bypass_mark: int, nat_t_port: int = 4500) -> None:
+        self.tun = tun
+        self.raw_out = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.esp_in = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_ESP)
+        self.ah_in = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_AH)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        self.udp.bind(("0.0.0.0", nat_t_port))
+        for sock in (self.raw_out, self.udp):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, bypass_mark)
+            # The path MTU the kernel learns for inner traffic (TUN MTU) must not cap our outer packets.
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        for sock in (self.esp_in, self.ah_in):
+            sock.setblocking(False)
+
+    def send_ip(self, packet: bytes, dst: str) -> None:
+        self.raw_out.sendto(packet, (dst, 0))
+
+    def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
+        self.udp.sendto(payload, addr)
+
+    def deliver(self, packet: bytes) -> None:
+        self.tun.write(packet)
+
+    def attach(self, loop, driver: Driver) -> None:
+        """Register the readers on an asyncio loop; each wake-up drains up to DRAIN packets."""
+        loop.add_reader(self.tun.fd, self._drain_tun, driver)
+        loop.add_reader(self.esp_in.fileno(), self._drain_raw, self.esp_in, driver)
+        loop.add_reader(self.ah_in.fileno(), self._drain_raw, self.ah_in, driver)
+        loop.add_reader(self.udp.fileno(), self._drain_udp, driver)
+
+    def detach(self, loop) -> None:
+        for fd in (self.tun.fd, self.esp_in.fileno(), self.ah_in.fileno(), self.udp.fileno()):
+            loop.remove_reader(fd)
+
+    def _drain_tun(self, driver: Driver) -> None:
+        for _ in range(DRAIN):
+            packet = self.tun.read()
+            if packet is None:
+                return
+            driver.outbound(packet)
+
+    @staticmethod
+    def _drain_raw(sock: socket.socket, driver: Driver) -> None:
+        for _ in range(DRAIN):
+            try:
+                packet = sock.recv(65535)
+            except BlockingIOError:
+                return
+            driver.inbound(packet)
+
+    def _drain_udp(self, driver: Driver) -> None:
+        for _ in range(DRAIN):
+            try:
+                payload, ancillary, _, (src, sport) = self.udp.recvmsg(65535, 64, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            dst = next((socket.inet_ntoa(data[8:12]) for level, kind, data in ancillary
+                        if level == socket.IPPROTO_IP and kind == IP_PKTINFO), "0.0.0.0")
+            driver.inbound_udp(payload, src, sport, dst)
+
+    def close(self) -> None:
+        for sock in (self.raw_out, self.esp_in, self.ah_in, self.udp):
+            sock.close()
+        self.tun.close()

@@ -1,0 +1,301 @@
+"""ESP wire format (RFC 4303, RFC 4106 for AES-GCM) and UDP encapsulation (RFC 3948).
+
+Bytes in, bytes out: this module knows SPI, sequence number, IV, padding, the
+trailer and the ICV, nothing about SAs, lifetimes or replay (``sad.py``).  It
+also holds the small IPv4 helpers and the error classes shared with ``ah.py``.
+
+An ESP packet (RFC 4303 §2)::
+
+    SPI(4) | Seq(4) | IV | encrypt(payload | padding | pad length(1) | next header(1)) | ICV
+
+Speed (see shared/research/dataplane.md): one pre-keyed cipher and HMAC per SA;
+CBC keeps one streaming encryptor and feeds it a zero block before each packet,
+so E_K(previous ciphertext block) becomes the packet's unpredictable explicit IV
+(RFC 3602 §3 asks for an unpredictable IV); CBC decryption is one reusable ECB
+decryptor plus an XOR with the shifted ciphertext, avoiding a new context per packet.
+
+>>> from ipsecd.algorithms import encryption, integrity
+>>> t = transform(encryption("aes-gcm-128"), bytes(20), None, b"")
+>>> wire = t.seal(b"\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x01", b"hello", 17)
+>>> t.open(wire)
+(17, b'hello')
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ipsecd.algorithms import Encryption, Integrity
+
+IPPROTO_IPIP = 4
+IPPROTO_UDP = 17
+IPPROTO_ESP = 50
+IPPROTO_AH = 51
+IPPROTO_NONE = 59  # RFC 4303 §2.6: dummy packet (traffic flow confidentiality), discarded
+ESP_HEADER = 8  # SPI + sequence number
+UDP_HEADER = 8
+NAT_T_PORT = 4500
+NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 §2.2: IKE on port 4500
+NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
+ISAKMP_HEADER = 28
+
+_PAD = bytes(range(1, 256))  # RFC 4303 §2.4 default padding: 1, 2, 3, ...
+_unpack_ip = struct.Struct("!BBHHHBBH4s4s").unpack_from
+
+
+# -- errors: each names the counter (ipsecd.counters) the drop is counted under --
+
+class IPsecError(Exception):
+    """A packet was dropped; ``counter`` is the counters.py key it is counted under."""
+
+    counter: str | None = "malformed_packets"
+
+
+class BadPacket(IPsecError):
+    """Malformed: truncated, wrong lengths, unsupported header, wrong SPI for this SA."""
+
+
+class UnknownSPI(IPsecError):
+    """No SA for this SPI/destination/protocol (RFC 4301 §5.2 'invalid SPI')."""
+
+    counter = "bad_spi_packets"
+
+
+class AuthenticationFailed(IPsecError):
+    """ICV (HMAC or AEAD tag) did not verify (RFC 4303 §3.4.4): a modified packet."""
+
+    counter = "packets_not_authenticated"
+
+
+class DecryptionFailed(IPsecError):
+    """Decrypted payload is not a valid ESP payload (bad padding or pad length)."""
+
+    counter = "packets_not_decrypted"
+
+
+class Replayed(IPsecError):
+    """Duplicate or too old for the anti-replay window (RFC 4303 §3.4.3)."""
+
+    counter = "replayed_packets"
+
+
+class SAExpired(IPsecError):
+    """Outbound SA unusable: hard lifetime reached or sequence numbers exhausted."""
+
+    counter = None
+
+
+class DummyPacket(IPsecError):
+    """Next header 59: a TFC dummy packet, silently discarded (RFC 4303 §2.6)."""
+
+    counter = None
+
+
+# -- IPv4 helpers --
+
+def ipv4_checksum(header: bytes) -> int:
+    """RFC 791 header checksum of ``header`` (checksum field included as it is)."""
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def rewrite_ipv4_header(header: bytes, protocol: int, total_length: int) -> bytes:
+    """``header`` with a new protocol and total length, checksum recomputed."""
+    h = bytearray(header)
+    h[2:4] = total_length.to_bytes(2, "big")
+    h[9] = protocol
+    h[10:12] = b"\x00\x00"
+    h[10:12] = ipv4_checksum(h).to_bytes(2, "big")
+    return bytes(h)
+
+
+def ipv4_header(src: bytes, dst: bytes, protocol: int, payload_length: int, *, tos: int = 0,
+                ident: int = 0, flags_fragment: int = 0, ttl: int = 64) -> bytes:
+    """A 20-byte IPv4 header (no options) with its checksum."""
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + payload_length, ident, flags_fragment, ttl,
+                    protocol, 0, src, dst)
+    return h[:10] + ipv4_checksum(h).to_bytes(2, "big") + h[12:]
+
+
+def split_ipv4(packet: bytes) -> tuple[int, bytes, bytes]:
+    """(protocol, header, payload) of a complete, unfragmented IPv4 packet, or BadPacket."""
+    if len(packet) < 20:
+        raise BadPacket(f"{len(packet)} bytes is shorter than an IPv4 header")
+    ver_ihl, _, total, _, frag, _, proto, _, _, _ = _unpack_ip(packet)
+    ihl = (ver_ihl & 0x0F) * 4
+    if ver_ihl >> 4 != 4 or ihl < 20 or total < ihl or total > len(packet):
+        raise BadPacket(f"bad IPv4 header (version/IHL {ver_ihl:#04x}, total length {total}, "
+                        f"{len(packet)} bytes)")
+    if frag & 0x3FFF:
+        raise BadPacket("IPv4 fragment (the kernel reassembles before delivery)")
+    return proto, packet[:ihl], packet[ihl:total]
+
+
+def udp_header(sport: int, dport: int, payload_length: int) -> bytes:
+    """RFC 3948 §2.1 UDP header; checksum 0 (allowed for IPv4, SHOULD for UDP-ESP)."""
+    return struct.pack("!HHHH", sport, dport, UDP_HEADER + payload_length, 0)
+
+
+def classify_udp4500(payload: bytes) -> str:
+    """What arrived on UDP 4500 (RFC 3948 §2): "esp", "ike", "keepalive" or "malformed".
+
+    >>> [classify_udp4500(p) for p in (b"\\xff", bytes(32), b"\\x00\\x00\\x01\\x00" + bytes(20), b"ab")]
+    ['keepalive', 'ike', 'esp', 'malformed']
+    """
+    if payload == NAT_KEEPALIVE:
+        return "keepalive"
+    if payload[:4] == NON_ESP_MARKER:
+        return "ike" if len(payload) >= 4 + ISAKMP_HEADER else "malformed"
+    return "esp" if len(payload) >= ESP_HEADER else "malformed"
+
+
+def _pad(payload: bytes, next_header: int, block: int) -> bytes:
+    padlen = -(len(payload) + 2) % block
+    return payload + _PAD[:padlen] + bytes((padlen, next_header))
+
+
+def _unpad(plain: bytes) -> tuple[int, bytes]:
+    padlen = plain[-2]
+    end = len(plain) - 2 - padlen
+    if end < 0 or plain[end:-2] != _PAD[:padlen]:
+        raise DecryptionFailed(f"bad ESP padding (pad length {padlen}, {len(plain)} bytes)")
+    return plain[-1], plain[:end]
+
+
+def _keyed_hmac(integ: Integrity | None, key: bytes) -> crypto_hmac.HMAC | None:
+    if integ is None:
+        return None
+    if len(key) != integ.key_size:
+        raise ValueError(f"{integ.name} needs a {integ.key_size}-byte key, got {len(key)}")
+    return crypto_hmac.HMAC(key, integ.hash())
+
+
+# -- transforms: one object per SA, holding the keyed cipher and HMAC --
+
+class _Transform:
+    """seal(): ESP header (SPI+seq, 8 bytes) + payload -> wire bytes; open(): the reverse."""
+
+    def __init__(self, enc: Encryption, integ: Integrity | None, integ_key: bytes):
+        self.encryption = enc
+        self.integrity = integ
+        self._mac = _keyed_hmac(integ, integ_key)
+        self.icv_size = enc.icv_size or (integ.icv_size if integ else 0)
+        self.min_length = ESP_HEADER + enc.iv_size + max(enc.block_size, 4) + self.icv_size
+
+    def _icv(self, data: bytes) -> bytes:
+        h = self._mac.copy()
+        h.update(data)
+        return h.finalize()[: self.icv_size]
+
+    def _verify(self, data: bytes) -> None:
+        if self._mac is not None and not hmac.compare_digest(
+                self._icv(data[: -self.icv_size]), data[-self.icv_size:]):
+            raise AuthenticationFailed("ICV mismatch")
+
+    def _check_length(self, data: bytes) -> None:
+        if len(data) < self.min_length:
+            raise BadPacket(f"ESP packet of {len(data)} bytes, {self.encryption.name} needs "
+                            f"at least {self.min_length}")
+
+
+class NullTransform(_Transform):
+    """ESP with NULL encryption (RFC 2410): integrity only, the payload stays readable."""
+
+    def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
+        msg = header + _pad(payload, next_header, 4)
+        return msg + self._icv(msg)
+
+    def open(self, data: bytes) -> tuple[int, bytes]:
+        self._check_length(data)
+        self._verify(data)
+        return _unpad(data[ESP_HEADER: -self.icv_size])
+
+
+class CbcTransform(_Transform):
+    """DES, 3DES, AES in CBC mode with an explicit IV (RFC 2405, 2451, 3602) + optional HMAC."""
+
+    def __init__(self, enc: Encryption, key: bytes, integ: Integrity | None, integ_key: bytes):
+        super().__init__(enc, integ, integ_key)
+        self._cipher = enc.cipher(key)
+        self._stream = Cipher(self._cipher, modes.CBC(os.urandom(enc.block_size))).encryptor()
+        self._ecb = Cipher(self._cipher, modes.ECB()).decryptor()
+        self._zero = bytes(enc.block_size)
+
+    def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
+        """``iv`` forces an explicit IV (known-answer tests); normally it is derived (see module doc)."""
+        plain = _pad(payload, next_header, self.encryption.block_size)
+        if iv is None:
+            msg = header + self._stream.update(self._zero + plain)
+        else:
+            msg = header + iv + Cipher(self._cipher, modes.CBC(iv)).encryptor().update(plain)
+        return msg + self._icv(msg) if self._mac is not None else msg
+
+    def open(self, data: bytes) -> tuple[int, bytes]:
+        self._check_length(data)
+        block = self.encryption.block_size
+        end = len(data) - self.icv_size
+        if (end - ESP_HEADER) % block:
+            raise BadPacket(f"ESP ciphertext of {end - ESP_HEADER - block} bytes is not a "
+                            f"multiple of the {block}-byte block")
+        self._verify(data)
+        decrypted = self._ecb.update(data[ESP_HEADER + block: end])
+        chained = data[ESP_HEADER: end - block]  # IV, then every ciphertext block but the last
+        plain = (int.from_bytes(decrypted, "big") ^ int.from_bytes(chained, "big")).to_bytes(
+            len(decrypted), "big")
+        return _unpad(plain)
+
+
+class GcmTransform(_Transform):
+    """AES-GCM with a 16-byte ICV (RFC 4106): nonce = salt | 8-byte explicit IV, AAD = SPI | seq.
+
+    The explicit IV is the 64-bit sequence number: unique per key because the
+    sequence number never wraps (RFC 4106 §3.1 requires uniqueness only).
+    """
+
+    def __init__(self, enc: Encryption, key: bytes):
+        super().__init__(enc, None, b"")
+        self._aead = AESGCM(key[: -enc.salt_size])
+        self._salt = key[-enc.salt_size:]
+
+    def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
+        if iv is None:
+            iv = b"\x00\x00\x00\x00" + header[4:8]
+        return header + iv + self._aead.encrypt(self._salt + iv, _pad(payload, next_header, 4), header)
+
+    def open(self, data: bytes) -> tuple[int, bytes]:
+        self._check_length(data)
+        try:
+            plain = self._aead.decrypt(self._salt + data[8:16], data[16:], data[:8])
+        except InvalidTag:
+            raise AuthenticationFailed("AES-GCM tag mismatch") from None
+        return _unpad(plain)
+
+
+def transform(enc: Encryption, enc_key: bytes, integ: Integrity | None, integ_key: bytes) -> _Transform:
+    """The keyed ESP transform for one SA (ValueError on a bad key or combination)."""
+    if len(enc_key) != enc.key_size:
+        raise ValueError(f"{enc.name} needs a {enc.key_size}-byte key, got {len(enc_key)}")
+    if enc.aead:
+        if integ is not None:
+            raise ValueError(f"{enc.name} is an AEAD cipher: no separate integrity algorithm")
+        return GcmTransform(enc, enc_key)
+    if enc.mode == "null":
+        if integ is None:
+            raise ValueError("ESP with NULL encryption and no integrity protects nothing "
+                             "(RFC 4303 §3.2)")
+        return NullTransform(enc, integ, integ_key)
+    return CbcTransform(enc, enc_key, integ, integ_key)
+
+
+def ip_to_bytes(address: str) -> bytes:
+    """Dotted IPv4 address -> 4 bytes (ValueError names the address)."""
+    return ipaddress.IPv4Address(address).packed

@@ -1,0 +1,497 @@
+"""Security Association Database (RFC 4301 §4.4.2): SAs with keys, sequence numbers,
+anti-replay windows, lifetimes and counters, and the packet transforms that use them.
+
+An SA is one direction of one protocol.  The driver calls, per packet::
+
+    outer = sa.encapsulate(inner_ipv4_packet)        # outbound SA (or the outer SA of a bundle)
+    inner, sa = sad.inbound(outer_ipv4_packet)       # raw socket: proto 50, 51, or UDP-ESP
+    inner, sa = sad.inbound_udp(esp, src, dst)       # ESP read from the UDP 4500 socket
+
+Drops raise an ``ipsecd.esp.IPsecError`` subclass; the SA/SAD has already counted it
+under ``exc.counter`` (per SA and globally), so the driver only logs and drops.
+
+Lifetimes (RFC 4301 §4.4.2.1, first of bytes/seconds wins) are checked by
+``SAD.expire(now)``, which the driver calls periodically; an outbound SA also
+refuses a packet that would pass its hard byte limit or wrap the 32-bit sequence
+number (RFC 4303 §3.3.3; no ESN, as in RFC 2406 and Windows 2003).
+
+>>> out = SecurityAssociation(0x1000, "esp", "outbound", "tunnel", "192.0.2.1", "192.0.2.2",
+...                           "aes-gcm-128", bytes(20))
+>>> sad = SAD()
+>>> sad.add(SecurityAssociation(0x1000, "esp", "inbound", "tunnel", "192.0.2.1", "192.0.2.2",
+...                             "aes-gcm-128", bytes(20)))
+>>> from ipsecd.esp import ipv4_header, ip_to_bytes
+>>> packet = ipv4_header(ip_to_bytes("10.1.0.1"), ip_to_bytes("10.2.0.1"), 17, 4) + b"ping"
+>>> inner, sa = sad.inbound(out.encapsulate(packet))
+>>> inner == packet, sa.counters.packets, sad.snapshot().confidential_bytes_received
+(True, 1, 24)
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ipsecd import algorithms, esp
+from ipsecd.ah import AhTransform
+from ipsecd.counters import Counters, SACounters
+from ipsecd.esp import (
+    IPPROTO_AH,
+    IPPROTO_ESP,
+    IPPROTO_IPIP,
+    IPPROTO_NONE,
+    IPPROTO_UDP,
+    UDP_HEADER,
+    BadPacket,
+    DummyPacket,
+    IPsecError,
+    Replayed,
+    SAExpired,
+    UnknownSPI,
+    ip_to_bytes,
+    ipv4_header,
+    rewrite_ipv4_header,
+    split_ipv4,
+)
+
+SEQ_MAX = 2**32 - 1  # last usable sequence number (RFC 4303 §3.3.3)
+SEQ_SOFT = SEQ_MAX - 2**24  # ask for a rekey well before the counter runs out
+PROTOCOLS = {"esp": IPPROTO_ESP, "ah": IPPROTO_AH}
+
+
+class PolicyViolation(IPsecError):
+    """The packet used an SA in a way its policy forbids (e.g. ESP of an AH+ESP bundle alone)."""
+
+    counter = "dropped_by_policy"
+
+
+@dataclass
+class Lifetime:
+    """Soft and hard limits (None = unlimited). Soft: IKE should rekey; hard: the SA is deleted."""
+
+    soft_kilobytes: int | None = None
+    hard_kilobytes: int | None = None
+    soft_seconds: float | None = None
+    hard_seconds: float | None = None
+
+
+class ReplayWindow:
+    """Anti-replay sliding window (RFC 4303 §3.4.3 and Appendix A2), bitmap in an int.
+
+    ``check`` runs before the ICV check (cheap rejection); ``accept`` only after the
+    ICV verified, so forged packets cannot move the window.
+    """
+
+    __slots__ = ("_mask", "bitmap", "size", "top")
+
+    def __init__(self, size: int = 64):
+        if size < 64:
+            raise ValueError(f"replay window of {size} packets: at least 64 required")
+        self.size = size
+        self.top = 0  # highest authenticated sequence number
+        self.bitmap = 0  # bit i set: top - i was received
+        self._mask = (1 << size) - 1
+
+    def check(self, seq: int) -> None:
+        if seq > self.top:
+            return
+        if seq == 0:
+            raise Replayed("sequence number 0 is never sent (RFC 4303 §3.3.3)")
+        behind = self.top - seq
+        if behind >= self.size:
+            raise Replayed(f"sequence number {seq} is left of the window (highest {self.top}, "
+                           f"size {self.size})")
+        if self.bitmap >> behind & 1:
+            raise Replayed(f"sequence number {seq} already received")
+
+    def accept(self, seq: int) -> None:
+        if seq > self.top:
+            shift = seq - self.top
+            self.bitmap = ((self.bitmap << shift) | 1) & self._mask if shift < self.size else 1
+            self.top = seq
+        else:
+            self.bitmap |= 1 << (self.top - seq)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"SA {name} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+@dataclass(eq=False)
+class SecurityAssociation:
+    """One SA. ``src``/``dst`` are the outer (tunnel or host) addresses of this direction.
+
+    ``udp_encap`` = (sport, dport) puts ESP in UDP (RFC 3948). ``inner`` makes an
+    AH+ESP bundle (RFC 4301 §4.5, Windows "AH and ESP"): this SA must be AH, ``inner``
+    the ESP SA of the same direction and peers; outbound ESP is applied first (in
+    the bundle's mode), then AH over the result (IP | AH | ESP | ...), inbound the
+    reverse.  Keys are bytes of exactly the algorithm's key size (GCM: salt included).
+    """
+
+    spi: int
+    protocol: str  # "esp" | "ah"
+    direction: str  # "inbound" | "outbound"
+    mode: str  # "transport" | "tunnel"
+    src: str
+    dst: str
+    encryption: str = "null"
+    encryption_key: bytes = field(default=b"", repr=False)
+    integrity: str | None = None
+    integrity_key: bytes = field(default=b"", repr=False)
+    udp_encap: tuple[int, int] | None = None
+    lifetime: Lifetime = field(default_factory=Lifetime)
+    idle_timeout: float | None = None  # seconds without packets before SAD.expire deletes it
+    replay_window: int = 64
+    inner: SecurityAssociation | None = None
+    created: float = field(default_factory=time.monotonic)
+    seq: int = 0  # outbound: last sequence number sent; inbound: highest accepted
+    counters: SACounters = field(default_factory=SACounters, repr=False)
+
+    def __post_init__(self) -> None:
+        _choice("protocol", self.protocol, ("esp", "ah"))
+        _choice("direction", self.direction, ("inbound", "outbound"))
+        _choice("mode", self.mode, ("transport", "tunnel"))
+        if not 256 <= self.spi <= SEQ_MAX:
+            raise ValueError(f"SPI {self.spi:#x} outside 0x100-0xffffffff (RFC 4303 §2.1)")
+        self._src, self._dst = ip_to_bytes(self.src), ip_to_bytes(self.dst)
+        enc = algorithms.encryption(self.encryption)
+        integ = algorithms.integrity(self.integrity) if self.integrity else None
+        if self.protocol == "esp":
+            self._esp = esp.transform(enc, self.encryption_key, integ, self.integrity_key)
+        else:
+            if enc.mode != "null" or integ is None:
+                raise ValueError("an AH SA needs an integrity algorithm and no encryption")
+            if self.udp_encap:
+                raise ValueError("AH cannot be UDP-encapsulated (RFC 3715 §2.1)")
+            self._ah = AhTransform(integ, self.integrity_key)
+        self.confidential = enc.mode != "null"
+        self.authenticated = self.protocol == "ah" or integ is not None or enc.aead
+        if self.inner is not None and (
+                self.protocol != "ah" or self.inner.protocol != "esp"
+                or (self.inner.direction, self.inner.src, self.inner.dst, self.inner.mode)
+                != (self.direction, self.src, self.dst, self.mode)):
+            raise ValueError("a bundle is an AH SA whose inner SA is ESP with the same direction, "
+                             "addresses and mode")
+        # in a bundle the ESP SA builds the tunnel header; AH goes over it like transport mode
+        self._tunnel = self.mode == "tunnel" and self.inner is None
+        self._spi_bytes = self.spi.to_bytes(4, "big")
+        self._replay = ReplayWindow(self.replay_window) if self.direction == "inbound" else None
+        hard_kb = self.lifetime.hard_kilobytes
+        self._hard_bytes = math.inf if hard_kb is None else hard_kb * 1024
+        self.outer: SecurityAssociation | None = None  # set on the ESP SA of a bundle
+        self.soft_notified = False
+        self._idle_packets, self._idle_since = 0, self.created
+        self._global: Counters | None = None  # the SAD's counters, set by SAD.add
+
+    # -- outbound --
+
+    def encapsulate(self, packet: bytes) -> bytes:
+        """Protect a complete inner IPv4 packet; return the outer IPv4 packet for a raw socket.
+
+        Transport mode keeps the packet's header (TTL kept; protocol, length and
+        checksum fixed); tunnel mode adds a header src -> dst with TTL 64 and TOS and
+        DF copied from the inner header (RFC 4301 §5.1.2.1).  With ``udp_encap`` the
+        ESP rides in UDP (checksum 0).  Transport mode + UDP leaves the inner TCP/UDP
+        checksum alone: our peers see our real addresses (RFC 3948 §3.1.2 is the
+        receiver's job when a NAT rewrote them).  Raises SAExpired, BadPacket.
+        """
+        if self.inner is not None:
+            packet = self.inner.encapsulate(packet)
+        if self._tunnel:
+            if len(packet) < 20 or packet[0] >> 4 != 4:
+                raise BadPacket("inner packet is not IPv4")
+            header, payload, next_header = None, packet, IPPROTO_IPIP
+        else:
+            next_header, header, payload = split_ipv4(packet)
+        seq = self._next_seq(len(payload))
+        if self.protocol == "ah":
+            return self._ah_encapsulate(header, payload, next_header, seq, packet)
+        body = self._esp.seal(self._spi_bytes + seq.to_bytes(4, "big"), payload, next_header)
+        protocol = IPPROTO_ESP
+        if self.udp_encap:
+            body = esp.udp_header(*self.udp_encap, len(body)) + body
+            protocol = IPPROTO_UDP
+        if header is None:
+            return self._tunnel_header(packet, protocol, len(body), seq) + body
+        return rewrite_ipv4_header(header, protocol, len(header) + len(body)) + body
+
+    def encapsulate_udp(self, packet: bytes) -> bytes:
+        """Like ``encapsulate`` but only the ESP bytes, for sending on the UDP 4500 socket."""
+        outer = self.encapsulate(packet)
+        return outer[(outer[0] & 0x0F) * 4 + UDP_HEADER:]
+
+    def _ah_encapsulate(self, header: bytes | None, payload: bytes, next_header: int, seq: int,
+                        packet: bytes) -> bytes:
+        length = self._ah.length + len(payload)
+        if header is None:
+            header = self._tunnel_header(packet, IPPROTO_AH, length, seq)
+        elif len(header) != 20:
+            raise BadPacket("AH over an IPv4 header with options is not supported")
+        else:
+            header = rewrite_ipv4_header(header, IPPROTO_AH, 20 + length)
+        return header + self._ah.seal(header, payload, next_header, self.spi, seq) + payload
+
+    def _tunnel_header(self, inner: bytes, protocol: int, length: int, seq: int) -> bytes:
+        return ipv4_header(self._src, self._dst, protocol, length, tos=inner[1],
+                           ident=seq & 0xFFFF, flags_fragment=inner[6] << 8 & 0x4000)
+
+    def _next_seq(self, nbytes: int) -> int:
+        seq = self.seq + 1
+        if seq > SEQ_MAX:
+            raise SAExpired(f"SA {self.spi:#x}: sequence number would wrap (RFC 4303 §3.3.3)")
+        counters = self.counters
+        if counters.bytes + nbytes > self._hard_bytes:
+            raise SAExpired(f"SA {self.spi:#x}: hard lifetime of "
+                            f"{self.lifetime.hard_kilobytes} KB reached")
+        self.seq = seq
+        counters.packets += 1
+        counters.bytes += nbytes
+        return seq
+
+    # -- inbound --
+
+    def decapsulate(self, packet: bytes) -> bytes:
+        """Verify and strip ESP/AH from a complete outer IPv4 packet (proto 50, 51 or UDP-ESP).
+
+        Returns the inner IPv4 packet: tunnel mode the encapsulated packet, transport
+        mode the received header with the next protocol, length and checksum fixed.
+        Raises (after counting) BadPacket, AuthenticationFailed, DecryptionFailed,
+        Replayed, DummyPacket, PolicyViolation.
+        """
+        try:
+            protocol, header, body = split_ipv4(packet)
+            if self.protocol == "ah":
+                result = self._ah_decapsulate(protocol, header, body)
+            else:
+                if protocol == IPPROTO_UDP:
+                    body = body[UDP_HEADER:]
+                elif protocol != IPPROTO_ESP:
+                    raise BadPacket(f"IP protocol {protocol} for ESP SA {self.spi:#x}")
+                result = self._esp_decapsulate(header, body)
+        except IPsecError as e:
+            self._count_drop(e)
+            raise
+        return result if self.inner is None else self.inner.decapsulate(result)
+
+    def decapsulate_udp(self, payload: bytes, src: str, dst: str) -> bytes:
+        """``decapsulate`` for ESP read from a UDP socket: ``payload`` starts at the SPI.
+
+        ``src``/``dst`` are the datagram's addresses; transport mode rebuilds the
+        inner header from them (TTL 64).
+        """
+        try:
+            header = ipv4_header(ip_to_bytes(src), ip_to_bytes(dst), IPPROTO_UDP, 0)
+            return self._esp_decapsulate(header, payload)
+        except IPsecError as e:
+            self._count_drop(e)
+            raise
+
+    def _esp_decapsulate(self, header: bytes, body: bytes) -> bytes:
+        if body[:4] != self._spi_bytes:
+            raise BadPacket(f"SPI {body[:4].hex()} is not SA {self.spi:#x}")
+        seq = int.from_bytes(body[4:8], "big")
+        self._replay.check(seq)
+        next_header, payload = self._esp.open(body)
+        return self._deliver(header, next_header, seq, payload)
+
+    def _ah_decapsulate(self, protocol: int, header: bytes, body: bytes) -> bytes:
+        if protocol != IPPROTO_AH or len(body) < 12:
+            raise BadPacket(f"not an AH packet (protocol {protocol}, {len(body)} bytes)")
+        if body[4:8] != self._spi_bytes:
+            raise BadPacket(f"SPI {body[4:8].hex()} is not SA {self.spi:#x}")
+        self._replay.check(int.from_bytes(body[8:12], "big"))
+        next_header, seq, payload = self._ah.open(header + body)
+        return self._deliver(header, next_header, seq, payload)
+
+    def _deliver(self, header: bytes, next_header: int, seq: int, payload: bytes) -> bytes:
+        self._replay.accept(seq)
+        self.seq = self._replay.top
+        counters = self.counters
+        counters.packets += 1
+        counters.bytes += len(payload)
+        if next_header == IPPROTO_NONE:
+            raise DummyPacket("dummy packet (next header 59)")
+        if self._tunnel:
+            if next_header != IPPROTO_IPIP or len(payload) < 20 or payload[0] >> 4 != 4 \
+                    or int.from_bytes(payload[2:4], "big") != len(payload):
+                raise BadPacket(f"tunnel SA {self.spi:#x}: payload is not one IPv4 packet "
+                                f"(next header {next_header})")
+            return payload
+        return rewrite_ipv4_header(header, next_header, len(header) + len(payload)) + payload
+
+    def _count_drop(self, error: IPsecError) -> None:
+        key = error.counter
+        if key is None:
+            return
+        if key in SACounters.__slots__:
+            self.counters.count(key)
+        if self._global is not None:
+            self._global.count(key)
+
+    # -- lifetimes --
+
+    def soft_expired(self, now: float) -> bool:
+        """Soft lifetime (bytes or seconds) reached, or the sequence number nears its end."""
+        lt = self.lifetime
+        return (_reached(self.counters.bytes, lt.soft_kilobytes, 1024)
+                or _reached(now - self.created, lt.soft_seconds, 1) or self.seq >= SEQ_SOFT)
+
+    def hard_expired(self, now: float) -> bool:
+        """Hard lifetime reached or sequence numbers exhausted: the SA must be deleted."""
+        lt = self.lifetime
+        return (_reached(self.counters.bytes, lt.hard_kilobytes, 1024)
+                or _reached(now - self.created, lt.hard_seconds, 1) or self.seq >= SEQ_MAX)
+
+    def idle(self, now: float) -> bool:
+        """No packet for ``idle_timeout`` seconds, as seen by successive calls (no per-packet clock)."""
+        if self.idle_timeout is None:
+            return False
+        if self.counters.packets != self._idle_packets:
+            self._idle_packets, self._idle_since = self.counters.packets, now
+            return False
+        return now - self._idle_since >= self.idle_timeout
+
+    @property
+    def key(self) -> tuple[int, bytes, int]:
+        """The SAD key (RFC 4301 §4.1): SPI, destination, protocol number."""
+        return self.spi, self._dst, PROTOCOLS[self.protocol]
+
+
+def _reached(value: float, limit: float | None, unit: int) -> bool:
+    return limit is not None and value >= limit * unit
+
+
+class SAD:
+    """The SAs of one node; inbound lookup by (SPI, destination, protocol).
+
+    Outbound SA selection belongs to the driver (SPD); the SAD only holds them for
+    expiry, monitoring and deletion.  A bundle is added through its outer (AH) SA.
+    """
+
+    def __init__(self) -> None:
+        self.counters = Counters()
+        self._sas: dict[tuple[int, bytes, int], SecurityAssociation] = {}
+
+    def add(self, sa: SecurityAssociation) -> None:
+        """Install an SA (and the inner SA of a bundle). ValueError if the key is taken."""
+        members = [sa] if sa.inner is None else [sa, sa.inner]
+        for member in members:
+            if member.key in self._sas:
+                raise ValueError(f"an SA with SPI {member.spi:#x}, destination {member.dst}, "
+                                 f"protocol {member.protocol} already exists")
+        if sa.inner is not None:
+            sa.inner.outer = sa
+        for member in members:
+            self._sas[member.key] = member
+            member._global = self.counters
+            self.counters.key_additions += 1
+
+    def delete(self, spi: int, dst: str, protocol: str) -> SecurityAssociation:
+        """Remove an SA (a whole bundle if it is part of one); KeyError if absent."""
+        sa = self._sas[(spi, ip_to_bytes(dst), PROTOCOLS[protocol])]
+        outer = sa.outer or sa
+        for member in (outer, outer.inner):
+            if member is not None and self._sas.pop(member.key, None) is member:
+                self._retire(member)
+        return sa
+
+    def lookup(self, spi: int, dst: str | bytes, protocol: str | int) -> SecurityAssociation:
+        """The SA for an inbound packet, or UnknownSPI (counted as a bad SPI packet)."""
+        dst_bytes = dst if isinstance(dst, bytes) else ip_to_bytes(dst)
+        proto = protocol if isinstance(protocol, int) else PROTOCOLS[protocol]
+        sa = self._sas.get((spi, dst_bytes, proto))
+        if sa is None or sa.direction != "inbound":
+            self.counters.bad_spi_packets += 1
+            raise UnknownSPI(f"no inbound SA for SPI {spi:#x}, destination "
+                             f"{'.'.join(map(str, dst_bytes))}, protocol {proto}")
+        return sa
+
+    def inbound(self, packet: bytes) -> tuple[bytes, SecurityAssociation]:
+        """Look up and decapsulate an outer IPv4 packet (ESP, AH or ESP in UDP).
+
+        Returns (inner packet, the SA that matched first: for a bundle the AH SA).
+        """
+        try:
+            if len(packet) < 20:
+                raise BadPacket(f"{len(packet)}-byte packet")
+            offset = (packet[0] & 0x0F) * 4
+            protocol = packet[9]
+            if protocol == IPPROTO_UDP:
+                offset, protocol = offset + UDP_HEADER, IPPROTO_ESP
+            elif protocol == IPPROTO_AH:
+                offset += 4
+            elif protocol != IPPROTO_ESP:
+                raise BadPacket(f"IP protocol {protocol} is neither ESP nor AH")
+            if len(packet) < offset + 4:
+                raise BadPacket(f"{len(packet)}-byte packet too short for an SPI")
+        except BadPacket:
+            self.counters.malformed_packets += 1
+            raise
+        sa = self._inbound_sa(int.from_bytes(packet[offset:offset + 4], "big"), packet[16:20], protocol)
+        return sa.decapsulate(packet), sa
+
+    def inbound_udp(self, payload: bytes, src: str, dst: str) -> tuple[bytes, SecurityAssociation]:
+        """``inbound`` for an ESP payload read from the UDP 4500 socket (classify it first)."""
+        if len(payload) < 8:
+            self.counters.malformed_packets += 1
+            raise BadPacket(f"{len(payload)}-byte UDP-ESP payload")
+        sa = self._inbound_sa(int.from_bytes(payload[:4], "big"), ip_to_bytes(dst), IPPROTO_ESP)
+        return sa.decapsulate_udp(payload, src, dst), sa
+
+    def _inbound_sa(self, spi: int, dst: bytes, protocol: int) -> SecurityAssociation:
+        sa = self.lookup(spi, dst, protocol)
+        if sa.outer is not None:
+            self.counters.dropped_by_policy += 1
+            raise PolicyViolation(f"ESP SA {spi:#x} belongs to an AH+ESP bundle: AH missing")
+        return sa
+
+    def expire(self, now: float | None = None) -> list[tuple[SecurityAssociation, str]]:
+        """Lifetime events since the last call: (sa, "soft" | "hard" | "idle").
+
+        Hard-expired and idle SAs (whole bundles) are deleted; soft is reported once.
+        """
+        now = time.monotonic() if now is None else now
+        events = []
+        for sa in list(self._sas.values()):
+            if sa.key not in self._sas:
+                continue  # deleted with its bundle
+            reason = "hard" if sa.hard_expired(now) else "idle" if sa.idle(now) else None
+            if reason:
+                self.delete(sa.spi, sa.dst, sa.protocol)
+                events.append((sa, reason))
+            elif not sa.soft_notified and sa.soft_expired(now):
+                sa.soft_notified = True
+                events.append((sa, "soft"))
+        return events
+
+    def snapshot(self) -> Counters:
+        """Global counters with the live SAs' bytes added (for ipsecctl)."""
+        total = Counters()
+        for key, _ in total.FIELDS:
+            setattr(total, key, getattr(self.counters, key))
+        for sa in self._sas.values():
+            _add_bytes(total, sa)
+        total.active_sas = len(self._sas)
+        return total
+
+    def _retire(self, sa: SecurityAssociation) -> None:
+        _add_bytes(self.counters, sa)
+        self.counters.key_deletions += 1
+
+    def __iter__(self) -> Iterator[SecurityAssociation]:
+        return iter(list(self._sas.values()))
+
+    def __len__(self) -> int:
+        return len(self._sas)
+
+
+def _add_bytes(counters: Counters, sa: SecurityAssociation) -> None:
+    side = "sent" if sa.direction == "outbound" else "received"
+    n = sa.counters.bytes
+    if sa.confidential:
+        counters.count(f"confidential_bytes_{side}", n)
+    if sa.authenticated:
+        counters.count(f"authenticated_bytes_{side}", n)
+    counters.count(f"{'tunnel' if sa.mode == 'tunnel' else 'transport'}_bytes_{side}", n)

@@ -1,0 +1,52 @@
+"""The TUN device: where the kernel hands the driver packets to secure, and takes back decrypted ones.
+
+Packets routed into `ipsec0` (policy routing on the secure mark) are read here as bare IPv4 packets;
+packets written here enter the IP stack as if received on `ipsec0`, for local delivery or forwarding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+
+
+class Tun:
+    """A non-blocking TUN device, created on open and gone when its file descriptor closes."""
+
+    def __init__(self, name: str = "ipsec0", mtu: int = 1400) -> None:
+        self.name = name
+        self.mtu = mtu
+        self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+        try:
+            fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+            with contextlib.suppress(OSError):  # IPv4 only: no IPv6 chatter (router solicitations) in the TUN
+                Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
+            subprocess.run(["ip", "link", "set", name, "mtu", str(mtu), "up"], check=True,
+                           capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            os.close(self.fd)
+            detail = getattr(e, "stderr", None) or e
+            raise OSError(f"cannot create TUN device {name}: {detail}") from None
+
+    def read(self) -> bytes | None:
+        """One packet, or None when the queue is empty."""
+        try:
+            return os.read(self.fd, 65535)
+        except BlockingIOError:
+            return None
+
+    def write(self, packet: bytes) -> None:
+        os.write(self.fd, packet)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

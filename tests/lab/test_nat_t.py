@@ -1,0 +1,21 @@
+"""nat-t on real containers: the NAT box masquerades and rewrites UDP source ports."""
+
+from scapy.layers.inet import IP, UDP
+
+from lab.capture import assert_source_seen, ip_packets
+from lab.traffic import udp_send
+
+
+def test_server_sees_the_nat_address_and_rewritten_ports(lab_up):
+    lab = lab_up("nat-t")
+    client, server = lab.node("client"), lab.node("server")
+    with server.capture("eth1") as outside, client.capture("eth1") as inside:
+        client.exec(["ping", "-c", "2", "-i", "0.2", "-W", "2", server.address()], check=True)
+        udp_send(client, server.address(), 500, b"looks-like-ike", source_port=500)
+    seen = outside.packets()
+    assert_source_seen(seen, "203.0.113.1", dst="203.0.113.2")
+    assert not [p for p in ip_packets(seen) if p[IP].src.startswith("192.168.")], "private address leaked"
+    udp = [p for p in ip_packets(seen) if UDP in p and p[UDP].dport == 500]
+    assert udp and all(40000 <= p[UDP].sport <= 40999 for p in udp), [p.summary() for p in udp]
+    # on the inside the client's own address and port are intact
+    assert any(UDP in p and p[UDP].sport == 500 for p in assert_source_seen(inside.packets(), "192.168.1.10"))

@@ -1,0 +1,241 @@
+"""The driver's packet logic, checked against scapy's independent ESP/AH code (no kernel I/O here).
+
+Outbound packets the driver builds are decrypted by scapy; inbound packets scapy builds are fed to the
+driver; drops must land on the ipsecmon counter they belong to.
+"""
+
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.ipsec import AH, ESP, SecurityAssociation
+
+from ipsecd.driver import Driver, RecordingWire
+from ipsecd.sad import Lifetime
+from ipsecd.sad import SecurityAssociation as SA
+from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+
+A, B = "10.0.0.1", "10.0.0.2"
+GCM_KEY = bytes(range(20))
+CBC_KEY, SHA1_KEY = bytes(range(16)), bytes(range(100, 120))
+SECURE = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+
+
+def host_filter(action=SECURE, tunnel=None, src=A, dst=B):
+    return Filter("a-b", IPv4Network(src), IPv4Network(dst), action, tunnel=tunnel).mirrored()
+
+
+def scapy_gcm(spi, **kw):
+    return SecurityAssociation(ESP, spi=spi, crypt_algo="AES-GCM", crypt_key=GCM_KEY, **kw)
+
+
+class FakeIKE:
+    def __init__(self):
+        self.acquired, self.expired, self.datagrams = [], [], []
+
+    def acquire(self, f, sel):
+        self.acquired.append((f.name, str(sel)))
+
+    def expire(self, sa, hard):
+        self.expired.append((sa.spi, hard))
+
+    def datagram_4500(self, data, addr):
+        self.datagrams.append((data, addr))
+
+
+@pytest.fixture
+def host():
+    """Host A: one mirrored filter to B and a GCM SA pair in transport mode."""
+    wire = RecordingWire()
+    driver = Driver(SPD(host_filter()), wire=wire)
+    driver.add_sa(SA(0x1001, "esp", "outbound", "transport", A, B, "aes-gcm-128", GCM_KEY), "a-b")
+    driver.add_sa(SA(0x2001, "esp", "inbound", "transport", B, A, "aes-gcm-128", GCM_KEY), "a-b")
+    return driver, wire
+
+
+def ping(src=A, dst=B, load=b"marker-1234"):
+    return IP(src=src, dst=dst, id=7) / ICMP(id=1, seq=1) / load
+
+
+def test_outbound_transport_esp_decrypts_with_scapy(host):
+    driver, wire = host
+    driver.outbound(bytes(ping()))
+    (packet, dst), = wire.sent
+    assert dst == B and b"marker-1234" not in packet
+    outer = IP(packet)
+    assert outer.proto == 50 and outer[ESP].spi == 0x1001 and outer[ESP].seq == 1
+    inner = scapy_gcm(0x1001).decrypt(outer)
+    assert bytes(inner[ICMP]) == bytes(ping()[ICMP])
+    assert driver.counter_values()["confidential_bytes_sent"] > 0
+
+
+def test_inbound_from_scapy_is_delivered_and_counted(host):
+    driver, wire = host
+    sealed = scapy_gcm(0x2001).encrypt(IP(bytes(ping(B, A))))
+    driver.inbound(bytes(sealed))
+    (delivered,) = wire.delivered
+    assert IP(delivered)[ICMP].load == b"marker-1234"
+    assert driver.counter_values()["confidential_bytes_received"] > 0
+
+
+def test_tampered_replayed_and_unknown_spi_packets_are_counted(host):
+    driver, wire = host
+    sealed = bytes(scapy_gcm(0x2001).encrypt(IP(bytes(ping(B, A)))))
+    tampered = bytearray(sealed)
+    tampered[-20] ^= 1
+    driver.inbound(bytes(tampered))
+    driver.inbound(sealed)
+    driver.inbound(sealed)  # the same again: a replay
+    driver.inbound(bytes(scapy_gcm(0x9999).encrypt(IP(bytes(ping(B, A))))))
+    driver.inbound(b"\x45\x00garbage")
+    counters = driver.counter_values()
+    assert len(wire.delivered) == 1
+    assert counters["packets_not_authenticated"] == 1
+    assert counters["replayed_packets"] == 1
+    assert counters["bad_spi_packets"] == 1
+    assert counters["malformed_packets"] == 1
+    sa_counters = {s["spi"]: s["counters"] for s in driver.sa_table()}["0x00002001"]
+    assert (sa_counters["packets"], sa_counters["replayed_packets"]) == (1, 1)
+
+
+def test_inner_packet_outside_the_sa_filter_is_dropped(host):
+    driver, wire = host
+    stranger = IP(src="10.9.9.9", dst=A) / ICMP()
+    driver.inbound(bytes(scapy_gcm(0x2001).encrypt(IP(bytes(stranger)))))
+    assert wire.delivered == []
+    assert driver.counter_values()["dropped_by_policy"] == 1
+
+
+def test_tunnel_mode_cbc_sha1_between_gateways():
+    wire = RecordingWire()
+    site = Filter("site", IPv4Network("10.1.0.0/24"), IPv4Network("10.2.0.0/24"), SECURE,
+                  tunnel=IPv4Address("198.51.100.2")).mirrored()
+    driver = Driver(SPD(site), wire=wire)
+    driver.add_sa(SA(0x3001, "esp", "outbound", "tunnel", "198.51.100.1", "198.51.100.2", "aes-cbc-128",
+                     CBC_KEY, "hmac-sha1-96", SHA1_KEY), "site")
+    driver.add_sa(SA(0x3002, "esp", "inbound", "tunnel", "198.51.100.2", "198.51.100.1", "aes-cbc-128",
+                     CBC_KEY, "hmac-sha1-96", SHA1_KEY), "site")
+    inner = IP(src="10.1.0.10", dst="10.2.0.10") / TCP(sport=1234, dport=80) / b"hello"
+    driver.outbound(bytes(inner))
+    (packet, dst), = wire.sent
+    outer = IP(packet)
+    assert (dst, outer.src, outer.dst) == ("198.51.100.2", "198.51.100.1", "198.51.100.2")
+    theirs = SecurityAssociation(ESP, spi=0x3001, crypt_algo="AES-CBC", crypt_key=CBC_KEY,
+                                 auth_algo="HMAC-SHA1-96", auth_key=SHA1_KEY,
+                                 tunnel_header=IP(src="198.51.100.1", dst="198.51.100.2"))
+    assert bytes(theirs.decrypt(outer)) == bytes(inner)
+    back = IP(src="10.2.0.10", dst="10.1.0.10") / TCP(sport=80, dport=1234) / b"reply"
+    sealer = SecurityAssociation(ESP, spi=0x3002, crypt_algo="AES-CBC", crypt_key=CBC_KEY,
+                                 auth_algo="HMAC-SHA1-96", auth_key=SHA1_KEY,
+                                 tunnel_header=IP(src="198.51.100.2", dst="198.51.100.1"))
+    driver.inbound(bytes(sealer.encrypt(IP(bytes(back)))))
+    assert wire.delivered == [bytes(back)]
+
+
+def test_udp_encapsulation_learns_the_port_a_nat_chose():
+    wire = RecordingWire()
+    server, nat = "203.0.113.2", "203.0.113.1"
+    driver = Driver(SPD(host_filter(src=server, dst=nat)), wire=wire)
+    driver.add_sa(SA(0x4001, "esp", "outbound", "transport", server, nat, "aes-gcm-128", GCM_KEY,
+                     udp_encap=(4500, 4500)), "a-b")
+    driver.add_sa(SA(0x4002, "esp", "inbound", "transport", nat, server, "aes-gcm-128", GCM_KEY,
+                     udp_encap=(4500, 4500)), "a-b")
+    # The client sent from its private address; the NAT rewrote it (and the TCP checksum is now wrong).
+    original = IP(src="192.168.1.10", dst=server) / TCP(sport=5555, dport=22, flags="S")
+    sealed = scapy_gcm(0x4002, nat_t_header=UDP(sport=40001, dport=4500)).encrypt(IP(bytes(original)))
+    driver.inbound_udp(bytes(sealed[ESP]), nat, 40001, server)
+    (delivered,) = wire.delivered
+    rebuilt = IP(delivered)
+    assert (rebuilt.src, rebuilt.dst) == (nat, server)
+    recomputed = IP(bytes(IP(src=nat, dst=server) / TCP(sport=5555, dport=22, flags="S")))
+    assert rebuilt[TCP].chksum == recomputed[TCP].chksum
+    driver.outbound(bytes(IP(src=server, dst=nat) / TCP(sport=22, dport=5555, flags="SA")))
+    (payload, addr), = wire.sent_udp
+    assert addr == (nat, 40001)
+    assert scapy_gcm(0x4001).decrypt(IP(src=server, dst=nat, proto=50) / ESP(payload))[TCP].flags == "SA"
+
+
+def test_port_4500_demux_hands_ike_over_and_counts_keepalives(host):
+    driver, wire = host
+    ike = FakeIKE()
+    driver.ike = ike
+    isakmp = bytes(range(28))
+    driver.inbound_udp(b"\x00\x00\x00\x00" + isakmp, B, 4500, A)
+    driver.inbound_udp(b"\xff", B, 4500, A)
+    driver.inbound_udp(b"\x01", B, 4500, A)
+    assert ike.datagrams == [(isakmp, (B, 4500))]
+    counters = driver.counter_values()
+    assert (counters["nat_keepalives_received"], counters["malformed_packets"]) == (1, 1)
+    driver.send_4500(isakmp, (B, 4500))
+    assert wire.sent_udp == [(b"\x00\x00\x00\x00" + isakmp, (B, 4500))]
+
+
+def test_without_ike_packets_with_no_sa_are_dropped_and_counted():
+    wire = RecordingWire()
+    driver = Driver(SPD(host_filter()), wire=wire)
+    driver.outbound(bytes(ping()))
+    driver.outbound(bytes(ping()))
+    assert wire.sent == [] and driver.counter_values()["packets_without_sa"] == 2
+
+
+def test_acquire_keeps_only_the_last_packet_and_sends_it_when_the_sa_arrives():
+    clock = [100.0]
+    wire, ike = RecordingWire(), FakeIKE()
+    driver = Driver(SPD(host_filter()), wire=wire, ike=ike, clock=lambda: clock[0])
+    for n in range(3):
+        driver.outbound(bytes(ping(load=b"packet-%d" % n)))
+    assert ike.acquired == [("a-b", f"{A} -> {B} proto 1")]  # asked once, not per packet
+    clock[0] += 6
+    driver.outbound(bytes(ping(load=b"packet-3")))
+    assert len(ike.acquired) == 2  # asked again after the retry interval
+    driver.add_sa(SA(0x1001, "esp", "outbound", "transport", A, B, "aes-gcm-128", GCM_KEY), "a-b")
+    (packet, _), = wire.sent
+    assert scapy_gcm(0x1001).decrypt(IP(packet))[ICMP].load == b"packet-3"
+    assert driver.counter_values()["packets_without_sa"] == 3
+
+
+def test_ah_plus_esp_bundle_is_readable_by_scapy():
+    wire = RecordingWire()
+    driver = Driver(SPD(host_filter()), wire=wire)
+    esp_sa = SA(0x5001, "esp", "outbound", "transport", A, B, "3des-cbc", bytes(range(24)),
+                "hmac-md5-96", bytes(16))
+    driver.add_sa(SA(0x5002, "ah", "outbound", "transport", A, B, integrity="hmac-sha1-96",
+                     integrity_key=SHA1_KEY, inner=esp_sa), "a-b")
+    driver.outbound(bytes(ping()))
+    (packet, _), = wire.sent
+    ah = SecurityAssociation(AH, spi=0x5002, auth_algo="HMAC-SHA1-96", auth_key=SHA1_KEY)
+    esp = SecurityAssociation(ESP, spi=0x5001, crypt_algo="3DES", crypt_key=bytes(range(24)),
+                              auth_algo="HMAC-MD5-96", auth_key=bytes(16))
+    assert esp.decrypt(IP(bytes(ah.decrypt(IP(packet)))))[ICMP].load == b"marker-1234"
+
+
+def test_a_block_filter_loaded_later_drops_what_the_kernel_already_marked(host):
+    driver, wire = host
+    driver.load_policy(SPD(host_filter(FilterAction("block", Action.BLOCK))))
+    driver.outbound(bytes(ping()))
+    assert wire.sent == [] and driver.counter_values()["dropped_by_policy"] == 1
+
+
+def test_soft_association_sends_in_clear():
+    wire = RecordingWire()
+    driver = Driver(SPD(host_filter()), wire=wire, ike=FakeIKE())
+    driver.outbound(bytes(ping(load=b"first")))
+    driver.add_soft_sa("a-b", B)
+    driver.outbound(bytes(ping(load=b"second")))
+    assert [IP(p)[ICMP].load for p, _ in wire.sent] == [b"first", b"second"]
+
+
+def test_idle_and_hard_expiry_delete_and_tell_ike(host):
+    driver, _ = host
+    ike = FakeIKE()
+    driver.ike = ike
+    driver.add_sa(SA(0x6001, "esp", "outbound", "transport", A, "10.0.0.3", "aes-gcm-128", GCM_KEY,
+                     lifetime=Lifetime(soft_seconds=1, hard_seconds=2)), "a-b")
+    sa = next(s for s in driver.sad if s.spi == 0x6001)
+    driver.expire(sa.created + 1.5)
+    assert ike.expired == [(0x6001, False)]
+    driver.expire(sa.created + 2.5)
+    assert (0x6001, True) in ike.expired
+    assert all(s.spi != 0x6001 for s in driver.sad)
+    driver.expire(sa.created + 1000)  # the idle timeout (300 s) removes the quiet host SAs too
+    assert len(driver.sad) == 0

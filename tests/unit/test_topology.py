@@ -1,0 +1,193 @@
+"""Topology files: the shipped ones load; each kind of bad file is refused naming file, line and field."""
+
+from pathlib import Path
+
+import pytest
+
+from lab import model, topology
+from lab.docker_backend import DockerBackend, LabError, nat_ruleset
+from lab.graph import to_dot
+
+GOOD = """\
+name: demo
+segments:
+  lan: {subnet: 10.0.0.0/24}
+  wan: {subnet: 198.51.100.0/24}
+nodes:
+  a:
+    interfaces:
+      eth1: {segment: lan, address: 10.0.0.1/24}
+    routes:
+      - {to: default, via: 10.0.0.254}
+  gw:
+    role: nat
+    interfaces:
+      eth1: {segment: lan, address: 10.0.0.254/24}
+      eth2: {segment: wan, address: 198.51.100.1/24}
+    nat: {outside: eth2, ports: 40000-40999}
+"""
+
+
+def refused(text: str) -> list[str]:
+    with pytest.raises(topology.TopologyError) as caught:
+        topology.loads(text, "topologies/x.yaml")
+    return caught.value.problems
+
+
+@pytest.mark.parametrize("name", ["intranet-pair", "nat-t", "gateway-tunnel", "domain"])
+def test_shipped_topologies_load(name):
+    topo = topology.load(name)
+    assert topo.name == name
+    assert topo.path == topology.TOPOLOGY_DIR / f"{name}.yaml"
+
+
+def test_canonical_addresses():
+    assert topology.load("intranet-pair").node("host-b").address("eth1") == "10.0.0.2"
+    nat = topology.load("nat-t")
+    assert (nat.node("nat").address("eth2"), nat.node("server").address()) == ("203.0.113.1", "203.0.113.2")
+    gw = topology.load("gateway-tunnel")
+    assert gw.node("host-a").routes[0].via == gw.node("gw-a").interfaces["eth1"].address.ip
+    assert not topology.load("domain").runnable
+
+
+def test_good_file_builds_the_model():
+    topo = topology.loads(GOOD, "x.yaml")
+    assert topo.node("gw").nat == model.Nat("eth2", (40000, 40999))
+    assert str(topo.node("a").routes[0].to) == "0.0.0.0/0"
+    assert topo.node("gw").all_sysctls()["net.ipv4.ip_forward"] == "1"
+    assert topo.node("a").all_sysctls()["net.ipv4.ip_forward"] == "0"
+    assert [n.name for n, _ in topo.members("lan")] == ["a", "gw"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "address: 10.0.0.1/24",
+            "address: 10.0.0.300/24",
+            "topologies/x.yaml:8: nodes.a.interfaces.eth1.address: '10.0.0.300/24' is not an IPv4 interface",
+        ),
+        (
+            "address: 10.0.0.1/24",
+            "address: 10.0.0.1",
+            "topologies/x.yaml:8: nodes.a.interfaces.eth1.address: '10.0.0.1' is not an IPv4 interface",
+        ),
+        (
+            "subnet: 10.0.0.0/24",
+            "subnet: 10.0.0.1/24",
+            "topologies/x.yaml:3: segments.lan.subnet: '10.0.0.1/24' is not an IPv4 network",
+        ),
+        (
+            "    routes:",
+            "    colour: red\n    routes:",
+            "topologies/x.yaml:9: nodes.a.colour: unknown field 'colour'",
+        ),
+        (
+            "role: nat",
+            "role: firewall",
+            "topologies/x.yaml:12: nodes.gw.role: 'firewall' is not one of host, gateway",
+        ),
+        (
+            "eth1: {segment: lan, address: 10.0.0.1/24}",
+            "eth1: {address: 10.0.0.1/24}",
+            "topologies/x.yaml:8: nodes.a.interfaces.eth1: 'segment' is required",
+        ),
+        (
+            "via: 10.0.0.254",
+            "via: 10.0.0.254/24",
+            "topologies/x.yaml:10: nodes.a.routes[0].via: '10.0.0.254/24' is not an IPv4 address",
+        ),
+        (
+            "ports: 40000-40999",
+            "ports: 40999-40000",
+            "topologies/x.yaml:16: nodes.gw.nat.ports: '40999-40000' is not a port range",
+        ),
+        ("  a:\n", "  A:\n", "topologies/x.yaml:6: nodes.A: 'A' is not a valid name"),
+        # semantic errors, found after the schema passed
+        (
+            "eth1: {segment: lan, address: 10.0.0.1/24}",
+            "eth1: {segment: lam, address: 10.0.0.1/24}",
+            "topologies/x.yaml:8: nodes.a.interfaces.eth1.segment: unknown segment 'lam'",
+        ),
+        (
+            "address: 10.0.0.254/24",
+            "address: 10.0.0.1/24",
+            "topologies/x.yaml:14: nodes.gw.interfaces.eth1.address: 10.0.0.1 is already used by nodes.a",
+        ),
+        (
+            "address: 198.51.100.1/24",
+            "address: 198.51.101.1/24",
+            "topologies/x.yaml:15: nodes.gw.interfaces.eth2.address: 198.51.101.1/24 is outside segment wan",
+        ),
+        (
+            "via: 10.0.0.254",
+            "via: 10.9.0.254",
+            "topologies/x.yaml:10: nodes.a.routes[0].via: gateway 10.9.0.254 is not on any of a's subnets",
+        ),
+        (
+            "outside: eth2",
+            "outside: eth9",
+            "topologies/x.yaml:16: nodes.gw.nat.outside: 'eth9' is not an interface of gw",
+        ),
+        (
+            "    nat: {outside: eth2, ports: 40000-40999}\n",
+            "",
+            "topologies/x.yaml:11: nodes.gw.nat: a node with role nat needs nat settings",
+        ),
+        ("  a:\n", "  a:\n    ipsecd: missing.yaml\n", "topologies/x.yaml:7: nodes.a.ipsecd: "),
+        # YAML-level errors
+        (
+            "  wan: {subnet: 198.51.100.0/24}",
+            "  lan: {subnet: 198.51.100.0/24}",
+            "topologies/x.yaml:4: segments.lan: duplicate key",
+        ),
+        ("nodes:", "nodes: [", "topologies/x.yaml:7: not valid YAML"),
+    ],
+)
+def test_bad_file_is_refused_with_file_line_and_field(old, new, expected):
+    assert old in GOOD
+    problems = refused(GOOD.replace(old, new, 1))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_several_problems_are_all_reported_in_line_order():
+    problems = refused(GOOD.replace("10.0.0.1/24", "10.0.0.300/24").replace("role: nat", "role: nope"))
+    assert [p.split(":")[1] for p in problems] == ["8", "12"]
+
+
+def test_empty_and_missing_files():
+    assert refused("") == ["topologies/x.yaml:1: the file is empty"]
+    with pytest.raises(topology.TopologyError, match=r"no such topology .*known: domain"):
+        topology.load("no-such-topology")
+
+
+def test_overrides_are_merged_before_validation(tmp_path: Path):
+    config = tmp_path / "a.yaml"
+    config.write_text("{}\n")
+    topo = topology.loads(GOOD, "x.yaml", {"nodes": {"a": {"ipsecd": str(config)}}})
+    assert topo.node("a").ipsecd == config
+    assert topo.node("a").interfaces["eth1"].address is not None
+
+
+def test_macs_are_deterministic_locally_administered_unicast():
+    mac = model.mac_address("lab", "host-a", "eth1")
+    assert mac == model.mac_address("lab", "host-a", "eth1") != model.mac_address("lab2", "host-a", "eth1")
+    first = int(mac.split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01
+
+
+def test_nat_ruleset_rewrites_ports_and_can_drop_esp():
+    rules = nat_ruleset(model.Nat("eth2", (40000, 40999), drop_esp=True))
+    assert "oifname eth2 meta l4proto { tcp, udp } masquerade to :40000-40999" in rules
+    assert "meta l4proto esp counter drop" in rules
+
+
+def test_unrunnable_topology_is_refused_with_its_reason():
+    with pytest.raises(LabError, match="not runnable yet: the domain controller image"):
+        DockerBackend(client=object(), images=object()).up(topology.load("domain"))
+
+
+def test_graph_names_every_node_segment_and_address():
+    dot = to_dot(topology.load("gateway-tunnel"))
+    for text in ("gw-a", "host-b", "seg:wan", "198.51.100.0/24", "10.2.0.10/24"):
+        assert text in dot

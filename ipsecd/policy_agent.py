@@ -10,7 +10,7 @@ Every apply returns a ``PolicyChange`` saying which rules changed or went away: 
 SAs negotiated under those rules (the driver tags them with the rule name) and keeps every other SA.
 
 >>> import tempfile
->>> from ipaddress import IPv4Address
+>>> from ipaddress import IPv4Address, IPv4Network
 >>> from ipsecd.policy.store import LocalStore
 >>> from ipsecd.policy.predefined import predefined
 >>> class Recorder:
@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,9 +44,11 @@ import yaml
 
 from ipsecd import spd
 from ipsecd.ike.ike import Rule as IKERule
+from ipsecd.ike.settings import Selector as IKESelector
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
 from ipsecd.policy.ike_settings import CertificateSource, IKESettings, ike_settings
+from ipsecd.policy.soft_association import SoftAssociations, Verdict
 from ipsecd.policy.store import LocalStore, PolicyRef, PolicyStore, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
 
@@ -57,6 +59,15 @@ class Driver(Protocol):
 
 class IKE(Protocol):
     def load_policy(self, rules: list[IKERule]) -> None: ...
+
+
+class Acquiring(Protocol):
+    def acquire(self, rule: IKERule, local: IKESelector, remote: IKESelector, peer: str | None = None,
+                ) -> None: ...
+
+
+class SoftSAs(Protocol):
+    def add_soft_sa(self, filter_name: str, peer: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -196,7 +207,7 @@ class PolicyAgent:
             ref = self.store.assigned_policy()
             stamp = self.store.change_stamp(ref) if ref else None
         except StoreUnavailable as e:
-            self._event("store-unavailable", f"{e}; keeping {self._in_force()}")
+            self.note("store-unavailable", f"{e}; keeping {self._in_force()}")
             return None
         if ref is None:
             return self._unassign() if self.applied else None
@@ -246,10 +257,10 @@ class PolicyAgent:
         self.applied, self._refused = new, None
         self._schedule_poll()
         stamp_text = policyfile.format_stamp(policy.last_changed)
-        self._event(kind, f"{policy.name} {{{policy.guid}}} changed {stamp_text}: {len(policy.rules)} rules, "
+        self.note(kind, f"{policy.name} {{{policy.guid}}} changed {stamp_text}: {len(policy.rules)} rules, "
                           f"{len(filters)} specific filters" + (f"; {change.describe()}" if previous else ""))
         for warning in settings.warnings:
-            self._event("policy-warning", warning)
+            self.note("policy-warning", warning)
         return change
 
     def _unassign(self) -> PolicyChange:
@@ -257,14 +268,14 @@ class PolicyAgent:
         if self.applied:
             self.ike.load_policy([])
             self.driver.load_policy(spd.SPD())
-            self._event("policy-unassigned", f"{self.applied.policy.name} no longer assigned; "
+            self.note("policy-unassigned", f"{self.applied.policy.name} no longer assigned; "
                                              f"{change.describe()}")
         self.applied = None
         return change
 
     def _refuse(self, ref: PolicyRef, stamp: Hashable, error: PolicyError) -> None:
         self._refused = (ref, stamp)
-        self._event("policy-refused", f"{ref.location} refused, keeping {self._in_force()}:\n{error}")
+        self.note("policy-refused", f"{ref.location} refused, keeping {self._in_force()}:\n{error}")
 
     def _in_force(self) -> str:
         return f"{self.applied.policy.name!r} in force" if self.applied else "no policy in force"
@@ -276,7 +287,8 @@ class PolicyAgent:
         interval = self.applied.policy.polling_interval if self.applied else self.unassigned_poll_interval
         self._next_poll = self.clock() + interval
 
-    def _event(self, kind: str, message: str) -> None:
+    def note(self, kind: str, message: str) -> None:
+        """Add an event to the log (the Negotiator adds soft associations here too)."""
         event = Event(self.clock(), kind, message)
         self.events.append(event)
         if self.log:
@@ -295,7 +307,7 @@ class PolicyAgent:
             raise LookupError("no policy is assigned; name the policy to export")
         policy = self.store.load(ref)
         policyfile.save(policy, path)
-        self._event("policy-exported", f"{policy.name} {{{policy.guid}}} to {path}")
+        self.note("policy-exported", f"{policy.name} {{{policy.guid}}} to {path}")
         return policy
 
     def import_(self, path: str | Path, assign: bool = False) -> PolicyRef:
@@ -309,7 +321,7 @@ class PolicyAgent:
             if not isinstance(self.store, LocalStore):
                 raise TypeError("only a local store takes assignments from this node")
             self.store.assign(ref)
-        self._event("policy-imported", f"{policy.name} {{{policy.guid}}} from {path} to {ref.location}"
+        self.note("policy-imported", f"{policy.name} {{{policy.guid}}} from {path} to {ref.location}"
                                        + (", assigned" if assign else ""))
         return ref
 
@@ -387,3 +399,42 @@ class PolicyAgent:
         return {"policy": self.show_policy, "policies": self.stored_policies, "policy_filters": filters,
                 "policy_events": self.event_log, "refresh": refresh, "export": export, "import": import_}
 
+
+
+class Negotiator:
+    """The driver's acquire, seen with the policy: which IKE rule negotiates, and when a silent peer gets a
+    soft association instead (the driver's ``ike.acquire(filter, selector)`` hook delegates here).
+
+    Transport mode negotiates for this packet's two addresses (with the filter's protocol and ports), as
+    Windows makes a specific filter per peer; tunnel mode for the filter's subnets. IKE must call
+    ``peer_answered(peer)`` on any message from a peer: from then on it never gets clear text.
+    """
+
+    def __init__(self, agent: PolicyAgent, ike: Acquiring, driver: SoftSAs,
+                 soft: SoftAssociations | None = None) -> None:
+        self.agent, self.ike, self.driver = agent, ike, driver
+        self.soft = soft or SoftAssociations()
+
+    def acquire(self, f: spd.Filter, sel: spd.Selector) -> None:
+        peer = str(f.tunnel) if f.tunnel else str(IPv4Address(sel.dst))
+        now = self.agent.clock()
+        if self.soft.verdict(peer, f.action, now) is Verdict.CLEAR:
+            self.driver.add_soft_sa(f.name, peer)
+            self.agent.note("soft-association", f"{peer} never answered IKE: {f.name} traffic goes in clear"
+                                                f" ({self.soft.count} soft associations)")
+            return
+        rule = self.agent.ike_rule_for(f)
+        if rule is None:
+            self.agent.note("no-ike-rule", f"{f.name}: no IKE rule (see the policy warnings); not secured")
+            return
+        ports = (f.protocol or 0, f.src_port or 0, f.dst_port or 0)
+        if f.tunnel:
+            local, remote = IKESelector(f.src, ports[0], ports[1]), IKESelector(f.dst, ports[0], ports[2])
+        else:
+            local = IKESelector(IPv4Network(IPv4Address(sel.src)), ports[0], ports[1])
+            remote = IKESelector(IPv4Network(IPv4Address(sel.dst)), ports[0], ports[2])
+        self.soft.negotiation_started(peer, now)
+        self.ike.acquire(rule, local, remote, peer)
+
+    def peer_answered(self, peer: str) -> None:
+        self.soft.peer_answered(peer)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from ipsecd import spd
-from ipsecd.policy import policyfile
+from ipsecd.policy import interface_manager, policyfile
 from ipsecd.policy.model import AuthKind, AuthMethod
 from ipsecd.policy.predefined import predefined
 from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
@@ -275,3 +275,10 @@ def test_control_commands_answer_in_json(node, tmp_path):
                                        "when_changed": "2026-11-22T10:00:00Z", "assigned": True}]
     assert [e["kind"] for e in commands["policy_events"]()][-2:] == ["policy-exported", "policy-imported"]
     json.dumps(commands["policy_events"]())
+
+
+def test_interface_manager_reads_this_hosts_addresses():
+    mine = interface_manager.addresses(exclude=["lo"])
+    assert mine and all(isinstance(a, IPv4Address) and not a.is_loopback for a in mine)
+    everything = interface_manager.addresses()
+    assert set(mine) <= set(everything) and not any(a.is_loopback for a in everything)  # host scope

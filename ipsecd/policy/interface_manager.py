@@ -30,7 +30,7 @@ def parse(ip_json: str, exclude: Iterable[str] = ()) -> list[IPv4Address]:
 
 
 def addresses(exclude: Iterable[str] = ()) -> list[IPv4Address]:
-    """This node's addresses now; OSError if iproute2 cannot be run."""
+    """This node's addresses now (OSError or CalledProcessError if iproute2 cannot be run)."""
     result = subprocess.run(["ip", "-4", "-j", "address", "show"], capture_output=True, text=True, check=True,
                             timeout=10)
     return parse(result.stdout, exclude)

@@ -232,13 +232,14 @@ class PolicyAgent:
     async def run(self) -> None:
         """Apply at start, then poll at the policy's interval, for ever (a task of the daemon's loop).
 
-        Polling resolves DNS names and reads files, so it runs in a worker thread, off the event loop.
+        It runs in the loop's own thread, like the control commands and the driver: a poll that finds
+        nothing changed costs a stat and a small read; an apply that resolves DNS names blocks for that long.
         """
         with contextlib.suppress(PolicyError, StoreUnavailable):  # logged; polling tries again
-            await asyncio.to_thread(self.apply)
+            self.apply()
         while True:
             await asyncio.sleep(self.seconds_until_poll())
-            await asyncio.to_thread(self.poll)
+            self.poll()
 
     def _install(self, ref: PolicyRef, stamp: Hashable, policy: model.Policy, kind: str) -> PolicyChange:
         addresses = self._my_addresses()

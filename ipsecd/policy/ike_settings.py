@@ -158,7 +158,10 @@ def _auth(rule: str, methods: tuple[AuthMethod, ...], certificate_for: Certifica
         if m.kind is AuthKind.PRESHARED_KEY and m.psk:
             out.append(PreSharedKey(m.psk.encode()))
         elif m.kind is AuthKind.CERTIFICATE and certificate_for and m.ca:
-            out.append(certificate_for(m.ca))
+            try:
+                out.append(certificate_for(m.ca))
+            except (OSError, ValueError, KeyError) as e:
+                warnings.append(f"rule {rule!r}: authentication by {m} skipped ({e})")
         else:
             why = "no certificate on this node" if m.kind is AuthKind.CERTIFICATE else "not supported yet"
             warnings.append(f"rule {rule!r}: authentication by {m} skipped ({why})")

@@ -1,5 +1,6 @@
 """Policy Agent and local store: apply, refuse, poll, refresh, re-expand, unassign, import/export."""
 
+import asyncio
 import dataclasses
 import json
 from ipaddress import IPv4Address
@@ -282,3 +283,42 @@ def test_interface_manager_reads_this_hosts_addresses():
     assert mine and all(isinstance(a, IPv4Address) and not a.is_loopback for a in mine)
     everything = interface_manager.addresses()
     assert set(mine) <= set(everything) and not any(a.is_loopback for a in everything)  # host scope
+
+
+def test_a_certificate_that_cannot_be_loaded_is_a_warning(node):
+    both = "[{certificate: CN=Lab CA}, {psk: lab}]\ndefault"
+    node.path.write_text(PAIR.replace("[{psk: lab}]\ndefault", both))
+
+    def certificate_for(ca):
+        raise FileNotFoundError(f"no certificate issued by {ca} in /etc/ipsecd/certs")
+
+    node.agent.certificate_for = certificate_for
+    node.agent.apply()
+    assert node.ike.loaded[-1][0].policy.auth[0].key == b"lab"  # the pre-shared key still works
+    assert node.agent.events[-1].message == (
+        "rule 'secure peer': authentication by certificate (CA CN=Lab CA) "
+        "skipped (no certificate issued by CN=Lab CA in /etc/ipsecd/certs)")
+
+
+def test_run_applies_then_polls_at_the_policy_interval(node):
+    node.path.write_text(PAIR.replace("polling_interval: 30s", "polling_interval: 1s"))
+    agent = PolicyAgent(node.store, node.driver, node.ike, lambda: node.addresses)  # real time
+
+    async def scenario():
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for(lambda: len(node.driver.loaded) == 1)
+            node.path.write_text(PAIR.replace("polling_interval: 30s", "polling_interval: 1s")
+                                 .replace("destination_port: 23", "destination_port: 2323"))
+            await wait_for(lambda: len(node.driver.loaded) == 2)
+        finally:
+            task.cancel()
+
+    async def wait_for(condition, timeout=10.0):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, "the agent did not poll in time"
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert agent.events[-1].message.endswith("SAs of block telnet deleted")

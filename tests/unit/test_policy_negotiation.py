@@ -19,6 +19,7 @@ from ipsecd.policy.soft_association import SoftAssociations
 from ipsecd.policy.store import LocalStore
 from ipsecd.policy_agent import Negotiator, PolicyAgent
 from ipsecd.spd import SPD
+from tests.vectors.pki import CA
 
 A, B = "10.0.0.1", "10.0.0.2"
 
@@ -73,7 +74,7 @@ class IKEKeys:
 
 
 class Node:
-    def __init__(self, address, policy, clock, network, tmp_path):
+    def __init__(self, address, policy, clock, network, tmp_path, certificate_for=None):
         store = LocalStore(tmp_path / address)
         store.assign(store.save(policy))
         self.keys = IKEKeys()
@@ -82,7 +83,8 @@ class Node:
         self.wire = RecordingWire()
         self.driver = Driver(SPD(), wire=self.wire, ike=self, clock=clock.time)
         addresses = [IPv4Address(address)]
-        self.agent = PolicyAgent(store, self.driver, self.ike, lambda: addresses, clock=clock.time)
+        self.agent = PolicyAgent(store, self.driver, self.ike, lambda: addresses, clock=clock.time,
+                                 certificate_for=certificate_for)
         self.negotiator = Negotiator(self.agent, self.ike, self.driver, SoftAssociations(timeout=3.0))
         self.agent.apply()
 
@@ -123,8 +125,9 @@ class Lab:
     def __init__(self, tmp_path):
         self.clock, self.network, self.tmp_path = Clock(), Network(), tmp_path
 
-    def node(self, address, policy):
-        self.network.nodes[address] = Node(address, policy, self.clock, self.network, self.tmp_path)
+    def node(self, address, policy, certificate_for=None):
+        self.network.nodes[address] = Node(address, policy, self.clock, self.network, self.tmp_path,
+                                           certificate_for)
         return self.network.nodes[address]
 
     def run(self, seconds=0):
@@ -150,6 +153,23 @@ def test_secure_server_against_client_respond_only_is_secured(lab):
     assert (mine.outbound.spi, mine.inbound.spi) == (theirs.inbound.spi, theirs.outbound.spi)
     assert [e.rule.name for e in client.ike.quick_modes.values()] == ["<Dynamic> default response"]
     assert server.clear_tcp_sent() == []
+
+
+def test_certificates_issued_by_the_named_ca_authenticate(lab):
+    ca = CA("Lab Root CA")
+    by_certificate = (AuthMethod(AuthKind.CERTIFICATE, ca="CN=Lab Root CA"),)
+
+    def credentials(node_name):
+        def certificate_for(ca_name):
+            assert ca_name == "CN=Lab Root CA"
+            return ca.credentials(node_name)
+        return certificate_for
+
+    server = lab.node(A, predefined("secure server", authentication=by_certificate), credentials("host-a"))
+    client = lab.node(B, predefined("client", authentication=by_certificate), credentials("host-b"))
+    server.driver.outbound(SYN)
+    lab.run()
+    assert len(server.keys.added) == len(client.keys.added) == 1
 
 
 def test_request_security_against_a_node_without_ipsec_falls_back_to_clear(lab):

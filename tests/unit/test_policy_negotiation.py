@@ -3,8 +3,6 @@ IKE talking over an in-memory network with a manual clock. What a predefined pol
 running another one, or nothing at all (the lab repeats these on the wire)."""
 
 import dataclasses
-import heapq
-import itertools
 from ipaddress import IPv4Address
 
 import pytest
@@ -19,6 +17,7 @@ from ipsecd.policy.soft_association import SoftAssociations
 from ipsecd.policy.store import LocalStore
 from ipsecd.policy_agent import Negotiator, PolicyAgent
 from ipsecd.spd import SPD
+from tests.unit.test_ike_component import ManualClock
 from tests.vectors.pki import CA
 
 A, B = "10.0.0.1", "10.0.0.2"
@@ -26,38 +25,6 @@ A, B = "10.0.0.1", "10.0.0.2"
 
 def psk(key: str = "lab"):
     return (AuthMethod(AuthKind.PRESHARED_KEY, psk=key),)
-
-
-class Clock:
-    """Manual time for IKE's timers, the driver and the agent."""
-
-    def __init__(self):
-        self.now, self.queue, self.seq = 0.0, [], itertools.count()
-
-    def time(self):
-        return self.now
-
-    def call_later(self, delay, callback):
-        timer = Timer(callback)
-        heapq.heappush(self.queue, (self.now + delay, next(self.seq), timer))
-        return timer
-
-    def advance(self, seconds, network):
-        end = self.now + seconds
-        while self.queue and self.queue[0][0] <= end:
-            self.now, _, timer = heapq.heappop(self.queue)
-            if not timer.cancelled:
-                timer.callback()
-            network.run()
-        self.now = end
-
-
-class Timer:
-    def __init__(self, callback):
-        self.callback, self.cancelled = callback, False
-
-    def cancel(self):
-        self.cancelled = True
 
 
 class IKEKeys:
@@ -123,7 +90,7 @@ class Lab:
     """Nodes on one network; an address with no node is a computer without IPsec (it never answers IKE)."""
 
     def __init__(self, tmp_path):
-        self.clock, self.network, self.tmp_path = Clock(), Network(), tmp_path
+        self.clock, self.network, self.tmp_path = ManualClock(), Network(), tmp_path
 
     def node(self, address, policy, certificate_for=None):
         self.network.nodes[address] = Node(address, policy, self.clock, self.network, self.tmp_path,

@@ -320,8 +320,14 @@ class IKE:
         self._main_mode_progress(ex, msg.icookie)
 
     def _feed(self, ex: Exchange, msg: Message, data: bytes, addr: tuple[str, int], local_port: int) -> None:
-        before = ex.machine.state
+        before, dropped = ex.machine.state, len(ex.machine.dropped)
         replies = ex.machine.receive(msg)
+        if len(ex.machine.dropped) > dropped:
+            self.counters["Malformed Packets"] += 1
+            self.note(
+                f"dropped a message from {addr[0]} that failed its integrity check, waiting for the "
+                f"retransmission: {ex.machine.dropped[-1]}"
+            )
         if ex.machine.state == before:
             return  # nothing changed: not for this state (late duplicate, stray message)
         ex.last_received = data
@@ -399,6 +405,9 @@ class IKE:
         elif self._duplicate(ex, data):
             return
         self._feed(ex, msg, data, addr, local_port)
+        if ex.machine.state == "new":  # its first message was dropped: nothing to remember
+            self.pending_quick.pop(key, None)
+            return
         self._quick_mode_progress(ex, key)
 
     def _policy_for(self, sa: IsakmpSA, local: Selector, remote: Selector) -> PeerPolicy | None:

@@ -53,5 +53,6 @@ def open_informational(sa: IsakmpSA, msg: isakmp.Message) -> list[isakmp.Payload
             "informational HASH(1) does not verify",
             NotifyType.INVALID_HASH_INFORMATION,
             "authentication failed",
+            integrity=True,
         )
     return payloads[1:]

@@ -177,6 +177,7 @@ class QuickMode:
         self.private = 0
         self.pfs_gxy = b""
         self.own_ke = b""
+        self.dropped: list[str] = []
         self.notify_ref: tuple[int, bytes] = (isakmp.ProtocolID.ISAKMP, isakmp_sa.cookies)  # what errors name
 
     @property
@@ -190,6 +191,7 @@ class QuickMode:
     def receive(self, msg: isakmp.Message) -> list[bytes]:
         if self.done:
             return []
+        saved_iv = self.sa.ivs.get(self.message_id)
         try:
             if msg.exchange == ExchangeType.INFORMATIONAL:
                 for p in informational.open_informational(self.sa, msg):
@@ -198,6 +200,12 @@ class QuickMode:
                 return []
             return self._step(self.sa.open(msg))
         except NegotiationError as exc:
+            if exc.integrity:  # maybe a corrupted datagram: the retransmission decides
+                self.dropped.append(exc.reason)
+                self.sa.ivs.pop(self.message_id, None)
+                if saved_iv is not None:
+                    self.sa.ivs[self.message_id] = saved_iv
+                return []
             self.state = "failed"
             self.events.append(Failure(exc.reason, exc.counter))
             if not exc.notify:
@@ -223,6 +231,7 @@ class QuickMode:
                 f"quick mode message without {which} first",
                 NotifyType.INVALID_HASH_INFORMATION,
                 "malformed message",
+                integrity=True,
             )
         rest = isakmp.build_payloads(payloads[1:])[1]
         if payloads[0].data != expected_fn(rest):
@@ -230,6 +239,7 @@ class QuickMode:
                 f"quick mode {which} does not verify",
                 NotifyType.INVALID_HASH_INFORMATION,
                 "authentication failed",
+                integrity=True,
             )
 
     def _pfs(self, group_number: int | None, peer_ke: KE | None) -> None:
@@ -330,17 +340,17 @@ class Initiator(QuickMode):
     def _step(self, payloads: list[isakmp.Payload]) -> list[bytes]:
         if self.state != "QM1 sent":
             return []
+        self._check_hash(
+            payloads,
+            lambda rest: oakley.qm_hash2(self.suite, self.sa.keys.skeyid_a, self.message_id, self.ni, rest),
+            "HASH(2)",
+        )
         nonce = next((p for p in payloads if isinstance(p, Nonce)), None)
         if nonce is None:
             raise NegotiationError(
                 "quick mode 2 without a nonce", NotifyType.PAYLOAD_MALFORMED, "malformed message"
             )
         self.nr = nonce.data
-        self._check_hash(
-            payloads,
-            lambda rest: oakley.qm_hash2(self.suite, self.sa.keys.skeyid_a, self.message_id, self.ni, rest),
-            "HASH(2)",
-        )
         sa = next((p for p in payloads if isinstance(p, SA)), None)
         if sa is None or len(sa.proposals) != 1 or len(sa.proposals[0].transforms) != 1:
             raise NegotiationError(
@@ -395,6 +405,7 @@ class Responder(QuickMode):
                     "quick mode HASH(3) does not verify",
                     NotifyType.INVALID_HASH_INFORMATION,
                     "authentication failed",
+                    integrity=True,
                 )
             self.state = "done"
             self.events.append(self.pending)

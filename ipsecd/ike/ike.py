@@ -613,8 +613,8 @@ class IKE:
         for timer in entry.timers:
             timer.cancel()
         sa = entry.sa
-        self.driver.delete_sa(sa.inbound.spi, sa.inbound.destination, sa.inbound.protocol)
-        self.driver.delete_sa(sa.outbound.spi, sa.outbound.destination, sa.outbound.protocol)
+        self.driver.delete_sa(sa.inbound.spi, sa.inbound.dst, sa.inbound.protocol)
+        self.driver.delete_sa(sa.outbound.spi, sa.outbound.dst, sa.outbound.protocol)
         self.counters["Key Deletions"] += 2
         mm = self.main_modes.get(sa.isakmp_sa.cookies) or self._main_mode_with(sa.isakmp_sa.remote[0])
         if notify_peer and mm:

@@ -38,20 +38,33 @@ TUNNEL, TRANSPORT = 1, 2
 ENCRYPTION_KEY_SIZES = {"des": 8, "3des": 24, "aes128": 16, "aes192": 24, "aes256": 32, None: 0}
 INTEGRITY_KEY_SIZES = {"md5": 16, "sha1": 20, "sha256": 32, None: 0}
 PROTOCOLS = {"esp": isakmp.ProtocolID.ESP, "ah": isakmp.ProtocolID.AH}
+DRIVER_ENCRYPTION = {
+    "des": "des-cbc",
+    "3des": "3des-cbc",
+    "aes128": "aes-cbc-128",
+    "aes192": "aes-cbc-192",
+    "aes256": "aes-cbc-256",
+    None: "null",
+}
+DRIVER_INTEGRITY = {"md5": "hmac-md5-96", "sha1": "hmac-sha1-96", "sha256": "hmac-sha256-128", None: None}
 
 
 @dataclass(frozen=True)
 class ChildSA:
-    """One direction of a quick mode SA pair, as the driver installs it."""
+    """One direction of a quick mode SA pair, named as the driver's SAD names an SA's fields
+    (``SecurityAssociation(**dataclasses.asdict(child))`` plus lifetimes) and its algorithms."""
 
     spi: int
     protocol: str  # esp or ah
-    source: str
-    destination: str
-    encryption: str | None
-    encryption_key: bytes
-    integrity: str | None
-    integrity_key: bytes
+    direction: str  # inbound or outbound
+    mode: str  # transport or tunnel
+    src: str  # outer addresses of this direction
+    dst: str
+    encryption: str  # driver names: des-cbc, 3des-cbc, aes-cbc-128, ..., null
+    encryption_key: bytes = field(repr=False)
+    integrity: str | None  # hmac-md5-96, hmac-sha1-96, hmac-sha256-128
+    integrity_key: bytes = field(repr=False)
+    udp_encap: tuple[int, int] | None  # (source port, destination port) of ESP in UDP
 
 
 @dataclass(frozen=True)
@@ -271,7 +284,13 @@ class QuickMode:
             enc_size = 0
         protocol = PROTOCOLS[offer.protocol]
 
-        def child(spi: bytes, src: str, dst: str) -> ChildSA:
+        seconds, kb = _lifetimes(transform)
+        encap = transform.attr(ENCAPSULATION, TRANSPORT)
+        udp = (self.sa.local[1], self.sa.remote[1]) if encap not in (TUNNEL, TRANSPORT) else None
+        local_ip, remote_ip = self.sa.local[0], self.sa.remote[0]
+        mode = "tunnel" if tunnel else "transport"
+
+        def child(spi: bytes, inbound: bool) -> ChildSA:
             km = oakley.keymat(
                 self.suite,
                 self.sa.keys.skeyid_d,
@@ -282,24 +301,26 @@ class QuickMode:
                 enc_size + integ_size,
                 self.pfs_gxy,
             )
+            src, dst = (remote_ip, local_ip) if inbound else (local_ip, remote_ip)
+            ports = (udp[::-1] if inbound else udp) if udp else None
+            encryption = DRIVER_ENCRYPTION[offer.encryption if offer.protocol == "esp" else None]
             return ChildSA(
                 int.from_bytes(spi, "big"),
                 offer.protocol,
+                "inbound" if inbound else "outbound",
+                mode,
                 src,
                 dst,
-                offer.encryption if offer.protocol == "esp" else None,
+                encryption,
                 km[:enc_size],
-                offer.integrity,
+                DRIVER_INTEGRITY[offer.integrity],
                 km[enc_size:],
+                ports,
             )
 
-        seconds, kb = _lifetimes(transform)
-        encap = transform.attr(ENCAPSULATION, TRANSPORT)
-        udp = (self.sa.local[1], self.sa.remote[1]) if encap not in (TUNNEL, TRANSPORT) else None
-        local_ip, remote_ip = self.sa.local[0], self.sa.remote[0]
         return QuickModeDone(
-            child(spi_in, remote_ip, local_ip),
-            child(spi_out, local_ip, remote_ip),
+            child(spi_in, True),
+            child(spi_out, False),
             "tunnel" if tunnel else "transport",
             local,
             remote,

@@ -13,6 +13,7 @@ import pytest
 from ipsecd.ike import natt
 from ipsecd.ike.ike import IKE, RETRANSMIT_BACKOFF, Rule
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
+from tests.unit.test_ike_exchanges import mirrored
 
 
 class ManualClock:
@@ -143,8 +144,8 @@ def test_acquire_negotiates_and_installs_matching_sas():
     lab = negotiate()
     assert len(lab.drv_a.added) == len(lab.drv_b.added) == 1
     sa_a, sa_b = lab.drv_a.added[0], lab.drv_b.added[0]
-    assert sa_a.inbound == sa_b.outbound and sa_a.outbound == sa_b.inbound
-    assert sa_a.inbound.destination == A and sa_a.outbound.destination == B
+    assert mirrored(sa_a, sa_b)
+    assert sa_a.inbound.dst == A and sa_a.outbound.dst == B
     assert len(lab.net.log) == 9  # 6 main mode + 3 quick mode messages
     for ike in (lab.ike_a, lab.ike_b):
         assert ike.counters["Oakley Main Modes"] == 1 and ike.counters["Oakley Quick Modes"] == 1
@@ -239,7 +240,7 @@ def test_nat_with_port_rewriting_floats_to_4500_and_sends_keepalives():
     assert ports[0][0] == ("203.0.113.5", 40000) and ports[4][0] == ("203.0.113.5", 40007)
     sa_a, sa_b = drv_a.added[0], drv_b.added[0]
     assert sa_a.udp_encapsulation == (4500, 4500) and sa_b.udp_encapsulation == (4500, 40007)
-    assert sa_b.outbound.destination == "203.0.113.5"
+    assert sa_b.outbound.dst == "203.0.113.5"
     assert ike_a.main_mode_sas()[0]["nat"] == "we are behind a NAT"
     start = len(net.log)
     clock.advance(61, net)

@@ -412,14 +412,12 @@ class MainMode:
         self.own_ke = self.suite.group.public_key(self.private)
 
     def _vendor_ids(self) -> list[isakmp.Payload]:
-        vids = [natt.VID_WINDOWS_2003]
-        if self.policy.nat_traversal:
-            vids += [natt.VID_RFC3947, natt.VID_DRAFT_02]
+        vids = [natt.VID_WINDOWS_2003] + [natt.VARIANTS[name].vendor_id for name in self.policy.nat_traversal]
         return [VendorID(v) for v in vids]
 
     def _note_vendor_ids(self, msg: Message) -> None:
         self.peer_vids = [v.data for v in msg.all(VendorID)]
-        self.variant = natt.choose_variant(self.peer_vids) if self.policy.nat_traversal else None
+        self.variant = natt.choose_variant(self.peer_vids, self.policy.nat_traversal)
 
     def _key_exchange_payloads(self) -> list[isakmp.Payload]:
         nonce = self.ni if self.initiator else self.nr

@@ -100,7 +100,7 @@ class PeerPolicy:
     main_mode: list[MainModeOffer] = field(default_factory=lambda: [MainModeOffer()])
     quick_mode: list[QuickModeOffer] = field(default_factory=lambda: [QuickModeOffer()])
     tunnel: bool = False  # tunnel mode (tunnel endpoints are the IKE peers) or transport mode
-    nat_traversal: bool = True
+    nat_traversal: tuple[str, ...] = ("rfc3947", "draft-02")  # () = off; ("draft-02",) = as Windows 2003
 
 
 def in_date(cert: x509.Certificate, now: datetime.datetime) -> bool:

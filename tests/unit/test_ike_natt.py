@@ -73,3 +73,37 @@ def test_udp_4500_framing():
     assert natt.frame(b"m", 500) == b"m"
     assert natt.classify_4500(b"\x01\x02\x03\x04esp") == ("esp", b"\x01\x02\x03\x04esp")
     assert natt.classify_4500(natt.KEEPALIVE) == ("keepalive", b"")
+
+
+def test_windows_2003_style_peer_gets_draft_02_numbers_on_the_wire():
+    windows = PeerPolicy(auth=[PreSharedKey(b"k")], nat_traversal=("draft-02",))
+    ours = PeerPolicy(auth=[PreSharedKey(b"k")])
+    i = main_mode.Initiator(windows, ("192.168.1.10", 500), ("198.51.100.2", 500))
+    r = main_mode.Responder(ours, ("198.51.100.2", 500), ("203.0.113.5", 40110))
+    mm1 = i.start()
+    assert [natt.vendor_name(v.data) for v in isakmp.Message.decode(mm1).all(isakmp.VendorID)] == [
+        "MS NT5 ISAKMPOAKLEY version 4",
+        "NAT-T (draft-02)",
+    ]
+    [mm2] = r.receive(isakmp.Message.decode(mm1))
+    [mm3] = i.receive(isakmp.Message.decode(mm2))
+    assert [type(p).__name__ for p in isakmp.Message.decode(mm3).payloads][2:] == ["NatDDraft", "NatDDraft"]
+    converse(i, r, mm3)
+    assert i.sa.natt_variant is natt.DRAFT_02 and r.sa.natt_variant is natt.DRAFT_02
+    q = quick_mode.Initiator(
+        i.sa, windows, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), 7
+    )
+    first = q.start()
+    qr = quick_mode.Responder(r.sa, isakmp.Message.decode(first).message_id, lambda *_: ours, 9)
+    converse(q, qr, first)
+    transform = q.proposals[0].transforms[0]
+    assert transform.attr(quick_mode.ENCAPSULATION) == 61444  # UDP-Encapsulated-Transport, draft numbering
+    assert qr.events[0].udp_encapsulation is not None
+
+
+def test_nat_traversal_off_sends_no_natd():
+    off = PeerPolicy(auth=[PreSharedKey(b"k")], nat_traversal=())
+    i = main_mode.Initiator(off, ("192.0.2.1", 500), ("192.0.2.2", 500))
+    r = main_mode.Responder(PeerPolicy(auth=[PreSharedKey(b"k")]), ("192.0.2.2", 500), ("192.0.2.1", 500))
+    converse(i, r, i.start())
+    assert i.sa.natt_variant is None and r.sa.nat is None and not i.float_to_4500

@@ -172,6 +172,7 @@ class IKE:
         self.sockets: list[asyncio.DatagramTransport] = []
         self.sender: Callable[[bytes, tuple[str, int], int], None] = self._send_udp
         self.keepalive_timers: dict[bytes, Timer] = {}
+        self.invalid_spi_sent: dict[tuple[str, int], float] = {}
 
     # -- wiring -------------------------------------------------------------------------------------
 
@@ -251,6 +252,22 @@ class IKE:
         kind, message = natt.classify_4500(data)
         if kind == "ike":
             self.datagram_received(message, addr, self.natt_port)
+
+    def invalid_spi(self, spi: int, peer: str, protocol: str = "esp") -> None:
+        """The driver got a packet for an SPI it does not have: tell the peer (at most once per SPI and
+        minute), which then deletes its outbound SA and negotiates afresh on its next packet."""
+        mm = self._main_mode_with(peer)
+        now = self.clock.time()
+        if mm is None or now - self.invalid_spi_sent.get((peer, spi), -60.0) < 60:
+            return
+        self.invalid_spi_sent[(peer, spi)] = now
+        proto = ProtocolID.ESP if protocol == "esp" else ProtocolID.AH
+        self.sender(
+            informational.notify(mm.sa, NotifyType.INVALID_SPI, proto, spi.to_bytes(4, "big")),
+            mm.sa.remote,
+            mm.sa.local[1],
+        )
+        self.note(f"told {peer} that SPI {spi:#010x} is unknown here (INVALID-SPI)")
 
     def expire(self, inbound_spi: int, hard: bool, reason: str = "lifetime") -> None:
         """The driver saw a soft/hard (kilobyte) lifetime or idle timeout on an SA."""
@@ -493,6 +510,14 @@ class IKE:
                     self._remove_quick_mode(inbound, f"peer {mm.sa.remote[0]} deleted it", notify_peer=False)
 
     def _peer_notify(self, mm: MainModeEntry, notify: isakmp.Notify, pending: list[Exchange]) -> None:
+        if notify.notify_type == NotifyType.INVALID_SPI:
+            spi = int.from_bytes(notify.spi, "big") if len(notify.spi) == 4 else None
+            for inbound, entry in list(self.quick_modes.items()):
+                if entry.sa.outbound.spi == spi and entry.sa.isakmp_sa.remote[0] == mm.sa.remote[0]:
+                    self._remove_quick_mode(
+                        inbound, f"peer {mm.sa.remote[0]} does not know SPI {spi:#010x}", notify_peer=False
+                    )
+            return
         if notify.notify_type == NotifyType.INITIAL_CONTACT:
             self.note(f"peer {mm.sa.remote[0]} sent INITIAL-CONTACT")
             return

@@ -292,3 +292,15 @@ def test_malformed_datagrams_are_dropped_and_counted(dead):
 
 def test_retransmission_constants_are_windows():
     assert RETRANSMIT_BACKOFF == (1, 2, 4, 8, 16, 32)
+
+
+def test_invalid_spi_makes_the_peer_drop_its_outbound_sa():
+    lab = negotiate()
+    stale = lab.drv_b.added[0].inbound.spi
+    lab.ike_b.quick_modes.clear()  # B lost the SA (say the driver was restarted) but A still uses it
+    lab.ike_b.invalid_spi(stale, A)
+    lab.ike_b.invalid_spi(stale, A)  # rate limited: one notify per SPI and minute
+    lab.net.run()
+    assert {spi for spi, *_ in lab.drv_a.deleted} == {stale, lab.drv_a.added[0].inbound.spi}
+    assert len(lab.net.log) == 10 and not lab.ike_a.quick_modes
+    assert any("does not know SPI" in t for _, t in lab.ike_a.events)

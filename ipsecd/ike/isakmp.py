@@ -346,10 +346,16 @@ class SA(Payload):
 
 
 @dataclass
-class KE(Payload):
-    TYPE = PayloadType.KE
+class Opaque(Payload):
+    """A payload whose body is one opaque value (KE, HASH, SIG, NONCE, vendor ID, NAT-D)."""
+
     FIELDS = (Rest("data"),)
     data: bytes
+
+
+@dataclass
+class KE(Opaque):
+    TYPE = PayloadType.KE
 
 
 @dataclass
@@ -399,24 +405,18 @@ class CertRequest(Payload):
 
 
 @dataclass
-class Hash(Payload):
+class Hash(Opaque):
     TYPE = PayloadType.HASH
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass
-class Signature(Payload):
+class Signature(Opaque):
     TYPE = PayloadType.SIG
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass
-class Nonce(Payload):
+class Nonce(Opaque):
     TYPE = PayloadType.NONCE
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass
@@ -474,17 +474,13 @@ class Delete(Payload):
 
 
 @dataclass
-class VendorID(Payload):
+class VendorID(Opaque):
     TYPE = PayloadType.VENDOR_ID
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass
-class NatD(Payload):
+class NatD(Opaque):
     TYPE = PayloadType.NAT_D
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass

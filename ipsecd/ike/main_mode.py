@@ -494,9 +494,16 @@ class MainMode:
         return [Hash(own_hash)]
 
     def _hash(self, of_initiator: bool, id_body: bytes) -> bytes:
-        fn = oakley.hash_i if of_initiator else oakley.hash_r
-        return fn(
-            self.suite, self.keys.skeyid, self.gxi, self.gxr, self.icookie, self.rcookie, self.sai_b, id_body
+        return oakley.phase1_hash(
+            self.suite,
+            self.keys.skeyid,
+            self.gxi,
+            self.gxr,
+            self.icookie,
+            self.rcookie,
+            self.sai_b,
+            id_body,
+            initiator=of_initiator,
         )
 
     def _seal_phase1(self, payloads: list[isakmp.Payload]) -> bytes:

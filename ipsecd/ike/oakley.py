@@ -260,7 +260,7 @@ def phase2_iv(suite: Phase1Suite, last_phase1_block: bytes, message_id: int) -> 
     return suite.hash.hash(last_phase1_block + message_id.to_bytes(4, "big"))[: suite.cipher.block_size]
 
 
-def hash_i(
+def phase1_hash(
     suite: Phase1Suite,
     skeyid: bytes,
     gxi: bytes,
@@ -268,22 +268,14 @@ def hash_i(
     cky_i: bytes,
     cky_r: bytes,
     sai_b: bytes,
-    idii_b: bytes,
+    id_b: bytes,
+    *,
+    initiator: bool,
 ) -> bytes:
-    return suite.hash.prf(skeyid, gxi + gxr + cky_i + cky_r + sai_b + idii_b)
-
-
-def hash_r(
-    suite: Phase1Suite,
-    skeyid: bytes,
-    gxi: bytes,
-    gxr: bytes,
-    cky_i: bytes,
-    cky_r: bytes,
-    sai_b: bytes,
-    idir_b: bytes,
-) -> bytes:
-    return suite.hash.prf(skeyid, gxr + gxi + cky_r + cky_i + sai_b + idir_b)
+    """HASH_I = prf(SKEYID, g^xi | g^xr | CKY-I | CKY-R | SAi_b | IDii_b); HASH_R swaps the roles of the
+    KE values and cookies, with IDir_b (RFC 2409 §5). Bodies without their generic payload headers."""
+    exchange = gxi + gxr + cky_i + cky_r if initiator else gxr + gxi + cky_r + cky_i
+    return suite.hash.prf(skeyid, exchange + sai_b + id_b)
 
 
 # --- quick mode and informational (RFC 2409 §5.5, §5.7) -------------------------------------------

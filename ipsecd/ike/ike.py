@@ -557,10 +557,7 @@ class IKE:
     ) -> None:
         machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi())
         first = machine.start()
-        ex = Exchange(
-            machine, mm.sa.remote, mm.exchange.local_port, rule, acquire=(local, remote), rekey_of=rekey_of
-        )
-        ex.local_port = mm.sa.local[1]
+        ex = Exchange(machine, mm.sa.remote, mm.sa.local[1], rule, acquire=(local, remote), rekey_of=rekey_of)
         self.pending_quick[(mm.sa.cookies, machine.message_id)] = ex
         self._transmit(ex, [first], expect_reply=True)
 

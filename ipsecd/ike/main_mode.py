@@ -631,7 +631,6 @@ class Initiator(MainMode):
         ]
         sa = SA([Proposal(1, ProtocolID.ISAKMP, b"", transforms)])
         self.sai_b = sa.body()
-        self.offered = sa.proposals[0]
         self.state = "MM1 sent"
         return Message(
             self.icookie, self.rcookie, ExchangeType.MAIN_MODE, payloads=[sa, *self._vendor_ids()]

@@ -304,3 +304,14 @@ def test_invalid_spi_makes_the_peer_drop_its_outbound_sa():
     assert {spi for spi, *_ in lab.drv_a.deleted} == {stale, lab.drv_a.added[0].inbound.spi}
     assert len(lab.net.log) == 10 and not lab.ike_a.quick_modes
     assert any("does not know SPI" in t for _, t in lab.ike_a.events)
+
+
+def test_initial_contact_from_a_restarted_peer_clears_its_old_sas():
+    lab = negotiate()
+    old = lab.drv_b.added[0]
+    restarted, _ = lab.net.attach(A, [lab.rule])  # A comes back with no memory of its SAs
+    restarted.acquire(lab.rule, host(A), host(B), B)
+    lab.net.run()
+    assert {spi for spi, *_ in lab.drv_b.deleted} == {old.inbound.spi, old.outbound.spi}
+    assert len(lab.ike_b.main_modes) == 1 and len(lab.ike_b.quick_modes) == 1
+    assert any("INITIAL-CONTACT" in t for _, t in lab.ike_b.events)

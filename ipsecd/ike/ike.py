@@ -392,18 +392,20 @@ class IKE:
             )
         )
         if sa.nat and sa.nat.local_behind_nat:
-            self._keepalive(sa)
+            self._schedule_keepalive(sa)
         for rule, local, remote, rekey_of in self.waiting.pop(sa.remote[0], []):
             self._start_quick_mode(entry, rule, local, remote, rekey_of)
 
-    def _keepalive(self, sa: IsakmpSA) -> None:
+    def _schedule_keepalive(self, sa: IsakmpSA) -> None:
         """NAT keepalives every 20 s while the main mode SA lives (RFC 3948 §2.3)."""
-        if sa.cookies not in self.main_modes:
-            return
-        self.send_4500(natt.KEEPALIVE, self.main_modes[sa.cookies].sa.remote)
         self.keepalive_timers[sa.cookies] = self.clock.call_later(
             natt.KEEPALIVE_INTERVAL, lambda: self._keepalive(sa)
         )
+
+    def _keepalive(self, sa: IsakmpSA) -> None:
+        if sa.cookies in self.main_modes:
+            self.send_4500(natt.KEEPALIVE, sa.remote)
+            self._schedule_keepalive(sa)
 
     def _quick_mode_message(
         self, mm: MainModeEntry, msg: Message, data: bytes, addr: tuple[str, int], local_port: int

@@ -227,14 +227,21 @@ def test_quick_mode_mismatch_reaches_the_initiator():
     assert lab.ike_a.counters["Retransmissions"] == 0
 
 
-def test_nat_with_port_rewriting_floats_to_4500_and_sends_keepalives():
+def negotiate_through_nat() -> Lab:
+    """A at 192.168.1.10 behind a NAT that shows it as 203.0.113.5 and rewrites its source ports."""
     clock = ManualClock()
     net = Network(clock)
     net.nat = ("192.168.1.10", "203.0.113.5")
     rule_a = Rule("to-b", PSK, host("192.168.1.10"), host(B))
-    (ike_a, drv_a), (_, drv_b) = net.attach("192.168.1.10", [rule_a]), net.attach(B, [Rule("any", PSK)])
+    (ike_a, drv_a), (ike_b, drv_b) = net.attach("192.168.1.10", [rule_a]), net.attach(B, [Rule("any", PSK)])
     ike_a.acquire(rule_a, host("192.168.1.10"), host(B), B)
     net.run()
+    return Lab(clock, net, ike_a, drv_a, ike_b, drv_b, rule_a)
+
+
+def test_nat_with_port_rewriting_floats_to_4500_and_sends_keepalives():
+    lab = negotiate_through_nat()
+    clock, net, ike_a, drv_a, drv_b = lab.clock, lab.net, lab.ike_a, lab.drv_a, lab.drv_b
     ports = [(src, dst[1]) for _, src, dst, _ in net.log]
     assert [p for _, p in ports[:4]] == [500] * 4 and all(p == 4500 for _, p in ports[4:])
     assert ports[0][0] == ("203.0.113.5", 40000) and ports[4][0] == ("203.0.113.5", 40007)

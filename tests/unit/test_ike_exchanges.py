@@ -226,3 +226,29 @@ def test_informational_delete_and_notify_round_trip():
     tampered[-1] ^= 1
     with pytest.raises(main_mode.NegotiationError):
         informational.open_informational(r.sa, isakmp.Message.decode(bytes(tampered)))
+
+
+def test_our_responder_accepts_strongswans_main_mode_1():
+    from ipsecd.ike import natt
+    from tests.vectors import strongswan_ikev1 as vectors
+
+    case = vectors.load("v1-3des-sha1-modp1024")
+    mm1 = isakmp.Message.decode(case.ike()[0].data)
+    policy = PeerPolicy(
+        auth=[PreSharedKey(vectors.PSK)],
+        main_mode=[MainModeOffer("aes128", "sha1", 14), MainModeOffer("3des", "sha1", 2)],
+    )
+    r = main_mode.Responder(policy, ("10.77.0.2", 500), ("10.77.0.1", 500))
+    [mm2] = r.receive(mm1)
+    reply = isakmp.Message.decode(mm2)
+    chosen = reply.first(isakmp.SA).proposals[0].transforms[0]
+    assert reply.icookie == mm1.icookie and reply.rcookie != bytes(8)
+    assert main_mode.describe_transform(chosen) == "3DES/SHA1/group 2/PSK"
+    assert r.lifetime == 15840 and r.variant is natt.RFC3947  # strongSwan's 4 h + 10 %, its NAT-T flavour
+    assert [natt.vendor_name(v) for v in r.peer_vids] == [
+        "XAuth",
+        "DPD (RFC 3706)",
+        "FRAGMENTATION",
+        "NAT-T (RFC 3947)",
+        "NAT-T (draft-02)",
+    ]

@@ -295,8 +295,8 @@ class IKE:
         elif cookies not in self.main_modes:
             self.counters["Malformed Packets"] += 1
             self.note(
-                f"dropped {ExchangeType(msg.exchange).name if msg.exchange in (5, 32) else msg.exchange} "
-                f"from {addr[0]} for an unknown main mode SA {msg.icookie.hex()}:{msg.rcookie.hex()}"
+                f"dropped a message of exchange type {msg.exchange} from {addr[0]}: no main mode SA "
+                f"{msg.icookie.hex()}:{msg.rcookie.hex()} here"
             )
         elif msg.exchange == ExchangeType.QUICK_MODE:
             self._quick_mode_message(self.main_modes[cookies], msg, data, addr, local_port)

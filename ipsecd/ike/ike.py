@@ -673,6 +673,15 @@ class IKE:
 
     # -- monitoring ----------------------------------------------------------------------------------
 
+    def status(self, events: int = 50) -> dict:
+        """What ipsecctl shows: the ipsecmon counters, both SA tables and the latest events (JSON-ready)."""
+        return {
+            "counters": dict(self.counters),
+            "main mode SAs": self.main_mode_sas(),
+            "quick mode SAs": self.quick_mode_sas(),
+            "events": [{"time": round(t, 3), "text": text} for t, text in list(self.events)[-events:]],
+        }
+
     def ikev1_decryption_table(self) -> list[str]:
         """Rows for Wireshark's ikev1_decryption_table: every main mode SA we hold."""
         return keylog.ikev1_decryption_table(e.sa for e in self.main_modes.values())

@@ -6,6 +6,7 @@ Retransmission, duplicates, NAT-T with port rewriting, keepalives, lifetimes and
 
 import heapq
 import itertools
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -152,6 +153,8 @@ def test_acquire_negotiates_and_installs_matching_sas():
         assert ike.counters["Key Additions"] == 2
     assert lab.ike_a.main_mode_sas()[0]["algorithms"] == "3DES/SHA1/group 2"
     assert lab.ike_b.quick_mode_sas()[0]["security method"] == "ESP[3DES,SHA1]"
+    status = json.loads(json.dumps(lab.ike_b.status()))  # what ipsecctl gets over the control socket
+    assert status["counters"]["Oakley Quick Modes"] == 1 and status["main mode SAs"][0]["role"] == "responder"
     assert any("established" in text for _, text in lab.ike_a.events)
 
 

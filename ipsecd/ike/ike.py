@@ -418,7 +418,7 @@ class IKE:
                 for e in self.quick_modes.values()
             ):
                 return  # a late retransmission of a finished quick mode
-            machine = quick_mode.Responder(mm.sa, msg.message_id, self._policy_for, self.allocate_spi())
+            machine = quick_mode.Responder(mm.sa, msg.message_id, self._policy_for, self.allocate_spi)
             ex = Exchange(machine, addr, local_port)
             self.pending_quick[key] = ex
         elif self._duplicate(ex, data):
@@ -456,7 +456,7 @@ class IKE:
     def _install(self, done: QuickModeDone, ex: Exchange) -> None:
         self.driver.add_sa(done)
         self.counters["Oakley Quick Modes"] += 1
-        self.counters["Key Additions"] += 2
+        self.counters["Key Additions"] += len(done.inbound.chain()) * 2
         rule = ex.rule or next(
             (r for r in self.rules if r.covers(done.local_selector, done.remote_selector)), None
         )
@@ -508,14 +508,15 @@ class IKE:
         for spi in delete.spis:
             value = int.from_bytes(spi, "big")
             for inbound, entry in list(self.quick_modes.items()):
-                if entry.sa.outbound.spi == value:
+                if value in (child.spi for child in entry.sa.outbound.chain()):
                     self._remove_quick_mode(inbound, f"peer {mm.sa.remote[0]} deleted it", notify_peer=False)
 
     def _peer_notify(self, mm: MainModeEntry, notify: isakmp.Notify, pending: list[Exchange]) -> None:
         if notify.notify_type == NotifyType.INVALID_SPI:
             spi = int.from_bytes(notify.spi, "big") if len(notify.spi) == 4 else None
             for inbound, entry in list(self.quick_modes.items()):
-                if entry.sa.outbound.spi == spi and entry.sa.isakmp_sa.remote[0] == mm.sa.remote[0]:
+                outbound = [child.spi for child in entry.sa.outbound.chain()]
+                if spi in outbound and entry.sa.isakmp_sa.remote[0] == mm.sa.remote[0]:
                     self._remove_quick_mode(
                         inbound, f"peer {mm.sa.remote[0]} does not know SPI {spi:#010x}", notify_peer=False
                     )
@@ -557,7 +558,7 @@ class IKE:
     def _start_quick_mode(
         self, mm: MainModeEntry, rule: Rule, local: Selector, remote: Selector, rekey_of: QuickModeDone | None
     ) -> None:
-        machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi())
+        machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi)
         first = machine.start()
         ex = Exchange(machine, mm.sa.remote, mm.sa.local[1], rule, acquire=(local, remote), rekey_of=rekey_of)
         self.pending_quick[(mm.sa.cookies, machine.message_id)] = ex
@@ -637,13 +638,13 @@ class IKE:
         for timer in entry.timers:
             timer.cancel()
         sa = entry.sa
-        self.driver.delete_sa(sa.inbound.spi, sa.inbound.dst, sa.inbound.protocol)
-        self.driver.delete_sa(sa.outbound.spi, sa.outbound.dst, sa.outbound.protocol)
-        self.counters["Key Deletions"] += 2
+        for child in [*sa.inbound.chain(), *sa.outbound.chain()]:
+            self.driver.delete_sa(child.spi, child.dst, child.protocol)
+            self.counters["Key Deletions"] += 1
         mm = self.main_modes.get(sa.isakmp_sa.cookies) or self._main_mode_with(sa.isakmp_sa.remote[0])
         if notify_peer and mm:
             self.sender(
-                informational.delete_child(mm.sa, sa.inbound.protocol, [sa.inbound.spi]),
+                informational.delete_children(mm.sa, sa.inbound.chain()),
                 mm.sa.remote,
                 mm.sa.local[1],
             )

@@ -65,6 +65,11 @@ class ChildSA:
     integrity: str | None  # hmac-md5-96, hmac-sha1-96, hmac-sha256-128
     integrity_key: bytes = field(repr=False)
     udp_encap: tuple[int, int] | None  # (source port, destination port) of ESP in UDP
+    inner: ChildSA | None = None  # AH+ESP bundle: this is the AH SA, ``inner`` the ESP SA below it
+
+    def chain(self) -> list[ChildSA]:
+        """This SA and the ones bundled below it."""
+        return [self, *(self.inner.chain() if self.inner else [])]
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,18 @@ def _encapsulation(isakmp_sa: IsakmpSA, tunnel: bool) -> int:
     return TUNNEL if tunnel else TRANSPORT
 
 
-def offer_transform(offer: QuickModeOffer, encapsulation: int) -> Transform:
+def legs(offer: QuickModeOffer) -> list[tuple[str, str | None, str | None]]:
+    """(protocol, encryption, integrity) of each SA an offer makes: AH first for an AH+ESP bundle."""
+    if offer.protocol == "ah":
+        return [("ah", None, offer.integrity)]
+    esp = ("esp", offer.encryption, offer.integrity)
+    return [("ah", None, offer.ah), esp] if offer.ah else [esp]
+
+
+def leg_transform(
+    leg: tuple[str, str | None, str | None], offer: QuickModeOffer, encapsulation: int
+) -> Transform:
+    protocol, encryption, integrity = leg
     attrs = [
         Attribute(LIFE_TYPE, LIFE_SECONDS),
         Attribute(LIFE_DURATION, offer.lifetime_seconds),
@@ -109,13 +125,23 @@ def offer_transform(offer: QuickModeOffer, encapsulation: int) -> Transform:
     ]
     if offer.pfs_group:
         attrs.append(Attribute(GROUP, offer.pfs_group))
-    if offer.integrity:
-        attrs.append(Attribute(AUTH_ALGORITHM, AUTH_ALGORITHMS[offer.integrity]))
-    if offer.protocol == "ah":
-        return Transform(1, AH_TRANSFORM_IDS[offer.integrity], attrs)
-    if offer.encryption and offer.encryption.startswith("aes"):
-        attrs.append(Attribute(KEY_LENGTH, ENCRYPTION_KEY_SIZES[offer.encryption] * 8))
-    return Transform(1, ESP_TRANSFORM_IDS[offer.encryption], attrs)
+    if integrity:
+        attrs.append(Attribute(AUTH_ALGORITHM, AUTH_ALGORITHMS[integrity]))
+    if protocol == "ah":
+        return Transform(1, AH_TRANSFORM_IDS[integrity], attrs)
+    if encryption and encryption.startswith("aes"):
+        attrs.append(Attribute(KEY_LENGTH, ENCRYPTION_KEY_SIZES[encryption] * 8))
+    return Transform(1, ESP_TRANSFORM_IDS[encryption], attrs)
+
+
+def offer_proposals(
+    number: int, offer: QuickModeOffer, encapsulation: int, spis: dict[str, bytes]
+) -> list[Proposal]:
+    """The proposal payloads of one offer: one per protocol, all with the same number (RFC 2408 §4.2)."""
+    return [
+        Proposal(number, PROTOCOLS[leg[0]], spis[leg[0]], [leg_transform(leg, offer, encapsulation)])
+        for leg in legs(offer)
+    ]
 
 
 def _lifetimes(t: Transform) -> tuple[int | None, int | None]:
@@ -153,17 +179,39 @@ def describe_proposal(p: Proposal) -> str:
     return " ".join(out) or f"protocol {p.protocol} without transforms"
 
 
-def _matches(p: Proposal, t: Transform, offer: QuickModeOffer, encapsulation: int) -> bool:
-    expected = offer_transform(offer, encapsulation)
+def proposal_groups(sa: SA) -> list[list[Proposal]]:
+    """Proposals with the same number form one choice (e.g. AH and ESP together), in the peer's order."""
+    groups: dict[int, list[Proposal]] = {}
+    for p in sa.proposals:
+        groups.setdefault(p.number, []).append(p)
+    return list(groups.values())
+
+
+def _transform_matches(t: Transform, expected: Transform, encapsulation: int) -> bool:
     return (
-        p.protocol == PROTOCOLS[offer.protocol]
-        and len(p.spi) == 4
-        and t.transform_id == expected.transform_id
+        t.transform_id == expected.transform_id
         and t.attr(KEY_LENGTH) == expected.attr(KEY_LENGTH)
         and t.attr(AUTH_ALGORITHM) == expected.attr(AUTH_ALGORITHM)
         and t.attr(GROUP) == expected.attr(GROUP)
         and t.attr(ENCAPSULATION, TRANSPORT) == encapsulation
     )
+
+
+def match_group(group: list[Proposal], offer: QuickModeOffer, encapsulation: int) -> list[Transform] | None:
+    """The transform chosen in each proposal of the group if the group is this offer, else None."""
+    wanted = legs(offer)
+    if len(group) != len(wanted):
+        return None
+    chosen = []
+    for proposal, leg in zip(group, wanted, strict=True):
+        expected = leg_transform(leg, offer, encapsulation)
+        if proposal.protocol != PROTOCOLS[leg[0]] or len(proposal.spi) != 4:
+            return None
+        t = next((t for t in proposal.transforms if _transform_matches(t, expected, encapsulation)), None)
+        if t is None:
+            return None
+        chosen.append(t)
+    return chosen
 
 
 def selector_id(sel: Selector) -> ID:
@@ -272,56 +320,57 @@ class QuickMode:
     def _result(
         self,
         offer: QuickModeOffer,
-        transform: Transform,
-        spi_in: bytes,
-        spi_out: bytes,
+        transforms: list[Transform],
+        spis_in: dict[str, bytes],
+        spis_out: dict[str, bytes],
         local: Selector,
         remote: Selector,
         tunnel: bool,
     ) -> QuickModeDone:
-        enc_size, integ_size = ENCRYPTION_KEY_SIZES[offer.encryption], INTEGRITY_KEY_SIZES[offer.integrity]
-        if offer.protocol == "ah":
-            enc_size = 0
-        protocol = PROTOCOLS[offer.protocol]
-
-        seconds, kb = _lifetimes(transform)
-        encap = transform.attr(ENCAPSULATION, TRANSPORT)
+        seconds, kb = _lifetimes(transforms[0])
+        encap = transforms[0].attr(ENCAPSULATION, TRANSPORT)
         udp = (self.sa.local[1], self.sa.remote[1]) if encap not in (TUNNEL, TRANSPORT) else None
         local_ip, remote_ip = self.sa.local[0], self.sa.remote[0]
         mode = "tunnel" if tunnel else "transport"
 
-        def child(spi: bytes, inbound: bool) -> ChildSA:
-            km = oakley.keymat(
-                self.suite,
-                self.sa.keys.skeyid_d,
-                protocol,
-                spi,
-                self.ni,
-                self.nr,
-                enc_size + integ_size,
-                self.pfs_gxy,
-            )
-            src, dst = (remote_ip, local_ip) if inbound else (local_ip, remote_ip)
-            ports = (udp[::-1] if inbound else udp) if udp else None
-            encryption = DRIVER_ENCRYPTION[offer.encryption if offer.protocol == "esp" else None]
-            return ChildSA(
-                int.from_bytes(spi, "big"),
-                offer.protocol,
-                "inbound" if inbound else "outbound",
-                mode,
-                src,
-                dst,
-                encryption,
-                km[:enc_size],
-                DRIVER_INTEGRITY[offer.integrity],
-                km[enc_size:],
-                ports,
-            )
+        def chain(inbound: bool) -> ChildSA:
+            """The SAs of one direction, innermost (ESP) first, each bundled under the next."""
+            below = None
+            for protocol, encryption, integrity in reversed(legs(offer)):
+                spi = (spis_in if inbound else spis_out)[protocol]
+                enc_size, integ_size = ENCRYPTION_KEY_SIZES[encryption], INTEGRITY_KEY_SIZES[integrity]
+                km = oakley.keymat(
+                    self.suite,
+                    self.sa.keys.skeyid_d,
+                    PROTOCOLS[protocol],
+                    spi,
+                    self.ni,
+                    self.nr,
+                    enc_size + integ_size,
+                    self.pfs_gxy,
+                )
+                src, dst = (remote_ip, local_ip) if inbound else (local_ip, remote_ip)
+                ports = (udp[::-1] if inbound else udp) if udp and protocol == "esp" else None
+                below = ChildSA(
+                    int.from_bytes(spi, "big"),
+                    protocol,
+                    "inbound" if inbound else "outbound",
+                    mode,
+                    src,
+                    dst,
+                    DRIVER_ENCRYPTION[encryption],
+                    km[:enc_size],
+                    DRIVER_INTEGRITY[integrity],
+                    km[enc_size:],
+                    ports,
+                    below,
+                )
+            return below
 
         return QuickModeDone(
-            child(spi_in, True),
-            child(spi_out, False),
-            "tunnel" if tunnel else "transport",
+            chain(True),
+            chain(False),
+            mode,
             local,
             remote,
             offer,
@@ -334,17 +383,30 @@ class QuickMode:
 
 
 class Initiator(QuickMode):
-    def __init__(self, isakmp_sa: IsakmpSA, policy: PeerPolicy, local: Selector, remote: Selector, spi: int):
+    """Quick mode initiator for one acquire; ``spi_allocator`` gives our inbound SPIs."""
+
+    def __init__(
+        self,
+        isakmp_sa: IsakmpSA,
+        policy: PeerPolicy,
+        local: Selector,
+        remote: Selector,
+        spi_allocator: Callable[[], int],
+    ):
         super().__init__(isakmp_sa, secrets.randbits(32) or 1)
         self.policy, self.local_sel, self.remote_sel = policy, local, remote
-        self.spi = spi.to_bytes(4, "big")
-        self.notify_ref = (PROTOCOLS[policy.quick_mode[0].protocol], self.spi)
+        protocols = dict.fromkeys(leg[0] for offer in policy.quick_mode for leg in legs(offer))
+        self.spis = {protocol: spi_allocator().to_bytes(4, "big") for protocol in protocols}
+        first = legs(policy.quick_mode[0])[0][0]
+        self.spi = self.spis[first]
+        self.notify_ref = (PROTOCOLS[first], self.spi)
 
     def start(self) -> bytes:
         encap = _encapsulation(self.sa, self.policy.tunnel)
         self.proposals = [
-            Proposal(n, PROTOCOLS[o.protocol], self.spi, [offer_transform(o, encap)])
+            p
             for n, o in enumerate(self.policy.quick_mode, start=1)
+            for p in offer_proposals(n, o, encap, self.spis)
         ]
         self.ni = secrets.token_bytes(32)
         payloads: list[isakmp.Payload] = [SA(self.proposals), Nonce(self.ni)]
@@ -373,24 +435,28 @@ class Initiator(QuickMode):
             )
         self.nr = nonce.data
         sa = next((p for p in payloads if isinstance(p, SA)), None)
-        if sa is None or len(sa.proposals) != 1 or len(sa.proposals[0].transforms) != 1:
+        groups = proposal_groups(sa) if sa else []
+        if len(groups) != 1 or any(len(p.transforms) != 1 for p in groups[0]):
             raise NegotiationError(
-                "quick mode 2 must carry one proposal with one transform",
+                "quick mode 2 must carry one proposal (one per protocol) with one transform each",
                 NotifyType.PAYLOAD_MALFORMED,
                 "malformed message",
             )
-        chosen, transform = sa.proposals[0], sa.proposals[0].transforms[0]
         encap = _encapsulation(self.sa, self.policy.tunnel)
-        offer = next((o for o in self.policy.quick_mode if _matches(chosen, transform, o, encap)), None)
-        if offer is None:
+        choice = next(
+            ((o, t) for o in self.policy.quick_mode if (t := match_group(groups[0], o, encap))), None
+        )
+        if choice is None:
             raise NegotiationError(
-                f"peer chose {describe_proposal(chosen)}, which we did not offer",
+                f"peer chose {' + '.join(describe_proposal(p) for p in groups[0])}, which we did not offer",
                 NotifyType.NO_PROPOSAL_CHOSEN,
                 "no proposal chosen",
             )
+        offer, transforms = choice
         self._pfs(offer.pfs_group, next((p for p in payloads if isinstance(p, KE)), None))
+        theirs = {leg[0]: p.spi for leg, p in zip(legs(offer), groups[0], strict=True)}
         done = self._result(
-            offer, transform, self.spi, chosen.spi, self.local_sel, self.remote_sel, self.policy.tunnel
+            offer, transforms, self.spis, theirs, self.local_sel, self.remote_sel, self.policy.tunnel
         )
         reply = self.sa.seal(
             ExchangeType.QUICK_MODE,
@@ -408,9 +474,11 @@ PolicyLookup = Callable[[IsakmpSA, Selector, Selector], "PeerPolicy | None"]
 class Responder(QuickMode):
     """Created for a quick mode 1; ``policy_for`` finds the rule that covers the proposed selectors."""
 
-    def __init__(self, isakmp_sa: IsakmpSA, message_id: int, policy_for: PolicyLookup, spi: int):
+    def __init__(
+        self, isakmp_sa: IsakmpSA, message_id: int, policy_for: PolicyLookup, spi_allocator: Callable[[], int]
+    ):
         super().__init__(isakmp_sa, message_id)
-        self.policy_for, self.spi = policy_for, spi.to_bytes(4, "big")
+        self.policy_for, self.allocate_spi = policy_for, spi_allocator
 
     def _step(self, payloads: list[isakmp.Payload]) -> list[bytes]:
         if self.state == "new":
@@ -464,15 +532,15 @@ class Responder(QuickMode):
                 "invalid selectors",
             )
         encap = _encapsulation(self.sa, policy.tunnel)
-        for proposal in sa.proposals:
-            for t in proposal.transforms:
-                offer = next((o for o in policy.quick_mode if _matches(proposal, t, o, encap)), None)
-                if offer:
-                    return self._answer(payloads, ids, proposal, t, offer, policy, own_sel, peer_sel)
+        for group in proposal_groups(sa):
+            for offer in policy.quick_mode:
+                transforms = match_group(group, offer, encap)
+                if transforms:
+                    return self._answer(payloads, ids, group, transforms, offer, policy, own_sel, peer_sel)
         ours = " ".join(
             o.describe() + (f" PFS group {o.pfs_group}" if o.pfs_group else "") for o in policy.quick_mode
         )
-        offered = "; ".join(describe_proposal(p) for p in sa.proposals)
+        offered = "; ".join(" + ".join(describe_proposal(p) for p in g) for g in proposal_groups(sa))
         mode = natt.ENCAPSULATION_MODES.get(encap, str(encap))
         raise NegotiationError(
             f"no proposal chosen: peer {self.sa.remote[0]} offered {offered}; we accept {ours} "
@@ -481,20 +549,21 @@ class Responder(QuickMode):
             "no proposal chosen",
         )
 
-    def _answer(self, payloads, ids, proposal, transform, offer, policy, own_sel, peer_sel) -> list[bytes]:
+    def _answer(self, payloads, ids, group, transforms, offer, policy, own_sel, peer_sel) -> list[bytes]:
         self.nr = secrets.token_bytes(32)
-        reply: list[isakmp.Payload] = [
-            SA([Proposal(proposal.number, proposal.protocol, self.spi, [transform])]),
-            Nonce(self.nr),
+        ours = {leg[0]: self.allocate_spi().to_bytes(4, "big") for leg in legs(offer)}
+        theirs = {leg[0]: p.spi for leg, p in zip(legs(offer), group, strict=True)}
+        chosen = [
+            Proposal(p.number, p.protocol, ours[leg[0]], [t])
+            for p, t, leg in zip(group, transforms, legs(offer), strict=True)
         ]
+        reply: list[isakmp.Payload] = [SA(chosen), Nonce(self.nr)]
         if offer.pfs_group:
             self.private = oakley.GROUPS[offer.pfs_group].private_key()
             reply.append(KE(oakley.GROUPS[offer.pfs_group].public_key(self.private)))
             self._pfs(offer.pfs_group, next((p for p in payloads if isinstance(p, KE)), None))
         reply += ids
-        self.pending = self._result(
-            offer, transform, self.spi, proposal.spi, own_sel, peer_sel, policy.tunnel
-        )
+        self.pending = self._result(offer, transforms, ours, theirs, own_sel, peer_sel, policy.tunnel)
         self.state = "QM2 sent"
         return [
             self._seal(

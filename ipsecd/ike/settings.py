@@ -47,11 +47,13 @@ class QuickModeOffer:
     lifetime_seconds: int = 3600
     lifetime_kb: int = 100_000
     pfs_group: int | None = None
+    ah: str | None = None  # AH integrity bundled over the ESP (Windows "AH[MD5]+ESP[3DES,None]")
 
     def describe(self) -> str:
         if self.protocol == "ah":
             return f"AH[{(self.integrity or 'none').upper()}]"
-        return f"ESP[{(self.encryption or 'none').upper()},{(self.integrity or 'none').upper()}]"
+        esp = f"ESP[{(self.encryption or 'none').upper()},{(self.integrity or 'none').upper()}]"
+        return f"AH[{self.ah.upper()}]+{esp}" if self.ah else esp
 
 
 @dataclass(frozen=True)

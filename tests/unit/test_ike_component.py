@@ -325,3 +325,15 @@ def test_initial_contact_from_a_restarted_peer_clears_its_old_sas():
     assert {spi for spi, *_ in lab.drv_b.deleted} == {old.inbound.spi, old.outbound.spi}
     assert len(lab.ike_b.main_modes) == 1 and len(lab.ike_b.quick_modes) == 1
     assert any("INITIAL-CONTACT" in t for _, t in lab.ike_b.events)
+
+
+def test_bundle_sas_are_installed_and_deleted_together():
+    bundle = PeerPolicy(
+        auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("esp", "3des", "sha1", ah="sha1")]
+    )
+    lab = negotiate(bundle)
+    assert lab.ike_a.counters["Key Additions"] == 4 and len(lab.drv_b.added[0].inbound.chain()) == 2
+    lab.ike_a.idle(lab.drv_a.added[0].inbound.spi)
+    lab.net.run()
+    assert len(lab.drv_a.deleted) == len(lab.drv_b.deleted) == 4
+    assert {p for *_, p in lab.drv_b.deleted} == {"ah", "esp"} and not lab.ike_b.quick_modes

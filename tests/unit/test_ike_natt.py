@@ -1,5 +1,7 @@
 """NAT-T: vendor IDs, NAT-D against the strongSwan capture, detection and float, UDP 4500 framing."""
 
+from itertools import count
+
 import pytest
 
 from ipsecd.ike import isakmp, main_mode, natt, oakley, quick_mode
@@ -59,10 +61,12 @@ def test_nat_between_peers_floats_and_selects_udp_encapsulation():
     assert i.sa.nat.local_behind_nat and not i.sa.nat.remote_behind_nat
     assert r.sa.nat.remote_behind_nat and not r.sa.nat.local_behind_nat
     q = quick_mode.Initiator(
-        i.sa, pol, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), 7
+        i.sa, pol, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), count(7).__next__
     )
     first = q.start()
-    qr = quick_mode.Responder(r.sa, isakmp.Message.decode(first).message_id, lambda *_: pol, 9)
+    qr = quick_mode.Responder(
+        r.sa, isakmp.Message.decode(first).message_id, lambda *_: pol, count(9).__next__
+    )
     converse(q, qr, first)
     assert q.events[0].udp_encapsulation == (500, 500)  # ike.py moves the SA to 4500 when it floats
     assert "UDP-encapsulated" in qr.events[0].describe()
@@ -91,10 +95,12 @@ def test_windows_2003_style_peer_gets_draft_02_numbers_on_the_wire():
     converse(i, r, mm3)
     assert i.sa.natt_variant is natt.DRAFT_02 and r.sa.natt_variant is natt.DRAFT_02
     q = quick_mode.Initiator(
-        i.sa, windows, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), 7
+        i.sa, windows, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), count(7).__next__
     )
     first = q.start()
-    qr = quick_mode.Responder(r.sa, isakmp.Message.decode(first).message_id, lambda *_: ours, 9)
+    qr = quick_mode.Responder(
+        r.sa, isakmp.Message.decode(first).message_id, lambda *_: ours, count(9).__next__
+    )
     converse(q, qr, first)
     transform = q.proposals[0].transforms[0]
     assert transform.attr(quick_mode.ENCAPSULATION) == 61444  # UDP-Encapsulated-Transport, draft numbering

@@ -87,6 +87,7 @@ class QuickModeDone:
     udp_encapsulation: tuple[int, int] | None  # (local port, remote port) when ESP goes in UDP
     isakmp_sa: IsakmpSA = field(repr=False)
     message_id: int = 0
+    peer_original_address: str | None = None  # NAT-OA: the peer's own address, for transport checksums
 
     def describe(self) -> str:
         enc = f", UDP-encapsulated {self.udp_encapsulation[1]}" if self.udp_encapsulation else ""
@@ -317,6 +318,22 @@ class QuickMode:
                 f"PFS: {exc}", NotifyType.INVALID_KEY_INFORMATION, "malformed message"
             ) from None
 
+    def _nat_oa(self, encap: int) -> list[isakmp.Payload]:
+        """NAT-OAi and NAT-OAr in UDP-encapsulated transport mode (RFC 3947 §5.2): the initiator's and the
+        responder's addresses as this side knows them."""
+        variant = self.sa.natt_variant
+        if variant is None or encap != variant.udp_transport:
+            return []
+        local, remote = (ipaddress.IPv4Address(a).packed for a in (self.sa.local[0], self.sa.remote[0]))
+        initiator, responder = (local, remote) if isinstance(self, Initiator) else (remote, local)
+        return [variant.natoa(initiator), variant.natoa(responder)]
+
+    def _peer_original_address(self, payloads: list[isakmp.Payload]) -> str | None:
+        oas = [p for p in payloads if isinstance(p, isakmp.NatOA) and len(p.address) == 4]
+        if len(oas) != 2:
+            return None
+        return str(ipaddress.IPv4Address(oas[1 if isinstance(self, Initiator) else 0].address))
+
     def _result(
         self,
         offer: QuickModeOffer,
@@ -326,6 +343,7 @@ class QuickMode:
         local: Selector,
         remote: Selector,
         tunnel: bool,
+        peer_payloads: list[isakmp.Payload],
     ) -> QuickModeDone:
         seconds, kb = _lifetimes(transforms[0])
         encap = transforms[0].attr(ENCAPSULATION, TRANSPORT)
@@ -379,6 +397,7 @@ class QuickMode:
             udp,
             self.sa,
             self.message_id,
+            self._peer_original_address(peer_payloads),
         )
 
 
@@ -414,7 +433,7 @@ class Initiator(QuickMode):
         if group:
             self.private = oakley.GROUPS[group].private_key()
             payloads.append(KE(oakley.GROUPS[group].public_key(self.private)))
-        payloads += [selector_id(self.local_sel), selector_id(self.remote_sel)]
+        payloads += [selector_id(self.local_sel), selector_id(self.remote_sel), *self._nat_oa(encap)]
         self.state = "QM1 sent"
         return self._seal(
             payloads, lambda rest: oakley.qm_hash1(self.suite, self.sa.keys.skeyid_a, self.message_id, rest)
@@ -456,7 +475,14 @@ class Initiator(QuickMode):
         self._pfs(offer.pfs_group, next((p for p in payloads if isinstance(p, KE)), None))
         theirs = {leg[0]: p.spi for leg, p in zip(legs(offer), groups[0], strict=True)}
         done = self._result(
-            offer, transforms, self.spis, theirs, self.local_sel, self.remote_sel, self.policy.tunnel
+            offer,
+            transforms,
+            self.spis,
+            theirs,
+            self.local_sel,
+            self.remote_sel,
+            self.policy.tunnel,
+            payloads,
         )
         reply = self.sa.seal(
             ExchangeType.QUICK_MODE,
@@ -562,8 +588,10 @@ class Responder(QuickMode):
             self.private = oakley.GROUPS[offer.pfs_group].private_key()
             reply.append(KE(oakley.GROUPS[offer.pfs_group].public_key(self.private)))
             self._pfs(offer.pfs_group, next((p for p in payloads if isinstance(p, KE)), None))
-        reply += ids
-        self.pending = self._result(offer, transforms, ours, theirs, own_sel, peer_sel, policy.tunnel)
+        reply += [*ids, *self._nat_oa(transforms[0].attr(ENCAPSULATION, TRANSPORT))]
+        self.pending = self._result(
+            offer, transforms, ours, theirs, own_sel, peer_sel, policy.tunnel, payloads
+        )
         self.state = "QM2 sent"
         return [
             self._seal(

@@ -69,6 +69,9 @@ def test_nat_between_peers_floats_and_selects_udp_encapsulation():
     )
     converse(q, qr, first)
     assert q.events[0].udp_encapsulation == (500, 500)  # ike.py moves the SA to 4500 when it floats
+    # NAT-OA (RFC 3947 §5.2): each side learns the other's own address for transport-mode checksums
+    assert qr.events[0].peer_original_address == "192.168.1.10"
+    assert q.events[0].peer_original_address == "198.51.100.2"
     assert "UDP-encapsulated" in qr.events[0].describe()
 
 

@@ -174,25 +174,6 @@ class LengthOf(Int):
         return len(getattr(obj, self.of)) // self.unit
 
 
-class Fixed(Field):
-    """Exactly ``size`` bytes."""
-
-    def __init__(self, name: str, size: int):
-        super().__init__(name)
-        self.size = size
-
-    def read(self, buf, pos, end, values):
-        if end - pos < self.size:
-            raise ValueError(f"field {self.name!r} needs {self.size} bytes, {end - pos} left")
-        return bytes(buf[pos : pos + self.size]), pos + self.size
-
-    def write(self, obj):
-        value = getattr(obj, self.name)
-        if len(value) != self.size:
-            raise ValueError(f"field {self.name!r} must be {self.size} bytes, got {len(value)}")
-        return value
-
-
 class Sized(Field):
     """Bytes whose length is the value of an earlier field (times ``unit``)."""
 

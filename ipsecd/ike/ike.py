@@ -172,6 +172,7 @@ class IKE:
         self.sockets: list[asyncio.DatagramTransport] = []
         self.sender: Callable[[bytes, tuple[str, int], int], None] = self._send_udp
         self.keepalive_timers: dict[bytes, Timer] = {}
+        self.invalid_spi_sent: dict[tuple[str, int], float] = {}
 
     # -- wiring -------------------------------------------------------------------------------------
 
@@ -252,6 +253,22 @@ class IKE:
         if kind == "ike":
             self.datagram_received(message, addr, self.natt_port)
 
+    def invalid_spi(self, spi: int, peer: str, protocol: str = "esp") -> None:
+        """The driver got a packet for an SPI it does not have: tell the peer (at most once per SPI and
+        minute), which then deletes its outbound SA and negotiates afresh on its next packet."""
+        mm = self._main_mode_with(peer)
+        now = self.clock.time()
+        if mm is None or now - self.invalid_spi_sent.get((peer, spi), -60.0) < 60:
+            return
+        self.invalid_spi_sent[(peer, spi)] = now
+        proto = ProtocolID.ESP if protocol == "esp" else ProtocolID.AH
+        self.sender(
+            informational.notify(mm.sa, NotifyType.INVALID_SPI, proto, spi.to_bytes(4, "big")),
+            mm.sa.remote,
+            mm.sa.local[1],
+        )
+        self.note(f"told {peer} that SPI {spi:#010x} is unknown here (INVALID-SPI)")
+
     def expire(self, inbound_spi: int, hard: bool, reason: str = "lifetime") -> None:
         """The driver saw a soft/hard (kilobyte) lifetime or idle timeout on an SA."""
         if inbound_spi not in self.quick_modes:
@@ -278,8 +295,8 @@ class IKE:
         elif cookies not in self.main_modes:
             self.counters["Malformed Packets"] += 1
             self.note(
-                f"dropped {ExchangeType(msg.exchange).name if msg.exchange in (5, 32) else msg.exchange} "
-                f"from {addr[0]} for an unknown main mode SA {msg.icookie.hex()}:{msg.rcookie.hex()}"
+                f"dropped a message of exchange type {msg.exchange} from {addr[0]}: no main mode SA "
+                f"{msg.icookie.hex()}:{msg.rcookie.hex()} here"
             )
         elif msg.exchange == ExchangeType.QUICK_MODE:
             self._quick_mode_message(self.main_modes[cookies], msg, data, addr, local_port)
@@ -320,8 +337,14 @@ class IKE:
         self._main_mode_progress(ex, msg.icookie)
 
     def _feed(self, ex: Exchange, msg: Message, data: bytes, addr: tuple[str, int], local_port: int) -> None:
-        before = ex.machine.state
+        before, dropped = ex.machine.state, len(ex.machine.dropped)
         replies = ex.machine.receive(msg)
+        if len(ex.machine.dropped) > dropped:
+            self.counters["Malformed Packets"] += 1
+            self.note(
+                f"dropped a message from {addr[0]} that failed its integrity check, waiting for the "
+                f"retransmission: {ex.machine.dropped[-1]}"
+            )
         if ex.machine.state == before:
             return  # nothing changed: not for this state (late duplicate, stray message)
         ex.last_received = data
@@ -369,18 +392,20 @@ class IKE:
             )
         )
         if sa.nat and sa.nat.local_behind_nat:
-            self._keepalive(sa)
+            self._schedule_keepalive(sa)
         for rule, local, remote, rekey_of in self.waiting.pop(sa.remote[0], []):
             self._start_quick_mode(entry, rule, local, remote, rekey_of)
 
-    def _keepalive(self, sa: IsakmpSA) -> None:
+    def _schedule_keepalive(self, sa: IsakmpSA) -> None:
         """NAT keepalives every 20 s while the main mode SA lives (RFC 3948 §2.3)."""
-        if sa.cookies not in self.main_modes:
-            return
-        self.send_4500(natt.KEEPALIVE, self.main_modes[sa.cookies].sa.remote)
         self.keepalive_timers[sa.cookies] = self.clock.call_later(
             natt.KEEPALIVE_INTERVAL, lambda: self._keepalive(sa)
         )
+
+    def _keepalive(self, sa: IsakmpSA) -> None:
+        if sa.cookies in self.main_modes:
+            self.send_4500(natt.KEEPALIVE, sa.remote)
+            self._schedule_keepalive(sa)
 
     def _quick_mode_message(
         self, mm: MainModeEntry, msg: Message, data: bytes, addr: tuple[str, int], local_port: int
@@ -393,12 +418,15 @@ class IKE:
                 for e in self.quick_modes.values()
             ):
                 return  # a late retransmission of a finished quick mode
-            machine = quick_mode.Responder(mm.sa, msg.message_id, self._policy_for, self.allocate_spi())
+            machine = quick_mode.Responder(mm.sa, msg.message_id, self._policy_for, self.allocate_spi)
             ex = Exchange(machine, addr, local_port)
             self.pending_quick[key] = ex
         elif self._duplicate(ex, data):
             return
         self._feed(ex, msg, data, addr, local_port)
+        if ex.machine.state == "new":  # its first message was dropped: nothing to remember
+            self.pending_quick.pop(key, None)
+            return
         self._quick_mode_progress(ex, key)
 
     def _policy_for(self, sa: IsakmpSA, local: Selector, remote: Selector) -> PeerPolicy | None:
@@ -428,7 +456,7 @@ class IKE:
     def _install(self, done: QuickModeDone, ex: Exchange) -> None:
         self.driver.add_sa(done)
         self.counters["Oakley Quick Modes"] += 1
-        self.counters["Key Additions"] += 2
+        self.counters["Key Additions"] += len(done.inbound.chain()) * 2
         rule = ex.rule or next(
             (r for r in self.rules if r.covers(done.local_selector, done.remote_selector)), None
         )
@@ -480,10 +508,19 @@ class IKE:
         for spi in delete.spis:
             value = int.from_bytes(spi, "big")
             for inbound, entry in list(self.quick_modes.items()):
-                if entry.sa.outbound.spi == value:
+                if value in (child.spi for child in entry.sa.outbound.chain()):
                     self._remove_quick_mode(inbound, f"peer {mm.sa.remote[0]} deleted it", notify_peer=False)
 
     def _peer_notify(self, mm: MainModeEntry, notify: isakmp.Notify, pending: list[Exchange]) -> None:
+        if notify.notify_type == NotifyType.INVALID_SPI:
+            spi = int.from_bytes(notify.spi, "big") if len(notify.spi) == 4 else None
+            for inbound, entry in list(self.quick_modes.items()):
+                outbound = [child.spi for child in entry.sa.outbound.chain()]
+                if spi in outbound and entry.sa.isakmp_sa.remote[0] == mm.sa.remote[0]:
+                    self._remove_quick_mode(
+                        inbound, f"peer {mm.sa.remote[0]} does not know SPI {spi:#010x}", notify_peer=False
+                    )
+            return
         if notify.notify_type == NotifyType.INITIAL_CONTACT:
             self.note(f"peer {mm.sa.remote[0]} sent INITIAL-CONTACT")
             return
@@ -521,12 +558,9 @@ class IKE:
     def _start_quick_mode(
         self, mm: MainModeEntry, rule: Rule, local: Selector, remote: Selector, rekey_of: QuickModeDone | None
     ) -> None:
-        machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi())
+        machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi)
         first = machine.start()
-        ex = Exchange(
-            machine, mm.sa.remote, mm.exchange.local_port, rule, acquire=(local, remote), rekey_of=rekey_of
-        )
-        ex.local_port = mm.sa.local[1]
+        ex = Exchange(machine, mm.sa.remote, mm.sa.local[1], rule, acquire=(local, remote), rekey_of=rekey_of)
         self.pending_quick[(mm.sa.cookies, machine.message_id)] = ex
         self._transmit(ex, [first], expect_reply=True)
 
@@ -604,13 +638,13 @@ class IKE:
         for timer in entry.timers:
             timer.cancel()
         sa = entry.sa
-        self.driver.delete_sa(sa.inbound.spi, sa.inbound.destination, sa.inbound.protocol)
-        self.driver.delete_sa(sa.outbound.spi, sa.outbound.destination, sa.outbound.protocol)
-        self.counters["Key Deletions"] += 2
+        for child in [*sa.inbound.chain(), *sa.outbound.chain()]:
+            self.driver.delete_sa(child.spi, child.dst, child.protocol)
+            self.counters["Key Deletions"] += 1
         mm = self.main_modes.get(sa.isakmp_sa.cookies) or self._main_mode_with(sa.isakmp_sa.remote[0])
         if notify_peer and mm:
             self.sender(
-                informational.delete_child(mm.sa, sa.inbound.protocol, [sa.inbound.spi]),
+                informational.delete_children(mm.sa, sa.inbound.chain()),
                 mm.sa.remote,
                 mm.sa.local[1],
             )
@@ -639,6 +673,15 @@ class IKE:
         self._remove_main_mode(cookies, reason, notify_peer=False)
 
     # -- monitoring ----------------------------------------------------------------------------------
+
+    def status(self, events: int = 50) -> dict:
+        """What ipsecctl shows: the ipsecmon counters, both SA tables and the latest events (JSON-ready)."""
+        return {
+            "counters": dict(self.counters),
+            "main mode SAs": self.main_mode_sas(),
+            "quick mode SAs": self.quick_mode_sas(),
+            "events": [{"time": round(t, 3), "text": text} for t, text in list(self.events)[-events:]],
+        }
 
     def ikev1_decryption_table(self) -> list[str]:
         """Rows for Wireshark's ikev1_decryption_table: every main mode SA we hold."""

@@ -6,10 +6,14 @@ Each informational message has its own message ID, so its IV is hash(last phase 
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
 from ipsecd.ike import isakmp, oakley
 from ipsecd.ike.isakmp import Delete, ExchangeType, Hash, Notify, NotifyType, ProtocolID
 from ipsecd.ike.main_mode import IsakmpSA, NegotiationError
+
+if TYPE_CHECKING:
+    from ipsecd.ike.quick_mode import ChildSA
 
 
 def protect(sa: IsakmpSA, payloads: list[isakmp.Payload]) -> bytes:
@@ -34,9 +38,10 @@ def delete_isakmp(sa: IsakmpSA) -> bytes:
     return protect(sa, [Delete.of(ProtocolID.ISAKMP, [sa.cookies])])
 
 
-def delete_child(sa: IsakmpSA, protocol: str, spis: list[int]) -> bytes:
-    proto = ProtocolID.ESP if protocol == "esp" else ProtocolID.AH
-    return protect(sa, [Delete.of(proto, [s.to_bytes(4, "big") for s in spis])])
+def delete_children(sa: IsakmpSA, children: list[ChildSA]) -> bytes:
+    """One informational deleting quick mode SAs (our inbound ones): a Delete payload per SA."""
+    proto = {"esp": ProtocolID.ESP, "ah": ProtocolID.AH}
+    return protect(sa, [Delete.of(proto[c.protocol], [c.spi.to_bytes(4, "big")]) for c in children])
 
 
 def open_informational(sa: IsakmpSA, msg: isakmp.Message) -> list[isakmp.Payload]:
@@ -53,5 +58,6 @@ def open_informational(sa: IsakmpSA, msg: isakmp.Message) -> list[isakmp.Payload
             "informational HASH(1) does not verify",
             NotifyType.INVALID_HASH_INFORMATION,
             "authentication failed",
+            integrity=True,
         )
     return payloads[1:]

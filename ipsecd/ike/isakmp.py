@@ -174,25 +174,6 @@ class LengthOf(Int):
         return len(getattr(obj, self.of)) // self.unit
 
 
-class Fixed(Field):
-    """Exactly ``size`` bytes."""
-
-    def __init__(self, name: str, size: int):
-        super().__init__(name)
-        self.size = size
-
-    def read(self, buf, pos, end, values):
-        if end - pos < self.size:
-            raise ValueError(f"field {self.name!r} needs {self.size} bytes, {end - pos} left")
-        return bytes(buf[pos : pos + self.size]), pos + self.size
-
-    def write(self, obj):
-        value = getattr(obj, self.name)
-        if len(value) != self.size:
-            raise ValueError(f"field {self.name!r} must be {self.size} bytes, got {len(value)}")
-        return value
-
-
 class Sized(Field):
     """Bytes whose length is the value of an earlier field (times ``unit``)."""
 
@@ -346,10 +327,16 @@ class SA(Payload):
 
 
 @dataclass
-class KE(Payload):
-    TYPE = PayloadType.KE
+class Opaque(Payload):
+    """A payload whose body is one opaque value (KE, HASH, SIG, NONCE, vendor ID, NAT-D)."""
+
     FIELDS = (Rest("data"),)
     data: bytes
+
+
+@dataclass
+class KE(Opaque):
+    TYPE = PayloadType.KE
 
 
 @dataclass
@@ -399,24 +386,18 @@ class CertRequest(Payload):
 
 
 @dataclass
-class Hash(Payload):
+class Hash(Opaque):
     TYPE = PayloadType.HASH
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass
-class Signature(Payload):
+class Signature(Opaque):
     TYPE = PayloadType.SIG
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass
-class Nonce(Payload):
+class Nonce(Opaque):
     TYPE = PayloadType.NONCE
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass
@@ -474,17 +455,13 @@ class Delete(Payload):
 
 
 @dataclass
-class VendorID(Payload):
+class VendorID(Opaque):
     TYPE = PayloadType.VENDOR_ID
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass
-class NatD(Payload):
+class NatD(Opaque):
     TYPE = PayloadType.NAT_D
-    FIELDS = (Rest("data"),)
-    data: bytes
 
 
 @dataclass

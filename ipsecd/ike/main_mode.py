@@ -53,11 +53,21 @@ NONCE_SIZE = 32
 
 
 class NegotiationError(Exception):
-    """Stops an exchange: ``reason`` in words, the notify to send (if any), the counter to bump."""
+    """Stops an exchange: ``reason`` in words, the notify to send (if any), the counter to bump.
 
-    def __init__(self, reason: str, notify: int | None = None, counter: str = "negotiation failed"):
+    ``integrity`` marks a message that failed decryption or its hash: it may be a corrupted datagram, so
+    the exchange drops it and waits for the retransmission before believing it (main mode gives one
+    second chance, quick mode waits for its retransmission timer)."""
+
+    def __init__(
+        self,
+        reason: str,
+        notify: int | None = None,
+        counter: str = "negotiation failed",
+        integrity: bool = False,
+    ):
         super().__init__(reason)
-        self.reason, self.notify, self.counter = reason, notify, counter
+        self.reason, self.notify, self.counter, self.integrity = reason, notify, counter, integrity
 
 
 @dataclass
@@ -121,6 +131,7 @@ class IsakmpSA:
                 f"{ExchangeType(msg.exchange).name} message not encrypted",
                 NotifyType.INVALID_FLAGS,
                 "malformed message",
+                integrity=True,
             )
         try:
             plain = self.suite.cipher.decrypt(self.keys.ka, self._iv(msg.message_id), msg.body)
@@ -130,6 +141,7 @@ class IsakmpSA:
                 f"could not decrypt message {msg.message_id:#x}: {exc}",
                 NotifyType.PAYLOAD_MALFORMED,
                 "malformed message",
+                integrity=True,
             ) from None
         self.ivs[msg.message_id] = msg.body[-self.suite.cipher.block_size :]
         return payloads
@@ -321,6 +333,7 @@ class MainMode:
         self.iv = b""
         self.sa: IsakmpSA | None = None
         self.peer_initial_contact = False
+        self.dropped: list[str] = []  # messages dropped as corrupted, in words
 
     @property
     def done(self) -> bool:
@@ -343,6 +356,9 @@ class MainMode:
                 return []
             return self._step(msg)
         except NegotiationError as exc:
+            if exc.integrity and not self.dropped:
+                self.dropped.append(exc.reason)
+                return []
             self.state = "failed"
             self.events.append(Failure(exc.reason, exc.counter))
             return [notify_message(self.icookie, self.rcookie, exc.notify)] if exc.notify else []
@@ -396,14 +412,12 @@ class MainMode:
         self.own_ke = self.suite.group.public_key(self.private)
 
     def _vendor_ids(self) -> list[isakmp.Payload]:
-        vids = [natt.VID_WINDOWS_2003]
-        if self.policy.nat_traversal:
-            vids += [natt.VID_RFC3947, natt.VID_DRAFT_02]
+        vids = [natt.VID_WINDOWS_2003] + [natt.VARIANTS[name].vendor_id for name in self.policy.nat_traversal]
         return [VendorID(v) for v in vids]
 
     def _note_vendor_ids(self, msg: Message) -> None:
         self.peer_vids = [v.data for v in msg.all(VendorID)]
-        self.variant = natt.choose_variant(self.peer_vids) if self.policy.nat_traversal else None
+        self.variant = natt.choose_variant(self.peer_vids, self.policy.nat_traversal)
 
     def _key_exchange_payloads(self) -> list[isakmp.Payload]:
         nonce = self.ni if self.initiator else self.nr
@@ -442,9 +456,12 @@ class MainMode:
             self.ni = nonce.data
         natds = [p.data for p in msg.all(isakmp.NatD)]
         if self.variant and natds:
-            self.nat = natt.detect(
-                natds, self.suite.hash, self.icookie, self.rcookie, self.local, self.remote
-            )
+            try:
+                self.nat = natt.detect(
+                    natds, self.suite.hash, self.icookie, self.rcookie, self.local, self.remote
+                )
+            except ValueError as exc:
+                raise NegotiationError(str(exc), NotifyType.PAYLOAD_MALFORMED, "malformed message") from None
         auth = self._auth()
         if isinstance(auth, PreSharedKey):
             skeyid = oakley.skeyid_psk(self.suite, auth.key, self.ni, self.nr)
@@ -477,9 +494,16 @@ class MainMode:
         return [Hash(own_hash)]
 
     def _hash(self, of_initiator: bool, id_body: bytes) -> bytes:
-        fn = oakley.hash_i if of_initiator else oakley.hash_r
-        return fn(
-            self.suite, self.keys.skeyid, self.gxi, self.gxr, self.icookie, self.rcookie, self.sai_b, id_body
+        return oakley.phase1_hash(
+            self.suite,
+            self.keys.skeyid,
+            self.gxi,
+            self.gxr,
+            self.icookie,
+            self.rcookie,
+            self.sai_b,
+            id_body,
+            initiator=of_initiator,
         )
 
     def _seal_phase1(self, payloads: list[isakmp.Payload]) -> bytes:
@@ -490,6 +514,7 @@ class MainMode:
         return head.header(first, len(body)) + body
 
     def _open_phase1(self, msg: Message) -> list[isakmp.Payload]:
+        """Decrypt main mode 5/6; the IV moves on only once the caller has verified the contents."""
         wrong_key = "pre-shared keys differ" if self.method == "psk" else "keys differ"
         if not msg.flags & Flag.ENCRYPTION:
             raise NegotiationError(
@@ -504,8 +529,8 @@ class MainMode:
                 f"decrypt to valid payloads ({wrong_key}?): {exc}",
                 NotifyType.AUTHENTICATION_FAILED,
                 "authentication failed",
+                integrity=True,
             ) from None
-        self.iv = msg.body[-self.suite.cipher.block_size :]
         return payloads
 
     def _verify_peer(self, payloads: list[isakmp.Payload]) -> str:
@@ -525,6 +550,7 @@ class MainMode:
                     "(pre-shared keys differ?)",
                     NotifyType.AUTHENTICATION_FAILED,
                     "authentication failed",
+                    integrity=True,
                 )
             return _id_text(peer_id)
         certs = []
@@ -557,6 +583,7 @@ class MainMode:
                 f"authentication failed: signature of {certs[0].subject.rfc4514_string()} does not verify",
                 NotifyType.INVALID_SIGNATURE,
                 "authentication failed",
+                integrity=True,
             )
         return certs[0].subject.rfc4514_string()
 
@@ -604,7 +631,6 @@ class Initiator(MainMode):
         ]
         sa = SA([Proposal(1, ProtocolID.ISAKMP, b"", transforms)])
         self.sai_b = sa.body()
-        self.offered = sa.proposals[0]
         self.state = "MM1 sent"
         return Message(
             self.icookie, self.rcookie, ExchangeType.MAIN_MODE, payloads=[sa, *self._vendor_ids()]
@@ -645,7 +671,9 @@ class Initiator(MainMode):
             self.state = "MM5 sent"
             return [self._seal_phase1(payloads)]
         if self.state == "MM5 sent" and msg.flags & Flag.ENCRYPTION:
-            self._establish(self._verify_peer(self._open_phase1(msg)))
+            peer = self._verify_peer(self._open_phase1(msg))
+            self.iv = msg.body[-self.suite.cipher.block_size :]
+            self._establish(peer)
             return []
         return []
 
@@ -681,6 +709,7 @@ class Responder(MainMode):
         if self.state == "MM4 sent" and msg.flags & Flag.ENCRYPTION:
             payloads = self._open_phase1(msg)
             peer = self._verify_peer(payloads)
+            self.iv = msg.body[-self.suite.cipher.block_size :]
             self.peer_initial_contact = any(
                 isinstance(p, Notify) and p.notify_type == NotifyType.INITIAL_CONTACT for p in payloads
             )

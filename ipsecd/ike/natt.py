@@ -79,12 +79,14 @@ ENCAPSULATION_MODES = {
 }
 
 
-def choose_variant(peer_vendor_ids: list[bytes]) -> Variant | None:
-    """RFC 3947 when the peer announced it, else draft-02 (Windows 2003), else no NAT-T."""
-    if VID_RFC3947 in peer_vendor_ids:
-        return RFC3947
-    if VID_DRAFT_02 in peer_vendor_ids:
-        return DRAFT_02
+VARIANTS = {"rfc3947": RFC3947, "draft-02": DRAFT_02}  # in order of preference
+
+
+def choose_variant(peer_vendor_ids: list[bytes], ours: tuple[str, ...] = tuple(VARIANTS)) -> Variant | None:
+    """The first NAT-T revision both sides announced: RFC 3947, else draft-02 (Windows 2003), else none."""
+    for name, variant in VARIANTS.items():
+        if name in ours and variant.vendor_id in peer_vendor_ids:
+            return variant
     return None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import warnings
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -48,6 +49,26 @@ MODP_2048 = int(
 )
 
 
+def _openssl_modexp(prime: int, generator: int):
+    """OpenSSL's modular exponentiation for a group it knows (it skips its slow parameter checks for
+    RFC 3526 primes: about 1 ms for group 14 against 7-10 ms for Python's pow); None when unavailable."""
+    try:
+        from cryptography.hazmat.primitives.asymmetric import dh
+    except ImportError:  # pragma: no cover - FFDH may leave cryptography one day
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FFDH is deprecated in cryptography; IKEv1 needs it
+        numbers = dh.DHParameterNumbers(prime, generator)
+
+    def modexp(base: int, exponent: int) -> int:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            key = dh.DHPrivateNumbers(exponent, dh.DHPublicNumbers(generator, numbers)).private_key()
+            return int.from_bytes(key.exchange(dh.DHPublicNumbers(base, numbers).public_key()), "big")
+
+    return modexp
+
+
 @dataclass(frozen=True)
 class Group:
     """A MODP group; public values and shared secrets are big-endian, padded to the modulus."""
@@ -57,16 +78,21 @@ class Group:
     prime: int
     generator: int = 2
     private_bits: int = 256  # >= twice the group strength (RFC 3526 §8)
+    openssl: bool = False  # OpenSSL recognises the prime and exponentiates fast
 
     @property
     def size(self) -> int:
         return (self.prime.bit_length() + 7) // 8
 
+    def _modexp(self, base: int, exponent: int) -> int:
+        fast = _OPENSSL.get(self.number) if self.openssl else None
+        return fast(base, exponent) if fast else pow(base, exponent, self.prime)
+
     def private_key(self) -> int:
         return secrets.randbits(self.private_bits) | 1 << (self.private_bits - 1)
 
     def public_key(self, private: int) -> bytes:
-        return pow(self.generator, private, self.prime).to_bytes(self.size, "big")
+        return self._modexp(self.generator, private).to_bytes(self.size, "big")
 
     def shared_secret(self, private: int, peer_public: bytes) -> bytes:
         """g^xy; ValueError when the peer's value has the wrong size or is degenerate (1, p-1...)."""
@@ -75,7 +101,7 @@ class Group:
         y = int.from_bytes(peer_public, "big")
         if not 1 < y < self.prime - 1:
             raise ValueError(f"{self.name} public value out of range")
-        return pow(y, private, self.prime).to_bytes(self.size, "big")
+        return self._modexp(y, private).to_bytes(self.size, "big")
 
 
 GROUPS = {
@@ -83,9 +109,10 @@ GROUPS = {
     for g in (
         Group(1, "MODP 768 (group 1)", MODP_768),
         Group(2, "MODP 1024 (group 2)", MODP_1024),
-        Group(14, "MODP 2048 (group 14)", MODP_2048),
+        Group(14, "MODP 2048 (group 14)", MODP_2048, openssl=True),
     )
 }
+_OPENSSL = {g.number: _openssl_modexp(g.prime, g.generator) for g in GROUPS.values() if g.openssl}
 
 # --- hashes, PRF, phase 1 ciphers ------------------------------------------------------------------
 
@@ -233,7 +260,7 @@ def phase2_iv(suite: Phase1Suite, last_phase1_block: bytes, message_id: int) -> 
     return suite.hash.hash(last_phase1_block + message_id.to_bytes(4, "big"))[: suite.cipher.block_size]
 
 
-def hash_i(
+def phase1_hash(
     suite: Phase1Suite,
     skeyid: bytes,
     gxi: bytes,
@@ -241,22 +268,14 @@ def hash_i(
     cky_i: bytes,
     cky_r: bytes,
     sai_b: bytes,
-    idii_b: bytes,
+    id_b: bytes,
+    *,
+    initiator: bool,
 ) -> bytes:
-    return suite.hash.prf(skeyid, gxi + gxr + cky_i + cky_r + sai_b + idii_b)
-
-
-def hash_r(
-    suite: Phase1Suite,
-    skeyid: bytes,
-    gxi: bytes,
-    gxr: bytes,
-    cky_i: bytes,
-    cky_r: bytes,
-    sai_b: bytes,
-    idir_b: bytes,
-) -> bytes:
-    return suite.hash.prf(skeyid, gxr + gxi + cky_r + cky_i + sai_b + idir_b)
+    """HASH_I = prf(SKEYID, g^xi | g^xr | CKY-I | CKY-R | SAi_b | IDii_b); HASH_R swaps the roles of the
+    KE values and cookies, with IDir_b (RFC 2409 §5). Bodies without their generic payload headers."""
+    exchange = gxi + gxr + cky_i + cky_r if initiator else gxr + gxi + cky_r + cky_i
+    return suite.hash.prf(skeyid, exchange + sai_b + id_b)
 
 
 # --- quick mode and informational (RFC 2409 §5.5, §5.7) -------------------------------------------

@@ -47,11 +47,13 @@ class QuickModeOffer:
     lifetime_seconds: int = 3600
     lifetime_kb: int = 100_000
     pfs_group: int | None = None
+    ah: str | None = None  # AH integrity bundled over the ESP (Windows "AH[MD5]+ESP[3DES,None]")
 
     def describe(self) -> str:
         if self.protocol == "ah":
             return f"AH[{(self.integrity or 'none').upper()}]"
-        return f"ESP[{(self.encryption or 'none').upper()},{(self.integrity or 'none').upper()}]"
+        esp = f"ESP[{(self.encryption or 'none').upper()},{(self.integrity or 'none').upper()}]"
+        return f"AH[{self.ah.upper()}]+{esp}" if self.ah else esp
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class PeerPolicy:
     main_mode: list[MainModeOffer] = field(default_factory=lambda: [MainModeOffer()])
     quick_mode: list[QuickModeOffer] = field(default_factory=lambda: [QuickModeOffer()])
     tunnel: bool = False  # tunnel mode (tunnel endpoints are the IKE peers) or transport mode
-    nat_traversal: bool = True
+    nat_traversal: tuple[str, ...] = ("rfc3947", "draft-02")  # () = off; ("draft-02",) = as Windows 2003
 
 
 def in_date(cert: x509.Certificate, now: datetime.datetime) -> bool:

@@ -6,6 +6,7 @@ Retransmission, duplicates, NAT-T with port rewriting, keepalives, lifetimes and
 
 import heapq
 import itertools
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from ipsecd.ike import natt
 from ipsecd.ike.ike import IKE, RETRANSMIT_BACKOFF, Rule
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
+from tests.unit.test_ike_exchanges import mirrored
 
 
 class ManualClock:
@@ -143,14 +145,16 @@ def test_acquire_negotiates_and_installs_matching_sas():
     lab = negotiate()
     assert len(lab.drv_a.added) == len(lab.drv_b.added) == 1
     sa_a, sa_b = lab.drv_a.added[0], lab.drv_b.added[0]
-    assert sa_a.inbound == sa_b.outbound and sa_a.outbound == sa_b.inbound
-    assert sa_a.inbound.destination == A and sa_a.outbound.destination == B
+    assert mirrored(sa_a, sa_b)
+    assert sa_a.inbound.dst == A and sa_a.outbound.dst == B
     assert len(lab.net.log) == 9  # 6 main mode + 3 quick mode messages
     for ike in (lab.ike_a, lab.ike_b):
         assert ike.counters["Oakley Main Modes"] == 1 and ike.counters["Oakley Quick Modes"] == 1
         assert ike.counters["Key Additions"] == 2
     assert lab.ike_a.main_mode_sas()[0]["algorithms"] == "3DES/SHA1/group 2"
     assert lab.ike_b.quick_mode_sas()[0]["security method"] == "ESP[3DES,SHA1]"
+    status = json.loads(json.dumps(lab.ike_b.status()))  # what ipsecctl gets over the control socket
+    assert status["counters"]["Oakley Quick Modes"] == 1 and status["main mode SAs"][0]["role"] == "responder"
     assert any("established" in text for _, text in lab.ike_a.events)
 
 
@@ -196,6 +200,9 @@ def test_lost_reply_is_answered_from_the_last_reply():
 
 def test_wrong_psk_counts_authentication_failures_on_both_sides():
     lab = negotiate(PSK, PeerPolicy(auth=[PreSharedKey(b"other")]))
+    # the responder drops the first main mode 5 it cannot decrypt (a corrupted datagram looks the same)
+    assert lab.ike_b.counters["Malformed Packets"] == 1 and lab.ike_b.counters["Authentication Failures"] == 0
+    lab.clock.advance(1, lab.net)  # the initiator's retransmission settles it
     assert not lab.drv_a.added and not lab.drv_b.added
     for ike in (lab.ike_a, lab.ike_b):
         assert ike.counters["Authentication Failures"] == 1
@@ -223,20 +230,27 @@ def test_quick_mode_mismatch_reaches_the_initiator():
     assert lab.ike_a.counters["Retransmissions"] == 0
 
 
-def test_nat_with_port_rewriting_floats_to_4500_and_sends_keepalives():
+def negotiate_through_nat() -> Lab:
+    """A at 192.168.1.10 behind a NAT that shows it as 203.0.113.5 and rewrites its source ports."""
     clock = ManualClock()
     net = Network(clock)
     net.nat = ("192.168.1.10", "203.0.113.5")
     rule_a = Rule("to-b", PSK, host("192.168.1.10"), host(B))
-    (ike_a, drv_a), (_, drv_b) = net.attach("192.168.1.10", [rule_a]), net.attach(B, [Rule("any", PSK)])
+    (ike_a, drv_a), (ike_b, drv_b) = net.attach("192.168.1.10", [rule_a]), net.attach(B, [Rule("any", PSK)])
     ike_a.acquire(rule_a, host("192.168.1.10"), host(B), B)
     net.run()
+    return Lab(clock, net, ike_a, drv_a, ike_b, drv_b, rule_a)
+
+
+def test_nat_with_port_rewriting_floats_to_4500_and_sends_keepalives():
+    lab = negotiate_through_nat()
+    clock, net, ike_a, drv_a, drv_b = lab.clock, lab.net, lab.ike_a, lab.drv_a, lab.drv_b
     ports = [(src, dst[1]) for _, src, dst, _ in net.log]
     assert [p for _, p in ports[:4]] == [500] * 4 and all(p == 4500 for _, p in ports[4:])
     assert ports[0][0] == ("203.0.113.5", 40000) and ports[4][0] == ("203.0.113.5", 40007)
     sa_a, sa_b = drv_a.added[0], drv_b.added[0]
     assert sa_a.udp_encapsulation == (4500, 4500) and sa_b.udp_encapsulation == (4500, 40007)
-    assert sa_b.outbound.destination == "203.0.113.5"
+    assert sa_b.outbound.dst == "203.0.113.5"
     assert ike_a.main_mode_sas()[0]["nat"] == "we are behind a NAT"
     start = len(net.log)
     clock.advance(61, net)
@@ -288,3 +302,38 @@ def test_malformed_datagrams_are_dropped_and_counted(dead):
 
 def test_retransmission_constants_are_windows():
     assert RETRANSMIT_BACKOFF == (1, 2, 4, 8, 16, 32)
+
+
+def test_invalid_spi_makes_the_peer_drop_its_outbound_sa():
+    lab = negotiate()
+    stale = lab.drv_b.added[0].inbound.spi
+    lab.ike_b.quick_modes.clear()  # B lost the SA (say the driver was restarted) but A still uses it
+    lab.ike_b.invalid_spi(stale, A)
+    lab.ike_b.invalid_spi(stale, A)  # rate limited: one notify per SPI and minute
+    lab.net.run()
+    assert {spi for spi, *_ in lab.drv_a.deleted} == {stale, lab.drv_a.added[0].inbound.spi}
+    assert len(lab.net.log) == 10 and not lab.ike_a.quick_modes
+    assert any("does not know SPI" in t for _, t in lab.ike_a.events)
+
+
+def test_initial_contact_from_a_restarted_peer_clears_its_old_sas():
+    lab = negotiate()
+    old = lab.drv_b.added[0]
+    restarted, _ = lab.net.attach(A, [lab.rule])  # A comes back with no memory of its SAs
+    restarted.acquire(lab.rule, host(A), host(B), B)
+    lab.net.run()
+    assert {spi for spi, *_ in lab.drv_b.deleted} == {old.inbound.spi, old.outbound.spi}
+    assert len(lab.ike_b.main_modes) == 1 and len(lab.ike_b.quick_modes) == 1
+    assert any("INITIAL-CONTACT" in t for _, t in lab.ike_b.events)
+
+
+def test_bundle_sas_are_installed_and_deleted_together():
+    bundle = PeerPolicy(
+        auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("esp", "3des", "sha1", ah="sha1")]
+    )
+    lab = negotiate(bundle)
+    assert lab.ike_a.counters["Key Additions"] == 4 and len(lab.drv_b.added[0].inbound.chain()) == 2
+    lab.ike_a.idle(lab.drv_a.added[0].inbound.spi)
+    lab.net.run()
+    assert len(lab.drv_a.deleted) == len(lab.drv_b.deleted) == 4
+    assert {p for *_, p in lab.drv_b.deleted} == {"ah", "esp"} and not lab.ike_b.quick_modes

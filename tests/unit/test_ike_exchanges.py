@@ -1,5 +1,7 @@
 """Main mode, quick mode and informational exchanges: two of our state machines talking in-process."""
 
+from itertools import count
+
 import pytest
 
 from ipsecd.ike import informational, isakmp, main_mode, quick_mode
@@ -12,15 +14,38 @@ PSK = PreSharedKey(b"lab-secret")
 
 
 def converse(initiator, responder, first: bytes) -> int:
-    """Deliver datagrams back and forth until nobody has anything to say; returns the message count."""
-    pending, side, count = [first], responder, 1
+    """Deliver datagrams back and forth until nobody has anything to say; returns the message count.
+
+    When a side stays silent without being done, the last datagrams are delivered once more, as the
+    peer's retransmission would (exchanges drop a message that fails its integrity check once)."""
+    pending, side, count, repeated = [first], responder, 1, False
     while pending:
         replies = []
         for wire in pending:
             replies += side.receive(isakmp.Message.decode(wire))
+        if not replies and not side.done and not repeated:
+            repeated = True
+            continue
         count += len(replies)
-        pending, side = replies, (initiator if side is responder else responder)
+        pending, side, repeated = replies, (initiator if side is responder else responder), False
     return count
+
+
+def mirrored(ours, theirs) -> bool:
+    """Our inbound SA is the peer's outbound one and the other way round (same SPI, keys, addresses)."""
+
+    def same(a, b):
+        return (a.spi, a.src, a.dst, a.encryption, a.encryption_key, a.integrity, a.integrity_key) == (
+            b.spi,
+            b.src,
+            b.dst,
+            b.encryption,
+            b.encryption_key,
+            b.integrity,
+            b.integrity_key,
+        )
+
+    return same(ours.inbound, theirs.outbound) and same(ours.outbound, theirs.inbound)
 
 
 def main_mode_pair(pol_i: PeerPolicy, pol_r: PeerPolicy):
@@ -30,9 +55,13 @@ def main_mode_pair(pol_i: PeerPolicy, pol_r: PeerPolicy):
 
 
 def quick_mode_pair(sa_i, sa_r, pol_i, pol_r, local="192.0.2.1/32", remote="192.0.2.2/32"):
-    q = quick_mode.Initiator(sa_i, pol_i, Selector.parse(local), Selector.parse(remote), spi=0x1000)
+    q = quick_mode.Initiator(
+        sa_i, pol_i, Selector.parse(local), Selector.parse(remote), count(0x1000).__next__
+    )
     first = q.start()
-    r = quick_mode.Responder(sa_r, isakmp.Message.decode(first).message_id, lambda *_: pol_r, spi=0x2000)
+    r = quick_mode.Responder(
+        sa_r, isakmp.Message.decode(first).message_id, lambda *_: pol_r, count(0x2000).__next__
+    )
     converse(q, r, first)
     return q, r
 
@@ -157,7 +186,8 @@ def test_quick_mode_pairs_match(offer):
     i, r, _ = main_mode_pair(pol, pol)
     q, qr = quick_mode_pair(i.sa, r.sa, pol, pol)
     done_i, done_r = q.events[0], qr.events[0]
-    assert done_i.inbound == done_r.outbound and done_i.outbound == done_r.inbound
+    assert mirrored(done_i, done_r)
+    assert done_i.inbound.direction == "inbound" and done_i.outbound.mode == "transport"
     assert done_i.inbound.spi == 0x1000 and done_i.outbound.spi == 0x2000
     assert done_i.inbound.encryption_key != done_i.outbound.encryption_key or offer.encryption is None
     sizes = quick_mode.ENCRYPTION_KEY_SIZES[offer.encryption if offer.protocol == "esp" else None]
@@ -193,12 +223,78 @@ def test_quick_mode_mismatch_is_readable_and_notified():
 def test_informational_delete_and_notify_round_trip():
     pol = PeerPolicy(auth=[PSK])
     i, r, _ = main_mode_pair(pol, pol)
-    wire = informational.delete_child(i.sa, "esp", [0x1234, 0x5678])
+    q, _ = quick_mode_pair(i.sa, r.sa, pol, pol)
+    wire = informational.delete_children(i.sa, q.events[0].inbound.chain())
     payloads = informational.open_informational(r.sa, isakmp.Message.decode(wire))
-    assert payloads[0].spis == [b"\x00\x00\x12\x34", b"\x00\x00\x56\x78"]
+    assert payloads[0].protocol == isakmp.ProtocolID.ESP and payloads[0].spis == [b"\x00\x00\x10\x00"]
     wire = informational.delete_isakmp(r.sa)
     assert informational.open_informational(i.sa, isakmp.Message.decode(wire))[0].spis == [i.sa.cookies]
     tampered = bytearray(informational.notify(i.sa, isakmp.NotifyType.INITIAL_CONTACT))
     tampered[-1] ^= 1
     with pytest.raises(main_mode.NegotiationError):
         informational.open_informational(r.sa, isakmp.Message.decode(bytes(tampered)))
+
+
+def test_our_responder_accepts_strongswans_main_mode_1():
+    from ipsecd.ike import natt
+    from tests.vectors import strongswan_ikev1 as vectors
+
+    case = vectors.load("v1-3des-sha1-modp1024")
+    mm1 = isakmp.Message.decode(case.ike()[0].data)
+    policy = PeerPolicy(
+        auth=[PreSharedKey(vectors.PSK)],
+        main_mode=[MainModeOffer("aes128", "sha1", 14), MainModeOffer("3des", "sha1", 2)],
+    )
+    r = main_mode.Responder(policy, ("10.77.0.2", 500), ("10.77.0.1", 500))
+    [mm2] = r.receive(mm1)
+    reply = isakmp.Message.decode(mm2)
+    chosen = reply.first(isakmp.SA).proposals[0].transforms[0]
+    assert reply.icookie == mm1.icookie and reply.rcookie != bytes(8)
+    assert main_mode.describe_transform(chosen) == "3DES/SHA1/group 2/PSK"
+    assert r.lifetime == 15840 and r.variant is natt.RFC3947  # strongSwan's 4 h + 10 %, its NAT-T flavour
+    assert [natt.vendor_name(v) for v in r.peer_vids] == [
+        "XAuth",
+        "DPD (RFC 3706)",
+        "FRAGMENTATION",
+        "NAT-T (RFC 3947)",
+        "NAT-T (draft-02)",
+    ]
+
+
+def test_ah_plus_esp_bundle_as_windows_offers_it():
+    bundle = QuickModeOffer("esp", "3des", None, ah="md5")
+    assert bundle.describe() == "AH[MD5]+ESP[3DES,NONE]"
+    pol = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "aes128", "sha1"), bundle])
+    pol_r = PeerPolicy(auth=[PSK], quick_mode=[bundle])
+    i, r, _ = main_mode_pair(pol, pol_r)
+    q, qr = quick_mode_pair(i.sa, r.sa, pol, pol_r)
+    assert [(p.number, p.protocol) for p in q.proposals] == [(1, 3), (2, 2), (2, 3)]  # AH and ESP share #2
+    done = q.events[0]
+    ah, esp = done.inbound.chain()
+    assert (ah.protocol, ah.integrity, len(ah.integrity_key), ah.encryption) == (
+        "ah",
+        "hmac-md5-96",
+        16,
+        "null",
+    )
+    assert (esp.protocol, esp.encryption, len(esp.encryption_key), esp.integrity) == (
+        "esp",
+        "3des-cbc",
+        24,
+        None,
+    )
+    assert ah.spi != esp.spi and mirrored(done, qr.events[0])
+    theirs_ah, theirs_esp = qr.events[0].outbound.chain()
+    assert (theirs_ah.spi, theirs_esp.spi) == (ah.spi, esp.spi)
+    assert theirs_esp.encryption_key == esp.encryption_key and theirs_ah.integrity_key == ah.integrity_key
+
+
+def test_bundle_mismatch_names_the_bundle():
+    pol_i = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "3des", None, ah="md5")])
+    pol_r = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "3des", "sha1")])
+    i, r, _ = main_mode_pair(pol_i, pol_r)
+    _, qr = quick_mode_pair(i.sa, r.sa, pol_i, pol_r)
+    assert qr.events[0].reason == (
+        "no proposal chosen: peer 192.0.2.1 offered AH[MD5] + ESP[3DES,NONE]; "
+        "we accept ESP[3DES,SHA1] in transport mode"
+    )

@@ -7,6 +7,7 @@ import pytest
 from ipsecd.ike.ike import IKE, Rule
 from ipsecd.ike.settings import PeerPolicy, PreSharedKey, Selector
 from tests.unit.test_ike_component import RecordingDriver
+from tests.unit.test_ike_exchanges import mirrored
 from tests.vectors.pki import CA
 
 PORTS = {"port": 21500, "natt_port": 24500}  # unprivileged, so a real IKE daemon on the host does not clash
@@ -47,7 +48,7 @@ async def run_pair(policy_a, policy_b):
 def test_psk_over_udp_sockets():
     psk = PeerPolicy(auth=[PreSharedKey(b"loopback")])
     added_a, added_b, counters_a, counters_b, deleted_b = asyncio.run(run_pair(psk, psk))
-    assert added_a[0].inbound == added_b[0].outbound and added_a[0].outbound == added_b[0].inbound
+    assert mirrored(added_a[0], added_b[0])
     assert counters_a["Oakley Main Modes"] == counters_b["Oakley Main Modes"] == 1
     assert {spi for spi, *_ in deleted_b} == {added_b[0].inbound.spi, added_b[0].outbound.spi}
 

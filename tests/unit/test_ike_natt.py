@@ -1,5 +1,7 @@
 """NAT-T: vendor IDs, NAT-D against the strongSwan capture, detection and float, UDP 4500 framing."""
 
+from itertools import count
+
 import pytest
 
 from ipsecd.ike import isakmp, main_mode, natt, oakley, quick_mode
@@ -59,12 +61,17 @@ def test_nat_between_peers_floats_and_selects_udp_encapsulation():
     assert i.sa.nat.local_behind_nat and not i.sa.nat.remote_behind_nat
     assert r.sa.nat.remote_behind_nat and not r.sa.nat.local_behind_nat
     q = quick_mode.Initiator(
-        i.sa, pol, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), 7
+        i.sa, pol, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), count(7).__next__
     )
     first = q.start()
-    qr = quick_mode.Responder(r.sa, isakmp.Message.decode(first).message_id, lambda *_: pol, 9)
+    qr = quick_mode.Responder(
+        r.sa, isakmp.Message.decode(first).message_id, lambda *_: pol, count(9).__next__
+    )
     converse(q, qr, first)
     assert q.events[0].udp_encapsulation == (500, 500)  # ike.py moves the SA to 4500 when it floats
+    # NAT-OA (RFC 3947 §5.2): each side learns the other's own address for transport-mode checksums
+    assert qr.events[0].peer_original_address == "192.168.1.10"
+    assert q.events[0].peer_original_address == "198.51.100.2"
     assert "UDP-encapsulated" in qr.events[0].describe()
 
 
@@ -73,3 +80,39 @@ def test_udp_4500_framing():
     assert natt.frame(b"m", 500) == b"m"
     assert natt.classify_4500(b"\x01\x02\x03\x04esp") == ("esp", b"\x01\x02\x03\x04esp")
     assert natt.classify_4500(natt.KEEPALIVE) == ("keepalive", b"")
+
+
+def test_windows_2003_style_peer_gets_draft_02_numbers_on_the_wire():
+    windows = PeerPolicy(auth=[PreSharedKey(b"k")], nat_traversal=("draft-02",))
+    ours = PeerPolicy(auth=[PreSharedKey(b"k")])
+    i = main_mode.Initiator(windows, ("192.168.1.10", 500), ("198.51.100.2", 500))
+    r = main_mode.Responder(ours, ("198.51.100.2", 500), ("203.0.113.5", 40110))
+    mm1 = i.start()
+    assert [natt.vendor_name(v.data) for v in isakmp.Message.decode(mm1).all(isakmp.VendorID)] == [
+        "MS NT5 ISAKMPOAKLEY version 4",
+        "NAT-T (draft-02)",
+    ]
+    [mm2] = r.receive(isakmp.Message.decode(mm1))
+    [mm3] = i.receive(isakmp.Message.decode(mm2))
+    assert [type(p).__name__ for p in isakmp.Message.decode(mm3).payloads][2:] == ["NatDDraft", "NatDDraft"]
+    converse(i, r, mm3)
+    assert i.sa.natt_variant is natt.DRAFT_02 and r.sa.natt_variant is natt.DRAFT_02
+    q = quick_mode.Initiator(
+        i.sa, windows, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), count(7).__next__
+    )
+    first = q.start()
+    qr = quick_mode.Responder(
+        r.sa, isakmp.Message.decode(first).message_id, lambda *_: ours, count(9).__next__
+    )
+    converse(q, qr, first)
+    transform = q.proposals[0].transforms[0]
+    assert transform.attr(quick_mode.ENCAPSULATION) == 61444  # UDP-Encapsulated-Transport, draft numbering
+    assert qr.events[0].udp_encapsulation is not None
+
+
+def test_nat_traversal_off_sends_no_natd():
+    off = PeerPolicy(auth=[PreSharedKey(b"k")], nat_traversal=())
+    i = main_mode.Initiator(off, ("192.0.2.1", 500), ("192.0.2.2", 500))
+    r = main_mode.Responder(PeerPolicy(auth=[PreSharedKey(b"k")]), ("192.0.2.2", 500), ("192.0.2.1", 500))
+    converse(i, r, i.start())
+    assert i.sa.natt_variant is None and r.sa.nat is None and not i.float_to_4500

@@ -11,7 +11,7 @@ from scapy.packet import Raw
 from scapy.utils import wrpcap
 
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer
-from tests.unit.test_ike_component import A, B, negotiate
+from tests.unit.test_ike_component import A, B, negotiate, negotiate_through_nat
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 
@@ -89,3 +89,23 @@ def test_tshark_decrypts_our_ike_and_esp(tmp_path, cipher, integrity, group):
     delete = rows[9]
     assert delete[1] == "5" and delete[4] == "3"  # informational, delete of an ESP SA
     assert rows[-1][5] == "8" and rows[-1][6] == "1"  # the ESP decrypts to an echo request, ICV good
+
+
+def test_tshark_follows_the_float_to_udp_4500_through_a_nat(tmp_path):
+    lab = negotiate_through_nat()
+    pcap = tmp_path / "nat.pcap"
+    wrpcap(
+        str(pcap),
+        [
+            IP(src=src[0], dst=dst[0]) / UDP(sport=src[1], dport=dst[1]) / Raw(data)
+            for _, src, dst, data in lab.net.log
+        ],
+    )
+    rows = tshark(
+        pcap,
+        [f"uat:ikev1_decryption_table:{lab.ike_b.ikev1_decryption_table()[0]}"],
+        ["udp.dstport", "isakmp.exchangetype", "isakmp.id.data.ipv4_addr", "isakmp.spi"],
+    )
+    assert [r[0] for r in rows[:9]] == ["500"] * 4 + ["4500"] * 5
+    assert rows[4][2] == "192.168.1.10" and rows[5][2] == B  # main mode 5/6 read after the non-ESP marker
+    assert f"{lab.drv_b.added[0].inbound.spi:08x}" in rows[7][3].replace(":", "")

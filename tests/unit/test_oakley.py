@@ -94,8 +94,14 @@ def test_main_mode_5_6_decrypt_and_hashes_verify(replay):
     sai_b = replay.mm1.first(I.SA).body()
     r = replay
     args = (r.suite, r.skeyid, r.gxi, r.gxr, r.mm1.icookie, r.mm2.rcookie, sai_b)
-    assert oakley.hash_i(*args, mm5[0].body()) == mm5[1].data == replay.case.value("HASH_I")
-    assert oakley.hash_r(*args, mm6[0].body()) == mm6[1].data == replay.case.value("HASH_R")
+    assert (
+        oakley.phase1_hash(*args, mm5[0].body(), initiator=True) == mm5[1].data == replay.case.value("HASH_I")
+    )
+    assert (
+        oakley.phase1_hash(*args, mm6[0].body(), initiator=False)
+        == mm6[1].data
+        == replay.case.value("HASH_R")
+    )
 
 
 def test_quick_mode_decrypts_hashes_and_keymat(replay):

@@ -38,11 +38,13 @@ def test_selector_refuses_what_is_not_ipv4(junk):
 
 
 def test_more_specific_filter_wins_whatever_the_given_order():
-    spd = SPD([
-        Filter("any tcp", net("0.0.0.0/0"), net("0.0.0.0/0"), SECURE, protocol=6),
-        Filter("host to host", net("10.0.0.1/32"), net("10.0.0.2/32"), BLOCK),
-        Filter("host web", net("10.0.0.1/32"), net("10.0.0.2/32"), PERMIT, protocol=6, dst_port=80),
-    ])
+    spd = SPD(
+        [
+            Filter("any tcp", net("0.0.0.0/0"), net("0.0.0.0/0"), SECURE, protocol=6),
+            Filter("host to host", net("10.0.0.1/32"), net("10.0.0.2/32"), BLOCK),
+            Filter("host web", net("10.0.0.1/32"), net("10.0.0.2/32"), PERMIT, protocol=6, dst_port=80),
+        ]
+    )
     assert [f.name for f in spd.filters] == ["host web", "host to host", "any tcp"]
     web = sel(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(dport=80))
     ssh = sel(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(dport=22))
@@ -53,8 +55,12 @@ def test_more_specific_filter_wins_whatever_the_given_order():
 
 
 def test_equal_weights_keep_the_given_order():
-    spd = SPD([Filter("first", net("10.0.0.0/24"), net("0.0.0.0/0"), PERMIT),
-               Filter("second", net("10.0.0.0/24"), net("0.0.0.0/0"), BLOCK)])
+    spd = SPD(
+        [
+            Filter("first", net("10.0.0.0/24"), net("0.0.0.0/0"), PERMIT),
+            Filter("second", net("10.0.0.0/24"), net("0.0.0.0/0"), BLOCK),
+        ]
+    )
     assert spd.lookup(sel(IP(src="10.0.0.5", dst="1.2.3.4") / ICMP()), Direction.OUTBOUND).name == "first"
 
 
@@ -64,8 +70,9 @@ def test_no_filter_means_no_match():
 
 
 def test_mirrored_filter_matches_the_reply_inbound_only():
-    out, back = Filter("web", net("10.0.0.1/32"), net("10.0.0.2/32"), SECURE, protocol=6, src_port=1024,
-                       dst_port=80).mirrored()
+    out, back = Filter(
+        "web", net("10.0.0.1/32"), net("10.0.0.2/32"), SECURE, protocol=6, src_port=1024, dst_port=80
+    ).mirrored()
     assert back.direction is Direction.INBOUND
     assert (back.src, back.dst, back.src_port, back.dst_port) == (out.dst, out.src, 80, 1024)
     spd = SPD([out, back])
@@ -74,12 +81,15 @@ def test_mirrored_filter_matches_the_reply_inbound_only():
     assert spd.lookup(reply, Direction.OUTBOUND) is None
 
 
-@pytest.mark.parametrize("packet", [
-    IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=500, dport=500),
-    IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=4500, dport=4500),
-    IP(src="10.0.0.1", dst="224.0.0.5") / UDP(sport=1, dport=2),
-    IP(src="10.0.0.1", dst="10.0.0.255") / UDP(sport=137, dport=137),
-])
+@pytest.mark.parametrize(
+    "packet",
+    [
+        IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=500, dport=500),
+        IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=4500, dport=4500),
+        IP(src="10.0.0.1", dst="224.0.0.5") / UDP(sport=1, dport=2),
+        IP(src="10.0.0.1", dst="10.0.0.255") / UDP(sport=137, dport=137),
+    ],
+)
 def test_ike_broadcast_and_multicast_are_exempt(packet):
     assert sel(packet).is_exempt()
 

@@ -15,10 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --progress-bar off -q -e '.[dev]'
 	touch $@
 
-# Base and node images; rebuilt only when their inputs change (tags are input hashes).
+# Base image and every image a runnable topology uses; rebuilt only when their inputs change.
 images: venv
 	@echo "== images"
-	$(LAB) images --if-possible base node
+	$(LAB) images --if-possible
 
 lab-up: images
 	$(LAB) up $(TOPO) $(if $(NAME),--name $(NAME))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from bench.common import Row, median_time
 from lab import topology
 from lab.docker_backend import DockerBackend
+from lab.pytest_plugin import lab_prefix
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 
@@ -14,26 +17,29 @@ RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 def run() -> list[Row]:
     backend = DockerBackend()
     topo = topology.load("intranet-pair")
-    name = f"{os.environ.get('LAB_PREFIX', 'b')}-bench"
+    name = f"{lab_prefix()}-bench"
     for kind in {n.image for n in topo.nodes.values()}:
         backend.images.ensure(kind)
     backend.down(name)
-    up, up_runs = median_time(lambda: backend.up(topo, name), RUNS, teardown=lambda: backend.down(name))
-    down, down_runs = median_time(lambda: backend.down(name), RUNS, setup=lambda: backend.up(topo, name))
-    runs = f"median of {RUNS}"
-    return [
-        Row(
-            "lab up intranet-pair (to both nodes ready)",
-            up,
-            "s",
-            3.0,
-            note=f"{runs}: {' '.join(f'{t:.2f}' for t in up_runs)}",
-        ),
-        Row(
-            "lab down intranet-pair",
-            down,
-            "s",
-            2.0,
-            note=f"{runs}: {' '.join(f'{t:.2f}' for t in down_runs)}",
-        ),
-    ]
+
+    def up() -> None:
+        backend.up(topo, name)
+
+    def down() -> None:
+        backend.down(name)
+
+    cli = [sys.executable, "-m", "lab"]
+    rows = []
+    for label, action, setup, teardown, target in (
+        ("lab up intranet-pair, to both nodes ready", up, None, down, 3.0),
+        ("lab down", down, up, None, 2.0),
+        ("`lab up` command, wall time", lambda: _run([*cli, "up", "--name", name]), None, down, 3.0),
+        ("`lab down` command, wall time", lambda: _run([*cli, "down", "--name", name]), up, None, 2.0),
+    ):
+        median, times = median_time(action, RUNS, setup=setup, teardown=teardown)
+        rows.append(Row(label, median, "s", target, note=f"runs: {' '.join(f'{t:.2f}' for t in times)}"))
+    return rows
+
+
+def _run(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, capture_output=True)

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.ipsec import ESP
 from scapy.plist import PacketList
 from scapy.utils import rdpcap
 
 T = TypeVar("T")
 
+IKE_PORTS = (500, 4500)
 STATS = re.compile(r"(\d+) packets? captured.*?(\d+) packets? received by filter", re.S)
 
 
@@ -154,21 +154,45 @@ def _flush_and_stop(pid: int, log_path: Path) -> None:
         os.kill(pid, signal.SIGINT)
 
 
+def tshark(
+    pcap: Path | str, fields: Iterable[str], display_filter: str = "", options: Iterable[str] = ()
+) -> list[list[str]]:
+    """Decode a pcap with tshark, an independent decoder: one row of `fields` per matching packet.
+
+    `options` are tshark preferences such as 'esp.enable_encryption_decode:TRUE' or a 'uat:esp_sa:...'
+    line, so ESP can be decrypted with keys the test knows."""
+    argv = ["tshark", "-n", "-r", str(pcap), "-T", "fields", "-E", "separator=/t", "-E", "occurrence=f"]
+    argv += [a for f in fields for a in ("-e", f)]
+    argv += [a for o in options for a in ("-o", o)]
+    if display_filter:
+        argv += ["-Y", display_filter]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"tshark failed on {pcap}: {done.stderr.strip()}")
+    return [line.split("\t") for line in done.stdout.splitlines()]
+
+
 # -- assertions on decoded packets ------------------------------------------------------------------------
 
 
 def protocol(packet) -> str:
-    """A short name for what an IP packet carries: esp, ah, icmp, tcp/<port>, udp/<port> (lowest port)."""
-    if ESP in packet and UDP not in packet:
-        return "esp"
+    """A short name for what an IP packet carries: esp, ah, icmp, tcp/<port>, udp/<port>.
+
+    The port is 500 or 4500 when either end uses it (IKE, NAT-T), else the lower of the two (the service).
+
+    >>> protocol(IP(src="203.0.113.1", dst="203.0.113.2") / UDP(sport=40001, dport=4500))
+    'udp/4500'
+    >>> protocol(IP(proto=50) / (b"\\x00" * 16))
+    'esp'
+    """
     ip = packet[IP]
-    if ip.proto == 51:
-        return "ah"
-    if ICMP in packet:
-        return "icmp"
+    named = {50: "esp", 51: "ah", 1: "icmp"}
+    if ip.proto in named:
+        return named[ip.proto]
     for layer, name in ((UDP, "udp"), (TCP, "tcp")):
         if layer in packet:
-            return f"{name}/{min(packet[layer].sport, packet[layer].dport)}"
+            ports = (packet[layer].dport, packet[layer].sport)
+            return f"{name}/{next((p for p in ports if p in IKE_PORTS), min(ports))}"
     return f"ip/{ip.proto}"
 
 

@@ -14,7 +14,9 @@ lab bench                         run the benchmarks in bench/
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -30,7 +32,12 @@ DEFAULT_TOPOLOGY = "intranet-pair"
 
 
 def _lab_name(args) -> str:
-    return args.name or topologies.load(args.topology).name
+    """--name, else the topology's name; `lab down NAME` also accepts a running lab's name."""
+    if args.name:
+        return args.name
+    if args.topology not in topologies.available() and args.topology in DockerBackend().labs():
+        return args.topology
+    return topologies.load(args.topology).name
 
 
 def cmd_up(args) -> int:
@@ -58,6 +65,9 @@ def cmd_down(args) -> int:
 
 def cmd_status(args) -> int:
     rows = DockerBackend().status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
     if not rows:
         print("no lab is running")
         return 0
@@ -94,6 +104,13 @@ def cmd_exec(args) -> int:
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     return result.rc
+
+
+def cmd_shell(args) -> int:
+    """An interactive shell in a node (docker exec -it)."""
+    container = _attach(args).node(args.node).container.name
+    os.execvp("docker", ["docker", "exec", "-it", container, "bash"])
+    return 1
 
 
 def cmd_capture(args) -> int:
@@ -136,9 +153,19 @@ def cmd_images(args) -> int:
             print(f"not building images: {reason} (lab tests will be skipped)")
             return 0
     images = Images()
-    for kind in args.kinds or ["base", "node"]:
+    for kind in args.kinds or ["base", *sorted(_kinds_in_use())]:
         print(images.ensure(kind))
     return 0
+
+
+def _kinds_in_use() -> set[str]:
+    """Image kinds the runnable topologies use."""
+    kinds = set()
+    for name in topologies.available():
+        topo = topologies.load(name)
+        if topo.runnable:
+            kinds |= {node.image for node in topo.nodes.values()}
+    return kinds
 
 
 def cmd_validate(args) -> int:
@@ -151,6 +178,12 @@ def cmd_validate(args) -> int:
             print(exc, file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def cmd_check(args) -> int:
+    from lab.preflight import report
+
+    return report()
 
 
 def cmd_bench(args) -> int:
@@ -181,11 +214,15 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--name", help="lab name (default: the topology's name)")
         if name == "down":
             s.add_argument("--all", action="store_true", help="every lab on this machine")
-    verb("status", cmd_status, "running labs")
+    s = verb("status", cmd_status, "running labs")
+    s.add_argument("--json", action="store_true")
     s = verb("exec", cmd_exec, "run a command in a node")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s.add_argument("command", nargs="*", help="after --")
+    s = verb("shell", cmd_shell, "an interactive shell in a node")
+    s.add_argument("node")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s = verb("capture", cmd_capture, "start, stop or list captures")
     s.add_argument("action", choices=["start", "stop", "list"])
     s.add_argument("node", nargs="?")
@@ -199,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--if-possible", action="store_true", help="skip (exit 0) without root or Docker")
     s = verb("validate", cmd_validate, "check topology files")
     s.add_argument("files", nargs="+")
+    verb("check", cmd_check, "can this machine run labs? what does the kernel offer?")
     s = verb("bench", cmd_bench, "run benchmarks")
     s.add_argument("only", nargs="*")
     return p

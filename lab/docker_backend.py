@@ -35,6 +35,8 @@ log = logging.getLogger("lab")
 
 LABEL = "ipsec-lab"
 IPSECD_CONFIG = "/etc/ipsecd/ipsecd.yaml"
+IPSECD_LOG = "/var/log/ipsecd.log"
+IPSECD_SOCKET = "/run/ipsecd.sock"  # docs/ARCHITECTURE.md: ipsecctl <-> ipsecd
 RESULTS = Path(os.environ.get("LAB_RESULTS", Path.cwd() / "results"))
 
 
@@ -186,9 +188,14 @@ class Node:
         )
         return process
 
+    def process(self, name: str, log: str | None = None) -> Process:
+        """The handle of a process spawned earlier under `name` (e.g. "ipsecd", started by `lab up`)."""
+        return Process(self, name, log or (IPSECD_LOG if name == "ipsecd" else f"/var/log/lab/{name}.log"))
+
     def capture(self, ifname: str, name: str | None = None, bpf: str = "") -> Capture:
         """A capture of this node's interface (taken on its fabric end); use as a context manager."""
-        self.spec.interfaces[ifname]
+        if ifname not in self.spec.interfaces:
+            raise KeyError(f"{self.name} has no interface {ifname!r} ({', '.join(self.spec.interfaces)})")
         label = name or f"{self.name}-{ifname}"
         return Capture(self.lab.fabric, _short("v", self.name, ifname), self.lab.pcap_path(label), bpf)
 
@@ -231,6 +238,18 @@ class Lab:
             raise KeyError(f"lab {self.name}: no segment {segment!r}")
         return Capture(self.fabric, _short("b", segment), self.pcap_path(f"segment-{segment}"), bpf)
 
+    def set_link(self, node: str, ifname: str, up: bool) -> None:
+        """Cut or restore a node's link at the fabric end (the node sees its carrier go down), e.g. to make
+        a domain controller or a peer unreachable."""
+        if ifname not in self.topology.node(node).interfaces:
+            raise KeyError(f"{node} has no interface {ifname!r}")
+        with IPRoute(netns=self.fabric) as ipr:
+            ipr.link(
+                "set",
+                index=ipr.link_lookup(ifname=_short("v", node, ifname))[0],
+                state="up" if up else "down",
+            )
+
     def down(self) -> None:
         self.backend.down(self.name)
 
@@ -259,7 +278,7 @@ class DockerBackend:
         if not topology.runnable:
             raise LabError(f"topology {topology.name} is not runnable yet: {topology.reason}")
         if self.containers(name) or fabric_name(name) in netns.listnetns():
-            raise LabError(f"lab {name} is already up (or left over): run `lab down {name}` first")
+            raise LabError(f"lab {name} is already up (or left over): `lab down --name {name}` first")
         lab = Lab(name, topology, results_dir or RESULTS / "labs" / name, self)
         tags = {kind: self.images.ensure(kind) for kind in {n.image for n in topology.nodes.values()}}
         try:
@@ -277,8 +296,8 @@ class DockerBackend:
                 10,
                 what=f"lab {name}: every node running with its interfaces up",
             )
-            for node in lab.nodes.values():
-                self._configure(node)
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(self._configure, lab.nodes.values()))
         except BaseException:
             self.down(name)
             raise
@@ -389,16 +408,17 @@ class DockerBackend:
         )
 
     def _configure(self, node: Node) -> None:
-        """Role settings (NAT rules) and ipsecd, after wiring."""
-        nat = node.spec.nat
-        if nat is not None:
-            node.put_file("/etc/lab/nat.nft", nat_ruleset(nat))
-            node.exec(["nft", "-f", "/etc/lab/nat.nft"], check=True)
+        """Names of the other nodes in /etc/hosts, role settings (NAT rules), then ipsecd; after wiring."""
+        node.put_file("/etc/lab/hosts", hosts_file(node.lab.topology))
+        setup = ["cat /etc/lab/hosts >> /etc/hosts"]
+        if node.spec.nat is not None:
+            node.put_file("/etc/lab/nat.nft", nat_ruleset(node.spec.nat))
+            setup.append("nft -f /etc/lab/nat.nft")
+        node.exec(" && ".join(setup), check=True)
         if node.spec.ipsecd is not None:
             node.put_file(IPSECD_CONFIG, node.spec.ipsecd.read_text())
             if node.exec(["python3", "-c", "import ipsecd.daemon"]).ok:
-                node.spawn(["ipsecd", "--config", IPSECD_CONFIG], name="ipsecd", log="/var/log/ipsecd.log")
-                log.info("%s: ipsecd started with %s", node.name, node.spec.ipsecd)
+                self._start_ipsecd(node)
             else:
                 log.warning(
                     "%s: ipsecd is not installed in this image; %s copied to %s, not started",
@@ -406,6 +426,21 @@ class DockerBackend:
                     node.spec.ipsecd,
                     IPSECD_CONFIG,
                 )
+
+    @staticmethod
+    def _start_ipsecd(node: Node) -> None:
+        """Start ipsecd and wait for its control socket; if it dies first, fail with the end of its log."""
+        daemon = node.spawn(["ipsecd", "--config", IPSECD_CONFIG], name="ipsecd", log=IPSECD_LOG)
+
+        def listening() -> bool:
+            if node.exec(["test", "-S", IPSECD_SOCKET]).ok:
+                return True
+            if not daemon.alive():
+                raise LabError(f"{node.name}: ipsecd exited at start; {IPSECD_LOG}:\n{daemon.log()[-2000:]}")
+            return False
+
+        wait_until(listening, 15, what=f"{node.name}: ipsecd to open {IPSECD_SOCKET}")
+        log.info("%s: ipsecd started with %s", node.name, node.spec.ipsecd)
 
     def describe(self, lab: Lab) -> dict:
         """The lab as data (written to results/.../lab.json)."""
@@ -472,6 +507,17 @@ class DockerBackend:
                 }
             )
         return rows
+
+
+def hosts_file(topology: model.Topology) -> str:
+    """/etc/hosts lines: every node address, named `<node>` on its first interface, `<node>-<if>` on all."""
+    lines = ["# lab nodes"]
+    for node in topology.nodes.values():
+        addressed = [i for i in node.interfaces.values() if i.address is not None]
+        for position, iface in enumerate(addressed):
+            names = [f"{node.name}-{iface.name}"] if position else [node.name, f"{node.name}-{iface.name}"]
+            lines.append(f"{iface.address.ip}\t{' '.join(names)}")
+    return "\n".join(lines) + "\n"
 
 
 def nat_ruleset(nat: model.Nat) -> str:

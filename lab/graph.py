@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import textwrap
 from pathlib import Path
 
 from lab.model import Topology
@@ -19,11 +20,12 @@ COLOURS = {
 
 def to_dot(topology: Topology) -> str:
     """The topology as a DOT graph (segments are nodes, so a LAN with many members reads as a star)."""
+    description = "\\n".join(textwrap.wrap(topology.description, 90))
     title = topology.name + ("" if topology.runnable else " (not runnable yet)")
     lines = [
         "graph topology {",
         '  graph [rankdir=LR, fontname="Helvetica", fontsize=16, labelloc=t,',
-        f'         label="{title}\\n{topology.description[:90]}"];',
+        f'         label="{title}\\n{description}"];',
         '  node [fontname="Helvetica", fontsize=12]; edge [fontname="Helvetica", fontsize=10];',
     ]
     for segment in topology.segments.values():
@@ -33,6 +35,9 @@ def to_dot(topology: Topology) -> str:
         )
     for node in topology.nodes.values():
         extra = "\\nipsecd" if node.ipsecd else ""
+        if node.nat:
+            ports = f" ports {node.nat.ports[0]}-{node.nat.ports[1]}" if node.nat.ports else ""
+            extra += f"\\nmasquerade {node.nat.outside}{ports}"
         lines.append(
             f'  "{node.name}" [shape=box, style="rounded,filled", fillcolor="{COLOURS[node.role]}", '
             f'label="{node.name}\\n({node.role}){extra}"];'

@@ -30,9 +30,10 @@ IMAGES_DIR = ROOT / "images"
 BUILD_DIR = ROOT / ".build"
 REPOSITORY = "ipsec-lab"
 SUITE = "bookworm"
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIRROR = os.environ.get("LAB_MIRROR", "http://deb.debian.org/debian")
-#: Project files that go into the node image (lab/ is host-side only, so it is not an input).
-PROJECT_INPUTS = ("pyproject.toml", "README.md", "ipsecd")
+#: Project files whose content matters in the node image (lab/ runs on the host, README is metadata).
+PROJECT_INPUTS = ("pyproject.toml", "ipsecd")
 
 
 #: debootstrap prints one line per package per step: show only the steps.
@@ -139,37 +140,20 @@ class Images:
             )
         rootfs = self._fresh_dir(BUILD_DIR / "base-rootfs")
         self.log(f"[images] debootstrap {SUITE} (minbase + {len(packages)} packages) into {rootfs} ...")
-        self._run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(packages)}",
-                SUITE,
-                str(rootfs),
-                MIRROR,
-            ]
-        )
+        include = f"--include={','.join(packages)}"
+        self._run(["debootstrap", "--variant=minbase", include, SUITE, str(rootfs), MIRROR])
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for path in (rootfs / junk).glob("*"):
                 if path.is_file():
                     path.unlink()
         self.log(f"[images] docker import -> {tag}")
-        tar = subprocess.Popen(
-            ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
-        )
-        changes = [
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            'CMD ["sleep", "infinity"]',
-        ]
-        imported = subprocess.run(
-            ["docker", "import", *[a for c in changes for a in ("--change", c)], "-", tag],
-            stdin=tar.stdout,
-            capture_output=True,
-            text=True,
-        )
-        tar.wait()
-        if imported.returncode or tar.returncode:
-            raise ImageError(f"docker import failed: {imported.stderr.strip()}")
+        archive = ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."]
+        tar = subprocess.Popen(archive, stdout=subprocess.PIPE)
+        repository, _, version = tag.partition(":")
+        changes = [f"ENV PATH={IMAGE_PATH}", 'CMD ["sleep", "infinity"]']
+        answer = self.client.api.import_image_from_stream(tar.stdout, repository, version, changes)
+        if tar.wait() or not self.exists(tag):
+            raise ImageError(f"docker import of {rootfs} as {tag} failed: {answer}")
         shutil.rmtree(rootfs)
 
     def _build_kind(self, kind: str, tag: str, base: str) -> None:

@@ -10,9 +10,12 @@
 - `lab_up(topology, overrides=None, fresh=False)`: `overrides` is merged into the YAML before validation
   (e.g. {"nodes": {"host-a": {"ipsecd": "/abs/path/host-a.yaml"}}}); `fresh=True` gives a lab of its own,
   torn down at the end of the test instead of being shared by the module.
-- Labs are named `<LAB_PREFIX or t>-<topology>[-n]`, so engineers sharing a machine set LAB_PREFIX.
+- Labs are named `<prefix>-<topology>[-n]`; the prefix is $LAB_PREFIX, or `t` plus a hash of the checkout's
+  path, so test runs from different worktrees on one machine never touch each other's labs.
+  `lab_name("x")` gives a test its own lab name with the same prefix.
 - pcaps and lab.json go to results/<run>/<test>/ (LAB_RESULTS, LAB_RUN override the parts).
-- Tests using these fixtures get the `lab` marker and are skipped, with the reason, without Docker or root.
+- Tests using these fixtures get the `lab` marker and are skipped, with the reason, without Docker or root
+  (they fail instead when CI or LAB_REQUIRED is set, so a broken engine cannot turn CI green).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from lab import topology as topologies
 from lab.docker_backend import RESULTS, DockerBackend, Lab
 
-LAB_FIXTURES = {"lab_up", "lab_backend"}
+LAB_FIXTURES = {"lab_up", "lab_backend", "lab_name"}
+_RUN_KEY = pytest.StashKey[os.PathLike]()
+_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
 
 
 def _results_root() -> os.PathLike:
@@ -37,12 +43,21 @@ def _results_root() -> os.PathLike:
     return RESULTS / run
 
 
+def lab_prefix() -> str:
+    """$LAB_PREFIX, else `t` and 4 hex digits of this checkout's path."""
+    checkout = str(Path(__file__).resolve().parent.parent)
+    return os.environ.get("LAB_PREFIX") or "t" + hashlib.sha256(checkout.encode()).hexdigest()[:4]
+
+
+@pytest.fixture
+def lab_name() -> Callable[[str], str]:
+    """lab_name("teardown") -> "<prefix>-teardown": a lab name of the test's own, clear of other runs."""
+    return lambda suffix: f"{lab_prefix()}-{suffix}"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: needs Docker and root; brings up real containers")
     config.stash[_RUN_KEY] = _results_root()
-
-
-_RUN_KEY = pytest.StashKey[os.PathLike]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -67,6 +82,8 @@ def unavailable() -> str | None:
 @pytest.fixture(scope="session")
 def lab_backend() -> DockerBackend:
     reason = unavailable()
+    if reason and (os.environ.get("CI") or os.environ.get("LAB_REQUIRED")):
+        pytest.fail(f"lab tests cannot run in CI: {reason}", pytrace=False)
     if reason:
         pytest.skip(reason)
     return DockerBackend()
@@ -90,8 +107,7 @@ class _Labs:
         return self.labs.get(key)
 
     def up(self, key: str, topo, results_dir) -> Lab:
-        prefix = os.environ.get("LAB_PREFIX", "t")
-        base = f"{prefix}-{topo.name}{self.suffix}"
+        base = f"{lab_prefix()}-{topo.name}{self.suffix}"
         name, n = base, 1
         while name in self.names:
             n += 1
@@ -129,6 +145,7 @@ def lab_up(
     """Factory: lab_up("intranet-pair") -> a running Lab (shared by the module unless fresh=True)."""
     results_dir = _test_dir(request)
     own = _Labs(lab_backend, suffix="-f")
+    used: list[Lab] = []
 
     def factory(topology: str, overrides: dict | None = None, fresh: bool = False) -> Lab:
         key = _key(topology, overrides)
@@ -137,7 +154,43 @@ def lab_up(
         if lab is None:
             lab = labs.up(key, topologies.load(topology, overrides), results_dir)
         lab.results_dir = results_dir
+        used.append(lab)
         return lab
 
     yield factory
+    report = request.node.stash.get(_REPORT_KEY, None)
+    if report is not None and report.failed:
+        for lab in used:
+            _save_node_state(lab, results_dir)
     own.finalize()
+
+
+#: What a failed test leaves behind for each node, next to its pcaps.
+NODE_STATE = (
+    "for f in /var/log/ipsecd.log /var/log/lab/*.log; do "
+    '[ -f $f ] && echo "== $f" && tail -n 200 $f; done; '
+    "echo '== ip addr'; ip -br addr; echo '== ip route'; ip route; echo '== ip rule'; ip rule; "
+    "echo '== nft list ruleset'; nft list ruleset; echo '== ip xfrm state'; ip xfrm state; "
+    "echo '== ps'; ps -eo pid,etime,args"
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.when == "call":
+        item.stash[_REPORT_KEY] = report
+    return report
+
+
+def _save_node_state(lab: Lab, results_dir) -> None:
+    """Logs, addresses, routes, rules and processes of every node, for a failed test."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for node in lab.nodes.values():
+        try:
+            state = node.exec(NODE_STATE, timeout=10)
+        except Exception as exc:  # a dead node is itself worth recording
+            state = f"could not read the node's state: {exc}"
+        (results_dir / f"{lab.name}-{node.name}.state.txt").write_text(
+            getattr(state, "stdout", state) + getattr(state, "stderr", "")
+        )

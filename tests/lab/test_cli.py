@@ -17,8 +17,8 @@ def lab_cli(lab_backend, tmp_path):
     return run
 
 
-def test_up_status_exec_capture_down(lab_cli, lab_backend, tmp_path):
-    name = f"{os.environ.get('LAB_PREFIX', 't')}-cli"
+def test_up_status_exec_capture_down(lab_cli, lab_backend, lab_name, tmp_path):
+    name = lab_name("cli")
     lab_cli("down", "--name", name)
     try:
         up = lab_cli("up", "intranet-pair", "--name", name)
@@ -42,8 +42,8 @@ def test_up_status_exec_capture_down(lab_cli, lab_backend, tmp_path):
     assert lab_backend.containers(name) == []
 
 
-def test_unrunnable_topology_and_bad_file_are_refused(lab_cli, tmp_path):
-    refused = lab_cli("up", "domain", "--name", "t-never")
+def test_unrunnable_topology_and_bad_file_are_refused(lab_cli, lab_name, tmp_path):
+    refused = lab_cli("up", "domain", "--name", lab_name("never"))
     assert refused.returncode == 1
     assert "not runnable yet: the domain controller image" in refused.stderr
     bad = tmp_path / "bad.yaml"
@@ -51,3 +51,10 @@ def test_unrunnable_topology_and_bad_file_are_refused(lab_cli, tmp_path):
     checked = lab_cli("validate", str(bad))
     assert checked.returncode == 1
     assert f"{bad}:2: segments.lan.subnet: '10.0.0.0/33' is not an IPv4 network" in checked.stderr
+
+
+def test_check_probes_the_machine(lab_cli):
+    checked = lab_cli("check")
+    assert checked.returncode == 0, checked.stdout
+    for line in ("ok   docker", "ok   veth + bridge", "ok   tun device", "ok   nftables nat"):
+        assert line in checked.stdout

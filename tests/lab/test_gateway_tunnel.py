@@ -1,6 +1,6 @@
 """gateway-tunnel on real containers: traffic between the sites is routed across the WAN."""
 
-from lab.capture import assert_marker_present, assert_protocol_seen
+from lab.capture import assert_marker_present, assert_protocol_seen, wait_until
 from lab.traffic import tcp_transfer
 
 MARKER = b"SITE-TO-SITE-MARKER"
@@ -16,5 +16,18 @@ def test_site_to_site_traffic_crosses_the_wan(lab_up):
     assert len(assert_protocol_seen(pkts, "icmp", between=("10.1.0.10", "10.2.0.10"))) == 4
     assert_protocol_seen(pkts, "tcp/5002", between=("10.1.0.10", "10.2.0.10"))
     assert_marker_present(pkts, MARKER)
+    assert host_a.exec(["ping", "-c", "1", "-W", "2", "host-b"]).ok, "node names resolve through /etc/hosts"
     hops = host_a.exec(["ping", "-c", "1", "-t", "2", "-W", "2", host_b.address()])
     assert hops.rc != 0, "two routers lie between the sites, so TTL 2 must not reach host-b"
+
+
+def test_cutting_the_wan_separates_the_sites(lab_up):
+    lab = lab_up("gateway-tunnel")
+    host_a, host_b = lab.node("host-a"), lab.node("host-b")
+    lab.set_link("gw-a", "eth2", up=False)
+    try:
+        assert not host_a.exec(["ping", "-c", "1", "-W", "1", host_b.address()]).ok
+        assert "NO-CARRIER" in lab.node("gw-a").exec(["ip", "link", "show", "eth2"]).stdout
+    finally:
+        lab.set_link("gw-a", "eth2", up=True)
+    wait_until(lambda: host_a.exec(["ping", "-c", "1", "-W", "1", host_b.address()]).ok, 10, what="WAN back")

@@ -1,5 +1,7 @@
 """intranet-pair on real containers: ping and TCP between the hosts, seen in clear on the LAN."""
 
+import logging
+
 from lab.capture import (
     assert_checksums_valid,
     assert_marker_present,
@@ -62,12 +64,65 @@ def test_node_handle_files_processes_and_errors(lab_up):
     assert node.exec("ethtool -k eth1 | grep '^tx-checksumming'").stdout.strip() == "tx-checksumming: off"
 
 
+TUN_OPEN = """
+import fcntl, os, struct
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"ipsec0", 0x0001 | 0x1000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI
+os.system("ip link set ipsec0 up && ip -br link show ipsec0")
+"""
+
+
+def test_node_has_what_the_userspace_data_plane_needs(lab_up):
+    node = lab_up("intranet-pair").node("host-a")
+    assert node.exec(["python3", "-c", TUN_OPEN], check=True).stdout.startswith("ipsec0")
+    # the nftables ruleset ipsecd compiles: marks for policy routing into ipsec0 (this kernel has no nft
+    # `queue` statement, CONFIG_NFT_QUEUE is off; the iptables NFQUEUE target works through nft compat)
+    node.exec(
+        "nft add table inet t && nft add chain inet t c '{ type filter hook output priority 0; }' "
+        "&& nft add rule inet t c meta l4proto esp meta mark set 0x1 && nft delete table inet t "
+        "&& iptables -A INPUT -p esp -j NFQUEUE --queue-num 0 --queue-bypass && iptables -F INPUT",
+        check=True,
+    )
+    assert node.exec(["sysctl", "-n", "net.ipv4.conf.all.rp_filter"]).stdout.strip() == "0"
+    assert node.exec(["ip", "xfrm", "state"], check=True).stdout == ""  # XFRM exists, and is per node
+
+
 def test_ipsecd_config_from_the_topology_is_copied_into_the_node(lab_up, tmp_path, caplog):
     config = tmp_path / "host-a.yaml"
     config.write_text("# ipsecd node config\nrules: []\n")
+    caplog.set_level(logging.INFO, logger="lab")
     lab = lab_up("intranet-pair", overrides={"nodes": {"host-a": {"ipsecd": str(config)}}}, fresh=True)
     assert lab.node("host-a").get_file("/etc/ipsecd/ipsecd.yaml") == config.read_bytes()
     assert lab.node("host-b").exec(["test", "-e", "/etc/ipsecd/ipsecd.yaml"]).rc == 1
     daemon = lab.node("host-a").exec(["python3", "-c", "import ipsecd.daemon"]).ok
     started = "ipsecd started" in caplog.text
     assert started == daemon, caplog.text  # started exactly when the image has the daemon
+    assert daemon or "ipsecd is not installed in this image" in caplog.text
+
+
+FAKE_IPSECD = """#!/bin/sh
+echo "fake ipsecd $*"
+exec socat UNIX-LISTEN:/run/ipsecd.sock,fork EXEC:cat
+"""
+BROKEN_IPSECD = """#!/bin/sh
+echo "ipsecd.yaml:3: rules[0].action: 'maybe' is not a filter action" >&2
+exit 2
+"""
+
+
+def test_ipsecd_start_waits_for_the_control_socket_or_reports_the_log(lab_up, lab_backend):
+    """The start contract of `lab up` for ipsecd, with stand-in executables (the daemon comes later)."""
+    import pytest
+
+    from lab.docker_backend import LabError
+
+    node = lab_up("intranet-pair", fresh=True).node("host-a")
+    node.put_file("/usr/local/bin/ipsecd", FAKE_IPSECD, mode=0o755)
+    lab_backend._start_ipsecd(node)
+    assert node.exec(["test", "-S", "/run/ipsecd.sock"]).ok
+    assert "fake ipsecd --config /etc/ipsecd/ipsecd.yaml" in node.process("ipsecd").log()
+    node.process("ipsecd").stop()
+    node.put_file("/usr/local/bin/ipsecd", BROKEN_IPSECD, mode=0o755)
+    node.exec(["rm", "-f", "/run/ipsecd.sock"], check=True)
+    with pytest.raises(LabError, match=r"(?s)host-a: ipsecd exited at start.*rules\[0\].action: 'maybe'"):
+        lab_backend._start_ipsecd(node)

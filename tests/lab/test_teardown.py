@@ -12,26 +12,28 @@ def _host_links() -> set[str]:
         return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
 
-def test_down_removes_everything(lab_backend, tmp_path):
+def test_down_removes_everything(lab_backend, lab_name, tmp_path):
+    name = lab_name("teardown")
     links_before = _host_links()
     networks_before = {n.id for n in docker.from_env().networks.list()}
-    lab = lab_backend.up(topology.load("gateway-tunnel"), "t-teardown", tmp_path)
-    assert len(lab_backend.containers("t-teardown")) == 4
+    lab = lab_backend.up(topology.load("gateway-tunnel"), name, tmp_path)
+    assert len(lab_backend.containers(name)) == 4
     assert _host_links() == links_before, "lab veths must never appear in the host namespace"
     lab.down()
-    assert lab_backend.containers("t-teardown") == []
-    assert fabric_name("t-teardown") not in netns.listnetns()
+    assert lab_backend.containers(name) == []
+    assert fabric_name(name) not in netns.listnetns()
     assert {n.id for n in docker.from_env().networks.list()} == networks_before
-    assert lab_backend.down("t-teardown") == []  # idempotent
+    assert lab_backend.down(name) == []  # idempotent
 
 
-def test_down_after_a_crash_half_way(lab_backend, tmp_path):
+def test_down_after_a_crash_half_way(lab_backend, lab_name, tmp_path):
+    name = lab_name("crashed")
     topo = topology.load("nat-t")
-    lab = Lab("t-crashed", topo, tmp_path, lab_backend)
+    lab = Lab(name, topo, tmp_path, lab_backend)
     tag = lab_backend.images.ensure("node")
     lab_backend._make_fabric(lab)  # the crash: fabric made, one container started, nothing wired
     lab_backend._start_container(lab, topo.node("client"), tag)
-    removed = lab_backend.down("t-crashed")
-    assert removed == ["t-crashed-client", "netns ilab-t-crashed"]
-    assert lab_backend.containers("t-crashed") == []
-    assert "t-crashed" not in lab_backend.labs()
+    removed = lab_backend.down(name)
+    assert removed == [f"{name}-client", f"netns ilab-{name}"]
+    assert lab_backend.containers(name) == []
+    assert name not in lab_backend.labs()

@@ -1,12 +1,16 @@
 """Topology files: the shipped ones load; each kind of bad file is refused naming file, line and field."""
 
+import doctest
+import importlib
+import pkgutil
 from pathlib import Path
 
 import pytest
 
+import lab
 from lab import model, topology
-from lab.docker_backend import DockerBackend, LabError, nat_ruleset
-from lab.graph import to_dot
+from lab.docker_backend import DockerBackend, LabError, hosts_file, nat_ruleset
+from lab.graph import render, to_dot
 
 GOOD = """\
 name: demo
@@ -191,3 +195,22 @@ def test_graph_names_every_node_segment_and_address():
     dot = to_dot(topology.load("gateway-tunnel"))
     for text in ("gw-a", "host-b", "seg:wan", "198.51.100.0/24", "10.2.0.10/24"):
         assert text in dot
+
+
+def test_graph_renders_png(tmp_path: Path):
+    out = render(topology.load("nat-t"), tmp_path / "nat-t.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hosts_file_names_every_node():
+    hosts = hosts_file(topology.load("nat-t"))
+    assert "192.168.1.1\tnat nat-eth1\n" in hosts
+    assert "203.0.113.1\tnat-eth2\n" in hosts
+    assert "203.0.113.2\tserver server-eth1\n" in hosts
+
+
+@pytest.mark.parametrize(
+    "name", [m.name for m in pkgutil.iter_modules(lab.__path__, "lab.") if m.name != "lab.__main__"]
+)
+def test_lab_docstring_examples(name):
+    assert doctest.testmod(importlib.import_module(name)).failed == 0

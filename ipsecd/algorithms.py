@@ -109,3 +109,40 @@ def encryption(name: str) -> Encryption:
 def integrity(name: str) -> Integrity:
     """The integrity algorithm called ``name`` (ValueError lists the known names)."""
     return _find(INTEGRITIES, "integrity", name)
+
+
+def keymat_length(enc: Encryption, integ: Integrity | None) -> int:
+    """Bytes of KEYMAT one SA needs (RFC 2409 §5.5): the cipher key, then the HMAC key."""
+    return enc.key_size + (integ.key_size if integ else 0)
+
+
+def split_keymat(enc: Encryption, integ: Integrity | None, keymat: bytes) -> tuple[bytes, bytes]:
+    """(encryption key, integrity key) from quick mode KEYMAT: cipher key first (RFC 2409 §5.5).
+
+    AES-GCM takes its 4-byte salt from the end of its key material (RFC 4106 §8.1).
+
+    >>> split_keymat(encryption("3des-cbc"), integrity("hmac-sha1-96"), bytes(range(44)))[1][:2]
+    b'\\x18\\x19'
+    """
+    need = keymat_length(enc, integ)
+    if len(keymat) < need:
+        raise ValueError(f"{enc.name}+{integ.name if integ else 'none'} needs {need} bytes of KEYMAT, "
+                         f"got {len(keymat)}")
+    return keymat[: enc.key_size], keymat[enc.key_size: need]
+
+
+def encryption_by_ikev1(transform_id: int, key_length: int | None = None) -> Encryption:
+    """The ESP cipher for an IKEv1 transform id (+ Key Length attribute in bits for AES)."""
+    for enc in ENCRYPTIONS.values():
+        if enc.ikev1_transform == transform_id and enc.ikev1_key_length == (
+                key_length if enc.ikev1_key_length is not None else None):
+            return enc
+    raise ValueError(f"unsupported ESP transform {transform_id} (key length {key_length})")
+
+
+def integrity_by_ikev1(auth: int) -> Integrity:
+    """The HMAC for an IKEv1 Authentication Algorithm attribute value (RFC 2407 §4.5)."""
+    for integ in INTEGRITIES.values():
+        if integ.ikev1_auth == auth:
+            return integ
+    raise ValueError(f"unsupported IPsec authentication algorithm {auth}")

@@ -11,8 +11,8 @@ An ESP packet (RFC 4303 §2)::
 Speed (see shared/research/dataplane.md): one pre-keyed cipher and HMAC per SA;
 CBC keeps one streaming encryptor and feeds it a zero block before each packet,
 so E_K(previous ciphertext block) becomes the packet's unpredictable explicit IV
-(RFC 3602 §3 asks for an unpredictable IV); CBC decryption is one reusable ECB
-decryptor plus an XOR with the shifted ciphertext, avoiding a new context per packet.
+(RFC 3602 §3 asks for an unpredictable IV); CBC decryption feeds IV | ciphertext to one
+running CBC decryptor and drops the first output block: no new context per packet.
 
 >>> from ipsecd.algorithms import encryption, integrity
 >>> t = transform(encryption("aes-gcm-128"), bytes(20), None, b"")
@@ -22,6 +22,7 @@ decryptor plus an XOR with the shifted ciphertext, avoiding a new context per pa
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import os
@@ -47,7 +48,11 @@ NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
 ISAKMP_HEADER = 28
 
 _PAD = bytes(range(1, 256))  # RFC 4303 §2.4 default padding: 1, 2, 3, ...
-_unpack_ip = struct.Struct("!BBHHHBBH4s4s").unpack_from
+_IP = struct.Struct("!BBHHHBBH4s4s")
+_pack_ip, _unpack_ip = _IP.pack, _IP.unpack_from
+_unpack_addresses = struct.Struct("!4H").unpack
+_BYTE = [bytes((i,)) for i in range(256)]
+_TRAILERS: dict[int, bytes] = {}  # (pad length << 8 | next header) -> padding + the 2 trailer bytes
 
 
 # -- errors: each names the counter (ipsecd.counters) the drop is counted under --
@@ -101,29 +106,48 @@ class DummyPacket(IPsecError):
 # -- IPv4 helpers --
 
 def ipv4_checksum(header: bytes) -> int:
-    """RFC 791 header checksum of ``header`` (checksum field included as it is)."""
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    """RFC 791 header checksum of ``header`` (its checksum field included as it is).
+
+    The one's complement sum of 16-bit words is the big integer modulo 0xFFFF
+    (2**16 = 1 mod 0xFFFF): one C-level operation instead of a Python loop.
+    """
+    rest = int.from_bytes(header, "big") % 0xFFFF
+    return 0xFFFF - rest if rest else 0
 
 
 def rewrite_ipv4_header(header: bytes, protocol: int, total_length: int) -> bytes:
-    """``header`` with a new protocol and total length, checksum recomputed."""
-    h = bytearray(header)
-    h[2:4] = total_length.to_bytes(2, "big")
-    h[9] = protocol
-    h[10:12] = b"\x00\x00"
-    h[10:12] = ipv4_checksum(h).to_bytes(2, "big")
-    return bytes(h)
+    """``header`` with a new protocol and total length; checksum updated incrementally
+    (RFC 1624 eqn. 3) from the old one, which the kernel has already verified or set."""
+    ver_ihl, tos, old_total, ident, frag, ttl, old_protocol, checksum, src, dst = _unpack_ip(header)
+    s = ((~checksum & 0xFFFF) + (~old_total & 0xFFFF) + total_length + (~old_protocol & 0xFFFF)
+         + protocol)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    new = _pack_ip(ver_ihl, tos, total_length, ident, frag, ttl, protocol, ~s & 0xFFFF, src, dst)
+    return new if len(header) == 20 else new + header[20:]
 
 
-def ipv4_header(src: bytes, dst: bytes, protocol: int, payload_length: int, *, tos: int = 0,
+def ipv4_header(src: bytes, dst: bytes, protocol: int, payload_length: int, tos: int = 0,
                 ident: int = 0, flags_fragment: int = 0, ttl: int = 64) -> bytes:
     """A 20-byte IPv4 header (no options) with its checksum."""
-    h = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + payload_length, ident, flags_fragment, ttl,
-                    protocol, 0, src, dst)
-    return h[:10] + ipv4_checksum(h).to_bytes(2, "big") + h[12:]
+    return HeaderTemplate(src, dst, ttl).build(protocol, payload_length, tos, ident, flags_fragment)
+
+
+class HeaderTemplate:
+    """IPv4 headers src -> dst with a fixed TTL; the addresses' checksum share is precomputed."""
+
+    __slots__ = ("_dst", "_partial", "_src", "_ttl")
+
+    def __init__(self, src: bytes, dst: bytes, ttl: int = 64):
+        self._src, self._dst, self._ttl = src, dst, ttl
+        self._partial = int.from_bytes(src + dst, "big") % 0xFFFF + 0x4500 + (ttl << 8)
+
+    def build(self, protocol: int, payload_length: int, tos: int = 0, ident: int = 0,
+              flags_fragment: int = 0) -> bytes:
+        total = 20 + payload_length
+        rest = (self._partial + tos + total + ident + flags_fragment + protocol) % 0xFFFF
+        return _pack_ip(0x45, tos, total, ident, flags_fragment, self._ttl, protocol,
+                        0xFFFF - rest if rest else 0, self._src, self._dst)
 
 
 def split_ipv4(packet: bytes) -> tuple[int, bytes, bytes]:
@@ -145,6 +169,28 @@ def udp_header(sport: int, dport: int, payload_length: int) -> bytes:
     return struct.pack("!HHHH", sport, dport, UDP_HEADER + payload_length, 0)
 
 
+def nat_checksum_fixup(packet: bytes, original_src: bytes, original_dst: bytes) -> bytes:
+    """RFC 3948 §3.1.2 (transport mode through a NAT): update the TCP/UDP checksum, which
+    the peer computed over its original addresses (NAT-OA, RFC 3947 §5.2), to the
+    addresses now in ``packet``'s IPv4 header.  Incremental, RFC 1624 eqn. 3.
+    """
+    ihl = (packet[0] & 0x0F) * 4
+    offset = ihl + (16 if packet[9] == 6 else 6 if packet[9] == IPPROTO_UDP else -ihl)
+    if offset < ihl or len(packet) < offset + 2 or packet[12:20] == original_src + original_dst:
+        return packet
+    checksum = int.from_bytes(packet[offset:offset + 2], "big")
+    if checksum == 0 and packet[9] == IPPROTO_UDP:
+        return packet  # UDP without checksum
+    old, new = _unpack_addresses(original_src + original_dst), _unpack_addresses(packet[12:20])
+    s = (~checksum & 0xFFFF) + 4 * 0xFFFF - sum(old) + sum(new)
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    fixed = ~s & 0xFFFF
+    if fixed == 0 and packet[9] == IPPROTO_UDP:
+        fixed = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
+    return packet[:offset] + fixed.to_bytes(2, "big") + packet[offset + 2:]
+
+
 def classify_udp4500(payload: bytes) -> str:
     """What arrived on UDP 4500 (RFC 3948 §2): "esp", "ike", "keepalive" or "malformed".
 
@@ -160,7 +206,11 @@ def classify_udp4500(payload: bytes) -> str:
 
 def _pad(payload: bytes, next_header: int, block: int) -> bytes:
     padlen = -(len(payload) + 2) % block
-    return payload + _PAD[:padlen] + bytes((padlen, next_header))
+    key = padlen << 8 | next_header
+    trailer = _TRAILERS.get(key)
+    if trailer is None:
+        trailer = _TRAILERS[key] = _PAD[:padlen] + bytes((padlen, next_header))
+    return payload + trailer
 
 
 def _unpad(plain: bytes) -> tuple[int, bytes]:
@@ -191,14 +241,14 @@ class _Transform:
         self.icv_size = enc.icv_size or (integ.icv_size if integ else 0)
         self.min_length = ESP_HEADER + enc.iv_size + max(enc.block_size, 4) + self.icv_size
 
-    def _icv(self, data: bytes) -> bytes:
+    def _icv(self, data: bytes | memoryview) -> bytes:
         h = self._mac.copy()
         h.update(data)
         return h.finalize()[: self.icv_size]
 
     def _verify(self, data: bytes) -> None:
         if self._mac is not None and not hmac.compare_digest(
-                self._icv(data[: -self.icv_size]), data[-self.icv_size:]):
+                self._icv(memoryview(data)[: -self.icv_size]), data[-self.icv_size:]):
             raise AuthenticationFailed("ICV mismatch")
 
     def _check_length(self, data: bytes) -> None:
@@ -227,8 +277,8 @@ class CbcTransform(_Transform):
         super().__init__(enc, integ, integ_key)
         self._cipher = enc.cipher(key)
         self._stream = Cipher(self._cipher, modes.CBC(os.urandom(enc.block_size))).encryptor()
-        self._ecb = Cipher(self._cipher, modes.ECB()).decryptor()
         self._zero = bytes(enc.block_size)
+        self._chained = Cipher(self._cipher, modes.CBC(self._zero)).decryptor()
 
     def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
         """``iv`` forces an explicit IV (known-answer tests); normally it is derived (see module doc)."""
@@ -247,34 +297,36 @@ class CbcTransform(_Transform):
             raise BadPacket(f"ESP ciphertext of {end - ESP_HEADER - block} bytes is not a "
                             f"multiple of the {block}-byte block")
         self._verify(data)
-        decrypted = self._ecb.update(data[ESP_HEADER + block: end])
-        chained = data[ESP_HEADER: end - block]  # IV, then every ciphertext block but the last
-        plain = (int.from_bytes(decrypted, "big") ^ int.from_bytes(chained, "big")).to_bytes(
-            len(decrypted), "big")
-        return _unpad(plain)
+        # IV | ciphertext into the SA's running CBC decryptor: the IV's own output block is
+        # garbage (chained to the previous packet), every later block is this packet's plaintext
+        return _unpad(self._chained.update(memoryview(data)[ESP_HEADER:end])[block:])
 
 
 class GcmTransform(_Transform):
     """AES-GCM with a 16-byte ICV (RFC 4106): nonce = salt | 8-byte explicit IV, AAD = SPI | seq.
 
-    The explicit IV is the 64-bit sequence number: unique per key because the
-    sequence number never wraps (RFC 4106 §3.1 requires uniqueness only).
+    The explicit IV is the sequence number XOR a random 64-bit mask chosen per SA (as
+    Linux's seqiv does): unique within the SA because the sequence number never wraps
+    (RFC 4106 §3.1 requires uniqueness only), and two SAs that share a key - manual
+    keying often uses one key both ways - collide only if their masks agree in the
+    upper 32 bits (probability 2**-32).
     """
 
     def __init__(self, enc: Encryption, key: bytes):
         super().__init__(enc, None, b"")
         self._aead = AESGCM(key[: -enc.salt_size])
         self._salt = key[-enc.salt_size:]
+        self._iv_mask = int.from_bytes(os.urandom(8), "big")
 
     def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
         if iv is None:
-            iv = b"\x00\x00\x00\x00" + header[4:8]
+            iv = (self._iv_mask ^ int.from_bytes(header[4:8], "big")).to_bytes(8, "big")
         return header + iv + self._aead.encrypt(self._salt + iv, _pad(payload, next_header, 4), header)
 
     def open(self, data: bytes) -> tuple[int, bytes]:
         self._check_length(data)
         try:
-            plain = self._aead.decrypt(self._salt + data[8:16], data[16:], data[:8])
+            plain = self._aead.decrypt(self._salt + data[8:16], memoryview(data)[16:], data[:8])
         except InvalidTag:
             raise AuthenticationFailed("AES-GCM tag mismatch") from None
         return _unpad(plain)
@@ -296,6 +348,7 @@ def transform(enc: Encryption, enc_key: bytes, integ: Integrity | None, integ_ke
     return CbcTransform(enc, enc_key, integ, integ_key)
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_to_bytes(address: str) -> bytes:
-    """Dotted IPv4 address -> 4 bytes (ValueError names the address)."""
+    """Dotted IPv4 address -> 4 bytes (ValueError names the address); cached for per-packet use."""
     return ipaddress.IPv4Address(address).packed

@@ -4,8 +4,13 @@ anti-replay windows, lifetimes and counters, and the packet transforms that use 
 An SA is one direction of one protocol.  The driver calls, per packet::
 
     outer = sa.encapsulate(inner_ipv4_packet)        # outbound SA (or the outer SA of a bundle)
+    esp_bytes = sa.encapsulate_udp(inner_ipv4_packet)  # the same, for the UDP 4500 socket
     inner, sa = sad.inbound(outer_ipv4_packet)       # raw socket: proto 50, 51, or UDP-ESP
     inner, sa = sad.inbound_udp(esp, src, dst)       # ESP read from the UDP 4500 socket
+    if esp.classify_udp4500(datagram) == "ike": ...  # before inbound_udp (RFC 3948 §2)
+
+and, periodically, ``for sa, reason in sad.expire(now)`` ("soft": ask IKE to rekey;
+"hard"/"idle": already deleted), ``sad.snapshot()`` for ipsecctl.
 
 Drops raise an ``ipsecd.esp.IPsecError`` subclass; the SA/SAD has already counted it
 under ``exc.counter`` (per SA and globally), so the driver only logs and drops.
@@ -45,6 +50,7 @@ from ipsecd.esp import (
     UDP_HEADER,
     BadPacket,
     DummyPacket,
+    HeaderTemplate,
     IPsecError,
     Replayed,
     SAExpired,
@@ -123,7 +129,10 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 class SecurityAssociation:
     """One SA. ``src``/``dst`` are the outer (tunnel or host) addresses of this direction.
 
-    ``udp_encap`` = (sport, dport) puts ESP in UDP (RFC 3948). ``inner`` makes an
+    ``udp_encap`` = (sport, dport) puts ESP in UDP (RFC 3948); on an inbound transport
+    SA ``nat_oa`` = the original (source, destination) the peer used, from quick mode's
+    NAT-OA payloads, makes decapsulation fix the inner TCP/UDP checksum for the
+    addresses a NAT wrote into the header (RFC 3948 §3.1.2).  ``inner`` makes an
     AH+ESP bundle (RFC 4301 §4.5, Windows "AH and ESP"): this SA must be AH, ``inner``
     the ESP SA of the same direction and peers; outbound ESP is applied first (in
     the bundle's mode), then AH over the result (IP | AH | ESP | ...), inbound the
@@ -141,6 +150,7 @@ class SecurityAssociation:
     integrity: str | None = None
     integrity_key: bytes = field(default=b"", repr=False)
     udp_encap: tuple[int, int] | None = None
+    nat_oa: tuple[str, str] | None = None  # original (src, dst) from NAT-OA, transport + UDP only
     lifetime: Lifetime = field(default_factory=Lifetime)
     idle_timeout: float | None = None  # seconds without packets before SAD.expire deletes it
     replay_window: int = 64
@@ -155,7 +165,10 @@ class SecurityAssociation:
         _choice("mode", self.mode, ("transport", "tunnel"))
         if not 256 <= self.spi <= SEQ_MAX:
             raise ValueError(f"SPI {self.spi:#x} outside 0x100-0xffffffff (RFC 4303 §2.1)")
-        self._src, self._dst = ip_to_bytes(self.src), ip_to_bytes(self.dst)
+        try:
+            self._src, self._dst = ip_to_bytes(self.src), ip_to_bytes(self.dst)
+        except ValueError as e:
+            raise ValueError(f"SA src/dst: {e}") from None
         enc = algorithms.encryption(self.encryption)
         integ = algorithms.integrity(self.integrity) if self.integrity else None
         if self.protocol == "esp":
@@ -176,7 +189,11 @@ class SecurityAssociation:
                              "addresses and mode")
         # in a bundle the ESP SA builds the tunnel header; AH goes over it like transport mode
         self._tunnel = self.mode == "tunnel" and self.inner is None
+        if self.nat_oa and (self._tunnel or not self.udp_encap):
+            raise ValueError("nat_oa applies to transport mode with UDP encapsulation only")
+        self._nat_oa = b"".join(map(ip_to_bytes, self.nat_oa)) if self.nat_oa else None
         self._spi_bytes = self.spi.to_bytes(4, "big")
+        self._outer = HeaderTemplate(self._src, self._dst)
         self._replay = ReplayWindow(self.replay_window) if self.direction == "inbound" else None
         hard_kb = self.lifetime.hard_kilobytes
         self._hard_bytes = math.inf if hard_kb is None else hard_kb * 1024
@@ -199,12 +216,7 @@ class SecurityAssociation:
         """
         if self.inner is not None:
             packet = self.inner.encapsulate(packet)
-        if self._tunnel:
-            if len(packet) < 20 or packet[0] >> 4 != 4:
-                raise BadPacket("inner packet is not IPv4")
-            header, payload, next_header = None, packet, IPPROTO_IPIP
-        else:
-            next_header, header, payload = split_ipv4(packet)
+        header, payload, next_header = self._split(packet)
         seq = self._next_seq(len(payload))
         if self.protocol == "ah":
             return self._ah_encapsulate(header, payload, next_header, seq, packet)
@@ -218,9 +230,24 @@ class SecurityAssociation:
         return rewrite_ipv4_header(header, protocol, len(header) + len(body)) + body
 
     def encapsulate_udp(self, packet: bytes) -> bytes:
-        """Like ``encapsulate`` but only the ESP bytes, for sending on the UDP 4500 socket."""
-        outer = self.encapsulate(packet)
-        return outer[(outer[0] & 0x0F) * 4 + UDP_HEADER:]
+        """The ESP bytes only (SPI to ICV), for sending on the UDP 4500 socket to ``udp_encap``.
+
+        Transport mode relies on the socket's addresses being the packet's own.
+        """
+        if self.protocol != "esp" or self.inner is not None:
+            raise ValueError(f"SA {self.spi:#x}: only a plain ESP SA can use a UDP socket")
+        _, payload, next_header = self._split(packet)
+        seq = self._next_seq(len(payload))
+        return self._esp.seal(self._spi_bytes + seq.to_bytes(4, "big"), payload, next_header)
+
+    def _split(self, packet: bytes) -> tuple[bytes | None, bytes, int]:
+        """(header to keep or None for tunnel mode, payload to protect, its next header)."""
+        if self._tunnel:
+            if len(packet) < 20 or packet[0] >> 4 != 4:
+                raise BadPacket("inner packet is not IPv4")
+            return None, packet, IPPROTO_IPIP
+        next_header, header, payload = split_ipv4(packet)
+        return header, payload, next_header
 
     def _ah_encapsulate(self, header: bytes | None, payload: bytes, next_header: int, seq: int,
                         packet: bytes) -> bytes:
@@ -234,8 +261,7 @@ class SecurityAssociation:
         return header + self._ah.seal(header, payload, next_header, self.spi, seq) + payload
 
     def _tunnel_header(self, inner: bytes, protocol: int, length: int, seq: int) -> bytes:
-        return ipv4_header(self._src, self._dst, protocol, length, tos=inner[1],
-                           ident=seq & 0xFFFF, flags_fragment=inner[6] << 8 & 0x4000)
+        return self._outer.build(protocol, length, inner[1], seq & 0xFFFF, inner[6] << 8 & 0x4000)
 
     def _next_seq(self, nbytes: int) -> int:
         seq = self.seq + 1
@@ -260,6 +286,8 @@ class SecurityAssociation:
         Raises (after counting) BadPacket, AuthenticationFailed, DecryptionFailed,
         Replayed, DummyPacket, PolicyViolation.
         """
+        if self._replay is None:
+            raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
         try:
             protocol, header, body = split_ipv4(packet)
             if self.protocol == "ah":
@@ -281,8 +309,10 @@ class SecurityAssociation:
         ``src``/``dst`` are the datagram's addresses; transport mode rebuilds the
         inner header from them (TTL 64).
         """
+        if self._replay is None:
+            raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
         try:
-            header = ipv4_header(ip_to_bytes(src), ip_to_bytes(dst), IPPROTO_UDP, 0)
+            header = b"" if self._tunnel else ipv4_header(ip_to_bytes(src), ip_to_bytes(dst), IPPROTO_UDP, 0)
             return self._esp_decapsulate(header, payload)
         except IPsecError as e:
             self._count_drop(e)
@@ -314,12 +344,16 @@ class SecurityAssociation:
         if next_header == IPPROTO_NONE:
             raise DummyPacket("dummy packet (next header 59)")
         if self._tunnel:
+            total = int.from_bytes(payload[2:4], "big")
             if next_header != IPPROTO_IPIP or len(payload) < 20 or payload[0] >> 4 != 4 \
-                    or int.from_bytes(payload[2:4], "big") != len(payload):
+                    or not 20 <= total <= len(payload):
                 raise BadPacket(f"tunnel SA {self.spi:#x}: payload is not one IPv4 packet "
                                 f"(next header {next_header})")
-            return payload
-        return rewrite_ipv4_header(header, next_header, len(header) + len(payload)) + payload
+            return payload if total == len(payload) else payload[:total]  # TFC padding (§2.4)
+        inner = rewrite_ipv4_header(header, next_header, len(header) + len(payload)) + payload
+        if self._nat_oa is not None:
+            inner = esp.nat_checksum_fixup(inner, self._nat_oa[:4], self._nat_oa[4:])
+        return inner
 
     def _count_drop(self, error: IPsecError) -> None:
         key = error.counter
@@ -352,6 +386,18 @@ class SecurityAssociation:
             self._idle_packets, self._idle_since = self.counters.packets, now
             return False
         return now - self._idle_since >= self.idle_timeout
+
+    @property
+    def overhead(self) -> int:
+        """Most bytes ``encapsulate`` adds to a packet (bundle included): for MTU/MSS planning."""
+        if self.protocol == "ah":
+            added = self._ah.length
+        else:
+            enc = self._esp.encryption
+            added = 8 + enc.iv_size + max(enc.block_size, 4) - 1 + 2 + self._esp.icv_size
+            added += UDP_HEADER if self.udp_encap else 0
+        added += 20 if self._tunnel else 0
+        return added + (self.inner.overhead if self.inner is not None else 0)
 
     @property
     def key(self) -> tuple[int, bytes, int]:
@@ -426,6 +472,8 @@ class SAD:
                 raise BadPacket(f"IP protocol {protocol} is neither ESP nor AH")
             if len(packet) < offset + 4:
                 raise BadPacket(f"{len(packet)}-byte packet too short for an SPI")
+            if packet[offset:offset + 4] == esp.NON_ESP_MARKER:
+                raise BadPacket("SPI 0: IKE after the non-ESP marker (RFC 3948 §2.2), not ESP")
         except BadPacket:
             self.counters.malformed_packets += 1
             raise
@@ -434,9 +482,9 @@ class SAD:
 
     def inbound_udp(self, payload: bytes, src: str, dst: str) -> tuple[bytes, SecurityAssociation]:
         """``inbound`` for an ESP payload read from the UDP 4500 socket (classify it first)."""
-        if len(payload) < 8:
+        if esp.classify_udp4500(payload) != "esp":
             self.counters.malformed_packets += 1
-            raise BadPacket(f"{len(payload)}-byte UDP-ESP payload")
+            raise BadPacket(f"{len(payload)}-byte UDP 4500 payload is not ESP (RFC 3948 §2)")
         sa = self._inbound_sa(int.from_bytes(payload[:4], "big"), ip_to_bytes(dst), IPPROTO_ESP)
         return sa.decapsulate_udp(payload, src, dst), sa
 

@@ -117,3 +117,26 @@ def test_wrong_keys_fail_in_tshark_too(capture):
             assert good != "1" and bad in ("1", ""), (sa.encryption, sa.integrity, bad)  # "": gave up
         if sa.encryption != "null":
             assert b"ipsec-lab" not in bytes.fromhex(data.split(",")[-1])
+
+
+def test_tshark_reads_ah_esp_bundles(tmp_path):
+    """The table exports the ESP half of a bundle; tshark checks AH's framing and decrypts the ESP."""
+    packets, sas = [], []
+    for n, mode in enumerate(("transport", "tunnel")):
+        esp_sa = SecurityAssociation(0x6001 + n, "esp", "outbound", mode, PEER_A, PEER_B, "3des-cbc",
+                                     os.urandom(24), "hmac-sha1-96", os.urandom(20))
+        sa = SecurityAssociation(0x7001 + n, "ah", "outbound", mode, PEER_A, PEER_B,
+                                 integrity="hmac-md5-96", integrity_key=os.urandom(16), inner=esp_sa)
+        sas.append(sa)
+        inner = IP(src=PEER_A, dst=PEER_B) / UDP(sport=1234, dport=7777) / Raw(marker(esp_sa, 0))
+        packets.append(Ether() / IP(sa.encapsulate(raw(inner))))
+    wrpcap(str(tmp_path / "bundle.pcap"), packets)
+    assert esp_sa_table(sas).count("\n") == 2 and "0x00007001" not in esp_sa_table(sas)
+    out = subprocess.run(["tshark", "-n", "-r", str(tmp_path / "bundle.pcap"), *tshark_esp_args(sas),
+                          "-T", "fields", "-E", "separator=|", "-e", "ah.spi", "-e", "esp.spi",
+                          "-e", "data.data", "-e", "esp.icv_good"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    rows = [line.split("|") for line in out.splitlines()]
+    assert [(int(a, 16), int(e, 16), good) for a, e, _, good in rows] == [
+        (0x7001, 0x6001, "1"), (0x7002, 0x6002, "1")]
+    assert [bytes.fromhex(r[2]) for r in rows] == [marker(sa.inner, 0) for sa in sas]

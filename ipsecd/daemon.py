@@ -85,8 +85,7 @@ class Daemon:
         self.tun = Tun(s.tun, s.mtu)
         self.wire = KernelWire(self.tun, s.bypass_mark)
         self.kernel = Netfilter(Marks(s.fwmark, s.bypass_mark, s.route_table, s.tun))
-        self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, idle_seconds=s.idle_seconds,
-                             replay_window=s.replay_window)
+        self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, idle_seconds=s.idle_seconds)
         self.install_manual(cfg)
 
     def install_manual(self, cfg: NodeConfig) -> None:

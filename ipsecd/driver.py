@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, classify_udp4500
+from ipsecd.netfilter import Netfilter, comment_name
 from ipsecd.sad import SAD, SecurityAssociation
 from ipsecd.spd import SPD, Action, Direction, Filter, Selector
 
@@ -93,6 +94,21 @@ class RecordingWire:
         self.delivered.append(packet)
 
 
+def flow_key(packet: bytes) -> bytes | None:
+    """What filters look at, as raw bytes (protocol, addresses, first-fragment ports); None if not IPv4.
+
+    >>> flow_key(bytes.fromhex("450000540000400040015b3e0a0000010a000002")).hex()
+    '010a0000010a000002'
+    """
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None
+    protocol = packet[9:10]
+    if protocol in (b"\x06", b"\x11") and not (packet[6] & 0x1F or packet[7]):
+        ihl = (packet[0] & 0x0F) << 2
+        return protocol + packet[12:20] + packet[ihl:ihl + 4]
+    return protocol + packet[12:20]
+
+
 def ntoa(address: int) -> str:
     return socket.inet_ntoa(address.to_bytes(4, "big"))
 
@@ -108,15 +124,20 @@ class _Pending:
 
 
 class Driver:
+    """The SPD, the SAD and the packets between them; I/O through `wire`, kernel policy through `kernel`.
+
+    `kernel` is a netfilter.Netfilter (None in unit tests, where no kernel policy is installed);
+    `ike` is None with manual keys only; `clock` is injectable so lifetimes are testable.
+    """
+
     def __init__(self, spd: SPD | None = None, *, wire: Wire | None = None, ike: IKEHooks | None = None,
-                 kernel: object | None = None, idle_seconds: float | None = 300,
-                 replay_window: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+                 kernel: Netfilter | None = None, idle_seconds: float | None = 300,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.sad = SAD()
         self.wire = wire or RecordingWire()
         self.ike = ike
-        self.kernel = kernel  # netfilter.Netfilter, or None when the kernel half is managed elsewhere
+        self.kernel = kernel
         self.idle_seconds = idle_seconds
-        self.replay_window = replay_window
         self.clock = clock
         self.counters = dict.fromkeys((key for key, _ in DRIVER_COUNTERS), 0)
         self._outbound: dict[tuple[str, str], SecurityAssociation] = {}  # (filter, peer) -> outer SA
@@ -135,7 +156,8 @@ class Driver:
         if self.kernel is not None:
             self.kernel.install(spd)
         self.spd = spd
-        self._flows: dict[tuple, Filter | None] = {}
+        self._flows: dict[bytes, tuple[str, str]] = {}  # flow -> (filter, peer) of a negotiate filter
+        self._inbound_flows: set[tuple[int, bytes]] = set()  # (SPI, flow) the SA's filter allows
         self._inbound_filters: dict[str, list[Filter]] = {}
         for f in spd.filters:
             if f.direction is Direction.INBOUND:
@@ -155,6 +177,7 @@ class Driver:
         if sa.idle_timeout is None and self.idle_seconds and not manual:
             sa.idle_timeout = self.idle_seconds
         self.sad.add(sa)
+        self._inbound_flows.clear()
         for member in (sa, sa.inner):
             if member is not None:
                 self._filter_of[member.key] = filter_name
@@ -179,7 +202,7 @@ class Driver:
         self._soft.add((filter_name, peer))
         pending = self._pending.pop((filter_name, peer), None)
         if pending is not None:
-            self._send_clear(pending.packet, peer)
+            self._send_clear(pending.packet, socket.inet_ntoa(pending.packet[16:20]))
         log.info("soft association: traffic of filter %s to %s goes in clear", filter_name, peer)
 
     def send_4500(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -212,19 +235,19 @@ class Driver:
 
     def outbound(self, packet: bytes) -> None:
         """A packet read from the TUN: the kernel marked it for a negotiate filter."""
+        flow = flow_key(packet)
+        cached = self._flows.get(flow)
+        if cached is not None:  # the fast path: a known flow with its SA
+            sa = self._outbound.get(cached)
+            if sa is not None:
+                self._send(sa, cached, packet)
+                return
         try:
             sel = Selector.parse(packet)
         except ValueError:
             self.sad.counters.malformed_packets += 1
             return
-        flow = (sel.src, sel.dst, sel.protocol, sel.src_port, sel.dst_port)
-        try:
-            f = self._flows[flow]
-        except KeyError:
-            f = self.spd.lookup(sel, Direction.OUTBOUND)
-            if len(self._flows) >= FLOW_CACHE_SIZE:
-                self._flows.clear()
-            self._flows[flow] = f
+        f = self.spd.lookup(sel, Direction.OUTBOUND)
         if f is None or f.action.action is not Action.NEGOTIATE:
             # The policy changed while the packet was on its way: do what the policy says now.
             if f is not None and f.action.action is Action.BLOCK:
@@ -234,6 +257,10 @@ class Driver:
             return
         peer = str(f.tunnel) if f.tunnel is not None else ntoa(sel.dst)
         key = (f.name, peer)
+        if flow is not None:
+            if len(self._flows) >= FLOW_CACHE_SIZE:
+                self._flows.clear()
+            self._flows[flow] = key
         sa = self._outbound.get(key)
         if sa is not None:
             self._send(sa, key, packet)
@@ -306,7 +333,7 @@ class Driver:
                  "destination": str(f.dst), "protocol": f.protocol, "source_port": f.src_port,
                  "destination_port": f.dst_port, "tunnel": str(f.tunnel) if f.tunnel else None,
                  "action": f.action.name, "verdict": str(f.action.action), "rule": f.rule,
-                 "packets": hits.get((f.name.replace('"', "'")[:100], str(f.direction)), 0),
+                 "packets": hits.get((comment_name(f.name), str(f.direction)), 0),
                  "description": f.describe()} for f in self.spd.filters]
 
     # -- inside ---------------------------------------------------------------------------------------------
@@ -358,20 +385,25 @@ class Driver:
 
     def _deliver(self, inner: bytes, sa: SecurityAssociation) -> None:
         """The inner packet must be what the SA's filter secures (RFC 4301 §5.2), then it goes up."""
-        try:
-            sel = Selector.parse(inner)
-        except ValueError:
-            self.sad.counters.malformed_packets += 1
-            return
-        name = self._filter_of.get(sa.key)
-        best = self.spd.lookup(sel, Direction.INBOUND)
-        blocked = best is not None and best.action.action is Action.BLOCK
-        permitted = best is not None and best.action.action is Action.PERMIT
-        if blocked or not (permitted or any(f.matches(sel) for f in self._inbound_filters.get(name, ()))):
-            self.sad.counters.dropped_by_policy += 1
-            self._say(f"selector {name}", f"packet {sel} arrived on SA {sa.spi:#x} but is not traffic "
-                                          f"of its filter {name}: dropped")
-            return
+        flow = flow_key(inner)
+        if flow is None or (sa.spi, flow) not in self._inbound_flows:
+            try:
+                sel = Selector.parse(inner)
+            except ValueError:
+                self.sad.counters.malformed_packets += 1
+                return
+            name = self._filter_of.get(sa.key)
+            best = self.spd.lookup(sel, Direction.INBOUND)
+            blocked = best is not None and best.action.action is Action.BLOCK
+            permitted = best is not None and best.action.action is Action.PERMIT
+            if blocked or not (permitted or any(f.matches(sel) for f in self._inbound_filters.get(name, ()))):
+                self.sad.counters.dropped_by_policy += 1
+                self._say(f"selector {name}", f"packet {sel} arrived on SA {sa.spi:#x} but is not traffic "
+                                              f"of its filter {name}: dropped")
+                return
+            if len(self._inbound_flows) >= FLOW_CACHE_SIZE:
+                self._inbound_flows.clear()
+            self._inbound_flows.add((sa.spi, flow))
         try:
             self.wire.deliver(inner)
         except OSError as e:
@@ -387,6 +419,7 @@ class Driver:
             log.info("NAT-T: peer %s of filter %s is reached at UDP port %d", src, name, sport)
 
     def _forget(self, sa: SecurityAssociation) -> None:
+        self._inbound_flows.clear()
         outer = sa.outer or sa
         for key, current in list(self._outbound.items()):
             if current is outer:
@@ -468,6 +501,8 @@ def internet_checksum(data: bytes | bytearray) -> int:
 # -- the kernel side ---------------------------------------------------------------------------------------
 
 IP_PKTINFO = 8
+SO_RCVBUFFORCE = 33
+RECEIVE_BUFFER = 8 << 20
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_PROBE = 3
 DRAIN = 64  # packets read per wake-up
@@ -493,6 +528,10 @@ class KernelWire:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, bypass_mark)
             # The path MTU the kernel learns for inner traffic (TUN MTU) must not cap our outer packets.
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        for sock in (self.esp_in, self.ah_in, self.udp):
+            # Bursts arrive faster than Python drains them; a deep queue beats dropping (and TCP backing off).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
         for sock in (self.esp_in, self.ah_in):
             sock.setblocking(False)
 

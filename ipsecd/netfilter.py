@@ -6,7 +6,7 @@ The kernel decides per packet, so the daemon sees only traffic it must secure:
 - negotiate filters mark outbound (locally sent or forwarded) packets; `ip rule fwmark` routes marked
   packets into the `ipsec0` TUN device, where the driver encrypts them;
 - inbound clear packets that a negotiate filter says must be secured are dropped (counted), unless the
-  filter action accepts unsecured communication;
+  filter action accepts unsecured communication or falls back to clear;
 - IKE (UDP 500/4500), ESP/AH themselves, broadcast and multicast are exempt, in the same terms as
   `Selector.is_exempt`; packets the daemon sends carry a bypass mark and are never re-marked; packets
   the daemon writes back to the TUN after decapsulation are accepted.
@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +35,6 @@ from ipsecd.spd import SPD, Action, Direction, Filter
 log = logging.getLogger("ipsecd.netfilter")
 
 TABLE = "ipsecd"
-# The verdict word that starts each rule's comment: how ipsecctl and the counters tell rules apart.
-VERDICTS = ("permit", "block", "secure", "unsecured", "accept-unsecured")
 
 
 @dataclass(frozen=True)
@@ -67,12 +65,18 @@ def filter_rule(f: Filter, secure_mark: int = 0x2121) -> str:
         verdict, word = "drop", "block"
     elif f.direction is Direction.OUTBOUND:
         verdict, word = f"meta mark set {secure_mark:#x} return", "secure"
-    elif action.accept_unsecured:
+    elif action.accept_unsecured or action.fallback_to_clear:
+        # Inbound passthrough, or a peer that may turn out not to speak IPsec (soft association).
         verdict, word = "return", "accept-unsecured"
     else:
         verdict, word = "drop", "unsecured"
-    name = f.name.replace('"', "'")[:100]
-    return f'{" ".join(match)} counter {verdict} comment "{word} {name}"'
+    # The comment (verdict word, filter name) is how counters() tells the rules apart.
+    return f'{" ".join(match)} counter {verdict} comment "{word} {comment_name(f.name)}"'
+
+
+def comment_name(name: str) -> str:
+    """A filter name as it can stand in an nftables comment."""
+    return name.replace('"', "'")[:100]
 
 
 def ruleset(spd: SPD, marks: Marks) -> str:
@@ -204,6 +208,3 @@ def _sysctl(key: str, value: str) -> None:
     except OSError as e:  # a read-only /proc/sys in a container: say so, carry on
         log.warning("cannot set %s=%s (%s); decapsulated packets may be dropped", key, value, e.strerror)
 
-
-def describe(rules: Iterable[dict]) -> list[str]:
-    return [f"{r['verdict']:<16} {r['filter']:<24} {r['chain']:<9} {r['packets']} packets" for r in rules]

@@ -4,17 +4,13 @@ See scenarios/driver-transport/README.md. The module shares one lab; tests that 
 configuration put the scenario's own back when they end.
 """
 
-import subprocess
-import sys
-import tempfile
-
 import pytest
 from scapy.layers.inet import IP
-from scapy.layers.ipsec import ESP
+from scapy.layers.ipsec import AH, ESP
 from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 from scenarios.driver_lab import (
     counters,
+    inject_frames,
     ipsecctl,
     overrides,
     reload_config,
@@ -71,6 +67,26 @@ def test_ping_and_tcp_cross_the_lan_only_as_esp(pair):
     assert stats["packets_not_authenticated"] == stats["bad_spi_packets"] == 0
 
 
+def test_ah_plus_esp_bundles_carry_the_traffic(pair):
+    lab, a, b = pair
+    for node in (a, b):
+        reload_config(node, scenario_config(SCENARIO, f"{node.name}-ah-esp"))
+    payload = MARKER * 1000
+    with lab.capture_segment("lan") as cap:
+        a.exec(["ping", "-c", "2", "-i", "0.2", "-W", "2", B], check=True)
+        assert tcp_transfer(a, b, payload, port=5004) == payload
+    pkts = cap.packets()
+    assert_only_protocols(pkts, between=(A, B), allowed={"ah"})
+    assert_marker_absent(pkts, MARKER)
+    assert {p[AH].spi for p in pkts if AH in p} == {0x5102, 0x5202}
+    assert {p[AH].nh for p in pkts if AH in p} == {50}  # AH outside, ESP inside (RFC 4301 §4.5)
+    inner, authentic = tshark_decrypted_payloads(cap.pcap, ipsecctl(a, "keys")["tshark_args"])
+    assert MARKER * 10 in inner and authentic > 0
+    assert {s["spi"]: s["bundle"] for s in ipsecctl(b, "sa")} == {
+        "0x00005102": "0x00005101", "0x00005101": None, "0x00005202": "0x00005201", "0x00005201": None}
+    assert counters(b)["authenticated_bytes_received"] >= len(payload)
+
+
 def test_esp_sa_table_for_wireshark(pair):
     _, a, _ = pair
     table = a.exec(["ipsecctl", "keys", "--wireshark"], check=True).stdout.splitlines()
@@ -120,16 +136,6 @@ def test_block_and_permit_filters_do_what_they_say(pair):
     assert filters[("clear-tcp-7000", "outbound")]["packets"] >= 1
 
 
-def inject_frames(lab, segment: str, frames) -> None:
-    """Put Ethernet frames on a segment's bridge, as a third host on the segment would."""
-    bridge = lab.capture_segment(segment).device  # the bridge captures listen on
-    with tempfile.NamedTemporaryFile(suffix=".pcap") as f:
-        wrpcap(f.name, frames)
-        send = f"from scapy.all import *; sendp(rdpcap({f.name!r}), iface={bridge!r}, verbose=False)"
-        subprocess.run(["ip", "netns", "exec", lab.fabric, sys.executable, "-c", send], check=True,
-                       timeout=30)
-
-
 def test_tampered_replayed_and_unknown_spi_packets_raise_their_counters(pair):
     lab, a, b = pair
     with lab.capture_segment("lan") as cap:
@@ -141,11 +147,14 @@ def test_tampered_replayed_and_unknown_spi_packets_raise_their_counters(pair):
     tampered[-20] ^= 0x01
     unknown = bytearray(frame)
     unknown[14 + 20:14 + 24] = (0x0BAD).to_bytes(4, "big")  # the SPI
+    ether = original[Ether]
+    truncated = Ether(src=ether.src, dst=ether.dst) / IP(src=A, dst=B, proto=50) / b"\x00\x00\x10"  # no SPI
     before = counters(b)
-    inject_frames(lab, "lan", [Ether(frame), Ether(bytes(tampered)), Ether(bytes(unknown))])
+    inject_frames(lab, "lan", [Ether(frame), Ether(bytes(tampered)), Ether(bytes(unknown)), truncated])
     wait_counter(b, "replayed_packets", before["replayed_packets"] + 1)
     wait_counter(b, "packets_not_authenticated", before["packets_not_authenticated"] + 1)
     wait_counter(b, "bad_spi_packets", before["bad_spi_packets"] + 1)
+    wait_counter(b, "malformed_packets", before["malformed_packets"] + 1)
     after = counters(b)
     assert after["confidential_bytes_received"] == before["confidential_bytes_received"]
     wait_until(lambda: a.exec(["ping", "-c", "1", "-W", "1", B]).ok, 5, what="ping after the injections")

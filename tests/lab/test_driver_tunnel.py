@@ -3,9 +3,19 @@
 See scenarios/driver-tunnel/README.md. The hosts run no IPsec; the gateways secure what they forward.
 """
 
-from scapy.layers.inet import IP
+import pytest
+from scapy.layers.inet import ICMP, IP
 from scapy.layers.ipsec import ESP
-from scenarios.driver_lab import counters, ipsecctl, overrides, tshark_decrypted_payloads, wait_ready
+from scapy.layers.l2 import Ether
+from scenarios.driver_lab import (
+    counters,
+    inject_frames,
+    ipsecctl,
+    overrides,
+    tshark_decrypted_payloads,
+    wait_counter,
+    wait_ready,
+)
 
 from lab.capture import assert_marker_absent, assert_marker_present, assert_only_protocols
 from lab.traffic import tcp_transfer
@@ -14,10 +24,16 @@ MARKER = b"DRIVER-TUNNEL-MARKER-"
 GW_A, GW_B = "198.51.100.1", "198.51.100.2"
 
 
-def test_sites_talk_through_the_tunnel_and_the_wan_carries_only_esp(lab_up):
+@pytest.fixture
+def tunnel(lab_up):
     lab = lab_up("gateway-tunnel", overrides=overrides("driver-tunnel", "gw-a", "gw-b"))
+    wait_ready(lab.node("gw-a"), lab.node("gw-b"))
+    return lab
+
+
+def test_sites_talk_through_the_tunnel_and_the_wan_carries_only_esp(tunnel):
+    lab = tunnel
     host_a, host_b, gw_a, gw_b = (lab.node(n) for n in ("host-a", "host-b", "gw-a", "gw-b"))
-    wait_ready(gw_a, gw_b)
     payload = MARKER * 2000
     with lab.capture_segment("wan") as wan, lab.capture_segment("site-b") as site_b:
         host_a.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", host_b.address()], check=True)
@@ -36,3 +52,18 @@ def test_sites_talk_through_the_tunnel_and_the_wan_carries_only_esp(lab_up):
     assert stats["tunnel_bytes_received"] >= len(payload)
     assert stats["confidential_bytes_received"] >= len(payload)
     assert stats["packets_not_authenticated"] == stats["dropped_by_policy"] == 0
+
+
+def test_site_traffic_arriving_in_clear_over_the_wan_is_not_forwarded(tunnel):
+    """Someone on the WAN sends site-a -> site-b traffic without ESP: gw-b drops it and counts it."""
+    lab = tunnel
+    gw_a, gw_b = lab.node("gw-a"), lab.node("gw-b")
+    mac = {n.name: n.exec(["cat", "/sys/class/net/eth2/address"], check=True).stdout.strip()
+           for n in (gw_a, gw_b)}
+    forged = (Ether(src=mac["gw-a"], dst=mac["gw-b"]) / IP(src="10.1.0.10", dst="10.2.0.10")
+              / ICMP() / (MARKER + b"forged"))
+    before = counters(gw_b)["unsecured_packets_dropped"]
+    with lab.capture_segment("site-b") as site_b:
+        inject_frames(lab, "wan", [forged] * 3)
+        wait_counter(gw_b, "unsecured_packets_dropped", before + 3)
+    assert not [p for p in site_b.packets() if MARKER + b"forged" in bytes(p)]

@@ -88,6 +88,7 @@ def test_node_has_what_the_userspace_data_plane_needs(lab_up):
 
 
 def test_ipsecd_config_from_the_topology_is_copied_into_the_node(lab_up, tmp_path, caplog):
+    caplog.set_level("INFO", logger="lab")  # "ipsecd started" is logged at INFO
     config = tmp_path / "host-a.yaml"
     config.write_text("# ipsecd node config\nrules: []\n")
     caplog.set_level(logging.INFO, logger="lab")

@@ -239,3 +239,26 @@ def test_idle_and_hard_expiry_delete_and_tell_ike(host):
     assert all(s.spi != 0x6001 for s in driver.sad)
     driver.expire(sa.created + 1000)  # the idle timeout (300 s) removes the quiet host SAs too
     assert len(driver.sad) == 0
+
+
+def test_nat_keepalives_go_to_udp_encapsulated_peers_every_20_seconds():
+    clock = [1000.0]
+    wire = RecordingWire()
+    driver = Driver(SPD(host_filter()), wire=wire, clock=lambda: clock[0])
+    driver.add_sa(SA(0x7001, "esp", "outbound", "transport", A, B, "aes-gcm-128", GCM_KEY,
+                     udp_encap=(4500, 4500)), "a-b", manual=True)
+    for step in (0, 5, 21):
+        clock[0] = 1000.0 + step
+        driver.expire()
+    assert wire.sent_udp == [(b"\xff", (B, 4500))] * 2
+
+
+def test_a_block_filter_applies_to_decapsulated_packets_too(host):
+    driver, wire = host
+    block = FilterAction("block", Action.BLOCK)
+    driver.load_policy(SPD([*host_filter(),
+                            *Filter("no-dns", IPv4Network(A), IPv4Network(B), block, protocol=17,
+                                    dst_port=53).mirrored()]))
+    dns = IP(src=B, dst=A) / UDP(sport=53, dport=4000) / b"answer"
+    driver.inbound(bytes(scapy_gcm(0x2001).encrypt(IP(bytes(dns)))))
+    assert wire.delivered == [] and driver.counter_values()["dropped_by_policy"] == 1

@@ -26,8 +26,10 @@ def test_negotiate_marks_outbound_and_drops_unsecured_inbound():
     assert filter_rule(back) == 'ip saddr 10.0.0.2 ip daddr 10.0.0.1 counter drop comment "unsecured a-b"'
 
 
-def test_accept_unsecured_lets_clear_inbound_in():
-    back = Filter("a-b", net("10.0.0.2/32"), net("10.0.0.1/32"), LENIENT, Direction.INBOUND)
+@pytest.mark.parametrize("flag", ["accept_unsecured", "fallback_to_clear"])
+def test_inbound_passthrough_and_fallback_let_clear_inbound_in(flag):
+    action = FilterAction("request", Action.NEGOTIATE, (SecurityMethod(),), **{flag: True})
+    back = Filter("a-b", net("10.0.0.2/32"), net("10.0.0.1/32"), action, Direction.INBOUND)
     assert filter_rule(back).endswith('counter return comment "accept-unsecured a-b"')
 
 

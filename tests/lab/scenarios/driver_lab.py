@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+from scapy.utils import wrpcap
+
 from lab.capture import wait_until
-from lab.docker_backend import Node
+from lab.docker_backend import Lab, Node
 
 SCENARIOS = Path(__file__).parent
 CONFIG = "/etc/ipsecd/ipsecd.yaml"
@@ -80,3 +84,13 @@ def tshark_decrypted_payloads(pcap: Path, tshark_args: list[str]) -> tuple[bytes
             for part in filter(None, field.split(",")):
                 payload += bytes.fromhex(part.replace(":", ""))
     return payload, authentic
+
+
+def inject_frames(lab: Lab, segment: str, frames) -> None:
+    """Put Ethernet frames on a segment's bridge, as a third host on the segment would."""
+    bridge = lab.capture_segment(segment).device  # the bridge captures listen on
+    with tempfile.NamedTemporaryFile(suffix=".pcap") as f:
+        wrpcap(f.name, frames)
+        send = f"from scapy.all import *; sendp(rdpcap({f.name!r}), iface={bridge!r}, verbose=False)"
+        subprocess.run(["ip", "netns", "exec", lab.fabric, sys.executable, "-c", send], check=True,
+                       timeout=30)

@@ -1,0 +1,167 @@
+"""Data-plane throughput: iperf3 over the plain lab link, ipsecd transport mode and ipsecd tunnel mode.
+
+One run brings each lab up, runs iperf3 TCP and UDP (large datagrams, paced) and reports Mbit/s, packets
+per second on the wire and CPU (whole machine, and the ipsecd processes). Targets from issue 3 for this
+2-core machine: TCP with AES-GCM-128 >= 1000 Mbit/s transport, >= 1300 Mbit/s tunnel; 3DES >= 150.
+strongSwan's userspace data plane joins the table once its image exists (images/strongswan).
+
+    python -m bench dataplane            (BENCH_SECONDS=5, BENCH_UDP_RATE=500M)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import Row
+from lab import topology
+from lab.docker_backend import DockerBackend, Lab, Node
+from lab.traffic import wait_listening
+
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+UDP_RATE = os.environ.get("BENCH_UDP_RATE", "500M")  # paced: a flood starves the daemons (dataplane.md)
+UDP_LENGTH = 1372  # 1400-byte IP packets: the TUN MTU, so ipsecd never fragments
+ALGORITHMS = {"aes-gcm-128": ("aes-gcm-128", None), "3des-sha1": ("3des-cbc", "hmac-sha1-96")}
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    topology: str
+    client: str
+    server: str
+    wire: tuple[str, str]  # node and interface whose TX packets are the encrypted (or plain) stream
+    algorithm: str | None = None  # None: no ipsecd
+    tcp_target: float | None = None
+
+
+CASES = (
+    Case("plain lab link", "intranet-pair", "host-a", "host-b", ("host-a", "eth1")),
+    Case("ipsecd transport aes-gcm-128", "intranet-pair", "host-a", "host-b", ("host-a", "eth1"),
+         "aes-gcm-128", 1000),
+    Case("ipsecd tunnel aes-gcm-128", "gateway-tunnel", "host-a", "host-b", ("gw-a", "eth2"),
+         "aes-gcm-128", 1300),
+    Case("ipsecd transport 3des-sha1", "intranet-pair", "host-a", "host-b", ("host-a", "eth1"),
+         "3des-sha1", 150),
+    Case("ipsecd tunnel 3des-sha1", "gateway-tunnel", "host-a", "host-b", ("gw-a", "eth2"), "3des-sha1", 150),
+)
+
+
+def manual_config(me: str, peer: str, mine: str, theirs: str, algorithm: str, keys: dict[int, bytes],
+                  tunnel: bool) -> str:
+    """An ipsecd configuration: one mirrored filter, one SA each way (SPI 0x100 + sender's last octet)."""
+    encryption, integrity = ALGORITHMS[algorithm]
+    mode = "tunnel" if tunnel else "transport"
+    lines = ["filters:",
+             f"  - {{name: bench, source: {mine}, destination: {theirs}, action: secure"
+             + (f", tunnel: {peer}}}" if tunnel else "}"),
+             "actions: {secure: {action: negotiate}}", "sas:"]
+    for direction, src, dst in (("outbound", me, peer), ("inbound", peer, me)):
+        spi = 0x100 + int(src.rsplit(".", 1)[1])
+        enc_key, auth_key = keys[spi][:24 if "3des" in encryption else 20], keys[spi][24:44]
+        lines.append(f"  - {{spi: {spi}, protocol: esp, direction: {direction}, mode: {mode}, source: {src}, "
+                     f"destination: {dst}, encryption: {encryption}, enc_key: \"{enc_key.hex()}\", "
+                     + (f"integrity: {integrity}, auth_key: \"{auth_key.hex()}\", " if integrity else "")
+                     + "filter: bench}")
+    return "\n".join(lines) + "\n"
+
+
+def configs(case: Case, folder: Path) -> dict:
+    """Topology overrides giving the ipsecd nodes of `case` their configuration files."""
+    if case.algorithm is None:
+        return {}
+    keys = {spi: os.urandom(44) for spi in range(0x100, 0x200)}
+    if case.topology == "intranet-pair":
+        pairs = {"host-a": ("10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2"),
+                 "host-b": ("10.0.0.2", "10.0.0.1", "10.0.0.2", "10.0.0.1")}
+    else:
+        pairs = {"gw-a": ("198.51.100.1", "198.51.100.2", "10.1.0.0/24", "10.2.0.0/24"),
+                 "gw-b": ("198.51.100.2", "198.51.100.1", "10.2.0.0/24", "10.1.0.0/24")}
+    nodes = {}
+    for node, (me, peer, mine, theirs) in pairs.items():
+        path = folder / f"{case.topology}-{case.algorithm}-{node}.yaml"
+        path.write_text(manual_config(me, peer, mine, theirs, case.algorithm, keys,
+                                      case.topology != "intranet-pair"))
+        nodes[node] = {"ipsecd": str(path)}
+    return {"nodes": nodes}
+
+
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def ipsecd_cpu(nodes: list[Node]) -> float:
+    """CPU seconds used so far by the ipsecd processes of `nodes`."""
+    total = 0.0
+    for node in nodes:
+        script = "for p in $(pgrep -f '[i]psecd --config'); do cut -d' ' -f14,15 /proc/$p/stat; done"
+        for line in node.exec(["sh", "-c", script]).stdout.split("\n"):
+            if line.strip():
+                total += sum(int(x) for x in line.split()) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def tx_packets(node: Node, ifname: str) -> int:
+    return int(node.exec(["cat", f"/sys/class/net/{ifname}/statistics/tx_packets"], check=True).stdout)
+
+
+def measure(lab: Lab, case: Case, udp: bool) -> dict:
+    client, server = lab.node(case.client), lab.node(case.server)
+    wire_node = lab.node(case.wire[0])
+    daemons = [n for n in lab.nodes.values() if n.spec.ipsecd is not None]
+    iperf_server = server.spawn(["iperf3", "-s", "-1"], name="iperf3-bench")
+    wait_listening(server, 5201)
+    argv = ["iperf3", "-J", "-t", str(SECONDS), "-c", server.address()]
+    if udp:
+        argv += ["-u", "-b", UDP_RATE, "-l", str(UDP_LENGTH)]
+    packets, cpu, daemon_cpu = tx_packets(wire_node, case.wire[1]), cpu_times(), ipsecd_cpu(daemons)
+    started = time.monotonic()
+    try:
+        result = json.loads(client.exec(argv, check=True, timeout=SECONDS + 30).stdout)
+    finally:
+        iperf_server.stop()
+    elapsed = time.monotonic() - started
+    packets = tx_packets(wire_node, case.wire[1]) - packets
+    busy, total = (a - b for a, b in zip(cpu_times(), cpu, strict=True))
+    end = result["end"]
+    daemon_seconds = ipsecd_cpu(daemons) - daemon_cpu
+    return {"mbits": end["sum_received"]["bits_per_second"] / 1e6, "kpps": packets / elapsed / 1000,
+            "cpu": 100 * busy / total * os.cpu_count(), "daemon_cpu": 100 * daemon_seconds / elapsed,
+            "us_per_packet": 1e6 * daemon_seconds / packets if packets else 0.0,
+            "loss": end["sum"].get("lost_percent"), "retransmits": end["sum_sent"].get("retransmits")}
+
+
+def run() -> list[Row]:
+    backend = DockerBackend()
+    prefix = os.environ.get("LAB_PREFIX", "b")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for case in CASES:
+            topo = topology.load(case.topology, configs(case, Path(folder)))
+            for kind in {n.image for n in topo.nodes.values()}:
+                backend.images.ensure(kind)
+            name = f"{prefix}-dp-{case.topology}"
+            backend.down(name)
+            lab = backend.up(topo, name)
+            try:
+                for udp in (False, True):
+                    m = measure(lab, case, udp)
+                    extra = f", loss {m['loss']:.1f}%" if udp else f", {m['retransmits']} retransmits"
+                    rows.append(Row(
+                        f"{'UDP' if udp else 'TCP'} {case.label}", m["mbits"], "Mbit/s",
+                        None if udp else case.tcp_target, higher_is_better=True,
+                        note=f"{m['kpps']:.1f} kpps on the wire, CPU {m['cpu']:.0f}% of 200%, "
+                             f"ipsecd {m['daemon_cpu']:.0f}% ({m['us_per_packet']:.1f} us/wire packet)"
+                             f"{extra}"))
+            finally:
+                backend.down(name)
+    print("strongSwan's userspace data plane: not measured, no strongSwan image yet", file=sys.stderr)
+    return rows

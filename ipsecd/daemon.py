@@ -64,8 +64,8 @@ def build_sa(group: Group, replay_window: int) -> SecurityAssociation:
                             soft_seconds=hard_s * SOFT_FRACTION if hard_s else None, hard_seconds=hard_s)
         return SecurityAssociation(m.spi, m.protocol, str(m.direction), m.mode, str(m.source),
                                    str(m.destination), m.encryption or "null", m.enc_key, m.integrity,
-                                   m.auth_key, m.udp_encap, lifetime, replay_window=replay_window,
-                                   inner=inner)
+                                   m.auth_key, udp_encap=m.udp_encap, lifetime=lifetime,
+                                   replay_window=replay_window, inner=inner)
 
     if len(group) == 2:
         ah, esp = group

@@ -288,8 +288,10 @@ class Driver:
             except IPsecError as e:
                 self._dropped(e)
                 return
-            if sa.mode == "transport":
-                inner = fix_l4_checksum(inner)  # RFC 3948 §3.1.2: a NAT changed the addresses it covers
+            if sa.mode == "transport" and sa.nat_oa is None:
+                # RFC 3948 §3.1.2: a NAT changed the addresses the checksum covers, and no NAT-OA from IKE
+                # says which (manual SAs): recompute it, ESP having proved the payload authentic.
+                inner = fix_l4_checksum(inner)
             self._learn_nat_port(sa, src, sport)
             self._deliver(inner, sa)
         elif kind == "ike":

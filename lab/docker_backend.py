@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import tarfile
@@ -35,6 +36,7 @@ log = logging.getLogger("lab")
 
 LABEL = "ipsec-lab"
 IPSECD_CONFIG = "/etc/ipsecd/ipsecd.yaml"
+FIREWALL_RULES = "/etc/lab/firewall.nft"
 IPSECD_LOG = "/var/log/ipsecd.log"
 IPSECD_SOCKET = "/run/ipsecd.sock"  # docs/ARCHITECTURE.md: ipsecctl <-> ipsecd
 RESULTS = Path(os.environ.get("LAB_RESULTS", Path.cwd() / "results"))
@@ -191,6 +193,16 @@ class Node:
     def process(self, name: str, log: str | None = None) -> Process:
         """The handle of a process spawned earlier under `name` (e.g. "ipsecd", started by `lab up`)."""
         return Process(self, name, log or (IPSECD_LOG if name == "ipsecd" else f"/var/log/lab/{name}.log"))
+
+    def firewall(self, drop: list[str]) -> None:
+        """Replace the node's firewall: drop what `drop` names ("esp", "udp/500", ...); [] lifts it."""
+        self.put_file(FIREWALL_RULES, firewall_ruleset(drop))
+        self.exec(["nft", "-f", FIREWALL_RULES], check=True)
+
+    def dropped(self) -> int:
+        """Packets the node's firewall has dropped so far."""
+        rules = self.exec(["nft", "list", "table", "inet", "lab_firewall"]).stdout
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", rules))
 
     def capture(self, ifname: str, name: str | None = None, bpf: str = "") -> Capture:
         """A capture of this node's interface (taken on its fabric end); use as a context manager."""
@@ -414,6 +426,9 @@ class DockerBackend:
         if node.spec.nat is not None:
             node.put_file("/etc/lab/nat.nft", nat_ruleset(node.spec.nat))
             setup.append("nft -f /etc/lab/nat.nft")
+        if node.spec.drop:
+            node.put_file(FIREWALL_RULES, firewall_ruleset(node.spec.drop))
+            setup.append(f"nft -f {FIREWALL_RULES}")
         node.exec(" && ".join(setup), check=True)
         if node.spec.ipsecd is not None:
             node.put_file(IPSECD_CONFIG, node.spec.ipsecd.read_text())
@@ -528,13 +543,21 @@ def nat_ruleset(nat: model.Nat) -> str:
     if nat.ports:
         lines += [f"    oifname {nat.outside} meta l4proto {{ tcp, udp }} masquerade{to_ports}{flags}"]
     lines += [f"    oifname {nat.outside} masquerade{flags}", "  }"]
-    if nat.drop_esp:
-        lines += [
-            "  chain forward {",
-            "    type filter hook forward priority filter;",
-            "    meta l4proto esp counter drop",
-            "  }",
-        ]
+    return "\n".join([*lines, "}", ""])
+
+
+def firewall_ruleset(drop: list[str]) -> str:
+    """The node firewall (table inet lab_firewall): drop, with a counter, what `drop` names, in every
+    direction. An empty list gives an empty table, so applying it lifts the firewall."""
+    matches = []
+    for name in drop:
+        proto, _, port = name.partition("/")
+        matches += [f"{proto} dport {port}", f"{proto} sport {port}"] if port else [f"meta l4proto {proto}"]
+    lines = ["table inet lab_firewall {}", "delete table inet lab_firewall", "table inet lab_firewall {"]
+    for hook in ("input", "forward", "output"):
+        lines += [f"  chain {hook} {{", f"    type filter hook {hook} priority filter;"]
+        lines += [f"    {match} counter drop" for match in matches]
+        lines.append("  }")
     return "\n".join([*lines, "}", ""])
 
 

@@ -70,12 +70,14 @@ class Nat:
     outside: str
     ports: tuple[int, int] | None = None
     random: bool = False
-    drop_esp: bool = False
 
 
 @dataclass
 class Node:
-    """A node: one container, with its role, image kind, interfaces, routes and optional ipsecd config."""
+    """A node: one container, with its role, image kind, interfaces, routes and optional ipsecd config.
+
+    `drop` lists traffic the node's firewall drops, in and out and when forwarding, as
+    lab.capture.protocol names it: "esp", "ah", "icmp", "udp/500", "tcp/22"."""
 
     name: str
     role: str = "host"
@@ -85,6 +87,7 @@ class Node:
     sysctls: dict[str, str] = field(default_factory=dict)
     ipsecd: Path | None = None
     nat: Nat | None = None
+    drop: list[str] = field(default_factory=list)
 
     def address(self, ifname: str | None = None) -> str:
         """The IPv4 address (no prefix) of `ifname`, or of the first addressed interface."""

@@ -234,9 +234,7 @@ def _build(data: dict, path: Path) -> Topology:
         if "nat" in n:
             nat_data = n["nat"]
             ports = _port_range(nat_data["ports"]) if "ports" in nat_data else None
-            nat = Nat(
-                nat_data["outside"], ports, nat_data.get("random", False), nat_data.get("drop_esp", False)
-            )
+            nat = Nat(nat_data["outside"], ports, nat_data.get("random", False))
         ipsecd = (path.parent / n["ipsecd"]).resolve() if "ipsecd" in n else None
         nodes[name] = Node(
             name,
@@ -247,6 +245,7 @@ def _build(data: dict, path: Path) -> Topology:
             {k: str(v) for k, v in n.get("sysctls", {}).items()},
             ipsecd,
             nat,
+            list(n.get("drop", [])),
         )
     return Topology(
         data["name"],

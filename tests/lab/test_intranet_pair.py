@@ -87,12 +87,14 @@ def test_node_has_what_the_userspace_data_plane_needs(lab_up):
     assert node.exec(["ip", "xfrm", "state"], check=True).stdout == ""  # XFRM exists, and is per node
 
 
-def test_ipsecd_config_from_the_topology_is_copied_into_the_node(lab_up, tmp_path, caplog):
-    caplog.set_level("INFO", logger="lab")  # "ipsecd started" is logged at INFO
+def test_topology_ipsecd_config_and_firewall_are_applied(lab_up, tmp_path, caplog):
     config = tmp_path / "host-a.yaml"
     config.write_text("# ipsecd node config\nrules: []\n")
     caplog.set_level(logging.INFO, logger="lab")
-    lab = lab_up("intranet-pair", overrides={"nodes": {"host-a": {"ipsecd": str(config)}}}, fresh=True)
+    overrides = {"nodes": {"host-a": {"ipsecd": str(config)}, "host-b": {"drop": ["icmp"]}}}
+    lab = lab_up("intranet-pair", overrides=overrides, fresh=True)
+    assert not lab.node("host-a").exec(["ping", "-c", "1", "-W", "1", "host-b"]).ok
+    assert lab.node("host-b").dropped() == 1
     assert lab.node("host-a").get_file("/etc/ipsecd/ipsecd.yaml") == config.read_bytes()
     assert lab.node("host-b").exec(["test", "-e", "/etc/ipsecd/ipsecd.yaml"]).rc == 1
     daemon = lab.node("host-a").exec(["python3", "-c", "import ipsecd.daemon"]).ok

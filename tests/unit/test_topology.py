@@ -9,7 +9,7 @@ import pytest
 
 import lab
 from lab import model, topology
-from lab.docker_backend import DockerBackend, LabError, hosts_file, nat_ruleset
+from lab.docker_backend import DockerBackend, LabError, firewall_ruleset, hosts_file, nat_ruleset
 from lab.graph import render, to_dot
 
 GOOD = """\
@@ -107,6 +107,11 @@ def test_good_file_builds_the_model():
             "topologies/x.yaml:16: nodes.gw.nat.ports: '40999-40000' is not a port range",
         ),
         ("  a:\n", "  A:\n", "topologies/x.yaml:6: nodes.A: 'A' is not a valid name"),
+        (
+            "    role: nat\n",
+            "    role: nat\n    drop: [udp500]\n",
+            "topologies/x.yaml:13: nodes.gw.drop[0]: 'udp500'",
+        ),
         # semantic errors, found after the schema passed
         (
             "eth1: {segment: lan, address: 10.0.0.1/24}",
@@ -180,10 +185,21 @@ def test_macs_are_deterministic_locally_administered_unicast():
     assert first & 0x02 and not first & 0x01
 
 
-def test_nat_ruleset_rewrites_ports_and_can_drop_esp():
-    rules = nat_ruleset(model.Nat("eth2", (40000, 40999), drop_esp=True))
+def test_nat_ruleset_rewrites_ports():
+    rules = nat_ruleset(model.Nat("eth2", (40000, 40999)))
     assert "oifname eth2 meta l4proto { tcp, udp } masquerade to :40000-40999" in rules
-    assert "meta l4proto esp counter drop" in rules
+
+
+def test_firewall_ruleset_drops_in_every_direction():
+    topo = topology.loads(
+        GOOD.replace("    role: nat\n", "    role: nat\n    drop: [esp, udp/500]\n"), "x.yaml"
+    )
+    rules = firewall_ruleset(topo.node("gw").drop)
+    for hook in ("input", "forward", "output"):
+        assert f"type filter hook {hook} priority filter;" in rules
+    assert rules.count("meta l4proto esp counter drop") == 3
+    assert rules.count("udp dport 500 counter drop") == rules.count("udp sport 500 counter drop") == 3
+    assert "counter drop" not in firewall_ruleset([])
 
 
 def test_unrunnable_topology_is_refused_with_its_reason():

@@ -14,6 +14,7 @@ ipsecd code never clobber each other's images.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -106,11 +107,16 @@ class Images:
         tag = self.tag(kind)
         if self.exists(tag):
             return tag
-        if kind == "base":
-            self._build_base(tag)
-        else:
-            base = self.ensure("base")
-            self._build_kind(kind, tag, base)
+        base = None if kind == "base" else self.ensure("base")
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        with open(BUILD_DIR / f"{kind}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another run in this checkout may be building it right now
+            if self.exists(tag):
+                return tag
+            if base is None:
+                self._build_base(tag)
+            else:
+                self._build_kind(kind, tag, base)
         return tag
 
     def _folder(self, kind: str) -> Path:

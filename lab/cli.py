@@ -178,7 +178,13 @@ def cmd_images(args) -> int:
             print(f"not building images: {reason} (lab tests will be skipped)")
             return 0
     images = Images()
-    for kind in args.kinds or ["base", *sorted(_kinds_in_use())]:
+    kinds = args.kinds or ["base", *sorted(_kinds_in_use())]
+    if args.prune:
+        keep = {images.tag(kind) for kind in kinds}
+        for tag in images.prune(keep, args.older_than):
+            print(f"removed {tag}")
+        return 0
+    for kind in kinds:
         print(images.ensure(kind))
     return 0
 
@@ -268,6 +274,8 @@ def parser() -> argparse.ArgumentParser:
     s = verb("images", cmd_images, "build images")
     s.add_argument("kinds", nargs="*")
     s.add_argument("--if-possible", action="store_true", help="skip (exit 0) without root or Docker")
+    s.add_argument("--prune", action="store_true", help="remove unused node-level images (not bases)")
+    s.add_argument("--older-than", type=float, default=1.0, metavar="HOURS", help="with --prune (default 1)")
     s = verb("validate", cmd_validate, "check topology files")
     s.add_argument("files", nargs="+")
     verb("check", cmd_check, "can this machine run labs? what does the kernel offer?")

@@ -21,7 +21,9 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -100,6 +102,27 @@ class Images:
         except docker.errors.ImageNotFound:
             return False
         return True
+
+    def prune(
+        self, keep: set[str], older_than_hours: float = 1.0, kinds: set[str] | None = None
+    ) -> list[str]:
+        """Remove node-level images (every kind but base) that no container uses, older than the given age,
+        except the tags in `keep`. Bases stay: a rebuild of one costs a debootstrap. Another checkout whose
+        image goes rebuilds it on its next run (seconds). `kinds` limits it to those kinds. Returns the
+        removed tags."""
+        in_use = {c.image.id for c in self.client.containers.list(all=True)}
+        cutoff = time.time() - older_than_hours * 3600
+        removed = []
+        for image in self.client.images.list(name=f"{REPOSITORY}/*"):
+            created = datetime.fromisoformat(image.attrs["Created"][:19]).replace(tzinfo=UTC).timestamp()
+            if image.id in in_use or created > cutoff:
+                continue
+            for tag in image.tags:
+                kind = tag.split("/", 1)[1].split(":")[0]
+                if tag not in keep and kind != "base" and (kinds is None or kind in kinds):
+                    self.client.images.remove(tag)
+                    removed.append(tag)
+        return removed
 
     # -- building ----------------------------------------------------------------------------------------
     def ensure(self, kind: str) -> str:

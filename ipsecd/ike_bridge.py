@@ -162,7 +162,7 @@ def certificate_source(certificate: Path | None, private_key: Path | None,
         key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
         cas = [x509.load_pem_x509_certificate(p.read_bytes()) for p in trusted_cas]
         wanted = _name_parts(ca_name)
-        named = tuple(ca for ca in cas if wanted <= _name_parts(ca.subject.rfc4514_string())
+        named = tuple(ca for ca in cas if (wanted and wanted <= _name_parts(ca.subject.rfc4514_string()))
                       or ca_name == _common_name(ca))
         if not named:
             have = ", ".join(ca.subject.rfc4514_string() for ca in cas) or "none"

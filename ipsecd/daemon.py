@@ -142,9 +142,12 @@ class PolicyKeying:
 
     def handlers(self) -> dict:
         agent = self.agent.handlers()
-        kept = ("policy", "policies", "policy_filters", "export", "import")
+        kept = ("policy", "policies", "policy_filters")
         return {**{name: agent[name] for name in kept}, "refresh": self.refresh, "events": self.events,
-                "mmsa": self.ike.main_mode_sas, "qmsa": self.ike.quick_mode_sas}
+                "mmsa": self.ike.main_mode_sas, "qmsa": self.ike.quick_mode_sas,
+                # "file", not "path": control.request() has a parameter of that name
+                "export": lambda file, location=None: agent["export"](file, location),
+                "import": lambda file, assign=False: agent["import"](file, assign)}
 
 
 def manual_groups(sas: Iterable[ManualSA]) -> list[Group]:

@@ -62,8 +62,9 @@ def ike_counter_key(name: str) -> str:
 
 def event_kind(text: str) -> str:
     """A kind for an IKE event line, so `ipsecctl events` reads like the policy events beside it."""
-    for word, kind in (("failed", "negotiation-failed"), ("refused", "negotiation-failed"),
-                       ("no answer", "negotiation-failed"), ("established", "main-mode"),
+    for word, kind in (("dropped", "dropped"), ("failed", "negotiation-failed"),
+                       ("refused", "negotiation-failed"), ("no answer", "negotiation-failed"),
+                       ("established", "main-mode"),
                        ("installed", "quick-mode"), ("rekey", "rekey"), ("deleted", "sa-deleted"),
                        ("malformed", "malformed")):
         if word in text:
@@ -92,7 +93,7 @@ class PolicyKeying:
                 raise ConfigError(f"{cfg.path}: policy.assign: {path} does not exist")
             store.assign(PolicyRef(str(path)))
         certificates = certificate_source(s.certificate, s.private_key, s.trusted_cas)
-        self.agent = PolicyAgent(store, driver, self.ike, addresses=self.addresses,
+        self.agent = PolicyAgent(store, self.bridge, self.ike, addresses=self.addresses,
                                  certificate_for=certificates, log=lambda event: log.info("%s", event))
         self.negotiator = Negotiator(self.agent, self.ike, driver)
         self.bridge.negotiator = self.negotiator

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from ipsecd.ike.quick_mode import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
 from ipsecd.sad import Lifetime, SecurityAssociation
-from ipsecd.spd import SPD, Action, Direction, Filter
+from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 from ipsecd.spd import Selector as PacketSelector
 
 log = logging.getLogger("ipsecd.ike")
@@ -40,6 +40,7 @@ log = logging.getLogger("ipsecd.ike")
 SOFT_FRACTION = 0.9  # kilobyte lifetime at which the driver asks IKE to rekey (IKE times the seconds itself)
 
 SAKey = tuple[int, str, str]  # (SPI, destination, protocol): how the driver and IKE name one SA
+DEFAULT_RESPONSE = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
 
 
 class IKE(Protocol):
@@ -87,9 +88,26 @@ def security_association(child: ChildSA, done: QuickModeDone, replay_window: int
         inner=security_association(child.inner, done, replay_window) if child.inner else None)
 
 
+def dynamic_filters(done: QuickModeDone) -> tuple[Filter, Filter]:
+    """The filter pair Windows adds for SAs answered under the default response rule: exactly the traffic the
+    peer asked to secure (its protocol and ports), so the replies go secured too. Transport mode only."""
+    local, remote, peer = done.local_selector, done.remote_selector, done.isakmp_sa.remote[0]
+    remote_network = remote.network
+    if str(remote_network.network_address) != peer and remote_network.num_addresses == 1:
+        remote_network = Selector.parse(peer).network  # behind a NAT: its packets come from the NAT
+    name = f"<Dynamic> {local} <-> {Selector(remote_network, remote.protocol, remote.port)}"
+    out = Filter(name, local.network, remote_network, DEFAULT_RESPONSE, Direction.OUTBOUND,
+                 local.protocol or None, local.port or None, remote.port or None, rule="<Dynamic>")
+    return out.mirrored()
+
+
 class IKEBridge:
     """IKE's driver (``add_sa``, ``delete_sa``) and the driver's IKE (``acquire``, ``expire``,
-    ``datagram_4500``). ``ike`` and ``negotiator`` are set once built (they need this object first)."""
+    ``datagram_4500``). ``ike`` and ``negotiator`` are set once built (they need this object first).
+
+    It is also the Policy Agent's driver (``load_policy``): the policy's filters plus the dynamic filters of
+    SAs answered under the default response rule, which live as long as those SAs.
+    """
 
     def __init__(self, driver, replay_window: int = 64) -> None:
         self.driver = driver
@@ -98,6 +116,13 @@ class IKEBridge:
         self.negotiator: Acquirer | None = None
         self.quick_mode_of: dict[SAKey, int] = {}  # every SA of a quick mode -> its inbound SPI (IKE's key)
         self.filter_of: dict[int, str] = {}  # quick mode (inbound SPI) -> the filter its SAs secure
+        self.policy = SPD()  # what the Policy Agent gave
+        self.dynamic: dict[str, tuple[Filter, Filter]] = {}  # default response filters, by name
+
+    def load_policy(self, spd: SPD) -> None:
+        """The Policy Agent's filters, with the dynamic ones in force, to the driver."""
+        self.policy = spd
+        self.driver.load_policy(SPD([*spd.filters, *(f for pair in self.dynamic.values() for f in pair)]))
 
     # -- IKE -> driver ----------------------------------------------------------------------------------
 
@@ -105,13 +130,20 @@ class IKEBridge:
         peer = done.isakmp_sa.remote[0]
         tunnel = peer if done.mode == "tunnel" else None
         f = secured_filter(self.driver.spd, done.local_selector, done.remote_selector, tunnel, peer)
-        if f is None:
-            # Answered under the default response rule: no filter of ours asks for this traffic.
-            name = f"<Dynamic> {done.local_selector} <-> {done.remote_selector}"
-            log.warning("quick mode SAs %s: no negotiate filter covers them; installed under %r",
-                        done.describe(), name)
-        else:
+        if f is not None:
             name = f.name
+        elif tunnel is None:  # answered under the default response rule: filters for just this traffic
+            pair = dynamic_filters(done)
+            name = pair[0].name
+            if name not in self.dynamic:
+                self.dynamic[name] = pair
+                self.load_policy(self.policy)
+                log.info("default response: dynamic filters %s", "; ".join(f.describe() for f in pair))
+        else:
+            name = f"<Dynamic> tunnel {done.local_selector} <-> {done.remote_selector}"
+            log.warning("quick mode SAs %s: no tunnel filter of the policy covers them (the default "
+                        "response rule makes no tunnels); installed, but no traffic is sent through them",
+                        done.describe())
         self.filter_of[done.inbound.spi] = name
         for child in [*done.inbound.chain(), *done.outbound.chain()]:
             self.quick_mode_of[(child.spi, child.dst, child.protocol)] = done.inbound.spi
@@ -121,7 +153,10 @@ class IKEBridge:
 
     def delete_sa(self, spi: int, destination: str, protocol: str) -> None:
         if self.quick_mode_of.pop((spi, destination, protocol), None) == spi:
-            self.filter_of.pop(spi, None)  # the quick mode's own inbound SA: the quick mode is gone
+            name = self.filter_of.pop(spi, None)  # the quick mode's own inbound SA: the quick mode is gone
+            if name in self.dynamic and name not in self.filter_of.values():
+                del self.dynamic[name]  # its last SAs: the dynamic filters go with them
+                self.load_policy(self.policy)
         with contextlib.suppress(KeyError):  # gone already: idle, hard lifetime, or deleted with its bundle
             self.driver.delete_sa(spi, destination, protocol)
 

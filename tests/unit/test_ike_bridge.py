@@ -115,3 +115,20 @@ def test_certificate_source_picks_the_named_ca(tmp_path):
         source("CN=Nobody")
     with pytest.raises(KeyError, match=r"no ike\.certificate"):
         certificate_source(None, None, cas)("CN=Lab Root CA")
+
+
+def test_default_response_sas_bring_their_own_filters_while_they_live():
+    lab = negotiate()
+    done_b = lab.drv_b.added[0]
+    driver_b, bridge_b, wire_b = bridged(SPD())  # host-b has no rule for host-a: Client (Respond Only)
+    bridge_b.load_policy(SPD())
+    bridge_b.add_sa(done_b)
+    names = {f.name for f in driver_b.spd.filters}
+    assert names == {f"<Dynamic> {B}/32 <-> {A}/32"}
+    driver_b.outbound(bytes(IP(src=B, dst=A) / ICMP()))  # the reply goes secured
+    assert wire_b.sent and wire_b.sent[0][0][9] == 50
+    bridge_b.load_policy(SPD())  # a policy poll keeps them
+    assert {f.name for f in driver_b.spd.filters} == names
+    for child in (done_b.inbound, done_b.outbound):
+        bridge_b.delete_sa(child.spi, child.dst, child.protocol)
+    assert len(driver_b.spd) == 0

@@ -7,7 +7,7 @@ nodes with the scenario's folders, plus the change its twin makes.
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.ipsec import ESP
+from scapy.layers.ipsec import AH, ESP
 from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
 from scenarios.ike_lab import (
     dump,
@@ -197,3 +197,22 @@ def test_policy_views_refresh_and_export_import(pair):
     esp_rows = a.exec(["cat", "/tmp/wireshark/esp_sa"], check=True).stdout.splitlines()
     assert ike_rows == ipsecctl(a, "keys")["ikev1_decryption_table"] and len(ike_rows) == 1
     assert len(esp_rows) == 2 and all(row.startswith('"IPv4"') for row in esp_rows)
+
+
+def test_ah_plus_esp_bundle_negotiated(pair):
+    lab, a, b = pair
+    bundle = '["AH[MD5]+ESP[3DES,SHA1]"]'
+    for node in (a, b):
+        start(node, SCENARIO, policy_of(node.name, '["ESP[3DES,SHA1]"]', bundle))
+    payload = MARKER * 300
+    with lab.capture_segment("lan") as cap:
+        assert tcp_transfer(a, b, payload, port=5005) == payload
+    pkts = cap.packets()
+    assert_only_protocols(pkts, between=(A, B), allowed={"ah", "udp/500"})
+    assert_marker_absent(pkts, MARKER)
+    ah = assert_protocol_seen(pkts, "ah", between=(A, B))
+    assert {p[AH].nh for p in ah} == {50}  # AH outside, ESP inside (RFC 4301 §4.5)
+    assert wait_quick_mode(a)[0]["security method"] == "AH[MD5]+ESP[3DES,SHA1]"
+    assert {s["bundle"] is not None for s in ipsecctl(a, "sa")} == {True, False}  # AH SAs hold ESP SAs
+    inner, authentic = tshark_decrypted_payloads(cap.pcap, ipsecctl(a, "keys")["tshark_args"])
+    assert MARKER * 10 in inner and authentic > 0

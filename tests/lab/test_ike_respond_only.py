@@ -3,7 +3,7 @@ client answers under its default response rule with dynamic filters. See scenari
 
 import pytest
 from scenarios.driver_lab import ipsecctl
-from scenarios.ike_lab import dump, start, stop, wait_quick_mode
+from scenarios.ike_lab import dump, nodes, start, stop, wait_quick_mode
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
 from lab.traffic import tcp_transfer
@@ -16,10 +16,8 @@ A, B = "10.0.0.1", "10.0.0.2"
 @pytest.fixture
 def pair(lab_up):
     lab = lab_up("intranet-pair")
-    a, b = lab.node("host-a"), lab.node("host-b")
-    yield lab, a, b
-    for node in (a, b):
-        stop(node)
+    with nodes(lab, "host-a", "host-b") as handles:
+        yield lab, *handles
 
 
 def test_client_respond_only_answers_secure_server(pair):

@@ -13,6 +13,7 @@ from scenarios.ike_lab import (
     dump,
     events,
     node_files,
+    nodes,
     start,
     stop,
     tshark_fields,
@@ -31,11 +32,8 @@ A, B = "10.0.0.1", "10.0.0.2"
 @pytest.fixture
 def pair(lab_up):
     lab = lab_up("intranet-pair")
-    a, b = lab.node("host-a"), lab.node("host-b")
-    yield lab, a, b
-    for node in (a, b):
-        stop(node)
-        node.firewall(drop=[])
+    with nodes(lab, "host-a", "host-b") as handles:
+        yield lab, *handles
 
 
 def policy_of(node, old: str, new: str) -> dict[str, str]:

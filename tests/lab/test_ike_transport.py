@@ -214,3 +214,18 @@ def test_ah_plus_esp_bundle_negotiated(pair):
     assert {s["bundle"] is not None for s in ipsecctl(a, "sa")} == {True, False}  # AH SAs hold ESP SAs
     inner, authentic = tshark_decrypted_payloads(cap.pcap, ipsecctl(a, "keys")["tshark_args"])
     assert MARKER * 10 in inner and authentic > 0
+
+
+def test_kilobyte_lifetime_rekeys_under_traffic(pair):
+    lab, a, b = pair
+    short = '["ESP[3DES,SHA1]:1000k/3600s"]'  # soft at 900 KB (driver) -> IKE rekeys; hard at 1000 KB
+    for node in (a, b):
+        start(node, SCENARIO, policy_of(node.name, '["ESP[3DES,SHA1]"]', short))
+    payload = MARKER * 150_000  # 3 MB: three lifetimes
+    with lab.capture_segment("lan", bpf="esp") as cap:
+        assert tcp_transfer(a, b, payload, port=5006, timeout=90) == payload
+    spis = {p[ESP].spi for p in cap.packets() if ESP in p and p[IP].src == A}
+    assert len(spis) >= 3, dump(a)  # host-a's outbound SA changed at least twice
+    assert counters(a)["ike_oakley_quick_modes"] >= 3
+    assert any("rekey" in e["kind"] for e in events(a) + events(b))
+    assert counters(b)["packets_not_authenticated"] == counters(b)["replayed_packets"] == 0

@@ -172,7 +172,7 @@ def write_keys(result: dict, args: argparse.Namespace) -> None:
         sys.stdout.write(text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipsecctl", description="monitor and administer ipsecd")
     parser.add_argument("-s", "--socket", default=config.DriverSettings.socket, help="ipsecd control socket")
     parser.add_argument("command", choices=[*VIEWS, "keys", "reload", "export", "import"])
@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wireshark", action="store_true", help="keys: esp_sa table (the default)")
     parser.add_argument("--tshark", action="store_true", help="keys: tshark -o options, one per line")
     parser.add_argument("-o", "--output", help="keys: write to this file instead of stdout")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     command, command_args = request_for(args)
     try:
         result = request(args.socket, command, **command_args)

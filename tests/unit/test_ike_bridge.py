@@ -132,3 +132,24 @@ def test_default_response_sas_bring_their_own_filters_while_they_live():
     for child in (done_b.inbound, done_b.outbound):
         bridge_b.delete_sa(child.spi, child.dst, child.protocol)
     assert len(driver_b.spd) == 0
+
+
+def test_ike_reports_every_peer_that_speaks_and_retransmits_as_configured():
+    from tests.unit.test_ike_component import PSK, ManualClock, Network, Rule, host
+
+    clock = ManualClock()
+    net = Network(clock)
+    heard = []
+    ike_a, _ = net.attach(A, [Rule("to-b", PSK, host(A), host(B))], retransmit=(1, 1),
+                          on_peer_message=heard.append)
+    net.attach(B, [Rule("any", PSK)])
+    net.drop = lambda src, dst, data: dst[0] == B  # B never hears A
+    ike_a.acquire(ike_a.rules[0], host(A), host(B), B)
+    net.run()
+    clock.advance(5, net)
+    assert [dst for _, _, dst, _ in net.log] == [(B, 500)] * 3  # the first send and two retransmissions
+    assert ike_a.counters["Negotiation Failures: no response"] == 1 and heard == []
+    net.drop = lambda src, dst, data: False
+    ike_a.acquire(ike_a.rules[0], host(A), host(B), B)
+    net.run()
+    assert set(heard) == {B}  # the Negotiator learns B speaks IKE: no soft association for it

@@ -129,6 +129,12 @@ class PolicyKeying:
         applied = self.agent.applied
         return {"policy": applied.policy.name if applied else None, "change": change.to_dict()}
 
+    def summary(self) -> dict:
+        """One line's worth for `ipsecctl status`: the policy in force and IKE's SAs."""
+        applied = self.agent.applied
+        return {"policy": applied.policy.name if applied else None, "ike_address": self.ike.local_address,
+                "main_mode_sas": len(self.ike.main_modes), "quick_mode_sas": len(self.ike.quick_modes)}
+
     def counters(self) -> dict[str, tuple[str, int]]:
         values = {ike_counter_key(name): (f"IKE: {name}", n) for name, n in self.ike.counters.items()}
         values["ike_soft_associations"] = ("IKE: Soft Associations", self.negotiator.soft.count)
@@ -255,7 +261,7 @@ class Daemon:
         return {"config": self.path, "pid": os.getpid(), "uptime_seconds": round(time.time() - self.started),
                 "tun": self.cfg.driver.tun, "filters": len(self.driver.spd),
                 "active_sas": counters["active_sas"], "pending_acquires": self.driver.pending,
-                "counters": counters}
+                "counters": counters, "keying": self.keying.summary() if self.keying else None}
 
     def stats(self) -> dict:
         counters = self.driver.counter_values()

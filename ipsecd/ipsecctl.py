@@ -44,8 +44,13 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
 
 def show_status(result: dict) -> str:
     c = result["counters"]
+    k = result.get("keying")
+    keying = (f"policy: {k['policy'] or 'none assigned'}   IKE on {k['ike_address']}: "
+              f"{k['main_mode_sas']} main mode SAs, {k['quick_mode_sas']} quick mode SAs" if k
+              else "manual keys (no policy, no IKE)")
     return "\n".join([
         f"ipsecd pid {result['pid']}, up {result['uptime_seconds']} s, configuration {result['config']}",
+        keying,
         f"filters: {result['filters']}   active SAs: {result['active_sas']}   "
         f"waiting for IKE: {result['pending_acquires']}   TUN: {result['tun']}",
         "confidential bytes sent/received: "

@@ -38,3 +38,10 @@ def test_views_read_like_ipsecmon():
     assert ike_counter_key("Negotiation Failures: no response") == "ike_negotiation_failures_no_response"
     assert event_kind("quick mode SAs ESP[3DES,SHA1] transport ... installed") == "quick-mode"
     assert event_kind("dropped a message from 10.0.0.1 that failed its integrity check") == "dropped"
+    counters = ["confidential_bytes_sent", "confidential_bytes_received", "bad_spi_packets",
+                "packets_not_decrypted", "packets_not_authenticated", "replayed_packets", "dropped_by_policy"]
+    status = {"pid": 1, "uptime_seconds": 2, "config": "c", "filters": 2, "active_sas": 2,
+              "pending_acquires": 0, "tun": "ipsec0", "counters": dict.fromkeys(counters, 0),
+              "keying": {"policy": "p", "ike_address": "10.0.0.1", "main_mode_sas": 1, "quick_mode_sas": 1}}
+    assert ipsecctl.show_status(status).splitlines()[1] == (
+        "policy: p   IKE on 10.0.0.1: 1 main mode SAs, 1 quick mode SAs")

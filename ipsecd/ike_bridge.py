@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
@@ -38,6 +40,7 @@ from ipsecd.spd import Selector as PacketSelector
 log = logging.getLogger("ipsecd.ike")
 
 SOFT_FRACTION = 0.9  # kilobyte lifetime at which the driver asks IKE to rekey (IKE times the seconds itself)
+INVALID_SPI_INTERVAL = 5.0  # seconds between reactions to one peer's packets for SAs we do not have
 
 SAKey = tuple[int, str, str]  # (SPI, destination, protocol): how the driver and IKE name one SA
 DEFAULT_RESPONSE = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
@@ -45,6 +48,10 @@ DEFAULT_RESPONSE = FilterAction("<Dynamic> default response", Action.NEGOTIATE, 
 
 class IKE(Protocol):
     natt_port: int
+    local_address: str
+
+    def has_main_mode_with(self, peer: str) -> bool: ...
+    def invalid_spi(self, spi: int, peer: str, protocol: str = "esp") -> None: ...
 
     def datagram_received(self, data: bytes, addr: tuple[str, int], local_port: int) -> None: ...
     def expire(self, inbound_spi: int, hard: bool, reason: str = "lifetime") -> None: ...
@@ -117,6 +124,7 @@ class IKEBridge:
         self.quick_mode_of: dict[SAKey, int] = {}  # every SA of a quick mode -> its inbound SPI (IKE's key)
         self.filter_of: dict[int, str] = {}  # quick mode (inbound SPI) -> the filter its SAs secure
         self.policy = SPD()  # what the Policy Agent gave
+        self.invalid_spi_seen: dict[str, float] = {}  # peer -> when we last reacted to an unknown SPI from it
         self.dynamic: dict[str, tuple[Filter, Filter]] = {}  # default response filters, by name
 
     def load_policy(self, spd: SPD) -> None:
@@ -170,6 +178,24 @@ class IKEBridge:
         inbound_spi = self.quick_mode_of.get((sa.spi, sa.dst, sa.protocol))
         if inbound_spi is not None and self.ike is not None:
             self.ike.expire(inbound_spi, hard, "idle or kilobyte lifetime" if hard else "kilobyte lifetime")
+
+    def invalid_spi(self, spi: int, peer: str, protocol: str = "esp") -> None:
+        """The peer sends on an SA we do not have. With a main mode SA, IKE tells it (INVALID-SPI), and it
+        renegotiates; without one (we restarted and lost everything) we negotiate afresh for the traffic
+        our policy secures with that peer: our INITIAL-CONTACT makes it drop its old SAs."""
+        now, last = time.monotonic(), self.invalid_spi_seen.get(peer, -INVALID_SPI_INTERVAL)
+        if self.ike is None or now - last < INVALID_SPI_INTERVAL:
+            return
+        self.invalid_spi_seen[peer] = now
+        if self.ike.has_main_mode_with(peer):
+            self.ike.invalid_spi(spi, peer, protocol)
+            return
+        sel = PacketSelector(int(IPv4Address(self.ike.local_address)), int(IPv4Address(peer)), 0)
+        f = self.driver.spd.lookup(sel, Direction.OUTBOUND)
+        if f is not None and f.action.action is Action.NEGOTIATE and f.tunnel is None and self.negotiator:
+            log.info("%s sends on SPI %#010x, unknown here and no main mode with it: negotiating afresh",
+                     peer, spi)
+            self.negotiator.acquire(f, sel)
 
     def datagram_4500(self, data: bytes, addr: tuple[str, int]) -> None:
         """IKE on UDP 4500 (the driver took off the non-ESP marker)."""

@@ -229,3 +229,23 @@ def test_kilobyte_lifetime_rekeys_under_traffic(pair):
     assert counters(a)["ike_oakley_quick_modes"] >= 3
     assert any("rekey" in e["kind"] for e in events(a) + events(b))
     assert counters(b)["packets_not_authenticated"] == counters(b)["replayed_packets"] == 0
+
+
+def test_peer_restart_without_deletes_recovers(pair):
+    _, a, b = pair
+    for node in (a, b):
+        start(node, SCENARIO)
+    a.exec(["ping", "-c", "1", "-W", "5", B], check=True)
+    old = wait_quick_mode(a)[0]["outbound spi"]
+    # host-b crashes (SIGKILL: no deletes reach host-a) and comes back with no SA: host-a still sends on
+    # its old SA. host-b, seeing an SPI it does not know from a peer it has no main mode with, negotiates
+    # afresh; its INITIAL-CONTACT makes host-a drop the old SAs.
+    b.exec(["sh", "-c", "kill -9 $(cat /run/lab/ipsecd.pid)"], check=True)
+    b.exec(["sh", "-c", "nft delete table inet ipsecd; ip link del ipsec0; "
+                        "ip rule del fwmark 0x2121 table 2121"])  # what a clean stop would have removed
+    start(b, SCENARIO)
+    # The first packet on the old SA is lost (it is what tells host-b); the next ones get through.
+    wait_until(lambda: a.exec(["ping", "-c", "1", "-W", "2", B]).ok, 15, what="ping after host-b's restart")
+    assert wait_quick_mode(a)[0]["outbound spi"] != old and len(ipsecctl(a, "qmsa")) == 1
+    assert counters(b)["bad_spi_packets"] >= 1
+    wait_event(a, "INITIAL-CONTACT")

@@ -153,3 +153,27 @@ def test_ike_reports_every_peer_that_speaks_and_retransmits_as_configured():
     ike_a.acquire(ike_a.rules[0], host(A), host(B), B)
     net.run()
     assert set(heard) == {B}  # the Negotiator learns B speaks IKE: no soft association for it
+
+
+def test_unknown_spi_from_a_peer_without_main_mode_renegotiates():
+    lab = negotiate()
+    done_a = lab.drv_a.added[0]
+    driver_b, bridge_b, _ = bridged(host_filter("b-a", B, A))  # host-b restarted: no SA, no main mode
+
+    acquired = []
+
+    class Negotiator:
+        def acquire(self, f, sel):
+            acquired.append((f.name, sel))
+
+    bridge_b.negotiator = Negotiator()
+    bridge_b.ike.local_address = B
+    bridge_b.ike.has_main_mode_with = lambda peer: False
+    wire_a = RecordingWire()
+    driver_a = Driver(host_filter("a-b", A, B), wire=wire_a)
+    IKEBridge(driver_a).add_sa(done_a)
+    driver_a.outbound(bytes(IP(src=A, dst=B) / ICMP()))
+    for _ in range(3):  # a burst: one reaction
+        driver_b.inbound(wire_a.sent[0][0])
+    assert [name for name, _ in acquired] == ["b-a"]
+    assert driver_b.counter_values()["bad_spi_packets"] == 3

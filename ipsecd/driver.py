@@ -16,7 +16,8 @@ packet never stops the data plane.
 
 Interfaces for IKE and the Policy Agent: `load_policy(spd)`, `add_sa(sa, filter_name)`,
 `delete_sa(spi, dst, protocol)`, `add_soft_sa(filter_name, peer)`, `send_4500(data, addr)`; the driver
-calls `ike.acquire(filter, selector)`, `ike.expire(sa, hard)` and `ike.datagram_4500(data, addr)`.
+calls `ike.acquire(filter, selector)`, `ike.expire(sa, hard)`, `ike.datagram_4500(data, addr)` and, when
+IKE has it, `ike.invalid_spi(spi, peer, protocol)` for a packet on an SA it does not know.
 
 >>> from scapy.layers.inet import IP, ICMP
 >>> wire = RecordingWire()

@@ -12,11 +12,12 @@ from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
 from scenarios.ike_lab import (
     dump,
     events,
+    first_sends,
+    isakmp_rows,
     node_files,
     nodes,
     start,
     stop,
-    tshark_fields,
     wait_event,
     wait_quick_mode,
 )
@@ -55,9 +56,9 @@ def test_psk_negotiation_then_only_esp(pair):
     pkts = cap.packets()
     assert_only_protocols(pkts, between=(A, B), allowed={"esp", "udp/500"})
     assert_marker_absent(pkts, MARKER)
-    ike = [p for p in pkts if UDP in p and p[UDP].dport == 500]
+    ike = first_sends([p for p in pkts if UDP in p and p[UDP].dport == 500])
     esp = assert_protocol_seen(pkts, "esp", between=(A, B))
-    assert len(ike) == 9, [p.summary() for p in ike]  # main mode 6 + quick mode 3, no retransmission
+    assert len(ike) == 9, [p.summary() for p in ike]  # main mode 6 + quick mode 3
     assert pkts.index(ike[-1]) < pkts.index(esp[0])  # ISAKMP first, then only ESP
 
     qa, qb = wait_quick_mode(a), wait_quick_mode(b)
@@ -79,8 +80,7 @@ def test_psk_negotiation_then_only_esp(pair):
     # The independent decoder: tshark with the keys ipsecctl exports reads main mode 5-6 (identities),
     # quick mode (SPIs) and the ESP (the marker, ICV good).
     args = ipsecctl(a, "keys")["tshark_args"]
-    rows = tshark_fields(cap.pcap, args, ["isakmp.exchangetype", "isakmp.id.data.ipv4_addr", "isakmp.spi"],
-                         "isakmp")
+    rows = isakmp_rows(cap.pcap, args, ["isakmp.exchangetype", "isakmp.id.data.ipv4_addr", "isakmp.spi"])
     assert [r[0] for r in rows] == ["2"] * 6 + ["32"] * 3
     assert rows[4][1] == A and rows[5][1] == B  # readable only once decrypted
     assert qa[0]["inbound spi"][2:] in rows[6][2].replace(":", "")

@@ -177,6 +177,15 @@ def test_policy_views_refresh_and_export_import(pair):
     again = wait_quick_mode(a)
     assert again[0]["inbound spi"] != first and again[0]["security method"] == "ESP[3DES,SHA1]"  # b's only
 
+    # A broken edit is refused with its file, line and field; the policy in force and its SAs stay.
+    a.exec(["sed", "-i", "s/protocol: any/protocol: tcpp/", "/etc/ipsecd/policies/host-a.yaml"], check=True)
+    refused = a.exec(["ipsecctl", "refresh"])
+    assert refused.rc == 1 and "/etc/ipsecd/policies/host-a.yaml:" in refused.stderr
+    assert "protocol" in refused.stderr and "tcpp" in refused.stderr, refused.stderr
+    assert [q["inbound spi"] for q in ipsecctl(a, "qmsa")] == [again[0]["inbound spi"]]
+    assert events(a)[-1]["kind"] == "policy-refused"
+    a.exec(["sed", "-i", "s/protocol: tcpp/protocol: any/", "/etc/ipsecd/policies/host-a.yaml"], check=True)
+
     # Export and import keep the policy's identity; import --assign takes effect at the next refresh.
     a.exec(["ipsecctl", "export", "/tmp/exported.yaml"], check=True)
     exported = a.exec(["cat", "/tmp/exported.yaml"], check=True).stdout

@@ -206,6 +206,22 @@ def test_policy_views_refresh_and_export_import(pair):
     assert len(esp_rows) == 2 and all(row.startswith('"IPv4"') for row in esp_rows)
 
 
+def test_aes_as_later_windows_and_strongswan_offer_it(pair):
+    lab, a, b = pair
+    for node in (a, b):
+        text = node_files(SCENARIO, node.name)[f"policies/{node.name}.yaml"]
+        text = text.replace("[3DES-SHA1-2]", "[AES256-SHA1-14]")
+        text = text.replace('"ESP[3DES,SHA1]"', '"ESP[AES128,SHA1]"')
+        start(node, SCENARIO, {f"policies/{node.name}.yaml": text})
+    with lab.capture_segment("lan") as cap:
+        assert tcp_transfer(a, b, MARKER * 300, port=5007) == MARKER * 300
+    assert ipsecctl(a, "mmsa")[0]["algorithms"].startswith("AES256/SHA1/group 14")
+    assert wait_quick_mode(a)[0]["security method"] == "ESP[AES128,SHA1]"
+    assert {s["encryption"] for s in ipsecctl(a, "sa")} == {"aes-cbc-128"}
+    inner, authentic = tshark_decrypted_payloads(cap.pcap, ipsecctl(a, "keys")["tshark_args"])
+    assert MARKER * 10 in inner and authentic > 0
+
+
 def test_ah_plus_esp_bundle_negotiated(pair):
     lab, a, b = pair
     bundle = '["AH[MD5]+ESP[3DES,SHA1]"]'

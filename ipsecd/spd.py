@@ -165,8 +165,9 @@ class Filter:
     def mirror(self) -> Filter:
         """The same filter for the traffic coming back: addresses and ports swapped, direction reversed."""
         back = Direction.INBOUND if self.direction is Direction.OUTBOUND else Direction.OUTBOUND
-        return replace(self, src=self.dst, dst=self.src, src_port=self.dst_port, dst_port=self.src_port,
-                       direction=back)
+        return replace(
+            self, src=self.dst, dst=self.src, src_port=self.dst_port, dst_port=self.src_port, direction=back
+        )
 
     def mirrored(self) -> tuple[Filter, Filter]:
         return (self, self.mirror())
@@ -177,8 +178,10 @@ class Filter:
         if self.protocol in (6, 17):
             ports = f" ports {self.src_port or 'any'}->{self.dst_port or 'any'}"
         tunnel = f" tunnel {self.tunnel}" if self.tunnel else ""
-        return (f"{self.name}: {self.direction} {self.src} -> {self.dst} {proto}{ports}"
-                f" => {self.action.action}{tunnel}")
+        return (
+            f"{self.name}: {self.direction} {self.src} -> {self.dst} {proto}{ports}"
+            f" => {self.action.action}{tunnel}"
+        )
 
 
 class SPD:
@@ -188,9 +191,7 @@ class SPD:
         given = list(filters)
         # sorted() is stable, so filters of equal weight keep the order they were given in.
         self.filters: tuple[Filter, ...] = tuple(sorted(given, key=lambda f: f.weight, reverse=True))
-        self._by_direction = {
-            d: tuple(f for f in self.filters if f.direction is d) for d in Direction
-        }
+        self._by_direction = {d: tuple(f for f in self.filters if f.direction is d) for d in Direction}
 
     def lookup(self, sel: Selector, direction: Direction) -> Filter | None:
         """The first (most specific) filter matching the packet, or None: no filter means pass in clear."""

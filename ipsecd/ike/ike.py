@@ -1,0 +1,735 @@
+"""The IKE component of ipsecd: UDP 500, exchanges, retransmission, SA lifetimes, talks to the driver.
+
+It owns UDP 500. UDP 4500 belongs to the driver, which hands IKE the datagrams that carry the non-ESP
+marker (``datagram_4500``) and sends IKE's for it (``send_4500``); for tests IKE can own a 4500 socket.
+Time comes from a :class:`Clock` so tests drive retransmissions and lifetimes without sleeping.
+
+The driver side is the :class:`Driver` protocol: ``add_sa(QuickModeDone)`` installs both directions of a
+quick mode, ``delete_sa(spi, destination, protocol)`` removes one direction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ipsecd.ike import informational, isakmp, keylog, main_mode, natt, quick_mode
+from ipsecd.ike.isakmp import ExchangeType, MalformedMessage, Message, NotifyType, ProtocolID
+from ipsecd.ike.main_mode import Established, Failure, IsakmpSA, NegotiationError
+from ipsecd.ike.quick_mode import QuickModeDone
+from ipsecd.ike.settings import QUICK_MODE_IDLE_SECONDS, PeerPolicy, Selector
+
+log = logging.getLogger("ipsecd.ike")
+
+RETRANSMIT_BACKOFF = (1, 2, 4, 8, 16, 32)  # seconds between sends, as Windows does (7 sends)
+SOFT_LIFETIME = 0.9  # rekey quick mode SAs at 90 % of their lifetime
+COUNTER_NAMES = (
+    "Oakley Main Modes",
+    "Oakley Quick Modes",
+    "Authentication Failures",
+    "Key Additions",
+    "Key Deletions",
+    "Negotiation Failures",
+    "Malformed Packets",
+    "Retransmissions",
+    "Duplicates Answered",
+)
+
+
+class Driver(Protocol):
+    """What IKE needs from the IPsec driver."""
+
+    def add_sa(self, sa: QuickModeDone) -> None: ...
+
+    def delete_sa(self, spi: int, destination: str, protocol: str) -> None: ...
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
+
+
+ANY = Selector(ipaddress.IPv4Network("0.0.0.0/0"))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An IKE view of one policy rule: which traffic, protected how, with which peer."""
+
+    name: str
+    policy: PeerPolicy
+    local: Selector = ANY
+    remote: Selector = ANY
+    tunnel_endpoint: str | None = None  # tunnel mode: the peer gateway; transport: the packet's peer
+
+    def covers_peer(self, peer: str) -> bool:
+        if self.tunnel_endpoint:
+            return self.tunnel_endpoint == peer
+        return ipaddress.IPv4Address(peer) in self.remote.network
+
+    def covers(self, local: Selector, remote: Selector) -> bool:
+        return (
+            local.network.subnet_of(self.local.network)
+            and remote.network.subnet_of(self.remote.network)
+            and self.local.protocol in (0, local.protocol)
+            and self.remote.protocol in (0, remote.protocol)
+        )
+
+
+@dataclass
+class Exchange:
+    """One exchange in flight: its state machine, where it talks, what to repeat."""
+
+    machine: object
+    peer: tuple[str, int]
+    local_port: int
+    rule: Rule | None = None
+    last_sent: list[bytes] = field(default_factory=list)
+    last_received: bytes = b""
+    attempts: int = 0
+    timer: Timer | None = None
+    acquire: tuple[Selector, Selector] | None = None  # for quick mode initiators
+    rekey_of: QuickModeDone | None = None
+
+
+@dataclass
+class MainModeEntry:
+    sa: IsakmpSA
+    rule: Rule
+    established: float
+    exchange: Exchange
+    timers: list[Timer] = field(default_factory=list)
+
+
+@dataclass
+class QuickModeEntry:
+    sa: QuickModeDone
+    rule: Rule | None
+    installed: float
+    initiator: bool
+    timers: list[Timer] = field(default_factory=list)
+    rekeyed: bool = False
+
+
+class AsyncioClock:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+        self.loop = loop or asyncio.get_event_loop()
+
+    def time(self) -> float:
+        return self.loop.time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.loop.call_later(delay, callback)
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, handler: Callable[[bytes, tuple[str, int]], None]):
+        self.handler = handler
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.handler(data, addr)
+
+
+class IKE:
+    """The IKE component. Construct, ``load_policy``, ``await start()``; the driver calls ``acquire``."""
+
+    def __init__(
+        self,
+        local_address: str,
+        driver: Driver,
+        *,
+        clock: Clock | None = None,
+        send_4500: Callable[[bytes, tuple[str, int]], None] | None = None,
+        port: int = natt.IKE_PORT,
+        natt_port: int = natt.NATT_PORT,
+        spi_allocator: Callable[[], int] | None = None,
+        retransmit: tuple[float, ...] = RETRANSMIT_BACKOFF,
+        keepalive_interval: float = natt.KEEPALIVE_INTERVAL,
+        on_peer_message: Callable[[str], None] | None = None,
+    ):
+        self.local_address, self.driver = local_address, driver
+        self.clock = clock
+        self.port, self.natt_port = port, natt_port
+        self.send_4500 = send_4500
+        self.allocate_spi = spi_allocator or (lambda: secrets.randbelow(0xFFFFFF00) + 0x100)
+        if not retransmit or min(retransmit) <= 0:
+            raise ValueError(f"retransmission intervals must be positive seconds, got {retransmit!r}")
+        self.retransmit = tuple(retransmit)  # seconds between sends; len + 1 sends in all
+        self.keepalive_interval = keepalive_interval
+        self.on_peer_message = on_peer_message  # the Negotiator: this peer speaks IKE (no soft association)
+        self.rules: list[Rule] = []
+        self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in COUNTER_NAMES})
+        self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=1000)
+        self.main_modes: dict[bytes, MainModeEntry] = {}  # by cookie pair
+        self.quick_modes: dict[int, QuickModeEntry] = {}  # by inbound SPI
+        self.pending_main: dict[bytes, Exchange] = {}  # main modes in flight, by initiator cookie
+        self.pending_quick: dict[tuple[bytes, int], Exchange] = {}  # by (cookies, message ID)
+        self.waiting: dict[str, list[tuple[Rule, Selector, Selector, QuickModeDone | None]]] = {}
+        self.sockets: list[asyncio.DatagramTransport] = []
+        self.sender: Callable[[bytes, tuple[str, int], int], None] = self._send_udp
+        self.keepalive_timers: dict[bytes, Timer] = {}
+        self.invalid_spi_sent: dict[tuple[str, int], float] = {}
+
+    # -- wiring -------------------------------------------------------------------------------------
+
+    async def start(self, own_4500: bool = False) -> None:
+        """Bind UDP 500 (and 4500 when ``own_4500`` or no driver callback is given)."""
+        loop = asyncio.get_running_loop()
+        self.clock = self.clock or AsyncioClock(loop)
+        t500, _ = await loop.create_datagram_endpoint(
+            lambda: _UDP(lambda d, a: self.datagram_received(d, a, self.port)),
+            local_addr=(self.local_address, self.port),
+            family=socket.AF_INET,
+        )
+        self.sockets.append(t500)
+        if own_4500 or self.send_4500 is None:
+            t4500, _ = await loop.create_datagram_endpoint(
+                lambda: _UDP(lambda d, a: self.datagram_4500(d, a)),
+                local_addr=(self.local_address, self.natt_port),
+                family=socket.AF_INET,
+            )
+            self.sockets.append(t4500)
+            self.send_4500 = t4500.sendto
+
+    async def stop(self) -> None:
+        """Delete every SA (telling the peers), then close the sockets."""
+        for spi in list(self.quick_modes):
+            self._remove_quick_mode(spi, "ipsecd stopping", notify_peer=True)
+        for cookies in list(self.main_modes):
+            self._remove_main_mode(cookies, "ipsecd stopping", notify_peer=True)
+        for timer in self.keepalive_timers.values():
+            timer.cancel()
+        for ex in [*self.pending_main.values(), *self.pending_quick.values()]:
+            if ex.timer:
+                ex.timer.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    def load_policy(self, rules: list[Rule]) -> None:
+        self.rules = list(rules)
+
+    def _send_udp(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        if local_port == self.natt_port:
+            self.send_4500(natt.frame(data, natt.NATT_PORT), addr)
+        else:
+            self.sockets[0].sendto(data, addr)
+
+    def note(self, text: str) -> None:
+        """The event log, in words."""
+        self.events.append((self.clock.time() if self.clock else 0.0, text))
+        log.info("%s", text)
+
+    # -- driver -> IKE -------------------------------------------------------------------------------
+
+    def acquire(self, rule: Rule, local: Selector, remote: Selector, peer: str | None = None) -> None:
+        """A packet needs an SA: reuse or negotiate a main mode with the peer, then a quick mode."""
+        peer = peer or rule.tunnel_endpoint or str(remote.network.network_address)
+        self._acquire(rule, local, remote, peer, None)
+
+    def _acquire(
+        self, rule: Rule, local: Selector, remote: Selector, peer: str, rekey_of: QuickModeDone | None
+    ) -> None:
+        if any(
+            ex.acquire == (local, remote) and ex.machine.sa.remote[0] == peer
+            for ex in self.pending_quick.values()
+        ):
+            return  # already negotiating this one
+        mm = self._main_mode_with(peer)
+        if mm:
+            self._start_quick_mode(mm, rule, local, remote, rekey_of)
+            return
+        waiting = self.waiting.setdefault(peer, [])
+        waiting.append((rule, local, remote, rekey_of))
+        if len(waiting) == 1 and not any(ex.peer[0] == peer for ex in self.pending_main.values()):
+            self._start_main_mode(rule, peer)
+
+    def datagram_4500(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A datagram on UDP 4500 (from the driver, or our own socket in tests)."""
+        kind, message = natt.classify_4500(data)
+        if kind == "ike":
+            self.datagram_received(message, addr, self.natt_port)
+
+    def has_main_mode_with(self, peer: str) -> bool:
+        return self._main_mode_with(peer) is not None
+
+    def invalid_spi(self, spi: int, peer: str, protocol: str = "esp") -> None:
+        """The driver got a packet for an SPI it does not have: tell the peer (at most once per SPI and
+        minute), which then deletes its outbound SA and negotiates afresh on its next packet."""
+        mm = self._main_mode_with(peer)
+        now = self.clock.time()
+        if mm is None or now - self.invalid_spi_sent.get((peer, spi), -60.0) < 60:
+            return
+        self.invalid_spi_sent[(peer, spi)] = now
+        proto = ProtocolID.ESP if protocol == "esp" else ProtocolID.AH
+        self.sender(
+            informational.notify(mm.sa, NotifyType.INVALID_SPI, proto, spi.to_bytes(4, "big")),
+            mm.sa.remote,
+            mm.sa.local[1],
+        )
+        self.note(f"told {peer} that SPI {spi:#010x} is unknown here (INVALID-SPI)")
+
+    def expire(self, inbound_spi: int, hard: bool, reason: str = "lifetime") -> None:
+        """The driver saw a soft/hard (kilobyte) lifetime or idle timeout on an SA."""
+        if inbound_spi not in self.quick_modes:
+            return
+        if hard:
+            self._remove_quick_mode(inbound_spi, reason, notify_peer=True)
+        else:
+            self._rekey(inbound_spi)
+
+    # -- receiving ------------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        try:
+            msg = Message.decode(data)
+        except MalformedMessage as exc:
+            self.counters["Malformed Packets"] += 1
+            self.note(f"dropped a malformed packet from {addr[0]}:{addr[1]}: {exc}")
+            return
+        if self.on_peer_message:
+            self.on_peer_message(addr[0])
+        cookies = msg.icookie + msg.rcookie
+        if msg.exchange == ExchangeType.MAIN_MODE or (
+            msg.exchange == ExchangeType.INFORMATIONAL and cookies not in self.main_modes
+        ):
+            self._main_mode_message(msg, data, addr, local_port)
+        elif cookies not in self.main_modes:
+            self.counters["Malformed Packets"] += 1
+            self.note(
+                f"dropped a message of exchange type {msg.exchange} from {addr[0]}: no main mode SA "
+                f"{msg.icookie.hex()}:{msg.rcookie.hex()} here"
+            )
+        elif msg.exchange == ExchangeType.QUICK_MODE:
+            self._quick_mode_message(self.main_modes[cookies], msg, data, addr, local_port)
+        elif msg.exchange == ExchangeType.INFORMATIONAL:
+            self._informational(self.main_modes[cookies], msg, addr)
+
+    def _duplicate(self, ex: Exchange, data: bytes) -> bool:
+        """A retransmission of what we already answered: answer it again from the last reply."""
+        if data != ex.last_received:
+            return False
+        for wire in ex.last_sent:
+            self.sender(wire, ex.peer, ex.local_port)
+        self.counters["Duplicates Answered"] += 1
+        return True
+
+    def _main_mode_message(self, msg: Message, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        ex = self.pending_main.get(msg.icookie)
+        done = self.main_modes.get(msg.icookie + msg.rcookie)
+        if done and self._duplicate(done.exchange, data):
+            return
+        if ex is None:
+            if msg.exchange != ExchangeType.MAIN_MODE or msg.rcookie != bytes(8):
+                return  # stray informational or late message of a finished exchange
+            rule = next((r for r in self.rules if r.covers_peer(addr[0])), None)
+            if rule is None:
+                self.counters["Negotiation Failures"] += 1
+                self.counters["Negotiation Failures: no policy for peer"] += 1
+                self.note(f"main mode from {addr[0]} refused: no rule covers this peer")
+                return
+            machine = main_mode.Responder(rule.policy, (self.local_address, local_port), addr)
+            ex = Exchange(machine, addr, local_port, rule)
+            self.pending_main[msg.icookie] = ex
+        elif self._duplicate(ex, data):
+            return
+        if not ex.machine.initiator and ex.machine.state != "new" and msg.rcookie != ex.machine.rcookie:
+            return
+        self._feed(ex, msg, data, addr, local_port)
+        self._main_mode_progress(ex, msg.icookie)
+
+    def _feed(self, ex: Exchange, msg: Message, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        before, dropped = ex.machine.state, len(ex.machine.dropped)
+        replies = ex.machine.receive(msg)
+        if len(ex.machine.dropped) > dropped:
+            self.counters["Malformed Packets"] += 1
+            self.note(
+                f"dropped a message from {addr[0]} that failed its integrity check, waiting for the "
+                f"retransmission: {ex.machine.dropped[-1]}"
+            )
+        if ex.machine.state == before:
+            return  # nothing changed: not for this state (late duplicate, stray message)
+        ex.last_received = data
+        if ex.machine.state != "failed" and (addr, local_port) != (ex.peer, ex.local_port):
+            ex.peer, ex.local_port = addr, local_port  # the peer floated or its NAT mapping moved
+        self._cancel(ex)
+        if (
+            isinstance(ex.machine, main_mode.MainMode)
+            and ex.machine.float_to_4500
+            and ex.local_port != self.natt_port
+            and ex.machine.initiator
+        ):
+            ex.peer, ex.local_port = (ex.peer[0], self.natt_port), self.natt_port
+        if replies:
+            self._transmit(ex, replies, expect_reply=not ex.machine.done)
+
+    def _main_mode_progress(self, ex: Exchange, icookie: bytes) -> None:
+        machine = ex.machine
+        for event in machine.events:
+            if isinstance(event, Failure):
+                self._failed("main mode", event, ex)
+                self.pending_main.pop(icookie, None)
+                for rule, *_ in self.waiting.pop(ex.peer[0], []):
+                    self.note(f"rule {rule.name}: no SA with {ex.peer[0]} because main mode failed")
+            elif isinstance(event, Established):
+                self.pending_main.pop(icookie, None)
+                self._established(ex, event.sa)
+        machine.events.clear()
+
+    def _established(self, ex: Exchange, sa: IsakmpSA) -> None:
+        sa.local, sa.remote = (self.local_address, ex.local_port), ex.peer
+        self.counters["Oakley Main Modes"] += 1
+        entry = MainModeEntry(sa, ex.rule, self.clock.time(), ex)
+        if not sa.initiator and ex.machine.peer_initial_contact:
+            for cookies, old in list(self.main_modes.items()):
+                if old.sa.remote[0] == sa.remote[0] and not (old.sa.nat and old.sa.nat.detected):
+                    self._forget_peer(cookies, "the peer sent INITIAL-CONTACT")
+        self.main_modes[sa.cookies] = entry
+        nat = f", {sa.nat.describe()}" if sa.nat else ""
+        self.note(f"{sa.describe()} established{nat}, lifetime {sa.lifetime} s")
+        entry.timers.append(
+            self.clock.call_later(
+                sa.lifetime,
+                lambda: self._remove_main_mode(sa.cookies, "main mode lifetime expired", notify_peer=True),
+            )
+        )
+        if sa.nat and sa.nat.local_behind_nat:
+            self._schedule_keepalive(sa)
+        for rule, local, remote, rekey_of in self.waiting.pop(sa.remote[0], []):
+            self._start_quick_mode(entry, rule, local, remote, rekey_of)
+
+    def _schedule_keepalive(self, sa: IsakmpSA) -> None:
+        """NAT keepalives every 20 s (``keepalive_interval``) while the main mode SA lives (RFC 3948 §2.3)."""
+        self.keepalive_timers[sa.cookies] = self.clock.call_later(
+            self.keepalive_interval, lambda: self._keepalive(sa)
+        )
+
+    def _keepalive(self, sa: IsakmpSA) -> None:
+        if sa.cookies in self.main_modes:
+            self.send_4500(natt.KEEPALIVE, sa.remote)
+            self._schedule_keepalive(sa)
+
+    def _quick_mode_message(
+        self, mm: MainModeEntry, msg: Message, data: bytes, addr: tuple[str, int], local_port: int
+    ) -> None:
+        key = (mm.sa.cookies, msg.message_id)
+        ex = self.pending_quick.get(key)
+        if ex is None:
+            if any(
+                e.sa.message_id == msg.message_id and e.sa.isakmp_sa is mm.sa
+                for e in self.quick_modes.values()
+            ):
+                return  # a late retransmission of a finished quick mode
+            machine = quick_mode.Responder(mm.sa, msg.message_id, self._policy_for, self.allocate_spi)
+            ex = Exchange(machine, addr, local_port)
+            self.pending_quick[key] = ex
+        elif self._duplicate(ex, data):
+            return
+        self._feed(ex, msg, data, addr, local_port)
+        if ex.machine.state == "new":  # its first message was dropped: nothing to remember
+            self.pending_quick.pop(key, None)
+            return
+        self._quick_mode_progress(ex, key)
+
+    def _policy_for(self, sa: IsakmpSA, local: Selector, remote: Selector) -> PeerPolicy | None:
+        behind_nat = bool(sa.nat and sa.nat.remote_behind_nat)  # then the peer names its private address
+        rule = next(
+            (
+                r
+                for r in self.rules
+                if r.covers_peer(sa.remote[0])
+                and (r.covers(local, remote) or (behind_nat and local.network.subnet_of(r.local.network)))
+            ),
+            None,
+        )
+        return rule.policy if rule else None
+
+    def _quick_mode_progress(self, ex: Exchange, key: tuple[bytes, int]) -> None:
+        for event in ex.machine.events:
+            if isinstance(event, Failure):
+                self._failed("quick mode", event, ex)
+            elif isinstance(event, QuickModeDone):
+                self._install(event, ex)
+        ex.machine.events.clear()
+        if ex.machine.done and not ex.timer:
+            # keep a finished responder a little for duplicate QM3s; the initiator's QM3 for a lost-reply QM2
+            self.clock.call_later(self.retransmit[-1], lambda: self.pending_quick.pop(key, None))
+
+    def _install(self, done: QuickModeDone, ex: Exchange) -> None:
+        self.driver.add_sa(done)
+        self.counters["Oakley Quick Modes"] += 1
+        self.counters["Key Additions"] += len(done.inbound.chain()) * 2
+        rule = ex.rule or next(
+            (r for r in self.rules if r.covers(done.local_selector, done.remote_selector)), None
+        )
+        entry = QuickModeEntry(done, rule, self.clock.time(), isinstance(ex.machine, quick_mode.Initiator))
+        self.quick_modes[done.inbound.spi] = entry
+        self.note(f"{done.describe()} installed")
+        if entry.initiator:
+            entry.timers.append(
+                self.clock.call_later(
+                    done.lifetime_seconds * SOFT_LIFETIME, lambda: self._rekey(done.inbound.spi)
+                )
+            )
+        entry.timers.append(
+            self.clock.call_later(
+                done.lifetime_seconds,
+                lambda: self._remove_quick_mode(
+                    done.inbound.spi, "quick mode lifetime expired", notify_peer=True
+                ),
+            )
+        )
+        if ex.rekey_of:
+            old = ex.rekey_of.inbound.spi
+            self.note(f"quick mode SA {old:#010x} rekeyed as {done.inbound.spi:#010x}")
+
+    def _informational(self, mm: MainModeEntry, msg: Message, addr: tuple[str, int]) -> None:
+        pending = [
+            ex
+            for ex in self.pending_quick.values()
+            if ex.machine.sa is mm.sa and isinstance(ex.machine, quick_mode.Initiator)
+        ]
+        try:
+            payloads = informational.open_informational(mm.sa, msg)
+        except NegotiationError as exc:
+            self.counters["Malformed Packets"] += 1
+            self.note(f"dropped an informational from {addr[0]}: {exc.reason}")
+            return
+        for p in payloads:
+            if isinstance(p, isakmp.Delete):
+                self._peer_delete(mm, p)
+            elif isinstance(p, isakmp.Notify):
+                self._peer_notify(mm, p, pending)
+
+    def _peer_delete(self, mm: MainModeEntry, delete: isakmp.Delete) -> None:
+        if delete.protocol == ProtocolID.ISAKMP:
+            for spi in delete.spis:
+                if spi in self.main_modes:
+                    self._remove_main_mode(spi, f"peer {mm.sa.remote[0]} deleted it", notify_peer=False)
+            return
+        for spi in delete.spis:
+            value = int.from_bytes(spi, "big")
+            for inbound, entry in list(self.quick_modes.items()):
+                if value in (child.spi for child in entry.sa.outbound.chain()):
+                    self._remove_quick_mode(inbound, f"peer {mm.sa.remote[0]} deleted it", notify_peer=False)
+
+    def _peer_notify(self, mm: MainModeEntry, notify: isakmp.Notify, pending: list[Exchange]) -> None:
+        if notify.notify_type == NotifyType.INVALID_SPI:
+            spi = int.from_bytes(notify.spi, "big") if len(notify.spi) == 4 else None
+            for inbound, entry in list(self.quick_modes.items()):
+                outbound = [child.spi for child in entry.sa.outbound.chain()]
+                if spi in outbound and entry.sa.isakmp_sa.remote[0] == mm.sa.remote[0]:
+                    self._remove_quick_mode(
+                        inbound, f"peer {mm.sa.remote[0]} does not know SPI {spi:#010x}", notify_peer=False
+                    )
+            return
+        if notify.notify_type == NotifyType.INITIAL_CONTACT:
+            self.note(f"peer {mm.sa.remote[0]} sent INITIAL-CONTACT")
+            return
+        if notify.notify_type >= 8192:
+            self.note(f"peer {mm.sa.remote[0]} sent status {notify.name}")
+            return
+        for ex in pending:
+            if ex.machine.spi == notify.spi or len(pending) == 1:
+                ex.machine.fail(
+                    f"peer {mm.sa.remote[0]} refused quick mode: {notify.name}",
+                    main_mode.REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed"),
+                )
+                self._cancel(ex)
+                self._quick_mode_progress(ex, (mm.sa.cookies, ex.machine.message_id))
+                self.pending_quick.pop((mm.sa.cookies, ex.machine.message_id), None)
+                return
+        self.note(f"peer {mm.sa.remote[0]} sent {notify.name}")
+
+    # -- starting exchanges --------------------------------------------------------------------------
+
+    def _main_mode_with(self, peer: str) -> MainModeEntry | None:
+        return next((e for e in self.main_modes.values() if e.sa.remote[0] == peer), None)
+
+    def _start_main_mode(self, rule: Rule, peer: str) -> None:
+        initial_contact = not any(e.sa.remote[0] == peer for e in self.main_modes.values())
+        machine = main_mode.Initiator(
+            rule.policy, (self.local_address, self.port), (peer, self.port), initial_contact=initial_contact
+        )
+        first = machine.start()
+        ex = Exchange(machine, (peer, self.port), self.port, rule)
+        self.pending_main[machine.icookie] = ex
+        self.note(f"rule {rule.name}: starting main mode with {peer}")
+        self._transmit(ex, [first], expect_reply=True)
+
+    def _start_quick_mode(
+        self, mm: MainModeEntry, rule: Rule, local: Selector, remote: Selector, rekey_of: QuickModeDone | None
+    ) -> None:
+        machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi)
+        first = machine.start()
+        ex = Exchange(machine, mm.sa.remote, mm.sa.local[1], rule, acquire=(local, remote), rekey_of=rekey_of)
+        self.pending_quick[(mm.sa.cookies, machine.message_id)] = ex
+        self._transmit(ex, [first], expect_reply=True)
+
+    # -- sending and retransmitting --------------------------------------------------------------------
+
+    def _transmit(self, ex: Exchange, datagrams: list[bytes], expect_reply: bool) -> None:
+        ex.last_sent, ex.attempts = datagrams, 0
+        for wire in datagrams:
+            self.sender(wire, ex.peer, ex.local_port)
+        if expect_reply:
+            ex.timer = self.clock.call_later(self.retransmit[0], lambda: self._retransmit(ex))
+
+    def _retransmit(self, ex: Exchange) -> None:
+        ex.timer = None
+        if ex.machine.done:
+            return
+        if ex.attempts >= len(self.retransmit):  # 7 sends, then one more interval of silence
+            kind = "main mode" if isinstance(ex.machine, main_mode.MainMode) else "quick mode"
+            hint = ""
+            if ex.machine.state in ("MM5 sent",):
+                hint = " (the peer may have rejected our authentication: check the pre-shared key)"
+            elif ex.machine.state == "MM1 sent":
+                hint = " (is UDP 500 blocked or the peer down?)"
+            ex.machine.fail(
+                f"no answer from {ex.peer[0]} to {kind} after {ex.attempts} retransmissions, "
+                f"state {ex.machine.state}{hint}",
+                "no response",
+            )
+            if isinstance(ex.machine, main_mode.MainMode):
+                self._main_mode_progress(ex, ex.machine.icookie)
+            else:
+                key = (ex.machine.sa.cookies, ex.machine.message_id)
+                self._quick_mode_progress(ex, key)
+                self.pending_quick.pop(key, None)
+            return
+        ex.attempts += 1
+        self.counters["Retransmissions"] += 1
+        for wire in ex.last_sent:
+            self.sender(wire, ex.peer, ex.local_port)
+        wait = self.retransmit[min(ex.attempts, len(self.retransmit) - 1)]
+        ex.timer = self.clock.call_later(wait, lambda: self._retransmit(ex))
+
+    def _cancel(self, ex: Exchange) -> None:
+        if ex.timer:
+            ex.timer.cancel()
+            ex.timer = None
+
+    def _failed(self, kind: str, event: Failure, ex: Exchange) -> None:
+        self._cancel(ex)
+        self.counters["Negotiation Failures"] += 1
+        self.counters[f"Negotiation Failures: {event.counter}"] += 1
+        if event.counter == "authentication failed":
+            self.counters["Authentication Failures"] += 1
+        self.note(f"{kind} with {ex.peer[0]} failed: {event.reason}")
+
+    # -- lifetimes and deletion ---------------------------------------------------------------------
+
+    def _rekey(self, inbound_spi: int) -> None:
+        entry = self.quick_modes.get(inbound_spi)
+        if entry is None or entry.rekeyed or entry.rule is None:
+            return
+        entry.rekeyed = True
+        sa = entry.sa
+        self.note(f"quick mode SA {inbound_spi:#010x} near the end of its lifetime: rekeying")
+        self._acquire(entry.rule, sa.local_selector, sa.remote_selector, sa.isakmp_sa.remote[0], sa)
+
+    def idle(self, inbound_spi: int) -> None:
+        """The driver saw no traffic on this SA for QUICK_MODE_IDLE_SECONDS: delete it (Windows: 5 min)."""
+        self.expire(inbound_spi, hard=True, reason=f"idle for {QUICK_MODE_IDLE_SECONDS} s")
+
+    def _remove_quick_mode(self, inbound_spi: int, reason: str, notify_peer: bool) -> None:
+        entry = self.quick_modes.pop(inbound_spi, None)
+        if entry is None:
+            return
+        for timer in entry.timers:
+            timer.cancel()
+        sa = entry.sa
+        for child in [*sa.inbound.chain(), *sa.outbound.chain()]:
+            self.driver.delete_sa(child.spi, child.dst, child.protocol)
+            self.counters["Key Deletions"] += 1
+        mm = self.main_modes.get(sa.isakmp_sa.cookies) or self._main_mode_with(sa.isakmp_sa.remote[0])
+        if notify_peer and mm:
+            self.sender(
+                informational.delete_children(mm.sa, sa.inbound.chain()),
+                mm.sa.remote,
+                mm.sa.local[1],
+            )
+        self.note(f"quick mode SAs {sa.inbound.spi:#010x}/{sa.outbound.spi:#010x} deleted: {reason}")
+
+    def _remove_main_mode(self, cookies: bytes, reason: str, notify_peer: bool) -> None:
+        entry = self.main_modes.pop(cookies, None)
+        if entry is None:
+            return
+        for timer in entry.timers:
+            timer.cancel()
+        if cookies in self.keepalive_timers:
+            self.keepalive_timers.pop(cookies).cancel()
+        if notify_peer:
+            self.sender(informational.delete_isakmp(entry.sa), entry.sa.remote, entry.sa.local[1])
+        self.note(
+            f"main mode SA {cookies[:8].hex()}:{cookies[8:].hex()} with {entry.sa.remote[0]} "
+            f"deleted: {reason}"
+        )
+
+    def _forget_peer(self, cookies: bytes, reason: str) -> None:
+        entry = self.main_modes.get(cookies)
+        for spi, qm in list(self.quick_modes.items()):
+            if entry and qm.sa.isakmp_sa is entry.sa:
+                self._remove_quick_mode(spi, reason, notify_peer=False)
+        self._remove_main_mode(cookies, reason, notify_peer=False)
+
+    # -- monitoring ----------------------------------------------------------------------------------
+
+    def status(self, events: int = 50) -> dict:
+        """What ipsecctl shows: the ipsecmon counters, both SA tables and the latest events (JSON-ready)."""
+        return {
+            "counters": dict(self.counters),
+            "main mode SAs": self.main_mode_sas(),
+            "quick mode SAs": self.quick_mode_sas(),
+            "events": [{"time": round(t, 3), "text": text} for t, text in list(self.events)[-events:]],
+        }
+
+    def ikev1_decryption_table(self) -> list[str]:
+        """Rows for Wireshark's ikev1_decryption_table: every main mode SA we hold."""
+        return keylog.ikev1_decryption_table(e.sa for e in self.main_modes.values())
+
+    def main_mode_sas(self) -> list[dict]:
+        now = self.clock.time()
+        return [
+            {
+                "cookies": f"{e.sa.icookie.hex()}:{e.sa.rcookie.hex()}",
+                "local": e.sa.local[0],
+                "remote": f"{e.sa.remote[0]}:{e.sa.remote[1]}",
+                "role": "initiator" if e.sa.initiator else "responder",
+                "algorithms": e.sa.suite.describe(),
+                "authentication": e.sa.auth_method,
+                "peer identity": e.sa.peer_identity,
+                "nat": e.sa.nat.describe() if e.sa.nat else "no NAT-T",
+                "expires in": int(e.sa.lifetime - (now - e.established)),
+            }
+            for e in self.main_modes.values()
+        ]
+
+    def quick_mode_sas(self) -> list[dict]:
+        now = self.clock.time()
+        return [
+            {
+                "inbound spi": f"{e.sa.inbound.spi:#010x}",
+                "outbound spi": f"{e.sa.outbound.spi:#010x}",
+                "peer": e.sa.isakmp_sa.remote[0],
+                "security method": e.sa.offer.describe(),
+                "mode": e.sa.mode,
+                "local": str(e.sa.local_selector),
+                "remote": str(e.sa.remote_selector),
+                "udp encapsulation": e.sa.udp_encapsulation,
+                "expires in": int(e.sa.lifetime_seconds - (now - e.installed)),
+            }
+            for e in self.quick_modes.values()
+        ]

@@ -1,0 +1,63 @@
+"""Informational exchanges under a main mode SA (RFC 2409 §5.7): notify and delete, with HASH(1).
+
+Each informational message has its own message ID, so its IV is hash(last phase 1 block | M-ID).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from ipsecd.ike import isakmp, oakley
+from ipsecd.ike.isakmp import Delete, ExchangeType, Hash, Notify, NotifyType, ProtocolID
+from ipsecd.ike.main_mode import IsakmpSA, NegotiationError
+
+if TYPE_CHECKING:
+    from ipsecd.ike.quick_mode import ChildSA
+
+
+def protect(sa: IsakmpSA, payloads: list[isakmp.Payload]) -> bytes:
+    message_id = secrets.randbits(32) or 1
+    rest = isakmp.build_payloads(payloads)[1]
+    wire = sa.seal(
+        ExchangeType.INFORMATIONAL,
+        message_id,
+        [Hash(oakley.qm_hash1(sa.suite, sa.keys.skeyid_a, message_id, rest)), *payloads],
+    )
+    sa.forget(message_id)
+    return wire
+
+
+def notify(
+    sa: IsakmpSA, notify_type: int, protocol: int = ProtocolID.ISAKMP, spi: bytes | None = None
+) -> bytes:
+    return protect(sa, [Notify(notify_type, protocol, sa.cookies if spi is None else spi)])
+
+
+def delete_isakmp(sa: IsakmpSA) -> bytes:
+    return protect(sa, [Delete.of(ProtocolID.ISAKMP, [sa.cookies])])
+
+
+def delete_children(sa: IsakmpSA, children: list[ChildSA]) -> bytes:
+    """One informational deleting quick mode SAs (our inbound ones): a Delete payload per SA."""
+    proto = {"esp": ProtocolID.ESP, "ah": ProtocolID.AH}
+    return protect(sa, [Delete.of(proto[c.protocol], [c.spi.to_bytes(4, "big")]) for c in children])
+
+
+def open_informational(sa: IsakmpSA, msg: isakmp.Message) -> list[isakmp.Payload]:
+    """Decrypt and verify HASH(1); returns the notify/delete payloads that follow it."""
+    payloads = sa.open(msg)
+    sa.forget(msg.message_id)
+    if not payloads or not isinstance(payloads[0], Hash):
+        raise NegotiationError(
+            "informational message without HASH(1)", NotifyType.INVALID_HASH_INFORMATION, "malformed message"
+        )
+    rest = isakmp.build_payloads(payloads[1:])[1]
+    if payloads[0].data != oakley.qm_hash1(sa.suite, sa.keys.skeyid_a, msg.message_id, rest):
+        raise NegotiationError(
+            "informational HASH(1) does not verify",
+            NotifyType.INVALID_HASH_INFORMATION,
+            "authentication failed",
+            integrity=True,
+        )
+    return payloads[1:]

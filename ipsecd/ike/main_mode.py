@@ -1,0 +1,720 @@
+"""Main mode (RFC 2409 §5): the six-message phase 1 exchange, as sans-I/O state machines.
+
+An :class:`Initiator` or :class:`Responder` is fed decoded messages and returns the datagrams to send;
+what happened is appended to ``events`` (:class:`Established` or :class:`Failure`). Sockets, ports,
+retransmission and timers belong to ike.py. The result, an :class:`IsakmpSA`, protects the quick mode
+and informational exchanges that follow (App. B IV chaining per message ID).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from ipsecd.ike import isakmp, natt, oakley
+from ipsecd.ike.isakmp import (
+    ID,
+    KE,
+    SA,
+    Attribute,
+    Cert,
+    CertRequest,
+    ExchangeType,
+    Flag,
+    Hash,
+    IDType,
+    MalformedMessage,
+    Message,
+    Nonce,
+    Notify,
+    NotifyType,
+    Proposal,
+    ProtocolID,
+    Signature,
+    Transform,
+    VendorID,
+)
+from ipsecd.ike.settings import Certificates, MainModeOffer, PeerPolicy, PreSharedKey, in_date
+
+# Oakley attribute classes (RFC 2409 App. A)
+ENCRYPTION, HASH, AUTH_METHOD, GROUP, LIFE_TYPE, LIFE_DURATION, KEY_LENGTH = 1, 2, 3, 4, 11, 12, 14
+LIFE_SECONDS = 1
+KEY_IKE = 1
+AUTH_IDS = {"psk": 1, "rsa-sig": 3}
+AUTH_NAMES = {1: "PSK", 3: "RSA-SIG", 65001: "Kerberos"}
+NONCE_SIZE = 32
+
+
+class NegotiationError(Exception):
+    """Stops an exchange: ``reason`` in words, the notify to send (if any), the counter to bump.
+
+    ``integrity`` marks a message that failed decryption or its hash: it may be a corrupted datagram, so
+    the exchange drops it and waits for the retransmission before believing it (main mode gives one
+    second chance, quick mode waits for its retransmission timer)."""
+
+    def __init__(
+        self,
+        reason: str,
+        notify: int | None = None,
+        counter: str = "negotiation failed",
+        integrity: bool = False,
+    ):
+        super().__init__(reason)
+        self.reason, self.notify, self.counter, self.integrity = reason, notify, counter, integrity
+
+
+@dataclass
+class Failure:
+    reason: str
+    counter: str  # "no proposal chosen", "authentication failed", ...
+
+
+@dataclass
+class Established:
+    sa: IsakmpSA
+
+
+@dataclass
+class IsakmpSA:
+    """An established main mode SA: keys, peers, and the IV state of each phase 2 message ID."""
+
+    icookie: bytes
+    rcookie: bytes
+    initiator: bool
+    suite: oakley.Phase1Suite
+    keys: oakley.Phase1Keys = field(repr=False)
+    lifetime: int
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    auth_method: str
+    peer_identity: str
+    last_block: bytes  # last CBC block of main mode: seeds every phase 2 IV
+    nat: natt.NatStatus | None = None
+    natt_variant: natt.Variant | None = None
+    peer_vendor_ids: list[bytes] = field(default_factory=list)
+    ivs: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def cookies(self) -> bytes:
+        return self.icookie + self.rcookie
+
+    def describe(self) -> str:
+        return (
+            f"main mode SA {self.icookie.hex()}:{self.rcookie.hex()} {self.local[0]} <-> {self.remote[0]} "
+            f"({self.suite.describe()}, {self.auth_method}, peer {self.peer_identity})"
+        )
+
+    def _iv(self, message_id: int) -> bytes:
+        if message_id not in self.ivs:
+            self.ivs[message_id] = oakley.phase2_iv(self.suite, self.last_block, message_id)
+        return self.ivs[message_id]
+
+    def seal(self, exchange: int, message_id: int, payloads: list[isakmp.Payload]) -> bytes:
+        """Encrypt a phase 2 message and advance its IV chain."""
+        first, plain = isakmp.build_payloads(payloads)
+        body = self.suite.cipher.encrypt(self.keys.ka, self._iv(message_id), plain)
+        self.ivs[message_id] = body[-self.suite.cipher.block_size :]
+        head = Message(self.icookie, self.rcookie, exchange, Flag.ENCRYPTION, message_id)
+        return head.header(first, len(body)) + body
+
+    def open(self, msg: Message) -> list[isakmp.Payload]:
+        """Decrypt a phase 2 message; the IV chain moves on only when it parses."""
+        if not msg.flags & Flag.ENCRYPTION:
+            raise NegotiationError(
+                f"{ExchangeType(msg.exchange).name} message not encrypted",
+                NotifyType.INVALID_FLAGS,
+                "malformed message",
+                integrity=True,
+            )
+        try:
+            plain = self.suite.cipher.decrypt(self.keys.ka, self._iv(msg.message_id), msg.body)
+            payloads = isakmp.parse_payloads(msg.next_payload, plain, padded=True)
+        except (ValueError, MalformedMessage) as exc:
+            raise NegotiationError(
+                f"could not decrypt message {msg.message_id:#x}: {exc}",
+                NotifyType.PAYLOAD_MALFORMED,
+                "malformed message",
+                integrity=True,
+            ) from None
+        self.ivs[msg.message_id] = msg.body[-self.suite.cipher.block_size :]
+        return payloads
+
+    def forget(self, message_id: int) -> None:
+        self.ivs.pop(message_id, None)
+
+
+# --- proposals ------------------------------------------------------------------------------------
+
+
+def offer_transform(number: int, offer: MainModeOffer, method: str) -> Transform:
+    cipher = oakley.CIPHERS[offer.encryption]
+    attrs = [Attribute(ENCRYPTION, cipher.oakley_id)]
+    if cipher.variable_key:
+        attrs.append(Attribute(KEY_LENGTH, cipher.key_size * 8))
+    attrs += [
+        Attribute(HASH, oakley.HASHES[offer.hash].oakley_id),
+        Attribute(AUTH_METHOD, AUTH_IDS[method]),
+        Attribute(GROUP, offer.group),
+        Attribute(LIFE_TYPE, LIFE_SECONDS),
+        Attribute(LIFE_DURATION, offer.lifetime),
+    ]
+    return Transform(number, KEY_IKE, attrs)
+
+
+def _cipher_name(transform: Transform) -> str | None:
+    enc, bits = transform.attr(ENCRYPTION), transform.attr(KEY_LENGTH)
+    for c in oakley.CIPHERS.values():
+        if c.oakley_id == enc and (not c.variable_key or bits == c.key_size * 8):
+            return c.name
+    return None
+
+
+def describe_transform(t: Transform) -> str:
+    """'3DES/MD5/group 1/PSK' for a received transform, with numbers for what we do not know."""
+    cipher = _cipher_name(t) or f"cipher {t.attr(ENCRYPTION)}"
+    hash_name = next(
+        (h.name for h in oakley.HASHES.values() if h.oakley_id == t.attr(HASH)), f"hash {t.attr(HASH)}"
+    )
+    auth = AUTH_NAMES.get(t.attr(AUTH_METHOD) or 0, f"auth {t.attr(AUTH_METHOD)}")
+    return f"{cipher.upper()}/{hash_name.upper()}/group {t.attr(GROUP)}/{auth}"
+
+
+def _matches(t: Transform, offer: MainModeOffer, method: str) -> bool:
+    return (
+        t.transform_id == KEY_IKE
+        and _cipher_name(t) == offer.encryption
+        and t.attr(HASH) == oakley.HASHES[offer.hash].oakley_id
+        and t.attr(GROUP) == offer.group
+        and t.attr(AUTH_METHOD) == AUTH_IDS[method]
+    )
+
+
+def _lifetime(t: Transform, default: int) -> int:
+    return t.attr(LIFE_DURATION, default) if t.attr(LIFE_TYPE, LIFE_SECONDS) == LIFE_SECONDS else default
+
+
+# --- RSA signatures as IKEv1 uses them: PKCS#1 v1.5 over the bare hash, no DigestInfo -----------------
+
+
+def rsa_sign_raw(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
+    numbers = key.private_numbers()
+    size = (key.key_size + 7) // 8
+    if len(data) > size - 11:
+        raise ValueError("hash too long for the RSA key")
+    m = int.from_bytes(b"\x00\x01" + b"\xff" * (size - 3 - len(data)) + b"\x00" + data, "big")
+    m1, m2 = pow(m, numbers.dmp1, numbers.p), pow(m, numbers.dmq1, numbers.q)
+    return (m2 + numbers.iqmp * (m1 - m2) % numbers.p * numbers.q).to_bytes(size, "big")
+
+
+def rsa_verify_raw(key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        return key.recover_data_from_signature(signature, padding.PKCS1v15(), None) == data
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def verify_chain(
+    cert: x509.Certificate,
+    extra: list[x509.Certificate],
+    trusted: tuple[x509.Certificate, ...],
+    now: datetime.datetime,
+) -> None:
+    """The peer's certificate must chain (through ``extra``) to a trusted CA, every link in date."""
+    current, seen = cert, 0
+    while seen < 8:
+        if not in_date(current, now):
+            raise NegotiationError(
+                f"certificate {current.subject.rfc4514_string()} is not in date "
+                f"({current.not_valid_before_utc:%Y-%m-%d} .. "
+                f"{current.not_valid_after_utc:%Y-%m-%d})",
+                NotifyType.INVALID_CERTIFICATE,
+                "authentication failed",
+            )
+        for ca in trusted:
+            if current.issuer == ca.subject and _issued_by(current, ca):
+                if not in_date(ca, now):
+                    raise NegotiationError(
+                        f"trusted CA {ca.subject.rfc4514_string()} is not in date",
+                        NotifyType.INVALID_CERTIFICATE,
+                        "authentication failed",
+                    )
+                return
+        parent = next((c for c in extra if c.subject == current.issuer and _issued_by(current, c)), None)
+        if parent is None:
+            raise NegotiationError(
+                f"certificate {cert.subject.rfc4514_string()} (issuer "
+                f"{cert.issuer.rfc4514_string()}) does not chain to a trusted CA",
+                NotifyType.INVALID_CERT_AUTHORITY,
+                "authentication failed",
+            )
+        current, seen = parent, seen + 1
+    raise NegotiationError(
+        "certificate chain too long", NotifyType.INVALID_CERTIFICATE, "authentication failed"
+    )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+# --- the exchange ----------------------------------------------------------------------------------
+
+
+REFUSAL_COUNTERS = {
+    NotifyType.NO_PROPOSAL_CHOSEN: "no proposal chosen",
+    NotifyType.AUTHENTICATION_FAILED: "authentication failed",
+    NotifyType.INVALID_CERTIFICATE: "authentication failed",
+    NotifyType.INVALID_CERT_AUTHORITY: "authentication failed",
+    NotifyType.INVALID_SIGNATURE: "authentication failed",
+    NotifyType.INVALID_HASH_INFORMATION: "authentication failed",
+    NotifyType.INVALID_ID_INFORMATION: "invalid selectors",
+}
+
+
+def refusal(notify: Notify, exchange: str, peer: str) -> None:
+    """Raise the failure an error notify from the peer means; status notifies (>= 8192) pass."""
+    if notify.notify_type >= 8192:
+        return
+    counter = REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed")
+    advice = " (check the pre-shared key or the certificates)" if counter == "authentication failed" else ""
+    raise NegotiationError(f"peer {peer} refused {exchange}: {notify.name}{advice}", None, counter)
+
+
+def notify_message(icookie: bytes, rcookie: bytes, notify_type: int) -> bytes:
+    """An unprotected informational with one notify, as sent before keys are agreed."""
+    return Message(
+        icookie,
+        rcookie,
+        ExchangeType.INFORMATIONAL,
+        message_id=secrets.randbits(32) or 1,
+        payloads=[Notify(notify_type, ProtocolID.ISAKMP, icookie + rcookie)],
+    ).encode()
+
+
+class MainMode:
+    """What initiator and responder share: policy, keys, the six-message bookkeeping."""
+
+    initiator: bool
+
+    def __init__(
+        self,
+        policy: PeerPolicy,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        clock=lambda: datetime.datetime.now(datetime.UTC),
+        initial_contact: bool = True,
+    ):
+        self.policy, self.local, self.remote, self.clock = policy, local, remote, clock
+        self.initial_contact = initial_contact
+        self.events: list[Established | Failure] = []
+        self.state = "new"
+        self.icookie = self.rcookie = bytes(8)
+        self.sai_b = b""
+        self.suite: oakley.Phase1Suite | None = None
+        self.method = ""
+        self.lifetime = 0
+        self.peer_vids: list[bytes] = []
+        self.variant: natt.Variant | None = None
+        self.nat: natt.NatStatus | None = None
+        self.private = 0
+        self.own_ke = self.peer_ke = self.ni = self.nr = b""
+        self.keys: oakley.Phase1Keys | None = None
+        self.iv = b""
+        self.sa: IsakmpSA | None = None
+        self.peer_initial_contact = False
+        self.dropped: list[str] = []  # messages dropped as corrupted, in words
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("established", "failed")
+
+    @property
+    def float_to_4500(self) -> bool:
+        """After main mode 3/4: NAT seen, so message 5 on goes to UDP 4500 (RFC 3947 §4)."""
+        return bool(self.nat and self.nat.detected)
+
+    def receive(self, msg: Message) -> list[bytes]:
+        """Process one message of this exchange; returns what to send back."""
+        if self.done:
+            return []
+        try:
+            if msg.exchange == ExchangeType.INFORMATIONAL and not msg.flags & Flag.ENCRYPTION:
+                self._peer_notify(msg)
+                return []
+            if msg.exchange != ExchangeType.MAIN_MODE:
+                return []
+            return self._step(msg)
+        except NegotiationError as exc:
+            if exc.integrity and not self.dropped:
+                self.dropped.append(exc.reason)
+                return []
+            self.state = "failed"
+            self.events.append(Failure(exc.reason, exc.counter))
+            return [notify_message(self.icookie, self.rcookie, exc.notify)] if exc.notify else []
+
+    def fail(self, reason: str, counter: str) -> None:
+        """Give up from outside (retransmissions exhausted)."""
+        if not self.done:
+            self.state = "failed"
+            self.events.append(Failure(reason, counter))
+
+    def _peer_notify(self, msg: Message) -> None:
+        notify = msg.first(Notify)
+        if notify is not None:
+            refusal(notify, "main mode", self.remote[0])
+
+    def _step(self, msg: Message) -> list[bytes]:
+        raise NotImplementedError
+
+    # -- pieces both sides use --
+
+    def _auth(self):
+        return next(a for a in self.policy.auth if a.method == self.method)
+
+    def _choose(self, proposal: Proposal) -> Transform:
+        """Responder: the first transform of the initiator that our policy accepts."""
+        for t in proposal.transforms:
+            for offer in self.policy.main_mode:
+                for auth in self.policy.auth:
+                    if _matches(t, offer, auth.method):
+                        return t
+        offered = "; ".join(describe_transform(t) for t in proposal.transforms) or "nothing"
+        ours = "; ".join(
+            f"{o.describe()}/{AUTH_NAMES[AUTH_IDS[a.method]]}"
+            for o in self.policy.main_mode
+            for a in self.policy.auth
+        )
+        raise NegotiationError(
+            f"no proposal chosen: peer {self.remote[0]} offered {offered}; we accept {ours}",
+            NotifyType.NO_PROPOSAL_CHOSEN,
+            "no proposal chosen",
+        )
+
+    def _adopt(self, t: Transform) -> None:
+        name = _cipher_name(t)
+        hash_name = next(h.name for h in oakley.HASHES.values() if h.oakley_id == t.attr(HASH))
+        self.suite = oakley.Phase1Suite(name, hash_name, t.attr(GROUP))
+        self.method = next(m for m, i in AUTH_IDS.items() if i == t.attr(AUTH_METHOD))
+        own = min((o.lifetime for o in self.policy.main_mode), default=28800)
+        self.lifetime = min(_lifetime(t, 28800), own)
+        self.private = self.suite.group.private_key()
+        self.own_ke = self.suite.group.public_key(self.private)
+
+    def _vendor_ids(self) -> list[isakmp.Payload]:
+        vids = [natt.VID_WINDOWS_2003] + [natt.VARIANTS[name].vendor_id for name in self.policy.nat_traversal]
+        return [VendorID(v) for v in vids]
+
+    def _note_vendor_ids(self, msg: Message) -> None:
+        self.peer_vids = [v.data for v in msg.all(VendorID)]
+        self.variant = natt.choose_variant(self.peer_vids, self.policy.nat_traversal)
+
+    def _key_exchange_payloads(self) -> list[isakmp.Payload]:
+        nonce = self.ni if self.initiator else self.nr
+        out: list[isakmp.Payload] = [KE(self.own_ke), Nonce(nonce)]
+        auth = self._auth()
+        if isinstance(auth, Certificates):
+            out += [CertRequest(ca.subject.public_bytes()) for ca in auth.trusted_cas]
+        if self.variant:
+            out += natt.natd_payloads(
+                self.variant, self.suite.hash, self.icookie, self.rcookie, self.local, self.remote
+            )
+        return out
+
+    def _take_key_exchange(self, msg: Message) -> None:
+        ke, nonce = msg.first(KE), msg.first(Nonce)
+        if ke is None or nonce is None:
+            raise NegotiationError(
+                f"main mode message without KE or nonce ({isakmp.payload_names(msg.payloads)})",
+                NotifyType.PAYLOAD_MALFORMED,
+                "malformed message",
+            )
+        if not 8 <= len(nonce.data) <= 256:
+            raise NegotiationError(
+                f"nonce of {len(nonce.data)} bytes", NotifyType.PAYLOAD_MALFORMED, "malformed message"
+            )
+        try:
+            gxy = self.suite.group.shared_secret(self.private, ke.data)
+        except ValueError as exc:
+            raise NegotiationError(
+                str(exc), NotifyType.INVALID_KEY_INFORMATION, "malformed message"
+            ) from None
+        self.peer_ke = ke.data
+        if self.initiator:
+            self.nr = nonce.data
+        else:
+            self.ni = nonce.data
+        natds = [p.data for p in msg.all(isakmp.NatD)]
+        if self.variant and natds:
+            try:
+                self.nat = natt.detect(
+                    natds, self.suite.hash, self.icookie, self.rcookie, self.local, self.remote
+                )
+            except ValueError as exc:
+                raise NegotiationError(str(exc), NotifyType.PAYLOAD_MALFORMED, "malformed message") from None
+        auth = self._auth()
+        if isinstance(auth, PreSharedKey):
+            skeyid = oakley.skeyid_psk(self.suite, auth.key, self.ni, self.nr)
+        else:
+            skeyid = oakley.skeyid_signature(self.suite, self.ni, self.nr, gxy)
+        self.keys = oakley.derive_phase1(self.suite, skeyid, gxy, self.icookie, self.rcookie)
+        self.iv = oakley.phase1_iv(self.suite, self.gxi, self.gxr)
+
+    @property
+    def gxi(self) -> bytes:
+        return self.own_ke if self.initiator else self.peer_ke
+
+    @property
+    def gxr(self) -> bytes:
+        return self.peer_ke if self.initiator else self.own_ke
+
+    def _identity(self) -> ID:
+        auth = self._auth()
+        if isinstance(auth, Certificates):
+            return ID(IDType.DER_ASN1_DN, auth.certificate.subject.public_bytes())
+        return ID(IDType.IPV4_ADDR, ipaddress.IPv4Address(self.local[0]).packed)
+
+    def _auth_payloads(self, own_hash: bytes) -> list[isakmp.Payload]:
+        auth = self._auth()
+        if isinstance(auth, Certificates):
+            return [
+                Cert(auth.certificate.public_bytes(serialization.Encoding.DER)),
+                Signature(rsa_sign_raw(auth.private_key, own_hash)),
+            ]
+        return [Hash(own_hash)]
+
+    def _hash(self, of_initiator: bool, id_body: bytes) -> bytes:
+        return oakley.phase1_hash(
+            self.suite,
+            self.keys.skeyid,
+            self.gxi,
+            self.gxr,
+            self.icookie,
+            self.rcookie,
+            self.sai_b,
+            id_body,
+            initiator=of_initiator,
+        )
+
+    def _seal_phase1(self, payloads: list[isakmp.Payload]) -> bytes:
+        first, plain = isakmp.build_payloads(payloads)
+        body = self.suite.cipher.encrypt(self.keys.ka, self.iv, plain)
+        self.iv = body[-self.suite.cipher.block_size :]
+        head = Message(self.icookie, self.rcookie, ExchangeType.MAIN_MODE, Flag.ENCRYPTION)
+        return head.header(first, len(body)) + body
+
+    def _open_phase1(self, msg: Message) -> list[isakmp.Payload]:
+        """Decrypt main mode 5/6; the IV moves on only once the caller has verified the contents."""
+        wrong_key = "pre-shared keys differ" if self.method == "psk" else "keys differ"
+        if not msg.flags & Flag.ENCRYPTION:
+            raise NegotiationError(
+                "main mode message 5/6 not encrypted", NotifyType.INVALID_FLAGS, "malformed message"
+            )
+        try:
+            plain = self.suite.cipher.decrypt(self.keys.ka, self.iv, msg.body)
+            payloads = isakmp.parse_payloads(msg.next_payload, plain, padded=True)
+        except (ValueError, MalformedMessage) as exc:
+            raise NegotiationError(
+                f"authentication failed: encrypted message from {self.remote[0]} does not "
+                f"decrypt to valid payloads ({wrong_key}?): {exc}",
+                NotifyType.AUTHENTICATION_FAILED,
+                "authentication failed",
+                integrity=True,
+            ) from None
+        return payloads
+
+    def _verify_peer(self, payloads: list[isakmp.Payload]) -> str:
+        """Check the peer's HASH or signature; returns its identity in words."""
+        peer_id = next((p for p in payloads if isinstance(p, ID)), None)
+        if peer_id is None:
+            raise NegotiationError(
+                "no ID payload in main mode 5/6", NotifyType.PAYLOAD_MALFORMED, "malformed message"
+            )
+        expected = self._hash(not self.initiator, peer_id.body())
+        auth = self._auth()
+        if isinstance(auth, PreSharedKey):
+            got = next((p.data for p in payloads if isinstance(p, Hash)), None)
+            if got != expected:
+                raise NegotiationError(
+                    f"authentication failed: HASH from {self.remote[0]} does not match "
+                    "(pre-shared keys differ?)",
+                    NotifyType.AUTHENTICATION_FAILED,
+                    "authentication failed",
+                    integrity=True,
+                )
+            return _id_text(peer_id)
+        certs = []
+        for p in payloads:
+            if isinstance(p, Cert):
+                try:
+                    certs.append(x509.load_der_x509_certificate(p.data))
+                except ValueError:
+                    raise NegotiationError(
+                        "CERT payload is not a DER X.509 certificate",
+                        NotifyType.INVALID_CERTIFICATE,
+                        "authentication failed",
+                    ) from None
+        sig = next((p.data for p in payloads if isinstance(p, Signature)), None)
+        if not certs or sig is None:
+            raise NegotiationError(
+                "peer sent no certificate or no signature",
+                NotifyType.CERTIFICATE_UNAVAILABLE,
+                "authentication failed",
+            )
+        verify_chain(certs[0], certs[1:], auth.trusted_cas, self.clock())
+        if peer_id.id_type == IDType.DER_ASN1_DN and peer_id.data != certs[0].subject.public_bytes():
+            raise NegotiationError(
+                "peer ID does not match the subject of its certificate",
+                NotifyType.INVALID_ID_INFORMATION,
+                "authentication failed",
+            )
+        if not rsa_verify_raw(certs[0].public_key(), sig, expected):
+            raise NegotiationError(
+                f"authentication failed: signature of {certs[0].subject.rfc4514_string()} does not verify",
+                NotifyType.INVALID_SIGNATURE,
+                "authentication failed",
+                integrity=True,
+            )
+        return certs[0].subject.rfc4514_string()
+
+    def _establish(self, peer_identity: str) -> None:
+        self.sa = IsakmpSA(
+            self.icookie,
+            self.rcookie,
+            self.initiator,
+            self.suite,
+            self.keys,
+            self.lifetime,
+            self.local,
+            self.remote,
+            self.method,
+            peer_identity,
+            self.iv,
+            self.nat,
+            self.variant,
+            self.peer_vids,
+        )
+        self.state = "established"
+        self.events.append(Established(self.sa))
+
+
+def _id_text(ident: ID) -> str:
+    if ident.id_type == IDType.IPV4_ADDR and len(ident.data) == 4:
+        return str(ipaddress.IPv4Address(ident.data))
+    if ident.id_type in (IDType.FQDN, IDType.USER_FQDN):
+        return ident.data.decode("utf-8", "replace")
+    return f"ID type {ident.id_type} {ident.data.hex()}"
+
+
+class Initiator(MainMode):
+    """Main mode initiator: ``start()`` gives message 1, ``receive()`` the rest."""
+
+    initiator = True
+
+    def start(self) -> bytes:
+        self.icookie = secrets.token_bytes(8)
+        transforms = [
+            offer_transform(n, offer, auth.method)
+            for n, (offer, auth) in enumerate(
+                ((o, a) for o in self.policy.main_mode for a in self.policy.auth), start=1
+            )
+        ]
+        sa = SA([Proposal(1, ProtocolID.ISAKMP, b"", transforms)])
+        self.sai_b = sa.body()
+        self.state = "MM1 sent"
+        return Message(
+            self.icookie, self.rcookie, ExchangeType.MAIN_MODE, payloads=[sa, *self._vendor_ids()]
+        ).encode()
+
+    def _step(self, msg: Message) -> list[bytes]:
+        if self.state == "MM1 sent" and not msg.flags & Flag.ENCRYPTION:
+            sa = msg.first(SA)
+            if sa is None or len(sa.proposals) != 1 or len(sa.proposals[0].transforms) != 1:
+                raise NegotiationError(
+                    "main mode 2 must carry an SA with exactly one transform",
+                    NotifyType.PAYLOAD_MALFORMED,
+                    "malformed message",
+                )
+            chosen = sa.proposals[0].transforms[0]
+            if not any(
+                _matches(chosen, o, a.method) for o in self.policy.main_mode for a in self.policy.auth
+            ):
+                raise NegotiationError(
+                    f"peer chose {describe_transform(chosen)}, which we did not offer",
+                    NotifyType.NO_PROPOSAL_CHOSEN,
+                    "no proposal chosen",
+                )
+            self.rcookie = msg.rcookie
+            self._adopt(chosen)
+            self._note_vendor_ids(msg)
+            self.ni = secrets.token_bytes(NONCE_SIZE)
+            self.state = "MM3 sent"
+            return [Message(self.icookie, self.rcookie, payloads=self._key_exchange_payloads()).encode()]
+        if self.state == "MM3 sent" and not msg.flags & Flag.ENCRYPTION:
+            self._take_key_exchange(msg)
+            ident = self._identity()
+            payloads = [ident, *self._auth_payloads(self._hash(True, ident.body()))]
+            if self.initial_contact:
+                payloads.append(
+                    Notify(NotifyType.INITIAL_CONTACT, ProtocolID.ISAKMP, self.icookie + self.rcookie)
+                )
+            self.state = "MM5 sent"
+            return [self._seal_phase1(payloads)]
+        if self.state == "MM5 sent" and msg.flags & Flag.ENCRYPTION:
+            peer = self._verify_peer(self._open_phase1(msg))
+            self.iv = msg.body[-self.suite.cipher.block_size :]
+            self._establish(peer)
+            return []
+        return []
+
+
+class Responder(MainMode):
+    """Main mode responder: created for a message 1, fed every message of the exchange."""
+
+    initiator = False
+
+    def _step(self, msg: Message) -> list[bytes]:
+        if self.state == "new":
+            sa = msg.first(SA)
+            if sa is None or not sa.proposals:
+                raise NegotiationError(
+                    "main mode 1 without an SA payload", NotifyType.PAYLOAD_MALFORMED, "malformed message"
+                )
+            self.icookie, self.rcookie = msg.icookie, secrets.token_bytes(8)
+            self.sai_b = sa.body()
+            proposal = next((p for p in sa.proposals if p.protocol == ProtocolID.ISAKMP), sa.proposals[0])
+            chosen = self._choose(proposal)
+            self._adopt(chosen)
+            self._note_vendor_ids(msg)
+            reply = SA([Proposal(proposal.number, ProtocolID.ISAKMP, b"", [chosen])], sa.doi, sa.situation)
+            self.state = "MM2 sent"
+            return [Message(self.icookie, self.rcookie, payloads=[reply, *self._vendor_ids()]).encode()]
+        if self.state == "MM2 sent" and not msg.flags & Flag.ENCRYPTION:
+            self.nr = secrets.token_bytes(NONCE_SIZE)
+            if not msg.all(isakmp.NatD):
+                self.variant = None  # the initiator did not do NAT-D: neither do we
+            self._take_key_exchange(msg)
+            self.state = "MM4 sent"
+            return [Message(self.icookie, self.rcookie, payloads=self._key_exchange_payloads()).encode()]
+        if self.state == "MM4 sent" and msg.flags & Flag.ENCRYPTION:
+            payloads = self._open_phase1(msg)
+            peer = self._verify_peer(payloads)
+            self.iv = msg.body[-self.suite.cipher.block_size :]
+            self.peer_initial_contact = any(
+                isinstance(p, Notify) and p.notify_type == NotifyType.INITIAL_CONTACT for p in payloads
+            )
+            ident = self._identity()
+            reply = self._seal_phase1([ident, *self._auth_payloads(self._hash(False, ident.body()))])
+            self._establish(peer)
+            return [reply]
+        return []

@@ -1,0 +1,109 @@
+"""IKE settings as plain dataclasses, shaped like the Windows key exchange and filter action settings.
+
+The Policy Agent builds these from a policy rule; the exchanges only read them.
+Defaults are the Windows Server 2003 ones (main mode 480 minutes, quick mode 3600 s / 100,000 KB).
+
+>>> PeerPolicy(auth=[PreSharedKey(b"secret")]).main_mode[0]
+MainModeOffer(encryption='3des', hash='sha1', group=2, lifetime=28800)
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+MAIN_MODE_LIFETIME_MIN, MAIN_MODE_LIFETIME_MAX = 5 * 60, 48 * 3600
+QUICK_MODE_IDLE_SECONDS = 5 * 60
+
+
+@dataclass(frozen=True)
+class MainModeOffer:
+    """One main mode security method: encryption, hash (and PRF), Diffie-Hellman group, lifetime."""
+
+    encryption: str = "3des"  # des, 3des, aes128, aes192, aes256
+    hash: str = "sha1"  # md5, sha1, sha256
+    group: int = 2  # 1, 2, 14
+    lifetime: int = 480 * 60  # seconds
+
+    def __post_init__(self):
+        if not MAIN_MODE_LIFETIME_MIN <= self.lifetime <= MAIN_MODE_LIFETIME_MAX:
+            raise ValueError(f"main mode lifetime {self.lifetime} s outside 5 minutes .. 48 hours")
+
+    def describe(self) -> str:
+        return f"{self.encryption.upper()}/{self.hash.upper()}/group {self.group}"
+
+
+@dataclass(frozen=True)
+class QuickModeOffer:
+    """One quick mode security method (a Windows filter action's "security method")."""
+
+    protocol: str = "esp"  # esp or ah
+    encryption: str | None = "3des"  # des, 3des, aes128, aes192, aes256, None (ESP null)
+    integrity: str | None = "sha1"  # md5, sha1, sha256, None
+    lifetime_seconds: int = 3600
+    lifetime_kb: int = 100_000
+    pfs_group: int | None = None
+    ah: str | None = None  # AH integrity bundled over the ESP (Windows "AH[MD5]+ESP[3DES,None]")
+
+    def describe(self) -> str:
+        if self.protocol == "ah":
+            return f"AH[{(self.integrity or 'none').upper()}]"
+        esp = f"ESP[{(self.encryption or 'none').upper()},{(self.integrity or 'none').upper()}]"
+        return f"AH[{self.ah.upper()}]+{esp}" if self.ah else esp
+
+
+@dataclass(frozen=True)
+class PreSharedKey:
+    key: bytes
+
+    method = "psk"
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """RSA signatures: our certificate and key, and the CAs whose certificates we trust."""
+
+    certificate: x509.Certificate
+    private_key: rsa.RSAPrivateKey
+    trusted_cas: tuple[x509.Certificate, ...]
+
+    method = "rsa-sig"
+
+
+AuthMethod = PreSharedKey | Certificates
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One side of a quick mode filter: a network, and optionally an IP protocol and port."""
+
+    network: ipaddress.IPv4Network
+    protocol: int = 0
+    port: int = 0
+
+    @classmethod
+    def parse(cls, text: str, protocol: int = 0, port: int = 0) -> Selector:
+        return cls(ipaddress.IPv4Network(text, strict=False), protocol, port)
+
+    def __str__(self) -> str:
+        extra = f" proto {self.protocol}" if self.protocol else ""
+        return f"{self.network}{extra}{f' port {self.port}' if self.port else ''}"
+
+
+@dataclass(frozen=True)
+class PeerPolicy:
+    """Everything IKE needs to negotiate with one peer (one Windows rule)."""
+
+    auth: list[AuthMethod]
+    main_mode: list[MainModeOffer] = field(default_factory=lambda: [MainModeOffer()])
+    quick_mode: list[QuickModeOffer] = field(default_factory=lambda: [QuickModeOffer()])
+    tunnel: bool = False  # tunnel mode (tunnel endpoints are the IKE peers) or transport mode
+    nat_traversal: tuple[str, ...] = ("rfc3947", "draft-02")  # () = off; ("draft-02",) = as Windows 2003
+
+
+def in_date(cert: x509.Certificate, now: datetime.datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc

@@ -1,0 +1,5 @@
+"""The administrator-facing half of ipsecd: IPsec policies, their stores and files, and their expansion.
+
+model.py (pure data) <- policyfile.py (YAML) and validate.py (checks) <- expand.py (specific filters for the
+driver, settings for IKE) <- store.py (where policies live) <- ipsecd.policy_agent (reads, applies, polls).
+"""

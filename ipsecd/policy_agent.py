@@ -1,0 +1,441 @@
+"""The Policy Agent: reads the assigned policy from its store, checks it, and hands it to the driver and IKE.
+
+As the documents describe it: at start and at the policy's polling interval it asks the store whether the
+assigned policy changed (a cheap change stamp, the documents' whenChanged); on ``refresh`` (``ipsecctl
+refresh``, the equivalent of ``gpupdate``) it reads it whatever the stamp says. A policy that fails its
+checks is refused with the file, line, object and field named, and the policy in force stays in force.
+When the node's addresses change (the Interface Manager's job) "my IP address" filters are re-expanded.
+
+Every apply returns a ``PolicyChange`` saying which rules changed or went away: the daemon deletes the
+SAs negotiated under those rules (the driver tags them with the rule name) and keeps every other SA.
+
+>>> import tempfile
+>>> from ipaddress import IPv4Address, IPv4Network
+>>> from ipsecd.policy.store import LocalStore
+>>> from ipsecd.policy.predefined import predefined
+>>> class Recorder:
+...     def load_policy(self, settings): self.settings = settings
+>>> from ipsecd.policy.model import AuthKind, AuthMethod
+>>> store = LocalStore(tempfile.mkdtemp())
+>>> psk = (AuthMethod(AuthKind.PRESHARED_KEY, psk="lab"),)
+>>> store.assign(store.save(predefined("server", authentication=psk)))
+>>> driver, ike = Recorder(), Recorder()
+>>> agent = PolicyAgent(store, driver, ike, lambda: [IPv4Address("10.0.0.1")], clock=lambda: 0.0)
+>>> sorted(agent.apply().touched_rules), len(driver.settings), [rule.name for rule in ike.settings]
+([], 4, ['All IP Traffic/all ip', '<Dynamic> default response'])
+>>> print(agent.events[-1])
+1970-01-01T00:00:00Z policy-applied: Server (Request Security) {72385230-70fa-11d1-864c-14a300000000} \
+changed 2003-04-24T00:00:00Z: 2 rules, 4 specific filters
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from ipsecd import spd
+from ipsecd.ike.ike import Rule as IKERule
+from ipsecd.ike.settings import Selector as IKESelector
+from ipsecd.policy import model, policyfile
+from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
+from ipsecd.policy.ike_settings import CertificateSource, IKESettings, ike_settings
+from ipsecd.policy.soft_association import SoftAssociations, Verdict
+from ipsecd.policy.store import LocalStore, PolicyRef, PolicyStore, StoreUnavailable
+from ipsecd.policy.validate import PolicyError
+
+
+class Driver(Protocol):
+    def load_policy(self, spd: spd.SPD) -> None: ...
+
+
+class IKE(Protocol):
+    def load_policy(self, rules: list[IKERule]) -> None: ...
+
+
+class Acquiring(Protocol):
+    def acquire(self, rule: IKERule, local: IKESelector, remote: IKESelector, peer: str | None = None,
+                ) -> None: ...
+
+
+class SoftSAs(Protocol):
+    def add_soft_sa(self, filter_name: str, peer: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the event log: policy changes here, negotiations from IKE in the same form."""
+
+    time: float
+    kind: str  # policy-applied, policy-refused, policy-unassigned, addresses-changed, store-unavailable,
+    # policy-imported, policy-exported
+    message: str
+
+    def __str__(self) -> str:
+        return f"{policyfile.format_stamp(int(self.time))} {self.kind}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "kind": self.kind, "message": self.message}
+
+
+@dataclass(frozen=True)
+class AppliedPolicy:
+    """The policy in force: as read, as expanded for these addresses, as handed to IKE."""
+
+    ref: PolicyRef
+    stamp: Hashable
+    policy: model.Policy
+    addresses: tuple[IPv4Address, ...]
+    filters_by_rule: dict[str, tuple[spd.Filter, ...]]
+    spd: spd.SPD
+    ike: IKESettings
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """What an apply changed. touched_rules: rules of the previous policy whose SAs must be deleted
+    (their filters, action, authentication or tunnel changed, or they are gone), and touched_filters the
+    names of their specific filters (what the driver tags SAs with); added_rules: new ones."""
+
+    touched_rules: frozenset[str]
+    touched_filters: frozenset[str]
+    added_rules: frozenset[str]
+    main_mode_changed: bool  # new main modes use the new settings; existing ones run to their lifetime
+
+    def describe(self) -> str:
+        parts = []
+        if self.touched_rules:
+            parts.append(f"SAs of {', '.join(sorted(self.touched_rules))} deleted")
+        if self.added_rules:
+            parts.append(f"new rules {', '.join(sorted(self.added_rules))}")
+        if self.main_mode_changed:
+            parts.append("main mode settings changed")
+        return "; ".join(parts) or "no SA touched"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"touched_rules": sorted(self.touched_rules), "touched_filters": sorted(self.touched_filters),
+                "added_rules": sorted(self.added_rules), "main_mode_changed": self.main_mode_changed,
+                "text": self.describe()}
+
+
+def compare(old: AppliedPolicy | None, new: AppliedPolicy | None) -> PolicyChange:
+    before, after = _fingerprints(old), _fingerprints(new)
+    touched = frozenset(name for name, fp in before.items() if after.get(name) != fp)
+    filters = old.filters_by_rule if old else {}
+    return PolicyChange(
+        touched_rules=touched,
+        touched_filters=frozenset(f.name for name in touched for f in filters.get(name, ())),
+        added_rules=frozenset(after.keys() - before.keys()),
+        main_mode_changed=_main_mode(old) != _main_mode(new),
+    )
+
+
+def _fingerprints(applied: AppliedPolicy | None) -> dict[str, tuple[Any, ...]]:
+    """Per rule, everything an SA negotiated under it depends on: its filters and its IKE settings."""
+    if applied is None:
+        return {}
+    out: dict[str, tuple[Any, ...]] = {
+        name: (filters, [applied.ike.for_filter(f) for f in filters])
+        for name, filters in applied.filters_by_rule.items()
+    }
+    response = applied.policy.default_response
+    if response and response.active:
+        out[response.name] = ((), [r for r in applied.ike.rules if r.name == response.name])
+    return out
+
+
+def _main_mode(applied: AppliedPolicy | None) -> tuple[Any, ...] | None:
+    if applied is None:
+        return None
+    kx = applied.policy.key_exchange
+    return (kx.methods, kx.lifetime_seconds, kx.sessions, kx.master_key_pfs)
+
+
+class PolicyAgent:
+    """Reads, validates, applies, polls and refreshes the node's one assigned policy."""
+
+    def __init__(self, store: PolicyStore, driver: Driver, ike: IKE,
+                 addresses: Callable[[], Iterable[IPv4Address]], clock: Callable[[], float] = time.time,
+                 resolve: Resolver = resolve_dns, certificate_for: CertificateSource | None = None,
+                 unassigned_poll_interval: float = model.DEFAULT_POLLING_INTERVAL,
+                 log: Callable[[Event], None] | None = None, max_events: int = 1000) -> None:
+        self.store, self.driver, self.ike = store, driver, ike
+        self.addresses, self.clock, self.resolve = addresses, clock, resolve
+        self.certificate_for = certificate_for
+        self.unassigned_poll_interval = unassigned_poll_interval
+        self.log = log
+        self.applied: AppliedPolicy | None = None
+        self.events: deque[Event] = deque(maxlen=max_events)
+        self._refused: tuple[PolicyRef, Hashable] | None = None  # not retried until its stamp moves
+        self._next_poll = 0.0
+
+    # --- applying
+
+    def apply(self) -> PolicyChange:
+        """Read the assigned policy and put it in force. Raises PolicyError (the old policy stays)."""
+        self._schedule_poll()
+        ref = self.store.assigned_policy()
+        if ref is None:
+            return self._unassign()
+        stamp = self.store.change_stamp(ref)
+        try:
+            policy = self.store.load(ref)
+        except PolicyError as e:
+            self._refuse(ref, stamp, e)
+            raise
+        return self._install(ref, stamp, policy, "policy-applied")
+
+    def refresh(self) -> PolicyChange:
+        """``ipsecctl refresh``: re-read the store now, whatever the change stamp says."""
+        return self.apply()
+
+    def poll(self) -> PolicyChange | None:
+        """The periodic check: apply when the assigned policy, its stamp or this node's addresses moved.
+
+        Never raises for a bad policy or an unreachable store: both are logged and the old policy stays.
+        """
+        self._schedule_poll()
+        try:
+            ref = self.store.assigned_policy()
+            stamp = self.store.change_stamp(ref) if ref else None
+        except StoreUnavailable as e:
+            self.note("store-unavailable", f"{e}; keeping {self._in_force()}")
+            return None
+        if ref is None:
+            return self._unassign() if self.applied else None
+        current = self.applied
+        if current and (ref, stamp) == (current.ref, current.stamp):
+            if self._my_addresses() == current.addresses:
+                return None
+            try:
+                return self._install(ref, stamp, current.policy, "addresses-changed")
+            except PolicyError:
+                return None
+        if (ref, stamp) == self._refused:
+            return None
+        try:
+            return self.apply()
+        except (PolicyError, StoreUnavailable):
+            return None
+
+    def seconds_until_poll(self) -> float:
+        return max(0.0, self._next_poll - self.clock())
+
+    async def run(self) -> None:
+        """Apply at start, then poll at the policy's interval, for ever (a task of the daemon's loop).
+
+        It runs in the loop's own thread, like the control commands and the driver: a poll that finds
+        nothing changed costs a stat and a small read; an apply that resolves DNS names blocks for that long.
+        """
+        with contextlib.suppress(PolicyError, StoreUnavailable):  # logged; polling tries again
+            self.apply()
+        while True:
+            await asyncio.sleep(self.seconds_until_poll())
+            self.poll()
+
+    def _install(self, ref: PolicyRef, stamp: Hashable, policy: model.Policy, kind: str) -> PolicyChange:
+        addresses = self._my_addresses()
+        try:
+            by_rule = expand_rules(policy, addresses, self.resolve)
+        except PolicyError as e:
+            self._refuse(ref, stamp, e)
+            raise
+        filters = spd.SPD(f for rule_filters in by_rule.values() for f in rule_filters)
+        settings = ike_settings(policy, by_rule, self.certificate_for)
+        new = AppliedPolicy(ref, stamp, policy, addresses, by_rule, filters, settings)
+        previous = self.applied
+        change = compare(previous, new)
+        self.ike.load_policy(list(settings.rules))  # IKE first: it must know the rules the driver acquires
+        self.driver.load_policy(new.spd)
+        self.applied, self._refused = new, None
+        self._schedule_poll()
+        stamp_text = policyfile.format_stamp(policy.last_changed)
+        self.note(kind, f"{policy.name} {{{policy.guid}}} changed {stamp_text}: {len(policy.rules)} rules, "
+                          f"{len(filters)} specific filters" + (f"; {change.describe()}" if previous else ""))
+        for warning in settings.warnings:
+            self.note("policy-warning", warning)
+        return change
+
+    def _unassign(self) -> PolicyChange:
+        change = compare(self.applied, None)
+        if self.applied:
+            self.ike.load_policy([])
+            self.driver.load_policy(spd.SPD())
+            self.note("policy-unassigned", f"{self.applied.policy.name} no longer assigned; "
+                                             f"{change.describe()}")
+        self.applied = None
+        return change
+
+    def _refuse(self, ref: PolicyRef, stamp: Hashable, error: PolicyError) -> None:
+        self._refused = (ref, stamp)
+        self.note("policy-refused", f"{ref.location} refused, keeping {self._in_force()}:\n{error}")
+
+    def _in_force(self) -> str:
+        return f"{self.applied.policy.name!r} in force" if self.applied else "no policy in force"
+
+    def _my_addresses(self) -> tuple[IPv4Address, ...]:
+        return tuple(sorted(set(self.addresses())))
+
+    def _schedule_poll(self) -> None:
+        interval = self.applied.policy.polling_interval if self.applied else self.unassigned_poll_interval
+        self._next_poll = self.clock() + interval
+
+    def note(self, kind: str, message: str) -> None:
+        """Add an event to the log (the Negotiator adds soft associations here too)."""
+        event = Event(self.clock(), kind, message)
+        self.events.append(event)
+        if self.log:
+            self.log(event)
+
+    def ike_rule_for(self, f: spd.Filter) -> IKERule | None:
+        """The IKE rule for a driver's acquire on filter f (the daemon's glue between the two)."""
+        return self.applied.ike.for_filter(f) if self.applied else None
+
+    # --- import and export (a file, keeping GUIDs and change stamps)
+
+    def export(self, path: str | Path, ref: PolicyRef | None = None) -> model.Policy:
+        """Write a policy of the store (the assigned one by default) to a file another node can import."""
+        ref = ref or self.store.assigned_policy()
+        if ref is None:
+            raise LookupError("no policy is assigned; name the policy to export")
+        policy = self.store.load(ref)
+        policyfile.save(policy, path)
+        self.note("policy-exported", f"{policy.name} {{{policy.guid}}} to {path}")
+        return policy
+
+    def import_(self, path: str | Path, assign: bool = False) -> PolicyRef:
+        """Store the policy in a file, replacing the stored policy with the same GUID; optionally assign it.
+
+        It takes effect at the next poll or refresh, as in Windows. PolicyError if the file is bad.
+        """
+        policy = policyfile.load(path)
+        ref = self.store.save(policy)
+        if assign:
+            if not isinstance(self.store, LocalStore):
+                raise TypeError("only a local store takes assignments from this node")
+            self.store.assign(ref)
+        self.note("policy-imported", f"{policy.name} {{{policy.guid}}} from {path} to {ref.location}"
+                                       + (", assigned" if assign else ""))
+        return ref
+
+    # --- what ipsecctl shows (JSON-ready)
+
+    def show_policy(self) -> dict[str, Any] | None:
+        """``ipsecctl show policy``: the policy in force as its file would read, pre-shared keys hidden."""
+        if not self.applied:
+            return None
+        as_file = yaml.safe_load(policyfile.dumps(self.applied.policy, hide_keys=True))
+        return {"location": self.applied.ref.location, **as_file}
+
+    def generic_filters(self) -> list[dict[str, Any]]:
+        """``ipsecctl show filters generic``: the policy's filters as configured ('me', DNS names)."""
+        if not self.applied:
+            return []
+        rows = []
+        for rule in self.applied.policy.rules:
+            for f in rule.filter_list.filters:
+                rows.append({
+                    "rule": rule.name, "filter_list": rule.filter_list.name, "filter": f.name,
+                    "source": str(f.source), "destination": str(f.destination),
+                    "protocol": model.protocol_name(f.protocol), "source_port": f.source_port or "any",
+                    "destination_port": f.destination_port or "any", "mirrored": f.mirrored,
+                    "action": rule.filter_action.name, "tunnel": str(rule.tunnel) if rule.tunnel else None,
+                    "active": rule.active,
+                })
+        return rows
+
+    def specific_filters(self) -> list[dict[str, Any]]:
+        """``ipsecctl show filters specific``: what the driver holds, most specific first."""
+        if not self.applied:
+            return []
+        return [{
+            "name": f.name, "rule": f.rule, "direction": f.direction.value, "source": str(f.src),
+            "destination": str(f.dst), "protocol": model.protocol_name(f.protocol),
+            "source_port": f.src_port or "any", "destination_port": f.dst_port or "any",
+            "action": f.action.action.value, "tunnel": str(f.tunnel) if f.tunnel else None,
+            "weight": list(f.weight), "text": f.describe(),
+        } for f in self.applied.spd.filters]
+
+    def event_log(self, since: float = 0.0) -> list[dict[str, Any]]:
+        return [e.to_dict() | {"text": str(e)} for e in self.events if e.time >= since]
+
+    def stored_policies(self) -> list[dict[str, Any]]:
+        """``ipsecctl show policy --all``: every policy in the store, the assigned one marked."""
+        assigned = self.store.assigned_policy()
+        return [{"location": ref.location, "name": p.name, "guid": str(p.guid),
+                 "when_changed": policyfile.format_stamp(p.last_changed), "assigned": ref == assigned}
+                for ref, p in self.store.list()]
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        """The control-socket commands of the Policy Agent, to merge into the daemon's table for ipsecctl.
+
+        Each takes keyword arguments from the request and returns JSON-ready data; an exception (a refused
+        policy: PolicyError, with file, line and field) becomes the error answer.
+        """
+        def refresh() -> dict[str, Any]:
+            change = self.refresh()
+            applied = self.applied
+            return {"policy": applied.policy.name if applied else None, "change": change.to_dict()}
+
+        def export(path: str, location: str | None = None) -> dict[str, Any]:
+            policy = self.export(path, PolicyRef(location) if location else None)
+            return {"path": path, "name": policy.name, "guid": str(policy.guid)}
+
+        def import_(path: str, assign: bool = False) -> dict[str, Any]:
+            return {"location": self.import_(path, assign).location, "assigned": assign}
+
+        def filters(kind: str = "specific") -> list[dict[str, Any]]:
+            if kind not in ("generic", "specific"):
+                raise ValueError(f"filters are generic or specific, not {kind!r}")
+            return self.generic_filters() if kind == "generic" else self.specific_filters()
+
+        return {"policy": self.show_policy, "policies": self.stored_policies, "policy_filters": filters,
+                "policy_events": self.event_log, "refresh": refresh, "export": export, "import": import_}
+
+
+
+class Negotiator:
+    """The driver's acquire, seen with the policy: which IKE rule negotiates, and when a silent peer gets a
+    soft association instead (the driver's ``ike.acquire(filter, selector)`` hook delegates here).
+
+    Transport mode negotiates for this packet's two addresses (with the filter's protocol and ports), as
+    Windows makes a specific filter per peer; tunnel mode for the filter's subnets. IKE must call
+    ``peer_answered(peer)`` on any message from a peer: from then on it never gets clear text.
+    """
+
+    def __init__(self, agent: PolicyAgent, ike: Acquiring, driver: SoftSAs,
+                 soft: SoftAssociations | None = None) -> None:
+        self.agent, self.ike, self.driver = agent, ike, driver
+        self.soft = soft or SoftAssociations()
+
+    def acquire(self, f: spd.Filter, sel: spd.Selector) -> None:
+        peer = str(f.tunnel) if f.tunnel else str(IPv4Address(sel.dst))
+        now = self.agent.clock()
+        if self.soft.verdict(peer, f.action, now) is Verdict.CLEAR:
+            self.driver.add_soft_sa(f.name, peer)
+            self.agent.note("soft-association", f"{peer} never answered IKE: {f.name} traffic goes in clear"
+                                                f" ({self.soft.count} soft associations)")
+            return
+        rule = self.agent.ike_rule_for(f)
+        if rule is None:
+            self.agent.note("no-ike-rule", f"{f.name}: no IKE rule (see the policy warnings); not secured")
+            return
+        ports = (f.protocol or 0, f.src_port or 0, f.dst_port or 0)
+        if f.tunnel:
+            local, remote = IKESelector(f.src, ports[0], ports[1]), IKESelector(f.dst, ports[0], ports[2])
+        else:
+            local = IKESelector(IPv4Network(IPv4Address(sel.src)), ports[0], ports[1])
+            remote = IKESelector(IPv4Network(IPv4Address(sel.dst)), ports[0], ports[2])
+        self.soft.negotiation_started(peer, now)
+        self.ike.acquire(rule, local, remote, peer)
+
+    def peer_answered(self, peer: str) -> None:
+        self.soft.peer_answered(peer)

@@ -1,0 +1,339 @@
+"""The IKE component over an in-memory network and a manual clock.
+
+Retransmission, duplicates, NAT-T with port rewriting, keepalives, lifetimes and rekey, deletes, counters.
+(test_ike_loopback.py runs the same component over real sockets.)
+"""
+
+import heapq
+import itertools
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from ipsecd.ike import natt
+from ipsecd.ike.ike import IKE, RETRANSMIT_BACKOFF, Rule
+from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
+from tests.unit.test_ike_exchanges import mirrored
+
+
+class ManualClock:
+    def __init__(self):
+        self.now, self.queue, self.seq = 0.0, [], itertools.count()
+
+    def time(self):
+        return self.now
+
+    def call_later(self, delay, callback):
+        handle = Handle(callback)
+        heapq.heappush(self.queue, (self.now + delay, next(self.seq), handle))
+        return handle
+
+    def advance(self, seconds, network):
+        end = self.now + seconds
+        while self.queue and self.queue[0][0] <= end:
+            when, _, handle = heapq.heappop(self.queue)
+            self.now = when
+            if not handle.cancelled:
+                handle.callback()
+            network.run()
+        self.now = end
+
+
+class Handle:
+    def __init__(self, callback):
+        self.callback, self.cancelled = callback, False
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class RecordingDriver:
+    def __init__(self):
+        self.added, self.deleted = [], []
+
+    def add_sa(self, sa):
+        self.added.append(sa)
+
+    def delete_sa(self, spi, destination, protocol):
+        self.deleted.append((spi, destination, protocol))
+
+
+class Network:
+    """Delivers datagrams between IKE instances; optionally a NAT rewriting one node's address and ports."""
+
+    def __init__(self, clock):
+        self.nodes, self.queue, self.log, self.clock = {}, [], [], clock
+        self.drop = lambda src, dst, data: False
+        self.nat = None  # (private address, public address)
+        self.mappings = {}
+
+    def attach(self, address, policy_rules, **kw):
+        driver = RecordingDriver()
+        ike = IKE(
+            address,
+            driver,
+            clock=self.clock,
+            send_4500=lambda d, a, s=address: self.send(d, (s, 4500), a),
+            **kw,
+        )
+        ike.sender = lambda d, a, port, s=address: self.send(natt.frame(d, port), (s, port), a)
+        ike.load_policy(policy_rules)
+        self.nodes[address] = (ike, driver)
+        return ike, driver
+
+    def send(self, data, src, dst):
+        if self.nat and src[0] == self.nat[0]:
+            port = self.mappings.setdefault(src, 40000 + len(self.mappings) * 7)
+            src = (self.nat[1], port)
+        if self.nat and dst[0] == self.nat[1]:
+            dst = next(private for private, port in self.mappings.items() if port == dst[1])
+        self.queue.append((data, src, dst))
+
+    def run(self):
+        while self.queue:
+            data, src, dst = self.queue.pop(0)
+            self.log.append((self.clock.now, src, dst, data))
+            if self.drop(src, dst, data) or dst[0] not in self.nodes:
+                continue
+            ike = self.nodes[dst[0]][0]
+            if dst[1] == 4500:
+                ike.datagram_4500(data, src)
+            else:
+                ike.datagram_received(data, src, dst[1])
+
+
+A, B = "10.0.0.1", "10.0.0.2"
+
+
+def host(address):
+    return Selector.parse(f"{address}/32")
+
+
+def pair(policy_a, policy_b=None, address_a=A, address_b=B):
+    clock = ManualClock()
+    net = Network(clock)
+    rule_a = Rule("to-b", policy_a, host(address_a), Selector.parse("10.0.0.0/8"))
+    rule_b = Rule("to-a", policy_b or policy_a, host(address_b), Selector.parse("0.0.0.0/0"))
+    a = net.attach(address_a, [rule_a])
+    b = net.attach(address_b, [rule_b])
+    return clock, net, a, b, rule_a
+
+
+PSK = PeerPolicy(auth=[PreSharedKey(b"k")])
+
+
+@dataclass
+class Lab:
+    clock: ManualClock
+    net: Network
+    ike_a: IKE
+    drv_a: RecordingDriver
+    ike_b: IKE
+    drv_b: RecordingDriver
+    rule: Rule
+
+
+def negotiate(policy_a=PSK, policy_b=None, **kw) -> Lab:
+    clock, net, (ike_a, drv_a), (ike_b, drv_b), rule = pair(policy_a, policy_b, **kw)
+    ike_a.acquire(rule, host(A), host(B), B)
+    net.run()
+    return Lab(clock, net, ike_a, drv_a, ike_b, drv_b, rule)
+
+
+def test_acquire_negotiates_and_installs_matching_sas():
+    lab = negotiate()
+    assert len(lab.drv_a.added) == len(lab.drv_b.added) == 1
+    sa_a, sa_b = lab.drv_a.added[0], lab.drv_b.added[0]
+    assert mirrored(sa_a, sa_b)
+    assert sa_a.inbound.dst == A and sa_a.outbound.dst == B
+    assert len(lab.net.log) == 9  # 6 main mode + 3 quick mode messages
+    for ike in (lab.ike_a, lab.ike_b):
+        assert ike.counters["Oakley Main Modes"] == 1 and ike.counters["Oakley Quick Modes"] == 1
+        assert ike.counters["Key Additions"] == 2
+    assert lab.ike_a.main_mode_sas()[0]["algorithms"] == "3DES/SHA1/group 2"
+    assert lab.ike_b.quick_mode_sas()[0]["security method"] == "ESP[3DES,SHA1]"
+    status = json.loads(json.dumps(lab.ike_b.status()))  # what ipsecctl gets over the control socket
+    assert status["counters"]["Oakley Quick Modes"] == 1 and status["main mode SAs"][0]["role"] == "responder"
+    assert any("established" in text for _, text in lab.ike_a.events)
+
+
+def test_second_acquire_reuses_the_main_mode():
+    lab = negotiate()
+    lab.ike_a.acquire(lab.rule, Selector(host(A).network, 6), Selector(host(B).network, 6, 80), B)
+    lab.net.run()
+    assert lab.ike_a.counters["Oakley Main Modes"] == 1 and lab.ike_a.counters["Oakley Quick Modes"] == 2
+    assert len(lab.net.log) == 12
+
+
+def test_retransmission_backs_off_1_2_4_8_16_32_then_fails():
+    clock, net, (ike_a, _), _, rule = pair(PSK)
+    net.drop = lambda src, dst, data: dst[0] == B  # UDP 500 to B blocked
+    ike_a.acquire(rule, host(A), host(B), B)
+    net.run()
+    clock.advance(200, net)
+    sends = [t for t, src, dst, _ in net.log if dst[0] == B]
+    assert sends == [0, 1, 3, 7, 15, 31, 63]
+    assert ike_a.counters["Retransmissions"] == 6
+    assert ike_a.counters["Negotiation Failures: no response"] == 1
+    assert any("UDP 500 blocked" in text for _, text in ike_a.events)
+
+
+def test_lost_reply_is_answered_from_the_last_reply():
+    clock, net, (ike_a, drv_a), (ike_b, drv_b), rule = pair(PSK)
+    dropped = []
+
+    def drop_first_mm4(src, dst, data):
+        if src[0] == B and len(data) > 150 and not dropped:  # MM4 (KE + nonce) is the first long reply
+            dropped.append(data)
+            return True
+        return False
+
+    net.drop = drop_first_mm4
+    ike_a.acquire(rule, host(A), host(B), B)
+    net.run()
+    assert not drv_a.added and dropped
+    clock.advance(1, net)
+    assert ike_b.counters["Duplicates Answered"] == 1 and ike_a.counters["Retransmissions"] == 1
+    assert len(drv_a.added) == len(drv_b.added) == 1
+
+
+def test_wrong_psk_counts_authentication_failures_on_both_sides():
+    lab = negotiate(PSK, PeerPolicy(auth=[PreSharedKey(b"other")]))
+    # the responder drops the first main mode 5 it cannot decrypt (a corrupted datagram looks the same)
+    assert lab.ike_b.counters["Malformed Packets"] == 1 and lab.ike_b.counters["Authentication Failures"] == 0
+    lab.clock.advance(1, lab.net)  # the initiator's retransmission settles it
+    assert not lab.drv_a.added and not lab.drv_b.added
+    for ike in (lab.ike_a, lab.ike_b):
+        assert ike.counters["Authentication Failures"] == 1
+        assert ike.counters["Negotiation Failures: authentication failed"] == 1
+
+
+def test_main_mode_proposal_mismatch_is_logged_in_words():
+    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], main_mode=[MainModeOffer("aes128", "sha256", 14)])
+    lab = negotiate(PSK, policy_b)
+    assert lab.ike_b.counters["Negotiation Failures: no proposal chosen"] == 1
+    assert any(
+        "offered 3DES/SHA1/group 2/PSK; we accept AES128/SHA256/group 14/PSK" in t
+        for _, t in lab.ike_b.events
+    )
+    assert lab.ike_a.counters["Negotiation Failures: no proposal chosen"] == 1
+
+
+def test_quick_mode_mismatch_reaches_the_initiator():
+    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("ah", None, "md5")])
+    lab = negotiate(PSK, policy_b)
+    assert lab.ike_a.counters["Oakley Main Modes"] == 1 and not lab.drv_a.added
+    assert lab.ike_a.counters["Negotiation Failures: no proposal chosen"] == 1
+    assert any("refused quick mode: NO-PROPOSAL-CHOSEN" in t for _, t in lab.ike_a.events)
+    lab.clock.advance(100, lab.net)
+    assert lab.ike_a.counters["Retransmissions"] == 0
+
+
+def negotiate_through_nat() -> Lab:
+    """A at 192.168.1.10 behind a NAT that shows it as 203.0.113.5 and rewrites its source ports."""
+    clock = ManualClock()
+    net = Network(clock)
+    net.nat = ("192.168.1.10", "203.0.113.5")
+    rule_a = Rule("to-b", PSK, host("192.168.1.10"), host(B))
+    (ike_a, drv_a), (ike_b, drv_b) = net.attach("192.168.1.10", [rule_a]), net.attach(B, [Rule("any", PSK)])
+    ike_a.acquire(rule_a, host("192.168.1.10"), host(B), B)
+    net.run()
+    return Lab(clock, net, ike_a, drv_a, ike_b, drv_b, rule_a)
+
+
+def test_nat_with_port_rewriting_floats_to_4500_and_sends_keepalives():
+    lab = negotiate_through_nat()
+    clock, net, ike_a, drv_a, drv_b = lab.clock, lab.net, lab.ike_a, lab.drv_a, lab.drv_b
+    ports = [(src, dst[1]) for _, src, dst, _ in net.log]
+    assert [p for _, p in ports[:4]] == [500] * 4 and all(p == 4500 for _, p in ports[4:])
+    assert ports[0][0] == ("203.0.113.5", 40000) and ports[4][0] == ("203.0.113.5", 40007)
+    sa_a, sa_b = drv_a.added[0], drv_b.added[0]
+    assert sa_a.udp_encapsulation == (4500, 4500) and sa_b.udp_encapsulation == (4500, 40007)
+    assert sa_b.outbound.dst == "203.0.113.5"
+    assert ike_a.main_mode_sas()[0]["nat"] == "we are behind a NAT"
+    start = len(net.log)
+    clock.advance(61, net)
+    keepalives = [t for t, src, dst, d in net.log[start:] if d == natt.KEEPALIVE]
+    assert keepalives == [20, 40, 60]
+
+
+def test_quick_mode_rekeys_before_expiry_and_old_sas_go_at_hard_lifetime():
+    policy = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer(lifetime_seconds=600)])
+    lab = negotiate(policy)
+    old = lab.drv_a.added[0]
+    lab.clock.advance(541, lab.net)  # 90 %
+    assert len(lab.drv_a.added) == len(lab.drv_b.added) == 2 and not lab.drv_a.deleted
+    lab.clock.advance(60, lab.net)
+    assert {spi for spi, *_ in lab.drv_a.deleted} == {old.inbound.spi, old.outbound.spi}
+    assert {spi for spi, *_ in lab.drv_b.deleted} == {old.inbound.spi, old.outbound.spi}
+    assert len(lab.ike_a.quick_modes) == len(lab.ike_b.quick_modes) == 1
+
+
+def test_main_mode_expires_and_a_new_one_serves_the_next_rekey():
+    policy = PeerPolicy(
+        auth=[PreSharedKey(b"k")],
+        main_mode=[MainModeOffer(lifetime=300)],
+        quick_mode=[QuickModeOffer(lifetime_seconds=600)],
+    )
+    lab = negotiate(policy)
+    lab.clock.advance(301, lab.net)
+    assert not lab.ike_a.main_modes and not lab.ike_b.main_modes
+    lab.clock.advance(300, lab.net)  # quick mode soft lifetime: needs a new main mode first
+    assert lab.ike_a.counters["Oakley Main Modes"] == 2 and len(lab.drv_b.added) == 2
+
+
+def test_idle_sa_is_deleted_on_both_sides():
+    lab = negotiate()
+    lab.ike_a.idle(lab.drv_a.added[0].inbound.spi)
+    lab.net.run()
+    assert len(lab.drv_a.deleted) == len(lab.drv_b.deleted) == 2
+    assert not lab.ike_b.quick_modes and lab.ike_b.counters["Key Deletions"] == 2
+
+
+@pytest.mark.parametrize("dead", ["garbage", "truncated"])
+def test_malformed_datagrams_are_dropped_and_counted(dead):
+    lab = negotiate()
+    data = b"\x00" * 40 if dead == "garbage" else lab.net.log[0][3][:50]
+    lab.ike_b.datagram_received(data, (A, 500), 500)
+    assert lab.ike_b.counters["Malformed Packets"] == 1
+    assert any("malformed" in t for _, t in lab.ike_b.events)
+
+
+def test_retransmission_constants_are_windows():
+    assert RETRANSMIT_BACKOFF == (1, 2, 4, 8, 16, 32)
+
+
+def test_invalid_spi_makes_the_peer_drop_its_outbound_sa():
+    lab = negotiate()
+    stale = lab.drv_b.added[0].inbound.spi
+    lab.ike_b.quick_modes.clear()  # B lost the SA (say the driver was restarted) but A still uses it
+    lab.ike_b.invalid_spi(stale, A)
+    lab.ike_b.invalid_spi(stale, A)  # rate limited: one notify per SPI and minute
+    lab.net.run()
+    assert {spi for spi, *_ in lab.drv_a.deleted} == {stale, lab.drv_a.added[0].inbound.spi}
+    assert len(lab.net.log) == 10 and not lab.ike_a.quick_modes
+    assert any("does not know SPI" in t for _, t in lab.ike_a.events)
+
+
+def test_initial_contact_from_a_restarted_peer_clears_its_old_sas():
+    lab = negotiate()
+    old = lab.drv_b.added[0]
+    restarted, _ = lab.net.attach(A, [lab.rule])  # A comes back with no memory of its SAs
+    restarted.acquire(lab.rule, host(A), host(B), B)
+    lab.net.run()
+    assert {spi for spi, *_ in lab.drv_b.deleted} == {old.inbound.spi, old.outbound.spi}
+    assert len(lab.ike_b.main_modes) == 1 and len(lab.ike_b.quick_modes) == 1
+    assert any("INITIAL-CONTACT" in t for _, t in lab.ike_b.events)
+
+
+def test_bundle_sas_are_installed_and_deleted_together():
+    bundle = PeerPolicy(
+        auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("esp", "3des", "sha1", ah="sha1")]
+    )
+    lab = negotiate(bundle)
+    assert lab.ike_a.counters["Key Additions"] == 4 and len(lab.drv_b.added[0].inbound.chain()) == 2
+    lab.ike_a.idle(lab.drv_a.added[0].inbound.spi)
+    lab.net.run()
+    assert len(lab.drv_a.deleted) == len(lab.drv_b.deleted) == 4
+    assert {p for *_, p in lab.drv_b.deleted} == {"ah", "esp"} and not lab.ike_b.quick_modes

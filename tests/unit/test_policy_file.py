@@ -1,0 +1,212 @@
+"""Policy files: parsing of every field, errors with file/line/field, round trip, shared parts."""
+
+import uuid
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from ipsecd import spd
+from ipsecd.policy import model, policyfile
+from ipsecd.policy.model import Endpoint, EndpointKind, MainModeMethod, parse_security_method
+from ipsecd.policy.validate import PolicyError
+
+WEB = """\
+name: Web servers
+guid: 298d1349-9106-4074-80e8-0ab25a82fedc
+when_changed: 2004-05-13T08:21:40Z
+polling_interval: 5s
+key_exchange:
+  methods: [3DES-SHA1-14, DES-MD5-1]
+  lifetime: 8h
+  sessions: 0
+  master_key_pfs: true
+rules:
+  - name: secure web
+    filter_list: &web
+      name: web
+      filters:
+        - {name: http, source: me, destination: 10.0.0.0/24, protocol: tcp, destination_port: 80}
+        - {name: dns, source: any, destination: dc.lab.test, protocol: udp, source_port: 53, mirrored: false}
+    filter_action:
+      name: require
+      action: negotiate
+      pfs: true
+      security_methods: ["ESP[3DES,SHA1]:50000k/600s", "AH[MD5]+ESP[DES,None]"]
+    authentication: [{psk: s3cret}, {certificate: CN=Lab Root CA}, kerberos]
+  - name: block web elsewhere
+    filter_list: *web
+    filter_action: {name: block, action: block}
+    connection_type: lan
+    active: false
+  - name: to branch
+    filter_list:
+      name: lan to branch
+      filters: [{source: 10.1.0.0/16, destination: 10.2.0.0/16, mirrored: false}]
+    filter_action: {name: tunnel, action: negotiate, security_methods: ["ESP[3DES,SHA1]"]}
+    authentication: [{psk: branch}]
+    tunnel: 192.0.2.2
+default_response_rule:
+  authentication: [{psk: s3cret}]
+"""
+
+
+def fail(text: str, source: str = "p.yaml") -> str:
+    with pytest.raises(PolicyError) as e:
+        policyfile.loads(text, source)
+    return str(e.value)
+
+
+def test_every_field_is_read():
+    p = policyfile.loads(WEB)
+    assert p.guid == uuid.UUID("298d1349-9106-4074-80e8-0ab25a82fedc")
+    assert p.when_changed == 0x40A33014  # the documents' whenChanged of this policy, 40a33014
+    assert p.polling_interval == 5
+    assert p.key_exchange.methods == (MainModeMethod("3des-cbc", "sha1", 14),
+                                      MainModeMethod("des-cbc", "md5", 1))
+    assert (p.key_exchange.lifetime_seconds, p.key_exchange.master_key_pfs) == (28800, True)
+    web, blocked, branch = p.rules
+    http, dns = web.filter_list.filters
+    assert http.source.kind is EndpointKind.ME and http.destination.network == IPv4Network("10.0.0.0/24")
+    assert (http.protocol, http.source_port, http.destination_port, http.mirrored) == (6, None, 80, True)
+    assert dns.destination == Endpoint(EndpointKind.DNS, dns_name="dc.lab.test")
+    assert (dns.protocol, dns.source_port, dns.mirrored) == (17, 53, False)
+    action = web.filter_action
+    assert action.action is spd.Action.NEGOTIATE and action.pfs
+    assert action.security_methods[0] == spd.SecurityMethod("3des-cbc", "hmac-sha1-96", None, 600, 50000)
+    assert action.security_methods[1] == spd.SecurityMethod("des-cbc", None, "hmac-md5-96", 3600, 100000)
+    assert [a.kind for a in web.authentication] == ["psk", "certificate", "kerberos"]
+    assert (web.authentication[0].psk, web.authentication[1].ca) == ("s3cret", "CN=Lab Root CA")
+    assert blocked.filter_list is web.filter_list  # a YAML alias is one shared object
+    assert (blocked.active, blocked.connection_type) == (False, model.ConnectionType.LAN)
+    assert branch.tunnel == IPv4Address("192.0.2.2") and web.tunnel is None
+    assert p.default_response.security_methods == model.DEFAULT_RESPONSE_METHODS
+
+
+def test_round_trip_keeps_identities_stamps_and_sharing():
+    p = policyfile.loads(WEB)
+    text = policyfile.dumps(p)
+    assert policyfile.loads(text) == p
+    assert text.count("name: web\n") == 1  # the shared filter list is written once, then referenced
+
+
+def test_missing_guids_are_derived_and_stable():
+    first, second = policyfile.loads(WEB), policyfile.loads(WEB)
+    assert first.rules[0].guid == second.rules[0].guid
+    assert len({first.guid, first.rules[0].guid, first.rules[2].guid, first.key_exchange.guid}) == 4
+    assert first.rules[0].when_changed == first.when_changed  # parts without a stamp take the policy's
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10.0.0.1", Endpoint(EndpointKind.ADDRESS, IPv4Network("10.0.0.1/32"))),
+    ("10.0.0.1/32", Endpoint(EndpointKind.SUBNET, IPv4Network("10.0.0.1/32"))),
+    ("ME", model.ME),
+    ("any", model.ANY),
+    ("Server-1.lab.test.", Endpoint(EndpointKind.DNS, dns_name="server-1.lab.test")),
+])
+def test_endpoints(text, expected):
+    assert Endpoint.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["my ip", "10.0.0.300", "10.0.0.1/24", "-bad.lab", "10.0.0.0/33", ""])
+def test_bad_endpoints_are_refused(text):
+    with pytest.raises(ValueError):
+        Endpoint.parse(text)
+
+
+@pytest.mark.parametrize("text", ["ESP[3DES]", "ESP[None,None]", "AH[3DES]", "ESP[DES,MD5]+ESP[DES,MD5]",
+                                  "ESP[DES,MD5]:abc", "GRE[X]"])
+def test_bad_security_methods_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_security_method(text)
+
+
+def test_security_methods_format_back_as_netsh_writes_them():
+    for text in ("ESP[3DES,SHA1]:100000k/3600s", "AH[MD5]+ESP[DES,None]:1000k/60s", "AH[SHA1]:100000k/300s"):
+        assert model.format_security_method(parse_security_method(text)) == text
+
+
+def test_error_names_file_line_and_field():
+    text = WEB.replace("destination: 10.0.0.0/24", "destination: my ip")
+    assert fail(text, "policies/web.yaml") == (
+        "policies/web.yaml:15: rules[0].filter_list.filters[0].destination: "
+        "'my ip' is not an address, subnet, 'me', 'any' or DNS name")
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("  lifetime: 8h", "  lifetime: 480", "p.yaml:7: key_exchange.lifetime: 480 is not a duration"),
+    ("    connection_type: lan", "    connection_type: dialup",
+     "p.yaml:26: rules[1].connection_type: 'dialup' is not all, lan or remote_access"),
+    ("      pfs: true", "      pfs: yes please",
+     "p.yaml:20: rules[0].filter_action.pfs: 'yes please' is not true"),
+    ("    tunnel: 192.0.2.2", "    tunnel: gw.lab",
+     "p.yaml:34: rules[2].tunnel: 'gw.lab' is not the IPv4 address"),
+    ("    filter_action: {name: block, action: block}", "    filter_action: {name: block, action: deny}",
+     "p.yaml:25: rules[1].filter_action.action: 'deny' is not permit, block or negotiate"),
+    ("  methods: [3DES-SHA1-14, DES-MD5-1]", "  methods: [3DES-SHA1-5]",
+     "p.yaml:6: key_exchange.methods[0]: '3DES-SHA1-5' is not <3DES|DES>-<SHA1|MD5>-<1|2|14>"),
+    ("    active: false", "    actve: false", "p.yaml:27: rules[1].actve: unknown field"),
+    ("{psk: s3cret}, {cert", "{psk: s3cret, certificate: x}, {cert",
+     "p.yaml:22: rules[0].authentication[0]: write kerberos"),
+    ("name: Web servers\n", "", "p.yaml:1: missing field 'name'"),
+    ("  - name: to branch\n", "  - nom: to branch\n", "p.yaml:28: rules[2].nom: unknown field"),
+])
+def test_structural_errors(old, new, expected):
+    assert old in WEB
+    assert fail(WEB.replace(old, new)).startswith(expected)
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("destination_port: 80}", "destination_port: 80, protocol: icmp}", "given twice"),
+    ("protocol: tcp, destination_port: 80", "protocol: icmp, destination_port: 80",
+     "p.yaml:15: rules[0].filter_list.filters[0].protocol: ports need protocol tcp or udp"),
+    ("10.2.0.0/16, mirrored: false}", "10.2.0.0/16}",
+     "p.yaml:31: rules[2].filter_list.filters[0].mirrored: filters of a tunnel rule cannot be mirrored"),
+    ("    authentication: [{psk: branch}]\n", "",
+     "p.yaml:28: rules[2].authentication: negotiating security needs at least one authentication method"),
+    ("{psk: branch}", "{psk: ''}", "p.yaml:33: rules[2].authentication[0].psk: the pre-shared key is empty"),
+    ("  - name: to branch", "  - name: secure web",
+     "p.yaml:28: rules[2].name: 'secure web' is already the name"),
+    ("{name: block, action: block}", "{name: block, action: block, security_methods: ['AH[MD5]']}",
+     "p.yaml:25: rules[1].filter_action.security_methods: only negotiate uses security methods, not block"),
+    ("      action: negotiate\n      pfs: true\n", "      action: permit\n      pfs: true\n",
+     "p.yaml:20: rules[0].filter_action.pfs: only negotiate uses pfs, not permit"),
+])
+def test_validation_errors_have_lines(old, new, expected):
+    assert old in WEB
+    assert expected in fail(WEB.replace(old, new))
+
+
+def test_every_problem_is_reported_at_once():
+    text = WEB.replace("{psk: branch}", "{psk: ''}").replace("10.2.0.0/16, mirrored: false}", "10.2.0.0/16}")
+    assert len(fail(text).splitlines()) == 2
+
+
+def test_a_guid_used_by_two_different_objects_is_refused():
+    text = WEB.replace("      name: lan to branch\n",
+                       "      name: lan to branch\n      guid: 298d1349-9106-4074-80e8-0ab25a82fedc\n")
+    expected = "rules[2].filter_list.guid: 298d1349-9106-4074-80e8-0ab25a82fedc is already the GUID of the p"
+    assert expected in fail(text)
+
+
+def test_not_yaml_and_empty_files_are_refused_with_their_line():
+    assert fail("name: [unclosed\nrules: []\n").startswith("p.yaml:2: not valid YAML")
+    assert fail("") == "p.yaml: the file is empty"
+    assert fail("- a list\n") == "p.yaml:1: must be a mapping"
+
+
+def test_load_names_a_missing_file(tmp_path):
+    with pytest.raises(PolicyError, match=r"nothere\.yaml: cannot read"):
+        policyfile.load(tmp_path / "nothere.yaml")
+
+
+def test_hidden_keys_are_hidden():
+    text = policyfile.dumps(policyfile.loads(WEB), hide_keys=True)
+    assert "s3cret" not in text and "branch}" not in text and "********" in text
+
+
+def test_the_documented_example_loads():
+    doc = (Path(__file__).parents[2] / "docs" / "policy.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    rules = policyfile.loads(example, "docs/policy.md").rules
+    assert [r.name for r in rules] == ["block telnet", "secure host-b"]

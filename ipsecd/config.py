@@ -76,12 +76,33 @@ class ManualSA:
 
 
 @dataclass(frozen=True)
+class IKESettings:
+    """How IKE runs on this node (what it negotiates comes from the policy). Paths are absolute here."""
+
+    address: IPv4Address | None = None  # UDP 500 is bound here; None: the node's first address (TUN excluded)
+    retransmit: tuple[float, ...] = (1, 2, 4, 8, 16, 32)  # seconds between sends (Windows: 7 sends)
+    keepalive_seconds: float = 20.0  # NAT-T keepalives from behind a NAT (RFC 3948 §2.3)
+    certificate: Path | None = None  # this node's certificate (PEM), for certificate authentication
+    private_key: Path | None = None  # its RSA key (PEM, unencrypted)
+    trusted_cas: tuple[Path, ...] = ()  # CA certificates (PEM); a policy names the CA it trusts
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Where the Policy Agent reads the node's IPsec policy (docs/policy.md)."""
+
+    store: Path  # a LocalStore folder: one policy per *.yaml and an `assigned` file
+    assign: str | None = None  # at start, assign this file of the store (else `assigned` says which)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: str
     driver: DriverSettings
     spd: SPD
     sas: tuple[ManualSA, ...] = ()
-    ike: dict[str, Any] = field(default_factory=dict)  # handed to IKE as is; IKE checks it
+    ike: IKESettings = field(default_factory=IKESettings)
+    policy: PolicySettings | None = None  # IKE and a Windows-style policy instead of filters and manual SAs
 
 
 def load(path: str | Path = DEFAULT_PATH) -> NodeConfig:
@@ -160,7 +181,7 @@ class _Reader:
     # -- top level -------------------------------------------------------------------------------------------
 
     def node(self, data: Any) -> NodeConfig:
-        data = self.mapping(data, "", {"node", "driver", "filters", "actions", "sas", "ike"})
+        data = self.mapping(data, "", {"node", "driver", "filters", "actions", "sas", "ike", "policy"})
         driver = self.driver(data.get("driver") or {})
         actions = self.actions(data.get("actions") or {})
         filters = self.filters(data.get("filters"), actions)
@@ -172,11 +193,58 @@ class _Reader:
             if key in seen:
                 raise self.error(f"sas[{i}].spi", f"same SPI, destination and protocol as sas[{seen[key]}]")
             seen[key] = i
-        ike = data.get("ike") or {}
-        if not isinstance(ike, dict):
-            raise self.error("ike", "expected a mapping")
+        policy = self.policy(data["policy"]) if data.get("policy") is not None else None
+        if policy is not None:
+            manual = next((key for key in ("filters", "actions", "sas") if data.get(key)), None)
+            if manual:
+                raise self.error(manual, "a node takes either a policy (policy:, negotiated by IKE) or "
+                                         "manual filters and SAs (filters:, actions:, sas:), not both; "
+                                         "move the filters into the policy file")
+        elif data.get("ike") is not None:
+            raise self.error("ike", "IKE negotiates what a policy asks for: add policy: {store: ...}")
+        ike = self.ike(data.get("ike") or {})
         spd = SPD(f for pair in filters.values() for f in pair)
-        return NodeConfig(self.name, driver, spd, sas, ike)
+        return NodeConfig(self.name, driver, spd, sas, ike, policy)
+
+    def path(self, value: Any, path: str) -> Path:
+        """A file or folder named in the configuration; relative paths are relative to the file itself."""
+        if not isinstance(value, str) or not value:
+            raise self.error(path, f"expected a path, got {value!r}")
+        return (Path(self.name).parent / value).absolute()
+
+    def policy(self, raw: Any) -> PolicySettings:
+        raw = self.mapping(raw, "policy", {"store", "assign"}, {"store"})
+        assign = raw.get("assign")
+        if assign is not None and (not isinstance(assign, str) or "/" in assign or not assign):
+            raise self.error("policy.assign", f"expected the file name of a policy in the store, "
+                                              f"got {assign!r}")
+        return PolicySettings(self.path(raw["store"], "policy.store"), assign)
+
+    def ike(self, raw: Any) -> IKESettings:
+        raw = self.mapping(raw, "ike", {"address", "retransmit", "keepalive_seconds", "certificate",
+                                        "private_key", "trusted_cas"})
+        values: dict[str, Any] = {}
+        if raw.get("address") is not None:
+            values["address"] = self.convert("ike.address", raw["address"], IPv4Address)
+        if "retransmit" in raw:
+            seconds = self.sequence(raw["retransmit"], "ike.retransmit")
+            if not seconds or not all(_positive(s) for s in seconds):
+                raise self.error("ike.retransmit", f"expected a list of positive seconds, got {seconds!r}")
+            values["retransmit"] = tuple(seconds)
+        if "keepalive_seconds" in raw:
+            if not _positive(raw["keepalive_seconds"]):
+                raise self.error("ike.keepalive_seconds", f"expected positive seconds, got "
+                                                          f"{raw['keepalive_seconds']!r}")
+            values["keepalive_seconds"] = raw["keepalive_seconds"]
+        for key in ("certificate", "private_key"):
+            if raw.get(key) is not None:
+                values[key] = self.path(raw[key], f"ike.{key}")
+        values["trusted_cas"] = tuple(self.path(p, f"ike.trusted_cas[{i}]")
+                                      for i, p in enumerate(self.sequence(raw.get("trusted_cas"),
+                                                                          "ike.trusted_cas")))
+        if ("certificate" in values) != ("private_key" in values):
+            raise self.error("ike.certificate", "certificate and private_key go together")
+        return IKESettings(**values)
 
     def driver(self, raw: Any) -> DriverSettings:
         known = DriverSettings.__dataclass_fields__
@@ -336,6 +404,10 @@ class _Reader:
             return algo.name, bytes.fromhex(digits)
         except ValueError:
             raise self.error(f"{path}.{key_key}", "expected hex digits 0-9, a-f") from None
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def _network(value: Any) -> IPv4Network:

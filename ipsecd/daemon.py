@@ -1,10 +1,15 @@
 """ipsecd: builds the IPsec driver from the node configuration and runs it with its control socket.
 
     ipsecd [-c /etc/ipsecd/ipsecd.yaml]        run (foreground; logs to stderr)
-    ipsecd --check [-c FILE]                   check the configuration file and exit
+    ipsecd --check [-c FILE]                   check the configuration file (and the assigned policy) and exit
+
+Two ways to configure a node (docs/ike.md): manual filters and SAs (`filters:`, `sas:`), or a Windows-style
+policy (`policy:`), which the Policy Agent reads and IKE negotiates (`ike:` says how IKE runs). With a policy
+the three components are wired as docs/ARCHITECTURE.md draws them, through ike_bridge.IKEBridge.
 
 A bad configuration file makes ipsecd refuse to start (exit code 2, the file, line and field on stderr);
-`ipsecctl reload` (or SIGHUP) re-reads it and keeps the previous configuration if the new one is bad.
+`ipsecctl reload` (or SIGHUP) re-reads it and keeps the previous configuration if the new one is bad. A bad
+policy is refused by the Policy Agent (`ipsecctl events` says why) and the policy in force stays.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from ipsecd import config, control, wireshark
 from ipsecd.config import ConfigError, ManualSA, NodeConfig
 from ipsecd.counters import GLOBAL_COUNTERS
 from ipsecd.driver import DRIVER_COUNTERS, Driver, KernelWire
+from ipsecd.ike.ike import IKE
+from ipsecd.ike_bridge import IKEBridge, certificate_source
 from ipsecd.netfilter import Marks, Netfilter
+from ipsecd.policy import interface_manager
+from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
+from ipsecd.policy.validate import PolicyError
+from ipsecd.policy_agent import Negotiator, PolicyAgent, PolicyChange
 from ipsecd.sad import Lifetime, SecurityAssociation
 from ipsecd.tun import Tun
 
@@ -38,6 +49,102 @@ COUNTER_LABELS = dict(GLOBAL_COUNTERS) | dict(DRIVER_COUNTERS) | {
 }
 
 Group = tuple[ManualSA, ...]
+
+
+def ike_counter_key(name: str) -> str:
+    """An IKE counter (ipsecmon's name) as a stats key, prefixed so it never meets a driver counter.
+
+    >>> ike_counter_key("Oakley Main Modes")
+    'ike_oakley_main_modes'
+    """
+    return "ike_" + "_".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+
+
+def event_kind(text: str) -> str:
+    """A kind for an IKE event line, so `ipsecctl events` reads like the policy events beside it."""
+    for word, kind in (("failed", "negotiation-failed"), ("refused", "negotiation-failed"),
+                       ("no answer", "negotiation-failed"), ("established", "main-mode"),
+                       ("installed", "quick-mode"), ("rekey", "rekey"), ("deleted", "sa-deleted"),
+                       ("malformed", "malformed")):
+        if word in text:
+            return kind
+    return "ike"
+
+
+class PolicyKeying:
+    """The Policy Agent, IKE and the Negotiator of a policy-configured node, wired to its driver."""
+
+    def __init__(self, cfg: NodeConfig, driver: Driver, wire: KernelWire) -> None:
+        s, p = cfg.ike, cfg.policy
+        self.tun = cfg.driver.tun
+        self.bridge = IKEBridge(driver, cfg.driver.replay_window)
+        driver.ike = self.bridge
+        address = s.address or next(iter(self.addresses()), None)
+        if address is None:
+            raise ConfigError(f"{cfg.path}: ike.address: this node has no IPv4 address to run IKE on")
+        self.ike = IKE(str(address), self.bridge, send_4500=wire.send_udp, retransmit=s.retransmit,
+                       keepalive_interval=s.keepalive_seconds)
+        self.bridge.ike = self.ike
+        store = LocalStore(p.store)
+        if p.assign:
+            path = p.store / p.assign
+            if not path.is_file():
+                raise ConfigError(f"{cfg.path}: policy.assign: {path} does not exist")
+            store.assign(PolicyRef(str(path)))
+        certificates = certificate_source(s.certificate, s.private_key, s.trusted_cas)
+        self.agent = PolicyAgent(store, driver, self.ike, addresses=self.addresses,
+                                 certificate_for=certificates, log=lambda event: log.info("%s", event))
+        self.negotiator = Negotiator(self.agent, self.ike, driver)
+        self.bridge.negotiator = self.negotiator
+        self.ike.on_peer_message = self.negotiator.peer_answered
+        self.clock_offset = 0.0  # wall clock minus IKE's loop clock, for one time line in `events`
+
+    def addresses(self):
+        return interface_manager.addresses(exclude=[self.tun])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.clock_offset = time.time() - loop.time()
+        await self.ike.start()
+        with contextlib.suppress(PolicyError, StoreUnavailable):  # logged as policy-refused; polling goes on
+            self.agent.apply()
+
+    async def poll(self) -> None:
+        """The Policy Agent's polling, acting on what each change touched."""
+        while True:
+            await asyncio.sleep(self.agent.seconds_until_poll())
+            self.changed(self.agent.poll())
+
+    def changed(self, change: PolicyChange | None) -> None:
+        """Delete the SAs of the rules a policy change touched (telling the peer); every other SA stays."""
+        if change is None:
+            return
+        for spi in self.bridge.quick_modes_of_filters(change.touched_filters):
+            self.ike.expire(spi, hard=True, reason="its policy rule changed")
+
+    def refresh(self) -> dict:
+        change = self.agent.refresh()
+        self.changed(change)
+        applied = self.agent.applied
+        return {"policy": applied.policy.name if applied else None, "change": change.to_dict()}
+
+    def counters(self) -> dict[str, tuple[str, int]]:
+        values = {ike_counter_key(name): (f"IKE: {name}", n) for name, n in self.ike.counters.items()}
+        values["ike_soft_associations"] = ("IKE: Soft Associations", self.negotiator.soft.count)
+        return values
+
+    def events(self, since: float = 0.0) -> list[dict]:
+        """Policy and negotiation events on one time line (wall clock), oldest first."""
+        rows = [{"time": round(e.time, 3), "kind": e.kind, "text": e.message} for e in self.agent.events]
+        rows += [{"time": round(t + self.clock_offset, 3), "kind": event_kind(text), "text": text}
+                 for t, text in self.ike.events]
+        return sorted((r for r in rows if r["time"] >= since), key=lambda r: r["time"])
+
+    def handlers(self) -> dict:
+        agent = self.agent.handlers()
+        kept = ("policy", "policies", "policy_filters", "export", "import")
+        return {**{name: agent[name] for name in kept}, "refresh": self.refresh, "events": self.events,
+                "mmsa": self.ike.main_mode_sas, "qmsa": self.ike.quick_mode_sas}
 
 
 def manual_groups(sas: Iterable[ManualSA]) -> list[Group]:
@@ -86,6 +193,7 @@ class Daemon:
         self.wire = KernelWire(self.tun, s.bypass_mark)
         self.kernel = Netfilter(Marks(s.fwmark, s.bypass_mark, s.route_table, s.tun))
         self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, idle_seconds=s.idle_seconds)
+        self.keying = PolicyKeying(cfg, self.driver, self.wire) if cfg.policy else None
         self.install_manual(cfg)
 
     def install_manual(self, cfg: NodeConfig) -> None:
@@ -107,8 +215,17 @@ class Daemon:
         except ConfigError as e:
             log.error("reload refused, the previous configuration stays in force: %s", e)
             raise
-        if cfg.driver != self.cfg.driver:
-            log.warning("driver settings changed in %s: they take effect at the next start", self.path)
+        if (cfg.policy is None) != (self.keying is None):
+            error = ConfigError(f"{self.path}: switching between a policy and manual SAs takes a restart of "
+                                "ipsecd; the running configuration stays")
+            log.error("reload refused: %s", error)
+            raise error
+        if (cfg.driver, cfg.ike, cfg.policy) != (self.cfg.driver, self.cfg.ike, self.cfg.policy):
+            log.warning("driver, ike or policy settings changed in %s: they take effect at the next start",
+                        self.path)
+        if self.keying:
+            self.cfg = cfg
+            return f"reloaded {self.path}; the policy: {self.keying.refresh()['change']['text']}"
         self.driver.load_policy(cfg.spd)
         self.install_manual(cfg)
         self.cfg = cfg
@@ -132,15 +249,27 @@ class Daemon:
 
     def stats(self) -> dict:
         counters = self.driver.counter_values()
-        return {"counters": counters, "labels": {k: COUNTER_LABELS.get(k, k) for k in counters}}
+        labels = {k: COUNTER_LABELS.get(k, k) for k in counters}
+        for key, (label, value) in (self.keying.counters() if self.keying else {}).items():
+            counters[key], labels[key] = value, label
+        return {"counters": counters, "labels": labels}
 
     def keys(self) -> dict:
+        """The esp_sa table and, with IKE, the ikev1_decryption_table (Wireshark's two UAT files)."""
         sas = list(self.driver.sad)
-        return {"esp_sa": wireshark.esp_sa_table(sas), "tshark_args": wireshark.tshark_esp_args(sas)}
+        ike = self.keying.ike.ikev1_decryption_table() if self.keying else []
+        return {"esp_sa": wireshark.esp_sa_table(sas), "ikev1_decryption_table": ike,
+                "tshark_args": wireshark.tshark_esp_args(sas)
+                + [arg for row in ike for arg in ("-o", f"uat:ikev1_decryption_table:{row}")]}
 
     def handlers(self) -> dict:
-        return {"status": self.status, "sa": self.driver.sa_table, "filters": self.driver.filter_table,
-                "stats": self.stats, "keys": self.keys, "reload": self.reload}
+        handlers = {"status": self.status, "sa": self.driver.sa_table, "filters": self.driver.filter_table,
+                    "stats": self.stats, "keys": self.keys, "reload": self.reload}
+        policy = self.keying.handlers() if self.keying else {}
+        for command in ("policy", "policies", "policy_filters", "export", "import", "refresh", "events",
+                        "mmsa", "qmsa"):
+            handlers[command] = policy.get(command) or _manual_only(command)
+        return handlers
 
     # -- running ------------------------------------------------------------------------------------------
 
@@ -151,9 +280,15 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_quietly)
         self.wire.attach(loop, self.driver)
+        polling = None
+        if self.keying:
+            await self.keying.start()
+            polling = asyncio.create_task(self.keying.poll())
         server = await control.serve(self.cfg.driver.socket, self.handlers())
-        log.info("ipsecd running: %d filters, %d manual SAs, TUN %s, control socket %s",
-                 len(self.cfg.spd), len(self.cfg.sas), self.cfg.driver.tun, self.cfg.driver.socket)
+        how = (f"policy store {self.cfg.policy.store}, IKE on {self.keying.ike.local_address}" if self.keying
+               else f"{len(self.cfg.spd)} filters, {len(self.cfg.sas)} manual SAs")
+        log.info("ipsecd running: %s, TUN %s, control socket %s", how, self.cfg.driver.tun,
+                 self.cfg.driver.socket)
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -161,6 +296,10 @@ class Daemon:
                 self.driver.expire()
         finally:
             server.close()
+            if polling:
+                polling.cancel()
+            if self.keying:
+                await self.keying.ike.stop()  # deletes every SA, telling the peers, before the sockets close
             self.close()
 
     def close(self) -> None:
@@ -171,6 +310,23 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.cfg.driver.socket)
         log.info("ipsecd stopped; kernel policy removed")
+
+
+def _manual_only(command: str):
+    def refuse(**_) -> None:
+        raise RuntimeError(f"{command}: this node runs manual SAs (no policy: in its ipsecd.yaml), "
+                           "so it has no Policy Agent and no IKE")
+    return refuse
+
+
+def check_policy(cfg: NodeConfig) -> str:
+    """`ipsecd --check` for a policy node: the assigned policy, read and checked as the agent does."""
+    store, assign = LocalStore(cfg.policy.store), cfg.policy.assign
+    ref = PolicyRef(str(cfg.policy.store / assign)) if assign else store.assigned_policy()
+    if ref is None:
+        return f"no policy assigned in {cfg.policy.store}"
+    policy = store.load(ref)
+    return f"policy {policy.name!r} ({ref.location}): {len(policy.rules)} rules"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ipsecd: refusing to start: {e}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"{args.config}: OK, {len(cfg.spd)} filters, {len(cfg.sas)} manual SAs")
+        if cfg.policy is None:
+            print(f"{args.config}: OK, {len(cfg.spd)} filters, {len(cfg.sas)} manual SAs")
+            return 0
+        try:
+            print(f"{args.config}: OK, {check_policy(cfg)}")
+        except (PolicyError, OSError) as e:
+            print(f"ipsecd: the assigned policy is refused: {e}", file=sys.stderr)
+            return 2
         return 0
     try:
         daemon = Daemon(args.config, cfg)

@@ -1,9 +1,21 @@
 """ipsecctl: look at a running ipsecd (the ipsecmon of this lab) and administer it.
 
     ipsecctl status | sa | filters | stats [--json]
-    ipsecctl keys --wireshark [-o FILE]     the esp_sa decryption table (Wireshark/tshark)
+    ipsecctl keys --wireshark [-o FILE|DIR] the esp_sa table (and ikev1_decryption_table with IKE) for
+                                            Wireshark; -o DIR writes both UAT files (a profile folder)
     ipsecctl keys --tshark                  the same as tshark -o options, one per line
     ipsecctl reload                         re-read the configuration file
+
+With a policy (docs/ike.md):
+
+    ipsecctl policy [--all]                 the assigned policy as its file reads (pre-shared keys hidden);
+                                            --all: every policy in the store
+    ipsecctl filters --generic|--specific   the policy's filters as written / as expanded for the driver
+    ipsecctl mmsa | qmsa                    main mode (ISAKMP) and quick mode SAs
+    ipsecctl stats                          the driver's counters and IKE's (ike_oakley_main_modes, ...)
+    ipsecctl events [--since SECONDS]       policy and negotiation events, oldest first
+    ipsecctl refresh                        re-read the policy now (gpupdate); SAs of changed rules go
+    ipsecctl export FILE | import FILE [--assign]
 
 Exit code 0 on success, 1 when ipsecd refuses or cannot be reached (the reason on stderr).
 """
@@ -12,8 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from typing import Any
+
+import yaml
 
 from ipsecd import config
 from ipsecd.control import ControlError, request
@@ -74,38 +90,121 @@ def show_stats(result: dict) -> str:
     return table([[labels[k], v] for k, v in result["counters"].items()], ["COUNTER", "VALUE"])
 
 
-VIEWS = {"status": show_status, "sa": show_sas, "filters": show_filters, "stats": show_stats}
+def show_rows(columns: list[str], empty: str):
+    """A view of a list of dicts (mmsa, qmsa, policy filters) as a table of the given keys."""
+    def view(result: list[dict]) -> str:
+        if not result:
+            return empty
+        return table([[row.get(c) for c in columns] for row in result], [c.upper() for c in columns])
+    return view
+
+
+def show_events(result: list[dict]) -> str:
+    if not result:
+        return "no events"
+    return "\n".join(f"{time.strftime('%H:%M:%S', time.gmtime(e['time']))} {e['kind']}: {e['text']}"
+                     for e in result)
+
+
+def show_policy(result: dict | list | None) -> str:
+    if result is None:
+        return "no policy assigned"
+    if isinstance(result, list):  # --all
+        columns = ["name", "guid", "when_changed", "assigned", "location"]
+        return show_rows(columns, "the store is empty")(result)
+    return yaml.safe_dump(result, sort_keys=False, width=110).rstrip()
+
+
+def show_refresh(result: dict) -> str:
+    if not result["policy"]:
+        return "no policy assigned"
+    return f"policy {result['policy']!r}: {result['change']['text']}"
+
+
+VIEWS = {"status": show_status, "sa": show_sas, "filters": show_filters, "stats": show_stats,
+         "mmsa": show_rows(["cookies", "remote", "role", "algorithms", "authentication", "peer identity",
+                            "nat", "expires in"], "no main mode SAs"),
+         "qmsa": show_rows(["peer", "inbound spi", "outbound spi", "security method", "mode", "local",
+                            "remote", "udp encapsulation", "expires in"], "no quick mode SAs"),
+         "events": show_events, "policy": show_policy, "refresh": show_refresh}
+GENERIC = show_rows(["rule", "filter", "source", "destination", "protocol", "source_port", "destination_port",
+                     "mirrored", "action", "tunnel"], "no policy filters")
+SPECIFIC = show_rows(["name", "direction", "source", "destination", "protocol", "source_port",
+                      "destination_port", "action", "tunnel"], "no policy filters")
+
+
+def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The control command and its arguments for what was typed."""
+    if args.command == "filters" and (args.generic or args.specific):
+        return "policy_filters", {"kind": "generic" if args.generic else "specific"}
+    if args.command == "policy" and args.all:
+        return "policies", {}
+    if args.command in ("export", "import"):
+        if not args.path:
+            raise SystemExit(f"ipsecctl {args.command}: name the policy file")
+        extra = {"assign": True} if args.assign else {}
+        return args.command, {"path": os.path.abspath(args.path), **extra}
+    if args.command == "events" and args.since:
+        return "events", {"since": time.time() - args.since}
+    return args.command, {}
+
+
+def write_keys(result: dict, args: argparse.Namespace) -> None:
+    if args.json:
+        text = json.dumps(result, indent=2) + "\n"
+    elif args.tshark:
+        text = "\n".join(result["tshark_args"]) + "\n"
+    elif args.output and os.path.isdir(args.output):  # a Wireshark profile folder: both UAT files
+        with open(os.path.join(args.output, "esp_sa"), "w") as out:
+            out.write(result["esp_sa"])
+        with open(os.path.join(args.output, "ikev1_decryption_table"), "w") as out:
+            out.write("".join(row + "\n" for row in result.get("ikev1_decryption_table", [])))
+        return
+    else:
+        text = result["esp_sa"]
+        if result.get("ikev1_decryption_table"):  # UAT files take '#' comments
+            text = ("# esp_sa\n" + text + "# ikev1_decryption_table\n"
+                    + "".join(row + "\n" for row in result["ikev1_decryption_table"]))
+    if args.output:
+        with open(args.output, "w") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ipsecctl", description="monitor and administer ipsecd")
     parser.add_argument("-s", "--socket", default=config.DriverSettings.socket, help="ipsecd control socket")
-    parser.add_argument("command", choices=[*VIEWS, "keys", "reload"])
+    parser.add_argument("command", choices=[*VIEWS, "keys", "reload", "export", "import"])
+    parser.add_argument("path", nargs="?", help="export/import: the policy file")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--generic", action="store_true", help="filters: the policy's filters as written")
+    parser.add_argument("--specific", action="store_true", help="filters: as expanded for the driver")
+    parser.add_argument("--all", action="store_true", help="policy: every policy in the store")
+    parser.add_argument("--assign", action="store_true", help="import: assign the imported policy")
+    parser.add_argument("--since", type=float, help="events: only the last SECONDS")
     parser.add_argument("--wireshark", action="store_true", help="keys: esp_sa table (the default)")
     parser.add_argument("--tshark", action="store_true", help="keys: tshark -o options, one per line")
     parser.add_argument("-o", "--output", help="keys: write to this file instead of stdout")
     args = parser.parse_args(argv)
+    command, command_args = request_for(args)
     try:
-        result = request(args.socket, args.command)
+        result = request(args.socket, command, **command_args)
     except ControlError as e:
         print(f"ipsecctl: {e}", file=sys.stderr)
         return 1
-    if args.command == "keys":
-        text = "\n".join(result["tshark_args"]) + "\n" if args.tshark else result["esp_sa"]
-        if args.json:
-            text = json.dumps(result, indent=2) + "\n"
-        if args.output:
-            with open(args.output, "w") as out:
-                out.write(text)
-        else:
-            sys.stdout.write(text)
+    if command == "keys":
+        write_keys(result, args)
     elif args.json:
         print(json.dumps(result, indent=2))
-    elif args.command == "reload":
-        print(result)
+    elif command in ("reload", "export", "import"):
+        print(result if command == "reload" else json.dumps(result))
+    elif command == "policy_filters":
+        print((GENERIC if args.generic else SPECIFIC)(result))
+    elif command == "policies":
+        print(show_policy(result))
     else:
-        print(VIEWS[args.command](result))
+        print(VIEWS[command](result))
     return 0
 
 

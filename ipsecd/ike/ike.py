@@ -155,12 +155,20 @@ class IKE:
         port: int = natt.IKE_PORT,
         natt_port: int = natt.NATT_PORT,
         spi_allocator: Callable[[], int] | None = None,
+        retransmit: tuple[float, ...] = RETRANSMIT_BACKOFF,
+        keepalive_interval: float = natt.KEEPALIVE_INTERVAL,
+        on_peer_message: Callable[[str], None] | None = None,
     ):
         self.local_address, self.driver = local_address, driver
         self.clock = clock
         self.port, self.natt_port = port, natt_port
         self.send_4500 = send_4500
         self.allocate_spi = spi_allocator or (lambda: secrets.randbelow(0xFFFFFF00) + 0x100)
+        if not retransmit or min(retransmit) <= 0:
+            raise ValueError(f"retransmission intervals must be positive seconds, got {retransmit!r}")
+        self.retransmit = tuple(retransmit)  # seconds between sends; len + 1 sends in all
+        self.keepalive_interval = keepalive_interval
+        self.on_peer_message = on_peer_message  # the Negotiator: this peer speaks IKE (no soft association)
         self.rules: list[Rule] = []
         self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in COUNTER_NAMES})
         self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=1000)
@@ -287,6 +295,8 @@ class IKE:
             self.counters["Malformed Packets"] += 1
             self.note(f"dropped a malformed packet from {addr[0]}:{addr[1]}: {exc}")
             return
+        if self.on_peer_message:
+            self.on_peer_message(addr[0])
         cookies = msg.icookie + msg.rcookie
         if msg.exchange == ExchangeType.MAIN_MODE or (
             msg.exchange == ExchangeType.INFORMATIONAL and cookies not in self.main_modes
@@ -397,9 +407,9 @@ class IKE:
             self._start_quick_mode(entry, rule, local, remote, rekey_of)
 
     def _schedule_keepalive(self, sa: IsakmpSA) -> None:
-        """NAT keepalives every 20 s while the main mode SA lives (RFC 3948 §2.3)."""
+        """NAT keepalives every 20 s (``keepalive_interval``) while the main mode SA lives (RFC 3948 §2.3)."""
         self.keepalive_timers[sa.cookies] = self.clock.call_later(
-            natt.KEEPALIVE_INTERVAL, lambda: self._keepalive(sa)
+            self.keepalive_interval, lambda: self._keepalive(sa)
         )
 
     def _keepalive(self, sa: IsakmpSA) -> None:
@@ -451,7 +461,7 @@ class IKE:
         ex.machine.events.clear()
         if ex.machine.done and not ex.timer:
             # keep a finished responder a little for duplicate QM3s; the initiator's QM3 for a lost-reply QM2
-            self.clock.call_later(RETRANSMIT_BACKOFF[-1], lambda: self.pending_quick.pop(key, None))
+            self.clock.call_later(self.retransmit[-1], lambda: self.pending_quick.pop(key, None))
 
     def _install(self, done: QuickModeDone, ex: Exchange) -> None:
         self.driver.add_sa(done)
@@ -571,13 +581,13 @@ class IKE:
         for wire in datagrams:
             self.sender(wire, ex.peer, ex.local_port)
         if expect_reply:
-            ex.timer = self.clock.call_later(RETRANSMIT_BACKOFF[0], lambda: self._retransmit(ex))
+            ex.timer = self.clock.call_later(self.retransmit[0], lambda: self._retransmit(ex))
 
     def _retransmit(self, ex: Exchange) -> None:
         ex.timer = None
         if ex.machine.done:
             return
-        if ex.attempts >= len(RETRANSMIT_BACKOFF):  # 7 sends, then one more interval of silence
+        if ex.attempts >= len(self.retransmit):  # 7 sends, then one more interval of silence
             kind = "main mode" if isinstance(ex.machine, main_mode.MainMode) else "quick mode"
             hint = ""
             if ex.machine.state in ("MM5 sent",):
@@ -600,7 +610,7 @@ class IKE:
         self.counters["Retransmissions"] += 1
         for wire in ex.last_sent:
             self.sender(wire, ex.peer, ex.local_port)
-        wait = RETRANSMIT_BACKOFF[min(ex.attempts, len(RETRANSMIT_BACKOFF) - 1)]
+        wait = self.retransmit[min(ex.attempts, len(self.retransmit) - 1)]
         ex.timer = self.clock.call_later(wait, lambda: self._retransmit(ex))
 
     def _cancel(self, ex: Exchange) -> None:

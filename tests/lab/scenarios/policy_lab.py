@@ -12,20 +12,21 @@ in place as an administrator would, for the agent to take up by polling or on `i
 from __future__ import annotations
 
 from scapy.layers.inet import IP
+from scenarios import ike_lab
 from scenarios.driver_lab import SCENARIOS, ipsecctl, ipsecd_log
 
 from ipsecd.policy import policyfile
 from ipsecd.policy.model import AuthKind, AuthMethod
 from ipsecd.policy.predefined import predefined
 from lab.capture import ip_packets, protocol, wait_until
-from lab.docker_backend import IPSECD_CONFIG, IPSECD_LOG, IPSECD_SOCKET, Node
+from lab.docker_backend import Node
 
 POLICIES = SCENARIOS.parent.parent.parent / "policies"  # the repository's example policies
-STORE = "/etc/ipsecd/policies"
+STORE = f"{ike_lab.ETC}/policies"
 POLICY_FILE = "policy.yaml"
 NODE_CONFIG = """\
 # ipsecd of a policy scenario: the Policy Agent reads the policy assigned in the store (tests/lab/scenarios)
-policy: {store: %s%s}
+policy: {store: policies%s}
 """
 
 
@@ -54,29 +55,16 @@ def edit(text: str, old: str, new: str, count: int = 1) -> str:
 
 def start_ipsecd(node: Node, policy: str | None) -> None:
     """(Re)start ipsecd in `node` with `policy` assigned (None: the store is empty, nothing assigned)."""
-    stop_ipsecd(node)
-    node.exec(["rm", "-rf", STORE, IPSECD_LOG], check=True)
-    node.exec(["mkdir", "-p", STORE], check=True)
+    files = {"ipsecd.yaml": NODE_CONFIG % (", assign: " + POLICY_FILE if policy is not None else "")}
     if policy is not None:
-        node.put_file(f"{STORE}/{POLICY_FILE}", policy)
-    node.put_file(IPSECD_CONFIG, NODE_CONFIG % (STORE, f", assign: {POLICY_FILE}" if policy else ""))
-    daemon = node.spawn(["ipsecd", "--config", IPSECD_CONFIG], name="ipsecd", log=IPSECD_LOG)
-
-    def answering() -> bool:
-        if not daemon.alive():
-            raise AssertionError(f"{node.name}: ipsecd exited at start:\n{daemon.log()[-2000:]}")
-        return node.exec(["ipsecctl", "status"]).ok
-
-    wait_until(answering, 20, what=f"{node.name}: ipsecd to answer on {IPSECD_SOCKET}")
+        files[f"policies/{POLICY_FILE}"] = policy
+    ike_lab.start(node, "", files)  # no folder of its own in the scenario: every file is given here
 
 
 def stop_ipsecd(*nodes: Node) -> None:
-    """Stop ipsecd (it removes its kernel policy as it exits); nothing happens where it is not running."""
+    """Stop ipsecd (it deletes its SAs, telling the peer, and removes its kernel policy) where it runs."""
     for node in nodes:
-        daemon = node.process("ipsecd")
-        if node.exec(["test", "-s", daemon.pid_path]).ok:
-            daemon.stop()
-            node.exec(["rm", "-f", daemon.pid_path])
+        ike_lab.stop(node)
 
 
 def change_policy(node: Node, policy: str) -> None:
@@ -131,6 +119,6 @@ def sources(packets, name: str) -> set[str]:
 
 
 def events(node: Node, kind: str) -> list[dict]:
-    """The node's Policy Agent events of one kind (ipsecctl events)."""
-    return [e for e in ipsecctl(node, "events") if e["kind"] == kind]
+    """The node's policy and negotiation events of one kind (ipsecctl events)."""
+    return [e for e in ike_lab.events(node) if e["kind"] == kind]
 

@@ -25,7 +25,7 @@ HOST_A, HOST_B = "10.1.0.10", "10.2.0.10"
 def sites(lab_up):
     lab = lab_up("gateway-tunnel")
     gw_a, gw_b = lab.node("gw-a"), lab.node("gw-b")
-    start_ipsecd(gw_a, example_policy("gateway-tunnel-gw-a"))
+    start_ipsecd(gw_a, example_policy("gateway-tunnel-gw-a"), ike_address=GW_A)
     yield lab, gw_a, gw_b
     stop_ipsecd(gw_a, gw_b)
     lab.node("host-b").process("nc-5002").stop()
@@ -39,7 +39,7 @@ def assert_wan_carries_only_ike_and_esp(pkts) -> None:
 
 def test_the_sites_talk_through_the_tunnel(sites):
     lab, gw_a, gw_b = sites
-    start_ipsecd(gw_b, example_policy("gateway-tunnel-gw-b"))
+    start_ipsecd(gw_b, example_policy("gateway-tunnel-gw-b"), ike_address=GW_B)
     host_a, host_b = lab.node("host-a"), lab.node("host-b")
     payload = MARKER * 1000
     with lab.capture_segment("wan") as wan, lab.capture_segment("site-b") as site_b:
@@ -59,7 +59,7 @@ def test_the_sites_talk_through_the_tunnel(sites):
 def test_twin_another_key_on_gw_b_lets_nothing_cross(sites):
     lab, gw_a, gw_b = sites
     wrong_key = edit(example_policy("gateway-tunnel-gw-b"), "gateway-tunnel-lab", "another-key", count=2)
-    start_ipsecd(gw_b, wrong_key)
+    start_ipsecd(gw_b, wrong_key, ike_address=GW_B)
     host_a, host_b = lab.node("host-a"), lab.node("host-b")
     with lab.capture_segment("wan") as wan:
         assert not host_a.exec(["ping", "-c", "2", "-i", "0.5", "-W", "2", HOST_B]).ok

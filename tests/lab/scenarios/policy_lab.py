@@ -53,9 +53,11 @@ def edit(text: str, old: str, new: str, count: int = 1) -> str:
     return text.replace(old, new)
 
 
-def start_ipsecd(node: Node, policy: str | None) -> None:
-    """(Re)start ipsecd in `node` with `policy` assigned (None: the store is empty, nothing assigned)."""
-    files = {"ipsecd.yaml": NODE_CONFIG % (", assign: " + POLICY_FILE if policy is not None else "")}
+def start_ipsecd(node: Node, policy: str | None, ike_address: str | None = None) -> None:
+    """(Re)start ipsecd in `node` with `policy` assigned (None: the store is empty, nothing assigned);
+    IKE on `ike_address` (a gateway's address towards its peer) or the node's first address."""
+    config = NODE_CONFIG % (", assign: " + POLICY_FILE if policy is not None else "")
+    files = {"ipsecd.yaml": config + (f"ike: {{address: {ike_address}}}\n" if ike_address else "")}
     if policy is not None:
         files[f"policies/{POLICY_FILE}"] = policy
     ike_lab.start(node, "", files)  # no folder of its own in the scenario: every file is given here

@@ -34,7 +34,7 @@ unit: venv
 
 test: images
 	@echo "== tests (unit and lab)"
-	$(PY) -m pytest -q -rs tests/unit tests/lab
+	$(PY) -m pytest -q -rs tests
 
 bench: images
 	$(PY) -m bench

@@ -1,5 +1,8 @@
 """Microbenchmark of the ESP/AH codec: µs per packet for encapsulate and decapsulate.
 
+CPU time of this process (not wall time), best of several rounds, so that other
+tenants of the machine disturb the numbers as little as possible.
+
 Whole SA calls (header handling, sequence/replay, padding, cipher, ICV, counters),
 one thread, no I/O.  Inner packets are IPv4/UDP of 64, 512 and 1400 bytes.
 
@@ -71,28 +74,29 @@ def measure(suite, size: int, budget: float) -> tuple[float, float]:
             return sad.inbound_udp(esp_bytes, "192.0.2.1", "192.0.2.2")
     # calibrate: how many packets fit a tenth of the budget; then the best of ROUNDS rounds,
     # which filters out other tenants of the machine
-    start = time.perf_counter()
+    start = time.process_time()
     n = 0
-    while time.perf_counter() - start < budget / 10:
+    while time.process_time() - start < budget / 10:
         encapsulate(packet)
         n += 1
     n = max(100, n)
     t_enc = t_dec = float("inf")
     for _ in range(ROUNDS):
-        start = time.perf_counter()
+        start = time.process_time()
         wire = [encapsulate(packet) for _ in range(n)]
-        t_enc = min(t_enc, (time.perf_counter() - start) / n)
-        start = time.perf_counter()
+        t_enc = min(t_enc, (time.process_time() - start) / n)
+        start = time.process_time()
         for w in wire:
             decapsulate(w)
-        t_dec = min(t_dec, (time.perf_counter() - start) / n)
+        t_dec = min(t_dec, (time.process_time() - start) / n)
     return t_enc * 1e6, t_dec * 1e6
 
 
 # (suite label, size, µs target per direction): the whole data plane must reach 1.3 Gbit/s tunnel
-# AES-GCM (8.6 µs per 1400-byte packet, ~5 µs of it kernel I/O, dataplane.md) and 150 Mbit/s 3DES
-TARGETS = [("aes-gcm-128 tunnel", 1400, 3.0), ("aes-gcm-128 transport", 1400, 3.0),
-           ("aes-gcm-128 tunnel", 64, 3.0), ("aes-cbc-128/sha1 tunnel", 1400, 5.0),
+# AES-GCM, 8.6 µs per 1400-byte packet, of which kernel I/O takes 4.4-5.1 µs (dataplane.md §4),
+# leaving the codec 3.5 µs; 150 Mbit/s of 3DES leaves 75 µs, minus the same I/O
+TARGETS = [("aes-gcm-128 tunnel", 1400, 3.5), ("aes-gcm-128 transport", 1400, 3.5),
+           ("aes-gcm-128 tunnel", 64, 3.5), ("aes-cbc-128/sha1 tunnel", 1400, 5.0),
            ("3des-cbc/sha1 tunnel", 1400, 70.0)]
 
 
@@ -115,8 +119,8 @@ def run() -> list:
 def raw_gcm_us() -> float:
     """µs of one bare AES-128-GCM encryption of 1400 bytes: the floor under the GCM rows."""
     aead, nonce, data = AESGCM(os.urandom(16)), os.urandom(12), os.urandom(1400)
-    return min(timeit.repeat(lambda: aead.encrypt(nonce, data, b"12345678"), number=5000, repeat=ROUNDS)
-               ) / 5000 * 1e6
+    timer = timeit.Timer(lambda: aead.encrypt(nonce, data, b"12345678"), timer=time.process_time)
+    return min(timer.repeat(number=5000, repeat=ROUNDS)) / 5000 * 1e6
 
 
 def main() -> None:

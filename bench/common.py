@@ -48,7 +48,8 @@ def median_time(
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"{'benchmark':42} {'value':>10} {'unit':6} {'target':>10} {'':6} note")
+    width = max([len("benchmark"), *(len(r.name) for r in rows)])
+    print(f"{'benchmark':{width}} {'value':>10} {'unit':6} {'target':>10} {'':6} note")
     for r in rows:
         target = "" if r.target is None else f"{'>=' if r.higher_is_better else '<='} {r.target:g}"
-        print(f"{r.name:42} {r.value:10.3f} {r.unit:6} {target:>10} {r.verdict:6} {r.note}")
+        print(f"{r.name:{width}} {r.value:10.3f} {r.unit:6} {target:>10} {r.verdict:6} {r.note}")

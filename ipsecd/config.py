@@ -71,6 +71,7 @@ class ManualSA:
     integrity: str | None = None
     auth_key: bytes = b""
     udp_encap: tuple[int, int] | None = None  # (sport, dport) of RFC 3948 UDP encapsulation
+    nat_keepalive: bool = False  # this end is behind the NAT: keep the mapping alive (RFC 3948 §2.3)
     lifetime_seconds: int | None = None
     lifetime_kb: int | None = None
 
@@ -372,9 +373,15 @@ class _Reader:
         if udp_encap is not None:
             if protocol == "ah":
                 raise self.error(f"{path}.udp_encap", "AH cannot be UDP-encapsulated (RFC 3715 §2.1)")
-            spec = self.mapping(udp_encap, f"{path}.udp_encap", {"sport", "dport"})
+            spec = self.mapping(udp_encap, f"{path}.udp_encap", {"sport", "dport", "keepalive"})
             udp_encap = tuple(self.convert(f"{path}.udp_encap.{k}", spec.get(k, 4500), _port_number)
                               for k in ("sport", "dport"))
+            nat_keepalive = spec.get("keepalive", False)
+            if not isinstance(nat_keepalive, bool):
+                raise self.error(f"{path}.udp_encap.keepalive",
+                                 f"expected true or false, got {nat_keepalive!r}")
+        else:
+            nat_keepalive = False
         lifetimes = {}
         for key in ("lifetime_seconds", "lifetime_kb"):
             value = raw.get(key)
@@ -382,7 +389,7 @@ class _Reader:
                 raise self.error(f"{path}.{key}", f"expected a positive number, got {value!r}")
             lifetimes[key] = value
         return ManualSA(spi, protocol, direction, mode, source, destination, filter_name, encryption, enc_key,
-                        integrity, auth_key, udp_encap, **lifetimes)
+                        integrity, auth_key, udp_encap, nat_keepalive, **lifetimes)
 
     def algorithm_key(self, raw: dict, path: str, algo_key: str, key_key: str,
                       lookup: Callable[[str], Any]) -> tuple[str | None, bytes]:

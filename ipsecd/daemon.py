@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from ipsecd import config, control, wireshark
 from ipsecd.config import ConfigError, ManualSA, NodeConfig
 from ipsecd.counters import GLOBAL_COUNTERS
-from ipsecd.driver import DRIVER_COUNTERS, Driver, KernelWire
+from ipsecd.driver import DRIVER_COUNTERS, Driver, IKEHooks, KernelWire
 from ipsecd.ike.ike import IKE
 from ipsecd.ike_bridge import IKEBridge, certificate_source
 from ipsecd.netfilter import Marks, Netfilter
@@ -181,9 +181,12 @@ def build_sa(group: Group, replay_window: int) -> SecurityAssociation:
 
 
 class Daemon:
-    """One node's ipsecd: TUN, sockets, kernel policy, driver, control socket, lifetime timer."""
+    """One node's ipsecd: TUN, sockets, kernel policy, driver, control socket, lifetime timer.
 
-    def __init__(self, path: str, cfg: NodeConfig) -> None:
+    IKE plugs in as `ike` (acquire/expire/datagram_4500) and calls `daemon.driver` back.
+    """
+
+    def __init__(self, path: str, cfg: NodeConfig, ike: IKEHooks | None = None) -> None:
         self.path = path
         self.cfg = cfg
         self.started = time.time()
@@ -192,7 +195,9 @@ class Daemon:
         self.tun = Tun(s.tun, s.mtu)
         self.wire = KernelWire(self.tun, s.bypass_mark)
         self.kernel = Netfilter(Marks(s.fwmark, s.bypass_mark, s.route_table, s.tun))
-        self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, idle_seconds=s.idle_seconds)
+        self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, ike=ike,
+                             idle_seconds=s.idle_seconds)
+        # With a policy, the Policy Agent and IKE come in through the bridge (it replaces `ike`).
         self.keying = PolicyKeying(cfg, self.driver, self.wire) if cfg.policy else None
         self.install_manual(cfg)
 
@@ -206,7 +211,8 @@ class Daemon:
         for group in wanted:
             if group not in self.manual:
                 sa = build_sa(group, cfg.driver.replay_window)
-                self.driver.add_sa(sa, group[0].filter, manual=True)
+                self.driver.add_sa(sa, group[0].filter, manual=True,
+                                   nat_keepalive=any(m.nat_keepalive for m in group))
                 self.manual[group] = sa
 
     def reload(self) -> str:

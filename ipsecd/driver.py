@@ -147,6 +147,7 @@ class Driver:
         self._soft: set[tuple[str, str]] = set()
         self._log_times: dict[str, float] = {}
         self._last_keepalive = -NAT_KEEPALIVE_SECONDS
+        self._keepalive: set[tuple[str, str]] = set()  # (filter, peer) we keep a NAT mapping open for
         self.load_policy(spd or SPD())
 
     # -- the Policy Agent's and IKE's interface -------------------------------------------------------------
@@ -167,12 +168,15 @@ class Driver:
             del self._pending[key]
         log.info("policy loaded: %d filters", len(spd))
 
-    def add_sa(self, sa: SecurityAssociation, filter_name: str, *, manual: bool = False) -> None:
+    def add_sa(self, sa: SecurityAssociation, filter_name: str, *, manual: bool = False,
+               nat_keepalive: bool = False) -> None:
         """Install an SA (or an AH+ESP bundle through its AH SA) that secures traffic of `filter_name`.
 
         An outbound SA becomes the one used for that filter and peer (a rekey replaces the old one, which
         IKE deletes later); the packet kept while negotiating goes out at once. Negotiated SAs that carry
         nothing for `idle_seconds` are deleted; manual ones (nobody would renew them) are not.
+        `nat_keepalive`: this end is behind a NAT (IKE knows it from NAT-D), so a UDP-encapsulated
+        outbound SA gets keepalives; the end in front of the NAT sends none (RFC 3948 §2.3).
         """
         if sa.idle_timeout is None and self.idle_seconds and not manual:
             sa.idle_timeout = self.idle_seconds
@@ -185,6 +189,8 @@ class Driver:
         if sa.direction == "outbound":
             key = (filter_name, sa.dst)
             self._outbound[key] = sa
+            if nat_keepalive and sa.udp_encap:
+                self._keepalive.add(key)
             self._soft.discard(key)
             pending = self._pending.pop(key, None)
             if pending is not None:
@@ -212,16 +218,16 @@ class Driver:
     def expire(self, now: float | None = None) -> None:
         """Apply lifetimes: soft tells IKE to rekey; hard and idle SAs are deleted (called every second).
 
-        Also sends the NAT-T keepalives (RFC 3948 §2.3, every 20 s as Windows does) to the peers of
-        UDP-encapsulated SAs, so the NAT keeps its mapping while the SA is quiet.
+        Also sends the NAT-T keepalives (RFC 3948 §2.3, every 20 s as Windows does) from behind a NAT
+        to the peers of UDP-encapsulated SAs, so the NAT keeps its mapping while the SA is quiet.
         """
         now = self.clock() if now is None else now
         if now - self._last_keepalive >= NAT_KEEPALIVE_SECONDS:
             self._last_keepalive = now
-            for key, sa in self._outbound.items():
-                if sa.udp_encap:
-                    with contextlib.suppress(OSError):
-                        self.wire.send_udp(b"\xff", (sa.dst, self._nat_port.get(key, sa.udp_encap[1])))
+            for key in self._keepalive & self._outbound.keys():
+                sa = self._outbound[key]
+                with contextlib.suppress(OSError):
+                    self.wire.send_udp(b"\xff", (sa.dst, self._nat_port.get(key, sa.udp_encap[1])))
         for sa, reason in self.sad.expire(now):
             words = {"soft": "soft lifetime reached, rekey wanted", "hard": "hard lifetime reached, deleted",
                      "idle": f"idle for {sa.idle_timeout:.0f} s, deleted"}[reason]

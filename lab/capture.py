@@ -257,9 +257,10 @@ def assert_marker_absent(packets: Iterable, marker: bytes) -> None:
 
 def assert_marker_present(packets: Iterable, marker: bytes) -> list:
     """The marker appears in clear (the positive twin, for tests of the unencrypted path)."""
+    packets = list(packets)
     hits = [p for p in packets if marker in bytes(p)]
     if not hits:
-        raise AssertionError(f"marker {marker!r} is in none of {len(list(packets))} packets")
+        raise AssertionError(f"marker {marker!r} is in none of {len(packets)} packets")
     return hits
 
 

@@ -42,8 +42,15 @@ def _lab_name(args) -> str:
 
 def cmd_up(args) -> int:
     topo = topologies.load(args.topology)
+    backend, name = DockerBackend(), args.name or topo.name
+    running = [c for c in backend.containers(name) if c.status == "running"]
+    if args.replace:
+        backend.down(name)
+    elif len(running) == len(topo.nodes):
+        print(f"lab {name} is already up (--replace to recreate it)")
+        return 0
     started = time.monotonic()
-    lab = DockerBackend().up(topo, args.name)
+    lab = backend.up(topo, name)
     print(f"lab {lab.name} up in {time.monotonic() - started:.1f}s ({topo.path})")
     for node in lab.nodes.values():
         addresses = ", ".join(f"{i.name} {i.address}" for i in node.spec.interfaces.values())
@@ -106,6 +113,24 @@ def cmd_exec(args) -> int:
     return result.rc
 
 
+def cmd_restart(args) -> int:
+    node = _attach(args).restart(args.node)
+    print(f"{node.container.name} restarted and re-wired")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    """The logs of a node's background processes (ipsecd and whatever Node.spawn started)."""
+    paths = "/var/log/ipsecd.log /var/log/lab/*.log"
+    result = (
+        _attach(args)
+        .node(args.node)
+        .exec(f"for f in {paths}; do [ -f $f ] && tail -v -n {args.lines} $f; done")
+    )
+    sys.stdout.write(result.stdout or f"no logs on {args.node}\n")
+    return 0
+
+
 def cmd_shell(args) -> int:
     """An interactive shell in a node (docker exec -it)."""
     container = _attach(args).node(args.node).container.name
@@ -153,7 +178,13 @@ def cmd_images(args) -> int:
             print(f"not building images: {reason} (lab tests will be skipped)")
             return 0
     images = Images()
-    for kind in args.kinds or ["base", *sorted(_kinds_in_use())]:
+    kinds = args.kinds or ["base", *sorted(_kinds_in_use())]
+    if args.prune:
+        keep = {images.tag(kind) for kind in kinds}
+        for tag in images.prune(keep, args.older_than):
+            print(f"removed {tag}")
+        return 0
+    for kind in kinds:
         print(images.ensure(kind))
     return 0
 
@@ -214,12 +245,21 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--name", help="lab name (default: the topology's name)")
         if name == "down":
             s.add_argument("--all", action="store_true", help="every lab on this machine")
+        else:
+            s.add_argument("--replace", action="store_true", help="tear the lab down first if it is up")
     s = verb("status", cmd_status, "running labs")
     s.add_argument("--json", action="store_true")
     s = verb("exec", cmd_exec, "run a command in a node")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s.add_argument("command", nargs="*", help="after --")
+    s = verb("restart", cmd_restart, "recreate a node and re-wire its links")
+    s.add_argument("node")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
+    s = verb("logs", cmd_logs, "logs of a node's background processes (ipsecd, ...)")
+    s.add_argument("node")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
+    s.add_argument("-n", "--lines", type=int, default=50)
     s = verb("shell", cmd_shell, "an interactive shell in a node")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
@@ -234,6 +274,8 @@ def parser() -> argparse.ArgumentParser:
     s = verb("images", cmd_images, "build images")
     s.add_argument("kinds", nargs="*")
     s.add_argument("--if-possible", action="store_true", help="skip (exit 0) without root or Docker")
+    s.add_argument("--prune", action="store_true", help="remove unused node-level images (not bases)")
+    s.add_argument("--older-than", type=float, default=1.0, metavar="HOURS", help="with --prune (default 1)")
     s = verb("validate", cmd_validate, "check topology files")
     s.add_argument("files", nargs="+")
     verb("check", cmd_check, "can this machine run labs? what does the kernel offer?")

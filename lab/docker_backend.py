@@ -186,7 +186,7 @@ class Node:
         self.container.exec_run(["sh", "-c", script, name, *argv], detach=True)
         process = Process(self, name, log_path)
         wait_until(
-            lambda: self.exec(["test", "-s", process.pid_path]).ok, 5, what=f"{self.name}: {name} to start"
+            lambda: self.exec(["test", "-s", process.pid_path]).ok, 10, what=f"{self.name}: {name} to start"
         )
         return process
 
@@ -261,6 +261,10 @@ class Lab:
                 index=ipr.link_lookup(ifname=_short("v", node, ifname))[0],
                 state="up" if up else "down",
             )
+
+    def restart(self, node: str) -> Node:
+        """A new container for `node`, wired and configured again (see DockerBackend.restart)."""
+        return self.backend.restart(self, node)
 
     def down(self) -> None:
         self.backend.down(self.name)
@@ -359,23 +363,48 @@ class DockerBackend:
             "for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ -e $f ] && echo 0 > $f; done; "
             "true",
         )
-        ethtool = []
         with IPRoute(netns=lab.fabric) as ipr:
             for segment in lab.topology.segments:
                 bridge = _short("b", segment)
                 ipr.link("add", ifname=bridge, kind="bridge", br_ageing_time=0, br_stp_state=0)
                 ipr.link("set", index=ipr.link_lookup(ifname=bridge)[0], state="up")
-            for spec in lab.topology.nodes.values():
+        self._make_links(lab, lab.topology.nodes.values())
+
+    @staticmethod
+    def _make_links(lab: Lab, specs) -> None:
+        """A veth per interface of the nodes `specs`: fabric end on the segment's bridge, TX offload off."""
+        ethtool = []
+        with IPRoute(netns=lab.fabric) as ipr:
+            for spec in specs:
                 for iface in spec.interfaces.values():
-                    outer, inner = (
-                        _short("v", spec.name, iface.name),
-                        _hashed("t", lab.name, spec.name, iface.name),
-                    )
+                    outer = _short("v", spec.name, iface.name)
+                    inner = _hashed("t", lab.name, spec.name, iface.name)
                     ipr.link("add", ifname=outer, kind="veth", peer={"ifname": inner})
                     bridge = ipr.link_lookup(ifname=_short("b", iface.segment))[0]
                     ipr.link("set", index=ipr.link_lookup(ifname=outer)[0], master=bridge, state="up")
                     ethtool += [f"ethtool -K {outer} tx off", f"ethtool -K {inner} tx off"]
         _in_fabric(lab.fabric, " >/dev/null && ".join(ethtool) + " >/dev/null")
+
+    def restart(self, lab: Lab, name: str) -> Node:
+        """Recreate one node's container and re-wire its links (links die with the container's namespace),
+        then configure it as `up` does. Files and processes in the node are gone; its addresses are not."""
+        spec = lab.topology.node(name)
+        lab.node(name).container.remove(force=True)
+        ends = {_short("v", name, ifname) for ifname in spec.interfaces}
+
+        def links_gone() -> bool:
+            with IPRoute(netns=lab.fabric) as ipr:
+                return not ends & {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+        wait_until(links_gone, 10, what=f"{name}'s old links to disappear")
+        self._make_links(lab, [spec])
+        node = lab.nodes[name] = self._start_container(lab, spec, self.images.ensure(spec.image))
+        self._wire(lab, node)
+        wait_until(
+            lambda: self._ready(node), 10, what=f"{node.container.name} running with its interfaces up"
+        )
+        self._configure(node)
+        return node
 
     def _wire(self, lab: Lab, node: Node) -> None:
         """Move the node's veth ends into its namespace; name, MAC, MTU, address, routes."""

@@ -14,13 +14,16 @@ ipsecd code never clobber each other's images.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -100,17 +103,43 @@ class Images:
             return False
         return True
 
+    def prune(
+        self, keep: set[str], older_than_hours: float = 1.0, kinds: set[str] | None = None
+    ) -> list[str]:
+        """Remove node-level images (every kind but base) that no container uses, older than the given age,
+        except the tags in `keep`. Bases stay: a rebuild of one costs a debootstrap. Another checkout whose
+        image goes rebuilds it on its next run (seconds). `kinds` limits it to those kinds. Returns the
+        removed tags."""
+        in_use = {c.image.id for c in self.client.containers.list(all=True)}
+        cutoff = time.time() - older_than_hours * 3600
+        removed = []
+        for image in self.client.images.list(name=f"{REPOSITORY}/*"):
+            created = datetime.fromisoformat(image.attrs["Created"][:19]).replace(tzinfo=UTC).timestamp()
+            if image.id in in_use or created > cutoff:
+                continue
+            for tag in image.tags:
+                kind = tag.split("/", 1)[1].split(":")[0]
+                if tag not in keep and kind != "base" and (kinds is None or kind in kinds):
+                    self.client.images.remove(tag)
+                    removed.append(tag)
+        return removed
+
     # -- building ----------------------------------------------------------------------------------------
     def ensure(self, kind: str) -> str:
         """The tag of image `kind`, built first if missing (and the base before it)."""
         tag = self.tag(kind)
         if self.exists(tag):
             return tag
-        if kind == "base":
-            self._build_base(tag)
-        else:
-            base = self.ensure("base")
-            self._build_kind(kind, tag, base)
+        base = None if kind == "base" else self.ensure("base")
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        with open(BUILD_DIR / f"{kind}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another run in this checkout may be building it right now
+            if self.exists(tag):
+                return tag
+            if base is None:
+                self._build_base(tag)
+            else:
+                self._build_kind(kind, tag, base)
         return tag
 
     def _folder(self, kind: str) -> Path:

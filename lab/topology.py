@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address, ip_interface, ip_network
 from pathlib import Path
@@ -41,7 +41,9 @@ class TopologyError(ValueError):
         super().__init__("\n".join(problems))
 
 
-def _parses(parse) -> Any:
+def _parses(parse: Callable[[str], object]) -> Callable[[object], bool]:
+    """A format check: strings must parse; other types are the schema's `type` keyword's business."""
+
     def check(value: object) -> bool:
         if not isinstance(value, str):
             return True

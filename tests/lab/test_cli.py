@@ -24,13 +24,17 @@ def test_up_status_exec_capture_down(lab_cli, lab_backend, lab_name, tmp_path):
         up = lab_cli("up", "intranet-pair", "--name", name)
         assert up.returncode == 0, up.stderr
         assert f"{name}-host-a" in up.stdout
+        assert "is already up" in lab_cli("up", "intranet-pair", "--name", name).stdout
         status = lab_cli("status").stdout
         assert f"{name:20} host-b       host       running   eth1=10.0.0.2/24" in status
+        restarted = lab_cli("restart", "host-b", "--name", name)
+        assert restarted.returncode == 0 and "restarted and re-wired" in restarted.stdout, restarted.stderr
         started = lab_cli("capture", "start", "host-b", "eth1", "--name", name)
         assert started.returncode == 0, started.stderr
         ping = lab_cli("exec", "host-a", "--name", name, "--", "ping", "-c1", "-W2", "10.0.0.2")
         assert ping.returncode == 0 and "1 received" in ping.stdout, ping.stdout + ping.stderr
         assert lab_cli("exec", "host-a", "--name", name, "--", "false").returncode == 1
+        assert "no logs on host-a" in lab_cli("logs", "host-a", "--name", name).stdout
         assert lab_cli("capture", "stop", "host-b", "eth1", "--name", name).returncode == 0
         pcap = tmp_path / "labs" / name / "host-b-eth1.pcap"
         assert pcap.stat().st_size > 24 + 2 * 98  # header + echo request and reply

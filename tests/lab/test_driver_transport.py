@@ -98,6 +98,17 @@ def test_esp_sa_table_for_wireshark(pair):
     ]
 
 
+def test_a_bad_configuration_is_refused_on_reload_and_the_old_one_stays(pair):
+    _, a, _ = pair
+    bad = scenario_config(SCENARIO, "host-a").replace("encryption: aes-gcm-128", "encryption: aes-gcm-127")
+    a.put_file("/etc/ipsecd/ipsecd.yaml", bad)
+    refused = a.exec(["ipsecctl", "reload"])
+    assert refused.rc == 1
+    assert "ipsecd.yaml:17: sas[0].encryption: unknown encryption algorithm 'aes-gcm-127'" in refused.stderr
+    a.exec(["ping", "-c", "1", "-W", "2", B], check=True)  # still secured with the previous configuration
+    assert len(ipsecctl(a, "sa")) == 2
+
+
 def test_a_host_without_the_sa_sending_in_clear_gets_nothing_through(pair):
     lab, a, b = pair
     reload_config(a, "filters: []\n")  # host-a now sends everything in clear
@@ -158,3 +169,17 @@ def test_tampered_replayed_and_unknown_spi_packets_raise_their_counters(pair):
     after = counters(b)
     assert after["confidential_bytes_received"] == before["confidential_bytes_received"]
     wait_until(lambda: a.exec(["ping", "-c", "1", "-W", "1", B]).ok, 5, what="ping after the injections")
+
+
+def test_stopping_ipsecd_removes_its_kernel_policy(lab_up):
+    lab = lab_up("intranet-pair", overrides=overrides(SCENARIO, "host-a", "host-b"), fresh=True)
+    a = lab.node("host-a")
+    wait_ready(a)
+    assert "table inet ipsecd" in a.exec(["nft", "list", "tables"], check=True).stdout
+    pid = a.exec(["pgrep", "-f", "ipsecd --config"], check=True).stdout.split()[0]
+    a.exec(["kill", "-TERM", pid], check=True)
+    wait_until(lambda: a.exec(["kill", "-0", pid]).rc != 0, 10, what="ipsecd to exit")
+    assert "ipsecd" not in a.exec(["nft", "list", "tables"], check=True).stdout
+    assert "0x2121" not in a.exec(["ip", "rule"], check=True).stdout
+    assert "ipsec0" not in a.exec(["ip", "-br", "link"], check=True).stdout
+    assert "kernel policy removed" in a.exec(["cat", "/var/log/ipsecd.log"], check=True).stdout

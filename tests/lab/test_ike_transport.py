@@ -6,7 +6,7 @@ nodes with the scenario's folders, plus the change its twin makes.
 """
 
 import pytest
-from scapy.layers.inet import UDP
+from scapy.layers.inet import IP, UDP
 from scapy.layers.ipsec import ESP
 from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
 from scenarios.ike_lab import (
@@ -135,7 +135,7 @@ def test_udp_500_dropped_no_sa_after_retransmissions(pair):
         assert not a.exec(["ping", "-c", "1", "-W", "2", B]).ok
         failure = wait_event(a, "no answer", timeout=15)  # retransmit [1, 1, 1]: 4 sends, then 1 s
     assert "main mode" in failure["text"] and "UDP 500" in failure["text"]
-    sent = [p for p in cap.packets() if UDP in p and p[UDP].dport == 500 and p.src]
+    sent = [p for p in cap.packets() if UDP in p and p[UDP].dport == 500 and p[IP].src == A]
     assert len(sent) >= 4  # the first send and three retransmissions
     c = counters(a)
     assert c["ike_negotiation_failures_no_response"] == 1 and c["ike_retransmissions"] == 3

@@ -89,7 +89,7 @@ def test_node_has_what_the_userspace_data_plane_needs(lab_up):
 
 def test_topology_ipsecd_config_and_firewall_are_applied(lab_up, tmp_path, caplog):
     config = tmp_path / "host-a.yaml"
-    config.write_text("# ipsecd node config\nrules: []\n")
+    config.write_text("# ipsecd node config: no filters, no SAs\nfilters: []\n")
     caplog.set_level(logging.INFO, logger="lab")
     overrides = {"nodes": {"host-a": {"ipsecd": str(config)}, "host-b": {"drop": ["icmp"]}}}
     lab = lab_up("intranet-pair", overrides=overrides, fresh=True)

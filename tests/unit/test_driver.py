@@ -246,7 +246,9 @@ def test_nat_keepalives_go_to_udp_encapsulated_peers_every_20_seconds():
     wire = RecordingWire()
     driver = Driver(SPD(host_filter()), wire=wire, clock=lambda: clock[0])
     driver.add_sa(SA(0x7001, "esp", "outbound", "transport", A, B, "aes-gcm-128", GCM_KEY,
-                     udp_encap=(4500, 4500)), "a-b", manual=True)
+                     udp_encap=(4500, 4500)), "a-b", manual=True, nat_keepalive=True)
+    driver.add_sa(SA(0x7002, "esp", "outbound", "transport", A, "10.0.0.3", "aes-gcm-128", GCM_KEY,
+                     udp_encap=(4500, 4500)), "a-b", manual=True)  # in front of the NAT: no keepalives
     for step in (0, 5, 21):
         clock[0] = 1000.0 + step
         driver.expire()

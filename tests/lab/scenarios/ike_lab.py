@@ -7,13 +7,16 @@ Tests that need a variant (a failure twin) pass `changes`: file name -> new text
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
 
+from scapy.error import Scapy_Exception
+from scapy.utils import PcapReader
 from scenarios.driver_lab import ipsecctl, ipsecd_log
 
-from lab.capture import wait_until
+from lab.capture import Capture, wait_until
 from lab.docker_backend import Node
 
 SCENARIOS = Path(__file__).parent
@@ -90,3 +93,12 @@ def tshark_fields(pcap: Path, args: list[str], fields: list[str], display: str =
 def dump(node: Node) -> str:
     """Everything worth reading when an IKE test fails."""
     return json.dumps({"events": events(node), "qmsa": qmsa(node)}, indent=1) + "\n" + ipsecd_log(node)
+
+
+def peek(cap: Capture) -> list:
+    """The packets captured so far, the capture still running (Capture.packets() stops it); tcpdump -U
+    writes each packet as it comes, so only a last, half-written one can be missing."""
+    packets = []
+    with contextlib.suppress(EOFError, Scapy_Exception, OSError), PcapReader(str(cap.pcap)) as reader:
+        packets.extend(reader)
+    return packets

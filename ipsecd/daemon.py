@@ -92,7 +92,7 @@ class PolicyKeying:
                 raise ConfigError(f"{cfg.path}: policy.assign: {path} does not exist")
             store.assign(PolicyRef(str(path)))
         certificates = certificate_source(s.certificate, s.private_key, s.trusted_cas)
-        self.agent = PolicyAgent(store, driver, self.ike, addresses=self.addresses,
+        self.agent = PolicyAgent(store, self.bridge, self.ike, addresses=self.addresses,
                                  certificate_for=certificates, log=lambda event: log.info("%s", event))
         self.negotiator = Negotiator(self.agent, self.ike, driver)
         self.bridge.negotiator = self.negotiator

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from ipsecd.ike.quick_mode import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
 from ipsecd.sad import Lifetime, SecurityAssociation
-from ipsecd.spd import SPD, Action, Direction, Filter
+from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 from ipsecd.spd import Selector as PacketSelector
 
 log = logging.getLogger("ipsecd.ike")
@@ -73,6 +74,21 @@ def secured_filter(spd: SPD, local: Selector, remote: Selector, tunnel: str | No
     return None
 
 
+DYNAMIC = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),),
+                       accept_unsecured=True)  # the responder secures what it was asked to, nothing more
+
+
+def dynamic_filters(name: str, done: QuickModeDone, tunnel: str | None) -> tuple[Filter, Filter]:
+    """The filter pair for a quick mode answered under the default response rule (Windows adds these
+    while the SAs live): its selectors, this node's side as the source of the outbound one."""
+    local, remote = done.local_selector, done.remote_selector
+    protocol = local.protocol or remote.protocol or None
+    outbound = Filter(name, local.network, remote.network, DYNAMIC, Direction.OUTBOUND, protocol,
+                      local.port or None, remote.port or None,
+                      IPv4Address(tunnel) if tunnel else None, "<Dynamic>")
+    return outbound.mirrored()
+
+
 def security_association(child: ChildSA, done: QuickModeDone, replay_window: int) -> SecurityAssociation:
     """The driver's SA for one direction of a quick mode (with its bundled ESP SA inside an AH SA)."""
     kb = done.lifetime_kb or None
@@ -98,18 +114,33 @@ class IKEBridge:
         self.negotiator: Acquirer | None = None
         self.quick_mode_of: dict[SAKey, int] = {}  # every SA of a quick mode -> its inbound SPI (IKE's key)
         self.filter_of: dict[int, str] = {}  # quick mode (inbound SPI) -> the filter its SAs secure
+        self.policy_spd: SPD = driver.spd  # the policy's own filters, without the dynamic ones
+        self.dynamic: dict[str, tuple[tuple[Filter, Filter], set[int]]] = {}  # name -> filters, quick modes
+
+    # -- the Policy Agent -> driver -------------------------------------------------------------------
+
+    def load_policy(self, spd: SPD) -> None:
+        """The Policy Agent's SPD for the driver, with the dynamic filters of live default-response SAs."""
+        self.policy_spd = spd
+        self._load()
+
+    def _load(self) -> None:
+        dynamic = [f for filters, _ in self.dynamic.values() for f in filters]
+        self.driver.load_policy(SPD([*self.policy_spd.filters, *dynamic]))
 
     # -- IKE -> driver ----------------------------------------------------------------------------------
 
     def add_sa(self, done: QuickModeDone) -> None:
         peer = done.isakmp_sa.remote[0]
         tunnel = peer if done.mode == "tunnel" else None
-        f = secured_filter(self.driver.spd, done.local_selector, done.remote_selector, tunnel, peer)
+        f = secured_filter(self.policy_spd, done.local_selector, done.remote_selector, tunnel, peer)
         if f is None:
-            # Answered under the default response rule: no filter of ours asks for this traffic.
+            # Answered under the default response rule: no filter of ours asks for this traffic, so
+            # dynamic filters for what was negotiated send it into the SAs, as long as they live.
             name = f"<Dynamic> {done.local_selector} <-> {done.remote_selector}"
-            log.warning("quick mode SAs %s: no negotiate filter covers them; installed under %r",
-                        done.describe(), name)
+            self._add_dynamic(name, done, tunnel)
+            log.info("quick mode SAs %s: answered under the default response rule; dynamic filters %r",
+                     done.describe(), name)
         else:
             name = f.name
         self.filter_of[done.inbound.spi] = name
@@ -121,7 +152,9 @@ class IKEBridge:
 
     def delete_sa(self, spi: int, destination: str, protocol: str) -> None:
         if self.quick_mode_of.pop((spi, destination, protocol), None) == spi:
-            self.filter_of.pop(spi, None)  # the quick mode's own inbound SA: the quick mode is gone
+            name = self.filter_of.pop(spi, None)  # the quick mode's own inbound SA: the quick mode is gone
+            if name in self.dynamic:
+                self._remove_dynamic(name, spi)
         with contextlib.suppress(KeyError):  # gone already: idle, hard lifetime, or deleted with its bundle
             self.driver.delete_sa(spi, destination, protocol)
 
@@ -142,6 +175,21 @@ class IKEBridge:
             self.ike.datagram_received(data, addr, self.ike.natt_port)
 
     # -- the Policy Agent ---------------------------------------------------------------------------------
+
+    def _add_dynamic(self, name: str, done: QuickModeDone, tunnel: str | None) -> None:
+        filters, quick_modes = self.dynamic.get(name) or (dynamic_filters(name, done, tunnel), set())
+        quick_modes.add(done.inbound.spi)
+        if name not in self.dynamic:
+            self.dynamic[name] = (filters, quick_modes)
+            self._load()
+
+    def _remove_dynamic(self, name: str, inbound_spi: int) -> None:
+        """The last quick mode of a dynamic filter pair is gone: so are the filters (a rekey keeps them)."""
+        quick_modes = self.dynamic[name][1]
+        quick_modes.discard(inbound_spi)
+        if not quick_modes:
+            del self.dynamic[name]
+            self._load()
 
     def quick_modes_of_filters(self, names: frozenset[str]) -> list[int]:
         """Inbound SPIs of the quick modes that secure traffic of these filters (a policy change)."""

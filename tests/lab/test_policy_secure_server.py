@@ -5,6 +5,7 @@ changes per test. The module shares one lab; each test restarts ipsecd and stops
 """
 
 import pytest
+from scapy.layers.inet import IP
 from scapy.layers.ipsec import ESP
 from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads, wait_counter
 from scenarios.policy_lab import (
@@ -64,7 +65,7 @@ def test_client_connecting_to_the_secure_server_is_secured_after_ike(pair):
     pkts = cap.packets()
     esp = assert_secured(pkts, MARKER)
     assert sources(pkts, "udp/500") == {A, B}
-    assert from_first(pkts, "udp/500", (A, B))[0].src == B, "the server's secured answer starts IKE"
+    assert from_first(pkts, "udp/500", (A, B))[0][IP].src == B, "the server's secured answer starts IKE"
     assert_same_sas(a, b)
     assert {f"{p[ESP].spi:#010x}" for p in esp} <= {s["spi"] for s in esp_sas(b, A)}
     assert {s["filter"] for s in esp_sas(b, A)} == {"All IP Traffic/all ip"}

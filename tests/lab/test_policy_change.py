@@ -9,11 +9,11 @@ from scenarios.driver_lab import counters, ipsecctl, wait_counter
 from scenarios.policy_lab import (
     change_policy,
     edit,
+    ipsecd_in,
     refresh,
     scenario_policy,
     spis_by_filter,
     start_ipsecd,
-    stop_ipsecd,
     wait_for_sas,
 )
 
@@ -29,10 +29,8 @@ TCP_5001, REST = "secure tcp 5001/tcp 5001", "secure the rest/all"
 
 @pytest.fixture
 def pair(lab_up):
-    lab = lab_up("intranet-pair")
-    yield lab, lab.node("host-a"), lab.node("host-b")
-    stop_ipsecd(lab.node("host-a"), lab.node("host-b"))
-    lab.node("host-b").process("nc-80").stop()
+    with ipsecd_in(lab_up("intranet-pair"), {}) as lab:  # each test starts ipsecd with its own policies
+        yield lab, lab.node("host-a"), lab.node("host-b")
 
 
 def secure_both_rules(a, b) -> dict[str, set[str]]:

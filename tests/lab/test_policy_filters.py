@@ -5,7 +5,7 @@ See scenarios/policy-filters/README.md.
 
 import pytest
 from scenarios.driver_lab import counters, ipsecctl, wait_counter
-from scenarios.policy_lab import scenario_policy, sources, start_ipsecd, stop_ipsecd, wait_for_sas
+from scenarios.policy_lab import ipsecd_in, scenario_policy, sources, start_ipsecd, wait_for_sas
 
 from lab.capture import (
     assert_marker_absent,
@@ -23,13 +23,9 @@ A, B = "10.0.0.1", "10.0.0.2"
 
 @pytest.fixture
 def pair(lab_up):
-    lab = lab_up("intranet-pair")
-    a, b = lab.node("host-a"), lab.node("host-b")
-    start_ipsecd(a, scenario_policy(SCENARIO, "host-a"))
-    start_ipsecd(b, scenario_policy(SCENARIO, "host-b"))
-    yield lab, a, b
-    stop_ipsecd(a, b)
-    b.process("nc-80").stop()  # the listener of the twin's failed transfer
+    policies = {node: scenario_policy(SCENARIO, node) for node in ("host-a", "host-b")}
+    with ipsecd_in(lab_up("intranet-pair"), policies) as lab:
+        yield lab, lab.node("host-a"), lab.node("host-b")
 
 
 def filter_hits(node, rule: str) -> int:

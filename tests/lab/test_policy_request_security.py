@@ -10,10 +10,10 @@ from scenarios.policy_lab import (
     esp_sas,
     events,
     from_first,
+    ipsecd_in,
     predefined_policy,
     sources,
     start_ipsecd,
-    stop_ipsecd,
     wait_for_sas,
 )
 
@@ -32,11 +32,8 @@ PSK = "policy-request-security-lab"
 
 @pytest.fixture
 def pair(lab_up):
-    lab = lab_up("intranet-pair")
-    a, b = lab.node("host-a"), lab.node("host-b")
-    start_ipsecd(b, predefined_policy("server", PSK))
-    yield lab, a, b
-    stop_ipsecd(a, b)
+    with ipsecd_in(lab_up("intranet-pair"), {"host-b": predefined_policy("server", PSK)}) as lab:
+        yield lab, lab.node("host-a"), lab.node("host-b")
 
 
 def assert_soft_association(lab, a, b, port: int) -> None:

@@ -11,14 +11,14 @@ from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads, 
 from scenarios.policy_lab import (
     esp_sas,
     from_first,
+    ipsecd_in,
     predefined_policy,
     sources,
     start_ipsecd,
-    stop_ipsecd,
     wait_for_sas,
 )
 
-from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen
+from lab.capture import Capture, assert_marker_absent, assert_only_protocols, assert_protocol_seen
 from lab.docker_backend import CommandError
 from lab.traffic import tcp_transfer
 
@@ -30,13 +30,8 @@ PSK = "policy-secure-server-lab"
 
 @pytest.fixture
 def pair(lab_up):
-    lab = lab_up("intranet-pair")
-    a, b = lab.node("host-a"), lab.node("host-b")
-    start_ipsecd(b, predefined_policy("secure server", PSK))
-    yield lab, a, b
-    stop_ipsecd(a, b)
-    for node, port in ((a, 5003), (b, 5001), (b, 5004), (b, 5005)):  # listeners of failed transfers
-        node.process(f"nc-{port}").stop()
+    with ipsecd_in(lab_up("intranet-pair"), {"host-b": predefined_policy("secure server", PSK)}) as lab:
+        yield lab, lab.node("host-a"), lab.node("host-b")
 
 
 def assert_secured(pkts, marker: bytes) -> list:
@@ -56,19 +51,26 @@ def assert_same_sas(a, b) -> None:
     assert {s["mode"] for s in sa_a + sa_b} == {"transport"}
 
 
+def secured_transfer(lab, client, server, port: int, payload: bytes) -> Capture:
+    """With host-a running Client: a TCP transfer, secured after IKE, both hosts holding the SA pair."""
+    start_ipsecd(lab.node("host-a"), predefined_policy("client", PSK))
+    with lab.capture_segment("lan") as cap:
+        assert tcp_transfer(client, server, payload, port=port, timeout=20) == payload
+    esp = assert_secured(cap.packets(), MARKER)
+    assert_same_sas(lab.node("host-a"), lab.node("host-b"))
+    assert {f"{p[ESP].spi:#010x}" for p in esp} <= {s["spi"] for s in esp_sas(lab.node("host-b"), A)}
+    return cap
+
+
 def test_client_connecting_to_the_secure_server_is_secured_after_ike(pair):
     lab, a, b = pair
-    start_ipsecd(a, predefined_policy("client", PSK))
     payload = MARKER * 3000
-    with lab.capture_segment("lan") as cap:
-        assert tcp_transfer(a, b, payload, port=5001, timeout=20) == payload
+    cap = secured_transfer(lab, a, b, 5001, payload)
     pkts = cap.packets()
-    esp = assert_secured(pkts, MARKER)
     assert sources(pkts, "udp/500") == {A, B}
     assert from_first(pkts, "udp/500", (A, B))[0][IP].src == B, "the server's secured answer starts IKE"
-    assert_same_sas(a, b)
-    assert {f"{p[ESP].spi:#010x}" for p in esp} <= {s["spi"] for s in esp_sas(b, A)}
     assert {s["filter"] for s in esp_sas(b, A)} == {"All IP Traffic/all ip"}
+    assert {s["filter"] for s in esp_sas(a, B)} == {"<Dynamic> 10.0.0.1/32 <-> 10.0.0.2/32"}  # answered
     inner, authentic = tshark_decrypted_payloads(cap.pcap, ipsecctl(b, "keys")["tshark_args"])
     assert MARKER * 10 in inner and authentic > 0  # the independent decoder finds it inside the ESP
     assert counters(b)["confidential_bytes_received"] >= len(payload)
@@ -76,14 +78,8 @@ def test_client_connecting_to_the_secure_server_is_secured_after_ike(pair):
 
 def test_the_secure_server_opening_the_connection_sends_nothing_in_clear(pair):
     lab, a, b = pair
-    start_ipsecd(a, predefined_policy("client", PSK))
-    payload = MARKER * 1000
-    with lab.capture_segment("lan") as cap:
-        assert tcp_transfer(b, a, payload, port=5003, timeout=20) == payload
-    pkts = cap.packets()
-    assert_only_protocols(pkts, between=(A, B), allowed={"udp/500", "esp"})  # even the first SYN waits
-    assert_secured(pkts, MARKER)
-    assert_same_sas(a, b)
+    cap = secured_transfer(lab, b, a, 5003, MARKER * 1000)
+    assert_only_protocols(cap.packets(), between=(A, B), allowed={"udp/500", "esp"})  # even the first SYN
 
 
 def test_ping_crosses_in_clear_all_icmp_traffic_is_permitted(pair):

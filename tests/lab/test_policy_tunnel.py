@@ -5,7 +5,7 @@ See scenarios/policy-tunnel/README.md.
 
 import pytest
 from scenarios.driver_lab import ipsecctl
-from scenarios.policy_lab import edit, example_policy, sources, start_ipsecd, stop_ipsecd, wait_for_sas
+from scenarios.policy_lab import edit, example_policy, ipsecd_in, sources, start_ipsecd, wait_for_sas
 
 from lab.capture import (
     assert_marker_absent,
@@ -23,12 +23,10 @@ HOST_A, HOST_B = "10.1.0.10", "10.2.0.10"
 
 @pytest.fixture
 def sites(lab_up):
-    lab = lab_up("gateway-tunnel")
-    gw_a, gw_b = lab.node("gw-a"), lab.node("gw-b")
-    start_ipsecd(gw_a, example_policy("gateway-tunnel-gw-a"), ike_address=GW_A)
-    yield lab, gw_a, gw_b
-    stop_ipsecd(gw_a, gw_b)
-    lab.node("host-b").process("nc-5002").stop()
+    with ipsecd_in(lab_up("gateway-tunnel"), {}) as lab:
+        gw_a, gw_b = lab.node("gw-a"), lab.node("gw-b")
+        start_ipsecd(gw_a, example_policy("gateway-tunnel-gw-a"), ike_address=GW_A)
+        yield lab, gw_a, gw_b
 
 
 def assert_wan_carries_only_ike_and_esp(pkts) -> None:

@@ -11,6 +11,9 @@ in place as an administrator would, for the agent to take up by polling or on `i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from scapy.layers.inet import IP
 from scenarios import ike_lab
 from scenarios.driver_lab import SCENARIOS, ipsecctl, ipsecd_log
@@ -19,7 +22,7 @@ from ipsecd.policy import policyfile
 from ipsecd.policy.model import AuthKind, AuthMethod
 from ipsecd.policy.predefined import predefined
 from lab.capture import ip_packets, protocol, wait_until
-from lab.docker_backend import Node
+from lab.docker_backend import Lab, Node
 
 POLICIES = SCENARIOS.parent.parent.parent / "policies"  # the repository's example policies
 STORE = f"{ike_lab.ETC}/policies"
@@ -67,6 +70,22 @@ def stop_ipsecd(*nodes: Node) -> None:
     """Stop ipsecd (it deletes its SAs, telling the peer, and removes its kernel policy) where it runs."""
     for node in nodes:
         ike_lab.stop(node)
+
+
+@contextmanager
+def ipsecd_in(lab: Lab, policies: dict[str, str | None]) -> Iterator[Lab]:
+    """The lab with ipsecd started in the named nodes with their policies; at the end ipsecd stopped in
+    every node, and the TCP listeners a failed transfer left behind too (so the next test finds a clean
+    lab)."""
+    for name, policy in policies.items():
+        start_ipsecd(lab.node(name), policy)
+    try:
+        yield lab
+    finally:
+        for node in lab.nodes.values():
+            stop_ipsecd(node)
+            node.exec("for f in /run/lab/nc-*.pid; do [ -e $f ] || continue; p=$(cat $f); "
+                      "pkill -P $p; kill $p; rm -f $f; done 2>/dev/null")
 
 
 def change_policy(node: Node, policy: str) -> None:

@@ -183,6 +183,15 @@ class _Reader:
 
     def node(self, data: Any) -> NodeConfig:
         data = self.mapping(data, "", {"node", "driver", "filters", "actions", "sas", "ike", "policy"})
+        policy = self.policy(data["policy"]) if data.get("policy") is not None else None
+        if policy is not None:
+            manual = next((key for key in ("filters", "actions", "sas") if data.get(key)), None)
+            if manual:
+                raise self.error(manual, "a node takes either a policy (policy:, negotiated by IKE) or "
+                                         "manual filters and SAs (filters:, actions:, sas:), not both; "
+                                         "move the filters into the policy file")
+        elif data.get("ike") is not None:
+            raise self.error("ike", "IKE negotiates what a policy asks for: add policy: {store: ...}")
         driver = self.driver(data.get("driver") or {})
         actions = self.actions(data.get("actions") or {})
         filters = self.filters(data.get("filters"), actions)
@@ -194,15 +203,6 @@ class _Reader:
             if key in seen:
                 raise self.error(f"sas[{i}].spi", f"same SPI, destination and protocol as sas[{seen[key]}]")
             seen[key] = i
-        policy = self.policy(data["policy"]) if data.get("policy") is not None else None
-        if policy is not None:
-            manual = next((key for key in ("filters", "actions", "sas") if data.get(key)), None)
-            if manual:
-                raise self.error(manual, "a node takes either a policy (policy:, negotiated by IKE) or "
-                                         "manual filters and SAs (filters:, actions:, sas:), not both; "
-                                         "move the filters into the policy file")
-        elif data.get("ike") is not None:
-            raise self.error("ike", "IKE negotiates what a policy asks for: add policy: {store: ...}")
         ike = self.ike(data.get("ike") or {})
         spd = SPD(f for pair in filters.values() for f in pair)
         return NodeConfig(self.name, driver, spd, sas, ike, policy)

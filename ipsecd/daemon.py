@@ -62,8 +62,9 @@ def ike_counter_key(name: str) -> str:
 
 def event_kind(text: str) -> str:
     """A kind for an IKE event line, so `ipsecctl events` reads like the policy events beside it."""
-    for word, kind in (("failed", "negotiation-failed"), ("refused", "negotiation-failed"),
-                       ("no answer", "negotiation-failed"), ("established", "main-mode"),
+    for word, kind in (("dropped", "dropped"), ("failed", "negotiation-failed"),
+                       ("refused", "negotiation-failed"), ("no answer", "negotiation-failed"),
+                       ("established", "main-mode"),
                        ("installed", "quick-mode"), ("rekey", "rekey"), ("deleted", "sa-deleted"),
                        ("malformed", "malformed")):
         if word in text:
@@ -142,9 +143,12 @@ class PolicyKeying:
 
     def handlers(self) -> dict:
         agent = self.agent.handlers()
-        kept = ("policy", "policies", "policy_filters", "export", "import")
+        kept = ("policy", "policies", "policy_filters")
         return {**{name: agent[name] for name in kept}, "refresh": self.refresh, "events": self.events,
-                "mmsa": self.ike.main_mode_sas, "qmsa": self.ike.quick_mode_sas}
+                "mmsa": self.ike.main_mode_sas, "qmsa": self.ike.quick_mode_sas,
+                # "file", not "path": control.request() has a parameter of that name
+                "export": lambda file, location=None: agent["export"](file, location),
+                "import": lambda file, assign=False: agent["import"](file, assign)}
 
 
 def manual_groups(sas: Iterable[ManualSA]) -> list[Group]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +40,7 @@ log = logging.getLogger("ipsecd.ike")
 SOFT_FRACTION = 0.9  # kilobyte lifetime at which the driver asks IKE to rekey (IKE times the seconds itself)
 
 SAKey = tuple[int, str, str]  # (SPI, destination, protocol): how the driver and IKE name one SA
+DEFAULT_RESPONSE = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
 
 
 class IKE(Protocol):
@@ -74,21 +74,6 @@ def secured_filter(spd: SPD, local: Selector, remote: Selector, tunnel: str | No
     return None
 
 
-DYNAMIC = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),),
-                       accept_unsecured=True)  # the responder secures what it was asked to, nothing more
-
-
-def dynamic_filters(name: str, done: QuickModeDone, tunnel: str | None) -> tuple[Filter, Filter]:
-    """The filter pair for a quick mode answered under the default response rule (Windows adds these
-    while the SAs live): its selectors, this node's side as the source of the outbound one."""
-    local, remote = done.local_selector, done.remote_selector
-    protocol = local.protocol or remote.protocol or None
-    outbound = Filter(name, local.network, remote.network, DYNAMIC, Direction.OUTBOUND, protocol,
-                      local.port or None, remote.port or None,
-                      IPv4Address(tunnel) if tunnel else None, "<Dynamic>")
-    return outbound.mirrored()
-
-
 def security_association(child: ChildSA, done: QuickModeDone, replay_window: int) -> SecurityAssociation:
     """The driver's SA for one direction of a quick mode (with its bundled ESP SA inside an AH SA)."""
     kb = done.lifetime_kb or None
@@ -103,9 +88,26 @@ def security_association(child: ChildSA, done: QuickModeDone, replay_window: int
         inner=security_association(child.inner, done, replay_window) if child.inner else None)
 
 
+def dynamic_filters(done: QuickModeDone) -> tuple[Filter, Filter]:
+    """The filter pair Windows adds for SAs answered under the default response rule: exactly the traffic the
+    peer asked to secure (its protocol and ports), so the replies go secured too. Transport mode only."""
+    local, remote, peer = done.local_selector, done.remote_selector, done.isakmp_sa.remote[0]
+    remote_network = remote.network
+    if str(remote_network.network_address) != peer and remote_network.num_addresses == 1:
+        remote_network = Selector.parse(peer).network  # behind a NAT: its packets come from the NAT
+    name = f"<Dynamic> {local} <-> {Selector(remote_network, remote.protocol, remote.port)}"
+    out = Filter(name, local.network, remote_network, DEFAULT_RESPONSE, Direction.OUTBOUND,
+                 local.protocol or None, local.port or None, remote.port or None, rule="<Dynamic>")
+    return out.mirrored()
+
+
 class IKEBridge:
     """IKE's driver (``add_sa``, ``delete_sa``) and the driver's IKE (``acquire``, ``expire``,
-    ``datagram_4500``). ``ike`` and ``negotiator`` are set once built (they need this object first)."""
+    ``datagram_4500``). ``ike`` and ``negotiator`` are set once built (they need this object first).
+
+    It is also the Policy Agent's driver (``load_policy``): the policy's filters plus the dynamic filters of
+    SAs answered under the default response rule, which live as long as those SAs.
+    """
 
     def __init__(self, driver, replay_window: int = 64) -> None:
         self.driver = driver
@@ -114,35 +116,34 @@ class IKEBridge:
         self.negotiator: Acquirer | None = None
         self.quick_mode_of: dict[SAKey, int] = {}  # every SA of a quick mode -> its inbound SPI (IKE's key)
         self.filter_of: dict[int, str] = {}  # quick mode (inbound SPI) -> the filter its SAs secure
-        self.policy_spd: SPD = driver.spd  # the policy's own filters, without the dynamic ones
-        self.dynamic: dict[str, tuple[tuple[Filter, Filter], set[int]]] = {}  # name -> filters, quick modes
-
-    # -- the Policy Agent -> driver -------------------------------------------------------------------
+        self.policy = SPD()  # what the Policy Agent gave
+        self.dynamic: dict[str, tuple[Filter, Filter]] = {}  # default response filters, by name
 
     def load_policy(self, spd: SPD) -> None:
-        """The Policy Agent's SPD for the driver, with the dynamic filters of live default-response SAs."""
-        self.policy_spd = spd
-        self._load()
-
-    def _load(self) -> None:
-        dynamic = [f for filters, _ in self.dynamic.values() for f in filters]
-        self.driver.load_policy(SPD([*self.policy_spd.filters, *dynamic]))
+        """The Policy Agent's filters, with the dynamic ones in force, to the driver."""
+        self.policy = spd
+        self.driver.load_policy(SPD([*spd.filters, *(f for pair in self.dynamic.values() for f in pair)]))
 
     # -- IKE -> driver ----------------------------------------------------------------------------------
 
     def add_sa(self, done: QuickModeDone) -> None:
         peer = done.isakmp_sa.remote[0]
         tunnel = peer if done.mode == "tunnel" else None
-        f = secured_filter(self.policy_spd, done.local_selector, done.remote_selector, tunnel, peer)
-        if f is None:
-            # Answered under the default response rule: no filter of ours asks for this traffic, so
-            # dynamic filters for what was negotiated send it into the SAs, as long as they live.
-            name = f"<Dynamic> {done.local_selector} <-> {done.remote_selector}"
-            self._add_dynamic(name, done, tunnel)
-            log.info("quick mode SAs %s: answered under the default response rule; dynamic filters %r",
-                     done.describe(), name)
-        else:
+        f = secured_filter(self.driver.spd, done.local_selector, done.remote_selector, tunnel, peer)
+        if f is not None:
             name = f.name
+        elif tunnel is None:  # answered under the default response rule: filters for just this traffic
+            pair = dynamic_filters(done)
+            name = pair[0].name
+            if name not in self.dynamic:
+                self.dynamic[name] = pair
+                self.load_policy(self.policy)
+                log.info("default response: dynamic filters %s", "; ".join(f.describe() for f in pair))
+        else:
+            name = f"<Dynamic> tunnel {done.local_selector} <-> {done.remote_selector}"
+            log.warning("quick mode SAs %s: no tunnel filter of the policy covers them (the default "
+                        "response rule makes no tunnels); installed, but no traffic is sent through them",
+                        done.describe())
         self.filter_of[done.inbound.spi] = name
         for child in [*done.inbound.chain(), *done.outbound.chain()]:
             self.quick_mode_of[(child.spi, child.dst, child.protocol)] = done.inbound.spi
@@ -153,8 +154,9 @@ class IKEBridge:
     def delete_sa(self, spi: int, destination: str, protocol: str) -> None:
         if self.quick_mode_of.pop((spi, destination, protocol), None) == spi:
             name = self.filter_of.pop(spi, None)  # the quick mode's own inbound SA: the quick mode is gone
-            if name in self.dynamic:
-                self._remove_dynamic(name, spi)
+            if name in self.dynamic and name not in self.filter_of.values():
+                del self.dynamic[name]  # its last SAs: the dynamic filters go with them
+                self.load_policy(self.policy)
         with contextlib.suppress(KeyError):  # gone already: idle, hard lifetime, or deleted with its bundle
             self.driver.delete_sa(spi, destination, protocol)
 
@@ -176,21 +178,6 @@ class IKEBridge:
 
     # -- the Policy Agent ---------------------------------------------------------------------------------
 
-    def _add_dynamic(self, name: str, done: QuickModeDone, tunnel: str | None) -> None:
-        filters, quick_modes = self.dynamic.get(name) or (dynamic_filters(name, done, tunnel), set())
-        quick_modes.add(done.inbound.spi)
-        if name not in self.dynamic:
-            self.dynamic[name] = (filters, quick_modes)
-            self._load()
-
-    def _remove_dynamic(self, name: str, inbound_spi: int) -> None:
-        """The last quick mode of a dynamic filter pair is gone: so are the filters (a rekey keeps them)."""
-        quick_modes = self.dynamic[name][1]
-        quick_modes.discard(inbound_spi)
-        if not quick_modes:
-            del self.dynamic[name]
-            self._load()
-
     def quick_modes_of_filters(self, names: frozenset[str]) -> list[int]:
         """Inbound SPIs of the quick modes that secure traffic of these filters (a policy change)."""
         return [spi for spi, name in self.filter_of.items() if name in names]
@@ -210,7 +197,7 @@ def certificate_source(certificate: Path | None, private_key: Path | None,
         key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
         cas = [x509.load_pem_x509_certificate(p.read_bytes()) for p in trusted_cas]
         wanted = _name_parts(ca_name)
-        named = tuple(ca for ca in cas if wanted <= _name_parts(ca.subject.rfc4514_string())
+        named = tuple(ca for ca in cas if (wanted and wanted <= _name_parts(ca.subject.rfc4514_string()))
                       or ca_name == _common_name(ca))
         if not named:
             have = ", ".join(ca.subject.rfc4514_string() for ca in cas) or "none"

@@ -143,7 +143,7 @@ def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         if not args.path:
             raise SystemExit(f"ipsecctl {args.command}: name the policy file")
         extra = {"assign": True} if args.assign else {}
-        return args.command, {"path": os.path.abspath(args.path), **extra}
+        return args.command, {"file": os.path.abspath(args.path), **extra}
     if args.command == "events" and args.since:
         return "events", {"since": time.time() - args.since}
     return args.command, {}

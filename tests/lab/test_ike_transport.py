@@ -107,21 +107,28 @@ def test_wrong_psk_no_sa_and_authentication_failure(pair):
     start(a, SCENARIO)
     start(b, SCENARIO, policy_of("host-b", "intranet-pair-lab", "not-the-key"))
     assert not a.exec(["ping", "-c", "2", "-W", "2", B]).ok
-    failure = wait_event(b, "authentication failed")
+    failure = wait_event(b, "main mode with 10.0.0.1 failed: authentication failed")
+    assert "pre-shared keys differ" in failure["text"]
+    wait_event(a, "AUTHENTICATION-FAILED")
     assert failure["kind"] == "negotiation-failed"
     wait_until(lambda: counters(b)["ike_authentication_failures"] >= 1, 10, what="the counter")
     assert ipsecctl(a, "qmsa") == [] and ipsecctl(b, "qmsa") == []
     assert ipsecctl(a, "sa") == [] and ipsecctl(b, "sa") == []
 
 
-def test_proposal_mismatch_has_a_readable_reason(pair):
+@pytest.mark.parametrize(("old", "new", "reason"), [
+    ('["ESP[3DES,SHA1]"]', '["ESP[DES,MD5]"]', "quick mode with 10.0.0.1 failed: no proposal chosen: peer "
+     "10.0.0.1 offered ESP[3DES,SHA1]; we accept ESP[DES,MD5]"),
+    ("[3DES-SHA1-2]", "[DES-MD5-1]", "main mode with 10.0.0.1 failed: no proposal chosen: peer 10.0.0.1 "
+     "offered 3DES/SHA1/group 2/PSK; we accept DES/MD5/group 1/PSK"),
+], ids=["quick-mode", "main-mode"])
+def test_proposal_mismatch_has_a_readable_reason(pair, old, new, reason):
     _lab, a, b = pair
     start(a, SCENARIO)
-    start(b, SCENARIO, policy_of("host-b", '["ESP[3DES,SHA1]"]', '["ESP[DES,MD5]"]'))
+    start(b, SCENARIO, policy_of("host-b", old, new))
     assert not a.exec(["ping", "-c", "2", "-W", "2", B]).ok
-    refused = wait_event(b, "quick mode")
-    assert "proposal" in refused["text"].lower() or "no acceptable" in refused["text"].lower(), events(b)
-    wait_event(a, "NO-PROPOSAL-CHOSEN")
+    assert wait_event(b, reason)["kind"] == "negotiation-failed"
+    wait_event(a, "refused " + reason.split(" with")[0] + ": NO-PROPOSAL-CHOSEN")
     assert counters(b)["ike_negotiation_failures"] >= 1
     assert ipsecctl(a, "sa") == [] and ipsecctl(b, "sa") == []
 
@@ -140,3 +147,53 @@ def test_udp_500_dropped_no_sa_after_retransmissions(pair):
     c = counters(a)
     assert c["ike_negotiation_failures_no_response"] == 1 and c["ike_retransmissions"] == 3
     assert b.dropped() >= 4 and ipsecctl(a, "sa") == []
+
+
+def test_policy_views_refresh_and_export_import(pair):
+    _, a, b = pair
+    for node in (a, b):
+        start(node, SCENARIO)
+    policy = ipsecctl(a, "policy")
+    assert policy["name"] == "ike transport psk (host-a)"
+    assert "intranet-pair-lab" not in str(policy)  # pre-shared keys hidden
+    generic = ipsecctl(a, "filters", "--generic")
+    assert [(f["source"], f["destination"], f["mirrored"]) for f in generic] == [("me", "10.0.0.2", True)]
+    specific = ipsecctl(a, "filters", "--specific")
+    assert {(f["direction"], f["source"], f["destination"]) for f in specific} == {
+        ("outbound", "10.0.0.1/32", "10.0.0.2/32"), ("inbound", "10.0.0.2/32", "10.0.0.1/32")}
+
+    a.exec(["ping", "-c", "1", "-W", "5", B], check=True)
+    first = wait_quick_mode(a)[0]["inbound spi"]
+    assert ipsecctl(a, "refresh")["change"]["touched_rules"] == []  # nothing changed: the SAs stay
+    assert [q["inbound spi"] for q in ipsecctl(a, "qmsa")] == [first]
+
+    # An administrator edits the rule (another security method first): refresh deletes its SAs, at the
+    # peer too, and the next packet negotiates with the new settings.
+    a.exec(["sed", "-i", 's/\\["ESP\\[3DES,SHA1\\]"\\]/["ESP[3DES,MD5]", "ESP[3DES,SHA1]"]/',
+            "/etc/ipsecd/policies/host-a.yaml"], check=True)
+    change = ipsecctl(a, "refresh")["change"]
+    assert change["touched_rules"] == ["secure host-b"], change
+    wait_until(lambda: not ipsecctl(b, "qmsa"), 10, what="host-b to delete the SAs host-a deleted")
+    assert ipsecctl(a, "qmsa") == [] and ipsecctl(a, "sa") == []
+    a.exec(["ping", "-c", "1", "-W", "5", B], check=True)
+    again = wait_quick_mode(a)
+    assert again[0]["inbound spi"] != first and again[0]["security method"] == "ESP[3DES,SHA1]"  # b's only
+
+    # Export and import keep the policy's identity; import --assign takes effect at the next refresh.
+    a.exec(["ipsecctl", "export", "/tmp/exported.yaml"], check=True)
+    exported = a.exec(["cat", "/tmp/exported.yaml"], check=True).stdout
+    assert f"guid: {policy['guid']}" in exported and "intranet-pair-lab" in exported
+    a.exec(["sed", "-i", "s/^name: .*/name: imported on host-a/", "/tmp/exported.yaml"], check=True)
+    a.exec(["ipsecctl", "import", "/tmp/exported.yaml", "--assign"], check=True)
+    ipsecctl(a, "refresh")
+    assert ipsecctl(a, "policy")["name"] == "imported on host-a"
+    assert [e["kind"] for e in events(a) if e["kind"].startswith("policy-")][-3:] == [
+        "policy-exported", "policy-imported", "policy-applied"]
+
+    # Both Wireshark tables, as files for a profile folder.
+    a.exec(["mkdir", "-p", "/tmp/wireshark"], check=True)
+    a.exec(["ipsecctl", "keys", "--wireshark", "-o", "/tmp/wireshark"], check=True)
+    ike_rows = a.exec(["cat", "/tmp/wireshark/ikev1_decryption_table"], check=True).stdout.split()
+    esp_rows = a.exec(["cat", "/tmp/wireshark/esp_sa"], check=True).stdout.splitlines()
+    assert ike_rows == ipsecctl(a, "keys")["ikev1_decryption_table"] and len(ike_rows) == 1
+    assert len(esp_rows) == 2 and all(row.startswith('"IPv4"') for row in esp_rows)

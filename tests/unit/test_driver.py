@@ -264,3 +264,26 @@ def test_a_block_filter_applies_to_decapsulated_packets_too(host):
     dns = IP(src=B, dst=A) / UDP(sport=53, dport=4000) / b"answer"
     driver.inbound(bytes(scapy_gcm(0x2001).encrypt(IP(bytes(dns)))))
     assert wire.delivered == [] and driver.counter_values()["dropped_by_policy"] == 1
+
+
+def test_garbage_from_every_side_is_counted_never_raised(host):
+    """The daemon never crashes on a malformed packet: random bytes, truncations and bit flips."""
+    import random
+
+    driver, _ = host
+    rng = random.Random(4303)
+    valid_out = bytes(ping())
+    valid_in = bytes(scapy_gcm(0x2001).encrypt(IP(bytes(ping(B, A)))))
+    samples = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 80))) for _ in range(300)]
+    samples += [valid_in[:n] for n in range(len(valid_in))] + [valid_out[:n] for n in range(len(valid_out))]
+    for n in range(len(valid_in)):
+        flipped = bytearray(valid_in)
+        flipped[n] ^= 0x80
+        samples.append(bytes(flipped))
+    for sample in samples:
+        driver.outbound(sample)
+        driver.inbound(sample)
+        driver.inbound_udp(sample, B, 4500, A)
+    counters = driver.counter_values()
+    drops = ("malformed_packets", "bad_spi_packets", "packets_not_authenticated", "replayed_packets")
+    assert sum(counters[name] for name in drops) > 300

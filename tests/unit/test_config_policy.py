@@ -1,0 +1,58 @@
+"""ipsecd.yaml with a policy: policy: and ike: are checked like the rest, and manual keys and a policy are
+alternatives (docs/ike.md)."""
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from ipsecd.config import ConfigError, parse
+
+POLICY = """\
+policy: {store: policies, assign: host-a.yaml}
+ike:
+  address: 10.0.0.1
+  retransmit: [0.5, 1]
+  keepalive_seconds: 2
+  certificate: certs/host-a.pem
+  private_key: /etc/keys/host-a.key
+  trusted_cas: [certs/ca.pem]
+"""
+
+
+def test_policy_and_ike_settings_with_paths_relative_to_the_file():
+    cfg = parse(POLICY, "/etc/ipsecd/ipsecd.yaml")
+    assert cfg.policy.store == Path("/etc/ipsecd/policies") and cfg.policy.assign == "host-a.yaml"
+    assert cfg.ike.address == IPv4Address("10.0.0.1") and cfg.ike.retransmit == (0.5, 1)
+    assert cfg.ike.keepalive_seconds == 2
+    assert cfg.ike.certificate == Path("/etc/ipsecd/certs/host-a.pem")
+    assert cfg.ike.private_key == Path("/etc/keys/host-a.key")
+    assert cfg.ike.trusted_cas == (Path("/etc/ipsecd/certs/ca.pem"),)
+    assert len(cfg.spd) == 0 and cfg.sas == ()
+
+
+def test_defaults_are_windows_ones():
+    cfg = parse("policy: {store: /var/lib/ipsecd/policies}\n", "ipsecd.yaml")
+    assert cfg.policy.assign is None and cfg.ike.address is None
+    assert cfg.ike.retransmit == (1, 2, 4, 8, 16, 32) and cfg.ike.keepalive_seconds == 20
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("policy: {store: p}\nfilters:\n  - {name: x, action: permit}\n",
+     "ipsecd.yaml:3: filters: a node takes either a policy"),
+    ("policy: {store: p}\nsas: [{spi: 300}]\n", "ipsecd.yaml:2: sas: a node takes either a policy"),
+    ("ike: {address: 10.0.0.1}\n", "ipsecd.yaml:1: ike: IKE negotiates what a policy asks for"),
+    ("policy: {assign: a.yaml}\n", "ipsecd.yaml:1: policy.store: missing"),
+    ("policy: {store: p, assign: ../a.yaml}\n", "policy.assign: expected the file name of a policy"),
+    ("policy: {store: p, polling: 5}\n", "policy.polling: unknown field"),
+    ("policy: {store: p}\nike: {address: 10.0.0}\n", "ipsecd.yaml:2: ike.address:"),
+    ("policy: {store: p}\nike: {retransmit: [1, -1]}\n", "ike.retransmit: expected a list of positive"),
+    ("policy: {store: p}\nike: {retransmit: []}\n", "ike.retransmit: expected a list of positive seconds"),
+    ("policy: {store: p}\nike: {keepalive_seconds: 0}\n", "ike.keepalive_seconds: expected positive seconds"),
+    ("policy: {store: p}\nike: {certificate: c.pem}\n", "ike.certificate: certificate and private_key go"),
+    ("policy: {store: p}\nike: {trusted_cas: ca.pem}\n", "ike.trusted_cas: expected a list"),
+])
+def test_refused_with_line_and_field(text, error):
+    with pytest.raises(ConfigError, match=None) as caught:
+        parse(text, "ipsecd.yaml")
+    assert error in str(caught.value)

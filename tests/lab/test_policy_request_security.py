@@ -47,7 +47,7 @@ def assert_soft_association(lab, a, b, port: int) -> None:
     assert_protocol_seen(after_ike, f"tcp/{port}", between=(A, B))
     assert_marker_present(after_ike, MARKER)
     first_tcp = assert_protocol_seen(pkts, f"tcp/{port}", between=(A, B))[0]
-    assert first_tcp.time > after_ike[0].time, "the connection waited for IKE before going in clear"
+    assert first_tcp.time - after_ike[0].time >= 3, "it waited out the soft-association timeout in silence"
     assert esp_sas(b) == []
     stats = counters(b)
     assert stats["ike_soft_associations"] >= 1

@@ -242,10 +242,10 @@ class IKE:
         self, rule: Rule, local: Selector, remote: Selector, peer: str, rekey_of: QuickModeDone | None
     ) -> None:
         if any(
-            ex.acquire == (local, remote) and ex.machine.sa.remote[0] == peer
+            ex.acquire == (local, remote) and ex.machine.sa.remote[0] == peer and not ex.machine.done
             for ex in self.pending_quick.values()
         ):
-            return  # already negotiating this one
+            return  # already negotiating this one (a finished exchange kept for duplicates does not count)
         mm = self._main_mode_with(peer)
         if mm:
             self._start_quick_mode(mm, rule, local, remote, rekey_of)

@@ -1,8 +1,10 @@
 """Data-plane throughput: iperf3 over the plain lab link, ipsecd transport mode and ipsecd tunnel mode.
 
 One run brings each lab up, runs iperf3 TCP and UDP (large datagrams, paced) and reports Mbit/s, packets
-per second on the wire and CPU (whole machine, and the ipsecd processes). Targets from issue 3 for this
-2-core machine: TCP with AES-GCM-128 >= 1000 Mbit/s transport, >= 1300 Mbit/s tunnel; 3DES >= 150.
+per second on the wire and CPU (whole machine, and the ipsecd processes). Each ipsecd case runs with
+TUN super-packet I/O (`offload`, the default) and, side by side, with one packet per TUN read/write
+(`driver: {offload: false}`). Targets from issue 3 for this 2-core machine: TCP with AES-GCM-128
+>= 1000 Mbit/s transport, >= 1300 Mbit/s tunnel; 3DES >= 150.
 strongSwan's userspace data plane joins the table once its image exists (images/strongswan).
 
     python -m bench dataplane            (BENCH_SECONDS=5, BENCH_UDP_RATE=500M)
@@ -38,26 +40,29 @@ class Case:
     wire: tuple[str, str]  # node and interface whose TX packets are the encrypted (or plain) stream
     algorithm: str | None = None  # None: no ipsecd
     tcp_target: float | None = None
+    offload: bool = True  # TUN super-packets (ipsecd.offload) or one packet per read/write
 
 
+TRANSPORT = ("intranet-pair", "host-a", "host-b", ("host-a", "eth1"))
+TUNNEL = ("gateway-tunnel", "host-a", "host-b", ("gw-a", "eth2"))
 CASES = (
-    Case("plain lab link", "intranet-pair", "host-a", "host-b", ("host-a", "eth1")),
-    Case("ipsecd transport aes-gcm-128", "intranet-pair", "host-a", "host-b", ("host-a", "eth1"),
-         "aes-gcm-128", 1000),
-    Case("ipsecd tunnel aes-gcm-128", "gateway-tunnel", "host-a", "host-b", ("gw-a", "eth2"),
-         "aes-gcm-128", 1300),
-    Case("ipsecd transport 3des-sha1", "intranet-pair", "host-a", "host-b", ("host-a", "eth1"),
-         "3des-sha1", 150),
-    Case("ipsecd tunnel 3des-sha1", "gateway-tunnel", "host-a", "host-b", ("gw-a", "eth2"), "3des-sha1", 150),
+    Case("plain lab link", *TRANSPORT),
+    *(Case(f"ipsecd {mode} {algorithm}{'' if offload else ', no offload'}", *where, algorithm,
+           target if offload else None, offload)
+      for algorithm, mode, where, target in (("aes-gcm-128", "transport", TRANSPORT, 1000),
+                                             ("aes-gcm-128", "tunnel", TUNNEL, 1300),
+                                             ("3des-sha1", "transport", TRANSPORT, 150),
+                                             ("3des-sha1", "tunnel", TUNNEL, 150))
+      for offload in (False, True)),
 )
 
 
 def manual_config(me: str, peer: str, mine: str, theirs: str, algorithm: str, keys: dict[int, bytes],
-                  tunnel: bool) -> str:
+                  tunnel: bool, offload: bool = True) -> str:
     """An ipsecd configuration: one mirrored filter, one SA each way (SPI 0x100 + sender's last octet)."""
     encryption, integrity = ALGORITHMS[algorithm]
     mode = "tunnel" if tunnel else "transport"
-    lines = ["filters:",
+    lines = [f"driver: {{offload: {str(offload).lower()}}}", "filters:",
              f"  - {{name: bench, source: {mine}, destination: {theirs}, action: secure"
              + (f", tunnel: {peer}}}" if tunnel else "}"),
              "actions: {secure: {action: negotiate}}", "sas:"]
@@ -84,9 +89,9 @@ def configs(case: Case, folder: Path) -> dict:
                  "gw-b": ("198.51.100.2", "198.51.100.1", "10.2.0.0/24", "10.1.0.0/24")}
     nodes = {}
     for node, (me, peer, mine, theirs) in pairs.items():
-        path = folder / f"{case.topology}-{case.algorithm}-{node}.yaml"
+        path = folder / f"{case.topology}-{case.algorithm}-{case.offload}-{node}.yaml"
         path.write_text(manual_config(me, peer, mine, theirs, case.algorithm, keys,
-                                      case.topology != "intranet-pair"))
+                                      case.topology != "intranet-pair", case.offload))
         nodes[node] = {"ipsecd": str(path)}
     return {"nodes": nodes}
 

@@ -41,6 +41,7 @@ class Case:
     algorithm: str | None = None  # None: no ipsecd
     tcp_target: float | None = None
     offload: bool = True  # TUN super-packets (ipsecd.offload) or one packet per read/write
+    udp_encap: bool = False  # ESP in UDP 4500 (RFC 3948) instead of IP protocol 50: UDP GSO and GRO
 
 
 TRANSPORT = ("intranet-pair", "host-a", "host-b", ("host-a", "eth1"))
@@ -54,11 +55,13 @@ CASES = (
                                              ("3des-sha1", "transport", TRANSPORT, 150),
                                              ("3des-sha1", "tunnel", TUNNEL, 150))
       for offload in (False, True)),
+    Case("ipsecd transport aes-gcm-128, ESP in UDP", *TRANSPORT, "aes-gcm-128", udp_encap=True),
+    Case("ipsecd tunnel aes-gcm-128, ESP in UDP", *TUNNEL, "aes-gcm-128", udp_encap=True),
 )
 
 
 def manual_config(me: str, peer: str, mine: str, theirs: str, algorithm: str, keys: dict[int, bytes],
-                  tunnel: bool, offload: bool = True) -> str:
+                  tunnel: bool, offload: bool = True, udp_encap: bool = False) -> str:
     """An ipsecd configuration: one mirrored filter, one SA each way (SPI 0x100 + sender's last octet)."""
     encryption, integrity = ALGORITHMS[algorithm]
     mode = "tunnel" if tunnel else "transport"
@@ -72,7 +75,7 @@ def manual_config(me: str, peer: str, mine: str, theirs: str, algorithm: str, ke
         lines.append(f"  - {{spi: {spi}, protocol: esp, direction: {direction}, mode: {mode}, source: {src}, "
                      f"destination: {dst}, encryption: {encryption}, enc_key: \"{enc_key.hex()}\", "
                      + (f"integrity: {integrity}, auth_key: \"{auth_key.hex()}\", " if integrity else "")
-                     + "filter: bench}")
+                     + ("udp_encap: {}, " if udp_encap else "") + "filter: bench}")
     return "\n".join(lines) + "\n"
 
 
@@ -89,9 +92,9 @@ def configs(case: Case, folder: Path) -> dict:
                  "gw-b": ("198.51.100.2", "198.51.100.1", "10.2.0.0/24", "10.1.0.0/24")}
     nodes = {}
     for node, (me, peer, mine, theirs) in pairs.items():
-        path = folder / f"{case.topology}-{case.algorithm}-{case.offload}-{node}.yaml"
+        path = folder / f"{case.topology}-{case.algorithm}-{case.offload}-{case.udp_encap}-{node}.yaml"
         path.write_text(manual_config(me, peer, mine, theirs, case.algorithm, keys,
-                                      case.topology != "intranet-pair", case.offload))
+                                      case.topology != "intranet-pair", case.offload, case.udp_encap))
         nodes[node] = {"ipsecd": str(path)}
     return {"nodes": nodes}
 

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from typing import Protocol
 
 from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, classify_udp4500
 from ipsecd.netfilter import Netfilter, comment_name
-from ipsecd.offload import Coalescer, segments
+from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro
 from ipsecd.sad import SAD, SecurityAssociation
 from ipsecd.spd import SPD, Action, Direction, Filter, Selector
 
@@ -499,12 +500,14 @@ def fix_l4_checksum(packet: bytes) -> bytes:
 
 
 def internet_checksum(data: bytes | bytearray) -> int:
-    if len(data) % 2:
-        data = bytes(data) + b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    """RFC 1071 checksum; the one's complement sum of 16-bit words is the integer modulo 0xFFFF.
+
+    >>> hex(internet_checksum(bytes.fromhex("4500003c1c46400040060000ac100a63ac100a0c")))
+    '0xb1e6'
+    """
+    value = int.from_bytes(data, "big") << (8 if len(data) % 2 else 0)
+    rest = value % 0xFFFF
+    return 0xFFFF - rest if rest else (0 if value else 0xFFFF)
 
 
 # -- the kernel side ---------------------------------------------------------------------------------------
@@ -546,12 +549,26 @@ class KernelWire:
         for sock in (self.esp_in, self.ah_in):
             sock.setblocking(False)
         self._coalescer = Coalescer(self._write_frame) if tun.offload else None
+        self._gso = GsoSender(self._send_segments) if tun.offload else None
+        self._batching = False  # inside a TUN drain: UDP sends wait for the drain's end
+        if tun.offload:
+            with contextlib.suppress(OSError):
+                self.udp.setsockopt(SOL_UDP, UDP_GRO, 1)
 
     def send_ip(self, packet: bytes, dst: str) -> None:
         self.raw_out.sendto(packet, (dst, 0))
 
     def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
-        self.udp.sendto(payload, addr)
+        if self._batching:
+            self._gso.add(payload, addr)
+        else:
+            self.udp.sendto(payload, addr)
+
+    def _send_segments(self, buffer: bytes, size: int, addr: tuple[str, int]) -> None:
+        if len(buffer) == size:
+            self.udp.sendto(buffer, addr)
+        else:
+            self.udp.sendmsg([buffer], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, addr)
 
     def deliver(self, packet: bytes) -> None:
         if self._coalescer is not None:
@@ -582,12 +599,21 @@ class KernelWire:
                     return
                 outbound(packet)
             return
-        for _ in range(DRAIN):
-            frame = read()
-            if frame is None:
-                return
-            for packet in segments(frame):
-                outbound(packet)
+        self._batching = True
+        try:
+            for _ in range(DRAIN):
+                frame = read()
+                if frame is None:
+                    return
+                for packet in segments(frame):
+                    outbound(packet)
+        finally:
+            self._batching = False
+            self._gso.flush()
+            if self._gso.lost:
+                driver.counters["send_errors"] += self._gso.lost
+                driver._say("send", f"cannot send UDP: {self._gso.error}")
+                self._gso.lost = 0
 
     def _drain_raw(self, sock: socket.socket, driver: Driver) -> None:
         recv, inbound = sock.recv, driver.inbound
@@ -604,9 +630,14 @@ class KernelWire:
         try:
             for _ in range(DRAIN):
                 payload, ancillary, _, (src, sport) = recvmsg(65535, 64, socket.MSG_DONTWAIT)
-                dst = next((socket.inet_ntoa(data[8:12]) for level, kind, data in ancillary
-                            if level == socket.IPPROTO_IP and kind == IP_PKTINFO), "0.0.0.0")
-                inbound_udp(payload, src, sport, dst)
+                dst, size = "0.0.0.0", 0
+                for level, kind, data in ancillary:
+                    if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                        dst = socket.inet_ntoa(data[8:12])
+                    elif level == SOL_UDP and kind == UDP_GRO:
+                        size = int.from_bytes(data[:4], sys.byteorder)  # datagrams GRO merged
+                for datagram in split_gro(payload, size):
+                    inbound_udp(datagram, src, sport, dst)
         except BlockingIOError:
             pass
         finally:

@@ -194,3 +194,61 @@ def _tcp_run_key(packet: bytes) -> tuple[bytes | None, int, int]:
     # TOS, DF, TTL, protocol, addresses, ports, acknowledgment, data offset, TCP options
     key = packet[1:2] + packet[6:10] + packet[12:24] + packet[28:33] + packet[40:header]
     return key, int.from_bytes(packet[24:28], "big"), payload
+
+
+SOL_UDP = 17
+UDP_SEGMENT = 103  # send: the kernel cuts the buffer into datagrams of this size
+UDP_GRO = 104  # receive: consecutive datagrams of one flow arrive as one buffer, this size each
+UDP_MAX_SEGMENTS = 64
+UDP_MAX_PAYLOAD = 65507
+
+
+class GsoSender:
+    """Collects the ESP-in-UDP datagrams of a drain and sends each run to one peer with UDP_SEGMENT.
+
+    A run is datagrams of one size to one address (the last may be shorter), at most 64 of them: one
+    `sendmsg` instead of one `sendto` each; the wire carries the same datagrams. `send(buffer, size,
+    addr)` does the sending; when it raises OSError the run is lost, counted in `lost`, the error kept
+    in `error` for the caller to report.
+    """
+
+    def __init__(self, send: Callable[[bytes, int, tuple[str, int]], object]) -> None:
+        self._send = send
+        self._run: list[bytes] = []
+        self._addr: tuple[str, int] | None = None
+        self._size = 0
+        self._length = 0
+        self.lost = 0
+        self.error: OSError | None = None
+
+    def add(self, payload: bytes, addr: tuple[str, int]) -> None:
+        run = self._run
+        if run and (addr != self._addr or len(payload) > self._size or len(run) == UDP_MAX_SEGMENTS
+                    or self._length + len(payload) > UDP_MAX_PAYLOAD or len(run[-1]) < self._size):
+            self.flush()
+        if not self._run:
+            self._addr, self._size, self._length = addr, len(payload), 0
+        self._run.append(payload)
+        self._length += len(payload)
+
+    def flush(self) -> None:
+        run = self._run
+        if not run:
+            return
+        self._run = []
+        try:
+            self._send(b"".join(run), self._size, self._addr)
+        except OSError as e:
+            self.lost += len(run)
+            self.error = e
+
+
+def split_gro(buffer: bytes, size: int) -> list[bytes]:
+    """The datagrams in one UDP_GRO buffer (all `size` bytes but the last).
+
+    >>> split_gro(b"aaabbbc", 3)
+    [b'aaa', b'bbb', b'c']
+    """
+    if not size or len(buffer) <= size:
+        return [buffer]
+    return [buffer[i:i + size] for i in range(0, len(buffer), size)]

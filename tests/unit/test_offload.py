@@ -12,7 +12,9 @@ from ipsecd.offload import (
     VNET_HEADER,
     VNET_HEADER_SIZE,
     Coalescer,
+    GsoSender,
     segments,
+    split_gro,
 )
 
 TIMESTAMP = [("NOP", None), ("NOP", None), ("Timestamp", (1234, 5678))]
@@ -103,3 +105,26 @@ def test_push_closes_a_run():
         coalescer.add(p)
     coalescer.flush()
     assert [len(f) - VNET_HEADER_SIZE for f in frames] == [2052, 2052]
+
+
+def test_udp_datagrams_of_a_drain_go_out_in_runs_per_peer_and_size():
+    sent: list[tuple[bytes, int, tuple[str, int]]] = []
+    gso = GsoSender(lambda buffer, size, addr: sent.append((buffer, size, addr)))
+    a, b = ("10.0.0.2", 4500), ("10.0.0.3", 4500)
+    for payload, addr in [(b"1" * 8, a), (b"2" * 8, a), (b"3" * 5, a), (b"4" * 8, a), (b"5" * 8, b)]:
+        gso.add(payload, addr)
+    gso.flush()
+    assert sent == [(b"1" * 8 + b"2" * 8 + b"3" * 5, 8, a), (b"4" * 8, 8, a), (b"5" * 8, 8, b)]
+    assert [d for buffer, size, _ in sent for d in split_gro(buffer, size)] == \
+        [b"1" * 8, b"2" * 8, b"3" * 5, b"4" * 8, b"5" * 8]
+
+
+def test_a_refused_udp_run_is_counted_not_raised():
+    def refuse(buffer: bytes, size: int, addr: tuple[str, int]) -> None:
+        raise OSError(101, "Network is unreachable")
+
+    gso = GsoSender(refuse)
+    gso.add(b"x" * 8, ("10.0.0.2", 4500))
+    gso.add(b"y" * 8, ("10.0.0.2", 4500))
+    gso.flush()
+    assert gso.lost == 2 and gso.error.strerror == "Network is unreachable"

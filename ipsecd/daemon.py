@@ -62,8 +62,9 @@ def ike_counter_key(name: str) -> str:
 
 def event_kind(text: str) -> str:
     """A kind for an IKE event line, so `ipsecctl events` reads like the policy events beside it."""
-    for word, kind in (("failed", "negotiation-failed"), ("refused", "negotiation-failed"),
-                       ("no answer", "negotiation-failed"), ("established", "main-mode"),
+    for word, kind in (("dropped", "dropped"), ("failed", "negotiation-failed"),
+                       ("refused", "negotiation-failed"), ("no answer", "negotiation-failed"),
+                       ("established", "main-mode"),
                        ("installed", "quick-mode"), ("rekey", "rekey"), ("deleted", "sa-deleted"),
                        ("malformed", "malformed")):
         if word in text:
@@ -92,7 +93,7 @@ class PolicyKeying:
                 raise ConfigError(f"{cfg.path}: policy.assign: {path} does not exist")
             store.assign(PolicyRef(str(path)))
         certificates = certificate_source(s.certificate, s.private_key, s.trusted_cas)
-        self.agent = PolicyAgent(store, driver, self.ike, addresses=self.addresses,
+        self.agent = PolicyAgent(store, self.bridge, self.ike, addresses=self.addresses,
                                  certificate_for=certificates, log=lambda event: log.info("%s", event))
         self.negotiator = Negotiator(self.agent, self.ike, driver)
         self.bridge.negotiator = self.negotiator
@@ -127,6 +128,12 @@ class PolicyKeying:
         self.changed(change)
         applied = self.agent.applied
         return {"policy": applied.policy.name if applied else None, "change": change.to_dict()}
+
+    def summary(self) -> dict:
+        """One line's worth for `ipsecctl status`: the policy in force and IKE's SAs."""
+        applied = self.agent.applied
+        return {"policy": applied.policy.name if applied else None, "ike_address": self.ike.local_address,
+                "main_mode_sas": len(self.ike.main_modes), "quick_mode_sas": len(self.ike.quick_modes)}
 
     def counters(self) -> dict[str, tuple[str, int]]:
         values = {ike_counter_key(name): (f"IKE: {name}", n) for name, n in self.ike.counters.items()}
@@ -254,7 +261,7 @@ class Daemon:
         return {"config": self.path, "pid": os.getpid(), "uptime_seconds": round(time.time() - self.started),
                 "tun": self.cfg.driver.tun, "filters": len(self.driver.spd),
                 "active_sas": counters["active_sas"], "pending_acquires": self.driver.pending,
-                "counters": counters}
+                "counters": counters, "keying": self.keying.summary() if self.keying else None}
 
     def stats(self) -> dict:
         counters = self.driver.counter_values()

@@ -16,7 +16,8 @@ packet never stops the data plane.
 
 Interfaces for IKE and the Policy Agent: `load_policy(spd)`, `add_sa(sa, filter_name)`,
 `delete_sa(spi, dst, protocol)`, `add_soft_sa(filter_name, peer)`, `send_4500(data, addr)`; the driver
-calls `ike.acquire(filter, selector)`, `ike.expire(sa, hard)` and `ike.datagram_4500(data, addr)`.
+calls `ike.acquire(filter, selector)`, `ike.expire(sa, hard)`, `ike.datagram_4500(data, addr)` and, when
+IKE has it, `ike.invalid_spi(spi, peer, protocol)` for a packet on an SA it does not know.
 
 >>> from scapy.layers.inet import IP, ICMP
 >>> wire = RecordingWire()
@@ -38,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, classify_udp4500
+from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, UnknownSPI, classify_udp4500
 from ipsecd.netfilter import Netfilter, comment_name
 from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro
 from ipsecd.sad import SAD, SecurityAssociation
@@ -284,6 +285,10 @@ class Driver:
             inner, sa = self.sad.inbound(packet)
         except IPsecError as e:
             self._dropped(e)
+            if isinstance(e, UnknownSPI):
+                ihl = (packet[0] & 0x0F) * 4 + (4 if packet[9] == IPPROTO_AH else 0)
+                self._unknown_spi(packet[ihl:ihl + 4], ntoa(int.from_bytes(packet[12:16], "big")),
+                                  "ah" if packet[9] == IPPROTO_AH else "esp")
             return
         self._deliver(inner, sa)
 
@@ -295,6 +300,8 @@ class Driver:
                 inner, sa = self.sad.inbound_udp(payload, src, dst)
             except IPsecError as e:
                 self._dropped(e)
+                if isinstance(e, UnknownSPI):
+                    self._unknown_spi(payload[:4], src, "esp")
                 return
             if sa.mode == "transport" and sa.nat_oa is None:
                 # RFC 3948 §3.1.2: a NAT changed the addresses the checksum covers, and no NAT-OA from IKE
@@ -437,6 +444,12 @@ class Driver:
         for member in (outer, outer.inner):
             if member is not None:
                 self._filter_of.pop(member.key, None)
+
+    def _unknown_spi(self, spi: bytes, peer: str, protocol: str) -> None:
+        """A peer uses an SA we do not have (we restarted, or deleted it): IKE may tell it or renegotiate."""
+        report = getattr(self.ike, "invalid_spi", None)
+        if report is not None and len(spi) == 4:
+            report(int.from_bytes(spi, "big"), peer, protocol)
 
     def _dropped(self, error: IPsecError) -> None:
         self._say(type(error).__name__, f"packet dropped: {error}")

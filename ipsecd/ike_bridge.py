@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol
 
@@ -32,18 +34,24 @@ from cryptography.hazmat.primitives import serialization
 from ipsecd.ike.quick_mode import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
 from ipsecd.sad import Lifetime, SecurityAssociation
-from ipsecd.spd import SPD, Action, Direction, Filter
+from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 from ipsecd.spd import Selector as PacketSelector
 
 log = logging.getLogger("ipsecd.ike")
 
 SOFT_FRACTION = 0.9  # kilobyte lifetime at which the driver asks IKE to rekey (IKE times the seconds itself)
+INVALID_SPI_INTERVAL = 5.0  # seconds between reactions to one peer's packets for SAs we do not have
 
 SAKey = tuple[int, str, str]  # (SPI, destination, protocol): how the driver and IKE name one SA
+DEFAULT_RESPONSE = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
 
 
 class IKE(Protocol):
     natt_port: int
+    local_address: str
+
+    def has_main_mode_with(self, peer: str) -> bool: ...
+    def invalid_spi(self, spi: int, peer: str, protocol: str = "esp") -> None: ...
 
     def datagram_received(self, data: bytes, addr: tuple[str, int], local_port: int) -> None: ...
     def expire(self, inbound_spi: int, hard: bool, reason: str = "lifetime") -> None: ...
@@ -87,9 +95,26 @@ def security_association(child: ChildSA, done: QuickModeDone, replay_window: int
         inner=security_association(child.inner, done, replay_window) if child.inner else None)
 
 
+def dynamic_filters(done: QuickModeDone) -> tuple[Filter, Filter]:
+    """The filter pair Windows adds for SAs answered under the default response rule: exactly the traffic the
+    peer asked to secure (its protocol and ports), so the replies go secured too. Transport mode only."""
+    local, remote, peer = done.local_selector, done.remote_selector, done.isakmp_sa.remote[0]
+    remote_network = remote.network
+    if str(remote_network.network_address) != peer and remote_network.num_addresses == 1:
+        remote_network = Selector.parse(peer).network  # behind a NAT: its packets come from the NAT
+    name = f"<Dynamic> {local} <-> {Selector(remote_network, remote.protocol, remote.port)}"
+    out = Filter(name, local.network, remote_network, DEFAULT_RESPONSE, Direction.OUTBOUND,
+                 local.protocol or None, local.port or None, remote.port or None, rule="<Dynamic>")
+    return out.mirrored()
+
+
 class IKEBridge:
     """IKE's driver (``add_sa``, ``delete_sa``) and the driver's IKE (``acquire``, ``expire``,
-    ``datagram_4500``). ``ike`` and ``negotiator`` are set once built (they need this object first)."""
+    ``datagram_4500``). ``ike`` and ``negotiator`` are set once built (they need this object first).
+
+    It is also the Policy Agent's driver (``load_policy``): the policy's filters plus the dynamic filters of
+    SAs answered under the default response rule, which live as long as those SAs.
+    """
 
     def __init__(self, driver, replay_window: int = 64) -> None:
         self.driver = driver
@@ -98,6 +123,14 @@ class IKEBridge:
         self.negotiator: Acquirer | None = None
         self.quick_mode_of: dict[SAKey, int] = {}  # every SA of a quick mode -> its inbound SPI (IKE's key)
         self.filter_of: dict[int, str] = {}  # quick mode (inbound SPI) -> the filter its SAs secure
+        self.policy = SPD()  # what the Policy Agent gave
+        self.invalid_spi_seen: dict[str, float] = {}  # peer -> when we last reacted to an unknown SPI from it
+        self.dynamic: dict[str, tuple[Filter, Filter]] = {}  # default response filters, by name
+
+    def load_policy(self, spd: SPD) -> None:
+        """The Policy Agent's filters, with the dynamic ones in force, to the driver."""
+        self.policy = spd
+        self.driver.load_policy(SPD([*spd.filters, *(f for pair in self.dynamic.values() for f in pair)]))
 
     # -- IKE -> driver ----------------------------------------------------------------------------------
 
@@ -105,13 +138,20 @@ class IKEBridge:
         peer = done.isakmp_sa.remote[0]
         tunnel = peer if done.mode == "tunnel" else None
         f = secured_filter(self.driver.spd, done.local_selector, done.remote_selector, tunnel, peer)
-        if f is None:
-            # Answered under the default response rule: no filter of ours asks for this traffic.
-            name = f"<Dynamic> {done.local_selector} <-> {done.remote_selector}"
-            log.warning("quick mode SAs %s: no negotiate filter covers them; installed under %r",
-                        done.describe(), name)
-        else:
+        if f is not None:
             name = f.name
+        elif tunnel is None:  # answered under the default response rule: filters for just this traffic
+            pair = dynamic_filters(done)
+            name = pair[0].name
+            if name not in self.dynamic:
+                self.dynamic[name] = pair
+                self.load_policy(self.policy)
+                log.info("default response: dynamic filters %s", "; ".join(f.describe() for f in pair))
+        else:
+            name = f"<Dynamic> tunnel {done.local_selector} <-> {done.remote_selector}"
+            log.warning("quick mode SAs %s: no tunnel filter of the policy covers them (the default "
+                        "response rule makes no tunnels); installed, but no traffic is sent through them",
+                        done.describe())
         self.filter_of[done.inbound.spi] = name
         for child in [*done.inbound.chain(), *done.outbound.chain()]:
             self.quick_mode_of[(child.spi, child.dst, child.protocol)] = done.inbound.spi
@@ -121,7 +161,10 @@ class IKEBridge:
 
     def delete_sa(self, spi: int, destination: str, protocol: str) -> None:
         if self.quick_mode_of.pop((spi, destination, protocol), None) == spi:
-            self.filter_of.pop(spi, None)  # the quick mode's own inbound SA: the quick mode is gone
+            name = self.filter_of.pop(spi, None)  # the quick mode's own inbound SA: the quick mode is gone
+            if name in self.dynamic and name not in self.filter_of.values():
+                del self.dynamic[name]  # its last SAs: the dynamic filters go with them
+                self.load_policy(self.policy)
         with contextlib.suppress(KeyError):  # gone already: idle, hard lifetime, or deleted with its bundle
             self.driver.delete_sa(spi, destination, protocol)
 
@@ -135,6 +178,24 @@ class IKEBridge:
         inbound_spi = self.quick_mode_of.get((sa.spi, sa.dst, sa.protocol))
         if inbound_spi is not None and self.ike is not None:
             self.ike.expire(inbound_spi, hard, "idle or kilobyte lifetime" if hard else "kilobyte lifetime")
+
+    def invalid_spi(self, spi: int, peer: str, protocol: str = "esp") -> None:
+        """The peer sends on an SA we do not have. With a main mode SA, IKE tells it (INVALID-SPI), and it
+        renegotiates; without one (we restarted and lost everything) we negotiate afresh for the traffic
+        our policy secures with that peer: our INITIAL-CONTACT makes it drop its old SAs."""
+        now, last = time.monotonic(), self.invalid_spi_seen.get(peer, -INVALID_SPI_INTERVAL)
+        if self.ike is None or now - last < INVALID_SPI_INTERVAL:
+            return
+        self.invalid_spi_seen[peer] = now
+        if self.ike.has_main_mode_with(peer):
+            self.ike.invalid_spi(spi, peer, protocol)
+            return
+        sel = PacketSelector(int(IPv4Address(self.ike.local_address)), int(IPv4Address(peer)), 0)
+        f = self.driver.spd.lookup(sel, Direction.OUTBOUND)
+        if f is not None and f.action.action is Action.NEGOTIATE and f.tunnel is None and self.negotiator:
+            log.info("%s sends on SPI %#010x, unknown here and no main mode with it: negotiating afresh",
+                     peer, spi)
+            self.negotiator.acquire(f, sel)
 
     def datagram_4500(self, data: bytes, addr: tuple[str, int]) -> None:
         """IKE on UDP 4500 (the driver took off the non-ESP marker)."""

@@ -44,8 +44,13 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
 
 def show_status(result: dict) -> str:
     c = result["counters"]
+    k = result.get("keying")
+    keying = (f"policy: {k['policy'] or 'none assigned'}   IKE on {k['ike_address']}: "
+              f"{k['main_mode_sas']} main mode SAs, {k['quick_mode_sas']} quick mode SAs" if k
+              else "manual keys (no policy, no IKE)")
     return "\n".join([
         f"ipsecd pid {result['pid']}, up {result['uptime_seconds']} s, configuration {result['config']}",
+        keying,
         f"filters: {result['filters']}   active SAs: {result['active_sas']}   "
         f"waiting for IKE: {result['pending_acquires']}   TUN: {result['tun']}",
         "confidential bytes sent/received: "
@@ -172,7 +177,7 @@ def write_keys(result: dict, args: argparse.Namespace) -> None:
         sys.stdout.write(text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipsecctl", description="monitor and administer ipsecd")
     parser.add_argument("-s", "--socket", default=config.DriverSettings.socket, help="ipsecd control socket")
     parser.add_argument("command", choices=[*VIEWS, "keys", "reload", "export", "import"])
@@ -186,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wireshark", action="store_true", help="keys: esp_sa table (the default)")
     parser.add_argument("--tshark", action="store_true", help="keys: tshark -o options, one per line")
     parser.add_argument("-o", "--output", help="keys: write to this file instead of stdout")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     command, command_args = request_for(args)
     try:
         result = request(args.socket, command, **command_args)

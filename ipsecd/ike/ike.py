@@ -261,6 +261,9 @@ class IKE:
         if kind == "ike":
             self.datagram_received(message, addr, self.natt_port)
 
+    def has_main_mode_with(self, peer: str) -> bool:
+        return self._main_mode_with(peer) is not None
+
     def invalid_spi(self, spi: int, peer: str, protocol: str = "esp") -> None:
         """The driver got a packet for an SPI it does not have: tell the peer (at most once per SPI and
         minute), which then deletes its outbound SA and negotiates afresh on its next packet."""

@@ -6,9 +6,9 @@ peer and any traffic and so only answers what no other rule claims. Main mode of
 exchange settings; quick mode offers from the filter action; quick mode PFS uses the group of the first
 main mode method (Windows uses the negotiated one). Authentication: pre-shared keys as they are,
 certificates through ``certificate_for(ca_name)`` (the node's certificate and key, and that CA), Kerberos
-not yet; AH+ESP bundles are not offered yet. What IKE cannot use is skipped with a warning; a rule left
-without authentication or offers is not given to IKE, so its traffic cannot be secured (and is held, as
-when a negotiation fails).
+not yet; an AH+ESP bundle ("AH[MD5]+ESP[3DES,SHA1]") is one proposal. What IKE cannot use is skipped with
+a warning; a rule left without authentication or offers is not given to IKE, so its traffic cannot be
+secured (and is held, as when a negotiation fails).
 
 >>> from ipaddress import IPv4Address
 >>> from ipsecd.policy.expand import expand_rules
@@ -138,11 +138,10 @@ def _offers(rule: str, methods: tuple[spd.SecurityMethod, ...], pfs_group: int |
             warnings: list[str]) -> list[QuickModeOffer]:
     out = []
     for m in methods:
-        if m.uses_esp and m.ah_integrity:
-            warnings.append(f"rule {rule!r}: {m.describe()} skipped (IKE does not offer AH+ESP bundles yet)")
-        elif m.uses_esp:
+        if m.uses_esp:  # with ah_integrity: an AH+ESP bundle, AH outside (Windows "AH and ESP")
             out.append(QuickModeOffer("esp", CIPHERS[m.esp_encryption], INTEGRITY[m.esp_integrity],
-                                      m.lifetime_seconds, m.lifetime_kb, pfs_group))
+                                      m.lifetime_seconds, m.lifetime_kb, pfs_group,
+                                      ah=INTEGRITY[m.ah_integrity]))
         else:
             out.append(QuickModeOffer("ah", None, INTEGRITY[m.ah_integrity], m.lifetime_seconds,
                                       m.lifetime_kb, pfs_group))

@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from scapy.layers.ipsec import ESP
 from scenarios.driver_lab import counters, ipsecctl
-from scenarios.ike_lab import dump, start, stop, tshark_fields, wait_event, wait_quick_mode
+from scenarios.ike_lab import dump, nodes, start, tshark_fields, wait_event, wait_quick_mode
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen
 from lab.traffic import tcp_transfer
@@ -40,10 +40,8 @@ def ca():
 @pytest.fixture
 def pair(lab_up):
     lab = lab_up("intranet-pair")
-    a, b = lab.node("host-a"), lab.node("host-b")
-    yield lab, a, b
-    for node in (a, b):
-        stop(node)
+    with nodes(lab, "host-a", "host-b") as handles:
+        yield lab, *handles
 
 
 def test_certificates_authenticate_main_mode(pair, ca):

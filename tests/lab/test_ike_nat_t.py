@@ -4,7 +4,7 @@ sends NAT-T keepalives. See scenarios/ike-nat-t/README.md."""
 import pytest
 from scapy.layers.inet import IP, UDP
 from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
-from scenarios.ike_lab import dump, peek, start, stop, tshark_fields, wait_quick_mode
+from scenarios.ike_lab import dump, nodes, peek, start, tshark_fields, wait_quick_mode
 
 from lab.capture import assert_marker_absent, assert_only_protocols, wait_until
 from lab.traffic import tcp_transfer
@@ -17,10 +17,8 @@ NAT, SERVER = "203.0.113.1", "203.0.113.2"
 @pytest.fixture
 def natted(lab_up):
     lab = lab_up("nat-t")
-    client, server = lab.node("client"), lab.node("server")
-    yield lab, client, server
-    for node in (client, server):
-        stop(node)
+    with nodes(lab, "client", "server") as handles:
+        yield lab, *handles
 
 
 def udp(pkts, port):

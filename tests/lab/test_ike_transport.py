@@ -7,12 +7,13 @@ nodes with the scenario's folders, plus the change its twin makes.
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.ipsec import ESP
+from scapy.layers.ipsec import AH, ESP
 from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
 from scenarios.ike_lab import (
     dump,
     events,
     node_files,
+    nodes,
     start,
     stop,
     tshark_fields,
@@ -31,11 +32,8 @@ A, B = "10.0.0.1", "10.0.0.2"
 @pytest.fixture
 def pair(lab_up):
     lab = lab_up("intranet-pair")
-    a, b = lab.node("host-a"), lab.node("host-b")
-    yield lab, a, b
-    for node in (a, b):
-        stop(node)
-        node.firewall(drop=[])
+    with nodes(lab, "host-a", "host-b") as handles:
+        yield lab, *handles
 
 
 def policy_of(node, old: str, new: str) -> dict[str, str]:
@@ -107,21 +105,28 @@ def test_wrong_psk_no_sa_and_authentication_failure(pair):
     start(a, SCENARIO)
     start(b, SCENARIO, policy_of("host-b", "intranet-pair-lab", "not-the-key"))
     assert not a.exec(["ping", "-c", "2", "-W", "2", B]).ok
-    failure = wait_event(b, "authentication failed")
+    failure = wait_event(b, "main mode with 10.0.0.1 failed: authentication failed")
+    assert "pre-shared keys differ" in failure["text"]
+    wait_event(a, "AUTHENTICATION-FAILED")
     assert failure["kind"] == "negotiation-failed"
     wait_until(lambda: counters(b)["ike_authentication_failures"] >= 1, 10, what="the counter")
     assert ipsecctl(a, "qmsa") == [] and ipsecctl(b, "qmsa") == []
     assert ipsecctl(a, "sa") == [] and ipsecctl(b, "sa") == []
 
 
-def test_proposal_mismatch_has_a_readable_reason(pair):
+@pytest.mark.parametrize(("old", "new", "reason"), [
+    ('["ESP[3DES,SHA1]"]', '["ESP[DES,MD5]"]', "quick mode with 10.0.0.1 failed: no proposal chosen: peer "
+     "10.0.0.1 offered ESP[3DES,SHA1]; we accept ESP[DES,MD5]"),
+    ("[3DES-SHA1-2]", "[DES-MD5-1]", "main mode with 10.0.0.1 failed: no proposal chosen: peer 10.0.0.1 "
+     "offered 3DES/SHA1/group 2/PSK; we accept DES/MD5/group 1/PSK"),
+], ids=["quick-mode", "main-mode"])
+def test_proposal_mismatch_has_a_readable_reason(pair, old, new, reason):
     _lab, a, b = pair
     start(a, SCENARIO)
-    start(b, SCENARIO, policy_of("host-b", '["ESP[3DES,SHA1]"]', '["ESP[DES,MD5]"]'))
+    start(b, SCENARIO, policy_of("host-b", old, new))
     assert not a.exec(["ping", "-c", "2", "-W", "2", B]).ok
-    refused = wait_event(b, "quick mode")
-    assert "proposal" in refused["text"].lower() or "no acceptable" in refused["text"].lower(), events(b)
-    wait_event(a, "NO-PROPOSAL-CHOSEN")
+    assert wait_event(b, reason)["kind"] == "negotiation-failed"
+    wait_event(a, "refused " + reason.split(" with")[0] + ": NO-PROPOSAL-CHOSEN")
     assert counters(b)["ike_negotiation_failures"] >= 1
     assert ipsecctl(a, "sa") == [] and ipsecctl(b, "sa") == []
 
@@ -190,3 +195,57 @@ def test_policy_views_refresh_and_export_import(pair):
     esp_rows = a.exec(["cat", "/tmp/wireshark/esp_sa"], check=True).stdout.splitlines()
     assert ike_rows == ipsecctl(a, "keys")["ikev1_decryption_table"] and len(ike_rows) == 1
     assert len(esp_rows) == 2 and all(row.startswith('"IPv4"') for row in esp_rows)
+
+
+def test_ah_plus_esp_bundle_negotiated(pair):
+    lab, a, b = pair
+    bundle = '["AH[MD5]+ESP[3DES,SHA1]"]'
+    for node in (a, b):
+        start(node, SCENARIO, policy_of(node.name, '["ESP[3DES,SHA1]"]', bundle))
+    payload = MARKER * 300
+    with lab.capture_segment("lan") as cap:
+        assert tcp_transfer(a, b, payload, port=5005) == payload
+    pkts = cap.packets()
+    assert_only_protocols(pkts, between=(A, B), allowed={"ah", "udp/500"})
+    assert_marker_absent(pkts, MARKER)
+    ah = assert_protocol_seen(pkts, "ah", between=(A, B))
+    assert {p[AH].nh for p in ah} == {50}  # AH outside, ESP inside (RFC 4301 §4.5)
+    assert wait_quick_mode(a)[0]["security method"] == "AH[MD5]+ESP[3DES,SHA1]"
+    assert {s["bundle"] is not None for s in ipsecctl(a, "sa")} == {True, False}  # AH SAs hold ESP SAs
+    inner, authentic = tshark_decrypted_payloads(cap.pcap, ipsecctl(a, "keys")["tshark_args"])
+    assert MARKER * 10 in inner and authentic > 0
+
+
+def test_kilobyte_lifetime_rekeys_under_traffic(pair):
+    lab, a, b = pair
+    short = '["ESP[3DES,SHA1]:1000k/3600s"]'  # soft at 900 KB (driver) -> IKE rekeys; hard at 1000 KB
+    for node in (a, b):
+        start(node, SCENARIO, policy_of(node.name, '["ESP[3DES,SHA1]"]', short))
+    payload = MARKER * 150_000  # 3 MB: three lifetimes
+    with lab.capture_segment("lan", bpf="esp") as cap:
+        assert tcp_transfer(a, b, payload, port=5006, timeout=90) == payload
+    spis = {p[ESP].spi for p in cap.packets() if ESP in p and p[IP].src == A}
+    assert len(spis) >= 3, dump(a)  # host-a's outbound SA changed at least twice
+    assert counters(a)["ike_oakley_quick_modes"] >= 3
+    assert any("rekey" in e["kind"] for e in events(a) + events(b))
+    assert counters(b)["packets_not_authenticated"] == counters(b)["replayed_packets"] == 0
+
+
+def test_peer_restart_without_deletes_recovers(pair):
+    _, a, b = pair
+    for node in (a, b):
+        start(node, SCENARIO)
+    a.exec(["ping", "-c", "1", "-W", "5", B], check=True)
+    old = wait_quick_mode(a)[0]["outbound spi"]
+    # host-b crashes (SIGKILL: no deletes reach host-a) and comes back with no SA: host-a still sends on
+    # its old SA. host-b, seeing an SPI it does not know from a peer it has no main mode with, negotiates
+    # afresh; its INITIAL-CONTACT makes host-a drop the old SAs.
+    b.exec(["sh", "-c", "kill -9 $(cat /run/lab/ipsecd.pid)"], check=True)
+    b.exec(["sh", "-c", "nft delete table inet ipsecd; ip link del ipsec0; "
+                        "ip rule del fwmark 0x2121 table 2121"])  # what a clean stop would have removed
+    start(b, SCENARIO)
+    # The first packet on the old SA is lost (it is what tells host-b); the next ones get through.
+    wait_until(lambda: a.exec(["ping", "-c", "1", "-W", "2", B]).ok, 15, what="ping after host-b's restart")
+    assert wait_quick_mode(a)[0]["outbound spi"] != old and len(ipsecctl(a, "qmsa")) == 1
+    assert counters(b)["bad_spi_packets"] >= 1
+    wait_event(a, "INITIAL-CONTACT")

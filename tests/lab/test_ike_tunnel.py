@@ -4,7 +4,7 @@ talk and the WAN carries only IKE and ESP. See scenarios/ike-tunnel/README.md.""
 import pytest
 from scapy.layers.ipsec import ESP
 from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
-from scenarios.ike_lab import dump, start, stop, wait_quick_mode
+from scenarios.ike_lab import dump, nodes, start, wait_quick_mode
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen
 from lab.traffic import tcp_transfer
@@ -18,10 +18,8 @@ HOST_A, HOST_B = "10.1.0.10", "10.2.0.10"
 @pytest.fixture
 def sites(lab_up):
     lab = lab_up("gateway-tunnel")
-    gateways = lab.node("gw-a"), lab.node("gw-b")
-    yield lab, lab.node("host-a"), lab.node("host-b"), *gateways
-    for node in gateways:
-        stop(node)
+    with nodes(lab, "host-a", "host-b", "gw-a", "gw-b") as handles:
+        yield lab, *handles
 
 
 def test_hosts_talk_through_a_negotiated_tunnel(sites):

@@ -115,3 +115,65 @@ def test_certificate_source_picks_the_named_ca(tmp_path):
         source("CN=Nobody")
     with pytest.raises(KeyError, match=r"no ike\.certificate"):
         certificate_source(None, None, cas)("CN=Lab Root CA")
+
+
+def test_default_response_sas_bring_their_own_filters_while_they_live():
+    lab = negotiate()
+    done_b = lab.drv_b.added[0]
+    driver_b, bridge_b, wire_b = bridged(SPD())  # host-b has no rule for host-a: Client (Respond Only)
+    bridge_b.load_policy(SPD())
+    bridge_b.add_sa(done_b)
+    names = {f.name for f in driver_b.spd.filters}
+    assert names == {f"<Dynamic> {B}/32 <-> {A}/32"}
+    driver_b.outbound(bytes(IP(src=B, dst=A) / ICMP()))  # the reply goes secured
+    assert wire_b.sent and wire_b.sent[0][0][9] == 50
+    bridge_b.load_policy(SPD())  # a policy poll keeps them
+    assert {f.name for f in driver_b.spd.filters} == names
+    for child in (done_b.inbound, done_b.outbound):
+        bridge_b.delete_sa(child.spi, child.dst, child.protocol)
+    assert len(driver_b.spd) == 0
+
+
+def test_ike_reports_every_peer_that_speaks_and_retransmits_as_configured():
+    from tests.unit.test_ike_component import PSK, ManualClock, Network, Rule, host
+
+    clock = ManualClock()
+    net = Network(clock)
+    heard = []
+    ike_a, _ = net.attach(A, [Rule("to-b", PSK, host(A), host(B))], retransmit=(1, 1),
+                          on_peer_message=heard.append)
+    net.attach(B, [Rule("any", PSK)])
+    net.drop = lambda src, dst, data: dst[0] == B  # B never hears A
+    ike_a.acquire(ike_a.rules[0], host(A), host(B), B)
+    net.run()
+    clock.advance(5, net)
+    assert [dst for _, _, dst, _ in net.log] == [(B, 500)] * 3  # the first send and two retransmissions
+    assert ike_a.counters["Negotiation Failures: no response"] == 1 and heard == []
+    net.drop = lambda src, dst, data: False
+    ike_a.acquire(ike_a.rules[0], host(A), host(B), B)
+    net.run()
+    assert set(heard) == {B}  # the Negotiator learns B speaks IKE: no soft association for it
+
+
+def test_unknown_spi_from_a_peer_without_main_mode_renegotiates():
+    lab = negotiate()
+    done_a = lab.drv_a.added[0]
+    driver_b, bridge_b, _ = bridged(host_filter("b-a", B, A))  # host-b restarted: no SA, no main mode
+
+    acquired = []
+
+    class Negotiator:
+        def acquire(self, f, sel):
+            acquired.append((f.name, sel))
+
+    bridge_b.negotiator = Negotiator()
+    bridge_b.ike.local_address = B
+    bridge_b.ike.has_main_mode_with = lambda peer: False
+    wire_a = RecordingWire()
+    driver_a = Driver(host_filter("a-b", A, B), wire=wire_a)
+    IKEBridge(driver_a).add_sa(done_a)
+    driver_a.outbound(bytes(IP(src=A, dst=B) / ICMP()))
+    for _ in range(3):  # a burst: one reaction
+        driver_b.inbound(wire_a.sent[0][0])
+    assert [name for name, _ in acquired] == ["b-a"]
+    assert driver_b.counter_values()["bad_spi_packets"] == 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from scapy.error import Scapy_Exception
@@ -17,7 +18,7 @@ from scapy.utils import PcapReader
 from scenarios.driver_lab import ipsecctl, ipsecd_log
 
 from lab.capture import Capture, wait_until
-from lab.docker_backend import Node
+from lab.docker_backend import Lab, Node
 
 SCENARIOS = Path(__file__).parent
 ETC = "/etc/ipsecd"
@@ -46,6 +47,19 @@ def start(node: Node, scenario: str, changes: dict[str, str | bytes] | None = No
         return node.exec(["ipsecctl", "status"]).ok
 
     wait_until(ready, 20, what=f"{node.name}: ipsecd to answer")
+
+
+@contextlib.contextmanager
+def nodes(lab: Lab, *names: str) -> Iterator[tuple[Node, ...]]:
+    """The named nodes of a shared lab; at the end ipsecd is stopped and the firewall lifted in each, whatever
+    the test did, so the next test starts clean."""
+    handles = tuple(lab.node(name) for name in names)
+    try:
+        yield handles
+    finally:
+        for node in handles:
+            stop(node)
+            node.firewall(drop=[])
 
 
 def stop(node: Node) -> None:

@@ -85,17 +85,25 @@ def segments(frame: bytes) -> list[bytes]:
 
 
 def segment_tcp4(packet: bytes, mss: int) -> list[bytes]:
-    """Cut a TCP/IPv4 super-packet into segments of `mss` payload bytes with complete checksums."""
+    """Cut a TCP/IPv4 super-packet into segments of `mss` payload bytes with complete checksums.
+
+    Both checksums start from the sum of the fields all segments share; per segment only the IP length
+    and identification, the TCP length, sequence number, flags and payload are added (RFC 1071 sums
+    are sums of 16-bit words, in any order).
+    """
     ihl = (packet[0] & 0x0F) * 4
     if len(packet) < ihl + 20 or packet[9] != 6:
         return [packet]
     header_end = ihl + (packet[ihl + 12] >> 4) * 4
     version_ihl, tos, _, ident, fragment = _IP_HEAD.unpack_from(packet)
     ttl_protocol, addresses_options = packet[8:10], packet[12:ihl]
-    pseudo = int.from_bytes(packet[12:20], "big") + 6  # addresses and protocol; the length per segment
+    ip_shared = (version_ihl << 8 | tos) + fragment + int.from_bytes(ttl_protocol + addresses_options, "big")
     ports, seq = packet[ihl:ihl + 4], int.from_bytes(packet[ihl + 4:ihl + 8], "big")
     ack_offset, flags = packet[ihl + 8:ihl + 13], packet[ihl + 13]  # acknowledgment, data offset; flags
     window, urgent_options = packet[ihl + 14:ihl + 16], packet[ihl + 18:header_end]
+    tcp_shared = (int.from_bytes(packet[12:20], "big") + 6 + header_end - ihl  # pseudo-header
+                  + int.from_bytes(ports + packet[ihl + 8:ihl + 12] + window + urgent_options, "big")
+                  + (packet[ihl + 12] << 8))
     payload = memoryview(packet)[header_end:]
     last_start = (len(payload) - 1) // mss * mss if payload else 0
     out = []
@@ -104,14 +112,14 @@ def segment_tcp4(packet: bytes, mss: int) -> list[bytes]:
         segment_flags = flags if start == last_start else flags & ~(TCP_FIN | TCP_PSH)
         if index:
             segment_flags &= ~TCP_CWR
-        ip_head = _IP_HEAD.pack(version_ihl, tos, header_end + len(chunk), (ident + index) & 0xFFFF,
-                                fragment) + ttl_protocol
-        ip_checksum = _fold(int.from_bytes(ip_head + addresses_options, "big")).to_bytes(2, "big")
-        tcp_head = (ports + ((seq + start) & 0xFFFFFFFF).to_bytes(4, "big") + ack_offset
-                    + bytes((segment_flags,)) + window)
-        tcp_checksum = _fold(pseudo + header_end - ihl + len(chunk) + int.from_bytes(tcp_head, "big")
-                             + int.from_bytes(urgent_options, "big") + _value(chunk))
-        out.append(b"".join((ip_head, ip_checksum, addresses_options, tcp_head,
+        total, ip_id = header_end + len(chunk), (ident + index) & 0xFFFF
+        segment_seq = (seq + start) & 0xFFFFFFFF
+        ip_checksum = _fold(ip_shared + total + ip_id)
+        tcp_checksum = _fold(tcp_shared + len(chunk) + (segment_seq >> 16) + (segment_seq & 0xFFFF)
+                             + segment_flags + _value(chunk))
+        out.append(b"".join((_IP_HEAD.pack(version_ihl, tos, total, ip_id, fragment), ttl_protocol,
+                             ip_checksum.to_bytes(2, "big"), addresses_options, ports,
+                             segment_seq.to_bytes(4, "big"), ack_offset, bytes((segment_flags,)), window,
                              tcp_checksum.to_bytes(2, "big"), urgent_options, chunk)))
     return out
 

@@ -53,6 +53,13 @@ def test_tso_read_is_cut_into_segments_as_the_kernel_would():
     assert all(IP(p)[TCP].options == IP(original)[TCP].options for p in parts)
 
 
+def test_odd_lengths_and_a_lone_segment_keep_right_checksums():
+    for length, mss in ((2001, 1000), (999, 1000), (1, 1000)):
+        parts = segments(tso_frame(super_packet(length), mss))
+        assert all(recomputed(p) == p for p in parts)
+        assert sum(len(IP(p)[TCP].payload) for p in parts) == length
+
+
 def test_partial_checksum_of_a_single_packet_is_completed():
     udp = IP(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / b"odd length"))
     partial = bytearray(bytes(udp))

@@ -451,6 +451,11 @@ class Driver:
         if report is not None and len(spi) == 4:
             report(int.from_bytes(spi, "big"), peer, protocol)
 
+    def wire_error(self, topic: str, packets: int, message: str) -> None:
+        """Batched I/O (ipsecd.offload) failed after the driver handed the packets over: send errors."""
+        self.counters["send_errors"] += packets
+        self._say(topic, message)
+
     def _dropped(self, error: IPsecError) -> None:
         self._say(type(error).__name__, f"packet dropped: {error}")
 
@@ -624,8 +629,7 @@ class KernelWire:
             self._batching = False
             self._gso.flush()
             if self._gso.lost:
-                driver.counters["send_errors"] += self._gso.lost
-                driver._say("send", f"cannot send UDP: {self._gso.error}")
+                driver.wire_error("send", self._gso.lost, f"cannot send UDP: {self._gso.error}")
                 self._gso.lost = 0
 
     def _drain_raw(self, sock: socket.socket, driver: Driver) -> None:
@@ -663,8 +667,7 @@ class KernelWire:
         try:
             self._coalescer.flush()
         except OSError as e:
-            driver.counters["send_errors"] += 1
-            driver._say("deliver", f"cannot write to the TUN: {e.strerror}")
+            driver.wire_error("deliver", 1, f"cannot write to the TUN: {e.strerror}")
 
     def close(self) -> None:
         for sock in (self.raw_out, self.esp_in, self.ah_in, self.udp):

@@ -20,6 +20,9 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
+# Packets the kernel queues for ipsecd before it drops (the TUN's own default is 500): TCP bursts through a
+# gateway overran 500 while ipsecd was busy, and every drop costs a retransmission.
+QUEUE_LENGTH = 4096
 
 
 class Tun:
@@ -41,8 +44,8 @@ class Tun:
                 fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
             with contextlib.suppress(OSError):  # IPv4 only: no IPv6 chatter (router solicitations) in the TUN
                 Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
-            subprocess.run(["ip", "link", "set", name, "mtu", str(mtu), "up"], check=True,
-                           capture_output=True, text=True)
+            subprocess.run(["ip", "link", "set", name, "mtu", str(mtu), "txqueuelen", str(QUEUE_LENGTH),
+                            "up"], check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as e:
             os.close(self.fd)
             detail = getattr(e, "stderr", None) or e

@@ -43,7 +43,8 @@ from ipsecd.ike.settings import (
 )
 from ipsecd.policy.model import AuthKind, AuthMethod, DefaultResponseRule, Policy, Rule
 
-CIPHERS = {"3des-cbc": "3des", "des-cbc": "des", None: None}
+AES = {f"aes-cbc-{bits}": f"aes{bits}" for bits in (128, 192, 256)}
+CIPHERS = {"3des-cbc": "3des", "des-cbc": "des", **AES, None: None}
 INTEGRITY = {"hmac-sha1-96": "sha1", "hmac-md5-96": "md5", None: None}
 ANY = Selector(IPv4Network("0.0.0.0/0"))
 

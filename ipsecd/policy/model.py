@@ -32,10 +32,12 @@ from ipsecd import spd
 # Protocol names the Windows filter dialog offers, plus the SPD's own; any other protocol is a number.
 PROTOCOLS = {**spd.PROTOCOL_NUMBERS, "egp": 8, "hmp": 20, "xns-idp": 22, "rdp": 27, "rvd": 66, "raw": 255}
 
-# netsh spellings (qmsecmethods / mmsecmethods) and the names the driver and IKE use.
-ESP_CIPHERS = {"3DES": "3des-cbc", "DES": "des-cbc", "NONE": None}
+# netsh spellings (qmsecmethods / mmsecmethods) and the names the driver and IKE use. Windows Server 2003
+# has DES and 3DES; AES128/192/256 are the names later Windows gives AES-CBC, for peers such as strongSwan.
+AES = {f"AES{bits}": f"aes-cbc-{bits}" for bits in (128, 192, 256)}
+ESP_CIPHERS = {"3DES": "3des-cbc", "DES": "des-cbc", **AES, "NONE": None}
 ESP_INTEGRITY = {"SHA1": "hmac-sha1-96", "MD5": "hmac-md5-96", "NONE": None}
-MM_CIPHERS = {"3DES": "3des-cbc", "DES": "des-cbc"}
+MM_CIPHERS = {"3DES": "3des-cbc", "DES": "des-cbc", **AES}
 MM_HASHES = {"SHA1": "sha1", "MD5": "md5"}
 DH_GROUPS = (1, 2, 14)  # Windows Server 2003: 768, 1024 and ("High") 2048-bit MODP
 

@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from scapy.layers.ipsec import ESP
 from scenarios.driver_lab import counters, ipsecctl
-from scenarios.ike_lab import dump, nodes, start, tshark_fields, wait_event, wait_quick_mode
+from scenarios.ike_lab import dump, isakmp_rows, nodes, start, wait_event, wait_quick_mode
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen
 from lab.traffic import tcp_transfer
@@ -62,8 +62,8 @@ def test_certificates_authenticate_main_mode(pair, ca):
     assert ma[0]["authentication"] == mb[0]["authentication"] == "rsa-sig", dump(a)
     assert "CN=host-b" in ma[0]["peer identity"] and "CN=host-a" in mb[0]["peer identity"]
     # tshark, with the exported keys, reads the certificates and signatures of main mode 5-6.
-    rows = tshark_fields(cap.pcap, ipsecctl(b, "keys")["tshark_args"],
-                         ["isakmp.exchangetype", "isakmp.cert.encoding", "isakmp.sig"], "isakmp")
+    rows = isakmp_rows(cap.pcap, ipsecctl(b, "keys")["tshark_args"],
+                       ["isakmp.exchangetype", "isakmp.cert.encoding", "isakmp.sig"])
     assert [r[0] for r in rows[:6]] == ["2"] * 6
     assert rows[4][1] == rows[5][1] == "4"  # X.509 certificate - signature, in MM5 and MM6
     assert rows[4][2] and rows[5][2]

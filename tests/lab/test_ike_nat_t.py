@@ -4,7 +4,7 @@ sends NAT-T keepalives. See scenarios/ike-nat-t/README.md."""
 import pytest
 from scapy.layers.inet import IP, UDP
 from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
-from scenarios.ike_lab import dump, nodes, peek, start, tshark_fields, wait_quick_mode
+from scenarios.ike_lab import dump, first_sends, isakmp_rows, nodes, peek, start, wait_quick_mode
 
 from lab.capture import assert_marker_absent, assert_only_protocols, wait_until
 from lab.traffic import tcp_transfer
@@ -45,7 +45,7 @@ def test_ike_floats_to_4500_esp_in_udp_and_keepalives(natted):
     pkts = cap.packets()
     assert_only_protocols(pkts, between=(NAT, SERVER), allowed={"udp/500", "udp/4500"})
     assert_marker_absent(pkts, MARKER)
-    ike500, on4500 = udp(pkts, 500), udp(pkts, 4500)
+    ike500, on4500 = first_sends(udp(pkts, 500)), udp(pkts, 4500)
     assert len(ike500) == 4, [p.summary() for p in ike500]  # main mode 1-4, then the float
     assert pkts.index(ike500[-1]) < pkts.index(on4500[0])
     nat_ports = {p[UDP].sport for p in on4500 if p[IP].src == NAT}
@@ -62,8 +62,7 @@ def test_ike_floats_to_4500_esp_in_udp_and_keepalives(natted):
     assert counters(server)["nat_keepalives_received"] >= 1
 
     args = ipsecctl(server, "keys")["tshark_args"]
-    rows = tshark_fields(cap.pcap, args, ["udp.srcport", "isakmp.exchangetype", "isakmp.id.data.ipv4_addr"],
-                         "isakmp")
+    rows = isakmp_rows(cap.pcap, args, ["udp.srcport", "isakmp.exchangetype", "isakmp.id.data.ipv4_addr"])
     identities = [r[2] for r in rows if r[1] == "2" and r[2]]
     assert identities == ["192.168.1.10", SERVER]  # main mode 5-6 on 4500, decrypted after the marker
     inner, authentic = tshark_decrypted_payloads(cap.pcap, ["-d", "udp.port==4500,udpencap", *args])

@@ -12,11 +12,12 @@ from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
 from scenarios.ike_lab import (
     dump,
     events,
+    first_sends,
+    isakmp_rows,
     node_files,
     nodes,
     start,
     stop,
-    tshark_fields,
     wait_event,
     wait_quick_mode,
 )
@@ -55,9 +56,9 @@ def test_psk_negotiation_then_only_esp(pair):
     pkts = cap.packets()
     assert_only_protocols(pkts, between=(A, B), allowed={"esp", "udp/500"})
     assert_marker_absent(pkts, MARKER)
-    ike = [p for p in pkts if UDP in p and p[UDP].dport == 500]
+    ike = first_sends([p for p in pkts if UDP in p and p[UDP].dport == 500])
     esp = assert_protocol_seen(pkts, "esp", between=(A, B))
-    assert len(ike) == 9, [p.summary() for p in ike]  # main mode 6 + quick mode 3, no retransmission
+    assert len(ike) == 9, [p.summary() for p in ike]  # main mode 6 + quick mode 3
     assert pkts.index(ike[-1]) < pkts.index(esp[0])  # ISAKMP first, then only ESP
 
     qa, qb = wait_quick_mode(a), wait_quick_mode(b)
@@ -79,8 +80,7 @@ def test_psk_negotiation_then_only_esp(pair):
     # The independent decoder: tshark with the keys ipsecctl exports reads main mode 5-6 (identities),
     # quick mode (SPIs) and the ESP (the marker, ICV good).
     args = ipsecctl(a, "keys")["tshark_args"]
-    rows = tshark_fields(cap.pcap, args, ["isakmp.exchangetype", "isakmp.id.data.ipv4_addr", "isakmp.spi"],
-                         "isakmp")
+    rows = isakmp_rows(cap.pcap, args, ["isakmp.exchangetype", "isakmp.id.data.ipv4_addr", "isakmp.spi"])
     assert [r[0] for r in rows] == ["2"] * 6 + ["32"] * 3
     assert rows[4][1] == A and rows[5][1] == B  # readable only once decrypted
     assert qa[0]["inbound spi"][2:] in rows[6][2].replace(":", "")
@@ -177,6 +177,15 @@ def test_policy_views_refresh_and_export_import(pair):
     again = wait_quick_mode(a)
     assert again[0]["inbound spi"] != first and again[0]["security method"] == "ESP[3DES,SHA1]"  # b's only
 
+    # A broken edit is refused with its file, line and field; the policy in force and its SAs stay.
+    a.exec(["sed", "-i", "s/protocol: any/protocol: tcpp/", "/etc/ipsecd/policies/host-a.yaml"], check=True)
+    refused = a.exec(["ipsecctl", "refresh"])
+    assert refused.rc == 1 and "/etc/ipsecd/policies/host-a.yaml:" in refused.stderr
+    assert "protocol" in refused.stderr and "tcpp" in refused.stderr, refused.stderr
+    assert [q["inbound spi"] for q in ipsecctl(a, "qmsa")] == [again[0]["inbound spi"]]
+    assert events(a)[-1]["kind"] == "policy-refused"
+    a.exec(["sed", "-i", "s/protocol: tcpp/protocol: any/", "/etc/ipsecd/policies/host-a.yaml"], check=True)
+
     # Export and import keep the policy's identity; import --assign takes effect at the next refresh.
     a.exec(["ipsecctl", "export", "/tmp/exported.yaml"], check=True)
     exported = a.exec(["cat", "/tmp/exported.yaml"], check=True).stdout
@@ -195,6 +204,22 @@ def test_policy_views_refresh_and_export_import(pair):
     esp_rows = a.exec(["cat", "/tmp/wireshark/esp_sa"], check=True).stdout.splitlines()
     assert ike_rows == ipsecctl(a, "keys")["ikev1_decryption_table"] and len(ike_rows) == 1
     assert len(esp_rows) == 2 and all(row.startswith('"IPv4"') for row in esp_rows)
+
+
+def test_aes_as_later_windows_and_strongswan_offer_it(pair):
+    lab, a, b = pair
+    for node in (a, b):
+        text = node_files(SCENARIO, node.name)[f"policies/{node.name}.yaml"]
+        text = text.replace("[3DES-SHA1-2]", "[AES256-SHA1-14]")
+        text = text.replace('"ESP[3DES,SHA1]"', '"ESP[AES128,SHA1]"')
+        start(node, SCENARIO, {f"policies/{node.name}.yaml": text})
+    with lab.capture_segment("lan") as cap:
+        assert tcp_transfer(a, b, MARKER * 300, port=5007) == MARKER * 300
+    assert ipsecctl(a, "mmsa")[0]["algorithms"].startswith("AES256/SHA1/group 14")
+    assert wait_quick_mode(a)[0]["security method"] == "ESP[AES128,SHA1]"
+    assert {s["encryption"] for s in ipsecctl(a, "sa")} == {"aes-cbc-128"}
+    inner, authentic = tshark_decrypted_payloads(cap.pcap, ipsecctl(a, "keys")["tshark_args"])
+    assert MARKER * 10 in inner and authentic > 0
 
 
 def test_ah_plus_esp_bundle_negotiated(pair):

@@ -56,3 +56,18 @@ def test_refused_with_line_and_field(text, error):
     with pytest.raises(ConfigError, match=None) as caught:
         parse(text, "ipsecd.yaml")
     assert error in str(caught.value)
+
+
+def test_check_reads_the_assigned_policy(tmp_path, capsys):
+    from ipsecd.daemon import main
+
+    store = tmp_path / "policies"
+    store.mkdir()
+    (store / "a.yaml").write_text("name: a\nrules: []\n")
+    (tmp_path / "ipsecd.yaml").write_text("policy: {store: policies, assign: a.yaml}\n")
+    assert main(["--check", "-c", str(tmp_path / "ipsecd.yaml")]) == 0
+    assert "policy 'a'" in capsys.readouterr().out
+    (store / "a.yaml").write_text("name: a\nrules: [{name: r}]\n")
+    assert main(["--check", "-c", str(tmp_path / "ipsecd.yaml")]) == 2
+    assert "the assigned policy is refused" in capsys.readouterr().err
+    assert not (store / "assigned").exists()  # --check assigns nothing

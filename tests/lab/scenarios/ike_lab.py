@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scapy.error import Scapy_Exception
+from scapy.layers.inet import UDP
 from scapy.utils import PcapReader
 from scenarios.driver_lab import ipsecctl, ipsecd_log
 
@@ -102,6 +103,31 @@ def tshark_fields(pcap: Path, args: list[str], fields: list[str], display: str =
         cmd += ["-e", f]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
     return [line.split("|") for line in out.splitlines()]
+
+
+def isakmp_rows(pcap: Path, args: list[str], fields: list[str]) -> list[list[str]]:
+    """tshark rows of the ISAKMP messages in a capture, each message once: a retransmission (the same bytes
+    again, when a busy machine keeps a peer waiting over a second) is left out, so tests can name messages
+    by their position (rows[4] is main mode 5)."""
+    seen: set[str] = set()
+    out = []
+    for payload, *row in tshark_fields(pcap, args, ["udp.payload", *fields], "isakmp"):
+        if payload not in seen:
+            seen.add(payload)
+            out.append(row)
+    return out
+
+
+def first_sends(packets: list) -> list:
+    """UDP packets without their retransmissions (the same payload again)."""
+    seen: set[bytes] = set()
+    out = []
+    for p in packets:
+        data = bytes(p[UDP].payload)
+        if data not in seen:
+            seen.add(data)
+            out.append(p)
+    return out
 
 
 def dump(node: Node) -> str:

@@ -53,6 +53,7 @@ class DriverSettings:
     route_table: int = 2121  # policy routing table holding the default route into the TUN
     fwmark: int = 0x2121  # the mark nftables puts on packets to be secured
     bypass_mark: int = 0x2122  # the mark on the daemon's own packets, which are never secured again
+    offload: bool = True  # TUN super-packets: TSO reads cut by ipsecd, coalesced GSO writes (offload.py)
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class _Reader:
         values = {}
         for key, value in raw.items():
             expected = type(getattr(DriverSettings, key))
-            if not isinstance(value, expected) or isinstance(value, bool):
+            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
                 raise self.error(f"driver.{key}", f"expected {expected.__name__}, got {value!r}")
             values[key] = value
         settings = DriverSettings(**values)

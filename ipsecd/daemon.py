@@ -202,7 +202,7 @@ class Daemon:
         self.started = time.time()
         self.manual: dict[Group, SecurityAssociation] = {}
         s = cfg.driver
-        self.tun = Tun(s.tun, s.mtu)
+        self.tun = Tun(s.tun, s.mtu, s.offload)
         self.wire = KernelWire(self.tun, s.bypass_mark)
         self.kernel = Netfilter(Marks(s.fwmark, s.bypass_mark, s.route_table, s.tun))
         self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, ike=ike,

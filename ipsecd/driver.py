@@ -33,6 +33,7 @@ import contextlib
 import logging
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from typing import Protocol
 
 from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, UnknownSPI, classify_udp4500
 from ipsecd.netfilter import Netfilter, comment_name
+from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro
 from ipsecd.sad import SAD, SecurityAssociation
 from ipsecd.spd import SPD, Action, Direction, Filter, Selector
 
@@ -449,6 +451,11 @@ class Driver:
         if report is not None and len(spi) == 4:
             report(int.from_bytes(spi, "big"), peer, protocol)
 
+    def wire_error(self, topic: str, packets: int, message: str) -> None:
+        """Batched I/O (ipsecd.offload) failed after the driver handed the packets over: send errors."""
+        self.counters["send_errors"] += packets
+        self._say(topic, message)
+
     def _dropped(self, error: IPsecError) -> None:
         self._say(type(error).__name__, f"packet dropped: {error}")
 
@@ -511,12 +518,14 @@ def fix_l4_checksum(packet: bytes) -> bytes:
 
 
 def internet_checksum(data: bytes | bytearray) -> int:
-    if len(data) % 2:
-        data = bytes(data) + b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    """RFC 1071 checksum; the one's complement sum of 16-bit words is the integer modulo 0xFFFF.
+
+    >>> hex(internet_checksum(bytes.fromhex("4500003c1c46400040060000ac100a63ac100a0c")))
+    '0xb1e6'
+    """
+    value = int.from_bytes(data, "big") << (8 if len(data) % 2 else 0)
+    rest = value % 0xFFFF
+    return 0xFFFF - rest if rest else (0 if value else 0xFFFF)
 
 
 # -- the kernel side ---------------------------------------------------------------------------------------
@@ -533,7 +542,9 @@ class KernelWire:
     """The real I/O: TUN device, raw sockets for ESP and AH, the UDP 4500 socket.
 
     Everything the daemon sends carries the bypass mark, so the nftables rules never mark it for
-    securing again.
+    securing again. With an offload TUN (`tun.offload`), a read may hold a TCP super-packet that is cut
+    into the segments the driver sees, and the packets delivered during one drain are coalesced into
+    GSO writes (ipsecd.offload): fewer syscalls, the same packets through the driver.
     """
 
     def __init__(self, tun, bypass_mark: int, nat_t_port: int = 4500) -> None:
@@ -555,15 +566,36 @@ class KernelWire:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
         for sock in (self.esp_in, self.ah_in):
             sock.setblocking(False)
+        self._coalescer = Coalescer(self._write_frame) if tun.offload else None
+        self._gso = GsoSender(self._send_segments) if tun.offload else None
+        self._batching = False  # inside a TUN drain: UDP sends wait for the drain's end
+        if tun.offload:
+            with contextlib.suppress(OSError):
+                self.udp.setsockopt(SOL_UDP, UDP_GRO, 1)
 
     def send_ip(self, packet: bytes, dst: str) -> None:
         self.raw_out.sendto(packet, (dst, 0))
 
     def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
-        self.udp.sendto(payload, addr)
+        if self._batching:
+            self._gso.add(payload, addr)
+        else:
+            self.udp.sendto(payload, addr)
+
+    def _send_segments(self, buffer: bytes, size: int, addr: tuple[str, int]) -> None:
+        if len(buffer) == size:
+            self.udp.sendto(buffer, addr)
+        else:
+            self.udp.sendmsg([buffer], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, addr)
 
     def deliver(self, packet: bytes) -> None:
-        self.tun.write(packet)
+        if self._coalescer is not None:
+            self._coalescer.add(packet)  # written at the latest when the drain ends
+        else:
+            self.tun.write(packet)
+
+    def _write_frame(self, frame: bytes) -> None:
+        self.tun.write(frame)
 
     def attach(self, loop, driver: Driver) -> None:
         """Register the readers on an asyncio loop; each wake-up drains up to DRAIN packets."""
@@ -577,30 +609,65 @@ class KernelWire:
             loop.remove_reader(fd)
 
     def _drain_tun(self, driver: Driver) -> None:
-        for _ in range(DRAIN):
-            packet = self.tun.read()
-            if packet is None:
-                return
-            driver.outbound(packet)
+        read, outbound = self.tun.read, driver.outbound
+        if self._coalescer is None:
+            for _ in range(DRAIN):
+                packet = read()
+                if packet is None:
+                    return
+                outbound(packet)
+            return
+        self._batching = True
+        try:
+            for _ in range(DRAIN):
+                frame = read()
+                if frame is None:
+                    return
+                for packet in segments(frame):
+                    outbound(packet)
+        finally:
+            self._batching = False
+            self._gso.flush()
+            if self._gso.lost:
+                driver.wire_error("send", self._gso.lost, f"cannot send UDP: {self._gso.error}")
+                self._gso.lost = 0
 
-    @staticmethod
-    def _drain_raw(sock: socket.socket, driver: Driver) -> None:
-        for _ in range(DRAIN):
-            try:
-                packet = sock.recv(65535)
-            except BlockingIOError:
-                return
-            driver.inbound(packet)
+    def _drain_raw(self, sock: socket.socket, driver: Driver) -> None:
+        recv, inbound = sock.recv, driver.inbound
+        try:
+            for _ in range(DRAIN):
+                inbound(recv(65535))
+        except BlockingIOError:
+            pass
+        finally:
+            self._flush(driver)
 
     def _drain_udp(self, driver: Driver) -> None:
-        for _ in range(DRAIN):
-            try:
-                payload, ancillary, _, (src, sport) = self.udp.recvmsg(65535, 64, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            dst = next((socket.inet_ntoa(data[8:12]) for level, kind, data in ancillary
-                        if level == socket.IPPROTO_IP and kind == IP_PKTINFO), "0.0.0.0")
-            driver.inbound_udp(payload, src, sport, dst)
+        recvmsg, inbound_udp = self.udp.recvmsg, driver.inbound_udp
+        try:
+            for _ in range(DRAIN):
+                payload, ancillary, _, (src, sport) = recvmsg(65535, 64, socket.MSG_DONTWAIT)
+                dst, size = "0.0.0.0", 0
+                for level, kind, data in ancillary:
+                    if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                        dst = socket.inet_ntoa(data[8:12])
+                    elif level == SOL_UDP and kind == UDP_GRO:
+                        size = int.from_bytes(data[:4], sys.byteorder)  # datagrams GRO merged
+                for datagram in split_gro(payload, size):
+                    inbound_udp(datagram, src, sport, dst)
+        except BlockingIOError:
+            pass
+        finally:
+            self._flush(driver)
+
+    def _flush(self, driver: Driver) -> None:
+        """Write what the drain coalesced; a TUN that refuses it is counted like a refused packet."""
+        if self._coalescer is None:
+            return
+        try:
+            self._coalescer.flush()
+        except OSError as e:
+            driver.wire_error("deliver", 1, f"cannot write to the TUN: {e.strerror}")
 
     def close(self) -> None:
         for sock in (self.raw_out, self.esp_in, self.ah_in, self.udp):

@@ -1,0 +1,262 @@
+"""Super-packet I/O on the TUN (virtio-net header, TSO4): one read or write carries a whole TCP burst.
+
+Per-packet syscalls, not crypto, bound a userspace data plane (shared/research/dataplane.md §4): with
+`IFF_VNET_HDR` and TSO4 the kernel hands the driver a TCP super-packet of up to 64 KB in one `read()`,
+and takes a run of decrypted segments of one flow back in one `write()`. The driver itself still sees
+ordinary packets: `segments()` cuts a read into the packets the kernel would have put on a wire (the SPD,
+the SAD and the counters apply to each), and `Coalescer` merges consecutive delivered segments of one TCP
+flow the way Linux GRO does, so that nothing but the number of syscalls changes.
+
+Every frame read or written starts with a 10-byte virtio-net header (`<BBHHHH`: flags, GSO type,
+header length, segment size, checksum start, checksum offset).
+
+>>> from scapy.layers.inet import IP, TCP
+>>> big = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1, dport=2, flags="PA", seq=1000) / (b"x" * 3000)
+>>> raw = bytearray(bytes(big))
+>>> frame = VNET_HEADER.pack(NEEDS_CSUM, GSO_TCPV4, 40, 1400, 20, 16) + bytes(raw)
+>>> [(IP(p).len, IP(p)[TCP].seq, str(IP(p)[TCP].flags)) for p in segments(frame)]
+[(1440, 1000, 'A'), (1440, 2400, 'A'), (240, 3800, 'PA')]
+>>> def recomputed(packet):
+...     p = IP(packet)
+...     del p.chksum, p[TCP].chksum
+...     return bytes(p)
+>>> all(recomputed(p) == p for p in segments(frame))
+True
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+VNET_HEADER = struct.Struct("<BBHHHH")  # struct virtio_net_hdr, host (little-endian) byte order
+VNET_HEADER_SIZE = VNET_HEADER.size
+NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM: the checksum at csum_start + csum_offset is only partial
+GSO_NONE, GSO_TCPV4 = 0, 1
+GSO_ECN = 0x80
+PLAIN_HEADER = bytes(VNET_HEADER_SIZE)  # a single, complete packet
+MAX_FRAME = 65535  # largest IPv4 packet: a coalesced run never grows beyond it
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
+_IP_HEAD = struct.Struct("!BBHHH")  # version/IHL, TOS, total length, identification, flags/fragment
+
+
+def _fold(value: int) -> int:
+    """The one's complement checksum of data whose big-endian integer value (even length) is `value`.
+
+    The one's complement sum of 16-bit words is the integer modulo 0xFFFF (2**16 = 1 mod 0xFFFF).
+    """
+    rest = value % 0xFFFF
+    return 0xFFFF - rest if rest else 0
+
+
+def _value(data: bytes | memoryview) -> int:
+    """Big-endian integer of `data` padded to an even length (RFC 1071)."""
+    value = int.from_bytes(data, "big")
+    return value << 8 if len(data) & 1 else value
+
+
+def complete_checksum(packet: bytes, start: int, offset: int) -> bytes:
+    """Finish a CHECKSUM_PARTIAL packet: the field holds the pseudo-header sum, the rest is ours to add."""
+    checksum = _fold(_value(memoryview(packet)[start:]))
+    if packet[9] == 17 and checksum == 0:
+        checksum = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
+    at = start + offset
+    return packet[:at] + checksum.to_bytes(2, "big") + packet[at + 2:]
+
+
+def segments(frame: bytes) -> list[bytes]:
+    """The IPv4 packets in one frame read from a TUN with a virtio-net header, checksums complete.
+
+    A TSO4 super-packet is cut into `gso_size` segments as the kernel would (sequence numbers, IP
+    identification +1, FIN/PSH on the last segment only, CWR on the first only); anything else is one
+    packet, its partial checksum (if any) completed. A frame too short or of another GSO type is returned
+    as is, for the driver to count as malformed.
+    """
+    if len(frame) < VNET_HEADER_SIZE + 20:
+        return [frame[VNET_HEADER_SIZE:]]
+    flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HEADER.unpack_from(frame)
+    packet = frame[VNET_HEADER_SIZE:]
+    if gso_type & ~GSO_ECN == GSO_TCPV4 and gso_size:
+        return segment_tcp4(packet, gso_size)
+    if flags & NEEDS_CSUM and csum_start + csum_offset + 2 <= len(packet):
+        return [complete_checksum(packet, csum_start, csum_offset)]
+    return [packet]
+
+
+def segment_tcp4(packet: bytes, mss: int) -> list[bytes]:
+    """Cut a TCP/IPv4 super-packet into segments of `mss` payload bytes with complete checksums.
+
+    Both checksums start from the sum of the fields all segments share; per segment only the IP length
+    and identification, the TCP length, sequence number, flags and payload are added (RFC 1071 sums
+    are sums of 16-bit words, in any order).
+    """
+    ihl = (packet[0] & 0x0F) * 4
+    if len(packet) < ihl + 20 or packet[9] != 6:
+        return [packet]
+    header_end = ihl + (packet[ihl + 12] >> 4) * 4
+    version_ihl, tos, _, ident, fragment = _IP_HEAD.unpack_from(packet)
+    ttl_protocol, addresses_options = packet[8:10], packet[12:ihl]
+    ip_shared = (version_ihl << 8 | tos) + fragment + int.from_bytes(ttl_protocol + addresses_options, "big")
+    ports, seq = packet[ihl:ihl + 4], int.from_bytes(packet[ihl + 4:ihl + 8], "big")
+    ack_offset, flags = packet[ihl + 8:ihl + 13], packet[ihl + 13]  # acknowledgment, data offset; flags
+    window, urgent_options = packet[ihl + 14:ihl + 16], packet[ihl + 18:header_end]
+    tcp_shared = (int.from_bytes(packet[12:20], "big") + 6 + header_end - ihl  # pseudo-header
+                  + int.from_bytes(ports + packet[ihl + 8:ihl + 12] + window + urgent_options, "big")
+                  + (packet[ihl + 12] << 8))
+    payload = memoryview(packet)[header_end:]
+    last_start = (len(payload) - 1) // mss * mss if payload else 0
+    out = []
+    for index, start in enumerate(range(0, max(len(payload), 1), mss)):
+        chunk = payload[start:start + mss]
+        segment_flags = flags if start == last_start else flags & ~(TCP_FIN | TCP_PSH)
+        if index:
+            segment_flags &= ~TCP_CWR
+        total, ip_id = header_end + len(chunk), (ident + index) & 0xFFFF
+        segment_seq = (seq + start) & 0xFFFFFFFF
+        ip_checksum = _fold(ip_shared + total + ip_id)
+        tcp_checksum = _fold(tcp_shared + len(chunk) + (segment_seq >> 16) + (segment_seq & 0xFFFF)
+                             + segment_flags + _value(chunk))
+        out.append(b"".join((_IP_HEAD.pack(version_ihl, tos, total, ip_id, fragment), ttl_protocol,
+                             ip_checksum.to_bytes(2, "big"), addresses_options, ports,
+                             segment_seq.to_bytes(4, "big"), ack_offset, bytes((segment_flags,)), window,
+                             tcp_checksum.to_bytes(2, "big"), urgent_options, chunk)))
+    return out
+
+
+class Coalescer:
+    """Merges consecutive TCP segments of one flow into one GSO_TCPV4 TUN write, as Linux GRO would.
+
+    `add(packet)` per delivered packet, `flush()` after each batch; `write(frame)` gets each frame, its
+    virtio-net header included. Segments merge when they continue the run exactly: same IPv4 header
+    fields (no options, no fragment), same ports, acknowledgment and TCP options, the next sequence
+    number, plain ACK flags (PSH ends a run), no segment longer than the first.
+    """
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+        self._run: list[bytes] = []
+        self._key = b""  # what every segment of the run shares
+        self._header = 0  # IPv4 + TCP header length of the run's segments
+        self._flags = 0  # TCP flags of the merged segment
+        self._next_seq = 0
+        self._mss = 0
+        self._length = 0
+        self._open = False  # a further segment may join
+
+    def add(self, packet: bytes) -> None:
+        key, seq, payload = _tcp_run_key(packet)
+        if self._run:
+            if (self._open and key == self._key and seq == self._next_seq and payload <= self._mss
+                    and self._length + payload <= MAX_FRAME):
+                self._run.append(packet[self._header:])
+                self._flags |= packet[33]  # PSH of the last segment goes on the merged one (as GRO does)
+                self._length += payload
+                self._next_seq = (seq + payload) & 0xFFFFFFFF
+                self._open = payload == self._mss and not packet[33] & TCP_PSH
+                return
+            self.flush()
+        if key is None:
+            self._write(PLAIN_HEADER + packet)
+            return
+        self._run, self._key, self._mss, self._length = [packet], key, payload, len(packet)
+        self._header, self._flags = len(packet) - payload, packet[33]
+        self._next_seq = (seq + payload) & 0xFFFFFFFF
+        self._open = not packet[33] & TCP_PSH
+
+    def flush(self) -> None:
+        """Write the run collected so far: one plain packet, or one GSO super-packet."""
+        run = self._run
+        if not run:
+            return
+        self._run = []
+        if len(run) == 1:
+            self._write(PLAIN_HEADER + run[0])
+            return
+        first, total = run[0], self._length
+        ip_head = first[:2] + total.to_bytes(2, "big") + first[4:10]
+        ip_checksum = _fold(int.from_bytes(ip_head + first[12:20], "big")).to_bytes(2, "big")
+        # NEEDS_CSUM: the TCP checksum field holds the pseudo-header sum, not inverted; the kernel
+        # completes it when it has to (forwarding), local delivery trusts it (ESP authenticated it)
+        pseudo = (int.from_bytes(first[12:20], "big") + 6 + total - 20) % 0xFFFF or 0xFFFF
+        vnet = VNET_HEADER.pack(NEEDS_CSUM, GSO_TCPV4, self._header, self._mss, 20, 16)
+        self._write(b"".join((vnet, ip_head, ip_checksum, first[12:33], bytes((self._flags,)),
+                              first[34:36], pseudo.to_bytes(2, "big"), first[38:], *run[1:])))
+
+
+def _tcp_run_key(packet: bytes) -> tuple[bytes | None, int, int]:
+    """(what a run's segments share, sequence number, payload length); key None if it cannot join one.
+
+    Only TCP/IPv4 without IP options, unfragmented, with the ACK flag alone (PSH allowed: it closes
+    the run), carrying data.
+    """
+    if len(packet) < 40 or packet[0] != 0x45 or packet[9] != 6 or packet[6] & 0x3F or packet[7]:
+        return None, 0, 0
+    if packet[33] & ~TCP_PSH != TCP_ACK:
+        return None, 0, 0
+    header = 20 + (packet[32] >> 4) * 4
+    total = int.from_bytes(packet[2:4], "big")
+    payload = total - header
+    if payload <= 0 or total != len(packet) or header < 40:
+        return None, 0, 0
+    # TOS, DF, TTL, protocol, addresses, ports, acknowledgment, data offset, TCP options
+    key = packet[1:2] + packet[6:10] + packet[12:24] + packet[28:33] + packet[40:header]
+    return key, int.from_bytes(packet[24:28], "big"), payload
+
+
+SOL_UDP = 17
+UDP_SEGMENT = 103  # send: the kernel cuts the buffer into datagrams of this size
+UDP_GRO = 104  # receive: consecutive datagrams of one flow arrive as one buffer, this size each
+UDP_MAX_SEGMENTS = 64
+UDP_MAX_PAYLOAD = 65507
+
+
+class GsoSender:
+    """Collects the ESP-in-UDP datagrams of a drain and sends each run to one peer with UDP_SEGMENT.
+
+    A run is datagrams of one size to one address (the last may be shorter), at most 64 of them: one
+    `sendmsg` instead of one `sendto` each; the wire carries the same datagrams. `send(buffer, size,
+    addr)` does the sending; when it raises OSError the run is lost, counted in `lost`, the error kept
+    in `error` for the caller to report.
+    """
+
+    def __init__(self, send: Callable[[bytes, int, tuple[str, int]], object]) -> None:
+        self._send = send
+        self._run: list[bytes] = []
+        self._addr: tuple[str, int] | None = None
+        self._size = 0
+        self._length = 0
+        self.lost = 0
+        self.error: OSError | None = None
+
+    def add(self, payload: bytes, addr: tuple[str, int]) -> None:
+        run = self._run
+        if run and (addr != self._addr or len(payload) > self._size or len(run) == UDP_MAX_SEGMENTS
+                    or self._length + len(payload) > UDP_MAX_PAYLOAD or len(run[-1]) < self._size):
+            self.flush()
+        if not self._run:
+            self._addr, self._size, self._length = addr, len(payload), 0
+        self._run.append(payload)
+        self._length += len(payload)
+
+    def flush(self) -> None:
+        run = self._run
+        if not run:
+            return
+        self._run = []
+        try:
+            self._send(b"".join(run), self._size, self._addr)
+        except OSError as e:
+            self.lost += len(run)
+            self.error = e
+
+
+def split_gro(buffer: bytes, size: int) -> list[bytes]:
+    """The datagrams in one UDP_GRO buffer (all `size` bytes but the last).
+
+    >>> split_gro(b"aaabbbc", 3)
+    [b'aaa', b'bbb', b'c']
+    """
+    if not size or len(buffer) <= size:
+        return [buffer]
+    return [buffer[i:i + size] for i in range(0, len(buffer), size)]

@@ -1,0 +1,137 @@
+"""TUN super-packets: TSO segmentation and GRO-style coalescing, checked against scapy's own checksums."""
+
+from __future__ import annotations
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+
+from ipsecd.offload import (
+    GSO_NONE,
+    GSO_TCPV4,
+    NEEDS_CSUM,
+    PLAIN_HEADER,
+    VNET_HEADER,
+    VNET_HEADER_SIZE,
+    Coalescer,
+    GsoSender,
+    segments,
+    split_gro,
+)
+
+TIMESTAMP = [("NOP", None), ("NOP", None), ("Timestamp", (1234, 5678))]
+
+
+def recomputed(packet: bytes) -> bytes:
+    """The packet as scapy builds it with its own IPv4 and TCP/UDP checksums."""
+    p = IP(packet)
+    del p.chksum
+    if p.haslayer(TCP):
+        del p[TCP].chksum
+    if p.haslayer(UDP):
+        del p[UDP].chksum
+    return bytes(p)
+
+
+def super_packet(length: int, flags: str = "PA", seq: int = 0xFFFFF000) -> bytes:
+    payload = bytes(i * 7 % 251 for i in range(length))
+    return bytes(IP(src="10.0.0.1", dst="10.0.0.2", id=0xFFFE, flags="DF") /
+                 TCP(sport=40000, dport=5201, seq=seq, ack=99, flags=flags, options=TIMESTAMP) / payload)
+
+
+def tso_frame(packet: bytes, mss: int) -> bytes:
+    return VNET_HEADER.pack(NEEDS_CSUM, GSO_TCPV4, 52, mss, 20, 16) + packet
+
+
+def test_tso_read_is_cut_into_segments_as_the_kernel_would():
+    original = super_packet(5000, flags="FPA")
+    parts = segments(tso_frame(original, 1348))
+    assert [len(IP(p)[TCP].payload) for p in parts] == [1348, 1348, 1348, 956]
+    assert all(recomputed(p) == p for p in parts)  # IPv4 and TCP checksums complete and right
+    assert [IP(p).id for p in parts] == [0xFFFE, 0xFFFF, 0, 1]
+    assert [str(IP(p)[TCP].flags) for p in parts] == ["A", "A", "A", "FPA"]
+    assert [IP(p)[TCP].seq for p in parts] == [(0xFFFFF000 + i * 1348) % 2**32 for i in range(4)]
+    assert b"".join(bytes(IP(p)[TCP].payload) for p in parts) == bytes(IP(original)[TCP].payload)
+    assert all(IP(p)[TCP].options == IP(original)[TCP].options for p in parts)
+
+
+def test_odd_lengths_and_a_lone_segment_keep_right_checksums():
+    for length, mss in ((2001, 1000), (999, 1000), (1, 1000)):
+        parts = segments(tso_frame(super_packet(length), mss))
+        assert all(recomputed(p) == p for p in parts)
+        assert sum(len(IP(p)[TCP].payload) for p in parts) == length
+
+
+def test_partial_checksum_of_a_single_packet_is_completed():
+    udp = IP(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / b"odd length"))
+    partial = bytearray(bytes(udp))
+    pseudo = (int.from_bytes(partial[12:20], "big") + 17 + len(udp[UDP])) % 0xFFFF
+    partial[26:28] = pseudo.to_bytes(2, "big")  # what the kernel leaves for CHECKSUM_PARTIAL
+    frame = VNET_HEADER.pack(NEEDS_CSUM, GSO_NONE, 0, 0, 20, 6) + bytes(partial)
+    assert segments(frame) == [bytes(udp)]
+    ping = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP())
+    assert segments(PLAIN_HEADER + ping) == [ping]
+
+
+def test_a_run_of_segments_becomes_one_gso_write_with_the_original_payload():
+    original = super_packet(5000, flags="PA")
+    frames: list[bytes] = []
+    coalescer = Coalescer(frames.append)
+    for p in segments(tso_frame(original, 1348)):
+        coalescer.add(p)
+    coalescer.flush()
+    assert len(frames) == 1
+    flags, gso_type, header_length, gso_size, csum_start, csum_offset = VNET_HEADER.unpack_from(frames[0])
+    assert (flags, gso_type, header_length, gso_size, csum_start, csum_offset) == \
+        (NEEDS_CSUM, GSO_TCPV4, 52, 1348, 20, 16)
+    merged = IP(frames[0][VNET_HEADER_SIZE:])
+    assert merged.len == len(original) and bytes(merged[TCP].payload) == bytes(IP(original)[TCP].payload)
+    assert str(merged[TCP].flags) == "PA" and merged[TCP].seq == 0xFFFFF000
+    assert IP(recomputed(bytes(merged))).chksum == merged.chksum  # IPv4 header checksum complete
+    pseudo = (int.from_bytes(original[12:20], "big") + 6 + len(original) - 20) % 0xFFFF
+    assert merged[TCP].chksum == pseudo  # partial, as NEEDS_CSUM says
+
+
+def test_what_cannot_continue_a_run_is_written_apart():
+    frames: list[bytes] = []
+    coalescer = Coalescer(frames.append)
+    first, second, third, fourth = segments(tso_frame(super_packet(4000, flags="A"), 1000))
+    other_flow = recomputed(first.replace(b"\x9c\x40", b"\x9c\x41", 1))  # source port 40001
+    ping = bytes(IP(src="10.0.0.2", dst="10.0.0.1") / ICMP())
+    for p in (first, third, other_flow, ping, second, fourth):  # a gap, another flow, no TCP
+        coalescer.add(p)
+    coalescer.flush()
+    assert [f[:VNET_HEADER_SIZE] == PLAIN_HEADER for f in frames] == [True] * 6
+    assert [f[VNET_HEADER_SIZE:] for f in frames] == [first, third, other_flow, ping, second, fourth]
+
+
+def test_push_closes_a_run():
+    frames: list[bytes] = []
+    coalescer = Coalescer(frames.append)
+    a = segments(tso_frame(super_packet(2000, flags="PA"), 1000))
+    b = segments(tso_frame(super_packet(2000, flags="PA", seq=(0xFFFFF000 + 2000) % 2**32), 1000))
+    for p in a + b:
+        coalescer.add(p)
+    coalescer.flush()
+    assert [len(f) - VNET_HEADER_SIZE for f in frames] == [2052, 2052]
+
+
+def test_udp_datagrams_of_a_drain_go_out_in_runs_per_peer_and_size():
+    sent: list[tuple[bytes, int, tuple[str, int]]] = []
+    gso = GsoSender(lambda buffer, size, addr: sent.append((buffer, size, addr)))
+    a, b = ("10.0.0.2", 4500), ("10.0.0.3", 4500)
+    for payload, addr in [(b"1" * 8, a), (b"2" * 8, a), (b"3" * 5, a), (b"4" * 8, a), (b"5" * 8, b)]:
+        gso.add(payload, addr)
+    gso.flush()
+    assert sent == [(b"1" * 8 + b"2" * 8 + b"3" * 5, 8, a), (b"4" * 8, 8, a), (b"5" * 8, 8, b)]
+    assert [d for buffer, size, _ in sent for d in split_gro(buffer, size)] == \
+        [b"1" * 8, b"2" * 8, b"3" * 5, b"4" * 8, b"5" * 8]
+
+
+def test_a_refused_udp_run_is_counted_not_raised():
+    def refuse(buffer: bytes, size: int, addr: tuple[str, int]) -> None:
+        raise OSError(101, "Network is unreachable")
+
+    gso = GsoSender(refuse)
+    gso.add(b"x" * 8, ("10.0.0.2", 4500))
+    gso.add(b"y" * 8, ("10.0.0.2", 4500))
+    gso.flush()
+    assert gso.lost == 2 and gso.error.strerror == "Network is unreachable"

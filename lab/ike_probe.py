@@ -107,6 +107,7 @@ class RecordingDriver:
 def authentication(config: dict):
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
+
     from ipsecd.ike.settings import Certificates, PreSharedKey
 
     if "psk" in config:

@@ -34,11 +34,6 @@ IKE_AND_ESP_IN_UDP = {"udp/500", "udp/4500"}
 OVERRIDES = {"nodes": {"gw-a": STRONGSWAN_GATEWAY, "gw-b": STRONGSWAN_GATEWAY}}
 
 
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki()
-
-
 @pytest.fixture
 def lab(lab_up):
     return lab_up("gateway-tunnel", overrides=OVERRIDES)

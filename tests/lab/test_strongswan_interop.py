@@ -69,11 +69,6 @@ needs_ike_component = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki()
-
-
 @pytest.fixture
 def lab(lab_up):
     return lab_up("gateway-tunnel", overrides=OVERRIDES)

@@ -33,7 +33,8 @@ from typing import Any
 import yaml
 
 from ipsecd import algorithms
-from ipsecd.spd import PROTOCOL_NUMBERS, SPD, Action, Direction, Filter, FilterAction, SecurityMethod
+from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
+from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
 ANY = IPv4Network("0.0.0.0/0")
@@ -308,8 +309,8 @@ class _Reader:
             if action is None:
                 known = ", ".join([*builtin, *actions])
                 raise self.error(f"{path}.action", f"no filter action {action_name!r}; known: {known}")
-            protocol = self.convert(f"{path}.protocol", spec.get("protocol", "any"), _protocol)
-            ports = [self.convert(f"{path}.{k}", spec.get(k, "any"), _port)
+            protocol = self.convert(f"{path}.protocol", spec.get("protocol", "any"), parse_protocol)
+            ports = [self.convert(f"{path}.{k}", spec.get(k, "any"), parse_port)
                      for k in ("source_port", "destination_port")]
             tunnel = spec.get("tunnel")
             mirrored = spec.get("mirrored", True)
@@ -425,20 +426,6 @@ def _network(value: Any) -> IPv4Network:
         return IPv4Network(str(value), strict=True)
     except ValueError as e:
         raise ValueError(f"expected any, an IPv4 address or a subnet like 10.0.0.0/24: {e}") from None
-
-
-def _protocol(value: Any) -> int | None:
-    if value in ("any", None):
-        return None
-    if isinstance(value, str) and value.lower() in PROTOCOL_NUMBERS:
-        return PROTOCOL_NUMBERS[value.lower()]
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
-        return value
-    raise ValueError(f"expected any, {', '.join(PROTOCOL_NUMBERS)} or 0..255, got {value!r}")
-
-
-def _port(value: Any) -> int | None:
-    return None if value in ("any", None) else _port_number(value)
 
 
 def _port_number(value: Any) -> int:

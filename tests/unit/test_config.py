@@ -71,8 +71,8 @@ def bad(text_old: str, text_new: str) -> str:
      "ipsecd.yaml:15: sas[0].direction: expected inbound or outbound"),
     ("source: 10.0.0.1\n", "source: 10.0.0.300\n", "ipsecd.yaml:16: sas[0].source:"),
     ("destination: 10.0.0.0/24", "destination: 10.0.0.1/24", "ipsecd.yaml:4: filters[1].destination:"),
-    ("protocol: tcp", "protocol: tcpp", "ipsecd.yaml:4: filters[1].protocol: expected any, icmp"),
-    ("destination_port: 80", "destination_port: 70000", "filters[1].destination_port: expected a port"),
+    ("protocol: tcp", "protocol: tcpp", "ipsecd.yaml:4: filters[1].protocol: 'tcpp' is not 'any'"),
+    ("destination_port: 80", "destination_port: 70000", "destination_port: 70000 is not 'any' or a port"),
     ("action: permit", "action: allow", "filters[1].action: no filter action 'allow'; known: permit, block"),
     ("mtu: 1400", "mtu: big", "ipsecd.yaml:1: driver.mtu: expected int, got 'big'"),
     ("accept_unsecured: true", "accept_unsecured: maybe", "actions.secure.accept_unsecured: expected true"),
@@ -118,3 +118,12 @@ def test_a_missing_file_is_named(tmp_path):
 def test_empty_file_is_an_empty_policy():
     cfg = parse("")
     assert len(cfg.spd) == 0 and cfg.sas == ()
+
+
+@pytest.mark.parametrize(("spelling", "number"), [("tcp", 6), ("UDP", 17), ("egp", 8), (50, 50), ("51", 51)])
+def test_manual_filters_take_the_protocols_policy_filters_take(spelling, number):
+    from ipsecd.policy.model import parse_protocol
+
+    text = GOOD.replace("protocol: tcp, destination_port: 80,", f"protocol: {spelling},", 1)
+    web = next(f for f in parse(text, "ipsecd.yaml").spd.filters if f.name == "web")
+    assert web.protocol == parse_protocol(spelling) == number

@@ -1,5 +1,6 @@
 """intranet-pair on real containers: ping and TCP between the hosts, seen in clear on the LAN."""
 
+import io
 import logging
 
 from lab.capture import (
@@ -129,3 +130,21 @@ def test_ipsecd_start_waits_for_the_control_socket_or_reports_the_log(lab_up, la
     node.exec(["rm", "-f", "/run/ipsecd.sock"], check=True)
     with pytest.raises(LabError, match=r"(?s)host-a: ipsecd exited at start.*rules\[0\].action: 'maybe'"):
         lab_backend._start_ipsecd(node)
+
+
+def test_node_end_merges_received_tcp_like_a_nic_while_the_wire_keeps_mtu_sized_frames(lab_up):
+    """GRO on the node's end of each link: a gateway hands ipsecd super-packets, the wire stays real."""
+    from scapy.utils import rdpcap
+
+    lab = lab_up("intranet-pair")
+    a, b = lab.node("host-a"), lab.node("host-b")
+    sniffer = b.spawn(["tcpdump", "-i", "eth1", "-n", "-U", "-w", "/tmp/node-side.pcap", "tcp port 5003"],
+                      name="node-side-tcpdump")
+    sniffer.wait_for_log("listening on")
+    with lab.capture_segment("lan", bpf="tcp port 5003") as wire:
+        payload = MARKER * 60_000  # 1 MB: bursts of back-to-back segments
+        assert tcp_transfer(a, b, payload, port=5003) == payload
+    sniffer.stop()
+    node_side = rdpcap(io.BytesIO(b.get_file("/tmp/node-side.pcap")))
+    assert max(len(p) for p in wire.packets()) <= 1514
+    assert max(len(p) for p in node_side) > 3000, "no received TCP segments were merged (GRO off?)"

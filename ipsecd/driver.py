@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ipsecd.egress import Egress, KernelTables, PacketSocket
 from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, UnknownSPI, classify_udp4500
 from ipsecd.netfilter import Netfilter, comment_name
 from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro
@@ -60,6 +61,8 @@ DRIVER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("nat_keepalives_received", "NAT-T Keepalives Received"),
     ("ike_datagrams_4500", "IKE Datagrams On Port 4500"),
     ("send_errors", "Send Errors"),
+    ("packet_socket_packets", "Packets Sent By The Packet Socket"),
+    ("raw_socket_packets", "Packets Sent By The Raw Socket"),
 )
 
 
@@ -536,15 +539,19 @@ RECEIVE_BUFFER = 8 << 20
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_PROBE = 3
 DRAIN = 64  # packets read per wake-up
+REFRESH_SECONDS = 1.0  # how often the packet socket's next hops are read again from the kernel
 
 
 class KernelWire:
-    """The real I/O: TUN device, raw sockets for ESP and AH, the UDP 4500 socket.
+    """The real I/O: TUN device, raw sockets for ESP and AH, the UDP 4500 socket, a packet socket.
 
-    Everything the daemon sends carries the bypass mark, so the nftables rules never mark it for
-    securing again. With an offload TUN (`tun.offload`), a read may hold a TCP super-packet that is cut
-    into the segments the driver sees, and the packets delivered during one drain are coalesced into
-    GSO writes (ipsecd.offload): fewer syscalls, the same packets through the driver.
+    Outer IPv4 packets (`send_ip`) go out through ipsecd.egress: a packet socket straight to the next
+    hop where the kernel's tables name one, batched per TUN drain, else the raw socket. Everything the
+    daemon sends through the kernel's IP stack carries the bypass mark, so the nftables rules never mark
+    it for securing again (the packet socket's packets never meet them). With an offload TUN
+    (`tun.offload`), a read may hold a TCP super-packet that is cut into the segments the driver sees,
+    and the packets delivered during one drain are coalesced into GSO writes (ipsecd.offload): fewer
+    syscalls, the same packets through the driver.
     """
 
     def __init__(self, tun, bypass_mark: int, nat_t_port: int = 4500) -> None:
@@ -569,11 +576,18 @@ class KernelWire:
         self._coalescer = Coalescer(self._write_frame) if tun.offload else None
         self._gso = GsoSender(self._send_segments) if tun.offload else None
         self._batching = False  # inside a TUN drain: UDP sends wait for the drain's end
+        self.packet_socket = PacketSocket()
+        self.tables = KernelTables(bypass_mark)
+        self.egress = Egress(self.tables.resolve, self.packet_socket.send, self._send_raw)
+        self._refresh_timer = None
         if tun.offload:
             with contextlib.suppress(OSError):
                 self.udp.setsockopt(SOL_UDP, UDP_GRO, 1)
 
     def send_ip(self, packet: bytes, dst: str) -> None:
+        self.egress.send(packet, dst)
+
+    def _send_raw(self, packet: bytes, dst: str) -> None:
         self.raw_out.sendto(packet, (dst, 0))
 
     def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
@@ -603,34 +617,42 @@ class KernelWire:
         loop.add_reader(self.esp_in.fileno(), self._drain_raw, self.esp_in, driver)
         loop.add_reader(self.ah_in.fileno(), self._drain_raw, self.ah_in, driver)
         loop.add_reader(self.udp.fileno(), self._drain_udp, driver)
+        self.egress.counters, self.egress.report = driver.counters, driver.wire_error
+        self._refresh_timer = loop.call_later(REFRESH_SECONDS, self._refresh, loop)
 
     def detach(self, loop) -> None:
         for fd in (self.tun.fd, self.esp_in.fileno(), self.ah_in.fileno(), self.udp.fileno()):
             loop.remove_reader(fd)
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+
+    def _refresh(self, loop) -> None:
+        self.egress.refresh()
+        self._refresh_timer = loop.call_later(REFRESH_SECONDS, self._refresh, loop)
 
     def _drain_tun(self, driver: Driver) -> None:
+        """Up to DRAIN reads from the TUN; what the driver sends meanwhile goes out in batches at the end."""
         read, outbound = self.tun.read, driver.outbound
-        if self._coalescer is None:
-            for _ in range(DRAIN):
-                packet = read()
-                if packet is None:
-                    return
-                outbound(packet)
-            return
-        self._batching = True
+        self.egress.batching = True
+        self._batching = self._gso is not None
         try:
             for _ in range(DRAIN):
                 frame = read()
                 if frame is None:
                     return
+                if self._gso is None:
+                    outbound(frame)
+                    continue
                 for packet in segments(frame):
                     outbound(packet)
         finally:
-            self._batching = False
-            self._gso.flush()
-            if self._gso.lost:
-                driver.wire_error("send", self._gso.lost, f"cannot send UDP: {self._gso.error}")
-                self._gso.lost = 0
+            self.egress.batching = self._batching = False
+            self.egress.flush()
+            if self._gso is not None:
+                self._gso.flush()
+                if self._gso.lost:
+                    driver.wire_error("send", self._gso.lost, f"cannot send UDP: {self._gso.error}")
+                    self._gso.lost = 0
 
     def _drain_raw(self, sock: socket.socket, driver: Driver) -> None:
         recv, inbound = sock.recv, driver.inbound
@@ -672,4 +694,6 @@ class KernelWire:
     def close(self) -> None:
         for sock in (self.raw_out, self.esp_in, self.ah_in, self.udp):
             sock.close()
+        self.packet_socket.close()
+        self.tables.close()
         self.tun.close()

@@ -7,7 +7,8 @@ tcpdump still sees it) for 3.8 us, and sendmmsg batches of 64 bring that to 2.7 
 sends are complete (addresses, length, checksum), so all the kernel's path would add is the next hop's
 MAC: `KernelTables` reads it from the kernel's own routing and neighbour tables over rtnetlink.
 
-`Egress` sends every packet it can that way and everything else through the raw socket, which lets the
+`Egress` sends every ESP and AH packet it can that way and everything else through the raw socket (clear
+packets of a soft association always: the node's own NAT and firewall rules must see them), which lets the
 kernel do what we cannot: no route or a non-unicast one, no usable neighbour entry yet (the kernel
 resolves ARP), a packet bigger than the interface MTU, a packet-socket send that fails. Once a second
 (`refresh`) the next hops of the destinations in use are read again, and the first packet to each
@@ -38,6 +39,7 @@ log = logging.getLogger("ipsecd.egress")
 BATCH = 64  # packets per sendmmsg
 MAX_DESTINATIONS = 1024  # more destinations in one second than this and the rest go through the raw socket
 ETH_P_IP = 0x0800
+SECURED = (50, 51)  # ESP and AH; a clear packet (soft association) keeps the kernel's path and its rules
 ARPHRD_ETHER = 1
 
 # -- rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h, linux/if_link.h) ------------------
@@ -374,7 +376,7 @@ class Egress:
         """Send or queue one packet; an OSError of an immediate raw send is the caller's (as before)."""
         destination = self._destinations.get(dst) or self._learn(dst)
         hop = destination.hop
-        if hop is None or destination.check or len(packet) > hop.mtu:
+        if hop is None or destination.check or len(packet) > hop.mtu or packet[9] not in SECURED:
             destination.check = False
             self.flush()
             self._send_raw(packet, dst)

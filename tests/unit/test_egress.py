@@ -61,8 +61,8 @@ MAC = bytes.fromhex("020000000002")
 HOP = NextHop(3, MAC, 1500)
 
 
-def packet(dst: str = "10.0.0.2", size: int = 100, seq: int = 0) -> bytes:
-    return bytes(IP(src="10.0.0.1", dst=dst, proto=50, id=seq) / bytes(size - 20))
+def packet(dst: str = "10.0.0.2", size: int = 100, seq: int = 0, proto: int = 50) -> bytes:
+    return bytes(IP(src="10.0.0.1", dst=dst, proto=proto, id=seq) / bytes(size - 20))
 
 
 # -- netlink messages --------------------------------------------------------------------------------------
@@ -230,6 +230,15 @@ def test_first_packet_per_destination_goes_the_kernels_way_then_the_packet_socke
     assert kernel.batches == [[(second, HOP)]]  # not batching: at once
     assert egress.counters == {"packet_socket_packets": 1, "raw_socket_packets": 1}
     assert kernel.lookups == [["10.0.0.2"]]  # learned once
+
+
+def test_ah_goes_through_the_packet_socket_and_clear_packets_never_do(kernel, egress):
+    egress.send(packet(seq=0), "10.0.0.2")  # the destination's check packet
+    ah, clear = packet(seq=1, proto=51), packet(seq=2, proto=6)  # clear: a soft association's TCP
+    egress.send(ah, "10.0.0.2")
+    egress.send(clear, "10.0.0.2")
+    assert kernel.batches == [[(ah, HOP)]]
+    assert kernel.raw[-1] == (clear, "10.0.0.2")
 
 
 def test_a_drain_sends_one_batch_in_order(kernel, egress):

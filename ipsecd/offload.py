@@ -160,30 +160,34 @@ class Coalescer:
 
     `add(packet)` per delivered packet, `flush()` after each batch; `write(frame)` gets each frame, its
     virtio-net header included. Segments merge when they continue the run exactly: same IPv4 header
-    fields (no options, no fragment), same ports, acknowledgment and TCP options, the next sequence
-    number, plain ACK flags (PSH ends a run), no segment longer than the first.
+    fields (no options, no fragment), the next IP identification, same ports, acknowledgment, window and
+    TCP options, the next sequence number, plain ACK flags (PSH ends a run), no segment longer than the
+    first. (GRO also merges DF segments of one fixed identification; re-segmented from a TUN write they
+    would come out incrementing, so those stay apart here.)
     """
 
     def __init__(self, write: Callable[[bytes], object]) -> None:
         self._write = write
         self._run: list[bytes] = []
-        self._key = b""  # what every segment of the run shares
+        self._key: tuple | None = None  # what every segment of the run shares
         self._header = 0  # IPv4 + TCP header length of the run's segments
         self._flags = 0  # TCP flags of the merged segment
         self._next_seq = 0
+        self._next_ident = 0
         self._mss = 0
         self._length = 0
         self._open = False  # a further segment may join
 
     def add(self, packet: bytes) -> None:
-        key, seq, payload = _tcp_run_key(packet)
+        key, ident, seq, payload = _tcp_run_key(packet)
         if self._run:
-            if (self._open and key == self._key and seq == self._next_seq and payload <= self._mss
-                    and self._length + payload <= MAX_FRAME):
+            if (self._open and key == self._key and seq == self._next_seq and ident == self._next_ident
+                    and payload <= self._mss and self._length + payload <= MAX_FRAME):
                 self._run.append(packet[self._header:])
                 self._flags |= packet[33]  # PSH of the last segment goes on the merged one (as GRO does)
                 self._length += payload
                 self._next_seq = (seq + payload) & 0xFFFFFFFF
+                self._next_ident = (ident + 1) & 0xFFFF
                 self._open = payload == self._mss and not packet[33] & TCP_PSH
                 return
             self.flush()
@@ -192,7 +196,7 @@ class Coalescer:
             return
         self._run, self._key, self._mss, self._length = [packet], key, payload, len(packet)
         self._header, self._flags = len(packet) - payload, packet[33]
-        self._next_seq = (seq + payload) & 0xFFFFFFFF
+        self._next_seq, self._next_ident = (seq + payload) & 0xFFFFFFFF, (ident + 1) & 0xFFFF
         self._open = not packet[33] & TCP_PSH
 
     def flush(self) -> None:
@@ -215,24 +219,30 @@ class Coalescer:
                               first[34:36], pseudo.to_bytes(2, "big"), first[38:], *run[1:])))
 
 
-def _tcp_run_key(packet: bytes) -> tuple[bytes | None, int, int]:
-    """(what a run's segments share, sequence number, payload length); key None if it cannot join one.
+#: IPv4 (no options) + TCP up to the window: version/IHL, TOS, total length, identification, fragment,
+#: TTL, protocol, (checksum), addresses and ports, sequence number, acknowledgment and data offset, flags,
+#: window
+_RUN_FIELDS = struct.Struct("!BBHHHBB2x12sI5sBH")
 
-    Only TCP/IPv4 without IP options, unfragmented, with the ACK flag alone (PSH allowed: it closes
-    the run), carrying data.
+
+def _tcp_run_key(packet: bytes) -> tuple[tuple | None, int, int, int]:
+    """(what a run's segments share, IP identification, sequence number, payload length).
+
+    The key is None for a packet that cannot join a run: only TCP/IPv4 without IP options, unfragmented,
+    with the ACK flag alone (PSH allowed: it closes the run), carrying data can.
     """
-    if len(packet) < 40 or packet[0] != 0x45 or packet[9] != 6 or packet[6] & 0x3F or packet[7]:
-        return None, 0, 0
-    if packet[33] & ~TCP_PSH != TCP_ACK:
-        return None, 0, 0
-    header = 20 + (packet[32] >> 4) * 4
-    total = int.from_bytes(packet[2:4], "big")
+    if len(packet) < 40:
+        return None, 0, 0, 0
+    version_ihl, tos, total, ident, fragment, ttl, protocol, flow, seq, ack_offset, flags, window = \
+        _RUN_FIELDS.unpack_from(packet)
+    if version_ihl != 0x45 or protocol != 6 or fragment & 0x3FFF or flags & ~TCP_PSH != TCP_ACK:
+        return None, 0, 0, 0
+    header = 20 + (ack_offset[4] >> 4) * 4
     payload = total - header
     if payload <= 0 or total != len(packet) or header < 40:
-        return None, 0, 0
-    # TOS, DF, TTL, protocol, addresses, ports, acknowledgment, data offset, TCP options
-    key = packet[1:2] + packet[6:10] + packet[12:24] + packet[28:33] + packet[40:header]
-    return key, int.from_bytes(packet[24:28], "big"), payload
+        return None, 0, 0, 0
+    # TOS, DF, TTL, addresses, ports, acknowledgment, data offset, window, TCP options
+    return (tos, fragment, ttl, flow, ack_offset, window, packet[40:header]), ident, seq, payload
 
 
 SOL_UDP = 17

@@ -155,6 +155,31 @@ def test_what_cannot_continue_a_run_is_written_apart():
     assert [f[VNET_HEADER_SIZE:] for f in frames] == [first, third, other_flow, ping, second, fourth]
 
 
+@pytest.mark.parametrize("change", [
+    {"tos": 4}, {"ttl": 63}, {"flags": 0}, {"id": 0xFFFE},  # IPv4: TOS, TTL, DF, identification not the next
+    {"ack": 100}, {"window": 1}, {"options": [("NOP", None), ("NOP", None), ("Timestamp", (1235, 5678))]},
+    {"tcp_flags": "EA"}, {"tcp_flags": "UA"},  # ECE and URG never join a run
+])
+def test_a_segment_that_differs_from_its_run_where_gro_compares_is_written_apart(change):
+    frames: list[bytes] = []
+    coalescer = Coalescer(frames.append)
+    first, second = segments(tso_frame(super_packet(2000, flags="A"), 1000))
+    changed = IP(second)
+    for field in ("tos", "ttl", "flags", "id"):
+        if field in change:
+            setattr(changed, field, change[field])
+    for field in ("ack", "window", "options"):
+        if field in change:
+            setattr(changed[TCP], field, change[field])
+    if "tcp_flags" in change:
+        changed[TCP].flags = change["tcp_flags"]
+    changed = recomputed(bytes(changed))
+    coalescer.add(first)
+    coalescer.add(changed)
+    coalescer.flush()
+    assert len(frames) == 2
+
+
 def test_push_closes_a_run():
     frames: list[bytes] = []
     coalescer = Coalescer(frames.append)

@@ -41,7 +41,6 @@ PLAIN_HEADER = bytes(VNET_HEADER_SIZE)  # a single, complete packet
 MAX_FRAME = 65535  # largest IPv4 packet: a coalesced run never grows beyond it
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
-_IP_HEAD = struct.Struct("!BBHHH")  # version/IHL, TOS, total length, identification, flags/fragment
 
 
 def _fold(value: int) -> int:
@@ -123,9 +122,11 @@ def segment_tcp4(packet: bytes, mss: int) -> list[bytes]:
     are sums of 16-bit words, in any order). The payload sums of all segments come in one numpy step.
     """
     ihl = (packet[0] & 0x0F) * 4
-    if len(packet) < ihl + 20 or packet[9] != 6:
-        return [packet]
+    if ihl < 20 or len(packet) < ihl + 20 or packet[9] != 6:
+        return [packet]  # malformed, or not TCP: for the driver to count
     header_end = ihl + (packet[ihl + 12] >> 4) * 4
+    if header_end < ihl + 20 or len(packet) < header_end:
+        return [packet]
     version_tos, ident, fragment_protocol = packet[:2], int.from_bytes(packet[4:6], "big"), packet[6:10]
     addresses, ports = packet[12:ihl], packet[ihl:ihl + 4]
     seq = int.from_bytes(packet[ihl + 4:ihl + 8], "big")

@@ -101,6 +101,15 @@ def test_random_super_packets_are_cut_with_the_checksums_scapy_computes(seed):
                    (packet.tos, packet[TCP].ack, packet[TCP].window, packet[TCP].urgptr) for p in parts)
 
 
+def test_a_malformed_tso_read_comes_back_whole_for_the_driver_to_count():
+    good = bytearray(super_packet(3000))
+    short_ip, short_tcp, truncated = bytearray(good), bytearray(good), bytes(good[:45])
+    short_ip[0] = 0x44  # IHL 16 bytes
+    short_tcp[32] = 0x40  # data offset 16 bytes
+    for packet in (bytes(short_ip), bytes(short_tcp), truncated, bytes(good[:30])):
+        assert segments(tso_frame(packet, 1000)) == [packet]
+
+
 def test_partial_checksum_of_a_single_packet_is_completed():
     udp = IP(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / b"odd length"))
     partial = bytearray(bytes(udp))

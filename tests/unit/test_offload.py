@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from ipsecd.offload import (
+    GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
     NEEDS_CSUM,
+    NUMPY_FROM,
     PLAIN_HEADER,
     VNET_HEADER,
     VNET_HEADER_SIZE,
@@ -60,6 +65,51 @@ def test_odd_lengths_and_a_lone_segment_keep_right_checksums():
         assert sum(len(IP(p)[TCP].payload) for p in parts) == length
 
 
+OPTIONS = [[], TIMESTAMP, [("MSS", 1460), ("NOP", None), ("WScale", 7), ("SAckOK", b""), ("EOL", None)]]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_super_packets_are_cut_with_the_checksums_scapy_computes(seed):
+    """Even and odd mss, odd payload lengths, TCP and IP options, every flag the cut treats apart."""
+    rng = random.Random(seed)
+    for _ in range(25):
+        mss = rng.choice([1, 2, 535, 536, 1347, 1348, 1448, rng.randint(3, 9000)])
+        length = rng.choice([0, 1, mss - 1, mss, mss + 1, NUMPY_FROM - 1, NUMPY_FROM, rng.randint(1, 64000)])
+        length = max(0, min(length, 300 * mss, 64000))
+        flags = rng.choice(["A", "PA", "FPA", "FA", "CA", "CPA", "CFPA", "EA", "UA"])
+        ip_options = rng.choice([[], [b"\x94\x04\x00\x00"]])  # none, or Router Alert
+        ip = IP(src="10.0.0.1", dst="10.0.0.2", id=rng.randint(0, 0xFFFF), flags="DF",
+                tos=rng.randint(0, 255), options=ip_options)
+        tcp = TCP(sport=rng.randint(1, 0xFFFF), dport=5201, seq=rng.randint(0, 2**32 - 1),
+                  ack=rng.randint(0, 2**32 - 1), window=rng.randint(0, 0xFFFF), flags=flags,
+                  urgptr=7 if "U" in flags else 0, options=rng.choice(OPTIONS))
+        packet = IP(bytes(ip / tcp / rng.randbytes(length)))
+        gso_type = GSO_TCPV4 | (GSO_ECN if "E" in flags else 0)
+        frame = VNET_HEADER.pack(NEEDS_CSUM, gso_type, len(packet) - length, mss, 20, 16)
+        parts = [IP(p) for p in segments(frame + bytes(packet))]
+        assert all(recomputed(bytes(p)) == bytes(p) for p in parts), (mss, length, flags)
+        count = max(1, -(-length // mss))
+        assert [len(p[TCP].payload) for p in parts] == [mss] * (count - 1) + [length - (count - 1) * mss]
+        assert b"".join(bytes(p[TCP].payload) for p in parts) == bytes(packet[TCP].payload)
+        assert [p.id for p in parts] == [(packet.id + i) % 2**16 for i in range(count)]
+        assert [p[TCP].seq for p in parts] == [(packet[TCP].seq + i * mss) % 2**32 for i in range(count)]
+        expected = [packet[TCP].flags & ~0x89 | (packet[TCP].flags & 0x80 if i == 0 else 0)
+                    | (packet[TCP].flags & 0x09 if i == count - 1 else 0) for i in range(count)]
+        assert [int(p[TCP].flags) for p in parts] == expected
+        assert all(p.options == packet.options and p[TCP].options == packet[TCP].options for p in parts)
+        assert all((p.tos, p[TCP].ack, p[TCP].window, p[TCP].urgptr) ==
+                   (packet.tos, packet[TCP].ack, packet[TCP].window, packet[TCP].urgptr) for p in parts)
+
+
+def test_a_malformed_tso_read_comes_back_whole_for_the_driver_to_count():
+    good = bytearray(super_packet(3000))
+    short_ip, short_tcp, truncated = bytearray(good), bytearray(good), bytes(good[:45])
+    short_ip[0] = 0x44  # IHL 16 bytes
+    short_tcp[32] = 0x40  # data offset 16 bytes
+    for packet in (bytes(short_ip), bytes(short_tcp), truncated, bytes(good[:30])):
+        assert segments(tso_frame(packet, 1000)) == [packet]
+
+
 def test_partial_checksum_of_a_single_packet_is_completed():
     udp = IP(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / b"odd length"))
     partial = bytearray(bytes(udp))
@@ -69,6 +119,17 @@ def test_partial_checksum_of_a_single_packet_is_completed():
     assert segments(frame) == [bytes(udp)]
     ping = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP())
     assert segments(PLAIN_HEADER + ping) == [ping]
+
+
+@pytest.mark.parametrize("length", [1, 2, 63, 64, NUMPY_FROM - 1, NUMPY_FROM, NUMPY_FROM + 1, 9001, 65495])
+def test_partial_checksums_of_every_size_are_completed(length):
+    for layer, protocol, at in ((TCP(sport=1, dport=2, flags="PA"), 6, 36), (UDP(sport=1, dport=2), 17, 26)):
+        complete = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / layer / random.Random(length).randbytes(length))
+        partial = bytearray(complete)
+        pseudo = (int.from_bytes(partial[12:20], "big") + protocol + len(partial) - 20) % 0xFFFF
+        partial[at:at + 2] = pseudo.to_bytes(2, "big")
+        frame = VNET_HEADER.pack(NEEDS_CSUM, GSO_NONE, 0, 0, 20, at - 20) + bytes(partial)
+        assert segments(frame) == [complete]
 
 
 def test_a_run_of_segments_becomes_one_gso_write_with_the_original_payload():
@@ -101,6 +162,31 @@ def test_what_cannot_continue_a_run_is_written_apart():
     coalescer.flush()
     assert [f[:VNET_HEADER_SIZE] == PLAIN_HEADER for f in frames] == [True] * 6
     assert [f[VNET_HEADER_SIZE:] for f in frames] == [first, third, other_flow, ping, second, fourth]
+
+
+@pytest.mark.parametrize("change", [
+    {"tos": 4}, {"ttl": 63}, {"flags": 0}, {"id": 0xFFFE},  # IPv4: TOS, TTL, DF, identification not the next
+    {"ack": 100}, {"window": 1}, {"options": [("NOP", None), ("NOP", None), ("Timestamp", (1235, 5678))]},
+    {"tcp_flags": "EA"}, {"tcp_flags": "UA"},  # ECE and URG never join a run
+])
+def test_a_segment_that_differs_from_its_run_where_gro_compares_is_written_apart(change):
+    frames: list[bytes] = []
+    coalescer = Coalescer(frames.append)
+    first, second = segments(tso_frame(super_packet(2000, flags="A"), 1000))
+    changed = IP(second)
+    for field in ("tos", "ttl", "flags", "id"):
+        if field in change:
+            setattr(changed, field, change[field])
+    for field in ("ack", "window", "options"):
+        if field in change:
+            setattr(changed[TCP], field, change[field])
+    if "tcp_flags" in change:
+        changed[TCP].flags = change["tcp_flags"]
+    changed = recomputed(bytes(changed))
+    coalescer.add(first)
+    coalescer.add(changed)
+    coalescer.flush()
+    assert len(frames) == 2
 
 
 def test_push_closes_a_run():

@@ -120,7 +120,16 @@ class QuickModeEntry:
     installed: float
     initiator: bool
     timers: list[Timer] = field(default_factory=list)
-    rekeyed: bool = False
+    rekeyed: bool = False  # a newer quick mode for the same traffic is installed or being negotiated
+
+    def same_traffic(self, sa: QuickModeDone) -> bool:
+        """Both secure the same selectors with the same peer: one replaces the other."""
+        mine = self.sa
+        return (mine.local_selector, mine.remote_selector, mine.isakmp_sa.remote[0]) == (
+            sa.local_selector,
+            sa.remote_selector,
+            sa.isakmp_sa.remote[0],
+        )
 
 
 class AsyncioClock:
@@ -474,6 +483,7 @@ class IKE:
             (r for r in self.rules if r.covers(done.local_selector, done.remote_selector)), None
         )
         entry = QuickModeEntry(done, rule, self.clock.time(), isinstance(ex.machine, quick_mode.Initiator))
+        self._replace_older(done)
         self.quick_modes[done.inbound.spi] = entry
         self.note(f"{done.describe()} installed")
         if entry.initiator:
@@ -493,6 +503,15 @@ class IKE:
         if ex.rekey_of:
             old = ex.rekey_of.inbound.spi
             self.note(f"quick mode SA {old:#010x} rekeyed as {done.inbound.spi:#010x}")
+
+    def _replace_older(self, done: QuickModeDone) -> None:
+        """The quick modes this one replaces (our rekey, the peer's, or an acquire after the driver stopped
+        using an SA at its hard byte limit) need no rekey of their own when their soft lifetime is reported
+        later: without this, a soft limit seen after the replacement is in place negotiates a third pair."""
+        for older in self.quick_modes.values():
+            if not older.rekeyed and older.same_traffic(done):
+                older.rekeyed = True
+                self.note(f"quick mode SA {older.sa.inbound.spi:#010x} replaced by {done.inbound.spi:#010x}")
 
     def _informational(self, mm: MainModeEntry, msg: Message, addr: tuple[str, int]) -> None:
         pending = [

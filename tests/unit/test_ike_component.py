@@ -292,6 +292,9 @@ def test_one_quick_mode_replaces_an_sa_at_its_kilobyte_limits_whatever_their_ord
             lab.ike_a.expire(old.inbound.spi, hard=False)
     assert len(lab.drv_a.added) == len(lab.drv_b.added) == 2
     assert lab.ike_a.counters["Oakley Quick Modes"] == lab.ike_b.counters["Oakley Quick Modes"] == 2
+    new = lab.drv_a.added[1].inbound.spi
+    rekeys = [text for _, text in lab.ike_a.events if "rekeyed as" in text]
+    assert rekeys == [f"quick mode SA {old.inbound.spi:#010x} rekeyed as {new:#010x}"]
 
 
 def test_soft_lifetime_of_an_sa_the_peer_already_rekeyed_starts_no_second_rekey():
@@ -302,7 +305,7 @@ def test_soft_lifetime_of_an_sa_the_peer_already_rekeyed_starts_no_second_rekey(
     lab.ike_b.expire(old_b.inbound.spi, hard=False)  # then B's driver, counting the same bytes
     lab.net.run()
     assert len(lab.drv_a.added) == len(lab.drv_b.added) == 2
-    assert any(f"{old_b.inbound.spi:#010x} replaced" in text for _, text in lab.ike_b.events)
+    assert any(f"{old_b.inbound.spi:#010x} rekeyed as" in text for _, text in lab.ike_b.events)
 
 
 def test_main_mode_expires_and_a_new_one_serves_the_next_rekey():

@@ -101,7 +101,6 @@ class Exchange:
     attempts: int = 0
     timer: Timer | None = None
     acquire: tuple[Selector, Selector] | None = None  # for quick mode initiators
-    rekey_of: QuickModeDone | None = None
 
 
 @dataclass
@@ -120,7 +119,17 @@ class QuickModeEntry:
     installed: float
     initiator: bool
     timers: list[Timer] = field(default_factory=list)
-    rekeyed: bool = False
+    rekeyed: bool = False  # a newer quick mode for the same traffic is installed or being negotiated
+    replaced_by: int | None = None  # the inbound SPI of the newer one, once installed
+
+    def same_traffic(self, sa: QuickModeDone) -> bool:
+        """Both secure the same selectors with the same peer: one replaces the other."""
+        mine = self.sa
+        return (mine.local_selector, mine.remote_selector, mine.isakmp_sa.remote[0]) == (
+            sa.local_selector,
+            sa.remote_selector,
+            sa.isakmp_sa.remote[0],
+        )
 
 
 class AsyncioClock:
@@ -176,7 +185,7 @@ class IKE:
         self.quick_modes: dict[int, QuickModeEntry] = {}  # by inbound SPI
         self.pending_main: dict[bytes, Exchange] = {}  # main modes in flight, by initiator cookie
         self.pending_quick: dict[tuple[bytes, int], Exchange] = {}  # by (cookies, message ID)
-        self.waiting: dict[str, list[tuple[Rule, Selector, Selector, QuickModeDone | None]]] = {}
+        self.waiting: dict[str, list[tuple[Rule, Selector, Selector]]] = {}
         self.sockets: list[asyncio.DatagramTransport] = []
         self.sender: Callable[[bytes, tuple[str, int], int], None] = self._send_udp
         self.keepalive_timers: dict[bytes, Timer] = {}
@@ -236,11 +245,9 @@ class IKE:
     def acquire(self, rule: Rule, local: Selector, remote: Selector, peer: str | None = None) -> None:
         """A packet needs an SA: reuse or negotiate a main mode with the peer, then a quick mode."""
         peer = peer or rule.tunnel_endpoint or str(remote.network.network_address)
-        self._acquire(rule, local, remote, peer, None)
+        self._acquire(rule, local, remote, peer)
 
-    def _acquire(
-        self, rule: Rule, local: Selector, remote: Selector, peer: str, rekey_of: QuickModeDone | None
-    ) -> None:
+    def _acquire(self, rule: Rule, local: Selector, remote: Selector, peer: str) -> None:
         if any(
             ex.acquire == (local, remote) and ex.machine.sa.remote[0] == peer and not ex.machine.done
             for ex in self.pending_quick.values()
@@ -248,10 +255,10 @@ class IKE:
             return  # already negotiating this one (a finished exchange kept for duplicates does not count)
         mm = self._main_mode_with(peer)
         if mm:
-            self._start_quick_mode(mm, rule, local, remote, rekey_of)
+            self._start_quick_mode(mm, rule, local, remote)
             return
         waiting = self.waiting.setdefault(peer, [])
-        waiting.append((rule, local, remote, rekey_of))
+        waiting.append((rule, local, remote))
         if len(waiting) == 1 and not any(ex.peer[0] == peer for ex in self.pending_main.values()):
             self._start_main_mode(rule, peer)
 
@@ -406,8 +413,8 @@ class IKE:
         )
         if sa.nat and sa.nat.local_behind_nat:
             self._schedule_keepalive(sa)
-        for rule, local, remote, rekey_of in self.waiting.pop(sa.remote[0], []):
-            self._start_quick_mode(entry, rule, local, remote, rekey_of)
+        for rule, local, remote in self.waiting.pop(sa.remote[0], []):
+            self._start_quick_mode(entry, rule, local, remote)
 
     def _schedule_keepalive(self, sa: IsakmpSA) -> None:
         """NAT keepalives every 20 s (``keepalive_interval``) while the main mode SA lives (RFC 3948 §2.3)."""
@@ -474,6 +481,7 @@ class IKE:
             (r for r in self.rules if r.covers(done.local_selector, done.remote_selector)), None
         )
         entry = QuickModeEntry(done, rule, self.clock.time(), isinstance(ex.machine, quick_mode.Initiator))
+        self._replace_older(done)
         self.quick_modes[done.inbound.spi] = entry
         self.note(f"{done.describe()} installed")
         if entry.initiator:
@@ -490,9 +498,15 @@ class IKE:
                 ),
             )
         )
-        if ex.rekey_of:
-            old = ex.rekey_of.inbound.spi
-            self.note(f"quick mode SA {old:#010x} rekeyed as {done.inbound.spi:#010x}")
+
+    def _replace_older(self, done: QuickModeDone) -> None:
+        """The quick modes this one replaces (our rekey, the peer's, or an acquire after the driver stopped
+        using an SA at its hard byte limit) need no rekey of their own when their soft lifetime is reported
+        later: without this, a soft limit seen after the replacement is in place negotiates a third pair."""
+        for older in self.quick_modes.values():
+            if older.replaced_by is None and older.same_traffic(done):
+                older.rekeyed, older.replaced_by = True, done.inbound.spi
+                self.note(f"quick mode SA {older.sa.inbound.spi:#010x} rekeyed as {done.inbound.spi:#010x}")
 
     def _informational(self, mm: MainModeEntry, msg: Message, addr: tuple[str, int]) -> None:
         pending = [
@@ -568,12 +582,10 @@ class IKE:
         self.note(f"rule {rule.name}: starting main mode with {peer}")
         self._transmit(ex, [first], expect_reply=True)
 
-    def _start_quick_mode(
-        self, mm: MainModeEntry, rule: Rule, local: Selector, remote: Selector, rekey_of: QuickModeDone | None
-    ) -> None:
+    def _start_quick_mode(self, mm: MainModeEntry, rule: Rule, local: Selector, remote: Selector) -> None:
         machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi)
         first = machine.start()
-        ex = Exchange(machine, mm.sa.remote, mm.sa.local[1], rule, acquire=(local, remote), rekey_of=rekey_of)
+        ex = Exchange(machine, mm.sa.remote, mm.sa.local[1], rule, acquire=(local, remote))
         self.pending_quick[(mm.sa.cookies, machine.message_id)] = ex
         self._transmit(ex, [first], expect_reply=True)
 
@@ -638,7 +650,7 @@ class IKE:
         entry.rekeyed = True
         sa = entry.sa
         self.note(f"quick mode SA {inbound_spi:#010x} near the end of its lifetime: rekeying")
-        self._acquire(entry.rule, sa.local_selector, sa.remote_selector, sa.isakmp_sa.remote[0], sa)
+        self._acquire(entry.rule, sa.local_selector, sa.remote_selector, sa.isakmp_sa.remote[0])
 
     def idle(self, inbound_spi: int) -> None:
         """The driver saw no traffic on this SA for QUICK_MODE_IDLE_SECONDS: delete it (Windows: 5 min)."""

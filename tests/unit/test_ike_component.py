@@ -270,6 +270,44 @@ def test_quick_mode_rekeys_before_expiry_and_old_sas_go_at_hard_lifetime():
     assert len(lab.ike_a.quick_modes) == len(lab.ike_b.quick_modes) == 1
 
 
+@pytest.mark.parametrize(
+    "steps",
+    [
+        # the driver refuses a packet at the hard byte limit and acquires; its once-a-second lifetime check
+        # sees the soft limit of the old SA only after the new quick mode is installed (seen in the lab)
+        ("hard limit: acquire", "network", "soft limit: expire", "network"),
+        ("hard limit: acquire", "soft limit: expire", "network"),  # the soft limit while negotiating
+        ("soft limit: expire", "hard limit: acquire", "network"),  # the hard limit while rekeying
+    ],
+)
+def test_one_quick_mode_replaces_an_sa_at_its_kilobyte_limits_whatever_their_order(steps):
+    lab = negotiate()
+    old = lab.drv_a.added[0]
+    for step in steps:
+        if step == "network":
+            lab.net.run()
+        elif step == "hard limit: acquire":
+            lab.ike_a.acquire(lab.rule, host(A), host(B), B)
+        else:
+            lab.ike_a.expire(old.inbound.spi, hard=False)
+    assert len(lab.drv_a.added) == len(lab.drv_b.added) == 2
+    assert lab.ike_a.counters["Oakley Quick Modes"] == lab.ike_b.counters["Oakley Quick Modes"] == 2
+    new = lab.drv_a.added[1].inbound.spi
+    rekeys = [text for _, text in lab.ike_a.events if "rekeyed as" in text]
+    assert rekeys == [f"quick mode SA {old.inbound.spi:#010x} rekeyed as {new:#010x}"]
+
+
+def test_soft_lifetime_of_an_sa_the_peer_already_rekeyed_starts_no_second_rekey():
+    lab = negotiate()
+    old_a, old_b = lab.drv_a.added[0], lab.drv_b.added[0]
+    lab.ike_a.expire(old_a.inbound.spi, hard=False)  # A's driver counts the pair's bytes past 90 % first
+    lab.net.run()
+    lab.ike_b.expire(old_b.inbound.spi, hard=False)  # then B's driver, counting the same bytes
+    lab.net.run()
+    assert len(lab.drv_a.added) == len(lab.drv_b.added) == 2
+    assert any(f"{old_b.inbound.spi:#010x} rekeyed as" in text for _, text in lab.ike_b.events)
+
+
 def test_main_mode_expires_and_a_new_one_serves_the_next_rekey():
     policy = PeerPolicy(
         auth=[PreSharedKey(b"k")],

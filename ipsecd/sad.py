@@ -271,7 +271,9 @@ class SecurityAssociation:
         length = n + transform.overhead + -(n + 2) % transform.pad_block  # of the ESP packet
         carried = length + UDP_HEADER if self.udp_encap else length
         if self._tunnel:
-            prefix = self._tunnel_header(packet, self._esp_carrier, carried, seq)
+            # TOS and DF copied from the inner header (RFC 4301 §5.1.2.1), the ident from the sequence
+            prefix = self._outer.build(self._esp_carrier, carried, packet[1], seq & 0xFFFF,
+                                       packet[6] << 8 & 0x4000)
         else:
             # rewritten_ipv4_header, inline: RFC 1624 eqn. 3 for the new protocol and total length
             protocol = self._esp_carrier
@@ -292,7 +294,8 @@ class SecurityAssociation:
                 raise BadPacket("inner packet is not IPv4")
             payload, next_header = packet, IPPROTO_IPIP
             seq = self._next_seq(len(payload))
-            header = self._tunnel_header(packet, IPPROTO_AH, self._ah.length + len(payload), seq)
+            header = self._outer.build(IPPROTO_AH, self._ah.length + len(payload), packet[1], seq & 0xFFFF,
+                                       packet[6] << 8 & 0x4000)  # as for ESP
         else:
             fields = ipv4_fields(packet)
             if fields[0] != 0x45:
@@ -301,9 +304,6 @@ class SecurityAssociation:
             seq = self._next_seq(len(payload))
             header = rewritten_ipv4_header(fields, IPPROTO_AH, 20 + self._ah.length + len(payload))
         return header + self._ah.seal(header, payload, next_header, self.spi, seq) + payload
-
-    def _tunnel_header(self, inner: bytes, protocol: int, length: int, seq: int) -> bytes:
-        return self._outer.build(protocol, length, inner[1], seq & 0xFFFF, inner[6] << 8 & 0x4000)
 
     def _next_seq(self, nbytes: int) -> int:
         """The next sequence number, with ``nbytes`` counted; SAExpired instead of wrapping it or

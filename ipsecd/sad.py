@@ -207,8 +207,8 @@ class SecurityAssociation:
         hard_kb = self.lifetime.hard_kilobytes
         self._hard_bytes = NO_LIMIT if hard_kb is None else hard_kb * 1024
         self.outer: SecurityAssociation | None = None  # set on the ESP SA of a bundle
-        if self._esp is not None and self.inner is None:
-            self.encapsulate = self._esp_encapsulate  # chosen once: no AH/bundle test per packet
+        if self._esp is not None:  # see encapsulate
+            self.encapsulate = self._esp_encapsulate
         self.soft_notified = False
         self._idle_packets, self._idle_since = 0, self.created
         self._global: Counters | None = None  # the SAD's counters, set by SAD.add
@@ -225,12 +225,11 @@ class SecurityAssociation:
         checksum alone: our peers see our real addresses (RFC 3948 §3.1.2 is the
         receiver's job when a NAT rewrote them).  Raises SAExpired, BadPacket.
 
-        The outer headers are built first (the ESP length is known before encrypting)
-        and handed to the transform, which joins the packet once.
+        A plain ESP SA has this method replaced by ``_esp_encapsulate`` when it is created
+        (one decision per SA, not per packet): what runs here is AH, alone or over the ESP
+        SA of a bundle.
         """
-        if self._ah is not None:
-            return self._ah_encapsulate(packet if self.inner is None else self.inner.encapsulate(packet))
-        return self._esp_encapsulate(packet)  # not reached by a plain ESP SA (see __post_init__)
+        return self._ah_encapsulate(packet if self.inner is None else self.inner.encapsulate(packet))
 
     def encapsulate_udp(self, packet: bytes) -> bytes:
         """The ESP bytes only (SPI to ICV), for sending on the UDP 4500 socket to ``udp_encap``.
@@ -243,7 +242,8 @@ class SecurityAssociation:
 
     def _esp_encapsulate(self, packet: bytes, outer_headers: bool = True) -> bytes:
         """The ESP hot path: one header parse, the sequence number and counters inline (as in
-        ``_next_seq``), the outer headers packed once and joined with the ESP packet by ``seal``."""
+        ``_next_seq``), the outer headers packed first (the ESP length is known before encrypting)
+        and joined with the ESP packet once, by ``seal``."""
         transform = self._esp
         if self._tunnel:
             if len(packet) < 20 or packet[0] >> 4 != 4:

@@ -509,8 +509,8 @@ class SAD:
     def __init__(self) -> None:
         self.counters = Counters()
         self._sas: dict[tuple[int, bytes, int], SecurityAssociation] = {}
-        # the SAs an arriving packet may use first: inbound and not the ESP half of a bundle
-        self._receivers: dict[tuple[int, bytes, int], SecurityAssociation] = {}
+        # inbound ESP SAs outside bundles by destination | SPI: bytes 16-24 of a plain ESP packet
+        self._esp_receivers: dict[bytes, SecurityAssociation] = {}
 
     def add(self, sa: SecurityAssociation) -> None:
         """Install an SA (and the inner SA of a bundle). ValueError if the key is taken."""
@@ -525,8 +525,8 @@ class SAD:
             self._sas[member.key] = member
             member._global = self.counters
             self.counters.key_additions += 1
-        if sa.direction == "inbound":
-            self._receivers[sa.key] = sa
+        if sa.direction == "inbound" and sa.protocol == "esp":
+            self._esp_receivers[sa._dst + sa._spi_bytes] = sa
 
     def delete(self, spi: int, dst: str, protocol: str) -> SecurityAssociation:
         """Remove an SA (a whole bundle if it is part of one); KeyError if absent."""
@@ -534,7 +534,8 @@ class SAD:
         outer = sa.outer or sa
         for member in (outer, outer.inner):
             if member is not None and self._sas.pop(member.key, None) is member:
-                self._receivers.pop(member.key, None)
+                if self._esp_receivers.get(member._dst + member._spi_bytes) is member:
+                    del self._esp_receivers[member._dst + member._spi_bytes]
                 self._retire(member)
         return sa
 
@@ -555,7 +556,7 @@ class SAD:
         Returns (inner packet, the SA that matched first: for a bundle the AH SA).
         """
         if len(packet) >= 24 and packet[0] == 0x45 and packet[9] == IPPROTO_ESP:  # the common case
-            sa = self._receivers.get((_unpack_seq(packet, 20)[0], packet[16:20], IPPROTO_ESP))
+            sa = self._esp_receivers.get(packet[16:24])
             if sa is not None:
                 return sa.decapsulate(packet), sa
         try:
@@ -574,8 +575,7 @@ class SAD:
         except BadPacket:
             self.counters.malformed_packets += 1
             raise
-        key = (_unpack_seq(packet, offset)[0], packet[16:20], protocol)
-        sa = self._receivers.get(key) or self._inbound_sa(*key)
+        sa = self._inbound_sa(_unpack_seq(packet, offset)[0], packet[16:20], protocol)
         return sa.decapsulate(packet), sa
 
     def inbound_udp(self, payload: bytes, src: str, dst: str) -> tuple[bytes, SecurityAssociation]:
@@ -583,8 +583,9 @@ class SAD:
         if len(payload) < esp.ESP_HEADER or payload[:4] == esp.NON_ESP_MARKER:  # classify_udp4500 != "esp"
             self.counters.malformed_packets += 1
             raise BadPacket(f"{len(payload)}-byte UDP 4500 payload is not ESP (RFC 3948 §2)")
-        key = (_unpack_seq(payload)[0], ip_to_bytes(dst), IPPROTO_ESP)
-        sa = self._receivers.get(key) or self._inbound_sa(*key)
+        destination = ip_to_bytes(dst)
+        sa = self._esp_receivers.get(destination + payload[:4]) or \
+            self._inbound_sa(_unpack_seq(payload)[0], destination, IPPROTO_ESP)
         return sa.decapsulate_udp(payload, src, dst), sa
 
     def _inbound_sa(self, spi: int, dst: bytes, protocol: int) -> SecurityAssociation:

@@ -211,3 +211,13 @@ def test_gcm_padding_of_every_length_matches_scapy():
 ])
 def test_flow_key_ports_only_for_tcp_udp_first_fragments(hex_packet, expected):
     assert flow_key(bytes.fromhex(hex_packet)).hex() == expected
+
+
+def test_deleting_an_ah_sa_keeps_the_esp_sa_with_the_same_spi():
+    sad = SAD()
+    out, esp_in = pair()
+    sad.add(esp_in)
+    sad.add(SecurityAssociation(0x1000, "ah", "inbound", "transport", A, B, integrity="hmac-sha1-96",
+                                integrity_key=bytes(20)))
+    sad.delete(0x1000, B, "ah")
+    assert sad.inbound(out.encapsulate(packet()))[1] is esp_in

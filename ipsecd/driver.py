@@ -108,11 +108,12 @@ def flow_key(packet: bytes) -> bytes | None:
     """
     if len(packet) < 20 or packet[0] >> 4 != 4:
         return None
-    protocol = packet[9:10]
-    if protocol in (b"\x06", b"\x11") and not (packet[6] & 0x1F or packet[7]):
+    if packet[9] in (6, 17) and not (packet[6] & 0x1F or packet[7]):
+        if packet[0] == 0x45:  # no options: the ports follow the addresses
+            return packet[9:10] + packet[12:24]
         ihl = (packet[0] & 0x0F) << 2
-        return protocol + packet[12:20] + packet[ihl:ihl + 4]
-    return protocol + packet[12:20]
+        return packet[9:10] + packet[12:20] + packet[ihl:ihl + 4]
+    return packet[9:10] + packet[12:20]
 
 
 def ntoa(address: int) -> str:

@@ -51,8 +51,7 @@ _PAD = bytes(range(1, 256))  # RFC 4303 §2.4 default padding: 1, 2, 3, ...
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _pack_ip, _unpack_ip = _IP.pack, _IP.unpack_from
 _unpack_addresses = struct.Struct("!4H").unpack
-_BYTE = [bytes((i,)) for i in range(256)]
-_TRAILERS: dict[int, bytes] = {}  # (pad length << 8 | next header) -> padding + the 2 trailer bytes
+_PAD_TAILS = tuple(_PAD[:n] + bytes((n,)) for n in range(256))  # padding + pad length, as received
 
 
 # -- errors: each names the counter (ipsecd.counters) the drop is counted under --
@@ -118,13 +117,19 @@ def ipv4_checksum(header: bytes) -> int:
 def rewrite_ipv4_header(header: bytes, protocol: int, total_length: int) -> bytes:
     """``header`` with a new protocol and total length; checksum updated incrementally
     (RFC 1624 eqn. 3) from the old one, which the kernel has already verified or set."""
-    ver_ihl, tos, old_total, ident, frag, ttl, old_protocol, checksum, src, dst = _unpack_ip(header)
-    s = ((~checksum & 0xFFFF) + (~old_total & 0xFFFF) + total_length + (~old_protocol & 0xFFFF)
-         + protocol)
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    new = _pack_ip(ver_ihl, tos, total_length, ident, frag, ttl, protocol, ~s & 0xFFFF, src, dst)
+    new = rewritten_ipv4_header(_unpack_ip(header), protocol, total_length)
     return new if len(header) == 20 else new + header[20:]
+
+
+def rewritten_ipv4_header(fields: tuple, protocol: int, total_length: int) -> bytes:
+    """The fixed 20 bytes of the header ``fields`` (from ``ipv4_fields``) with a new protocol and
+    total length.  RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), with the one's complement sum taken
+    modulo 0xFFFF as in ``ipv4_checksum`` (the protocol shares its 16-bit word with the TTL)."""
+    ver_ihl, tos, old_total, ident, frag, ttl, old_protocol, checksum, src, dst = fields
+    rest = ((checksum ^ 0xFFFF) + (old_total ^ 0xFFFF) + total_length + (old_protocol ^ 0xFFFF)
+            + protocol) % 0xFFFF
+    return _pack_ip(ver_ihl, tos, total_length, ident, frag, ttl, protocol,
+                    0xFFFF - rest if rest else 0, src, dst)
 
 
 def ipv4_header(src: bytes, dst: bytes, protocol: int, payload_length: int, tos: int = 0,
@@ -150,18 +155,20 @@ class HeaderTemplate:
                         0xFFFF - rest if rest else 0, self._src, self._dst)
 
 
-def split_ipv4(packet: bytes) -> tuple[int, bytes, bytes]:
-    """(protocol, header, payload) of a complete, unfragmented IPv4 packet, or BadPacket."""
+def ipv4_fields(packet: bytes) -> tuple[int, int, int, int, int, int, int, int, bytes, bytes]:
+    """(version/IHL, TOS, total length, ident, flags/fragment, TTL, protocol, checksum, src, dst) of
+    a complete, unfragmented IPv4 packet, or BadPacket.  Header length: ``(fields[0] & 0x0F) * 4``."""
     if len(packet) < 20:
         raise BadPacket(f"{len(packet)} bytes is shorter than an IPv4 header")
-    ver_ihl, _, total, _, frag, _, proto, _, _, _ = _unpack_ip(packet)
+    fields = _unpack_ip(packet)
+    ver_ihl, total = fields[0], fields[2]
     ihl = (ver_ihl & 0x0F) * 4
     if ver_ihl >> 4 != 4 or ihl < 20 or total < ihl or total > len(packet):
         raise BadPacket(f"bad IPv4 header (version/IHL {ver_ihl:#04x}, total length {total}, "
                         f"{len(packet)} bytes)")
-    if frag & 0x3FFF:
+    if fields[4] & 0x3FFF:
         raise BadPacket("IPv4 fragment (the kernel reassembles before delivery)")
-    return proto, packet[:ihl], packet[ihl:total]
+    return fields
 
 
 def udp_header(sport: int, dport: int, payload_length: int) -> bytes:
@@ -204,19 +211,23 @@ def classify_udp4500(payload: bytes) -> str:
     return "esp" if len(payload) >= ESP_HEADER else "malformed"
 
 
-def _pad(payload: bytes, next_header: int, block: int) -> bytes:
-    padlen = -(len(payload) + 2) % block
-    key = padlen << 8 | next_header
-    trailer = _TRAILERS.get(key)
-    if trailer is None:
-        trailer = _TRAILERS[key] = _PAD[:padlen] + bytes((padlen, next_header))
-    return payload + trailer
+@functools.cache
+def _trailers(block: int) -> tuple[bytes, ...]:
+    """Padding + pad length + next header for every (payload length % block) << 8 | next header.
+
+    Shared by every SA with this block size, so sealing a packet pads with one tuple index.
+    """
+    table = []
+    for rest in range(block):
+        padlen = -(rest + 2) % block
+        table.extend(_PAD[:padlen] + bytes((padlen, next_header)) for next_header in range(256))
+    return tuple(table)
 
 
 def _unpad(plain: bytes) -> tuple[int, bytes]:
     padlen = plain[-2]
     end = len(plain) - 2 - padlen
-    if end < 0 or plain[end:-2] != _PAD[:padlen]:
+    if not plain.endswith(_PAD_TAILS[padlen], 0, -1):  # also False when padlen overruns the packet
         raise DecryptionFailed(f"bad ESP padding (pad length {padlen}, {len(plain)} bytes)")
     return plain[-1], plain[:end]
 
@@ -232,104 +243,138 @@ def _keyed_hmac(integ: Integrity | None, key: bytes) -> crypto_hmac.HMAC | None:
 # -- transforms: one object per SA, holding the keyed cipher and HMAC --
 
 class _Transform:
-    """seal(): ESP header (SPI+seq, 8 bytes) + payload -> wire bytes; open(): the reverse."""
+    """seal(): ESP header (SPI+seq, 8 bytes) + payload -> wire bytes; open(): the reverse.
 
-    def __init__(self, enc: Encryption, integ: Integrity | None, integ_key: bytes):
+    ``seal`` puts ``prefix`` (the outer headers) in front, so a packet is joined once; its
+    length is known in advance: ``overhead + len(payload) + (-(len(payload) + 2) % pad_block)``.
+    ``open`` reads the ESP packet ``data[start:end]`` in place (the whole of ``data`` by default).
+    """
+
+    def __init__(self, enc: Encryption, integ: Integrity | None, integ_key: bytes, pad_block: int):
         self.encryption = enc
         self.integrity = integ
         self._mac = _keyed_hmac(integ, integ_key)
         self.icv_size = enc.icv_size or (integ.icv_size if integ else 0)
         self.min_length = ESP_HEADER + enc.iv_size + max(enc.block_size, 4) + self.icv_size
+        self.pad_block = pad_block
+        self.overhead = ESP_HEADER + enc.iv_size + 2 + self.icv_size
+        self._trailers = _trailers(pad_block)
+        self._block_mask = pad_block - 1
 
-    def _icv(self, data: bytes | memoryview) -> bytes:
-        h = self._mac.copy()
-        h.update(data)
-        return h.finalize()[: self.icv_size]
+    def _verify(self, data: bytes, start: int, end: int) -> None:
+        """HMAC of data[start:end - icv] against the ICV at its end (no HMAC: nothing to verify)."""
+        if self._mac is not None:
+            h = self._mac.copy()
+            h.update(memoryview(data)[start:end - self.icv_size])
+            if not hmac.compare_digest(h.finalize()[: self.icv_size], data[end - self.icv_size:end]):
+                raise AuthenticationFailed("ICV mismatch")
 
-    def _verify(self, data: bytes) -> None:
-        if self._mac is not None and not hmac.compare_digest(
-                self._icv(memoryview(data)[: -self.icv_size]), data[-self.icv_size:]):
-            raise AuthenticationFailed("ICV mismatch")
-
-    def _check_length(self, data: bytes) -> None:
-        if len(data) < self.min_length:
-            raise BadPacket(f"ESP packet of {len(data)} bytes, {self.encryption.name} needs "
+    def _bounds(self, data: bytes, start: int, end: int | None) -> int:
+        end = len(data) if end is None else end
+        if end - start < self.min_length:
+            raise BadPacket(f"ESP packet of {end - start} bytes, {self.encryption.name} needs "
                             f"at least {self.min_length}")
+        return end
+
+    def _with_icv(self, prefix: bytes, header: bytes, body: bytes) -> bytes:
+        """prefix | header | body | HMAC(header | body): one join, no intermediate message."""
+        if self._mac is None:
+            return prefix + header + body
+        h = self._mac.copy()
+        h.update(header)
+        h.update(body)
+        return b"".join((prefix, header, body, h.finalize()[: self.icv_size]))
 
 
 class NullTransform(_Transform):
     """ESP with NULL encryption (RFC 2410): integrity only, the payload stays readable."""
 
-    def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
-        msg = header + _pad(payload, next_header, 4)
-        return msg + self._icv(msg)
+    def __init__(self, enc: Encryption, integ: Integrity, integ_key: bytes):
+        super().__init__(enc, integ, integ_key, 4)
 
-    def open(self, data: bytes) -> tuple[int, bytes]:
-        self._check_length(data)
-        self._verify(data)
-        return _unpad(data[ESP_HEADER: -self.icv_size])
+    def seal(self, header: bytes, payload: bytes, next_header: int, prefix: bytes = b"",
+             iv: bytes | None = None) -> bytes:
+        trailer = self._trailers[(len(payload) & self._block_mask) << 8 | next_header]
+        return self._with_icv(prefix, header, payload + trailer)
+
+    def open(self, data: bytes, start: int = 0, end: int | None = None) -> tuple[int, bytes]:
+        end = self._bounds(data, start, end)
+        self._verify(data, start, end)
+        return _unpad(data[start + ESP_HEADER: end - self.icv_size])
 
 
 class CbcTransform(_Transform):
     """DES, 3DES, AES in CBC mode with an explicit IV (RFC 2405, 2451, 3602) + optional HMAC."""
 
     def __init__(self, enc: Encryption, key: bytes, integ: Integrity | None, integ_key: bytes):
-        super().__init__(enc, integ, integ_key)
+        super().__init__(enc, integ, integ_key, enc.block_size)
         self._cipher = enc.cipher(key)
         self._stream = Cipher(self._cipher, modes.CBC(os.urandom(enc.block_size))).encryptor()
         self._zero = bytes(enc.block_size)
         self._chained = Cipher(self._cipher, modes.CBC(self._zero)).decryptor()
 
-    def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
+    def seal(self, header: bytes, payload: bytes, next_header: int, prefix: bytes = b"",
+             iv: bytes | None = None) -> bytes:
         """``iv`` forces an explicit IV (known-answer tests); normally it is derived (see module doc)."""
-        plain = _pad(payload, next_header, self.encryption.block_size)
+        trailer = self._trailers[(len(payload) & self._block_mask) << 8 | next_header]
         if iv is None:
-            msg = header + self._stream.update(self._zero + plain)
+            body = self._stream.update(b"".join((self._zero, payload, trailer)))
         else:
-            msg = header + iv + Cipher(self._cipher, modes.CBC(iv)).encryptor().update(plain)
-        return msg + self._icv(msg) if self._mac is not None else msg
+            body = iv + Cipher(self._cipher, modes.CBC(iv)).encryptor().update(payload + trailer)
+        return self._with_icv(prefix, header, body)
 
-    def open(self, data: bytes) -> tuple[int, bytes]:
-        self._check_length(data)
+    def open(self, data: bytes, start: int = 0, end: int | None = None) -> tuple[int, bytes]:
+        end = self._bounds(data, start, end) - self.icv_size
         block = self.encryption.block_size
-        end = len(data) - self.icv_size
-        if (end - ESP_HEADER) % block:
-            raise BadPacket(f"ESP ciphertext of {end - ESP_HEADER - block} bytes is not a "
+        if (end - start - ESP_HEADER) % block:
+            raise BadPacket(f"ESP ciphertext of {end - start - ESP_HEADER - block} bytes is not a "
                             f"multiple of the {block}-byte block")
-        self._verify(data)
+        self._verify(data, start, end + self.icv_size)
         # IV | ciphertext into the SA's running CBC decryptor: the IV's own output block is
         # garbage (chained to the previous packet), every later block is this packet's plaintext
-        return _unpad(self._chained.update(memoryview(data)[ESP_HEADER:end])[block:])
+        return _unpad(self._chained.update(memoryview(data)[start + ESP_HEADER:end])[block:])
 
 
 class GcmTransform(_Transform):
     """AES-GCM with a 16-byte ICV (RFC 4106): nonce = salt | 8-byte explicit IV, AAD = SPI | seq.
 
-    The explicit IV is the sequence number XOR a random 64-bit mask chosen per SA (as
-    Linux's seqiv does): unique within the SA because the sequence number never wraps
-    (RFC 4106 §3.1 requires uniqueness only), and two SAs that share a key - manual
-    keying often uses one key both ways - collide only if their masks agree in the
-    upper 32 bits (probability 2**-32).
+    The explicit IV is the ESP header (SPI | sequence number) XOR a random 64-bit mask
+    chosen per SA (as Linux's seqiv does with the sequence number): unique within the
+    SA because the sequence number never wraps (RFC 4106 §3.1 requires uniqueness
+    only), and two SAs that share a key - manual keying often uses one key both
+    ways - collide only if their masks XOR their SPIs agree in the upper 32 bits
+    (probability 2**-32).
     """
 
     def __init__(self, enc: Encryption, key: bytes):
-        super().__init__(enc, None, b"")
+        super().__init__(enc, None, b"", 4)
         self._aead = AESGCM(key[: -enc.salt_size])
         self._salt = key[-enc.salt_size:]
         self._iv_mask = int.from_bytes(os.urandom(8), "big")
 
-    def seal(self, header: bytes, payload: bytes, next_header: int, iv: bytes | None = None) -> bytes:
+    def seal(self, header: bytes, payload: bytes, next_header: int, prefix: bytes = b"",
+             iv: bytes | None = None) -> bytes:
         if iv is None:
-            iv = (self._iv_mask ^ int.from_bytes(header[4:8], "big")).to_bytes(8, "big")
-        return header + iv + self._aead.encrypt(self._salt + iv, _pad(payload, next_header, 4), header)
+            iv = (self._iv_mask ^ int.from_bytes(header, "big")).to_bytes(8, "big")
+        plain = payload + self._trailers[(len(payload) & 3) << 8 | next_header]
+        return b"".join((prefix, header, iv, self._aead.encrypt(self._salt + iv, plain, header)))
 
-    def open(self, data: bytes) -> tuple[int, bytes]:
-        self._check_length(data)
+    def open(self, data: bytes, start: int = 0, end: int | None = None) -> tuple[int, bytes]:
+        # the hot path of every AES-GCM packet: _bounds and _unpad inline
+        if end is None:
+            end = len(data)
+        if end - start < self.min_length:
+            raise BadPacket(f"ESP packet of {end - start} bytes, {self.encryption.name} needs "
+                            f"at least {self.min_length}")
         try:
-            plain = self._aead.decrypt(self._salt + data[8:16], memoryview(data)[16:], data[:8])
+            plain = self._aead.decrypt(self._salt + data[start + 8:start + 16], data[start + 16:end],
+                                       data[start:start + 8])
         except InvalidTag:
             raise AuthenticationFailed("AES-GCM tag mismatch") from None
-        return _unpad(plain)
+        padlen = plain[-2]
+        if not plain.endswith(_PAD_TAILS[padlen], 0, -1):
+            raise DecryptionFailed(f"bad ESP padding (pad length {padlen}, {len(plain)} bytes)")
+        return plain[-1], plain[:len(plain) - 2 - padlen]
 
 
 def transform(enc: Encryption, enc_key: bytes, integ: Integrity | None, integ_key: bytes) -> _Transform:

@@ -33,7 +33,7 @@ number (RFC 4303 §3.3.3; no ESN, as in RFC 2406 and Windows 2003).
 """
 from __future__ import annotations
 
-import math
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,14 +56,19 @@ from ipsecd.esp import (
     SAExpired,
     UnknownSPI,
     ip_to_bytes,
-    ipv4_header,
-    rewrite_ipv4_header,
-    split_ipv4,
+    ipv4_fields,
+    rewritten_ipv4_header,
 )
 
 SEQ_MAX = 2**32 - 1  # last usable sequence number (RFC 4303 §3.3.3)
 SEQ_SOFT = SEQ_MAX - 2**24  # ask for a rekey well before the counter runs out
+NO_LIMIT = 1 << 64  # hard byte limit of an SA without one (an int: compared per packet)
 PROTOCOLS = {"esp": IPPROTO_ESP, "ah": IPPROTO_AH}
+_esp_header = struct.Struct("!II").pack  # SPI, sequence number
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_pack_ip, _unpack_ip = _IPV4.pack, _IPV4.unpack_from
+_NOT_IPV4 = (0,) * 10  # stands for the fields of a packet too short to unpack
+_unpack_seq = struct.Struct("!I").unpack_from
 
 
 class PolicyViolation(IPsecError):
@@ -89,7 +94,7 @@ class ReplayWindow:
     ICV verified, so forged packets cannot move the window.
     """
 
-    __slots__ = ("_mask", "bitmap", "size", "top")
+    __slots__ = ("bitmap", "mask", "size", "top")
 
     def __init__(self, size: int = 64):
         if size < 64:
@@ -97,7 +102,7 @@ class ReplayWindow:
         self.size = size
         self.top = 0  # highest authenticated sequence number
         self.bitmap = 0  # bit i set: top - i was received
-        self._mask = (1 << size) - 1
+        self.mask = (1 << size) - 1
 
     def check(self, seq: int) -> None:
         if seq > self.top:
@@ -114,7 +119,7 @@ class ReplayWindow:
     def accept(self, seq: int) -> None:
         if seq > self.top:
             shift = seq - self.top
-            self.bitmap = ((self.bitmap << shift) | 1) & self._mask if shift < self.size else 1
+            self.bitmap = ((self.bitmap << shift) | 1) & self.mask if shift < self.size else 1
             self.top = seq
         else:
             self.bitmap |= 1 << (self.top - seq)
@@ -171,6 +176,8 @@ class SecurityAssociation:
             raise ValueError(f"SA src/dst: {e}") from None
         enc = algorithms.encryption(self.encryption)
         integ = algorithms.integrity(self.integrity) if self.integrity else None
+        self._esp: esp._Transform | None = None
+        self._ah: AhTransform | None = None
         if self.protocol == "esp":
             self._esp = esp.transform(enc, self.encryption_key, integ, self.integrity_key)
         else:
@@ -194,10 +201,14 @@ class SecurityAssociation:
         self._nat_oa = b"".join(map(ip_to_bytes, self.nat_oa)) if self.nat_oa else None
         self._spi_bytes = self.spi.to_bytes(4, "big")
         self._outer = HeaderTemplate(self._src, self._dst)
+        # raw socket: the IP protocol of what ESP is sent in (RFC 3948: UDP, checksum 0)
+        self._esp_carrier = IPPROTO_UDP if self.udp_encap else IPPROTO_ESP
         self._replay = ReplayWindow(self.replay_window) if self.direction == "inbound" else None
         hard_kb = self.lifetime.hard_kilobytes
-        self._hard_bytes = math.inf if hard_kb is None else hard_kb * 1024
+        self._hard_bytes = NO_LIMIT if hard_kb is None else hard_kb * 1024
         self.outer: SecurityAssociation | None = None  # set on the ESP SA of a bundle
+        if self._esp is not None:  # see encapsulate
+            self.encapsulate = self._esp_encapsulate
         self.soft_notified = False
         self._idle_packets, self._idle_since = 0, self.created
         self._global: Counters | None = None  # the SAD's counters, set by SAD.add
@@ -213,67 +224,101 @@ class SecurityAssociation:
         ESP rides in UDP (checksum 0).  Transport mode + UDP leaves the inner TCP/UDP
         checksum alone: our peers see our real addresses (RFC 3948 §3.1.2 is the
         receiver's job when a NAT rewrote them).  Raises SAExpired, BadPacket.
+
+        A plain ESP SA has this method replaced by ``_esp_encapsulate`` when it is created
+        (one decision per SA, not per packet): what runs here is AH, alone or over the ESP
+        SA of a bundle.
         """
-        if self.inner is not None:
-            packet = self.inner.encapsulate(packet)
-        header, payload, next_header = self._split(packet)
-        seq = self._next_seq(len(payload))
-        if self.protocol == "ah":
-            return self._ah_encapsulate(header, payload, next_header, seq, packet)
-        body = self._esp.seal(self._spi_bytes + seq.to_bytes(4, "big"), payload, next_header)
-        protocol = IPPROTO_ESP
-        if self.udp_encap:
-            body = esp.udp_header(*self.udp_encap, len(body)) + body
-            protocol = IPPROTO_UDP
-        if header is None:
-            return self._tunnel_header(packet, protocol, len(body), seq) + body
-        return rewrite_ipv4_header(header, protocol, len(header) + len(body)) + body
+        return self._ah_encapsulate(packet if self.inner is None else self.inner.encapsulate(packet))
 
     def encapsulate_udp(self, packet: bytes) -> bytes:
         """The ESP bytes only (SPI to ICV), for sending on the UDP 4500 socket to ``udp_encap``.
 
         Transport mode relies on the socket's addresses being the packet's own.
         """
-        if self.protocol != "esp" or self.inner is not None:
+        if self._esp is None or self.inner is not None:
             raise ValueError(f"SA {self.spi:#x}: only a plain ESP SA can use a UDP socket")
-        _, payload, next_header = self._split(packet)
-        seq = self._next_seq(len(payload))
-        return self._esp.seal(self._spi_bytes + seq.to_bytes(4, "big"), payload, next_header)
+        return self._esp_encapsulate(packet, False)
 
-    def _split(self, packet: bytes) -> tuple[bytes | None, bytes, int]:
-        """(header to keep or None for tunnel mode, payload to protect, its next header)."""
+    def _esp_encapsulate(self, packet: bytes, outer_headers: bool = True) -> bytes:
+        """The ESP hot path: one header parse, the sequence number and counters inline (as in
+        ``_next_seq``), the outer headers packed first (the ESP length is known before encrypting)
+        and joined with the ESP packet once, by ``seal``."""
+        transform = self._esp
         if self._tunnel:
             if len(packet) < 20 or packet[0] >> 4 != 4:
                 raise BadPacket("inner packet is not IPv4")
-            return None, packet, IPPROTO_IPIP
-        next_header, header, payload = split_ipv4(packet)
-        return header, payload, next_header
-
-    def _ah_encapsulate(self, header: bytes | None, payload: bytes, next_header: int, seq: int,
-                        packet: bytes) -> bytes:
-        length = self._ah.length + len(payload)
-        if header is None:
-            header = self._tunnel_header(packet, IPPROTO_AH, length, seq)
-        elif len(header) != 20:
-            raise BadPacket("AH over an IPv4 header with options is not supported")
+            payload, next_header = packet, IPPROTO_IPIP
+            n = len(packet)
         else:
-            header = rewrite_ipv4_header(header, IPPROTO_AH, 20 + length)
+            fields = _unpack_ip(packet) if len(packet) >= 20 else _NOT_IPV4
+            if fields[0] != 0x45 or fields[4] & 0x3FFF or not 20 <= fields[2] <= len(packet):
+                fields = ipv4_fields(packet)  # IPv4 options, or the BadPacket that says what is wrong
+            ihl = (fields[0] & 0x0F) * 4
+            total, next_header = fields[2], fields[6]
+            payload = packet[ihl:total]
+            n = total - ihl
+        seq = self.seq + 1
+        counters = self.counters
+        nbytes = counters.bytes + n
+        if seq > SEQ_MAX or nbytes > self._hard_bytes:
+            self._next_seq(n)  # raises SAExpired with the reason
+        self.seq = seq
+        counters.packets += 1
+        counters.bytes = nbytes
+        if not outer_headers:
+            return transform.seal(_esp_header(self.spi, seq), payload, next_header)
+        length = n + transform.overhead + -(n + 2) % transform.pad_block  # of the ESP packet
+        carried = length + UDP_HEADER if self.udp_encap else length
+        if self._tunnel:
+            # TOS and DF copied from the inner header (RFC 4301 §5.1.2.1), the ident from the sequence
+            prefix = self._outer.build(self._esp_carrier, carried, packet[1], seq & 0xFFFF,
+                                       packet[6] << 8 & 0x4000)
+        else:
+            # rewritten_ipv4_header, inline: RFC 1624 eqn. 3 for the new protocol and total length
+            protocol = self._esp_carrier
+            ver_ihl, tos, _, ident, frag, ttl, _, checksum, src, dst = fields
+            rest = ((checksum ^ 0xFFFF) + (total ^ 0xFFFF) + ihl + carried + (next_header ^ 0xFFFF)
+                    + protocol) % 0xFFFF
+            prefix = _pack_ip(ver_ihl, tos, ihl + carried, ident, frag, ttl, protocol,
+                              0xFFFF - rest if rest else 0, src, dst)
+            if ihl != 20:
+                prefix += packet[20:ihl]
+        if self.udp_encap:
+            prefix += esp.udp_header(*self.udp_encap, length)
+        return transform.seal(_esp_header(self.spi, seq), payload, next_header, prefix)
+
+    def _ah_encapsulate(self, packet: bytes) -> bytes:
+        if self._tunnel:
+            if len(packet) < 20 or packet[0] >> 4 != 4:
+                raise BadPacket("inner packet is not IPv4")
+            payload, next_header = packet, IPPROTO_IPIP
+            seq = self._next_seq(len(payload))
+            header = self._outer.build(IPPROTO_AH, self._ah.length + len(payload), packet[1], seq & 0xFFFF,
+                                       packet[6] << 8 & 0x4000)  # as for ESP
+        else:
+            fields = ipv4_fields(packet)
+            if fields[0] != 0x45:
+                raise BadPacket("AH over an IPv4 header with options is not supported")
+            payload, next_header = packet[20:fields[2]], fields[6]
+            seq = self._next_seq(len(payload))
+            header = rewritten_ipv4_header(fields, IPPROTO_AH, 20 + self._ah.length + len(payload))
         return header + self._ah.seal(header, payload, next_header, self.spi, seq) + payload
 
-    def _tunnel_header(self, inner: bytes, protocol: int, length: int, seq: int) -> bytes:
-        return self._outer.build(protocol, length, inner[1], seq & 0xFFFF, inner[6] << 8 & 0x4000)
-
     def _next_seq(self, nbytes: int) -> int:
+        """The next sequence number, with ``nbytes`` counted; SAExpired instead of wrapping it or
+        passing the hard byte limit."""
         seq = self.seq + 1
-        if seq > SEQ_MAX:
-            raise SAExpired(f"SA {self.spi:#x}: sequence number would wrap (RFC 4303 §3.3.3)")
         counters = self.counters
-        if counters.bytes + nbytes > self._hard_bytes:
+        total = counters.bytes + nbytes
+        if seq > SEQ_MAX or total > self._hard_bytes:
+            if seq > SEQ_MAX:
+                raise SAExpired(f"SA {self.spi:#x}: sequence number would wrap (RFC 4303 §3.3.3)")
             raise SAExpired(f"SA {self.spi:#x}: hard lifetime of "
                             f"{self.lifetime.hard_kilobytes} KB reached")
         self.seq = seq
         counters.packets += 1
-        counters.bytes += nbytes
+        counters.bytes = total
         return seq
 
     # -- inbound --
@@ -289,15 +334,32 @@ class SecurityAssociation:
         if self._replay is None:
             raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
         try:
-            protocol, header, body = split_ipv4(packet)
-            if self.protocol == "ah":
-                result = self._ah_decapsulate(protocol, header, body)
+            fields = _unpack_ip(packet) if len(packet) >= 20 else _NOT_IPV4
+            if fields[0] != 0x45 or fields[4] & 0x3FFF or not 20 <= fields[2] <= len(packet):
+                fields = ipv4_fields(packet)  # IPv4 options, or the BadPacket that says what is wrong
+            ihl = (fields[0] & 0x0F) * 4
+            protocol = fields[6]
+            if self._ah is not None:
+                next_header, payload = self._ah_open(fields, packet)
+            elif protocol == IPPROTO_ESP:
+                next_header, payload = self._esp_open(packet, ihl, fields[2])
+            elif protocol == IPPROTO_UDP:
+                next_header, payload = self._esp_open(packet, ihl + UDP_HEADER, fields[2])
             else:
-                if protocol == IPPROTO_UDP:
-                    body = body[UDP_HEADER:]
-                elif protocol != IPPROTO_ESP:
-                    raise BadPacket(f"IP protocol {protocol} for ESP SA {self.spi:#x}")
-                result = self._esp_decapsulate(header, body)
+                raise BadPacket(f"IP protocol {protocol} for ESP SA {self.spi:#x}")
+            if self._tunnel:
+                result = self._tunnel_inner(next_header, payload)
+            else:
+                # rewritten_ipv4_header, inline: RFC 1624 eqn. 3 for the new protocol and total length
+                ver_ihl, tos, total, ident, frag, ttl, _, checksum, src, dst = fields
+                length = ihl + len(payload)
+                rest = ((checksum ^ 0xFFFF) + (total ^ 0xFFFF) + length + (protocol ^ 0xFFFF)
+                        + next_header) % 0xFFFF
+                header = _pack_ip(ver_ihl, tos, length, ident, frag, ttl, next_header,
+                                  0xFFFF - rest if rest else 0, src, dst)
+                result = header + payload if ihl == 20 else header + packet[20:ihl] + payload
+                if self._nat_oa is not None:
+                    result = self._nat_fixup(result)
         except IPsecError as e:
             self._count_drop(e)
             raise
@@ -312,48 +374,76 @@ class SecurityAssociation:
         if self._replay is None:
             raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
         try:
-            header = b"" if self._tunnel else ipv4_header(ip_to_bytes(src), ip_to_bytes(dst), IPPROTO_UDP, 0)
-            return self._esp_decapsulate(header, payload)
+            next_header, inner = self._esp_open(payload, 0, len(payload))
+            if self._tunnel:
+                return self._tunnel_inner(next_header, inner)
+            template = self._outer if src == self.src and dst == self.dst else \
+                HeaderTemplate(ip_to_bytes(src), ip_to_bytes(dst))
+            inner = template.build(next_header, len(inner)) + inner
+            return inner if self._nat_oa is None else self._nat_fixup(inner)
         except IPsecError as e:
             self._count_drop(e)
             raise
 
-    def _esp_decapsulate(self, header: bytes, body: bytes) -> bytes:
-        if body[:4] != self._spi_bytes:
-            raise BadPacket(f"SPI {body[:4].hex()} is not SA {self.spi:#x}")
-        seq = int.from_bytes(body[4:8], "big")
-        self._replay.check(seq)
-        next_header, payload = self._esp.open(body)
-        return self._deliver(header, next_header, seq, payload)
-
-    def _ah_decapsulate(self, protocol: int, header: bytes, body: bytes) -> bytes:
-        if protocol != IPPROTO_AH or len(body) < 12:
-            raise BadPacket(f"not an AH packet (protocol {protocol}, {len(body)} bytes)")
-        if body[4:8] != self._spi_bytes:
-            raise BadPacket(f"SPI {body[4:8].hex()} is not SA {self.spi:#x}")
-        self._replay.check(int.from_bytes(body[8:12], "big"))
-        next_header, seq, payload = self._ah.open(header + body)
-        return self._deliver(header, next_header, seq, payload)
-
-    def _deliver(self, header: bytes, next_header: int, seq: int, payload: bytes) -> bytes:
-        self._replay.accept(seq)
-        self.seq = self._replay.top
+    def _esp_open(self, data: bytes, start: int, end: int) -> tuple[int, bytes]:
+        """SPI, replay check (before the ICV), transform.open, replay accept (after): data[start:end]."""
+        transform = self._esp
+        if end - start < transform.min_length or data[start:start + 4] != self._spi_bytes:
+            raise BadPacket(f"ESP packet of {end - start} bytes starting {data[start:start + 4].hex()} "
+                            f"is not one of SA {self.spi:#x}")
+        seq = _unpack_seq(data, start + 4)[0]
+        replay = self._replay
+        top = replay.top
+        if seq <= top:  # in order (the common case) needs no window check
+            replay.check(seq)
+        next_header, payload = transform.open(data, start, end)
+        if seq > top:  # ReplayWindow.accept, inline for the in-order case
+            shift = seq - top
+            replay.bitmap = ((replay.bitmap << shift) | 1) & replay.mask if shift < replay.size else 1
+            replay.top = self.seq = seq
+        else:
+            replay.accept(seq)
         counters = self.counters
         counters.packets += 1
         counters.bytes += len(payload)
         if next_header == IPPROTO_NONE:
             raise DummyPacket("dummy packet (next header 59)")
-        if self._tunnel:
-            total = int.from_bytes(payload[2:4], "big")
-            if next_header != IPPROTO_IPIP or len(payload) < 20 or payload[0] >> 4 != 4 \
-                    or not 20 <= total <= len(payload):
-                raise BadPacket(f"tunnel SA {self.spi:#x}: payload is not one IPv4 packet "
-                                f"(next header {next_header})")
-            return payload if total == len(payload) else payload[:total]  # TFC padding (§2.4)
-        inner = rewrite_ipv4_header(header, next_header, len(header) + len(payload)) + payload
-        if self._nat_oa is not None:
-            inner = esp.nat_checksum_fixup(inner, self._nat_oa[:4], self._nat_oa[4:])
-        return inner
+        return next_header, payload
+
+    def _ah_open(self, fields: tuple, packet: bytes) -> tuple[int, bytes]:
+        total = fields[2]
+        if fields[6] != IPPROTO_AH or total < 32:
+            raise BadPacket(f"not an AH packet (protocol {fields[6]}, {total} bytes)")
+        if fields[0] != 0x45:
+            raise BadPacket("AH packet with IPv4 options (not supported)")
+        if packet[24:28] != self._spi_bytes:
+            raise BadPacket(f"SPI {packet[24:28].hex()} is not SA {self.spi:#x}")
+        self._replay.check(_unpack_seq(packet, 28)[0])
+        next_header, seq, payload = self._ah.open(packet[:total])
+        self._accepted(seq, next_header, len(payload))
+        return next_header, payload
+
+    def _accepted(self, seq: int, next_header: int, nbytes: int) -> None:
+        """The ICV verified: move the replay window, count the packet, discard a dummy one."""
+        replay = self._replay
+        replay.accept(seq)
+        self.seq = replay.top
+        counters = self.counters
+        counters.packets += 1
+        counters.bytes += nbytes
+        if next_header == IPPROTO_NONE:
+            raise DummyPacket("dummy packet (next header 59)")
+
+    def _tunnel_inner(self, next_header: int, payload: bytes) -> bytes:
+        total = int.from_bytes(payload[2:4], "big")
+        if next_header != IPPROTO_IPIP or len(payload) < 20 or payload[0] >> 4 != 4 \
+                or not 20 <= total <= len(payload):
+            raise BadPacket(f"tunnel SA {self.spi:#x}: payload is not one IPv4 packet "
+                            f"(next header {next_header})")
+        return payload if total == len(payload) else payload[:total]  # TFC padding (§2.4)
+
+    def _nat_fixup(self, inner: bytes) -> bytes:
+        return esp.nat_checksum_fixup(inner, self._nat_oa[:4], self._nat_oa[4:])
 
     def _count_drop(self, error: IPsecError) -> None:
         key = error.counter
@@ -419,6 +509,8 @@ class SAD:
     def __init__(self) -> None:
         self.counters = Counters()
         self._sas: dict[tuple[int, bytes, int], SecurityAssociation] = {}
+        # inbound ESP SAs outside bundles by destination | SPI: bytes 16-24 of a plain ESP packet
+        self._esp_receivers: dict[bytes, SecurityAssociation] = {}
 
     def add(self, sa: SecurityAssociation) -> None:
         """Install an SA (and the inner SA of a bundle). ValueError if the key is taken."""
@@ -433,6 +525,8 @@ class SAD:
             self._sas[member.key] = member
             member._global = self.counters
             self.counters.key_additions += 1
+        if sa.direction == "inbound" and sa.protocol == "esp":
+            self._esp_receivers[sa._dst + sa._spi_bytes] = sa
 
     def delete(self, spi: int, dst: str, protocol: str) -> SecurityAssociation:
         """Remove an SA (a whole bundle if it is part of one); KeyError if absent."""
@@ -440,6 +534,8 @@ class SAD:
         outer = sa.outer or sa
         for member in (outer, outer.inner):
             if member is not None and self._sas.pop(member.key, None) is member:
+                if self._esp_receivers.get(member._dst + member._spi_bytes) is member:
+                    del self._esp_receivers[member._dst + member._spi_bytes]
                 self._retire(member)
         return sa
 
@@ -459,6 +555,10 @@ class SAD:
 
         Returns (inner packet, the SA that matched first: for a bundle the AH SA).
         """
+        if len(packet) >= 24 and packet[0] == 0x45 and packet[9] == IPPROTO_ESP:  # the common case
+            sa = self._esp_receivers.get(packet[16:24])
+            if sa is not None:
+                return sa.decapsulate(packet), sa
         try:
             if len(packet) < 20:
                 raise BadPacket(f"{len(packet)}-byte packet")
@@ -472,23 +572,27 @@ class SAD:
                 raise BadPacket(f"IP protocol {protocol} is neither ESP nor AH")
             if len(packet) < offset + 4:
                 raise BadPacket(f"{len(packet)}-byte packet too short for an SPI")
-            if packet[offset:offset + 4] == esp.NON_ESP_MARKER:
-                raise BadPacket("SPI 0: IKE after the non-ESP marker (RFC 3948 §2.2), not ESP")
         except BadPacket:
             self.counters.malformed_packets += 1
             raise
-        sa = self._inbound_sa(int.from_bytes(packet[offset:offset + 4], "big"), packet[16:20], protocol)
+        sa = self._inbound_sa(_unpack_seq(packet, offset)[0], packet[16:20], protocol)
         return sa.decapsulate(packet), sa
 
     def inbound_udp(self, payload: bytes, src: str, dst: str) -> tuple[bytes, SecurityAssociation]:
         """``inbound`` for an ESP payload read from the UDP 4500 socket (classify it first)."""
-        if esp.classify_udp4500(payload) != "esp":
+        if len(payload) < esp.ESP_HEADER or payload[:4] == esp.NON_ESP_MARKER:  # classify_udp4500 != "esp"
             self.counters.malformed_packets += 1
             raise BadPacket(f"{len(payload)}-byte UDP 4500 payload is not ESP (RFC 3948 §2)")
-        sa = self._inbound_sa(int.from_bytes(payload[:4], "big"), ip_to_bytes(dst), IPPROTO_ESP)
+        destination = ip_to_bytes(dst)
+        sa = self._esp_receivers.get(destination + payload[:4]) or \
+            self._inbound_sa(_unpack_seq(payload)[0], destination, IPPROTO_ESP)
         return sa.decapsulate_udp(payload, src, dst), sa
 
     def _inbound_sa(self, spi: int, dst: bytes, protocol: int) -> SecurityAssociation:
+        """The slow path of a lookup: drops counted as malformed, bad SPI or against policy."""
+        if spi == 0 and protocol == IPPROTO_ESP:
+            self.counters.malformed_packets += 1
+            raise BadPacket("SPI 0: IKE after the non-ESP marker (RFC 3948 §2.2), not ESP")
         sa = self.lookup(spi, dst, protocol)
         if sa.outer is not None:
             self.counters.dropped_by_policy += 1

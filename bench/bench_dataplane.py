@@ -181,12 +181,15 @@ def driver_cost(encryption: str, integrity: str | None, count: int = 20000) -> t
     """
     from ipaddress import IPv4Network
 
+    from ipsecd import algorithms
     from ipsecd.driver import Driver
     from ipsecd.sad import SecurityAssociation
     from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 
     secure = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
-    keys = (os.urandom(24 if "3des" in encryption else 20), os.urandom(20) if integrity else b"")
+    integ = algorithms.integrity(integrity) if integrity else None
+    keys = (os.urandom(algorithms.encryption(encryption).key_size),
+            os.urandom(integ.key_size) if integ else b"")
 
     def node(me: str, peer: str, direction: str) -> tuple[Driver, _NullWire]:
         wire = _NullWire()

@@ -84,8 +84,16 @@ def test_traffic_follows_the_peer_to_its_new_mac(pair):
     warm_up(a, B, a)
     b.exec(["ip", "link", "set", "eth1", "address", NEW_MAC], check=True)
     try:
-        # host-b announces the change (arp_notify); host-a's kernel takes it, ipsecd's next hop follows
+        # host-b announces the change (arp_notify); host-a's kernel takes it, and ipsecd's next hop follows
+        # at its next read of the kernel's tables (once a second): until then ESP may still go to the old MAC
         wait_until(lambda: a.exec(["ping", "-c", "1", "-W", "1", B]).ok, 10, what="ping after the MAC change")
+
+        def esp_goes_to_the_new_mac() -> bool:
+            with lab.capture_segment("lan") as probe:
+                a.exec(["ping", "-c", "3", "-i", "0.2", "-W", "1", B])
+            return {p[Ether].dst for p in probe.packets() if ESP in p and p[IP].dst == B} == {NEW_MAC}
+
+        wait_until(esp_goes_to_the_new_mac, 10, what="ipsecd's ESP to go to the new MAC")
         before = sent(a)
         payload = MARKER * 2000
         with lab.capture_segment("lan") as cap:

@@ -114,16 +114,10 @@ def ipv4_checksum(header: bytes) -> int:
     return 0xFFFF - rest if rest else 0
 
 
-def rewrite_ipv4_header(header: bytes, protocol: int, total_length: int) -> bytes:
-    """``header`` with a new protocol and total length; checksum updated incrementally
-    (RFC 1624 eqn. 3) from the old one, which the kernel has already verified or set."""
-    new = rewritten_ipv4_header(_unpack_ip(header), protocol, total_length)
-    return new if len(header) == 20 else new + header[20:]
-
-
 def rewritten_ipv4_header(fields: tuple, protocol: int, total_length: int) -> bytes:
     """The fixed 20 bytes of the header ``fields`` (from ``ipv4_fields``) with a new protocol and
-    total length.  RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), with the one's complement sum taken
+    total length; the checksum is updated from the old one, which the kernel has already verified or
+    set.  RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), with the one's complement sum taken
     modulo 0xFFFF as in ``ipv4_checksum`` (the protocol shares its 16-bit word with the TTL)."""
     ver_ihl, tos, old_total, ident, frag, ttl, old_protocol, checksum, src, dst = fields
     rest = ((checksum ^ 0xFFFF) + (old_total ^ 0xFFFF) + total_length + (old_protocol ^ 0xFFFF)
@@ -360,21 +354,13 @@ class GcmTransform(_Transform):
         return b"".join((prefix, header, iv, self._aead.encrypt(self._salt + iv, plain, header)))
 
     def open(self, data: bytes, start: int = 0, end: int | None = None) -> tuple[int, bytes]:
-        # the hot path of every AES-GCM packet: _bounds and _unpad inline
-        if end is None:
-            end = len(data)
-        if end - start < self.min_length:
-            raise BadPacket(f"ESP packet of {end - start} bytes, {self.encryption.name} needs "
-                            f"at least {self.min_length}")
+        end = self._bounds(data, start, end)
         try:
             plain = self._aead.decrypt(self._salt + data[start + 8:start + 16], data[start + 16:end],
                                        data[start:start + 8])
         except InvalidTag:
             raise AuthenticationFailed("AES-GCM tag mismatch") from None
-        padlen = plain[-2]
-        if not plain.endswith(_PAD_TAILS[padlen], 0, -1):
-            raise DecryptionFailed(f"bad ESP padding (pad length {padlen}, {len(plain)} bytes)")
-        return plain[-1], plain[:len(plain) - 2 - padlen]
+        return _unpad(plain)
 
 
 def transform(enc: Encryption, enc_key: bytes, integ: Integrity | None, integ_key: bytes) -> _Transform:

@@ -65,9 +65,6 @@ SEQ_SOFT = SEQ_MAX - 2**24  # ask for a rekey well before the counter runs out
 NO_LIMIT = 1 << 64  # hard byte limit of an SA without one (an int: compared per packet)
 PROTOCOLS = {"esp": IPPROTO_ESP, "ah": IPPROTO_AH}
 _esp_header = struct.Struct("!II").pack  # SPI, sequence number
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_pack_ip, _unpack_ip = _IPV4.pack, _IPV4.unpack_from
-_NOT_IPV4 = (0,) * 10  # stands for the fields of a packet too short to unpack
 _unpack_seq = struct.Struct("!I").unpack_from
 
 
@@ -94,7 +91,7 @@ class ReplayWindow:
     ICV verified, so forged packets cannot move the window.
     """
 
-    __slots__ = ("bitmap", "mask", "size", "top")
+    __slots__ = ("_mask", "bitmap", "size", "top")
 
     def __init__(self, size: int = 64):
         if size < 64:
@@ -102,7 +99,7 @@ class ReplayWindow:
         self.size = size
         self.top = 0  # highest authenticated sequence number
         self.bitmap = 0  # bit i set: top - i was received
-        self.mask = (1 << size) - 1
+        self._mask = (1 << size) - 1
 
     def check(self, seq: int) -> None:
         if seq > self.top:
@@ -119,7 +116,7 @@ class ReplayWindow:
     def accept(self, seq: int) -> None:
         if seq > self.top:
             shift = seq - self.top
-            self.bitmap = ((self.bitmap << shift) | 1) & self.mask if shift < self.size else 1
+            self.bitmap = ((self.bitmap << shift) | 1) & self._mask if shift < self.size else 1
             self.top = seq
         else:
             self.bitmap |= 1 << (self.top - seq)
@@ -251,9 +248,7 @@ class SecurityAssociation:
             payload, next_header = packet, IPPROTO_IPIP
             n = len(packet)
         else:
-            fields = _unpack_ip(packet) if len(packet) >= 20 else _NOT_IPV4
-            if fields[0] != 0x45 or fields[4] & 0x3FFF or not 20 <= fields[2] <= len(packet):
-                fields = ipv4_fields(packet)  # IPv4 options, or the BadPacket that says what is wrong
+            fields = ipv4_fields(packet)
             ihl = (fields[0] & 0x0F) * 4
             total, next_header = fields[2], fields[6]
             payload = packet[ihl:total]
@@ -275,13 +270,7 @@ class SecurityAssociation:
             prefix = self._outer.build(self._esp_carrier, carried, packet[1], seq & 0xFFFF,
                                        packet[6] << 8 & 0x4000)
         else:
-            # rewritten_ipv4_header, inline: RFC 1624 eqn. 3 for the new protocol and total length
-            protocol = self._esp_carrier
-            ver_ihl, tos, _, ident, frag, ttl, _, checksum, src, dst = fields
-            rest = ((checksum ^ 0xFFFF) + (total ^ 0xFFFF) + ihl + carried + (next_header ^ 0xFFFF)
-                    + protocol) % 0xFFFF
-            prefix = _pack_ip(ver_ihl, tos, ihl + carried, ident, frag, ttl, protocol,
-                              0xFFFF - rest if rest else 0, src, dst)
+            prefix = rewritten_ipv4_header(fields, self._esp_carrier, ihl + carried)
             if ihl != 20:
                 prefix += packet[20:ihl]
         if self.udp_encap:
@@ -334,9 +323,7 @@ class SecurityAssociation:
         if self._replay is None:
             raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
         try:
-            fields = _unpack_ip(packet) if len(packet) >= 20 else _NOT_IPV4
-            if fields[0] != 0x45 or fields[4] & 0x3FFF or not 20 <= fields[2] <= len(packet):
-                fields = ipv4_fields(packet)  # IPv4 options, or the BadPacket that says what is wrong
+            fields = ipv4_fields(packet)
             ihl = (fields[0] & 0x0F) * 4
             protocol = fields[6]
             if self._ah is not None:
@@ -350,13 +337,7 @@ class SecurityAssociation:
             if self._tunnel:
                 result = self._tunnel_inner(next_header, payload)
             else:
-                # rewritten_ipv4_header, inline: RFC 1624 eqn. 3 for the new protocol and total length
-                ver_ihl, tos, total, ident, frag, ttl, _, checksum, src, dst = fields
-                length = ihl + len(payload)
-                rest = ((checksum ^ 0xFFFF) + (total ^ 0xFFFF) + length + (protocol ^ 0xFFFF)
-                        + next_header) % 0xFFFF
-                header = _pack_ip(ver_ihl, tos, length, ident, frag, ttl, next_header,
-                                  0xFFFF - rest if rest else 0, src, dst)
+                header = rewritten_ipv4_header(fields, next_header, ihl + len(payload))
                 result = header + payload if ihl == 20 else header + packet[20:ihl] + payload
                 if self._nat_oa is not None:
                     result = self._nat_fixup(result)
@@ -392,22 +373,10 @@ class SecurityAssociation:
             raise BadPacket(f"ESP packet of {end - start} bytes starting {data[start:start + 4].hex()} "
                             f"is not one of SA {self.spi:#x}")
         seq = _unpack_seq(data, start + 4)[0]
-        replay = self._replay
-        top = replay.top
-        if seq <= top:  # in order (the common case) needs no window check
-            replay.check(seq)
+        if seq <= self._replay.top:  # in order (the common case) needs no window check
+            self._replay.check(seq)
         next_header, payload = transform.open(data, start, end)
-        if seq > top:  # ReplayWindow.accept, inline for the in-order case
-            shift = seq - top
-            replay.bitmap = ((replay.bitmap << shift) | 1) & replay.mask if shift < replay.size else 1
-            replay.top = self.seq = seq
-        else:
-            replay.accept(seq)
-        counters = self.counters
-        counters.packets += 1
-        counters.bytes += len(payload)
-        if next_header == IPPROTO_NONE:
-            raise DummyPacket("dummy packet (next header 59)")
+        self._accepted(seq, next_header, len(payload))
         return next_header, payload
 
     def _ah_open(self, fields: tuple, packet: bytes) -> tuple[int, bytes]:

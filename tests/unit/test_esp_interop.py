@@ -155,7 +155,7 @@ def test_ipv4_header_helpers_agree_with_scapy():
     """Checksums (built from scratch and updated incrementally) match scapy's, random fields."""
     import random
 
-    from ipsecd.esp import ipv4_header, rewrite_ipv4_header
+    from ipsecd.esp import ipv4_fields, ipv4_header, rewritten_ipv4_header
 
     rng = random.Random(791)
     for _ in range(2000):
@@ -165,7 +165,8 @@ def test_ipv4_header_helpers_agree_with_scapy():
                                             rng.randrange(256), rng.randrange(1480))
         ours = ipv4_header(src, dst, proto, n, tos, ident, flags, ttl)
         assert checksum_ok(ours + bytes(n))
-        rewritten = rewrite_ipv4_header(ours, rng.randrange(256), 20 + rng.randrange(1480))
+        rewritten = rewritten_ipv4_header(ipv4_fields(ours + bytes(n)), rng.randrange(256),
+                                          20 + rng.randrange(1480))
         assert checksum_ok(rewritten + bytes(65535))
 
 

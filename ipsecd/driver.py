@@ -42,7 +42,7 @@ from typing import Protocol
 from ipsecd.egress import Egress, KernelTables, PacketSocket
 from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, UnknownSPI, classify_udp4500
 from ipsecd.netfilter import Netfilter, comment_name
-from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro
+from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro, word_sum
 from ipsecd.sad import SAD, SecurityAssociation
 from ipsecd.spd import SPD, Action, Direction, Filter, Selector
 
@@ -523,15 +523,15 @@ def fix_l4_checksum(packet: bytes) -> bytes:
 def internet_checksum(data: bytes | bytearray, words: int = 0) -> int:
     """RFC 1071 checksum of `data` and `words` (the sum of further 16-bit words, e.g. a pseudo-header).
 
-    The one's complement sum of 16-bit words is the integer modulo 0xFFFF: one big-integer conversion,
-    for packets up to an MTU within a microsecond of numpy (ipsecd.offload takes numpy from 1 KB).
+    The one's complement sum of 16-bit words is the integer modulo 0xFFFF (ipsecd.offload.word_sum: a
+    big integer for short data, numpy from 1 KB).
 
     >>> hex(internet_checksum(bytes.fromhex("4500003c1c46400040060000ac100a63ac100a0c")))
     '0xb1e6'
     >>> hex(internet_checksum(bytes.fromhex("4500003c1c4640004006"), 0xac10 + 0x0a63 + 0xac10 + 0x0a0c))
     '0xb1e6'
     """
-    value = (int.from_bytes(data, "big") << (8 if len(data) % 2 else 0)) + words
+    value = word_sum(data) + words
     rest = value % 0xFFFF
     return 0xFFFF - rest if rest else (0 if value else 0xFFFF)
 

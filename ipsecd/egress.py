@@ -34,12 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
+from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP
+
 log = logging.getLogger("ipsecd.egress")
 
 BATCH = 64  # packets per sendmmsg
 MAX_DESTINATIONS = 1024  # more destinations in one second than this and the rest go through the raw socket
 ETH_P_IP = 0x0800
-SECURED = (50, 51)  # ESP and AH; a clear packet (soft association) keeps the kernel's path and its rules
+SECURED = (IPPROTO_ESP, IPPROTO_AH)  # a clear packet (soft association) keeps the kernel's path and its rules
 ARPHRD_ETHER = 1
 
 # -- rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h, linux/if_link.h) ------------------

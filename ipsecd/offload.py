@@ -56,7 +56,7 @@ def _fold(value: int) -> int:
 NUMPY_FROM = 1024
 
 
-def _word_sum(data: bytes) -> int:
+def word_sum(data: bytes) -> int:
     """A value congruent modulo 0xFFFF to the RFC 1071 sum of `data` (at most 64 KB), an odd end padded."""
     if len(data) < NUMPY_FROM:
         value = int.from_bytes(data, "big")
@@ -67,9 +67,9 @@ def _word_sum(data: bytes) -> int:
 
 
 def _word_sums(data: bytes, size: int) -> list[int]:
-    """`_word_sum` of each `size`-byte piece of `data` (the last may be shorter), all in one step."""
+    """`word_sum` of each `size`-byte piece of `data` (the last may be shorter), all in one step."""
     if len(data) < NUMPY_FROM:
-        return [_word_sum(data[start:start + size]) for start in range(0, max(len(data), 1), size)]
+        return [word_sum(data[start:start + size]) for start in range(0, max(len(data), 1), size)]
     count = -(-len(data) // size)
     rows = np.frombuffer(data + bytes(count * size - len(data)), np.uint8).reshape(count, size)
     if size & 1:
@@ -80,7 +80,7 @@ def _word_sums(data: bytes, size: int) -> list[int]:
 
 def complete_checksum(packet: bytes, start: int, offset: int) -> bytes:
     """Finish a CHECKSUM_PARTIAL packet: the field holds the pseudo-header sum, the rest is ours to add."""
-    checksum = _fold(_word_sum(packet[start:]))
+    checksum = _fold(word_sum(packet[start:]))
     if packet[9] == 17 and checksum == 0:
         checksum = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
     at = start + offset

@@ -1,8 +1,8 @@
 """The per-packet fast paths of the SA and SAD: each shortcut must keep every rule of the slow path.
 
-The ESP paths inline the sequence number and byte accounting, the IPv4 header parse and the checksum
-update, and the in-order replay accept; SAD.inbound looks up plain ESP packets before validating
-anything else. These tests pin the edges of each shortcut, with scapy as the independent decoder.
+The ESP paths inline the sequence number and byte accounting and skip the replay window check for
+in-order packets; SAD.inbound looks up plain ESP packets before validating anything else. These tests
+pin the edges of each shortcut, with scapy as the independent decoder.
 """
 from __future__ import annotations
 

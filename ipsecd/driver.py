@@ -79,7 +79,9 @@ class Wire(Protocol):
 
     def send_ip(self, packet: bytes, dst: str) -> None: ...
     def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None: ...
-    def deliver(self, packet: bytes) -> None: ...
+    def deliver(self, packet: bytes, stale_checksum: bool = False) -> None:
+        """Hand a decrypted packet to the kernel; `stale_checksum`: its TCP/UDP checksum was computed over
+        addresses a NAT has since rewritten, and the kernel must be made to accept it."""
 
 
 @dataclass
@@ -96,8 +98,8 @@ class RecordingWire:
     def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
         self.sent_udp.append((payload, addr))
 
-    def deliver(self, packet: bytes) -> None:
-        self.delivered.append(packet)
+    def deliver(self, packet: bytes, stale_checksum: bool = False) -> None:
+        self.delivered.append(fix_l4_checksum(packet) if stale_checksum else packet)
 
 
 def flow_key(packet: bytes) -> bytes | None:
@@ -296,23 +298,23 @@ class Driver:
             return
         self._deliver(inner, sa)
 
-    def inbound_udp(self, payload: bytes, src: str, sport: int, dst: str) -> None:
-        """A datagram from UDP port 4500: ESP (RFC 3948), IKE after the non-ESP marker, or a keepalive."""
+    def inbound_udp(self, payload: bytes, src: str, sport: int, dst: str, tos: int = 0) -> None:
+        """A datagram from UDP port 4500: ESP (RFC 3948), IKE after the non-ESP marker, or a keepalive.
+
+        `tos`: the datagram's TOS byte, which transport mode carries into the inner header."""
         kind = classify_udp4500(payload)
         if kind == "esp":
             try:
-                inner, sa = self.sad.inbound_udp(payload, src, dst)
+                inner, sa = self.sad.inbound_udp(payload, src, dst, tos)
             except IPsecError as e:
                 self._dropped(e)
                 if isinstance(e, UnknownSPI):
                     self._unknown_spi(payload[:4], src, "esp")
                 return
-            if sa.mode == "transport" and sa.nat_oa is None:
-                # RFC 3948 §3.1.2: a NAT changed the addresses the checksum covers, and no NAT-OA from IKE
-                # says which (manual SAs): recompute it, ESP having proved the payload authentic.
-                inner = fix_l4_checksum(inner)
             self._learn_nat_port(sa, src, sport)
-            self._deliver(inner, sa)
+            # RFC 3948 §3.1.2: a NAT may have changed the addresses the checksum covers, and no NAT-OA from
+            # IKE says which (manual SAs): the wire has it redone, ESP having proved the payload authentic.
+            self._deliver(inner, sa, sa.mode == "transport" and sa.nat_oa is None)
         elif kind == "ike":
             self.counters["ike_datagrams_4500"] += 1
             if self.ike is not None:
@@ -404,7 +406,7 @@ class Driver:
         log.info("asking IKE for an SA: filter %s, packet %s", f.name, sel)
         self.ike.acquire(f, sel)
 
-    def _deliver(self, inner: bytes, sa: SecurityAssociation) -> None:
+    def _deliver(self, inner: bytes, sa: SecurityAssociation, stale_checksum: bool = False) -> None:
         """The inner packet must be what the SA's filter secures (RFC 4301 §5.2), then it goes up."""
         flow = flow_key(inner)
         if flow is None or (sa.spi, flow) not in self._inbound_flows:
@@ -426,7 +428,7 @@ class Driver:
                 self._inbound_flows.clear()
             self._inbound_flows.add((sa.spi, flow))
         try:
-            self.wire.deliver(inner)
+            self.wire.deliver(inner, stale_checksum)
         except OSError as e:
             self.counters["send_errors"] += 1
             self._say("deliver", f"cannot write to the TUN: {e.strerror}")
@@ -539,6 +541,7 @@ def internet_checksum(data: bytes | bytearray, words: int = 0) -> int:
 # -- the kernel side ---------------------------------------------------------------------------------------
 
 IP_PKTINFO = 8
+IP_TOS, IP_RECVTOS = 1, 13
 SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 8 << 20
 IP_MTU_DISCOVER = 10
@@ -567,6 +570,7 @@ class KernelWire:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        self.udp.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
         self.udp.bind(("0.0.0.0", nat_t_port))
         for sock in (self.raw_out, self.udp):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, bypass_mark)
@@ -607,11 +611,11 @@ class KernelWire:
         else:
             self.udp.sendmsg([buffer], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, addr)
 
-    def deliver(self, packet: bytes) -> None:
+    def deliver(self, packet: bytes, stale_checksum: bool = False) -> None:
         if self._coalescer is not None:
-            self._coalescer.add(packet)  # written at the latest when the drain ends
+            self._coalescer.add(packet, stale_checksum)  # written at the latest when the drain ends
         else:
-            self.tun.write(packet)
+            self.tun.write(fix_l4_checksum(packet) if stale_checksum else packet)
 
     def _write_frame(self, frame: bytes) -> None:
         self.tun.write(frame)
@@ -674,14 +678,16 @@ class KernelWire:
         try:
             for _ in range(DRAIN):
                 payload, ancillary, _, (src, sport) = recvmsg(65535, 64, socket.MSG_DONTWAIT)
-                dst, size = "0.0.0.0", 0
+                dst, size, tos = "0.0.0.0", 0, 0
                 for level, kind, data in ancillary:
                     if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
                         dst = socket.inet_ntoa(data[8:12])
+                    elif level == socket.IPPROTO_IP and kind == IP_TOS:
+                        tos = data[0]  # GRO merges only datagrams of one TOS
                     elif level == SOL_UDP and kind == UDP_GRO:
                         size = int.from_bytes(data[:4], sys.byteorder)  # datagrams GRO merged
                 for datagram in split_gro(payload, size):
-                    inbound_udp(datagram, src, sport, dst)
+                    inbound_udp(datagram, src, sport, dst, tos)
         except BlockingIOError:
             pass
         finally:

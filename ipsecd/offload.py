@@ -87,6 +87,33 @@ def complete_checksum(packet: bytes, start: int, offset: int) -> bytes:
     return packet[:at] + checksum.to_bytes(2, "big") + packet[at + 2:]
 
 
+def partial_frame(packet: bytes) -> bytes:
+    """A frame for one TCP or UDP packet whose checksum no longer matches its addresses (a NAT rewrote
+    them, RFC 3948 §3.1.2): the field gets the pseudo-header sum and NEEDS_CSUM, as in a GSO write, so
+    the kernel trusts it on local delivery and completes it where it forwards. Anything else (a fragment,
+    UDP without checksum, another protocol, truncated) is framed as it is.
+
+    >>> from scapy.layers.inet import IP, TCP
+    >>> natted = bytearray(bytes(IP(src="192.168.1.10", dst="203.0.113.2") / TCP(dport=80)))
+    >>> natted[12:16] = bytes([203, 0, 113, 1])  # the NAT's address: the TCP checksum is now wrong
+    >>> frame = partial_frame(bytes(natted))
+    >>> completed = IP(complete_checksum(frame[10:], 20, 16))  # what the kernel does where it must
+    >>> VNET_HEADER.unpack_from(frame), completed[TCP].chksum == IP(bytes(
+    ...     IP(src="203.0.113.1", dst="203.0.113.2") / TCP(dport=80)))[TCP].chksum
+    ((1, 0, 0, 0, 20, 16), True)
+    """
+    ihl = (packet[0] & 0x0F) * 4
+    protocol = packet[9]
+    offset = 16 if protocol == 6 else 6 if protocol == 17 else 0
+    at = ihl + offset
+    if (not offset or packet[6] & 0x3F or packet[7] or len(packet) < at + 2
+            or (protocol == 17 and packet[at:at + 2] == b"\x00\x00")):
+        return PLAIN_HEADER + packet
+    pseudo = (int.from_bytes(packet[12:20], "big") + protocol + len(packet) - ihl) % 0xFFFF or 0xFFFF
+    return b"".join((VNET_HEADER.pack(NEEDS_CSUM, GSO_NONE, 0, 0, ihl, offset), packet[:at],
+                     pseudo.to_bytes(2, "big"), packet[at + 2:]))
+
+
 def segments(frame: bytes) -> list[bytes]:
     """The IPv4 packets in one frame read from a TUN with a virtio-net header, checksums complete.
 
@@ -178,8 +205,11 @@ class Coalescer:
         self._mss = 0
         self._length = 0
         self._open = False  # a further segment may join
+        self._stale = False  # the run's first packet has a checksum that does not cover its addresses
 
-    def add(self, packet: bytes) -> None:
+    def add(self, packet: bytes, stale_checksum: bool = False) -> None:
+        """One delivered packet; `stale_checksum`: its TCP/UDP checksum does not cover its addresses (see
+        `partial_frame`), which matters only if it is written alone."""
         key, ident, seq, payload = _tcp_run_key(packet)
         if self._run:
             if (self._open and key == self._key and seq == self._next_seq and ident == self._next_ident
@@ -193,9 +223,10 @@ class Coalescer:
                 return
             self.flush()
         if key is None:
-            self._write(PLAIN_HEADER + packet)
+            self._write(partial_frame(packet) if stale_checksum else PLAIN_HEADER + packet)
             return
         self._run, self._key, self._mss, self._length = [packet], key, payload, len(packet)
+        self._stale = stale_checksum
         self._header, self._flags = len(packet) - payload, packet[33]
         self._next_seq, self._next_ident = (seq + payload) & 0xFFFFFFFF, (ident + 1) & 0xFFFF
         self._open = not packet[33] & TCP_PSH
@@ -207,7 +238,7 @@ class Coalescer:
             return
         self._run = []
         if len(run) == 1:
-            self._write(PLAIN_HEADER + run[0])
+            self._write(partial_frame(run[0]) if self._stale else PLAIN_HEADER + run[0])
             return
         first, total = run[0], self._length
         ip_head = first[:2] + total.to_bytes(2, "big") + first[4:10]

@@ -346,11 +346,14 @@ class SecurityAssociation:
             raise
         return result if self.inner is None else self.inner.decapsulate(result)
 
-    def decapsulate_udp(self, payload: bytes, src: str, dst: str) -> bytes:
+    def decapsulate_udp(self, payload: bytes, src: str, dst: str, tos: int = 0) -> bytes:
         """``decapsulate`` for ESP read from a UDP socket: ``payload`` starts at the SPI.
 
-        ``src``/``dst`` are the datagram's addresses; transport mode rebuilds the
-        inner header from them (TTL 64).
+        ``src``/``dst`` are the datagram's addresses and ``tos`` its TOS byte (ECN
+        included); transport mode rebuilds the inner header from them, with TTL 64 and,
+        for the identification the socket does not tell, the ESP sequence number's low
+        16 bits: consecutive packets of a flow get consecutive identifications, as their
+        sender gave them, so the receiving side can still merge them (ipsecd.offload).
         """
         if self._replay is None:
             raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
@@ -360,7 +363,7 @@ class SecurityAssociation:
                 return self._tunnel_inner(next_header, inner)
             template = self._outer if src == self.src and dst == self.dst else \
                 HeaderTemplate(ip_to_bytes(src), ip_to_bytes(dst))
-            inner = template.build(next_header, len(inner)) + inner
+            inner = template.build(next_header, len(inner), tos, payload[6] << 8 | payload[7]) + inner
             return inner if self._nat_oa is None else self._nat_fixup(inner)
         except IPsecError as e:
             self._count_drop(e)
@@ -547,15 +550,17 @@ class SAD:
         sa = self._inbound_sa(_unpack_seq(packet, offset)[0], packet[16:20], protocol)
         return sa.decapsulate(packet), sa
 
-    def inbound_udp(self, payload: bytes, src: str, dst: str) -> tuple[bytes, SecurityAssociation]:
-        """``inbound`` for an ESP payload read from the UDP 4500 socket (classify it first)."""
+    def inbound_udp(self, payload: bytes, src: str, dst: str,
+                    tos: int = 0) -> tuple[bytes, SecurityAssociation]:
+        """``inbound`` for an ESP payload read from the UDP 4500 socket (classify it first); ``tos`` is the
+        datagram's TOS byte (transport mode carries it into the rebuilt inner header)."""
         if len(payload) < esp.ESP_HEADER or payload[:4] == esp.NON_ESP_MARKER:  # classify_udp4500 != "esp"
             self.counters.malformed_packets += 1
             raise BadPacket(f"{len(payload)}-byte UDP 4500 payload is not ESP (RFC 3948 §2)")
         destination = ip_to_bytes(dst)
         sa = self._esp_receivers.get(destination + payload[:4]) or \
             self._inbound_sa(_unpack_seq(payload)[0], destination, IPPROTO_ESP)
-        return sa.decapsulate_udp(payload, src, dst), sa
+        return sa.decapsulate_udp(payload, src, dst, tos), sa
 
     def _inbound_sa(self, spi: int, dst: bytes, protocol: int) -> SecurityAssociation:
         """The slow path of a lookup: drops counted as malformed, bad SPI or against policy."""

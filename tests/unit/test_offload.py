@@ -18,6 +18,8 @@ from ipsecd.offload import (
     VNET_HEADER_SIZE,
     Coalescer,
     GsoSender,
+    complete_checksum,
+    partial_frame,
     segments,
     split_gro,
 )
@@ -187,6 +189,51 @@ def test_a_segment_that_differs_from_its_run_where_gro_compares_is_written_apart
     coalescer.add(changed)
     coalescer.flush()
     assert len(frames) == 2
+
+
+def natted(packet: bytes, source: bytes = bytes([203, 0, 113, 1])) -> bytes:
+    """The packet from another source address, as a NAT writes it: IPv4 checksum fixed, TCP/UDP not."""
+    p = IP(packet[:12] + source + packet[16:])
+    del p.chksum
+    return bytes(p)
+
+
+def test_a_lone_packet_with_a_stale_checksum_is_written_partial_for_the_kernel_to_complete():
+    frames: list[bytes] = []
+    coalescer = Coalescer(frames.append)
+    syn = bytes(IP(src="192.168.1.10", dst="10.0.0.2") / TCP(sport=5555, dport=22, flags="S"))
+    udp = bytes(IP(src="192.168.1.10", dst="10.0.0.2") / UDP(sport=5555, dport=53) / b"query")
+    no_checksum = bytearray(udp)
+    no_checksum[26:28] = b"\x00\x00"
+    ping = bytes(IP(src="192.168.1.10", dst="10.0.0.2") / ICMP())
+    for packet in (syn, udp, bytes(no_checksum), ping):
+        coalescer.add(natted(packet), stale_checksum=True)
+    coalescer.flush()
+    (syn_frame, udp_frame, no_checksum_frame, ping_frame) = frames
+    for frame, offset in ((syn_frame, 16), (udp_frame, 6)):
+        assert VNET_HEADER.unpack_from(frame) == (NEEDS_CSUM, GSO_NONE, 0, 0, 20, offset)
+        assert complete_checksum(frame[VNET_HEADER_SIZE:], 20, offset) == recomputed(frame[VNET_HEADER_SIZE:])
+    assert no_checksum_frame == PLAIN_HEADER + natted(bytes(no_checksum))  # UDP without checksum stays so
+    assert ping_frame == PLAIN_HEADER + natted(ping)
+
+
+def test_a_fragment_with_a_stale_checksum_is_left_as_it_is():
+    fragment = natted(bytes(IP(src="192.168.1.10", dst="10.0.0.2", flags="MF") / UDP() / b"first part"))
+    assert partial_frame(fragment) == PLAIN_HEADER + fragment
+
+
+def test_a_run_of_segments_with_stale_checksums_is_one_gso_write_whose_checksum_the_kernel_redoes():
+    frames: list[bytes] = []
+    coalescer = Coalescer(frames.append)
+    parts = [natted(p) for p in segments(tso_frame(super_packet(4000, flags="PA"), 1000))]
+    for p in parts:
+        coalescer.add(p, stale_checksum=True)
+    coalescer.flush()
+    (frame,) = frames
+    assert VNET_HEADER.unpack_from(frame)[:2] == (NEEDS_CSUM, GSO_TCPV4)
+    merged = frame[VNET_HEADER_SIZE:]
+    pseudo = (int.from_bytes(merged[12:20], "big") + 6 + len(merged) - 20) % 0xFFFF
+    assert merged[12:16] == bytes([203, 0, 113, 1]) and IP(merged)[TCP].chksum == pseudo
 
 
 def test_push_closes_a_run():

@@ -317,3 +317,32 @@ def test_ike_and_keepalives_are_not_looked_up_as_esp():
         with pytest.raises(BadPacket):
             call()
     assert (sad.counters.malformed_packets, sad.counters.bad_spi_packets) == (3, 0)
+
+
+def test_transport_esp_from_a_udp_socket_gets_the_datagrams_tos_and_consecutive_identifications():
+    """The UDP socket hides the outer header: the rebuilt inner header takes the TOS (ECN) the socket
+    reports and identifications from the ESP sequence numbers, so consecutive TCP segments can be merged
+    into one TUN write again (ipsecd.offload.Coalescer) and the TOS seen on the wire reaches the stack."""
+    from scapy.layers.inet import IP, TCP
+
+    from ipsecd.offload import VNET_HEADER_SIZE, Coalescer
+
+    out, inbound = sa_pair(udp_encap=(4500, 4500))
+    sad = SAD()
+    sad.add(inbound)
+    frames: list[bytes] = []
+    coalescer = Coalescer(frames.append)
+    # the identification the sender gave (7) is lost with the outer header
+    sent = [bytes(IP(src=A, dst=B, id=7) / TCP(sport=1, dport=2, flags="A", seq=1000 * i)
+                  / (bytes([i]) * 1000))
+            for i in range(4)]
+    for segment in sent:
+        inner, _ = sad.inbound_udp(out.encapsulate_udp(segment), A, B, tos=0x03)
+        header = IP(inner)
+        assert (header.tos, header.ttl, header.src, header.dst) == (0x03, 64, A, B)
+        assert header.id == out.seq and bytes(header[TCP]) == bytes(IP(segment)[TCP])
+        coalescer.add(inner)
+    coalescer.flush()
+    (merged,) = frames
+    assert bytes(IP(merged[VNET_HEADER_SIZE:])[TCP].payload) == b"".join(
+        bytes(IP(s)[TCP].payload) for s in sent)

@@ -41,6 +41,7 @@ from typing import Protocol
 
 from ipsecd.egress import Egress, KernelTables, PacketSocket
 from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, UnknownSPI, classify_udp4500
+from ipsecd.mmsg import BatchReceiver
 from ipsecd.netfilter import Netfilter, comment_name
 from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro, word_sum
 from ipsecd.sad import SAD, SecurityAssociation
@@ -582,6 +583,8 @@ class KernelWire:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
         for sock in (self.esp_in, self.ah_in):
             sock.setblocking(False)
+        self._esp_receiver = BatchReceiver(self.esp_in, DRAIN)
+        self._ah_receiver = BatchReceiver(self.ah_in, DRAIN)
         self._coalescer = Coalescer(self._write_frame) if tun.offload else None
         self._gso = GsoSender(self._send_segments) if tun.offload else None
         self._batching = False  # inside a TUN drain: UDP sends wait for the drain's end
@@ -623,8 +626,8 @@ class KernelWire:
     def attach(self, loop, driver: Driver) -> None:
         """Register the readers on an asyncio loop; each wake-up drains up to DRAIN packets."""
         loop.add_reader(self.tun.fd, self._drain_tun, driver)
-        loop.add_reader(self.esp_in.fileno(), self._drain_raw, self.esp_in, driver)
-        loop.add_reader(self.ah_in.fileno(), self._drain_raw, self.ah_in, driver)
+        loop.add_reader(self.esp_in.fileno(), self._drain_raw, self._esp_receiver, driver)
+        loop.add_reader(self.ah_in.fileno(), self._drain_raw, self._ah_receiver, driver)
         loop.add_reader(self.udp.fileno(), self._drain_udp, driver)
         self.egress.counters, self.egress.report = driver.counters, driver.wire_error
         self._refresh_timer = loop.call_later(REFRESH_SECONDS, self._refresh, loop)
@@ -663,13 +666,12 @@ class KernelWire:
                     driver.wire_error("send", self._gso.lost, f"cannot send UDP: {self._gso.error}")
                     self._gso.lost = 0
 
-    def _drain_raw(self, sock: socket.socket, driver: Driver) -> None:
-        recv, inbound = sock.recv, driver.inbound
+    def _drain_raw(self, receiver: BatchReceiver, driver: Driver) -> None:
+        """Up to DRAIN packets from a raw socket, in one recvmmsg."""
+        inbound = driver.inbound
         try:
-            for _ in range(DRAIN):
-                inbound(recv(65535))
-        except BlockingIOError:
-            pass
+            for packet in receiver.receive():
+                inbound(packet)
         finally:
             self._flush(driver)
 

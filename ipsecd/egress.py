@@ -18,13 +18,12 @@ MAC changed is followed within a second of the kernel learning it.
 
 The packet socket's packets never enter this node's netfilter, so they need no bypass mark; the raw
 socket keeps its SO_MARK. Sending the stdlib's way only: rtnetlink with the socket module, sendmmsg
-through ctypes (no pyroute2 in the node image; the few messages below are all we need).
+through ctypes (ipsecd.mmsg); no pyroute2 in the node image: the few messages below are all we need.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -34,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
+from ipsecd import mmsg
 from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP
 
 log = logging.getLogger("ipsecd.egress")
@@ -272,30 +272,6 @@ class KernelTables:
 # -- the packet socket ----------------------------------------------------------------------------------
 
 
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(_Iovec)),
-                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("hdr", _Msghdr), ("length", ctypes.c_uint)]
-
-
-# The arrays are filled with struct.pack_into: much cheaper per packet than ctypes attribute access.
-_IOVEC, _IOVEC_SIZE = struct.Struct("@PN"), ctypes.sizeof(_Iovec)
-_POINTER, _MMSGHDR_SIZE = struct.Struct("@P"), ctypes.sizeof(_Mmsghdr)
-_NAME_AT = _Mmsghdr.hdr.offset + _Msghdr.name.offset
-
-
-def _bytes_of(array: ctypes.Array) -> memoryview:
-    return memoryview((ctypes.c_char * ctypes.sizeof(array)).from_buffer(array)).cast("B")
-
-
 class PacketSocket:
     """An AF_PACKET SOCK_DGRAM socket sending IPv4 packets to next hops, up to BATCH per sendmmsg.
 
@@ -305,32 +281,26 @@ class PacketSocket:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        self._sendmmsg = libc.sendmmsg
-        self._sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
-        self._sendmmsg.restype = ctypes.c_int
-        self._iovecs = (_Iovec * BATCH)()
-        self._messages = (_Mmsghdr * BATCH)()
+        self._iovecs = (mmsg.Iovec * BATCH)()
+        self._messages = mmsg.messages(BATCH, self._iovecs)
         for i in range(BATCH):
-            header = self._messages[i].hdr
-            header.iov, header.iovlen = ctypes.pointer(self._iovecs[i]), 1
-            header.namelen = len(NextHop(0, bytes(6), 0).sockaddr)
-        self._iovec_memory = _bytes_of(self._iovecs)
-        self._message_memory = _bytes_of(self._messages)
+            self._messages[i].hdr.namelen = len(NextHop(0, bytes(6), 0).sockaddr)
+        self._iovec_memory = mmsg.writable(self._iovecs)
+        self._message_memory = mmsg.writable(self._messages)
 
     def send(self, packets: list[bytes], hops: list[NextHop]) -> int:
         """Send packets[i] to hops[i] (at most BATCH); how many went, from the first; OSError if none did."""
         joined = b"".join(packets)  # one buffer the iovecs point into, alive until sendmmsg returns
         address = ctypes.cast(ctypes.c_char_p(joined), ctypes.c_void_p).value
         iovecs, message_memory = self._iovec_memory, self._message_memory
+        pack_iovec, pack_pointer = mmsg.IOVEC.pack_into, mmsg.POINTER.pack_into
         for i, packet in enumerate(packets):
-            _IOVEC.pack_into(iovecs, i * _IOVEC_SIZE, address, len(packet))
-            _POINTER.pack_into(message_memory, i * _MMSGHDR_SIZE + _NAME_AT, hops[i].sockaddr_pointer)
+            pack_iovec(iovecs, i * mmsg.IOVEC_SIZE, address, len(packet))
+            pack_pointer(message_memory, i * mmsg.MMSGHDR_SIZE + mmsg.NAME_AT, hops[i].sockaddr_pointer)
             address += len(packet)
-        sent = self._sendmmsg(self.sock.fileno(), ctypes.addressof(self._messages), len(packets), 0)
+        sent = mmsg.sendmmsg(self.sock.fileno(), ctypes.addressof(self._messages), len(packets), 0)
         if sent < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
+            raise mmsg.errno_error()
         return sent
 
     def close(self) -> None:

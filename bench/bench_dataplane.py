@@ -1,32 +1,44 @@
-"""Data-plane throughput: iperf3 over the plain lab link, ipsecd transport mode and ipsecd tunnel mode.
+"""Data-plane throughput: iperf3 over the plain lab link, ipsecd transport and tunnel mode, strongSwan.
 
-One run brings each lab up, runs iperf3 TCP and UDP (large datagrams, paced) and reports Mbit/s, packets
-per second on the wire and CPU (whole machine, and the ipsecd processes). Each ipsecd case runs with
-TUN super-packet I/O (`offload`, the default) and, side by side, with one packet per TUN read/write
-(`driver: {offload: false}`); ESP in UDP adds UDP GSO/GRO; the last rows turn the veths' TX offload on
-(the lab keeps it off for true checksums in captures, which also stops GSO at the link). Targets from
-issue 3 for this 2-core machine: TCP with AES-GCM-128 >= 1000 Mbit/s transport, >= 1300 Mbit/s tunnel;
-3DES >= 150.
-strongSwan's userspace data plane on the same topology: bench_strongswan (TCP strongSwan tunnel rows).
+Every case gets its own lab, all up at once; then BENCH_ROUNDS rounds (3) each run iperf3 TCP and UDP
+(large datagrams, paced) through every case in turn. A machine shared with other tenants drifts in speed by
+tens of percent within minutes (measured here: the same driver path 3.6 us one day, 6-12 us another), so
+interleaving puts each case under the same conditions as its baselines: a row is the median of its rounds
+with their range, and the ratio rows (ipsecd against strongSwan, against the plain link) are medians of
+per-round ratios. The machine-speed rows, timed each round, tell how fast the machine was, for comparing
+one run with another.
 
-    python -m bench dataplane            (BENCH_SECONDS=5, BENCH_UDP_RATE=500M)
+Rows report Mbit/s, packets per second on the wire and CPU (whole machine, and the daemons: ipsecd or
+charon). Each ipsecd case runs with TUN super-packet I/O (`offload`, the default) and, side by side, with
+one packet per TUN read/write (`driver: {offload: false}`); ESP in UDP adds UDP GSO/GRO; the last rows
+turn the veths' TX offload on (the lab keeps it off for true checksums in captures, which also stops GSO at
+the link). strongSwan (5.9.8, kernel-libipsec: ESP in UDP 4500, userspace) runs on the same topology with
+the same iperf3. Targets from issue 3 for this 2-core machine: TCP with AES-GCM-128 >= 1000 Mbit/s
+transport, >= 1300 Mbit/s tunnel; 3DES >= 150.
+
+    python -m bench dataplane            (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_UDP_RATE=500M)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import Row
-from lab import topology
+from bench.common import Row, lab_running
 from lab.docker_backend import DockerBackend, Lab, Node
+from lab.strongswan import Charon, Tunnel
 from lab.traffic import wait_listening
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 UDP_RATE = os.environ.get("BENCH_UDP_RATE", "500M")  # paced: a flood starves the daemons (dataplane.md)
 UDP_LENGTH = 1372  # 1400-byte IP packets: the TUN MTU, so ipsecd never fragments
 ALGORITHMS = {"aes-gcm-128": ("aes-gcm-128", None), "3des-sha1": ("3des-cbc", "hmac-sha1-96")}
@@ -44,6 +56,12 @@ class Case:
     offload: bool = True  # TUN super-packets (ipsecd.offload) or one packet per read/write
     udp_encap: bool = False  # ESP in UDP 4500 (RFC 3948) instead of IP protocol 50: UDP GSO and GRO
     link_offload: bool = False  # veth TX offload on (the lab turns it off so captures show real checksums)
+    strongswan: str | None = None  # swanctl's ESP proposal: both gateways run charon instead of ipsecd
+
+    @property
+    def daemon(self) -> str | None:
+        """The data-plane process whose CPU the rows report."""
+        return "charon" if self.strongswan else "ipsecd" if self.algorithm else None
 
 
 TRANSPORT = ("intranet-pair", "host-a", "host-b", ("host-a", "eth1"))
@@ -65,7 +83,19 @@ CASES = (
          udp_encap=True, link_offload=True),
     Case("ipsecd tunnel aes-gcm-128, ESP in UDP, veth offload on", *TUNNEL, "aes-gcm-128", udp_encap=True,
          link_offload=True),
+    *(Case(f"strongSwan tunnel {algorithm}", *TUNNEL, algorithm, strongswan=proposal)
+      for proposal, algorithm in (("aes128gcm16", "aes-gcm-128"), ("aes128-sha1", "aes-128-cbc/sha1"),
+                                  ("3des-sha1", "3des-sha1"))),
 )
+#: (what, numerator case, denominator case): medians of per-round TCP ratios
+RATIOS = (
+    ("ipsecd tunnel / strongSwan tunnel, AES-GCM-128", "ipsecd tunnel aes-gcm-128",
+     "strongSwan tunnel aes-gcm-128"),
+    ("ipsecd tunnel / strongSwan tunnel, 3DES-SHA1", "ipsecd tunnel 3des-sha1",
+     "strongSwan tunnel 3des-sha1"),
+    ("ipsecd transport AES-GCM-128 / plain lab link", "ipsecd transport aes-gcm-128", "plain lab link"),
+)
+STRONGSWAN = {"image": "strongswan", "routes": []}
 
 LINK_OFFLOAD = ("for i in /sys/class/net/eth*; do ethtool -K ${i##*/} tx on tx-udp-segmentation on gro on"
                 " rx-udp-gro-forwarding on >/dev/null 2>&1; done;"
@@ -92,7 +122,9 @@ def manual_config(me: str, peer: str, mine: str, theirs: str, algorithm: str, ke
 
 
 def configs(case: Case, folder: Path) -> dict:
-    """Topology overrides giving the ipsecd nodes of `case` their configuration files."""
+    """Topology overrides for `case`: the ipsecd nodes' configuration files, or strongSwan's gateways."""
+    if case.strongswan:
+        return {"nodes": {"gw-a": STRONGSWAN, "gw-b": STRONGSWAN}}
     if case.algorithm is None:
         return {}
     keys = {spi: os.urandom(44) for spi in range(0x100, 0x200)}
@@ -118,11 +150,12 @@ def cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-def ipsecd_cpu(nodes: list[Node]) -> float:
-    """CPU seconds used so far by the ipsecd processes of `nodes`."""
+def daemon_cpu(nodes: list[Node], daemon: str | None) -> float:
+    """CPU seconds used so far by the `daemon` processes (ipsecd or charon) of `nodes`."""
     total = 0.0
-    for node in nodes:
-        script = "for p in $(pgrep -f '[i]psecd --config'); do cut -d' ' -f14,15 /proc/$p/stat; done"
+    pattern = {"ipsecd": "[i]psecd --config", "charon": "[c]haron"}.get(daemon or "")
+    for node in nodes if pattern else ():
+        script = f"for p in $(pgrep -f '{pattern}'); do cut -d' ' -f14,15 /proc/$p/stat; done"
         for line in node.exec(["sh", "-c", script]).stdout.split("\n"):
             if line.strip():
                 total += sum(int(x) for x in line.split()) / os.sysconf("SC_CLK_TCK")
@@ -136,13 +169,14 @@ def tx_packets(node: Node, ifname: str) -> int:
 def measure(lab: Lab, case: Case, udp: bool) -> dict:
     client, server = lab.node(case.client), lab.node(case.server)
     wire_node = lab.node(case.wire[0])
-    daemons = [n for n in lab.nodes.values() if n.spec.ipsecd is not None]
+    daemons = [lab.node(n) for n in ("gw-a", "gw-b")] if case.strongswan else \
+        [n for n in lab.nodes.values() if n.spec.ipsecd is not None]
     iperf_server = server.spawn(["iperf3", "-s", "-1"], name="iperf3-bench")
     wait_listening(server, 5201)
     argv = ["iperf3", "-J", "-t", str(SECONDS), "-c", server.address()]
     if udp:
         argv += ["-u", "-b", UDP_RATE, "-l", str(UDP_LENGTH)]
-    packets, cpu, daemon_cpu = tx_packets(wire_node, case.wire[1]), cpu_times(), ipsecd_cpu(daemons)
+    packets, cpu, used = tx_packets(wire_node, case.wire[1]), cpu_times(), daemon_cpu(daemons, case.daemon)
     started = time.monotonic()
     try:
         result = json.loads(client.exec(argv, check=True, timeout=SECONDS + 30).stdout)
@@ -152,7 +186,7 @@ def measure(lab: Lab, case: Case, udp: bool) -> dict:
     packets = tx_packets(wire_node, case.wire[1]) - packets
     busy, total = (a - b for a, b in zip(cpu_times(), cpu, strict=True))
     end = result["end"]
-    daemon_seconds = ipsecd_cpu(daemons) - daemon_cpu
+    daemon_seconds = daemon_cpu(daemons, case.daemon) - used
     return {"mbits": end["sum_received"]["bits_per_second"] / 1e6, "kpps": packets / elapsed / 1000,
             "cpu": 100 * busy / total * os.cpu_count(), "daemon_cpu": 100 * daemon_seconds / elapsed,
             "us_per_packet": 1e6 * daemon_seconds / packets if packets else 0.0,
@@ -243,6 +277,59 @@ def offload_cost(mss: int = 1348, count: int = 48, runs: int = 300) -> tuple[flo
     return 1e6 * (middle - started) / runs / count, 1e6 * (done - middle) / runs / count
 
 
+@contextmanager
+def case_lab(backend: DockerBackend, case: Case, name: str, folder: Path) -> Iterator[Lab]:
+    """The lab of `case`, ready to carry traffic (strongSwan's tunnel initiated), removed afterwards."""
+    with lab_running(backend, case.topology, configs(case, folder), name) as lab:
+        if case.link_offload:
+            for node in lab.nodes.values():
+                node.exec(["sh", "-c", LINK_OFFLOAD], check=True)
+        if case.strongswan:
+            charons = {n: Charon(lab.node(n)).start() for n in ("gw-a", "gw-b")}
+            for me, peer in (("gw-a", "gw-b"), ("gw-b", "gw-a")):
+                sites = [str(lab.topology.node(n).interfaces["eth1"].address.network) for n in (me, peer)]
+                charons[me].load(Tunnel(lab.node(me).address("eth2"), lab.node(peer).address("eth2"), *sites,
+                                        "aes128-sha1-modp2048", case.strongswan, psk="bench"))
+            charons["gw-a"].initiate()
+        yield lab
+
+
+def machine_speed(count: int = 20000) -> tuple[float, float]:
+    """CPU µs of one AES-GCM-128 seal of 1400 bytes, and of 1000 turns of a plain Python loop: how fast
+    the machine is right now (the same code measures 2-3 times slower on a busy host)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead, nonce, data = AESGCM(bytes(16)), bytes(12), bytes(1400)
+    started = time.process_time()
+    for _ in range(count):
+        aead.encrypt(nonce, data, None)
+    middle = time.process_time()
+    total = 0
+    for i in range(count * 50):
+        total += i
+    done = time.process_time()
+    return 1e6 * (middle - started) / count, 1e6 * (done - middle) / count / 50 * 1000
+
+
+def _median_row(name: str, values: list[float], unit: str, note: str, **kw) -> Row:
+    return Row(name, statistics.median(values), unit,
+               note=f"median of {len(values)} rounds, {min(values):.1f}-{max(values):.1f}; {note}", **kw)
+
+
+def case_rows(case: Case, udp: bool, runs: list[dict]) -> Row:
+    """One row for `case`: the median of its rounds, with what the median run saw."""
+    middle = sorted(runs, key=lambda m: m["mbits"])[len(runs) // 2]
+    extra = f", loss {middle['loss']:.1f}%" if udp else f", {middle['retransmits']} retransmits"
+    # with TX offload the veth counts GSO buffers, not the datagrams on the wire
+    rate, per = (("k veth buffers/s", "veth buffer") if case.link_offload
+                 else ("kpps on the wire", "wire packet"))
+    daemon = f", {case.daemon} {middle['daemon_cpu']:.0f}% ({middle['us_per_packet']:.1f} us/{per})" \
+        if case.daemon else ""
+    return _median_row(f"{'UDP' if udp else 'TCP'} {case.label}", [m["mbits"] for m in runs], "Mbit/s",
+                       target=None if udp else case.tcp_target, higher_is_better=True,
+                       note=f"{middle['kpps']:.1f} {rate}, CPU {middle['cpu']:.0f}% of 200%{daemon}{extra}")
+
+
 def run() -> list[Row]:
     rows = []
     for label, (encryption, integrity) in ALGORITHMS.items():
@@ -258,30 +345,30 @@ def run() -> list[Row]:
                     note="Coalescer.add per segment, one GSO write per 48"))
     backend = DockerBackend()
     prefix = os.environ.get("LAB_PREFIX", "b")
-    with tempfile.TemporaryDirectory() as folder:
-        for case in CASES:
-            topo = topology.load(case.topology, configs(case, Path(folder)))
-            for kind in {n.image for n in topo.nodes.values()}:
-                backend.images.ensure(kind)
-            name = f"{prefix}-dp-{case.topology}"
-            backend.down(name)
-            lab = backend.up(topo, name)
-            if case.link_offload:
-                for node in lab.nodes.values():
-                    node.exec(["sh", "-c", LINK_OFFLOAD], check=True)
-            try:
+    results: dict[tuple[str, bool], list[dict]] = {(c.label, udp): [] for c in CASES for udp in (False, True)}
+    speeds = []
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as labs:
+        lab_of = {}
+        for index, case in enumerate(CASES):
+            print(f"[bench] lab {index + 1}/{len(CASES)} up: {case.label}", file=sys.stderr, flush=True)
+            running = case_lab(backend, case, f"{prefix}-dp{index}", Path(folder))
+            lab_of[case.label] = labs.enter_context(running)
+        for round_ in range(ROUNDS):
+            speeds.append(machine_speed())
+            for case in CASES:
                 for udp in (False, True):
-                    m = measure(lab, case, udp)
-                    extra = f", loss {m['loss']:.1f}%" if udp else f", {m['retransmits']} retransmits"
-                    # with TX offload the veth counts GSO buffers, not the datagrams on the wire
-                    rate, per = (("k veth buffers/s", "veth buffer") if case.link_offload
-                                 else ("kpps on the wire", "wire packet"))
-                    rows.append(Row(
-                        f"{'UDP' if udp else 'TCP'} {case.label}", m["mbits"], "Mbit/s",
-                        None if udp else case.tcp_target, higher_is_better=True,
-                        note=f"{m['kpps']:.1f} {rate}, CPU {m['cpu']:.0f}% of 200%, "
-                             f"ipsecd {m['daemon_cpu']:.0f}% ({m['us_per_packet']:.1f} us/{per})"
-                             f"{extra}"))
-            finally:
-                backend.down(name)
+                    print(f"[bench] round {round_ + 1}/{ROUNDS}: {'UDP' if udp else 'TCP'} {case.label}",
+                          file=sys.stderr, flush=True)
+                    results[case.label, udp].append(measure(lab_of[case.label], case, udp))
+    rows.append(_median_row("machine speed: AES-GCM-128 seal of 1400 bytes", [s[0] for s in speeds], "us",
+                            note="CPU time, timed before each round"))
+    rows.append(_median_row("machine speed: 1000 turns of a Python loop", [s[1] for s in speeds], "us",
+                            note="CPU time, timed before each round"))
+    rows += [case_rows(case, udp, results[case.label, udp]) for case in CASES for udp in (False, True)]
+    for name, numerator, denominator in RATIOS:
+        pairs = zip(results.get((numerator, False), ()), results.get((denominator, False), ()), strict=True)
+        ratios = [a["mbits"] / b["mbits"] for a, b in pairs if b["mbits"]]
+        if ratios:
+            rows.append(_median_row(f"TCP {name}", ratios, "x", higher_is_better=True,
+                                    note="per-round ratio of Mbit/s"))
     return rows

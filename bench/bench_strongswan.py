@@ -1,16 +1,11 @@
-"""IKEv1 setup latency and strongSwan's data plane on gateway-tunnel: strongSwan↔strongSwan is the anchor.
+"""IKEv1 setup latency: strongSwan↔strongSwan is the anchor for ipsecd↔strongSwan and ipsecd↔ipsecd.
 
-../shared/research/strongswan-peer.md measured 5.5-13 ms protocol time and 466 / 542 / 104 Mbit/s TCP for
-AES-128-CBC/SHA1, AES-128-GCM, 3DES/SHA1 on this machine. strongSwan's gateways run charon with
-kernel-libipsec: ESP in UDP 4500, both charons in userspace sharing the 2 cores with iperf3.
-
-- setup (main mode + quick mode, PSK): median of BENCH_IKE_RUNS (20) initiations by gw-a, each after every
-  SA was deleted, from main mode's first packet to the quick mode SA installed on the initiator:
-  strongSwan↔strongSwan from charon's log (`initiating Main Mode` to `CHILD_SA ... established`);
-  ipsecd↔strongSwan and ipsecd↔ipsecd from ipsecd's IKE component (lab/ike_probe.py: acquire to the SA
-  handed to the driver), measured once the component is in this checkout.
-- throughput: one TCP iperf3 stream host-a → host-b for BENCH_SECONDS (5) through strongSwan's tunnel, and
-  the charons' CPU. ipsecd's rows are bench_dataplane's (same topology, same iperf3).
+../shared/research/strongswan-peer.md measured 5.5-13 ms protocol time on this machine. Median of
+BENCH_IKE_RUNS (20) initiations by gw-a on gateway-tunnel, each after every SA was deleted, from main mode's
+first packet to the quick mode SA installed on the initiator (main mode + quick mode, PSK):
+strongSwan↔strongSwan from charon's log (`initiating Main Mode` to `CHILD_SA ... established`);
+ipsecd↔strongSwan and ipsecd↔ipsecd from ipsecd's IKE component (lab/ike_probe.py: acquire to the SA
+handed to the driver). strongSwan's data plane is measured beside ipsecd's, in bench_dataplane.
 
 Each row notes how busy the machine was just before (other tenants share it).
 
@@ -27,16 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.common import Row
-from lab import topology
-from lab.docker_backend import DockerBackend, Lab, Node
+from bench.common import Row, lab_running
+from lab.docker_backend import DockerBackend, Lab
 from lab.ike_probe import IkeProbe
 from lab.pytest_plugin import lab_prefix
 from lab.strongswan import Charon, Tunnel
-from lab.traffic import iperf3
 
 RUNS = int(os.environ.get("BENCH_IKE_RUNS", "20"))
-SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 STRONGSWAN = {"image": "strongswan", "routes": []}
 PSK = "bench"
 #: (main mode proposal, ESP proposal) in swanctl's words, (encryption, Oakley group) in ipsecd's
@@ -44,28 +36,15 @@ SETUP_SUITES = (
     ("3des-sha1-modp1024", "3des-sha1", "3des", 2),
     ("aes128-sha1-modp2048", "aes128-sha1", "aes128", 14),
 )
-#: ESP proposal, the name ipsecd's data-plane rows use
-DATA_SUITES = (
-    ("aes128gcm16", "aes-gcm-128"),
-    ("aes128-sha1", "aes-128-cbc/sha1"),
-    ("3des-sha1", "3des-sha1"),
-)
 IKE_COMPONENT = Path(__file__).resolve().parent.parent / "ipsecd" / "ike" / "ike.py"
 
 
 @contextmanager
 def gateway_tunnel(name: str, strongswan: tuple[str, ...]) -> Iterator[Lab]:
     """gateway-tunnel with the gateways in `strongswan` running image strongswan (the others: node)."""
-    backend = DockerBackend()
-    topo = topology.load("gateway-tunnel", {"nodes": dict.fromkeys(strongswan, STRONGSWAN)})
-    for kind in {n.image for n in topo.nodes.values()}:
-        backend.images.ensure(kind)
-    full = f"{lab_prefix()}-bench-{name}"
-    backend.down(full)
-    try:
-        yield backend.up(topo, full)
-    finally:
-        backend.down(full)
+    with lab_running(DockerBackend(), "gateway-tunnel", {"nodes": dict.fromkeys(strongswan, STRONGSWAN)},
+                     f"{lab_prefix()}-bench-{name}") as lab:
+        yield lab
 
 
 def ends(lab: Lab, me: str) -> tuple[str, str, str, str]:
@@ -114,12 +93,6 @@ def machine_busy(seconds: float = 1.0) -> float:
     return 100 * (busy2 - busy) / (total2 - total)
 
 
-def cpu_seconds(node: Node) -> float:
-    """CPU time charon has used so far in `node`."""
-    stat = node.exec("cut -d' ' -f14,15 /proc/$(cat /run/lab/charon.pid)/stat", check=True).stdout.split()
-    return sum(int(x) for x in stat) / os.sysconf("SC_CLK_TCK")
-
-
 def setup_row(pair: str, ike: str, times: list[float], busy: float) -> Row:
     ms = [t * 1000 for t in times]
     return Row(
@@ -142,24 +115,6 @@ def strongswan_rows() -> list[Row]:
             if len(times) != RUNS:
                 raise RuntimeError(f"{len(times)} setups in gw-a's charon log for {RUNS} initiations ({ike})")
             rows.append(setup_row("strongSwan↔strongSwan", ike, times, busy))
-        for esp, label in DATA_SUITES:
-            fresh_sa(charons, lab, "aes128-sha1-modp2048", esp)
-            gateways = [lab.node("gw-a"), lab.node("gw-b")]
-            busy = machine_busy()
-            cpu, started = [cpu_seconds(g) for g in gateways], time.monotonic()
-            end = iperf3(lab.node("host-a"), lab.node("host-b"), seconds=SECONDS)
-            elapsed = time.monotonic() - started
-            used = [100 * (cpu_seconds(g) - c) / elapsed for g, c in zip(gateways, cpu, strict=True)]
-            rows.append(
-                Row(
-                    f"TCP strongSwan tunnel {label}",
-                    end["sum_received"]["bits_per_second"] / 1e6,
-                    "Mbit/s",
-                    higher_is_better=True,
-                    note=f"{end['sum_sent'].get('retransmits')} retransmits, charon gw-a {used[0]:.0f}% "
-                    f"gw-b {used[1]:.0f}% of a core; machine {busy:.0f}% busy before",
-                )
-            )
     return rows
 
 

@@ -1,11 +1,15 @@
-"""What every benchmark shares: a result row, a timer, and the table printer."""
+"""What every benchmark shares: a result row, a timer, a lab for one measurement, the table printer."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from lab import topology
+from lab.docker_backend import DockerBackend, Lab
 
 
 @dataclass
@@ -53,3 +57,16 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         target = "" if r.target is None else f"{'>=' if r.higher_is_better else '<='} {r.target:g}"
         print(f"{r.name:{width}} {r.value:10.3f} {r.unit:6} {target:>10} {r.verdict:6} {r.note}")
+
+
+@contextmanager
+def lab_running(backend: DockerBackend, topology_name: str, overrides: dict, name: str) -> Iterator[Lab]:
+    """Topology `topology_name` with `overrides` up as lab `name` (images built if missing), then down."""
+    topo = topology.load(topology_name, overrides)
+    for kind in {n.image for n in topo.nodes.values()}:
+        backend.images.ensure(kind)
+    backend.down(name)
+    try:
+        yield backend.up(topo, name)
+    finally:
+        backend.down(name)

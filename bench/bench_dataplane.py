@@ -201,7 +201,7 @@ class _NullWire:
     def send_ip(self, packet: bytes, dst: str) -> None:
         self.last = packet
 
-    def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
+    def send_udp(self, payload: bytes, addr: tuple[str, int], tos: int = 0) -> None:
         self.last = payload
 
     def deliver(self, packet: bytes, stale_checksum: bool = False) -> None:

@@ -79,7 +79,9 @@ class Wire(Protocol):
     """The driver's packet I/O: the kernel sockets and the TUN, or a recording double in unit tests."""
 
     def send_ip(self, packet: bytes, dst: str) -> None: ...
-    def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None: ...
+    def send_udp(self, payload: bytes, addr: tuple[str, int], tos: int = 0) -> None:
+        """A datagram from port 4500; `tos` for its IP header (ESP carries the inner packet's, RFC 4301
+        §5.1.2.1; in transport mode the outer header stands for the original one)."""
     def deliver(self, packet: bytes, stale_checksum: bool = False) -> None:
         """Hand a decrypted packet to the kernel; `stale_checksum`: its TCP/UDP checksum was computed over
         addresses a NAT has since rewritten, and the kernel must be made to accept it."""
@@ -91,13 +93,15 @@ class RecordingWire:
 
     sent: list[tuple[bytes, str]] = field(default_factory=list)
     sent_udp: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
+    sent_udp_tos: list[int] = field(default_factory=list)
     delivered: list[bytes] = field(default_factory=list)
 
     def send_ip(self, packet: bytes, dst: str) -> None:
         self.sent.append((packet, dst))
 
-    def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
+    def send_udp(self, payload: bytes, addr: tuple[str, int], tos: int = 0) -> None:
         self.sent_udp.append((payload, addr))
+        self.sent_udp_tos.append(tos)
 
     def deliver(self, packet: bytes, stale_checksum: bool = False) -> None:
         self.delivered.append(fix_l4_checksum(packet) if stale_checksum else packet)
@@ -366,7 +370,7 @@ class Driver:
         try:
             if sa.udp_encap:
                 port = self._nat_port.get(key, sa.udp_encap[1])
-                self.wire.send_udp(sa.encapsulate_udp(packet), (sa.dst, port))
+                self.wire.send_udp(sa.encapsulate_udp(packet), (sa.dst, port), packet[1])
             else:
                 self.wire.send_ip(sa.encapsulate(packet), sa.dst)
         except SAExpired as e:
@@ -602,17 +606,21 @@ class KernelWire:
     def _send_raw(self, packet: bytes, dst: str) -> None:
         self.raw_out.sendto(packet, (dst, 0))
 
-    def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
+    def send_udp(self, payload: bytes, addr: tuple[str, int], tos: int = 0) -> None:
         if self._batching:
-            self._gso.add(payload, addr)
+            self._gso.add(payload, addr, tos)
         else:
-            self.udp.sendto(payload, addr)
+            self._send_segments(payload, len(payload), addr, tos)
 
-    def _send_segments(self, buffer: bytes, size: int, addr: tuple[str, int]) -> None:
-        if len(buffer) == size:
-            self.udp.sendto(buffer, addr)
+    def _send_segments(self, buffer: bytes, size: int, addr: tuple[str, int], tos: int = 0) -> None:
+        """One datagram, or a run of `size`-byte ones cut by the kernel (UDP_SEGMENT), with IP TOS `tos`."""
+        ancillary = [] if len(buffer) == size else [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        if tos:
+            ancillary.append((socket.IPPROTO_IP, IP_TOS, struct.pack("=i", tos)))
+        if ancillary:
+            self.udp.sendmsg([buffer], ancillary, 0, addr)
         else:
-            self.udp.sendmsg([buffer], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, addr)
+            self.udp.sendto(buffer, addr)
 
     def deliver(self, packet: bytes, stale_checksum: bool = False) -> None:
         if self._coalescer is not None:

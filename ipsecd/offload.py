@@ -287,28 +287,30 @@ UDP_MAX_PAYLOAD = 65507
 class GsoSender:
     """Collects the ESP-in-UDP datagrams of a drain and sends each run to one peer with UDP_SEGMENT.
 
-    A run is datagrams of one size to one address (the last may be shorter), at most 64 of them: one
-    `sendmsg` instead of one `sendto` each; the wire carries the same datagrams. `send(buffer, size,
-    addr)` does the sending; when it raises OSError the run is lost, counted in `lost`, the error kept
+    A run is datagrams of one size and TOS to one address (the last may be shorter), at most 64 of them:
+    one `sendmsg` instead of one `sendto` each; the wire carries the same datagrams. `send(buffer, size,
+    addr, tos)` does the sending; when it raises OSError the run is lost, counted in `lost`, the error kept
     in `error` for the caller to report.
     """
 
-    def __init__(self, send: Callable[[bytes, int, tuple[str, int]], object]) -> None:
+    def __init__(self, send: Callable[[bytes, int, tuple[str, int], int], object]) -> None:
         self._send = send
         self._run: list[bytes] = []
         self._addr: tuple[str, int] | None = None
+        self._tos = 0
         self._size = 0
         self._length = 0
         self.lost = 0
         self.error: OSError | None = None
 
-    def add(self, payload: bytes, addr: tuple[str, int]) -> None:
+    def add(self, payload: bytes, addr: tuple[str, int], tos: int = 0) -> None:
         run = self._run
-        if run and (addr != self._addr or len(payload) > self._size or len(run) == UDP_MAX_SEGMENTS
-                    or self._length + len(payload) > UDP_MAX_PAYLOAD or len(run[-1]) < self._size):
+        if run and (addr != self._addr or tos != self._tos or len(payload) > self._size
+                    or len(run) == UDP_MAX_SEGMENTS or self._length + len(payload) > UDP_MAX_PAYLOAD
+                    or len(run[-1]) < self._size):
             self.flush()
         if not self._run:
-            self._addr, self._size, self._length = addr, len(payload), 0
+            self._addr, self._tos, self._size, self._length = addr, tos, len(payload), 0
         self._run.append(payload)
         self._length += len(payload)
 
@@ -318,7 +320,7 @@ class GsoSender:
             return
         self._run = []
         try:
-            self._send(b"".join(run), self._size, self._addr)
+            self._send(b"".join(run), self._size, self._addr, self._tos)
         except OSError as e:
             self.lost += len(run)
             self.error = e

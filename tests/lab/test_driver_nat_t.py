@@ -34,3 +34,29 @@ def test_esp_in_udp_crosses_the_nat_both_ways(lab_up):
     assert stats["nat_keepalives_received"] >= 1  # the client, behind the NAT, keeps its mapping open
     sa = {s["spi"]: s for s in ipsecctl(client, "sa")}["0x00004002"]
     assert sa["udp_encap"] == [4500, 4500] and sa["counters"]["packets"] > 3
+
+
+def test_tos_crosses_in_the_outer_header_and_bulk_tcp_is_merged_again(lab_up):
+    """The server rebuilds each inner header from the datagram (its TOS, identifications that follow the
+    ESP sequence) and hands the NAT-stale TCP checksum to the kernel as a partial one, so a bulk transfer
+    reaches its stack in super-packets; the TOS a packet had rides on its UDP datagram both ways."""
+    lab = lab_up("nat-t", overrides=overrides("driver-nat-t", "client", "server"))
+    client, server = lab.node("client"), lab.node("server")
+    wait_ready(client, server)
+    with lab.capture_segment("outside") as outside:
+        client.exec(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-Q", "0x28", SERVER], check=True)
+    tos = {(p[IP].src, p[IP].tos) for p in ip_packets(outside.packets(), between=(NAT, SERVER))
+           if UDP in p and len(p[UDP].payload) > 1}  # not the one-byte keepalives
+    assert tos == {(NAT, 0x28), (SERVER, 0x28)}  # the echo reply copies the request's TOS the server saw
+
+    def tun_writes() -> int:
+        return int(server.exec(["cat", "/sys/class/net/ipsec0/statistics/rx_packets"], check=True).stdout)
+
+    def esp_received() -> int:
+        return {s["spi"]: s for s in ipsecctl(server, "sa")}["0x00004001"]["counters"]["packets"]
+
+    writes, received = tun_writes(), esp_received()
+    payload = MARKER * 100_000  # 2 MB
+    assert tcp_transfer(client, server, payload, port=5004, address=SERVER) == payload
+    writes, received = tun_writes() - writes, esp_received() - received
+    assert received > 1000 and writes < received / 2, (writes, received)

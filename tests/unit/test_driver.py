@@ -149,9 +149,9 @@ def test_udp_encapsulation_learns_the_port_a_nat_chose():
     assert (rebuilt.src, rebuilt.dst) == (nat, server)
     recomputed = IP(bytes(IP(src=nat, dst=server) / TCP(sport=5555, dport=22, flags="S")))
     assert rebuilt[TCP].chksum == recomputed[TCP].chksum
-    driver.outbound(bytes(IP(src=server, dst=nat) / TCP(sport=22, dport=5555, flags="SA")))
+    driver.outbound(bytes(IP(src=server, dst=nat, tos=0x2A) / TCP(sport=22, dport=5555, flags="SA")))
     (payload, addr), = wire.sent_udp
-    assert addr == (nat, 40001)
+    assert addr == (nat, 40001) and wire.sent_udp_tos == [0x2A]  # DSCP and ECN ride on the outer header
     assert scapy_gcm(0x4001).decrypt(IP(src=server, dst=nat, proto=50) / ESP(payload))[TCP].flags == "SA"
 
 

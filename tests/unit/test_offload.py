@@ -247,20 +247,22 @@ def test_push_closes_a_run():
     assert [len(f) - VNET_HEADER_SIZE for f in frames] == [2052, 2052]
 
 
-def test_udp_datagrams_of_a_drain_go_out_in_runs_per_peer_and_size():
-    sent: list[tuple[bytes, int, tuple[str, int]]] = []
-    gso = GsoSender(lambda buffer, size, addr: sent.append((buffer, size, addr)))
+def test_udp_datagrams_of_a_drain_go_out_in_runs_per_peer_size_and_tos():
+    sent: list[tuple[bytes, int, tuple[str, int], int]] = []
+    gso = GsoSender(lambda buffer, size, addr, tos: sent.append((buffer, size, addr, tos)))
     a, b = ("10.0.0.2", 4500), ("10.0.0.3", 4500)
-    for payload, addr in [(b"1" * 8, a), (b"2" * 8, a), (b"3" * 5, a), (b"4" * 8, a), (b"5" * 8, b)]:
-        gso.add(payload, addr)
+    for payload, addr, tos in [(b"1" * 8, a, 0), (b"2" * 8, a, 0), (b"3" * 5, a, 0), (b"4" * 8, a, 0),
+                               (b"5" * 8, b, 0), (b"6" * 8, b, 0x28)]:  # another TOS: another run
+        gso.add(payload, addr, tos)
     gso.flush()
-    assert sent == [(b"1" * 8 + b"2" * 8 + b"3" * 5, 8, a), (b"4" * 8, 8, a), (b"5" * 8, 8, b)]
-    assert [d for buffer, size, _ in sent for d in split_gro(buffer, size)] == \
-        [b"1" * 8, b"2" * 8, b"3" * 5, b"4" * 8, b"5" * 8]
+    assert sent == [(b"1" * 8 + b"2" * 8 + b"3" * 5, 8, a, 0), (b"4" * 8, 8, a, 0), (b"5" * 8, 8, b, 0),
+                    (b"6" * 8, 8, b, 0x28)]
+    assert [d for buffer, size, _, _ in sent for d in split_gro(buffer, size)] == \
+        [b"1" * 8, b"2" * 8, b"3" * 5, b"4" * 8, b"5" * 8, b"6" * 8]
 
 
 def test_a_refused_udp_run_is_counted_not_raised():
-    def refuse(buffer: bytes, size: int, addr: tuple[str, int]) -> None:
+    def refuse(buffer: bytes, size: int, addr: tuple[str, int], tos: int) -> None:
         raise OSError(101, "Network is unreachable")
 
     gso = GsoSender(refuse)

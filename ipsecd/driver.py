@@ -243,13 +243,17 @@ class Driver:
                 with contextlib.suppress(OSError):
                     self.wire.send_udp(b"\xff", (sa.dst, self._nat_port.get(key, sa.udp_encap[1])))
         for sa, reason in self.sad.expire(now):
-            words = {"soft": "soft lifetime reached, rekey wanted", "hard": "hard lifetime reached, deleted",
-                     "idle": f"idle for {sa.idle_timeout:.0f} s, deleted"}[reason]
-            log.info("SA %s: %s", describe_sa(sa), words)
-            if reason != "soft":
-                self._forget(sa)
-            if self.ike is not None:
-                self.ike.expire(sa, reason != "soft")
+            self._lifetime_event(sa, reason)
+
+    def _lifetime_event(self, sa: SecurityAssociation, reason: str) -> None:
+        """Tell IKE an SA reached its soft lifetime (rekey) or was deleted (hard, idle)."""
+        words = {"soft": "soft lifetime reached, rekey wanted", "hard": "hard lifetime reached, deleted",
+                 "idle": f"idle for {sa.idle_timeout:.0f} s, deleted"}[reason]
+        log.info("SA %s: %s", describe_sa(sa), words)
+        if reason != "soft":
+            self._forget(sa)
+        if self.ike is not None:
+            self.ike.expire(sa, reason != "soft")
 
     # -- data plane -----------------------------------------------------------------------------------------
 
@@ -373,6 +377,11 @@ class Driver:
                 self.wire.send_udp(sa.encapsulate_udp(packet), (sa.dst, port), packet[1])
             else:
                 self.wire.send_ip(sa.encapsulate(packet), sa.dst)
+            if sa.soft_due:  # this packet passed the soft byte limit
+                sa.soft_due = False
+                if not sa.soft_notified:
+                    sa.soft_notified = True
+                    self._lifetime_event(sa, "soft")
         except SAExpired as e:
             self._say("expired", f"outbound SA can carry no more: {e}")
             self._outbound.pop(key, None)

@@ -201,12 +201,16 @@ class SecurityAssociation:
         # raw socket: the IP protocol of what ESP is sent in (RFC 3948: UDP, checksum 0)
         self._esp_carrier = IPPROTO_UDP if self.udp_encap else IPPROTO_ESP
         self._replay = ReplayWindow(self.replay_window) if self.direction == "inbound" else None
-        hard_kb = self.lifetime.hard_kilobytes
+        hard_kb, soft_kb = self.lifetime.hard_kilobytes, self.lifetime.soft_kilobytes
         self._hard_bytes = NO_LIMIT if hard_kb is None else hard_kb * 1024
+        self._soft_bytes = NO_LIMIT if soft_kb is None else soft_kb * 1024
+        # what an outbound packet is compared with: the soft byte limit until it is passed, then the hard one
+        self._byte_limit = min(self._soft_bytes, self._hard_bytes)
         self.outer: SecurityAssociation | None = None  # set on the ESP SA of a bundle
         if self._esp is not None:  # see encapsulate
             self.encapsulate = self._esp_encapsulate
         self.soft_notified = False
+        self.soft_due = False  # an outbound packet passed the soft byte limit: the driver asks for a rekey
         self._idle_packets, self._idle_since = 0, self.created
         self._global: Counters | None = None  # the SAD's counters, set by SAD.add
 
@@ -239,8 +243,8 @@ class SecurityAssociation:
 
     def _esp_encapsulate(self, packet: bytes, outer_headers: bool = True) -> bytes:
         """The ESP hot path: one header parse, the sequence number and counters inline (as in
-        ``_next_seq``), the outer headers packed first (the ESP length is known before encrypting)
-        and joined with the ESP packet once, by ``seal``."""
+        ``_next_seq``, with ``_at_limit`` past a limit), the outer headers packed first (the ESP length is
+        known before encrypting) and joined with the ESP packet once, by ``seal``."""
         transform = self._esp
         if self._tunnel:
             if len(packet) < 20 or packet[0] >> 4 != 4:
@@ -256,8 +260,8 @@ class SecurityAssociation:
         seq = self.seq + 1
         counters = self.counters
         nbytes = counters.bytes + n
-        if seq > SEQ_MAX or nbytes > self._hard_bytes:
-            self._next_seq(n)  # raises SAExpired with the reason
+        if seq > SEQ_MAX or nbytes > self._byte_limit:
+            self._at_limit(seq, nbytes)
         self.seq = seq
         counters.packets += 1
         counters.bytes = nbytes
@@ -300,15 +304,25 @@ class SecurityAssociation:
         seq = self.seq + 1
         counters = self.counters
         total = counters.bytes + nbytes
-        if seq > SEQ_MAX or total > self._hard_bytes:
-            if seq > SEQ_MAX:
-                raise SAExpired(f"SA {self.spi:#x}: sequence number would wrap (RFC 4303 §3.3.3)")
-            raise SAExpired(f"SA {self.spi:#x}: hard lifetime of "
-                            f"{self.lifetime.hard_kilobytes} KB reached")
+        if seq > SEQ_MAX or total > self._byte_limit:
+            self._at_limit(seq, total)
         self.seq = seq
         counters.packets += 1
         counters.bytes = total
         return seq
+
+    def _at_limit(self, seq: int, total: int) -> None:
+        """An outbound packet would be number ``seq`` and bring the bytes to ``total``, past a limit.
+
+        Past a hard one: SAExpired (the packet is not sent). Past the soft byte limit: ``soft_due``, so the
+        rekey starts with this packet; at line rate a once-a-second check would come after the hard limit.
+        """
+        if seq > SEQ_MAX:
+            raise SAExpired(f"SA {self.spi:#x}: sequence number would wrap (RFC 4303 §3.3.3)")
+        if total > self._hard_bytes:
+            raise SAExpired(f"SA {self.spi:#x}: hard lifetime of {self.lifetime.hard_kilobytes} KB reached")
+        self._byte_limit = self._hard_bytes
+        self.soft_due = True
 
     # -- inbound --
 

@@ -241,6 +241,25 @@ def test_idle_and_hard_expiry_delete_and_tell_ike(host):
     assert len(driver.sad) == 0
 
 
+def test_the_packet_past_the_soft_byte_limit_asks_ike_for_a_rekey_at_once():
+    """At line rate a once-a-second lifetime check comes after the hard limit: the rekey would wait for
+    traffic to stop at it. The packet that passes the soft limit asks, once, without waiting for expire()."""
+    wire, ike = RecordingWire(), FakeIKE()
+    driver = Driver(SPD(host_filter()), wire=wire, ike=ike)
+    driver.add_sa(SA(0x6002, "esp", "outbound", "transport", A, B, "aes-gcm-128", GCM_KEY,
+                     lifetime=Lifetime(soft_kilobytes=2, hard_kilobytes=3)), "a-b")
+    (sa,) = driver.sad
+    sent = 0
+    while sa.counters.bytes <= 2048:
+        assert ike.expired == [] and sent < 30
+        driver.outbound(bytes(IP(src=A, dst=B) / UDP() / bytes(92)))  # 100 protected bytes
+        sent += 1
+    assert ike.expired == [(0x6002, False)] and len(wire.sent) == sent  # the packet that asked went too
+    driver.outbound(bytes(IP(src=A, dst=B) / UDP() / bytes(92)))
+    driver.expire(sa.created + 0.5)
+    assert ike.expired == [(0x6002, False)]  # asked once: neither the next packet nor expire() asks again
+
+
 def test_nat_keepalives_go_to_udp_encapsulated_peers_every_20_seconds():
     clock = [1000.0]
     wire = RecordingWire()

@@ -74,6 +74,22 @@ def test_hard_byte_limit_refuses_on_any_path_and_counts_nothing(mode, udp, metho
     assert out.hard_expired(out.created) is False  # refused before reaching it: not yet 1024 bytes
 
 
+@pytest.mark.parametrize("mode,udp,method", PATHS)
+def test_the_packet_that_passes_the_soft_byte_limit_raises_the_flag_on_any_path(mode, udp, method):
+    out, _ = pair(mode, udp, lifetime=Lifetime(soft_kilobytes=1, hard_kilobytes=2))
+    send = getattr(out, method)
+    while out.counters.bytes <= 1024:
+        assert not out.soft_due
+        send(packet())
+    assert out.soft_due  # set by the packet that went past 1024 bytes, which was sent
+    out.soft_due = False
+    while out.counters.bytes + 120 <= 2048:
+        send(packet())
+    assert not out.soft_due  # once: after the soft limit only the hard one is watched
+    with pytest.raises(SAExpired, match="2 KB"):
+        send(packet())
+
+
 def test_exactly_the_hard_limit_is_allowed():
     out, _ = pair(lifetime=Lifetime(hard_kilobytes=1))
     for _ in range(8):

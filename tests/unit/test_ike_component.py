@@ -273,8 +273,9 @@ def test_quick_mode_rekeys_before_expiry_and_old_sas_go_at_hard_lifetime():
 @pytest.mark.parametrize(
     "steps",
     [
-        # the driver refuses a packet at the hard byte limit and acquires; its once-a-second lifetime check
-        # sees the soft limit of the old SA only after the new quick mode is installed (seen in the lab)
+        # the driver refuses a packet at the hard byte limit and acquires; its periodic lifetime check sees
+        # the soft limit of the old SA only after the new quick mode is installed (seen in the lab before
+        # the packet that passes the soft limit asked at once; a soft limit in seconds can still do it)
         ("hard limit: acquire", "network", "soft limit: expire", "network"),
         ("hard limit: acquire", "soft limit: expire", "network"),  # the soft limit while negotiating
         ("soft limit: expire", "hard limit: acquire", "network"),  # the hard limit while rekeying

@@ -555,7 +555,7 @@ def internet_checksum(data: bytes | bytearray, words: int = 0) -> int:
 # -- the kernel side ---------------------------------------------------------------------------------------
 
 IP_PKTINFO = 8
-IP_TOS, IP_RECVTOS = 1, 13
+IP_TOS, IP_RECVERR, IP_RECVTOS = 1, 11, 13
 SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 8 << 20
 IP_MTU_DISCOVER = 10
@@ -586,6 +586,9 @@ class KernelWire:
         self.udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         self.udp.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
         self.udp.bind(("0.0.0.0", nat_t_port))
+        # A full device queue drops a raw send silently unless the socket asks for errors: with IP_RECVERR
+        # the ENOBUFS comes back and the packet is counted as a send error, not lost unseen.
+        self.raw_out.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
         for sock in (self.raw_out, self.udp):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, bypass_mark)
             # The path MTU the kernel learns for inner traffic (TUN MTU) must not cap our outer packets.

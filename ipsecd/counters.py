@@ -4,7 +4,8 @@ Windows 2000 ``ipsecmon`` (KB Q231587) shows Active Associations, Confidential
 and Authenticated Bytes Sent/Received, Bad SPI Packets, Packets Not Decrypted,
 Packets Not Authenticated and Key Additions; Windows 2003's IP Security Monitor
 adds Key Deletions, Packets With Replay Detection and the transport/tunnel byte
-counts.  "Packets Dropped By Policy" and "Malformed Packets" are ours.
+counts.  "Packets Dropped By Policy", "Malformed Packets" and the congestion drops of tunnel
+mode's ECN rules (RFC 6040) are ours.
 
 >>> c = Counters()
 >>> c.bad_spi_packets += 1
@@ -32,6 +33,7 @@ GLOBAL_COUNTERS: tuple[tuple[str, str], ...] = (
     ("replayed_packets", "Packets With Replay Detection"),
     ("malformed_packets", "Malformed Packets"),
     ("dropped_by_policy", "Packets Dropped By Policy"),
+    ("ecn_drops", "Packets Dropped For Congestion (ECN)"),
 )
 
 SA_COUNTERS: tuple[tuple[str, str], ...] = (
@@ -41,6 +43,7 @@ SA_COUNTERS: tuple[tuple[str, str], ...] = (
     ("packets_not_authenticated", "Packets Not Authenticated"),
     ("replayed_packets", "Packets With Replay Detection"),
     ("malformed_packets", "Malformed Packets"),
+    ("ecn_drops", "Packets Dropped For Congestion (ECN)"),
 )
 
 

@@ -96,6 +96,13 @@ class SAExpired(IPsecError):
     counter = None
 
 
+class CongestionDrop(IPsecError):
+    """Tunnel mode: the outer header is marked CE but the inner packet is not ECN-capable, so the
+    congestion can only be signalled by dropping it (RFC 6040 §4.2)."""
+
+    counter = "ecn_drops"
+
+
 class DummyPacket(IPsecError):
     """Next header 59: a TFC dummy packet, silently discarded (RFC 4303 §2.6)."""
 
@@ -163,6 +170,38 @@ def ipv4_fields(packet: bytes) -> tuple[int, int, int, int, int, int, int, int, 
     if fields[4] & 0x3FFF:
         raise BadPacket("IPv4 fragment (the kernel reassembles before delivery)")
     return fields
+
+
+ECN_NOT_ECT, ECN_ECT1, ECN_ECT0, ECN_CE = 0, 1, 2, 3  # the low two bits of the TOS byte (RFC 3168)
+
+
+def ecn_decapsulated(inner: bytes, outer_tos: int) -> bytes:
+    """The inner IPv4 packet of a tunnel with the outer header's ECN field combined into its own, as a
+    tunnel egress must (RFC 4301 §5.1.2.1, RFC 6040 §4.2): CE from a congested router on the way is kept
+    (or the packet dropped, CongestionDrop, if it is not ECN-capable), ECT(1) over ECT(0) becomes ECT(1);
+    anything else leaves the packet as it is. The header checksum is updated (RFC 1624).
+
+    >>> inner = ipv4_header(bytes(4), bytes(4), 6, 0, tos=0x28 | ECN_ECT0)
+    >>> marked = ecn_decapsulated(inner, ECN_CE)
+    >>> hex(marked[1]), ipv4_checksum(marked)
+    ('0x2b', 0)
+    >>> ecn_decapsulated(inner, ECN_ECT0) is inner
+    True
+    """
+    ecn = inner[1] & 3
+    outer = outer_tos & 3
+    if outer == ECN_CE and ecn != ECN_CE:
+        if ecn == ECN_NOT_ECT:
+            raise CongestionDrop("outer header marked CE, inner packet not ECN-capable (RFC 6040 §4.2)")
+        changed = ECN_CE
+    elif outer == ECN_ECT1 and ecn == ECN_ECT0:
+        changed = ECN_ECT1
+    else:
+        return inner
+    tos = inner[1] & 0xFC | changed
+    rest = ((int.from_bytes(inner[10:12], "big") ^ 0xFFFF) + (inner[1] ^ 0xFFFF) + tos) % 0xFFFF
+    return b"".join((inner[:1], bytes((tos,)), inner[2:10], (0xFFFF - rest if rest else 0).to_bytes(2, "big"),
+                     inner[12:]))
 
 
 def udp_header(sport: int, dport: int, payload_length: int) -> bytes:

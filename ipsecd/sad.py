@@ -349,7 +349,7 @@ class SecurityAssociation:
             else:
                 raise BadPacket(f"IP protocol {protocol} for ESP SA {self.spi:#x}")
             if self._tunnel:
-                result = self._tunnel_inner(next_header, payload)
+                result = self._tunnel_inner(next_header, payload, fields[1])
             else:
                 header = rewritten_ipv4_header(fields, next_header, ihl + len(payload))
                 result = header + payload if ihl == 20 else header + packet[20:ihl] + payload
@@ -374,7 +374,7 @@ class SecurityAssociation:
         try:
             next_header, inner = self._esp_open(payload, 0, len(payload))
             if self._tunnel:
-                return self._tunnel_inner(next_header, inner)
+                return self._tunnel_inner(next_header, inner, tos)
             template = self._outer if src == self.src and dst == self.dst else \
                 HeaderTemplate(ip_to_bytes(src), ip_to_bytes(dst))
             inner = template.build(next_header, len(inner), tos, payload[6] << 8 | payload[7]) + inner
@@ -420,13 +420,16 @@ class SecurityAssociation:
         if next_header == IPPROTO_NONE:
             raise DummyPacket("dummy packet (next header 59)")
 
-    def _tunnel_inner(self, next_header: int, payload: bytes) -> bytes:
+    def _tunnel_inner(self, next_header: int, payload: bytes, outer_tos: int) -> bytes:
+        """The inner packet (TFC padding cut, RFC 4303 §2.4) with the outer header's ECN (RFC 6040)."""
         total = int.from_bytes(payload[2:4], "big")
         if next_header != IPPROTO_IPIP or len(payload) < 20 or payload[0] >> 4 != 4 \
                 or not 20 <= total <= len(payload):
             raise BadPacket(f"tunnel SA {self.spi:#x}: payload is not one IPv4 packet "
                             f"(next header {next_header})")
-        return payload if total == len(payload) else payload[:total]  # TFC padding (§2.4)
+        inner = payload if total == len(payload) else payload[:total]
+        # the encapsulator copied the ECN field: only a change on the way needs the RFC 6040 rules
+        return inner if (outer_tos ^ inner[1]) & 3 == 0 else esp.ecn_decapsulated(inner, outer_tos)
 
     def _nat_fixup(self, inner: bytes) -> bytes:
         return esp.nat_checksum_fixup(inner, self._nat_oa[:4], self._nat_oa[4:])

@@ -67,3 +67,22 @@ def test_site_traffic_arriving_in_clear_over_the_wan_is_not_forwarded(tunnel):
         inject_frames(lab, "wan", [forged] * 3)
         wait_counter(gw_b, "unsecured_packets_dropped", before + 3)
     assert not [p for p in site_b.packets() if MARKER + b"forged" in bytes(p)]
+
+
+def test_congestion_marked_on_the_wan_reaches_the_site_or_drops_what_cannot_carry_it(tunnel):
+    """A router between the gateways marks the ESP packets CE (here gw-b's own prerouting hook, before
+    ipsecd reads them): an ECN-capable inner packet arrives at host-b marked CE, a Not-ECT one is dropped
+    and counted (RFC 6040 §4.2); ipsecd copied the inner ECN field out when it encapsulated."""
+    lab = tunnel
+    host_a, host_b, gw_b = (lab.node(n) for n in ("host-a", "host-b", "gw-b"))
+    gw_b.exec(["nft", "add table ip congested; add chain ip congested wan { type filter hook prerouting "
+                      "priority -300; }; add rule ip congested wan ip protocol esp ip ecn set ce"], check=True)
+    with lab.capture_segment("wan") as wan, lab.capture_segment("site-b") as site_b:
+        host_a.exec(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-Q", "0x2a", host_b.address()], check=True)
+        assert not host_a.exec(["ping", "-c", "2", "-i", "0.2", "-W", "1", "-Q", "0x28",
+                                host_b.address()]).ok
+    outer = {p[IP].tos for p in wan.packets() if ESP in p and p[IP].src == GW_A}
+    assert outer == {0x2a, 0x28}  # DSCP and ECN copied to the outer header (ECT(0), Not-ECT)
+    requests = [p for p in site_b.packets() if ICMP in p and p[ICMP].type == 8]
+    assert [p[IP].tos for p in requests] == [0x2b, 0x2b]  # ECT(0) became CE; Not-ECT never arrived
+    assert counters(gw_b)["ecn_drops"] == 2

@@ -8,6 +8,7 @@ import pytest
 from ipsecd.esp import (
     AuthenticationFailed,
     BadPacket,
+    CongestionDrop,
     Replayed,
     SAExpired,
     UnknownSPI,
@@ -346,3 +347,40 @@ def test_transport_esp_from_a_udp_socket_gets_the_datagrams_tos_and_consecutive_
     (merged,) = frames
     assert bytes(IP(merged[VNET_HEADER_SIZE:])[TCP].payload) == b"".join(
         bytes(IP(s)[TCP].payload) for s in sent)
+
+
+# RFC 6040 §4.2, the decapsulation table: (inner ECN, outer ECN) -> inner ECN after, None = dropped
+ECN_TABLE = {
+    (0, 0): 0, (0, 1): 0, (0, 2): 0, (0, 3): None,  # Not-ECT inside: CE outside can only be a drop
+    (2, 0): 2, (2, 1): 1, (2, 2): 2, (2, 3): 3,  # ECT(0)
+    (1, 0): 1, (1, 1): 1, (1, 2): 1, (1, 3): 3,  # ECT(1)
+    (3, 0): 3, (3, 1): 3, (3, 2): 3, (3, 3): 3,  # CE stays CE
+}
+
+
+@pytest.mark.parametrize("inner_ecn,outer_ecn", sorted(ECN_TABLE))
+@pytest.mark.parametrize("udp", [None, (4500, 4500)], ids=["esp", "udp"])
+def test_tunnel_decapsulation_combines_the_outer_ecn_as_rfc_6040_says(inner_ecn, outer_ecn, udp):
+    from scapy.layers.inet import IP, UDP
+
+    out, inbound = sa_pair(mode="tunnel", udp_encap=udp)
+    sad = SAD()
+    sad.add(inbound)
+    inner = bytes(IP(src="10.1.0.1", dst="10.2.0.1", tos=0xB8 | inner_ecn) / UDP() / b"voice")
+    wire = IP(out.encapsulate(inner))
+    assert wire.tos == 0xB8 | inner_ecn  # the encapsulator copies DSCP and ECN (RFC 4301 §5.1.2.1)
+    wire.tos = 0xB8 | outer_ecn  # what a router on the way may do: the outer header is not protected
+    del wire.chksum
+    expected = ECN_TABLE[inner_ecn, outer_ecn]
+    deliver = (lambda: sad.inbound(bytes(wire))) if udp is None else \
+        (lambda: sad.inbound_udp(bytes(wire[UDP].payload), A, B, wire.tos))
+    if expected is None:
+        with pytest.raises(CongestionDrop):
+            deliver()
+        assert inbound.counters.ecn_drops == sad.counters.ecn_drops == 1
+        return
+    got = IP(deliver()[0])
+    assert got.tos == 0xB8 | expected and bytes(got[UDP].payload) == b"voice"
+    recomputed = IP(bytes(got))
+    del recomputed.chksum
+    assert IP(bytes(recomputed)).chksum == got.chksum  # the header checksum follows the new TOS

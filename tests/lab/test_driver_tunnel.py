@@ -76,7 +76,8 @@ def test_congestion_marked_on_the_wan_reaches_the_site_or_drops_what_cannot_carr
     lab = tunnel
     host_a, host_b, gw_b = (lab.node(n) for n in ("host-a", "host-b", "gw-b"))
     gw_b.exec(["nft", "add table ip congested; add chain ip congested wan { type filter hook prerouting "
-                      "priority -300; }; add rule ip congested wan ip protocol esp ip ecn set ce"], check=True)
+                      "priority -300; }; add rule ip congested wan ip protocol esp ip ecn set ce"],
+              check=True)
     with lab.capture_segment("wan") as wan, lab.capture_segment("site-b") as site_b:
         host_a.exec(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-Q", "0x2a", host_b.address()], check=True)
         assert not host_a.exec(["ping", "-c", "2", "-i", "0.2", "-W", "1", "-Q", "0x28",

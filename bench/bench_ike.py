@@ -3,17 +3,16 @@
 Each run is a fresh pair of components (new main mode, then one quick mode), from acquire() until both
 sides have installed their SAs. Prints the median of 20 runs per suite (target: strongSwan's ~5-13 ms).
 
-    .venv/bin/python bench/bench_ike.py [--runs 20] [--json results.json]
+    python -m bench ike            (a row per suite; part of make bench)
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import time
 
+from bench.common import Row
 from ipsecd.ike.ike import IKE, Rule
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 
@@ -64,24 +63,14 @@ async def one_setup(policy: PeerPolicy, port: int) -> float:
                 sock.close()
 
 
-async def main(runs: int) -> dict[str, float]:
-    results = {}
-    for name, policy in SUITES.items():
-        times = [await one_setup(policy, 22500 + 2 * (i % 50)) for i in range(runs)]
-        results[name] = statistics.median(times) * 1000
-        print(
-            f"{name:50s} median {results[name]:6.2f} ms  (min {min(times) * 1000:.2f}, "
-            f"max {max(times) * 1000:.2f}, {runs} runs)"
-        )
-    return results
+async def setup_times(runs: int) -> dict[str, list[float]]:
+    """Seconds of each of `runs` setups, per suite."""
+    return {name: [await one_setup(policy, 22500 + 2 * (i % 50)) for i in range(runs)]
+            for name, policy in SUITES.items()}
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    results = asyncio.run(main(args.runs))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"ike_setup_ms_median": results}, out, indent=2)
+def run(runs: int = 20) -> list[Row]:
+    return [Row(f"IKEv1 MM+QM setup ipsecd↔ipsecd on loopback, {name}", statistics.median(times) * 1000, "ms",
+                note=f"median of {runs}, min {min(times) * 1000:.1f} max {max(times) * 1000:.1f}; "
+                     "two IKE components in one process, no driver")
+            for name, times in asyncio.run(setup_times(runs)).items()]

@@ -36,6 +36,9 @@ class Driver:
     def __init__(self, done: asyncio.Event):
         self.done = done
 
+    def add_inbound(self, sa) -> None:
+        pass
+
     def add_sa(self, sa) -> None:
         self.done.set()
 

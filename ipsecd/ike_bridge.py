@@ -134,30 +134,44 @@ class IKEBridge:
 
     # -- IKE -> driver ----------------------------------------------------------------------------------
 
+    def add_inbound(self, done: QuickModeDone) -> None:
+        """A responder's inbound SAs, as its quick mode 2 leaves: the initiator may send on them as soon as
+        it has sent quick mode 3, before that message reaches us."""
+        self.filter_of[done.inbound.spi] = self._filter_name(done)
+        for child in done.inbound.chain():
+            self.quick_mode_of[(child.spi, child.dst, child.protocol)] = done.inbound.spi
+        self.driver.add_sa(security_association(done.inbound, done, self.replay_window),
+                           self.filter_of[done.inbound.spi])
+
     def add_sa(self, done: QuickModeDone) -> None:
+        """Both directions of a quick mode; inbound first (the peer may use its outbound SA as soon as it
+        has it), unless `add_inbound` put it in already."""
+        if done.inbound.spi not in self.filter_of:
+            self.add_inbound(done)
+        for child in done.outbound.chain():
+            self.quick_mode_of[(child.spi, child.dst, child.protocol)] = done.inbound.spi
+        self.driver.add_sa(security_association(done.outbound, done, self.replay_window),
+                           self.filter_of[done.inbound.spi])
+
+    def _filter_name(self, done: QuickModeDone) -> str:
+        """The filter the quick mode's SAs secure: the policy's, or dynamic ones of the default response."""
         peer = done.isakmp_sa.remote[0]
         tunnel = peer if done.mode == "tunnel" else None
         f = secured_filter(self.driver.spd, done.local_selector, done.remote_selector, tunnel, peer)
         if f is not None:
-            name = f.name
-        elif tunnel is None:  # answered under the default response rule: filters for just this traffic
+            return f.name
+        if tunnel is None:  # answered under the default response rule: filters for just this traffic
             pair = dynamic_filters(done)
             name = pair[0].name
             if name not in self.dynamic:
                 self.dynamic[name] = pair
                 self.load_policy(self.policy)
                 log.info("default response: dynamic filters %s", "; ".join(f.describe() for f in pair))
-        else:
-            name = f"<Dynamic> tunnel {done.local_selector} <-> {done.remote_selector}"
-            log.warning("quick mode SAs %s: no tunnel filter of the policy covers them (the default "
-                        "response rule makes no tunnels); installed, but no traffic is sent through them",
-                        done.describe())
-        self.filter_of[done.inbound.spi] = name
-        for child in [*done.inbound.chain(), *done.outbound.chain()]:
-            self.quick_mode_of[(child.spi, child.dst, child.protocol)] = done.inbound.spi
-        # Inbound first: the peer may use its outbound SA as soon as it has it.
-        for child in (done.inbound, done.outbound):
-            self.driver.add_sa(security_association(child, done, self.replay_window), name)
+            return name
+        log.warning("quick mode SAs %s: no tunnel filter of the policy covers them (the default "
+                    "response rule makes no tunnels); installed, but no traffic is sent through them",
+                    done.describe())
+        return f"<Dynamic> tunnel {done.local_selector} <-> {done.remote_selector}"
 
     def delete_sa(self, spi: int, destination: str, protocol: str) -> None:
         if self.quick_mode_of.pop((spi, destination, protocol), None) == spi:

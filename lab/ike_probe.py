@@ -89,6 +89,9 @@ class RecordingDriver:
     def __init__(self):
         self.installed = asyncio.Event()
 
+    def add_inbound(self, sa) -> None:
+        emit(event="add_inbound", inbound=sa.inbound.spi)
+
     def add_sa(self, sa) -> None:
         self.installed.set()
         emit(

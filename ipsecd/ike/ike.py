@@ -23,7 +23,7 @@ from typing import Protocol
 from ipsecd.ike import informational, isakmp, keylog, main_mode, natt, quick_mode
 from ipsecd.ike.isakmp import ExchangeType, MalformedMessage, Message, NotifyType, ProtocolID
 from ipsecd.ike.main_mode import Established, Failure, IsakmpSA, NegotiationError
-from ipsecd.ike.quick_mode import QuickModeDone
+from ipsecd.ike.quick_mode import InboundReady, QuickModeDone
 from ipsecd.ike.settings import QUICK_MODE_IDLE_SECONDS, PeerPolicy, Selector
 
 log = logging.getLogger("ipsecd.ike")
@@ -45,6 +45,10 @@ COUNTER_NAMES = (
 
 class Driver(Protocol):
     """What IKE needs from the IPsec driver."""
+
+    def add_inbound(self, sa: QuickModeDone) -> None:
+        """A responder's inbound SAs, as its quick mode 2 leaves; `add_sa` of the same quick mode follows
+        (the inbound SAs already in stay), or `delete_sa` of each if the quick mode fails."""
 
     def add_sa(self, sa: QuickModeDone) -> None: ...
 
@@ -101,6 +105,7 @@ class Exchange:
     attempts: int = 0
     timer: Timer | None = None
     acquire: tuple[Selector, Selector] | None = None  # for quick mode initiators
+    early_inbound: QuickModeDone | None = None  # a quick mode responder's inbound SAs, installed at QM2
 
 
 @dataclass
@@ -466,7 +471,15 @@ class IKE:
         for event in ex.machine.events:
             if isinstance(event, Failure):
                 self._failed("quick mode", event, ex)
+                if ex.early_inbound is not None:  # no quick mode 3: the inbound SAs go again
+                    for child in ex.early_inbound.inbound.chain():
+                        self.driver.delete_sa(child.spi, child.dst, child.protocol)
+                    ex.early_inbound = None
+            elif isinstance(event, InboundReady):
+                self.driver.add_inbound(event.done)
+                ex.early_inbound = event.done
             elif isinstance(event, QuickModeDone):
+                ex.early_inbound = None
                 self._install(event, ex)
         ex.machine.events.clear()
         if ex.machine.done and not ex.timer:

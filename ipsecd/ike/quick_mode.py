@@ -98,6 +98,14 @@ class QuickModeDone:
         )
 
 
+@dataclass(frozen=True)
+class InboundReady:
+    """The responder's quick mode 2 is leaving: its inbound SAs can be installed now, since the initiator
+    may send on them as soon as it has sent quick mode 3 (which `done` follows, or a Failure)."""
+
+    done: QuickModeDone
+
+
 def _encapsulation(isakmp_sa: IsakmpSA, tunnel: bool) -> int:
     if isakmp_sa.nat and isakmp_sa.nat.detected and isakmp_sa.natt_variant:
         v = isakmp_sa.natt_variant
@@ -233,7 +241,7 @@ class QuickMode:
 
     def __init__(self, isakmp_sa: IsakmpSA, message_id: int):
         self.sa, self.message_id = isakmp_sa, message_id
-        self.events: list[QuickModeDone | Failure] = []
+        self.events: list[QuickModeDone | InboundReady | Failure] = []
         self.state = "new"
         self.ni = self.nr = b""
         self.private = 0
@@ -592,6 +600,7 @@ class Responder(QuickMode):
         self.pending = self._result(
             offer, transforms, ours, theirs, own_sel, peer_sel, policy.tunnel, payloads
         )
+        self.events.append(InboundReady(self.pending))
         self.state = "QM2 sent"
         return [
             self._seal(

@@ -76,6 +76,8 @@ def test_psk_negotiation_then_only_esp(pair):
         assert c["ike_oakley_main_modes"] == 1 and c["ike_oakley_quick_modes"] == 1, c
         assert c["ike_key_additions"] == 2 and c["ike_authentication_failures"] == 0
     assert counters(b)["confidential_bytes_received"] >= len(payload)
+    # host-a sends the held ping as soon as it has sent quick mode 3; host-b had its inbound SA since QM2
+    assert counters(b)["bad_spi_packets"] == 0
 
     # The independent decoder: tshark with the keys ipsecctl exports reads main mode 5-6 (identities),
     # quick mode (SPIs) and the ESP (the marker, ICV good).

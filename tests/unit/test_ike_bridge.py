@@ -64,6 +64,37 @@ def test_negotiated_sas_carry_a_packet_between_two_drivers(ah):
     assert wire_b.delivered == [packet]
 
 
+@pytest.mark.parametrize("ah", [None, "md5"])
+def test_a_responders_inbound_sas_decrypt_before_quick_mode_3_and_its_outbound_follow(ah):
+    policy = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("esp", "3des", "sha1", ah=ah)])
+    lab = negotiate(policy)
+    done_a, done_b = lab.drv_a.added[0], lab.drv_b.added[0]
+    driver_a, bridge_a, wire_a = bridged(host_filter("a-b", A, B))
+    driver_b, bridge_b, wire_b = bridged(host_filter("b-a", B, A))
+    bridge_a.add_sa(done_a)
+    bridge_b.add_inbound(done_b)  # quick mode 2 left; quick mode 3 is still on its way
+    assert {s["direction"] for s in driver_b.sa_table()} == {"inbound"}
+    packet = bytes(IP(src=A, dst=B) / ICMP() / Raw(b"sent right after QM3"))
+    driver_a.outbound(packet)
+    driver_b.inbound(wire_a.sent[0][0])
+    assert wire_b.delivered == [packet]
+    bridge_b.add_sa(done_b)  # quick mode 3 arrived: the outbound SAs join, the inbound ones stay
+    assert sorted(s["direction"] for s in driver_b.sa_table() if s["bundle"] or not ah) == \
+        ["inbound", "outbound"]
+    assert len(driver_b.sad) == (4 if ah else 2)
+
+
+def test_inbound_sas_of_a_quick_mode_that_failed_are_deleted_with_its_dynamic_filters():
+    lab = negotiate()
+    done_b = lab.drv_b.added[0]
+    driver, bridge, _ = bridged(SPD())  # no filter of ours: the default response rule answered
+    bridge.add_inbound(done_b)
+    assert len(driver.sad) == 1 and bridge.dynamic
+    for child in done_b.inbound.chain():
+        bridge.delete_sa(child.spi, child.dst, child.protocol)
+    assert list(driver.sad) == [] and not bridge.dynamic
+
+
 def test_lifetimes_and_deletes_reach_ike_by_inbound_spi():
     lab = negotiate()
     done = lab.drv_a.added[0]

@@ -50,7 +50,10 @@ class Handle:
 
 class RecordingDriver:
     def __init__(self):
-        self.added, self.deleted = [], []
+        self.added, self.deleted, self.inbound_added = [], [], []
+
+    def add_inbound(self, sa):
+        self.inbound_added.append(sa)
 
     def add_sa(self, sa):
         self.added.append(sa)
@@ -156,6 +159,39 @@ def test_acquire_negotiates_and_installs_matching_sas():
     status = json.loads(json.dumps(lab.ike_b.status()))  # what ipsecctl gets over the control socket
     assert status["counters"]["Oakley Quick Modes"] == 1 and status["main mode SAs"][0]["role"] == "responder"
     assert any("established" in text for _, text in lab.ike_a.events)
+
+
+def drop_after(count: int, src_address: str):
+    """A network filter that lets `count` datagrams from `src_address` through and drops the rest."""
+    seen = []
+
+    def drop(src, dst, data):
+        if src[0] != src_address:
+            return False
+        seen.append(data)
+        return len(seen) > count
+
+    return drop
+
+
+def test_the_responder_installs_its_inbound_sas_as_quick_mode_2_leaves():
+    """The initiator sends on its new SAs right after quick mode 3; that ESP must not beat QM3 to an SA."""
+    clock, net, (ike_a, drv_a), (ike_b, drv_b), rule = pair(PSK)
+    net.drop = drop_after(4, A)  # MM1, MM3, MM5, QM1: every QM3 is lost
+    ike_a.acquire(rule, host(A), host(B), B)
+    net.run()
+    (ready,) = drv_b.inbound_added
+    assert drv_b.added == [] and len(drv_a.added) == 1  # the initiator has both, the responder inbound
+    assert mirrored(drv_a.added[0], ready)
+    clock.advance(200, net)  # QM2 retransmitted, every QM3 lost: the quick mode fails
+    assert drv_b.added == [] and ike_b.counters["Negotiation Failures: no response"] == 1
+    assert {(spi, dst) for spi, dst, _ in drv_b.deleted} == {(c.spi, c.dst) for c in ready.inbound.chain()}
+
+
+def test_a_completed_quick_mode_adds_the_responders_outbound_to_the_inbound_it_has():
+    lab = negotiate()
+    (ready,) = lab.drv_b.inbound_added
+    assert lab.drv_b.added == [ready] and lab.drv_a.inbound_added == [] and lab.drv_b.deleted == []
 
 
 def test_second_acquire_reuses_the_main_mode():

@@ -185,7 +185,8 @@ def test_quick_mode_pairs_match(offer):
     pol = PeerPolicy(auth=[PSK], quick_mode=[offer])
     i, r, _ = main_mode_pair(pol, pol)
     q, qr = quick_mode_pair(i.sa, r.sa, pol, pol)
-    done_i, done_r = q.events[0], qr.events[0]
+    (done_i,), (ready, done_r) = q.events, qr.events
+    assert ready == quick_mode.InboundReady(done_r)  # the responder's inbound SAs, as its QM2 left
     assert mirrored(done_i, done_r)
     assert done_i.inbound.direction == "inbound" and done_i.outbound.mode == "transport"
     assert done_i.inbound.spi == 0x1000 and done_i.outbound.spi == 0x2000
@@ -201,9 +202,9 @@ def test_quick_mode_tunnel_with_subnets():
     pol = PeerPolicy(auth=[PSK], tunnel=True)
     i, r, _ = main_mode_pair(pol, pol)
     _q, qr = quick_mode_pair(i.sa, r.sa, pol, pol, "10.1.0.0/16", "10.2.0.0/24")
-    assert qr.events[0].mode == "tunnel"
-    assert str(qr.events[0].local_selector) == "10.2.0.0/24"
-    assert str(qr.events[0].remote_selector) == "10.1.0.0/16"
+    assert qr.events[-1].mode == "tunnel"
+    assert str(qr.events[-1].local_selector) == "10.2.0.0/24"
+    assert str(qr.events[-1].remote_selector) == "10.1.0.0/16"
 
 
 def test_quick_mode_mismatch_is_readable_and_notified():
@@ -283,8 +284,8 @@ def test_ah_plus_esp_bundle_as_windows_offers_it():
         24,
         None,
     )
-    assert ah.spi != esp.spi and mirrored(done, qr.events[0])
-    theirs_ah, theirs_esp = qr.events[0].outbound.chain()
+    assert ah.spi != esp.spi and mirrored(done, qr.events[-1])
+    theirs_ah, theirs_esp = qr.events[-1].outbound.chain()
     assert (theirs_ah.spi, theirs_esp.spi) == (ah.spi, esp.spi)
     assert theirs_esp.encryption_key == esp.encryption_key and theirs_ah.integrity_key == ah.integrity_key
 

@@ -70,9 +70,9 @@ def test_nat_between_peers_floats_and_selects_udp_encapsulation():
     converse(q, qr, first)
     assert q.events[0].udp_encapsulation == (500, 500)  # ike.py moves the SA to 4500 when it floats
     # NAT-OA (RFC 3947 §5.2): each side learns the other's own address for transport-mode checksums
-    assert qr.events[0].peer_original_address == "192.168.1.10"
+    assert qr.events[-1].peer_original_address == "192.168.1.10"
     assert q.events[0].peer_original_address == "198.51.100.2"
-    assert "UDP-encapsulated" in qr.events[0].describe()
+    assert "UDP-encapsulated" in qr.events[-1].describe()
 
 
 def test_udp_4500_framing():
@@ -107,7 +107,7 @@ def test_windows_2003_style_peer_gets_draft_02_numbers_on_the_wire():
     converse(q, qr, first)
     transform = q.proposals[0].transforms[0]
     assert transform.attr(quick_mode.ENCAPSULATION) == 61444  # UDP-Encapsulated-Transport, draft numbering
-    assert qr.events[0].udp_encapsulation is not None
+    assert qr.events[-1].udp_encapsulation is not None
 
 
 def test_nat_traversal_off_sends_no_natd():

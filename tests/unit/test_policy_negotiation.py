@@ -33,6 +33,9 @@ class IKEKeys:
     def __init__(self):
         self.added = []
 
+    def add_inbound(self, done):
+        pass
+
     def add_sa(self, done):
         self.added.append(done)
 

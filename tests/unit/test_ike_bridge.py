@@ -45,13 +45,17 @@ def bridged(spd: SPD) -> tuple[Driver, IKEBridge, RecordingWire]:
     return driver, bridge, wire
 
 
-@pytest.mark.parametrize("ah", [None, "md5"])
-def test_negotiated_sas_carry_a_packet_between_two_drivers(ah):
+def negotiated(ah: str | None):
+    """One quick mode's results for host A and host B, and a bridged driver for each."""
     policy = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("esp", "3des", "sha1", ah=ah)])
     lab = negotiate(policy)
-    done_a, done_b = lab.drv_a.added[0], lab.drv_b.added[0]
-    driver_a, bridge_a, wire_a = bridged(host_filter("a-b", A, B))
-    driver_b, bridge_b, wire_b = bridged(host_filter("b-a", B, A))
+    return (lab.drv_a.added[0], lab.drv_b.added[0], bridged(host_filter("a-b", A, B)),
+            bridged(host_filter("b-a", B, A)))
+
+
+@pytest.mark.parametrize("ah", [None, "md5"])
+def test_negotiated_sas_carry_a_packet_between_two_drivers(ah):
+    done_a, done_b, (driver_a, bridge_a, wire_a), (driver_b, bridge_b, wire_b) = negotiated(ah)
     bridge_a.add_sa(done_a)
     bridge_b.add_sa(done_b)
     installed = {(s["direction"], s["filter"]) for s in driver_a.sa_table()}
@@ -66,11 +70,7 @@ def test_negotiated_sas_carry_a_packet_between_two_drivers(ah):
 
 @pytest.mark.parametrize("ah", [None, "md5"])
 def test_a_responders_inbound_sas_decrypt_before_quick_mode_3_and_its_outbound_follow(ah):
-    policy = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("esp", "3des", "sha1", ah=ah)])
-    lab = negotiate(policy)
-    done_a, done_b = lab.drv_a.added[0], lab.drv_b.added[0]
-    driver_a, bridge_a, wire_a = bridged(host_filter("a-b", A, B))
-    driver_b, bridge_b, wire_b = bridged(host_filter("b-a", B, A))
+    done_a, done_b, (driver_a, bridge_a, wire_a), (driver_b, bridge_b, wire_b) = negotiated(ah)
     bridge_a.add_sa(done_a)
     bridge_b.add_inbound(done_b)  # quick mode 2 left; quick mode 3 is still on its way
     assert {s["direction"] for s in driver_b.sa_table()} == {"inbound"}

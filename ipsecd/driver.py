@@ -40,7 +40,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ipsecd.egress import Egress, KernelTables, PacketSocket
-from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP, IPsecError, SAExpired, UnknownSPI, classify_udp4500
+from ipsecd.esp import (
+    IPPROTO_AH,
+    IPPROTO_ESP,
+    IPsecError,
+    SAExpired,
+    UnknownSPI,
+    classify_udp4500,
+    l4_checksum_at,
+    pseudo_header_sum,
+)
 from ipsecd.mmsg import BatchReceiver
 from ipsecd.netfilter import Netfilter, comment_name
 from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro, word_sum
@@ -521,17 +530,13 @@ def fix_l4_checksum(packet: bytes) -> bytes:
     >>> fixed[TCP].chksum == expected
     True
     """
-    protocol = packet[9]
-    ihl = (packet[0] & 0x0F) * 4
-    if protocol not in (6, 17) or struct.unpack_from("!H", packet, 6)[0] & 0x3FFF:
-        return packet  # not TCP/UDP, or a fragment: nothing we can recompute here
-    offset = ihl + (16 if protocol == 6 else 6)
-    if len(packet) < offset + 2 or (protocol == 17 and packet[offset:offset + 2] == b"\x00\x00"):
-        return packet
+    offset = l4_checksum_at(packet)
+    if offset is None:
+        return packet  # not TCP/UDP with a checksum, or a fragment: nothing we can recompute here
     # No copies: the pseudo-header's words, less the old checksum word, added to the segment's sum
-    pseudo = int.from_bytes(packet[12:20], "big") + protocol + len(packet) - ihl
-    checksum = internet_checksum(packet[ihl:], pseudo - int.from_bytes(packet[offset:offset + 2], "big"))
-    if protocol == 17 and checksum == 0:
+    checksum = internet_checksum(packet[(packet[0] & 0x0F) * 4:],
+                                 pseudo_header_sum(packet) - int.from_bytes(packet[offset:offset + 2], "big"))
+    if packet[9] == 17 and checksum == 0:
         checksum = 0xFFFF
     return packet[:offset] + checksum.to_bytes(2, "big") + packet[offset + 2:]
 

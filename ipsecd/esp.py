@@ -209,18 +209,37 @@ def udp_header(sport: int, dport: int, payload_length: int) -> bytes:
     return struct.pack("!HHHH", sport, dport, UDP_HEADER + payload_length, 0)
 
 
+def l4_checksum_at(packet: bytes) -> int | None:
+    """Where the TCP or UDP checksum of an IPv4 packet is, if it can be redone for the packet's
+    addresses; None for another protocol, a fragment, a truncated packet or UDP without a checksum.
+
+    >>> l4_checksum_at(ipv4_header(bytes(4), bytes(4), 6, 20) + bytes(20))
+    36
+    """
+    ihl = (packet[0] & 0x0F) * 4
+    protocol = packet[9]
+    at = ihl + (16 if protocol == 6 else 6)
+    if (protocol not in (6, IPPROTO_UDP) or packet[6] & 0x3F or packet[7] or len(packet) < at + 2
+            or (protocol == IPPROTO_UDP and packet[at:at + 2] == b"\x00\x00")):
+        return None
+    return at
+
+
+def pseudo_header_sum(packet: bytes) -> int:
+    """The sum of the TCP/UDP pseudo-header's 16-bit words (addresses, protocol, the length after the IP
+    header), unfolded."""
+    return int.from_bytes(packet[12:20], "big") + packet[9] + len(packet) - (packet[0] & 0x0F) * 4
+
+
 def nat_checksum_fixup(packet: bytes, original_src: bytes, original_dst: bytes) -> bytes:
     """RFC 3948 §3.1.2 (transport mode through a NAT): update the TCP/UDP checksum, which
     the peer computed over its original addresses (NAT-OA, RFC 3947 §5.2), to the
     addresses now in ``packet``'s IPv4 header.  Incremental, RFC 1624 eqn. 3.
     """
-    ihl = (packet[0] & 0x0F) * 4
-    offset = ihl + (16 if packet[9] == 6 else 6 if packet[9] == IPPROTO_UDP else -ihl)
-    if offset < ihl or len(packet) < offset + 2 or packet[12:20] == original_src + original_dst:
+    offset = l4_checksum_at(packet)
+    if offset is None or packet[12:20] == original_src + original_dst:
         return packet
     checksum = int.from_bytes(packet[offset:offset + 2], "big")
-    if checksum == 0 and packet[9] == IPPROTO_UDP:
-        return packet  # UDP without checksum
     old, new = _unpack_addresses(original_src + original_dst), _unpack_addresses(packet[12:20])
     s = (~checksum & 0xFFFF) + 4 * 0xFFFF - sum(old) + sum(new)
     while s >> 16:

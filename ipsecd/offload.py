@@ -32,6 +32,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ipsecd.esp import l4_checksum_at, pseudo_header_sum
+
 VNET_HEADER = struct.Struct("<BBHHHH")  # struct virtio_net_hdr, host (little-endian) byte order
 VNET_HEADER_SIZE = VNET_HEADER.size
 NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM: the checksum at csum_start + csum_offset is only partial
@@ -102,16 +104,17 @@ def partial_frame(packet: bytes) -> bytes:
     ...     IP(src="203.0.113.1", dst="203.0.113.2") / TCP(dport=80)))[TCP].chksum
     ((1, 0, 0, 0, 20, 16), True)
     """
-    ihl = (packet[0] & 0x0F) * 4
-    protocol = packet[9]
-    offset = 16 if protocol == 6 else 6 if protocol == 17 else 0
-    at = ihl + offset
-    if (not offset or packet[6] & 0x3F or packet[7] or len(packet) < at + 2
-            or (protocol == 17 and packet[at:at + 2] == b"\x00\x00")):
+    at = l4_checksum_at(packet)
+    if at is None:
         return PLAIN_HEADER + packet
-    pseudo = (int.from_bytes(packet[12:20], "big") + protocol + len(packet) - ihl) % 0xFFFF or 0xFFFF
-    return b"".join((VNET_HEADER.pack(NEEDS_CSUM, GSO_NONE, 0, 0, ihl, offset), packet[:at],
-                     pseudo.to_bytes(2, "big"), packet[at + 2:]))
+    ihl = (packet[0] & 0x0F) * 4
+    return b"".join((VNET_HEADER.pack(NEEDS_CSUM, GSO_NONE, 0, 0, ihl, at - ihl), packet[:at],
+                     _partial_field(pseudo_header_sum(packet)), packet[at + 2:]))
+
+
+def _partial_field(pseudo: int) -> bytes:
+    """What a CHECKSUM_PARTIAL packet's checksum field holds: the folded pseudo-header sum, not inverted."""
+    return (pseudo % 0xFFFF or 0xFFFF).to_bytes(2, "big")
 
 
 def segments(frame: bytes) -> list[bytes]:
@@ -245,10 +248,10 @@ class Coalescer:
         ip_checksum = _fold(int.from_bytes(ip_head + first[12:20], "big")).to_bytes(2, "big")
         # NEEDS_CSUM: the TCP checksum field holds the pseudo-header sum, not inverted; the kernel
         # completes it when it has to (forwarding), local delivery trusts it (ESP authenticated it)
-        pseudo = (int.from_bytes(first[12:20], "big") + 6 + total - 20) % 0xFFFF or 0xFFFF
+        pseudo = _partial_field(int.from_bytes(first[12:20], "big") + 6 + total - 20)
         vnet = VNET_HEADER.pack(NEEDS_CSUM, GSO_TCPV4, self._header, self._mss, 20, 16)
         self._write(b"".join((vnet, ip_head, ip_checksum, first[12:33], bytes((self._flags,)),
-                              first[34:36], pseudo.to_bytes(2, "big"), first[38:], *run[1:])))
+                              first[34:36], pseudo, first[38:], *run[1:])))
 
 
 #: IPv4 (no options) + TCP up to the window: version/IHL, TOS, total length, identification, fragment,

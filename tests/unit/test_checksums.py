@@ -8,6 +8,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
 from ipsecd.driver import fix_l4_checksum
+from ipsecd.esp import nat_checksum_fixup
 
 
 def natted(packet: bytes) -> bytes:
@@ -43,6 +44,9 @@ def test_udp_without_checksum_stays_without_and_a_computed_zero_is_sent_as_all_o
 
 def test_fragments_and_other_protocols_are_left_alone():
     fragment = bytes(IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / UDP(sport=1, dport=2) / (b"x" * 40))
+    later = bytes(IP(src="10.0.0.1", dst="10.0.0.2", proto=17, frag=5) / (b"y" * 40))  # no UDP header in it
     icmp = bytes(IP(src="10.0.0.1", dst="10.0.0.2", proto=1) / b"\x08\x00\x00\x00")
-    assert fix_l4_checksum(natted(fragment)) == natted(fragment)
-    assert fix_l4_checksum(icmp) == icmp
+    original = bytes([192, 168, 1, 10]), bytes([10, 0, 0, 2])
+    for packet in (natted(fragment), natted(later), icmp):
+        assert fix_l4_checksum(packet) == packet
+        assert nat_checksum_fixup(packet, *original) == packet  # NAT-OA's incremental update, likewise

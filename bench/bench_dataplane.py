@@ -32,9 +32,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.bench_strongswan import STRONGSWAN, fresh_sa
 from bench.common import Row, lab_running
 from lab.docker_backend import DockerBackend, Lab, Node
-from lab.strongswan import Charon, Tunnel
+from lab.strongswan import Charon
 from lab.traffic import wait_listening
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
@@ -95,7 +96,6 @@ RATIOS = (
      "strongSwan tunnel 3des-sha1"),
     ("ipsecd transport AES-GCM-128 / plain lab link", "ipsecd transport aes-gcm-128", "plain lab link"),
 )
-STRONGSWAN = {"image": "strongswan", "routes": []}
 
 LINK_OFFLOAD = ("for i in /sys/class/net/eth*; do ethtool -K ${i##*/} tx on tx-udp-segmentation on gro on"
                 " rx-udp-gro-forwarding on >/dev/null 2>&1; done;"
@@ -286,11 +286,7 @@ def case_lab(backend: DockerBackend, case: Case, name: str, folder: Path) -> Ite
                 node.exec(["sh", "-c", LINK_OFFLOAD], check=True)
         if case.strongswan:
             charons = {n: Charon(lab.node(n)).start() for n in ("gw-a", "gw-b")}
-            for me, peer in (("gw-a", "gw-b"), ("gw-b", "gw-a")):
-                sites = [str(lab.topology.node(n).interfaces["eth1"].address.network) for n in (me, peer)]
-                charons[me].load(Tunnel(lab.node(me).address("eth2"), lab.node(peer).address("eth2"), *sites,
-                                        "aes128-sha1-modp2048", case.strongswan, psk="bench"))
-            charons["gw-a"].initiate()
+            fresh_sa(charons, lab, "aes128-sha1-modp2048", case.strongswan)
         yield lab
 
 
@@ -366,7 +362,9 @@ def run() -> list[Row]:
                             note="CPU time, timed before each round"))
     rows += [case_rows(case, udp, results[case.label, udp]) for case in CASES for udp in (False, True)]
     for name, numerator, denominator in RATIOS:
-        pairs = zip(results.get((numerator, False), ()), results.get((denominator, False), ()), strict=True)
+        if not {(numerator, False), (denominator, False)} <= results.keys():
+            continue  # a shortened CASES (while working on the bench)
+        pairs = zip(results[numerator, False], results[denominator, False], strict=True)
         ratios = [a["mbits"] / b["mbits"] for a, b in pairs if b["mbits"]]
         if ratios:
             rows.append(_median_row(f"TCP {name}", ratios, "x", higher_is_better=True,

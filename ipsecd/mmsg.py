@@ -43,7 +43,6 @@ POINTER, MMSGHDR_SIZE = struct.Struct("@P"), ctypes.sizeof(Mmsghdr)
 NAME_AT = Mmsghdr.hdr.offset + Msghdr.name.offset
 _LENGTH = struct.Struct("@I")
 _LENGTH_AT = Mmsghdr.length.offset
-MSG_DONTWAIT = socket.MSG_DONTWAIT
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 sendmmsg = _libc.sendmmsg
@@ -95,7 +94,7 @@ class BatchReceiver:
 
     def receive(self) -> list[bytes]:
         """The datagrams waiting, at most `batch`; [] when there are none; OSError on another error."""
-        count = recvmmsg(self._fd, self._address, self._batch, MSG_DONTWAIT, None)
+        count = recvmmsg(self._fd, self._address, self._batch, socket.MSG_DONTWAIT, None)
         if count < 0:
             error = errno_error()
             if isinstance(error, BlockingIOError):

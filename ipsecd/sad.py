@@ -366,8 +366,8 @@ class SecurityAssociation:
         ``src``/``dst`` are the datagram's addresses and ``tos`` its TOS byte (ECN
         included); transport mode rebuilds the inner header from them, with TTL 64 and,
         for the identification the socket does not tell, the ESP sequence number's low
-        16 bits: consecutive packets of a flow get consecutive identifications, as their
-        sender gave them, so the receiving side can still merge them (ipsecd.offload).
+        16 bits: packets in sequence get consecutive identifications, so the receiving
+        side can still merge a flow's segments (ipsecd.offload).
         """
         if self._replay is None:
             raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")

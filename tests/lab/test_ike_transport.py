@@ -261,16 +261,13 @@ def test_kilobyte_lifetime_rekeys_under_traffic(pair):
     # rekey with the packet that passed it, so before the SA after it was added. A once-a-second check
     # mostly comes after the hard limit (at this rate 1000 KB last well under a second), and the acquire
     # that the hard limit makes brings the next SA first.
-    log = [line for line in a.exec(["cat", "/var/log/ipsecd.log"], check=True).stdout.splitlines()
-           if " outbound " in line and ("SA added: " in line or "soft lifetime reached" in line)]
-    added = [int(line.split(" SPI ")[1].split()[0], 16) for line in log if "SA added: " in line]
-    asked_at = {int(line.split(" SPI ")[1].split()[0], 16): i for i, line in enumerate(log)
-                if "soft lifetime reached" in line}
-    added_at = {spi: i for i, line in enumerate(log) for spi in added if "SA added: " in line
-                and f"SPI {spi:#010x}" in line}
+    log = a.exec(["cat", "/var/log/ipsecd.log"], check=True).stdout.splitlines()
+    order = [("asked" if "soft lifetime" in line else "added", int(line.split(" SPI ")[1].split()[0], 16))
+             for line in log if " outbound " in line and ("SA added: " in line or "soft lifetime" in line)]
     for spi in (spi for spi, size in sent.items() if size >= 1000 * 1024):
-        successors = [added_at[s] for s in added if added_at[s] > added_at[spi]]
-        assert spi in asked_at and asked_at[spi] < min(successors, default=len(log)), "\n".join(log)
+        life = order[order.index(("added", spi)) + 1:]  # from this SA's addition to the next one's
+        life = life[:next((i for i, (kind, _) in enumerate(life) if kind == "added"), len(life))]
+        assert ("asked", spi) in life, order
     assert any("rekey" in e["kind"] for e in events(a) + events(b))
     assert counters(b)["packets_not_authenticated"] == counters(b)["replayed_packets"] == 0
 

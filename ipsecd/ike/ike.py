@@ -40,7 +40,11 @@ COUNTER_NAMES = (
     "Malformed Packets",
     "Retransmissions",
     "Duplicates Answered",
+    "Duplicates Dropped",
 )
+#: A retransmission of the message we last answered is answered again at most this many times per exchange
+#: (the peer retransmits 6 times; a replay flood gets no more).
+DUPLICATE_ANSWERS = 4
 
 
 class Driver(Protocol):
@@ -102,6 +106,8 @@ class Exchange:
     rule: Rule | None = None
     last_sent: list[bytes] = field(default_factory=list)
     last_received: bytes = b""
+    answered: bytes = b""  # the received message that `last_sent` answers (b"" when nothing answers it)
+    duplicates_answered: int = 0
     attempts: int = 0
     timer: Timer | None = None
     acquire: tuple[Selector, Selector] | None = None  # for quick mode initiators
@@ -304,6 +310,28 @@ class IKE:
     # -- receiving ------------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        """Every datagram is processed or dropped and counted: a defect of ours that a datagram reaches is
+        counted and said, the exchange it opened is freed, and IKE goes on with the next one."""
+        opened = len(self.pending_main), len(self.pending_quick)
+        try:
+            self._dispatch(data, addr, local_port)
+        except Exception as exc:
+            self.counters["Dropped: internal error"] += 1
+            self.note(f"dropped a datagram from {addr[0]}:{addr[1]} on an internal error: "
+                      f"{type(exc).__name__}: {str(exc)[:200]}")
+            log.debug("internal error on a datagram from %s", addr, exc_info=True)
+            if (len(self.pending_main), len(self.pending_quick)) != opened:
+                self._forget_half_open(addr)
+
+    def _forget_half_open(self, addr: tuple[str, int]) -> None:
+        """The newest exchange with `addr` that has sent nothing yet: opened by the datagram that failed."""
+        for table in (self.pending_main, self.pending_quick):
+            for key, ex in reversed(list(table.items())):
+                if ex.peer == addr and not ex.last_sent:
+                    del table[key]
+                    return
+
+    def _dispatch(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         try:
             msg = Message.decode(data)
         except MalformedMessage as exc:
@@ -329,12 +357,19 @@ class IKE:
             self._informational(self.main_modes[cookies], msg, addr)
 
     def _duplicate(self, ex: Exchange, data: bytes) -> bool:
-        """A retransmission of what we already answered: answer it again from the last reply."""
+        """A retransmission of the last message received: answered again from the last reply if that reply
+        answers it, a few times at most; dropped (and counted) if it ended the exchange on our side, such as
+        main mode 6 at the initiator or quick mode 3 at the responder, whose "answer" would draw the peer's
+        answer in turn: an endless loop between two daemons."""
         if data != ex.last_received:
             return False
-        for wire in ex.last_sent:
-            self.sender(wire, ex.peer, ex.local_port)
-        self.counters["Duplicates Answered"] += 1
+        if data == ex.answered and ex.duplicates_answered < DUPLICATE_ANSWERS:
+            ex.duplicates_answered += 1
+            for wire in ex.last_sent:
+                self.sender(wire, ex.peer, ex.local_port)
+            self.counters["Duplicates Answered"] += 1
+        else:
+            self.counters["Duplicates Dropped"] += 1
         return True
 
     def _main_mode_message(self, msg: Message, data: bytes, addr: tuple[str, int], local_port: int) -> None:
@@ -372,7 +407,8 @@ class IKE:
             )
         if ex.machine.state == before:
             return  # nothing changed: not for this state (late duplicate, stray message)
-        ex.last_received = data
+        ex.last_received, ex.answered = data, (data if replies else b"")
+        ex.duplicates_answered = 0
         if ex.machine.state != "failed" and (addr, local_port) != (ex.peer, ex.local_port):
             ex.peer, ex.local_port = addr, local_port  # the peer floated or its NAT mapping moved
         self._cancel(ex)

@@ -36,11 +36,15 @@ def feed(ike, data: bytes) -> None:
     ike.datagram_received(data, (A, 500), 500)
 
 
+def transforms(n: int) -> list[Transform]:
+    """`n` copies of an acceptable main mode transform."""
+    attributes = offer_transform(1, MainModeOffer("3des", "sha1", 2), "psk").attributes
+    return [Transform(i % 256, 1, attributes) for i in range(n)]
+
+
 def test_256_transforms_are_refused_as_malformed_without_an_exception_or_half_open_state():
     ike = responder()
-    junk = [Transform(n % 256, 1, offer_transform(1, MainModeOffer("3des", "sha1", 2), "psk").attributes)
-            for n in range(256)]
-    feed(ike, main_mode_1(junk, count=0))  # the count byte cannot say 256
+    feed(ike, main_mode_1(transforms(256), count=0))  # the count byte cannot say 256
     assert ike.counters["Malformed Packets"] == 1
     assert not ike.pending_main
 

@@ -112,6 +112,7 @@ class Exchange:
     timer: Timer | None = None
     acquire: tuple[Selector, Selector] | None = None  # for quick mode initiators
     early_inbound: QuickModeDone | None = None  # a quick mode responder's inbound SAs, installed at QM2
+    started: float = 0.0  # main mode: when its first message left or arrived
 
 
 @dataclass
@@ -141,6 +142,15 @@ class QuickModeEntry:
             sa.remote_selector,
             sa.isakmp_sa.remote[0],
         )
+
+
+def same_peer(old: IsakmpSA, new: IsakmpSA) -> bool:
+    """The same peer computer: the same address, and when a NAT was seen on either (one public address may
+    hide many hosts) the same authenticated identity too."""
+    if old.remote[0] != new.remote[0]:
+        return False
+    nat = any(sa.nat and sa.nat.remote_behind_nat for sa in (old, new))
+    return not nat or old.peer_identity == new.peer_identity
 
 
 class AsyncioClock:
@@ -387,7 +397,7 @@ class IKE:
                 self.note(f"main mode from {addr[0]} refused: no rule covers this peer")
                 return
             machine = main_mode.Responder(rule.policy, (self.local_address, local_port), addr)
-            ex = Exchange(machine, addr, local_port, rule)
+            ex = Exchange(machine, addr, local_port, rule, started=self.clock.time())
             self.pending_main[msg.icookie] = ex
         elif self._duplicate(ex, data):
             return
@@ -439,11 +449,9 @@ class IKE:
         sa.local, sa.remote = (self.local_address, ex.local_port), ex.peer
         self.counters["Oakley Main Modes"] += 1
         entry = MainModeEntry(sa, ex.rule, self.clock.time(), ex)
-        if not sa.initiator and ex.machine.peer_initial_contact:
-            for cookies, old in list(self.main_modes.items()):
-                if old.sa.remote[0] == sa.remote[0] and not (old.sa.nat and old.sa.nat.detected):
-                    self._forget_peer(cookies, "the peer sent INITIAL-CONTACT")
         self.main_modes[sa.cookies] = entry
+        if ex.machine.peer_initial_contact:
+            self._initial_contact(sa, ex.started)
         nat = f", {sa.nat.describe()}" if sa.nat else ""
         self.note(f"{sa.describe()} established{nat}, lifetime {sa.lifetime} s")
         entry.timers.append(
@@ -576,16 +584,33 @@ class IKE:
                 self._peer_notify(mm, p, pending)
 
     def _peer_delete(self, mm: MainModeEntry, delete: isakmp.Delete) -> None:
+        """A DELETE acts on the sender's own SAs only: SPIs and cookies of another peer's are ignored."""
+        reason = f"peer {mm.sa.remote[0]} deleted it"
         if delete.protocol == ProtocolID.ISAKMP:
             for spi in delete.spis:
-                if spi in self.main_modes:
-                    self._remove_main_mode(spi, f"peer {mm.sa.remote[0]} deleted it", notify_peer=False)
+                target = self.main_modes.get(spi)
+                if target and same_peer(target.sa, mm.sa):
+                    self._remove_main_mode(spi, reason, notify_peer=False)
             return
         for spi in delete.spis:
             value = int.from_bytes(spi, "big")
             for inbound, entry in list(self.quick_modes.items()):
-                if value in (child.spi for child in entry.sa.outbound.chain()):
-                    self._remove_quick_mode(inbound, f"peer {mm.sa.remote[0]} deleted it", notify_peer=False)
+                mine = value in (c.spi for c in entry.sa.outbound.chain())
+                if mine and same_peer(entry.sa.isakmp_sa, mm.sa):
+                    self._remove_quick_mode(inbound, reason, notify_peer=False)
+
+    def _initial_contact(self, sa: IsakmpSA, since: float) -> None:
+        """The peer (re)started before `since` (when the main mode that told us began): the SAs we had with
+        it from before then are stale, whatever main mode they were under. Those set up since are the
+        restarted peer's own (two main modes crossing after a restart): they stay, on both sides."""
+        reason = f"peer {sa.remote[0]} sent INITIAL-CONTACT"
+        self.note(reason)
+        for spi, qm in list(self.quick_modes.items()):
+            if qm.installed < since and same_peer(qm.sa.isakmp_sa, sa):
+                self._remove_quick_mode(spi, reason, notify_peer=False)
+        for cookies, old in list(self.main_modes.items()):
+            if old.established < since and old.sa is not sa and same_peer(old.sa, sa):
+                self._remove_main_mode(cookies, reason, notify_peer=False)
 
     def _peer_notify(self, mm: MainModeEntry, notify: isakmp.Notify, pending: list[Exchange]) -> None:
         if notify.notify_type == NotifyType.INVALID_SPI:
@@ -598,7 +623,7 @@ class IKE:
                     )
             return
         if notify.notify_type == NotifyType.INITIAL_CONTACT:
-            self.note(f"peer {mm.sa.remote[0]} sent INITIAL-CONTACT")
+            self._initial_contact(mm.sa, mm.established)
             return
         if notify.notify_type >= 8192:
             self.note(f"peer {mm.sa.remote[0]} sent status {notify.name}")
@@ -626,7 +651,7 @@ class IKE:
             rule.policy, (self.local_address, self.port), (peer, self.port), initial_contact=initial_contact
         )
         first = machine.start()
-        ex = Exchange(machine, (peer, self.port), self.port, rule)
+        ex = Exchange(machine, (peer, self.port), self.port, rule, started=self.clock.time())
         self.pending_main[machine.icookie] = ex
         self.note(f"rule {rule.name}: starting main mode with {peer}")
         self._transmit(ex, [first], expect_reply=True)
@@ -738,13 +763,6 @@ class IKE:
             f"main mode SA {cookies[:8].hex()}:{cookies[8:].hex()} with {entry.sa.remote[0]} "
             f"deleted: {reason}"
         )
-
-    def _forget_peer(self, cookies: bytes, reason: str) -> None:
-        entry = self.main_modes.get(cookies)
-        for spi, qm in list(self.quick_modes.items()):
-            if entry and qm.sa.isakmp_sa is entry.sa:
-                self._remove_quick_mode(spi, reason, notify_peer=False)
-        self._remove_main_mode(cookies, reason, notify_peer=False)
 
     # -- monitoring ----------------------------------------------------------------------------------
 

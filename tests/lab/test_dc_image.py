@@ -97,12 +97,18 @@ def probe(member: Node, address: str, krb5_conf: str = "krb5.conf", searches: in
 
 
 def memory(dc: Node) -> tuple[int, str]:
-    """The container's memory as `docker stats` counts it (cgroup usage less inactive file pages), and
-    samba's resident set."""
+    """The container's memory as `docker stats` counts it (cgroup usage less inactive file pages: named
+    total_inactive_file under cgroup v1, inactive_file under v2; active page cache left by earlier samba
+    starts still counts), its anonymous part, and samba's resident set."""
     stats = dc.container.stats(stream=False)["memory_stats"]
-    used = stats["usage"] - stats["stats"].get("inactive_file", 0)
+    counters = stats["stats"]
+    used = stats["usage"] - counters.get("total_inactive_file", counters.get("inactive_file", 0))
+    anonymous = counters.get("total_rss", counters.get("anon", 0))
     rss = dc.exec("grep VmRSS /proc/$(cat /run/lab/samba.pid)/status", check=True).stdout.split()[1]
-    return used, f"container {used / 2**20:.1f} MiB, samba RSS {int(rss) / 1024:.1f} MiB"
+    return used, (
+        f"container {used / 2**20:.1f} MiB (anonymous {anonymous / 2**20:.1f}), "
+        f"samba RSS {int(rss) / 1024:.1f} MiB"
+    )
 
 
 def test_dc_ready_about_a_second_after_samba_starts(domain: Lab) -> None:
@@ -128,7 +134,10 @@ def test_dc_ready_about_a_second_after_samba_starts(domain: Lab) -> None:
         f"\nsamba start to dc-ready: median {statistics.median(seconds):.2f} s "
         f"({', '.join(f'{s:.2f}' for s in seconds)}); one dc-ready call {float(check.stdout):.3f} s"
     )
-    assert statistics.median(seconds) < 5
+    # About a second on a quiet machine, 4 s with a load of 7 on 2 cores; provisioning at start would take
+    # 5-7 s more, making TLS keys 1-3 s (shared/research/samba-dc.md §6).
+    assert statistics.median(seconds) < 10
+    assert "autogenerate TLS" not in samba.log(), "the TLS keys were not baked into the image"
     assert "WARNING" not in samba.log().replace("WARNING: no network interfaces found", "")
 
 

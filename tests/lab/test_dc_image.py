@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from lab import topology as topologies
+from lab.backend import LabError
 from lab.capture import wait_until
-from lab.docker_backend import DockerBackend, Lab, LabError, Node, Process
+from lab.docker_backend import DockerBackend
 from lab.pytest_plugin import lab_prefix
+from lab.running import Lab, Node, Process
 
 # images/dc/README.md: the start and readiness commands the lab runs in the dc node.
 DC_START = ["samba", "-F", "--no-process-group", "--debug-stdout", "-M", "single"]

@@ -19,8 +19,8 @@ from scenarios.policy_lab import (
     wait_for_sas,
 )
 
+from lab.backend import CommandError
 from lab.capture import Capture, assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
-from lab.docker_backend import CommandError
 from lab.traffic import tcp_transfer
 
 SCENARIO = "policy-secure-server"

@@ -144,6 +144,12 @@ class QuickModeEntry:
         )
 
 
+def covers(outer: Selector, inner: Selector) -> bool:
+    """Traffic of `inner` is traffic of `outer` (network, and protocol and port where `outer` names one)."""
+    return (inner.network.subnet_of(outer.network) and outer.protocol in (0, inner.protocol)
+            and outer.port in (0, inner.port))
+
+
 def same_peer(old: IsakmpSA, new: IsakmpSA) -> bool:
     """The same peer computer: the same address, and when a NAT was seen on either (one public address may
     hide many hosts) the same authenticated identity too."""
@@ -269,11 +275,8 @@ class IKE:
         self._acquire(rule, local, remote, peer)
 
     def _acquire(self, rule: Rule, local: Selector, remote: Selector, peer: str) -> None:
-        if any(
-            ex.acquire == (local, remote) and ex.machine.sa.remote[0] == peer and not ex.machine.done
-            for ex in self.pending_quick.values()
-        ):
-            return  # already negotiating this one (a finished exchange kept for duplicates does not count)
+        if self._negotiating(local, remote, peer):
+            return
         mm = self._main_mode_with(peer)
         if mm:
             self._start_quick_mode(mm, rule, local, remote)
@@ -282,6 +285,22 @@ class IKE:
         waiting.append((rule, local, remote))
         if len(waiting) == 1 and not any(ex.peer[0] == peer for ex in self.pending_main.values()):
             self._start_main_mode(rule, peer)
+
+    def _negotiating(self, local: Selector, remote: Selector, peer: str) -> bool:
+        """A quick mode in progress with `peer` will secure this traffic: ours for the same acquire, or the
+        peer's that we answered (its SAs cover the packet, typically our reply to the packet it holds).
+        A finished exchange kept for duplicates does not count."""
+        for ex in self.pending_quick.values():
+            machine = ex.machine
+            if machine.sa.remote[0] != peer or machine.done:
+                continue
+            if ex.acquire == (local, remote):
+                return True
+            answered = ex.early_inbound  # a responder's: set as its quick mode 2 leaves
+            if answered and covers(answered.local_selector, local) and covers(
+                    answered.remote_selector, remote):
+                return True
+        return False
 
     def datagram_4500(self, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram on UDP 4500 (from the driver, or our own socket in tests)."""

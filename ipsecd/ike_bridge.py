@@ -31,6 +31,7 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ipsecd.ike.ike import RATE_TABLE_LIMIT
 from ipsecd.ike.quick_mode import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
 from ipsecd.sad import Lifetime, SecurityAssociation
@@ -200,6 +201,8 @@ class IKEBridge:
         now, last = time.monotonic(), self.invalid_spi_seen.get(peer, -INVALID_SPI_INTERVAL)
         if self.ike is None or now - last < INVALID_SPI_INTERVAL:
             return
+        if len(self.invalid_spi_seen) >= RATE_TABLE_LIMIT:  # source addresses come from the network
+            self.invalid_spi_seen.clear()
         self.invalid_spi_seen[peer] = now
         if self.ike.has_main_mode_with(peer):
             self.ike.invalid_spi(spi, peer, protocol)

@@ -36,7 +36,7 @@ def test_a_flood_from_many_sources_holds_at_most_the_total_and_a_real_peer_still
 
 
 def test_one_source_holds_at_most_its_share():
-    _, net, _, (ike_b, _), _ = pair(PSK)
+    ike_b = pair(PSK)[3][0]
     for _ in range(5 * HALF_OPEN_PER_SOURCE):
         ike_b.datagram_received(main_mode_1(), ("10.9.9.9", 500), 500)
     assert len(ike_b.pending_main) == HALF_OPEN_PER_SOURCE

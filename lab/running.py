@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lab import node_setup, services
@@ -141,7 +141,7 @@ class Node:
         service = self.services.service(name)
         given = self.spec.service_files().get(name)
         if given is not None and service.file is not None:
-            self.put_file(service.file, given.read_bytes())
+            self._put_service_file(service.name, PurePosixPath(service.file), given)
         process = self.spawn(list(service.command), name=name, log=service.log)
 
         def ready() -> bool:
@@ -156,6 +156,17 @@ class Node:
         wait_until(ready, service.timeout, what=f"{self.name}: {name} to be ready ({conditions})")
         log.info("%s: %s started%s", self.name, name, f" with {given}" if given else "")
         return process
+
+    def _put_service_file(self, service: str, target: PurePosixPath, given: Path) -> None:
+        """The topology's file for a service at `target`; a folder (a node configuration with its policy
+        store) is copied, tree and all, into the folder of `target`, and must hold a file named as it."""
+        if not given.is_dir():
+            self.put_file(str(target), given.read_bytes())
+            return
+        if not (given / target.name).is_file():
+            raise LabError(f"{self.name}: {given} has no {target.name} (the main file of {service}'s folder)")
+        for path in sorted(p for p in given.rglob("*") if p.is_file()):
+            self.put_file(str(target.parent / path.relative_to(given).as_posix()), path.read_bytes())
 
     def tail_logs(self, lines: int) -> str:
         """The last `lines` of each log in the node (its image's services', then spawned processes'), each

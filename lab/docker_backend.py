@@ -94,6 +94,7 @@ class DockerBackend:
         lab = Lab(name, topology, results_dir or RESULTS / "labs" / name, self)
         tags = {kind: self.images.ensure(kind) for kind in {n.image for n in topology.nodes.values()}}
         specs = list(topology.nodes.values())
+        began = time.monotonic()
         try:
             links.create(topology)
             started = self._each(
@@ -103,15 +104,18 @@ class DockerBackend:
                 lambda spec: f"starting {self._container_name(name, spec.name)}",
             )
             containers = {spec.name: c for spec, c in zip(specs, started, strict=True)}
+            lab.timings["containers"] = time.monotonic() - began
             for spec in specs:
                 links.wire(spec, _netns_path(containers[spec.name]))
             self._wait_wired(specs, containers)
+            lab.timings["links"] = time.monotonic() - began - lab.timings["containers"]
             self._each(
                 f"lab {name}: nodes configured",
                 node_setup.configure,
                 list(lab.nodes.values()),
                 lambda node: f"configuring {node.name}",
             )
+            lab.timings["services"] = time.monotonic() - began - sum(lab.timings.values())
         except BaseException:
             self.down(name)
             raise
@@ -199,7 +203,7 @@ class DockerBackend:
             sysctls=spec.all_sysctls(),
             labels=labels,
         )
-        container.reload()
+        container.reload()  # run() inspected it before starting it: no State.Pid yet
         return container
 
     def restart(self, lab: Lab, node: str) -> Node:
@@ -228,7 +232,7 @@ class DockerBackend:
                     "container": containers[spec.name].name,
                     "id": containers[spec.name].id[:12],
                     "role": spec.role,
-                    "image": self._image_name(containers[spec.name]),
+                    "image": containers[spec.name].attrs["Config"]["Image"],  # as created: no engine call
                     "interfaces": {
                         i.name: {
                             "segment": i.segment,
@@ -241,11 +245,6 @@ class DockerBackend:
                 for spec in lab.topology.nodes.values()
             },
         }
-
-    @staticmethod
-    def _image_name(container: Container) -> str:
-        image = container.image
-        return image.tags[0] if image.tags else image.id
 
     # -- down and status ---------------------------------------------------------------------------------
     def down(self, name: str) -> list[str]:

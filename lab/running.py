@@ -234,6 +234,8 @@ class Lab:
     def __init__(self, name: str, topology: Topology, results_dir: Path, backend: Backend):
         self.name, self.topology, self.results_dir, self.backend = name, topology, results_dir, backend
         self.nodes: dict[str, Node] = {n: Node(self, spec) for n, spec in topology.nodes.items()}
+        #: Seconds each phase of `up` took (the backend says which: containers, links, services).
+        self.timings: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"<Lab {self.name} ({self.topology.name}): {', '.join(self.nodes)}>"

@@ -14,6 +14,7 @@ ldap3 and gssapi are imported when a connection is made: the pure parts of the s
 from __future__ import annotations
 
 import contextlib
+import math
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,7 +88,8 @@ class Directory:
                                 password=None if kerberos else c.password or "",
                                 authentication=ldap3.SASL if kerberos else ldap3.SIMPLE,
                                 sasl_mechanism=ldap3.GSSAPI if kerberos else None,
-                                receive_timeout=s.timeout, raise_exceptions=False)
+                                receive_timeout=max(1, math.ceil(s.timeout)),  # ldap3 packs it as an int
+                                raise_exceptions=False)
         try:
             conn.open()  # TLS first: no KDC is asked anything while the DC does not answer
             if kerberos:

@@ -137,6 +137,14 @@ def test_dc_stopped_the_cache_serves_and_a_corrupt_blob_is_refused_with_its_dn(d
     assert offline["ipsec_id"] == before["ipsec_id"] and offline["when_changed"] == before["when_changed"]
     assert offline["seconds"] < 3, offline
     print(f"\nDC stopped: the cache applies after {offline['seconds']} s ({offline['reason']})")
+    dc.firewall(["tcp/636"])  # a DC that does not answer at all: the connect timeout, no resolver stall
+    try:
+        silent = probe(member, "sync")
+    finally:
+        dc.firewall([])
+    assert silent["source"] == "cache" and silent["ipsec_id"] == before["ipsec_id"], silent
+    assert silent["seconds"] < 3 and dc.dropped() > 0, silent
+    print(f"DC silent (packets dropped): the cache applies after {silent['seconds']} s")
     back = probe(member, "sync")
     assert back["source"] == "directory"
 

@@ -25,6 +25,7 @@ What the documents describe (Policy Agent, local cache, policies stored in Activ
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import os
 import time
@@ -306,7 +307,7 @@ class DirectoryStore:
         return self._directory
 
     def _search(self, base: str, scope: str, ldap_filter: str, attributes: Iterable[str]) \
-            -> list[tuple[str, Attributes]]:
+            -> builtins.list[tuple[str, Attributes]]:
         """One search; a kept connection that broke (the DC restarted) is replaced once."""
         fresh = self._directory.conn is None
         try:

@@ -87,15 +87,16 @@ def try_lines(lab: Lab) -> list[str]:
     first, last = nodes[0], nodes[-1]
     at = f"--name {lab.name}"
     watched = next(iter(last.spec.interfaces))
-    pcap = lab.results_dir / f"{last.name}-{watched}.pcap"
     ping = f"lab exec {first.name} {at} -- ping -c3 {last.name}"
     capture = (
-        f"lab capture start {last.name} {watched} {at} && {ping} && "
-        f"lab capture stop {last.name} {watched} {at} && lab decode {pcap}"
+        f"lab capture start {last.name} {watched} {at}; {ping}; lab capture stop {last.name} {watched} {at}"
     )
     if any(node.spec.ipsecd for node in nodes):
-        return [f"{ping}            # traffic, secured", f"lab exec {first.name} {at} -- ipsecctl qmsa"
-                "     # its quick mode SAs (also: sa, mmsa, stats, events)", f"{capture}   # ESP, decrypted"]
+        return [
+            f"{ping}    # traffic, secured by ESP",
+            f"lab exec {first.name} {at} -- ipsecctl qmsa    # the quick mode SAs (also: sa, mmsa, stats)",
+            f"{capture}    # then `lab decode PCAP`, as it says: the ESP decrypted",
+        ]
     return [ping, f"lab exec {first.name} {at} -- ip -br addr", capture]
 
 

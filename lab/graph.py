@@ -85,10 +85,11 @@ def relations(
             continue
         methods = action.get("security_methods") or []
         method = str(methods[0]).split(":")[0] if methods else "IPsec"
+        tunnel = str(rule.get("tunnel") or "none")  # the running ipsecd says "none" for transport mode
         for f in (rule.get("filter_list") or {}).get("filters") or []:
             source, destination = str(f.get("source", "any")), str(f.get("destination", "any"))
-            if rule.get("tunnel"):
-                peer = _owner(topology, str(rule["tunnel"])) or str(rule["tunnel"])
+            if tunnel != "none":
+                peer = _owner(topology, tunnel) or tunnel
                 found.append(Relation(node, peer, f"tunnel {source} <-> {destination}\\n{method}"))
                 continue
             what = f"{method} {f.get('protocol') or 'all'}".replace(" any", " all traffic")

@@ -150,14 +150,15 @@ Counters = dict[str, dict[str, int]]
 
 
 def ipsecd_counters(lab: Lab) -> Counters:
-    """node -> `ipsecctl stats` of every node where ipsecd answers (the ipsecmon counters)."""
+    """node -> `ipsecctl stats` of every node where ipsecd answers (the ipsecmon counters, by label)."""
     found = {}
     for node in lab.nodes.values():
         if "ipsecd" not in node.services.services:
             continue
         result = node.exec(["ipsecctl", "stats", "--json"], timeout=10)
         if result.ok:
-            found[node.name] = json.loads(result.stdout)["counters"]
+            stats = json.loads(result.stdout)
+            found[node.name] = {stats["labels"].get(k, k): v for k, v in stats["counters"].items()}
     return found
 
 

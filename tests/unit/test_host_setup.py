@@ -36,7 +36,8 @@ def test_root_installs_the_missing_host_packages(tmp_path):
     done = subprocess.run([ROOT / "tools/host-packages"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     missing = [p for p in listed() if p != "tcpdump"]
-    assert (tmp_path / "bin/apt-get.log").read_text().splitlines() == ["update", f"install -y {' '.join(missing)}"]
+    calls = (tmp_path / "bin/apt-get.log").read_text().splitlines()
+    assert calls == ["update", f"install -y {' '.join(missing)}"]
 
 
 def test_non_root_is_told_the_exact_command(tmp_path):

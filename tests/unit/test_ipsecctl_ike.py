@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ipsecd import ipsecctl, wireshark
-from ipsecd.sad import SecurityAssociation
 from ipsecd.daemon import event_kind, ike_counter_key
+from ipsecd.sad import SecurityAssociation
 
 
 def args(*argv: str) -> argparse.Namespace:
@@ -61,17 +61,18 @@ VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "s
 def test_keys_folder_is_made_and_tshark_decrypts_with_it(tmp_path):
     """`ipsecctl keys --wireshark -o DIR` makes DIR and writes the two UAT files Wireshark loads from a
     configuration folder: with them tshark decrypts strongSwan's main mode message 5 and its ESP."""
-    sas = [SecurityAssociation(0x2C2A598D, "esp", "outbound", "tunnel", "10.77.0.1", "10.77.0.2", "aes-cbc-128",
-                               bytes.fromhex("a4f53ea023eed6ca6a52b4e9c2e0388b"), "hmac-sha1-96",
-                               bytes.fromhex("ce4d49cc19b97ad246f94d1ea736af137d75454d"))]
+    sas = [SecurityAssociation(0x2C2A598D, "esp", "outbound", "tunnel", "10.77.0.1", "10.77.0.2",
+                               "aes-cbc-128", bytes.fromhex("a4f53ea023eed6ca6a52b4e9c2e0388b"),
+                               "hmac-sha1-96", bytes.fromhex("ce4d49cc19b97ad246f94d1ea736af137d75454d"))]
     result = {"esp_sa": wireshark.esp_sa_table(sas), "tshark_args": [],
               "ikev1_decryption_table": ["aecc403f3918efa0,36206d4ef5b4ac7429045639152ca465"]}
     folder = tmp_path / "keys"
     ipsecctl.write_keys(result, args("keys", "--wireshark", "-o", str(folder)))
     pcap = VECTORS / "cap-v1-aes128-sha1-modp2048-outer.pcap"
     decoded = subprocess.run(
-        ["tshark", "-n", "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE", "-Y",
-         "frame.number == 5 || frame.number == 10", "-T", "fields", "-e", "isakmp.id.type", "-e", "icmp.type"],
+        ["tshark", "-n", "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE",
+         "-Y", "frame.number == 5 || frame.number == 10",
+         "-T", "fields", "-e", "isakmp.id.type", "-e", "icmp.type"],
         capture_output=True, text=True, env={**os.environ, "WIRESHARK_CONFIG_DIR": str(folder)}, check=True)
     assert decoded.stdout.split() == ["1", "8"]  # MM5's ID payload (ID_IPV4_ADDR), an echo request
 

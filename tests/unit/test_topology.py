@@ -260,7 +260,8 @@ def test_overrides_remove_a_key_with_none():
 
 def test_ipsecd_folder_must_hold_the_config(tmp_path: Path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(topology.TopologyError, match=r"nodes.host-a.ipsecd: folder .*empty has no ipsecd.yaml"):
+    refused = r"nodes.host-a.ipsecd: folder .*empty has no ipsecd.yaml"
+    with pytest.raises(topology.TopologyError, match=refused):
         topology.load("intranet-pair", {"nodes": {"host-a": {"ipsecd": str(tmp_path / "empty")}}})
 
 

@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from lab import node_setup, services
+from lab import keys, node_setup, services
 from lab.backend import Backend, CommandError, ExecResult, LabError, NodeInstance
 from lab.capture import Capture, wait_until
 from lab.model import NodeSpec, Topology
@@ -110,6 +110,17 @@ class Node:
         data = content.encode() if isinstance(content, str) else content
         self.backend.put_file(self.lab.name, self.name, path, data, mode)
 
+    def put_service_file(self, file: str, given: Path) -> None:
+        """Copy what the topology gives a service: a file to `file`, or a folder (config, policies,
+        certificates) whole into `file`'s folder, modes kept."""
+        if not given.is_dir():
+            self.put_file(file, given.read_bytes())
+            return
+        folder = Path(file).parent
+        for path in sorted(p for p in given.rglob("*") if p.is_file()):
+            mode = path.stat().st_mode & 0o777
+            self.put_file(str(folder / path.relative_to(given)), path.read_bytes(), mode)
+
     def get_file(self, path: str) -> bytes:
         return self.backend.get_file(self.lab.name, self.name, path)
 
@@ -141,7 +152,7 @@ class Node:
         service = self.services.service(name)
         given = self.spec.service_files().get(name)
         if given is not None and service.file is not None:
-            self.put_file(service.file, given.read_bytes())
+            self.put_service_file(service.file, given)
         process = self.spawn(list(service.command), name=name, log=service.log)
 
         def ready() -> bool:
@@ -178,7 +189,7 @@ class Node:
         if ifname not in self.spec.interfaces:
             raise KeyError(f"{self.name} has no interface {ifname!r} ({', '.join(self.spec.interfaces)})")
         pcap = self.lab.pcap_path(name or f"{self.name}-{ifname}")
-        return self.backend.capture(self.lab.name, self.name, ifname, pcap, bpf)
+        return self.lab.with_keys(self.backend.capture(self.lab.name, self.name, ifname, pcap, bpf))
 
     @property
     def host(self) -> Any:
@@ -216,7 +227,13 @@ class Lab:
         """A capture of a whole segment: every frame between its members."""
         if segment not in self.topology.segments:
             raise KeyError(f"lab {self.name}: no segment {segment!r}")
-        return self.backend.capture_segment(self.name, segment, self.pcap_path(f"segment-{segment}"), bpf)
+        pcap = self.pcap_path(f"segment-{segment}")
+        return self.with_keys(self.backend.capture_segment(self.name, segment, pcap, bpf))
+
+    def with_keys(self, capture: Capture) -> Capture:
+        """The capture, set to collect the ipsecd nodes' key tables beside its pcap when it stops."""
+        capture.on_stop = lambda pcap: keys.collect(self, pcap.parent)
+        return capture
 
     def set_link(self, node: str, ifname: str, up: bool) -> None:
         """Cut or restore a node's link at the far end (the node sees its carrier go down), e.g. to make

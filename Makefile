@@ -6,13 +6,17 @@ TOPO   ?= intranet-pair
 NAME   ?=
 LAB    := $(PY) -m lab
 
-.PHONY: venv images test unit lab-tests lint lab-up lab-down lab-status bench clean
+.PHONY: host venv images test unit lab-tests lint lab-up lab-down lab-status bench clean
+
+# Debian packages of host-packages.txt: installed as root, else the command to run is printed.
+host:
+	@tools/host-packages
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
-	@echo "== python environment ($(VENV))"
+	@echo "== python environment ($(VENV)): this checkout and its dependencies"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --progress-bar off -q -e '.[dev]'
+	$(PY) -m pip install --progress-bar off -e '.[dev]'
 	touch $@
 
 # Base image and every image a runnable topology uses; rebuilt only when their inputs change.
@@ -20,7 +24,8 @@ images: venv
 	@echo "== images"
 	$(LAB) images --if-possible
 
-lab-up: images
+lab-up: host images
+	@tools/lab-on-path
 	$(LAB) up $(TOPO) $(if $(NAME),--name $(NAME))
 
 lab-down: venv
@@ -32,9 +37,10 @@ lab-status: venv
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-test: lint images
+# -v: each test's name as it starts, its result and the run's progress in percent.
+test: host lint images
 	@echo "== tests (unit and lab)"
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -v -rs tests
 
 bench: images
 	$(PY) -m bench

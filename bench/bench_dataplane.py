@@ -126,8 +126,9 @@ def configs(case: Case, folder: Path) -> dict:
     """Topology overrides for `case`: the ipsecd nodes' configuration files, or strongSwan's gateways."""
     if case.strongswan:
         return {"nodes": {"gw-a": STRONGSWAN, "gw-b": STRONGSWAN}}
-    if case.algorithm is None:
-        return {}
+    if case.algorithm is None:  # the plain link: the default lab's ipsecd removed (None deletes a key)
+        return {"nodes": {node: {"ipsecd": None} for node in ("host-a", "host-b")}} \
+            if case.topology == "intranet-pair" else {}
     keys = {spi: os.urandom(44) for spi in range(0x100, 0x200)}
     if case.topology == "intranet-pair":
         pairs = {"host-a": ("10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2"),

@@ -1,4 +1,5 @@
-"""Lab life cycle: `lab up intranet-pair` to both nodes ready, and `lab down` (images built)."""
+"""Lab life cycle: `lab up intranet-pair` (the default lab) to both nodes and their ipsecd ready, and
+`lab down` (images built)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def run() -> list[Row]:
     cli = [sys.executable, "-m", "lab"]
     rows = []
     for label, action, setup, teardown, target in (
-        ("lab up intranet-pair, to both nodes ready", up, None, down, 3.0),
+        ("lab up intranet-pair, to both nodes and ipsecd ready", up, None, down, 3.0),
         ("lab down", down, up, None, 2.0),
         ("`lab up` command, wall time", lambda: _run([*cli, "up", "--name", name]), None, down, 3.0),
         ("`lab down` command, wall time", lambda: _run([*cli, "down", "--name", name]), up, None, 2.0),

@@ -1,9 +1,10 @@
 """ipsecctl: look at a running ipsecd (the ipsecmon of this lab) and administer it.
 
     ipsecctl status | sa | filters | stats [--json]
-    ipsecctl keys --wireshark [-o FILE|DIR] the esp_sa table (and ikev1_decryption_table with IKE) for
-                                            Wireshark; -o DIR writes both UAT files (a profile folder)
-    ipsecctl keys --tshark                  the same as tshark -o options, one per line
+    ipsecctl keys --wireshark [-o DIR]      Wireshark's esp_sa and ikev1_decryption_table UAT files, written
+                                            into DIR (made if missing: a Wireshark profile or configuration
+                                            folder); without -o both tables on stdout, '#'-headed
+    ipsecctl keys --tshark [-o FILE]        the same as tshark -o options, one per line
     ipsecctl reload                         re-read the configuration file
 
 With a policy (docs/ike.md):
@@ -159,7 +160,11 @@ def write_keys(result: dict, args: argparse.Namespace) -> None:
         text = json.dumps(result, indent=2) + "\n"
     elif args.tshark:
         text = "\n".join(result["tshark_args"]) + "\n"
-    elif args.output and os.path.isdir(args.output):  # a Wireshark profile folder: both UAT files
+    elif args.output:  # a Wireshark profile (or WIRESHARK_CONFIG_DIR) folder: one file per UAT table
+        if os.path.exists(args.output) and not os.path.isdir(args.output):
+            raise SystemExit(f"ipsecctl keys -o {args.output}: not a folder (Wireshark reads one file per "
+                             "table: esp_sa, ikev1_decryption_table)")
+        os.makedirs(args.output, exist_ok=True)
         with open(os.path.join(args.output, "esp_sa"), "w") as out:
             out.write(result["esp_sa"])
         with open(os.path.join(args.output, "ikev1_decryption_table"), "w") as out:
@@ -167,7 +172,7 @@ def write_keys(result: dict, args: argparse.Namespace) -> None:
         return
     else:
         text = result["esp_sa"]
-        if result.get("ikev1_decryption_table"):  # UAT files take '#' comments
+        if result.get("ikev1_decryption_table"):  # stdout: both tables, each after a "#" line
             text = ("# esp_sa\n" + text + "# ikev1_decryption_table\n"
                     + "".join(row + "\n" for row in result["ikev1_decryption_table"]))
     if args.output:
@@ -190,7 +195,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--since", type=float, help="events: only the last SECONDS")
     parser.add_argument("--wireshark", action="store_true", help="keys: esp_sa table (the default)")
     parser.add_argument("--tshark", action="store_true", help="keys: tshark -o options, one per line")
-    parser.add_argument("-o", "--output", help="keys: write to this file instead of stdout")
+    parser.add_argument("-o", "--output", help="keys: the folder for the Wireshark tables (--tshark, --json: "
+                        "a file) instead of stdout")
     return parser
 
 

@@ -63,6 +63,7 @@ class NodeStatus(TypedDict):
     role: str
     state: str
     addresses: list[str]
+    checkout: str  # the checkout whose `lab` brought the lab up ("" if unknown)
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,18 @@ class Backend(Protocol):
         """A new instance of the node (files and processes gone), wired and configured as `up` does."""
         ...
 
-    def shell(self, lab: str, node: str) -> list[str]:
-        """The host command line of an interactive shell in the node (`lab shell`)."""
+    def command_line(self, lab: str, node: str, argv: list[str], tty: bool) -> list[str]:
+        """The host command line that runs `argv` in the node on the caller's standard input and output
+        (`lab exec`, `lab shell`); `tty`: give it a terminal."""
+        ...
+
+    def copy_to(self, lab: str, node: str, source: Path, destination: str) -> None:
+        """Copy a host file or folder into the node, as `docker cp` does (into `destination` if that is a
+        folder in the node, else as `destination`)."""
+        ...
+
+    def copy_from(self, lab: str, node: str, source: str, destination: Path) -> None:
+        """Copy a file or folder of the node to the host, as `docker cp` does."""
         ...
 
     def testinfra_url(self, lab: str, node: str) -> str:

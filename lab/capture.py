@@ -56,6 +56,8 @@ class Capture:
         self.log_path = self.pcap.with_suffix(".tcpdump.log")
         self.pid_path = Path(f"{self.pcap}.pid")
         self.process: subprocess.Popen | None = None
+        #: Called with the pcap once the capture has stopped (the lab handles collect the keys beside it).
+        self.on_stop: Callable[[Path], object] | None = None
 
     def __repr__(self) -> str:
         return f"<Capture {self.device} in {self.fabric} -> {self.pcap}>"
@@ -100,6 +102,8 @@ class Capture:
             _flush_and_stop(self.process.pid, self.log_path)
             self.process.wait(timeout=5)
             self.process = None
+            if self.on_stop is not None:
+                self.on_stop(self.pcap)
         self.pid_path.unlink(missing_ok=True)
         return self.pcap
 

@@ -1,14 +1,19 @@
 """The `lab` command (also `python -m lab`).
 
 lab up [TOPO] [--name NAME]       bring a topology up (builds missing images first); --param clients=100
-lab down [TOPO] [--name NAME]     remove it (idempotent); --all removes every lab on this machine
-lab status                        nodes, roles, state, addresses of every running lab
-lab exec NODE [--name LAB] -- CMD run a command in a node
-lab capture start|stop|list ...   pcaps per node interface, under results/labs/<lab>/
-lab graph TOPO [-o FILE]          draw the topology (SVG or PNG, by the file's suffix)
+lab down [TOPO] [--name NAME]     remove it (idempotent); --all: every lab of this checkout (--force: all)
+lab status                        nodes, roles, state, addresses, services of every running lab
+lab exec NODE [--name LAB] -- CMD run a command in a node (standard input passed through)
+lab cp SRC DEST                   copy files between host and nodes, NODE:PATH on one side (as docker cp)
+lab capture start|stop|list ...   pcaps per node interface, under results/labs/<lab>/ (keys beside them)
+lab decode PCAP                   the capture, decrypted with the keys collected beside it (tshark)
+lab graph TOPO|LAB [-o FILE]      draw a topology or a running lab (firewalls, IPsec relations)
 lab images [KIND...]              build images (base, node, ...) if their inputs changed
 lab validate FILE...              check topology files
 lab bench                         run the benchmarks in bench/
+
+A node name found in several running labs means this checkout's lab, else $LAB_NAME's; $LAB_NAME is also
+the default --name of every verb.
 """
 
 from __future__ import annotations
@@ -22,16 +27,19 @@ import sys
 import time
 from pathlib import Path
 
+from lab import keys
 from lab import topology as topologies
-from lab.backend import RESULTS, Backend, LabError
+from lab.backend import RESULTS, Backend, LabError, NodeStatus
 from lab.capture import Capture
 from lab.docker_backend import DockerBackend
 from lab.graph import render
-from lab.images import ImageError, Images
+from lab.images import ROOT, ImageError, Images
 from lab.running import Lab
 from lab.yaml_source import FileProblems
 
 DEFAULT_TOPOLOGY = "intranet-pair"
+#: The lab a verb acts on when --name is not given (and the name `lab up` gives).
+NAME_VARIABLE = "LAB_NAME"
 
 
 def backend() -> Backend:
@@ -40,9 +48,12 @@ def backend() -> Backend:
 
 
 def _lab_name(args) -> str:
-    """--name, else the topology's name; `lab down NAME` also accepts a running lab's name."""
+    """--name, else $LAB_NAME, else the topology's name; `lab down NAME` also accepts a running lab's
+    name."""
     if args.name:
         return args.name
+    if os.environ.get(NAME_VARIABLE):
+        return os.environ[NAME_VARIABLE]
     if args.topology not in topologies.available() and args.topology in backend().labs():
         return args.topology
     return topologies.load(args.topology).name
@@ -61,7 +72,7 @@ def _parameters(given: list[str]) -> dict:
 
 def cmd_up(args) -> int:
     topo = topologies.load(args.topology, _parameters(args.param))
-    engine, name = backend(), args.name or topo.name
+    engine, name = backend(), args.name or os.environ.get(NAME_VARIABLE) or topo.name
     running = [node for node, state in engine.node_states(name).items() if state == "running"]
     if args.replace:
         engine.down(name)
@@ -74,37 +85,92 @@ def cmd_up(args) -> int:
     for node in lab.nodes.values():
         addresses = ", ".join(f"{i.name} {i.address}" for i in node.spec.interfaces.values())
         print(f"  {node.instance.name:28} {node.spec.role:9} {addresses}")
-    print(
-        f"  try: lab exec {next(iter(lab.nodes))}{f' --name {lab.name}' if args.name else ''} -- ip -br addr"
-    )
+    print("try:")
+    for line in try_lines(lab):
+        print(f"  {line}")
     return 0
+
+
+def try_lines(lab: Lab) -> list[str]:
+    """Three things to try on a lab that is up, each a command line naming the lab: traffic, the SAs, a
+    decrypted capture (with ipsecd on the nodes), or traffic, addresses and a capture (without)."""
+    nodes = list(lab.nodes.values())
+    first, last = nodes[0], nodes[-1]
+    at = f"--name {lab.name}"
+    watched = next(iter(last.spec.interfaces))
+    ping = f"lab exec {first.name} {at} -- ping -c3 {last.name}"
+    capture = (
+        f"lab capture start {last.name} {watched} {at}; {ping}; lab capture stop {last.name} {watched} {at}"
+    )
+    if any(node.spec.ipsecd for node in nodes):
+        return [
+            f"{ping}    # traffic, secured by ESP",
+            f"lab exec {first.name} {at} -- ipsecctl qmsa    # the quick mode SAs (also: sa, mmsa, stats)",
+            f"{capture}    # then `lab decode PCAP`, as it says: the ESP decrypted",
+        ]
+    return [ping, f"lab exec {first.name} {at} -- ip -br addr", capture]
 
 
 def cmd_down(args) -> int:
     engine = backend()
-    names = engine.labs() if args.all else [_lab_name(args)]
+    names = [_lab_name(args)]
+    if args.all:
+        names, others = _labs_by_checkout(engine)
+        if others and not args.force:
+            print(f"left {len(others)} lab(s) of other checkouts or unknown: {', '.join(others)} (--force: "
+                  "those too)")
+        names += others if args.force else []
     for name in names:
         removed = engine.down(name)
         print(f"lab {name} down" + (f": removed {', '.join(removed)}" if removed else " (nothing was left)"))
     return 0
 
 
+def _labs_by_checkout(engine: Backend) -> tuple[list[str], list[str]]:
+    """(this checkout's labs, the others): a lab's containers say which checkout brought it up; a lab left
+    without containers (only its fabric namespace) counts as another's."""
+    mine = {r["lab"] for r in engine.status() if r["checkout"] == str(ROOT)}
+    return sorted(mine), sorted(set(engine.labs()) - mine)
+
+
+def _services(engine: Backend, rows: list[NodeStatus]) -> dict[tuple[str, str], str]:
+    """(lab, node) -> its image's services and whether each runs ("ipsecd running")."""
+    found: dict[tuple[str, str], str] = {}
+    for name in sorted({r["lab"] for r in rows}):
+        try:
+            lab = engine.attach(name, topologies.load(engine.topology_of(name) or ""))
+        except (LabError, FileProblems):
+            continue  # a lab half gone, or its topology file moved: no service column
+        for row in rows:
+            node = lab.nodes.get(row["node"])
+            if row["lab"] == name and node is not None and row["state"] == "running":
+                found[(name, node.name)] = ", ".join(
+                    f"{service} {'running' if node.process(service).alive() else 'stopped'}"
+                    for service in node.services.services
+                )
+    return found
+
+
 def cmd_status(args) -> int:
-    rows = backend().status()
+    engine = backend()
+    rows = engine.status()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print("no lab is running")
         return 0
-    print(f"{'LAB':20} {'NODE':12} {'ROLE':10} {'STATE':9} ADDRESSES")
+    services = _services(engine, rows)
+    print(f"{'LAB':20} {'NODE':12} {'ROLE':10} {'STATE':9} {'SERVICES':17} ADDRESSES")
     for r in rows:
-        print(f"{r['lab']:20} {r['node']:12} {r['role']:10} {r['state']:9} {' '.join(r['addresses'])}")
+        running = services.get((r["lab"], r["node"]), "") or "-"
+        print(f"{r['lab']:20} {r['node']:12} {r['role']:10} {r['state']:9} {running:17} "
+              f"{' '.join(r['addresses'])}")
     return 0
 
 
 def _attach(args) -> Lab:
-    name = args.name or _find_lab_of(args.node)
+    name = args.name or os.environ.get(NAME_VARIABLE) or _find_lab_of(args.node)
     engine = backend()
     topology = engine.topology_of(name)
     if topology is None:
@@ -113,22 +179,57 @@ def _attach(args) -> Lab:
 
 
 def _find_lab_of(node: str) -> str:
-    labs = sorted({r["lab"] for r in backend().status() if r["node"] == node})
-    if len(labs) != 1:
-        raise LabError(
-            f"node {node} is in {len(labs)} running labs ({', '.join(labs) or 'none'}): use --name"
-        )
-    return labs[0]
+    """The running lab holding `node`: the only one, else the only one of this checkout."""
+    rows = [r for r in backend().status() if r["node"] == node]
+    labs = sorted({r["lab"] for r in rows})
+    mine = sorted({r["lab"] for r in rows if r["checkout"] == str(ROOT)})
+    if len(labs) == 1 or len(mine) == 1:
+        return (mine or labs)[0]
+    raise LabError(
+        f"node {node} is in {len(labs)} running labs ({', '.join(labs) or 'none'})"
+        + (f", {len(mine)} of them from this checkout" if mine else "")
+        + f": use --name LAB, or export {NAME_VARIABLE}=LAB"
+    )
+
+
+def _run_in(args, argv: list[str]) -> int:
+    """Run argv in the node on this process's standard input and output (a terminal if both are one)."""
+    lab = _attach(args)
+    lab.node(args.node)
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    line = lab.backend.command_line(lab.name, args.node, argv, tty)
+    sys.stdout.flush()
+    os.execvp(line[0], line)
+    return 1
 
 
 def cmd_exec(args) -> int:
-    command = args.command
-    if not command:
+    if not args.command:
         raise LabError("lab exec NODE -- CMD...: no command given")
-    result = _attach(args).node(args.node).exec(command)
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
-    return result.rc
+    return _run_in(args, args.command)
+
+
+def cmd_cp(args) -> int:
+    """docker cp between the host and a node: exactly one of SRC and DEST is NODE:PATH."""
+    ends = [_node_path(args.source), _node_path(args.destination)]
+    if (ends[0] is None) == (ends[1] is None):
+        raise LabError("lab cp SRC DEST: name a node on exactly one side (NODE:PATH)")
+    args.node = (ends[0] or ends[1])[0]  # type: ignore[index]
+    lab = _attach(args)
+    if ends[0] is not None:
+        lab.backend.copy_from(lab.name, args.node, ends[0][1], Path(args.destination))
+    else:
+        source = Path(args.source)
+        if not source.exists():
+            raise LabError(f"lab cp: {source} does not exist")
+        lab.backend.copy_to(lab.name, args.node, source, ends[1][1])  # type: ignore[index]
+    return 0
+
+
+def _node_path(argument: str) -> tuple[str, str] | None:
+    """("host-a", "/etc/x") for "host-a:/etc/x"; None for a host path."""
+    node, colon, path = argument.partition(":")
+    return (node, path or "/") if colon and node and "/" not in node else None
 
 
 def cmd_restart(args) -> int:
@@ -145,12 +246,8 @@ def cmd_logs(args) -> int:
 
 
 def cmd_shell(args) -> int:
-    """An interactive shell in a node (Docker: docker exec -it)."""
-    lab = _attach(args)
-    lab.node(args.node)
-    argv = lab.backend.shell(lab.name, args.node)
-    os.execvp(argv[0], argv)
-    return 1
+    """bash in a node: interactive on a terminal, else reading commands from standard input."""
+    return _run_in(args, ["bash"])
 
 
 def cmd_capture(args) -> int:
@@ -170,18 +267,42 @@ def cmd_capture(args) -> int:
         pid_files = sorted(lab.results_dir.glob(f"{args.node}-{args.ifname}*.pcap.pid"))
         for pid_file in pid_files:
             Capture.stop_detached(pid_file)
-            print(f"stopped {pid_file.with_suffix('')}")
         if not pid_files:
             print(f"no running capture of {args.node}:{args.ifname}")
+            return 0
+        tables = keys.collect(lab, lab.results_dir)
+        for pid_file in pid_files:
+            pcap = pid_file.with_suffix("")
+            print(f"stopped {pcap}" + (f" (keys in {tables}): lab decode {pcap}" if tables else ""))
     return 0
+
+
+def cmd_decode(args) -> int:
+    pcap = Path(args.pcap)
+    if not pcap.is_file():
+        raise LabError(f"lab decode: no capture {pcap} (lab capture list shows them)")
+    return keys.decode(pcap, Path(args.keys) if args.keys else None, args.command)
 
 
 def cmd_graph(args) -> int:
-    topo = topologies.load(args.topology)
-    out = Path(args.output or f"{topo.name}.svg")
-    render(topo, out)
+    """A topology file, or a running lab: then its firewalls and IPsec as its nodes have them now."""
+    name = args.name or args.topology
+    lab = _running_lab(name) if args.name or not Path(args.topology).suffix else None
+    topo = lab.topology if lab else topologies.load(args.topology)
+    out = Path(args.output or f"{name if lab else topo.name}.svg")
+    render(topo, out, lab)
     print(out)
     return 0
+
+
+def _running_lab(name: str) -> Lab | None:
+    """A handle on lab `name` if it is up here (None without an engine: graphs of files need none)."""
+    try:
+        engine = backend()
+        topology = engine.topology_of(name)
+    except Exception:  # no Docker, no labs: not an error for `lab graph FILE`
+        return None
+    return engine.attach(name, topologies.load(topology)) if topology else None
 
 
 def cmd_images(args) -> int:
@@ -257,9 +378,10 @@ def parser() -> argparse.ArgumentParser:
             default=DEFAULT_TOPOLOGY,
             help=f"name under topologies/ or a path ({', '.join(topologies.available())})",
         )
-        s.add_argument("--name", help="lab name (default: the topology's name)")
+        s.add_argument("--name", help=f"lab name (default: ${NAME_VARIABLE}, else the topology's name)")
         if name == "down":
-            s.add_argument("--all", action="store_true", help="every lab on this machine")
+            s.add_argument("--all", action="store_true", help="every lab this checkout brought up")
+            s.add_argument("--force", action="store_true", help="with --all: every lab on this machine")
         else:
             s.add_argument("--replace", action="store_true", help="tear the lab down first if it is up")
             s.add_argument("--param", action="append", default=[], metavar="NAME=N", help="e.g. clients=100")
@@ -269,6 +391,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s.add_argument("command", nargs="*", help="after --")
+    s = verb("cp", cmd_cp, "copy files or folders between the host and a node (NODE:PATH), as docker cp")
+    s.add_argument("source")
+    s.add_argument("destination")
+    s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s = verb("restart", cmd_restart, "recreate a node and re-wire its links")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
@@ -276,7 +402,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s.add_argument("-n", "--lines", type=int, default=50)
-    s = verb("shell", cmd_shell, "an interactive shell in a node")
+    s = verb("shell", cmd_shell, "bash in a node (interactive on a terminal, else reading stdin)")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s = verb("capture", cmd_capture, "start, stop or list captures")
@@ -284,9 +410,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("node", nargs="?")
     s.add_argument("ifname", nargs="?", default="eth1")
     s.add_argument("--name", help="lab name")
-    s = verb("graph", cmd_graph, "draw a topology")
-    s.add_argument("topology")
-    s.add_argument("-o", "--output", help="output file, .svg or .png (default: <topology>.svg)")
+    s = verb("decode", cmd_decode, "print a capture decrypted with the keys collected beside it")
+    s.add_argument("pcap")
+    s.add_argument("--keys", help="folder of the key tables (default: wireshark/ beside the pcap)")
+    s.add_argument("command", nargs="*", help="after --: more tshark options (-V, -Y FILTER, ...)")
+    s = verb("graph", cmd_graph, "draw a topology, or a running lab with its firewalls and IPsec")
+    s.add_argument("topology", help="a topology (name or file) or a running lab's name")
+    s.add_argument("--name", help="a running lab (default: the topology's lab if it runs)")
+    s.add_argument("-o", "--output", help="output file, .svg, .png or .dot (default: <name>.svg)")
     s = verb("images", cmd_images, "build images")
     s.add_argument("kinds", nargs="*")
     s.add_argument("--if-possible", action="store_true", help="skip (exit 0) without root or Docker")

@@ -2,7 +2,8 @@
 
 Layout of a running lab named L:
 - containers `L-<node>` (network_mode none, NET_ADMIN/NET_RAW, /dev/net/tun) running `sleep infinity`,
-  labelled ipsec-lab.lab=L, ipsec-lab.node, ipsec-lab.role, ipsec-lab.topology;
+  labelled ipsec-lab.lab=L, ipsec-lab.node, ipsec-lab.role, ipsec-lab.topology, ipsec-lab.checkout (the
+  checkout that brought it up: `lab down --all` and node look-ups prefer the caller's own labs);
 - the fabric namespace `ilab-L` (lab.fabric), whose veths end in the containers' network namespaces.
 What a node runs is not this module's business: once a container is wired, lab.node_setup configures it
 through its handle (lab.running.Node), starting the services of its image (images/<kind>/image.yaml).
@@ -28,7 +29,7 @@ from lab import fabric, model, node_setup
 from lab.backend import RESULTS, ExecResult, LabError, NodeInstance, NodeStatus
 from lab.capture import Capture, wait_until
 from lab.fabric import Fabric
-from lab.images import Images
+from lab.images import ROOT, Images
 from lab.running import Lab, Node
 
 LABEL = "ipsec-lab"
@@ -56,11 +57,13 @@ class DockerBackend:
         self,
         client: docker.DockerClient | None = None,
         images: Images | None = None,
+        checkout: Path = ROOT,
         workers: int = WORKERS,
         engine_timeout: float = ENGINE_TIMEOUT,
     ):
         self.client = client or docker.from_env(timeout=int(engine_timeout))
         self.images = images or Images(self.client)
+        self.checkout = checkout
         self.workers, self.engine_timeout = workers, engine_timeout
 
     # -- discovery ---------------------------------------------------------------------------------------
@@ -189,6 +192,7 @@ class DockerBackend:
             f"{LABEL}.node": spec.name,
             f"{LABEL}.role": spec.role,
             f"{LABEL}.topology": str(lab.topology.path or lab.topology.name),
+            f"{LABEL}.checkout": str(self.checkout),
         }
         container = self.client.containers.run(
             image,
@@ -300,6 +304,7 @@ class DockerBackend:
                 "role": c.labels[f"{LABEL}.role"],
                 "state": c.status,
                 "addresses": fabric.addresses(_netns_path(c)) if c.status == "running" else [],
+                "checkout": c.labels.get(f"{LABEL}.checkout", ""),
             }
             for c in sorted(self.containers(), key=lambda c: c.name)
         ]
@@ -361,8 +366,32 @@ class DockerBackend:
     def set_link(self, lab: str, node: str, ifname: str, up: bool) -> None:
         Fabric(lab).set_link(node, ifname, up)
 
-    def shell(self, lab: str, node: str) -> list[str]:
-        return ["docker", "exec", "-it", self._container_name(lab, node), "bash"]
+    def command_line(self, lab: str, node: str, argv: list[str], tty: bool) -> list[str]:
+        self._container(lab, node)
+        return ["docker", "exec", "-i", *(["-t"] if tty else []), self._container_name(lab, node), *argv]
+
+    def copy_to(self, lab: str, node: str, source: Path, destination: str) -> None:
+        into_folder = self.exec(lab, node, ["test", "-d", destination]).ok
+        target = Path(destination) / source.name if into_folder else Path(destination)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            tar.add(source, arcname=target.name)
+        container = self._container_name(lab, node)
+        if not self.client.api.put_archive(container, str(target.parent), buffer.getvalue()):
+            raise LabError(f"{node}: could not write {target}")
+
+    def copy_from(self, lab: str, node: str, source: str, destination: Path) -> None:
+        try:
+            stream, _ = self.client.api.get_archive(self._container_name(lab, node), source)
+        except docker.errors.NotFound:
+            raise LabError(f"{node}: no {source}") from None
+        target = destination / Path(source).name if destination.is_dir() else destination
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            members = tar.getmembers()
+            top = members[0].name
+            for member in members:  # the archive holds `top` (and, for a folder, what is under it)
+                member.name = target.name + member.name[len(top) :]
+            tar.extractall(target.parent, members, filter="data")
 
     def testinfra_url(self, lab: str, node: str) -> str:
         return f"docker://{self._container_name(lab, node)}"

@@ -172,7 +172,8 @@ class Images:
             return
         if os.geteuid() != 0 or not shutil.which("debootstrap"):
             raise ImageError(
-                "building the base image needs root and debootstrap (apt-get install debootstrap)"
+                "building the base image needs root and debootstrap (`make host`, as root, installs "
+                "host-packages.txt)"
             )
         rootfs = self._fresh_dir(BUILD_DIR / "base-rootfs")
         self.log(f"[images] debootstrap {SUITE} (minbase + {len(packages)} packages) into {rootfs} ...")
@@ -204,7 +205,8 @@ class Images:
                     "-m",
                     "pip",
                     "wheel",
-                    "--quiet",
+                    "--progress-bar",
+                    "off",
                     "--wheel-dir",
                     str(context / "wheels"),
                     str(ROOT),

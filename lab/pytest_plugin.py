@@ -13,7 +13,11 @@
 - Labs are named `<prefix>-<topology>[-n]`; the prefix is $LAB_PREFIX, or `t` plus a hash of the checkout's
   path, so test runs from different worktrees on one machine never touch each other's labs.
   `lab_name("x")` gives a test its own lab name with the same prefix.
-- pcaps and lab.json go to results/<run>/<test>/ (LAB_RESULTS, LAB_RUN override the parts).
+- pcaps, lab.json and the ipsecd nodes' key tables (wireshark/, for `lab decode`) go to
+  results/<run>/<module>/<test>/ (LAB_RESULTS, LAB_RUN override the parts).
+- A failed test's report names that folder and quotes the ipsecd counters that changed during the test; the
+  folder gets each node's state (`<lab>-<node>.state.txt`: logs, addresses, routes, nft, `ipsecctl stats`,
+  `sa`, `mmsa`, `qmsa`, `events`).
 - Tests using these fixtures get the `lab` marker and are skipped, with the reason, without Docker or root
   (they fail instead when CI or LAB_REQUIRED is set, so a broken engine cannot turn CI green).
 """
@@ -39,6 +43,7 @@ from lab.running import Lab
 LAB_FIXTURES = {"lab_up", "lab_backend", "lab_name"}
 _RUN_KEY = pytest.StashKey[Path]()
 _REPORT_KEY = pytest.StashKey[pytest.TestReport]()
+_USE_KEY = pytest.StashKey["_LabUse"]()
 
 
 def _results_root() -> Path:
@@ -141,6 +146,63 @@ def _module_labs(lab_backend: Backend) -> Iterator[_Labs]:
     labs.finalize()
 
 
+Counters = dict[str, dict[str, int]]
+
+
+def ipsecd_counters(lab: Lab) -> Counters:
+    """node -> `ipsecctl stats` of every node where ipsecd answers (the ipsecmon counters, by label)."""
+    found = {}
+    for node in lab.nodes.values():
+        if "ipsecd" not in node.services.services:
+            continue
+        result = node.exec(["ipsecctl", "stats", "--json"], timeout=10)
+        if result.ok:
+            stats = json.loads(result.stdout)
+            found[node.name] = {stats["labels"].get(k, k): v for k, v in stats["counters"].items()}
+    return found
+
+
+def counter_changes(before: Counters, after: Counters) -> list[str]:
+    """'node: counter before -> after' for every counter that moved (a node whose ipsecd started during the
+    test counts from 0).
+
+    >>> counter_changes({"a": {"x": 1, "y": 2}}, {"a": {"x": 1, "y": 5}, "b": {"z": 3, "w": 0}})
+    ['a: y 2 -> 5', 'b: z 0 -> 3']
+    """
+    lines = []
+    for node, values in after.items():
+        old = before.get(node, {})
+        lines += [f"{node}: {k} {old.get(k, 0)} -> {v}" for k, v in values.items() if old.get(k, 0) != v]
+    return lines
+
+
+class _LabUse:
+    """The labs a test used, its results folder and the counters each lab's ipsecd had when handed over."""
+
+    def __init__(self, results_dir: Path):
+        self.results_dir = results_dir
+        self.labs: dict[str, Lab] = {}
+        self.counters: dict[str, Counters] = {}
+
+    def add(self, lab: Lab) -> None:
+        if lab.name not in self.labs:
+            self.labs[lab.name] = lab
+            self.counters[lab.name] = ipsecd_counters(lab)
+
+    def report_sections(self) -> list[tuple[str, str]]:
+        """What the failure report adds: the results folder, the counters that changed."""
+        where = f"{self.results_dir} (pcaps, keys in wireshark/, <lab>-<node>.state.txt)"
+        sections = [("lab results", where)]
+        for name, lab in self.labs.items():
+            try:
+                changed = counter_changes(self.counters[name], ipsecd_counters(lab))
+            except Exception as exc:  # a lab that died is itself the news
+                changed = [f"could not read the counters: {exc}"]
+            if changed:
+                sections.append((f"ipsecd counters changed during the test (lab {name})", "\n".join(changed)))
+        return sections
+
+
 @pytest.fixture
 def lab_up(
     request: pytest.FixtureRequest, lab_backend: Backend, _module_labs: _Labs
@@ -149,6 +211,7 @@ def lab_up(
     results_dir = _test_dir(request)
     own = _Labs(lab_backend, suffix="-f")
     used: list[Lab] = []
+    request.node.stash[_USE_KEY] = use = _LabUse(results_dir)
 
     def factory(topology: str, overrides: dict | None = None, fresh: bool = False) -> Lab:
         key = _key(topology, overrides)
@@ -158,6 +221,7 @@ def lab_up(
             lab = labs.up(key, topologies.load(topology, overrides), results_dir)
         lab.results_dir = results_dir
         used.append(lab)
+        use.add(lab)
         return lab
 
     yield factory
@@ -172,7 +236,9 @@ def lab_up(
 NODE_STATE = (
     "echo '== ip addr'; ip -br addr; echo '== ip route'; ip route; echo '== ip rule'; ip rule; "
     "echo '== nft list ruleset'; nft list ruleset; echo '== ip xfrm state'; ip xfrm state; "
-    "echo '== ps'; ps -eo pid,etime,args"
+    "echo '== ps'; ps -eo pid,etime,args; "
+    "if [ -S /run/ipsecd.sock ]; then for view in stats sa mmsa qmsa events; do "
+    "echo \"== ipsecctl $view\"; ipsecctl $view; done; fi"
 )
 
 
@@ -181,6 +247,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     if report.when == "call":
         item.stash[_REPORT_KEY] = report
+    use = item.stash.get(_USE_KEY, None)
+    if report.failed and use is not None and use.labs and report.when in ("call", "setup"):
+        report.sections += use.report_sections()
     return report
 
 

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lab import node_setup, services
+from lab import keys, node_setup, services
 from lab.backend import Backend, CommandError, ExecResult, LabError, NodeInstance
 from lab.capture import Capture, wait_until
 from lab.model import NodeSpec, Topology
@@ -137,6 +137,17 @@ class Node:
         data = content.encode() if isinstance(content, str) else content
         self.backend.put_file(self.lab.name, self.name, path, data, mode)
 
+    def put_service_file(self, file: str, given: Path) -> None:
+        """Copy what the topology gives a service: a file to `file`, or a folder (config, policies,
+        certificates) whole into `file`'s folder, modes kept."""
+        if not given.is_dir():
+            self.put_file(file, given.read_bytes())
+            return
+        folder = Path(file).parent
+        for path in sorted(p for p in given.rglob("*") if p.is_file()):
+            mode = path.stat().st_mode & 0o777
+            self.put_file(str(folder / path.relative_to(given)), path.read_bytes(), mode)
+
     def get_file(self, path: str) -> bytes:
         return self.backend.get_file(self.lab.name, self.name, path)
 
@@ -168,7 +179,7 @@ class Node:
         service = self.services.service(name)
         given = self.spec.service_files().get(name)
         if given is not None and service.file is not None:
-            self._put_service_file(service.name, PurePosixPath(service.file), given)
+            self.put_service_file(service.file, given)
         # One exec starts the service and polls its readiness in the node: polling from here costs an exec
         # per condition and try, which at a hundred nodes starting at once swamps the engine.
         script = start_and_wait_script(name, service.command, service.log, service.ready, service.timeout)
@@ -183,17 +194,6 @@ class Node:
             )
         log.info("%s: %s started%s", self.name, name, f" with {given}" if given else "")
         return Process(self, name, service.log)
-
-    def _put_service_file(self, service: str, target: PurePosixPath, given: Path) -> None:
-        """The topology's file for a service at `target`; a folder (a node configuration with its policy
-        store) is copied, tree and all, into the folder of `target`, and must hold a file named as it."""
-        if not given.is_dir():
-            self.put_file(str(target), given.read_bytes())
-            return
-        if not (given / target.name).is_file():
-            raise LabError(f"{self.name}: {given} has no {target.name} (the main file of {service}'s folder)")
-        for path in sorted(p for p in given.rglob("*") if p.is_file()):
-            self.put_file(str(target.parent / path.relative_to(given).as_posix()), path.read_bytes())
 
     def tail_logs(self, lines: int) -> str:
         """The last `lines` of each log in the node (its image's services', then spawned processes'), each
@@ -216,7 +216,7 @@ class Node:
         if ifname not in self.spec.interfaces:
             raise KeyError(f"{self.name} has no interface {ifname!r} ({', '.join(self.spec.interfaces)})")
         pcap = self.lab.pcap_path(name or f"{self.name}-{ifname}")
-        return self.backend.capture(self.lab.name, self.name, ifname, pcap, bpf)
+        return self.lab.with_keys(self.backend.capture(self.lab.name, self.name, ifname, pcap, bpf))
 
     @property
     def host(self) -> Any:
@@ -256,7 +256,13 @@ class Lab:
         """A capture of a whole segment: every frame between its members."""
         if segment not in self.topology.segments:
             raise KeyError(f"lab {self.name}: no segment {segment!r}")
-        return self.backend.capture_segment(self.name, segment, self.pcap_path(f"segment-{segment}"), bpf)
+        pcap = self.pcap_path(f"segment-{segment}")
+        return self.with_keys(self.backend.capture_segment(self.name, segment, pcap, bpf))
+
+    def with_keys(self, capture: Capture) -> Capture:
+        """The capture, set to collect the ipsecd nodes' key tables beside its pcap when it stops."""
+        capture.on_stop = lambda pcap: keys.collect(self, pcap.parent)
+        return capture
 
     def set_link(self, node: str, ifname: str, up: bool) -> None:
         """Cut or restore a node's link at the far end (the node sees its carrier go down), e.g. to make

@@ -18,7 +18,7 @@ from typing import Any
 
 import jsonschema
 
-from lab import yaml_source
+from lab import services, yaml_source
 from lab.model import Interface, ModelError, Nat, NodeSpec, Route, Segment, Topology
 
 SCHEMA_PATH = Path(__file__).with_name("topology.schema.json")
@@ -117,8 +117,14 @@ def load(name_or_path: str | Path, overrides: dict | None = None) -> Topology:
 
 
 def _merge(data: Any, overrides: Any) -> Any:
+    """JSON merge patch (RFC 7386): mappings merge, None removes the key, other values replace.
+
+    >>> _merge({"a": {"ipsecd": "x", "role": "host"}}, {"a": {"ipsecd": None}})
+    {'a': {'role': 'host'}}
+    """
     if isinstance(data, dict) and isinstance(overrides, dict):
-        return {**data, **{k: _merge(data.get(k), v) for k, v in overrides.items()}}
+        merged = {**data, **{k: _merge(data.get(k), v) for k, v in overrides.items()}}
+        return {k: v for k, v in merged.items() if not (k in overrides and overrides[k] is None)}
     return overrides
 
 
@@ -137,9 +143,10 @@ def loads(text: str, path: Path | str = "<string>", overrides: dict | None = Non
         topology.semantic_errors()
         + _expansion_errors(data, expanded, template_of)
         + [
-            ModelError(("nodes", node.name, "ipsecd"), f"{node.ipsecd} does not exist")
+            ModelError(("nodes", node.name, "ipsecd"), problem)
             for node in topology.nodes.values()
-            if node.ipsecd is not None and not node.ipsecd.exists()
+            if node.ipsecd is not None
+            and (problem := _service_file_problem(node.image, "ipsecd", node.ipsecd))
         ]
     )
     problems = yaml_source.in_line_order(_located(source, errors, template_of))
@@ -233,6 +240,20 @@ def _located(
             field, message = ("nodes", template_of[field[1]], *field[2:]), f"{field[1]}: {message}"
         located.setdefault((field, message if field == error.field else ""), source.locate(field, message))
     return list(located.values())
+
+
+def _service_file_problem(image: str, service: str, path: Path) -> str | None:
+    """Why a node's file or folder for a service of its image cannot be used, or None. A folder (config
+    plus what it refers to: policies, certificates) must hold the file the image's service reads."""
+    if not path.is_dir():
+        return None if path.is_file() else f"{path} does not exist"
+    declared = services.load(image).services.get(service)
+    if declared is None or declared.file is None or (path / Path(declared.file).name).is_file():
+        return None
+    return (
+        f"folder {path} has no {Path(declared.file).name} (images/{image}/image.yaml: {service} reads "
+        f"{declared.file})"
+    )
 
 
 def _build(data: dict, path: Path) -> Topology:

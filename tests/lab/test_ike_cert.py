@@ -7,6 +7,7 @@ from cryptography.hazmat.primitives import serialization
 from scapy.layers.ipsec import ESP
 from scenarios.driver_lab import counters, ipsecctl
 from scenarios.ike_lab import dump, isakmp_rows, nodes, start, wait_event, wait_quick_mode
+from scenarios.pair import BARE_PAIR
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen
 from lab.traffic import tcp_transfer
@@ -39,7 +40,7 @@ def ca():
 
 @pytest.fixture
 def pair(lab_up):
-    lab = lab_up("intranet-pair")
+    lab = lab_up("intranet-pair", overrides=BARE_PAIR)
     with nodes(lab, "host-a", "host-b") as handles:
         yield lab, *handles
 

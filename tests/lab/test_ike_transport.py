@@ -21,6 +21,7 @@ from scenarios.ike_lab import (
     wait_event,
     wait_quick_mode,
 )
+from scenarios.pair import BARE_PAIR
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
 from lab.traffic import tcp_transfer, udp_send
@@ -32,7 +33,7 @@ A, B = "10.0.0.1", "10.0.0.2"
 
 @pytest.fixture
 def pair(lab_up):
-    lab = lab_up("intranet-pair")
+    lab = lab_up("intranet-pair", overrides=BARE_PAIR)
     with nodes(lab, "host-a", "host-b") as handles:
         yield lab, *handles
 

@@ -3,6 +3,8 @@
 import io
 import logging
 
+from scenarios.pair import BARE_PAIR
+
 from lab.capture import (
     assert_checksums_valid,
     assert_marker_present,
@@ -16,7 +18,7 @@ MARKER = b"IPSEC-LAB-MARKER-"
 
 
 def test_ping_between_hosts_is_seen_in_clear(lab_up):
-    lab = lab_up("intranet-pair")
+    lab = lab_up("intranet-pair", overrides=BARE_PAIR)
     a, b = lab.node("host-a"), lab.node("host-b")
     assert (a.address("eth1"), b.address("eth1")) == ("10.0.0.1", "10.0.0.2")
     with b.capture("eth1") as cap:
@@ -28,7 +30,7 @@ def test_ping_between_hosts_is_seen_in_clear(lab_up):
 
 
 def test_tcp_transfer_arrives_whole_and_in_clear(lab_up):
-    lab = lab_up("intranet-pair")
+    lab = lab_up("intranet-pair", overrides=BARE_PAIR)
     a, b = lab.node("host-a"), lab.node("host-b")
     payload = MARKER * 2000  # 34 kB: many segments, checksums verified by the receiving kernel
     with lab.capture_segment("lan") as cap:
@@ -40,7 +42,7 @@ def test_tcp_transfer_arrives_whole_and_in_clear(lab_up):
 
 
 def test_bulk_tcp_with_iperf3(lab_up):
-    lab = lab_up("intranet-pair")
+    lab = lab_up("intranet-pair", overrides=BARE_PAIR)
     summary = iperf3(lab.node("host-a"), lab.node("host-b"), seconds=1)
     assert summary["sum_received"]["bytes"] > 1_000_000
 
@@ -50,7 +52,7 @@ def test_node_handle_files_processes_and_errors(lab_up):
 
     from lab.backend import CommandError
 
-    node = lab_up("intranet-pair").node("host-a")
+    node = lab_up("intranet-pair", overrides=BARE_PAIR).node("host-a")
     node.put_file("/etc/ipsecd/test.txt", "hello\n")
     assert node.exec(["cat", "/etc/ipsecd/test.txt"], check=True).stdout == "hello\n"
     assert node.get_file("/etc/ipsecd/test.txt") == b"hello\n"
@@ -74,7 +76,7 @@ os.system("ip link set ipsec0 up && ip -br link show ipsec0")
 
 
 def test_node_has_what_the_userspace_data_plane_needs(lab_up):
-    node = lab_up("intranet-pair").node("host-a")
+    node = lab_up("intranet-pair", overrides=BARE_PAIR).node("host-a")
     assert node.exec(["python3", "-c", TUN_OPEN], check=True).stdout.startswith("ipsec0")
     # the nftables ruleset ipsecd compiles: marks for policy routing into ipsec0 (this kernel has no nft
     # `queue` statement, CONFIG_NFT_QUEUE is off; the iptables NFQUEUE target works through nft compat)
@@ -92,7 +94,7 @@ def test_topology_ipsecd_config_and_firewall_are_applied(lab_up, tmp_path, caplo
     config = tmp_path / "host-a.yaml"
     config.write_text("# ipsecd node config: no filters, no SAs\nfilters: []\n")
     caplog.set_level(logging.INFO, logger="lab")
-    overrides = {"nodes": {"host-a": {"ipsecd": str(config)}, "host-b": {"drop": ["icmp"]}}}
+    overrides = {"nodes": {"host-a": {"ipsecd": str(config)}, "host-b": {"drop": ["icmp"], "ipsecd": None}}}
     lab = lab_up("intranet-pair", overrides=overrides, fresh=True)
     assert not lab.node("host-a").exec(["ping", "-c", "1", "-W", "1", "host-b"]).ok
     assert lab.node("host-b").dropped() == 1
@@ -120,7 +122,7 @@ def test_ipsecd_start_waits_for_the_control_socket_or_reports_the_log(lab_up):
 
     from lab.backend import LabError
 
-    node = lab_up("intranet-pair", fresh=True).node("host-a")
+    node = lab_up("intranet-pair", overrides=BARE_PAIR, fresh=True).node("host-a")
     node.put_file("/usr/local/bin/ipsecd", FAKE_IPSECD, mode=0o755)
     node.start_service("ipsecd")
     assert node.exec(["test", "-S", "/run/ipsecd.sock"]).ok
@@ -136,7 +138,7 @@ def test_node_end_merges_received_tcp_like_a_nic_while_the_wire_keeps_mtu_sized_
     """GRO on the node's end of each link: a gateway hands ipsecd super-packets, the wire stays real."""
     from scapy.utils import rdpcap
 
-    lab = lab_up("intranet-pair")
+    lab = lab_up("intranet-pair", overrides=BARE_PAIR)
     a, b = lab.node("host-a"), lab.node("host-b")
     sniffer = b.spawn(["tcpdump", "-i", "eth1", "-n", "-U", "-w", "/tmp/node-side.pcap", "tcp port 5003"],
                       name="node-side-tcpdump")

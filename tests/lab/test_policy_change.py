@@ -6,6 +6,7 @@ See scenarios/policy-change/README.md.
 
 import pytest
 from scenarios.driver_lab import counters, ipsecctl, wait_counter
+from scenarios.pair import BARE_PAIR
 from scenarios.policy_lab import (
     change_policy,
     edit,
@@ -29,7 +30,8 @@ TCP_5001, REST = "secure tcp 5001/tcp 5001", "secure the rest/all"
 
 @pytest.fixture
 def pair(lab_up):
-    with ipsecd_in(lab_up("intranet-pair"), {}) as lab:  # each test starts ipsecd with its own policies
+    # each test starts ipsecd with its own policies
+    with ipsecd_in(lab_up("intranet-pair", overrides=BARE_PAIR), {}) as lab:
         yield lab, lab.node("host-a"), lab.node("host-b")
 
 

@@ -5,6 +5,7 @@ See scenarios/policy-filters/README.md.
 
 import pytest
 from scenarios.driver_lab import counters, ipsecctl, wait_counter
+from scenarios.pair import BARE_PAIR
 from scenarios.policy_lab import ipsecd_in, scenario_policy, sources, start_ipsecd, wait_for_sas
 
 from lab.backend import CommandError
@@ -24,7 +25,7 @@ A, B = "10.0.0.1", "10.0.0.2"
 @pytest.fixture
 def pair(lab_up):
     policies = {node: scenario_policy(SCENARIO, node) for node in ("host-a", "host-b")}
-    with ipsecd_in(lab_up("intranet-pair"), policies) as lab:
+    with ipsecd_in(lab_up("intranet-pair", overrides=BARE_PAIR), policies) as lab:
         yield lab, lab.node("host-a"), lab.node("host-b")
 
 

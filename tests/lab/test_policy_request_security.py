@@ -6,6 +6,7 @@ See scenarios/policy-request-security/README.md. host-b runs Server (Request Sec
 
 import pytest
 from scenarios.driver_lab import counters
+from scenarios.pair import BARE_PAIR
 from scenarios.policy_lab import (
     esp_sas,
     events,
@@ -32,7 +33,8 @@ PSK = "policy-request-security-lab"
 
 @pytest.fixture
 def pair(lab_up):
-    with ipsecd_in(lab_up("intranet-pair"), {"host-b": predefined_policy("server", PSK)}) as lab:
+    pair = lab_up("intranet-pair", overrides=BARE_PAIR)
+    with ipsecd_in(pair, {"host-b": predefined_policy("server", PSK)}) as lab:
         yield lab, lab.node("host-a"), lab.node("host-b")
 
 

@@ -8,6 +8,7 @@ import pytest
 from scapy.layers.inet import IP
 from scapy.layers.ipsec import ESP
 from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads, wait_counter
+from scenarios.pair import BARE_PAIR
 from scenarios.policy_lab import (
     esp_sas,
     from_first,
@@ -31,7 +32,8 @@ PSK = "policy-secure-server-lab"
 
 @pytest.fixture
 def pair(lab_up):
-    with ipsecd_in(lab_up("intranet-pair"), {"host-b": predefined_policy("secure server", PSK)}) as lab:
+    pair = lab_up("intranet-pair", overrides=BARE_PAIR)
+    with ipsecd_in(pair, {"host-b": predefined_policy("secure server", PSK)}) as lab:
         yield lab, lab.node("host-a"), lab.node("host-b")
 
 

@@ -2,9 +2,16 @@
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
-from ipsecd import ipsecctl
+import pytest
+
+from ipsecd import ipsecctl, wireshark
 from ipsecd.daemon import event_kind, ike_counter_key
+from ipsecd.sad import SecurityAssociation
 
 
 def args(*argv: str) -> argparse.Namespace:
@@ -45,3 +52,32 @@ def test_views_read_like_ipsecmon():
               "keying": {"policy": "p", "ike_address": "10.0.0.1", "main_mode_sas": 1, "quick_mode_sas": 1}}
     assert ipsecctl.show_status(status).splitlines()[1] == (
         "policy: p   IKE on 10.0.0.1: 1 main mode SAs, 1 quick mode SAs")
+
+
+VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "strongswan-ikev1"
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None or not VECTORS.is_dir(), reason="needs tshark and vectors")
+def test_keys_folder_is_made_and_tshark_decrypts_with_it(tmp_path):
+    """`ipsecctl keys --wireshark -o DIR` makes DIR and writes the two UAT files Wireshark loads from a
+    configuration folder: with them tshark decrypts strongSwan's main mode message 5 and its ESP."""
+    sas = [SecurityAssociation(0x2C2A598D, "esp", "outbound", "tunnel", "10.77.0.1", "10.77.0.2",
+                               "aes-cbc-128", bytes.fromhex("a4f53ea023eed6ca6a52b4e9c2e0388b"),
+                               "hmac-sha1-96", bytes.fromhex("ce4d49cc19b97ad246f94d1ea736af137d75454d"))]
+    result = {"esp_sa": wireshark.esp_sa_table(sas), "tshark_args": [],
+              "ikev1_decryption_table": ["aecc403f3918efa0,36206d4ef5b4ac7429045639152ca465"]}
+    folder = tmp_path / "keys"
+    ipsecctl.write_keys(result, args("keys", "--wireshark", "-o", str(folder)))
+    pcap = VECTORS / "cap-v1-aes128-sha1-modp2048-outer.pcap"
+    decoded = subprocess.run(
+        ["tshark", "-n", "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE",
+         "-Y", "frame.number == 5 || frame.number == 10",
+         "-T", "fields", "-e", "isakmp.id.type", "-e", "icmp.type"],
+        capture_output=True, text=True, env={**os.environ, "WIRESHARK_CONFIG_DIR": str(folder)}, check=True)
+    assert decoded.stdout.split() == ["1", "8"]  # MM5's ID payload (ID_IPV4_ADDR), an echo request
+
+
+def test_keys_to_a_file_is_refused(tmp_path):
+    (tmp_path / "keys.txt").write_text("")
+    with pytest.raises(SystemExit, match="not a folder"):
+        ipsecctl.write_keys({"esp_sa": ""}, args("keys", "--wireshark", "-o", str(tmp_path / "keys.txt")))

@@ -3,6 +3,7 @@
 import doctest
 import importlib
 import pkgutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -259,8 +260,57 @@ def test_unrunnable_topology_is_refused_with_its_reason():
 
 def test_graph_names_every_node_segment_and_address():
     dot = to_dot(topology.load("gateway-tunnel"))
-    for text in ("gw-a", "host-b", "seg:wan", "198.51.100.0/24", "10.2.0.10/24"):
+    for text in ("gw-a", "host-b", "wan", "198.51.100.0/24", "10.2.0.10/24"):
         assert text in dot
+
+
+GATEWAY_POLICY = """
+name: gw-a
+rules:
+  - name: to site b
+    filter_list:
+      name: site a <-> site b
+      filters: [{name: t, source: 10.1.0.0/24, destination: 10.2.0.0/24, protocol: any, mirrored: false}]
+    filter_action: {name: Require, action: negotiate, security_methods: ["ESP[3DES,SHA1]"]}
+    authentication: [{psk: k}]
+    tunnel: 198.51.100.2
+"""
+
+
+def test_graph_shows_firewall_tunnel_and_a_readable_shape(tmp_path: Path):
+    """A node's `drop:` firewall and its tunnel (from the policy its ipsecd folder assigns) are drawn, and
+    the five-node chain is not a long strip."""
+    folder = tmp_path / "gw-a"
+    (folder / "policies").mkdir(parents=True)
+    (folder / "ipsecd.yaml").write_text("policy: {store: policies, assign: gw-a.yaml}\n")
+    (folder / "policies" / "gw-a.yaml").write_text(GATEWAY_POLICY)
+    overrides = {"nodes": {"gw-a": {"ipsecd": str(folder)}, "host-a": {"drop": ["esp", "udp/500"]}}}
+    topo = topology.load("gateway-tunnel", overrides)
+    dot = to_dot(topo)
+    assert "firewall drops esp, udp/500" in dot
+    assert '"gw-a" -- "gw-b" [label="tunnel 10.1.0.0/24 <-> 10.2.0.0/24\\nESP[3DES,SHA1]"' in dot
+    png = render(topo, tmp_path / "g.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    assert width / height < 8, (width, height)
+
+
+def test_graph_of_the_default_lab_shows_esp_between_the_hosts():
+    dot = to_dot(topology.load("intranet-pair"))
+    assert '"host-a" -- "host-b" [label="ESP[3DES,SHA1] all traffic"' in dot
+
+
+def test_overrides_remove_a_key_with_none():
+    """JSON merge patch: a test that wants the bare pair removes the default lab's ipsecd."""
+    bare = topology.load("intranet-pair", {"nodes": {"host-a": {"ipsecd": None}, "host-b": {"ipsecd": None}}})
+    assert [n.ipsecd for n in bare.nodes.values()] == [None, None]
+    assert all(n.ipsecd for n in topology.load("intranet-pair").nodes.values())
+
+
+def test_ipsecd_folder_must_hold_the_config(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    refused = r"nodes.host-a.ipsecd: folder .*empty has no ipsecd.yaml"
+    with pytest.raises(topology.TopologyError, match=refused):
+        topology.load("intranet-pair", {"nodes": {"host-a": {"ipsecd": str(tmp_path / "empty")}}})
 
 
 def test_graph_renders_png(tmp_path: Path):

@@ -54,7 +54,7 @@ class Case:
     wire: tuple[str, str]  # node and interface whose TX packets are the encrypted (or plain) stream
     algorithm: str | None = None  # None: no ipsecd
     tcp_target: float | None = None
-    offload: bool = True  # TUN super-packets (ipsecd.offload) or one packet per read/write
+    offload: bool = True  # TUN super-packets (ipsecd.driver.offload) or one packet per read/write
     udp_encap: bool = False  # ESP in UDP 4500 (RFC 3948) instead of IP protocol 50: UDP GSO and GRO
     link_offload: bool = False  # veth TX offload on (the lab turns it off so captures show real checksums)
     strongswan: str | None = None  # swanctl's ESP proposal: both gateways run charon instead of ipsecd
@@ -216,9 +216,9 @@ def driver_cost(encryption: str, integrity: str | None, count: int = 20000) -> t
     from ipaddress import IPv4Network
 
     from ipsecd import algorithms
-    from ipsecd.driver import Driver
-    from ipsecd.sad import SecurityAssociation
-    from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+    from ipsecd.driver.driver import Driver
+    from ipsecd.driver.sad import SecurityAssociation
+    from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 
     secure = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
     integ = algorithms.integrity(integrity) if integrity else None
@@ -255,7 +255,7 @@ def driver_cost(encryption: str, integrity: str | None, count: int = 20000) -> t
 def offload_cost(mss: int = 1348, count: int = 48, runs: int = 300) -> tuple[float, float]:
     """CPU µs per segment of cutting a TSO super-packet read from the TUN into `count` segments
     (`offload.segments`: checksums included) and of coalescing them back into one GSO write (`Coalescer`)."""
-    from ipsecd.offload import GSO_TCPV4, NEEDS_CSUM, VNET_HEADER, Coalescer, segments
+    from ipsecd.driver.offload import GSO_TCPV4, NEEDS_CSUM, VNET_HEADER, Coalescer, segments
 
     header = bytes.fromhex("45000000000040004006" "0000" "0a000001" "0a000002")
     tcp = bytes.fromhex("04d2145100000001000000018010ffff00000000" "0101080a000004d20000162e")  # timestamps

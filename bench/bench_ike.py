@@ -13,7 +13,7 @@ import statistics
 import time
 
 from bench.common import Row
-from ipsecd.ike.ike import IKE, Rule
+from ipsecd.ike.component import IKE, Rule
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 
 SUITES = {

@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 
 from ipsecd import algorithms
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
-from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
 ANY = IPv4Network("0.0.0.0/0")

@@ -25,19 +25,20 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 
-from ipsecd import config, control, wireshark
+from ipsecd import config, control
 from ipsecd.config import ConfigError, ManualSA, NodeConfig
 from ipsecd.counters import GLOBAL_COUNTERS
-from ipsecd.driver import DRIVER_COUNTERS, Driver, IKEHooks, KernelWire
-from ipsecd.ike.ike import IKE
+from ipsecd.driver import keyexport
+from ipsecd.driver.driver import DRIVER_COUNTERS, Driver, IKEHooks, KernelWire
+from ipsecd.driver.netfilter import Marks, Netfilter
+from ipsecd.driver.sad import Lifetime, SecurityAssociation
+from ipsecd.driver.tun import Tun
+from ipsecd.ike.component import IKE
 from ipsecd.ike_bridge import IKEBridge, certificate_source
-from ipsecd.netfilter import Marks, Netfilter
 from ipsecd.policy import interface_manager
+from ipsecd.policy.agent import Negotiator, PolicyAgent, PolicyChange
 from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
-from ipsecd.policy_agent import Negotiator, PolicyAgent, PolicyChange
-from ipsecd.sad import Lifetime, SecurityAssociation
-from ipsecd.tun import Tun
 
 log = logging.getLogger("ipsecd")
 
@@ -274,8 +275,8 @@ class Daemon:
         """The esp_sa table and, with IKE, the ikev1_decryption_table (Wireshark's two UAT files)."""
         sas = list(self.driver.sad)
         ike = self.keying.ike.ikev1_decryption_table() if self.keying else []
-        return {"esp_sa": wireshark.esp_sa_table(sas), "ikev1_decryption_table": ike,
-                "tshark_args": wireshark.tshark_esp_args(sas)
+        return {"esp_sa": keyexport.esp_sa_table(sas), "ikev1_decryption_table": ike,
+                "tshark_args": keyexport.tshark_esp_args(sas)
                 + [arg for row in ike for arg in ("-o", f"uat:ikev1_decryption_table:{row}")]}
 
     def handlers(self) -> dict:

@@ -9,7 +9,7 @@ component imports the other.
 
 >>> from ipaddress import IPv4Network
 >>> from ipsecd.ike.settings import Selector
->>> from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+>>> from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 >>> secure = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 >>> spd = SPD(Filter("a-b", IPv4Network("10.0.0.1/32"), IPv4Network("10.0.0.0/24"), secure).mirrored())
 >>> secured_filter(spd, Selector.parse("10.0.0.1"), Selector.parse("10.0.0.2"), None, "10.0.0.2").name
@@ -31,11 +31,11 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ipsecd.driver.sad import Lifetime, SecurityAssociation
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
+from ipsecd.driver.spd import Selector as PacketSelector
 from ipsecd.ike.quick_mode import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
-from ipsecd.sad import Lifetime, SecurityAssociation
-from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
-from ipsecd.spd import Selector as PacketSelector
 
 log = logging.getLogger("ipsecd.ike")
 

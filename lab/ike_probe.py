@@ -121,7 +121,7 @@ def authentication(config: dict):
 
 
 async def run(config: dict) -> None:
-    from ipsecd.ike.ike import IKE, Rule
+    from ipsecd.ike.component import IKE, Rule
     from ipsecd.ike.settings import MainModeOffer, PeerPolicy, QuickModeOffer, Selector
 
     policy = PeerPolicy(

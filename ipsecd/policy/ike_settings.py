@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
-from ipsecd import spd
-from ipsecd.ike.ike import Rule as IKERule
+from ipsecd.driver import spd
+from ipsecd.ike.component import Rule as IKERule
 from ipsecd.ike.settings import AuthMethod as IKEAuth
 from ipsecd.ike.settings import (
     Certificates,

@@ -8,7 +8,7 @@ store (ipsecPolicy, ipsecISAKMPPolicy, ipsecNFA, ipsecFilter, ipsecNegotiationPo
 cache map onto the same objects, and an exported policy keeps its identity when imported elsewhere.
 
 Filters here are *generic*: they may say "me" (my IP address), "any" or a DNS name. ``expand`` turns them
-into the driver's *specific* filters (``ipsecd.spd.Filter``).
+into the driver's *specific* filters (``ipsecd.driver.spd.Filter``).
 
 >>> Endpoint.parse("10.0.0.0/24"), Endpoint.parse("me"), str(Endpoint.parse("dc.lab.test"))
 (Endpoint(kind=<EndpointKind.SUBNET: 'subnet'>, network=IPv4Network('10.0.0.0/24'), dns_name=None), \
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 
-from ipsecd import spd
+from ipsecd.driver import spd
 
 # Protocol names the Windows filter dialog offers, plus the SPD's own; any other protocol is a number.
 PROTOCOLS = {**spd.PROTOCOL_NUMBERS, "egp": 8, "hmp": 20, "xns-idp": 22, "rdp": 27, "rvd": 66, "raw": 255}

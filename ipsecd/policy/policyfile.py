@@ -29,7 +29,7 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy import model
 from ipsecd.policy.validate import PolicyError, Problem, validate
 

@@ -7,8 +7,8 @@ import random
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
-from ipsecd.driver import fix_l4_checksum
-from ipsecd.esp import nat_checksum_fixup
+from ipsecd.driver.driver import fix_l4_checksum
+from ipsecd.driver.esp import nat_checksum_fixup
 
 
 def natted(packet: bytes) -> bytes:

@@ -10,10 +10,10 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.ipsec import AH, ESP, SecurityAssociation
 
-from ipsecd.driver import Driver, RecordingWire
-from ipsecd.sad import Lifetime
-from ipsecd.sad import SecurityAssociation as SA
-from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+from ipsecd.driver.driver import Driver, RecordingWire
+from ipsecd.driver.sad import Lifetime
+from ipsecd.driver.sad import SecurityAssociation as SA
+from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 
 A, B = "10.0.0.1", "10.0.0.2"
 GCM_KEY = bytes(range(20))

@@ -13,7 +13,7 @@ import random
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ipsecd.esp import (
+from ipsecd.driver.esp import (
     AuthenticationFailed,
     BadPacket,
     DecryptionFailed,
@@ -23,7 +23,7 @@ from ipsecd.esp import (
     ip_to_bytes,
     ipv4_header,
 )
-from ipsecd.sad import SAD, SecurityAssociation
+from ipsecd.driver.sad import SAD, SecurityAssociation
 
 A, B = "192.0.2.1", "192.0.2.2"
 SUITES = [("aes-gcm-128", None), ("aes-cbc-128", "hmac-sha1-96"), ("3des-cbc", "hmac-md5-96"),

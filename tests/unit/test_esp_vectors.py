@@ -25,9 +25,9 @@ with warnings.catch_warnings():
     from scapy.packet import raw
     from scapy.utils import rdpcap
 
-from ipsecd import esp
 from ipsecd.algorithms import encryption
-from ipsecd.sad import SAD, SecurityAssociation
+from ipsecd.driver import esp
+from ipsecd.driver.sad import SAD, SecurityAssociation
 
 # -- RFC 3602 §4 --
 

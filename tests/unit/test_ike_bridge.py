@@ -9,10 +9,10 @@ from cryptography.hazmat.primitives import serialization
 from scapy.layers.inet import ICMP, IP
 from scapy.packet import Raw
 
-from ipsecd.driver import Driver, RecordingWire
+from ipsecd.driver.driver import Driver, RecordingWire
+from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 from ipsecd.ike.settings import PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from ipsecd.ike_bridge import IKEBridge, certificate_source, secured_filter
-from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 from tests.unit.test_ike_component import A, B, negotiate
 from tests.vectors.pki import CA
 

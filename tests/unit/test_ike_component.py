@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from ipsecd.ike import natt
-from ipsecd.ike.ike import IKE, RETRANSMIT_BACKOFF, Rule
+from ipsecd.ike.component import IKE, RETRANSMIT_BACKOFF, Rule
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from tests.unit.test_ike_exchanges import mirrored
 

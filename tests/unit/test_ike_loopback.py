@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from ipsecd.ike.ike import IKE, Rule
+from ipsecd.ike.component import IKE, Rule
 from ipsecd.ike.settings import PeerPolicy, PreSharedKey, Selector
 from tests.unit.test_ike_component import RecordingDriver
 from tests.unit.test_ike_exchanges import mirrored

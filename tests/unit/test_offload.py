@@ -7,7 +7,7 @@ import random
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from ipsecd.offload import (
+from ipsecd.driver.offload import (
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,

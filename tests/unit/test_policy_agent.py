@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy import interface_manager, policyfile
+from ipsecd.policy.agent import PolicyAgent
 from ipsecd.policy.model import AuthKind, AuthMethod
 from ipsecd.policy.predefined import predefined
 from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
-from ipsecd.policy_agent import PolicyAgent
 
 PSK = (AuthMethod(AuthKind.PRESHARED_KEY, psk="lab"),)
 PAIR = """\

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy import policyfile
 from ipsecd.policy.expand import expand, expand_rules
 from ipsecd.policy.validate import PolicyError

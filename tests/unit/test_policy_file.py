@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.model import Endpoint, EndpointKind, MainModeMethod, parse_security_method
 from ipsecd.policy.validate import PolicyError

@@ -8,15 +8,15 @@ from ipaddress import IPv4Address
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from ipsecd.driver import Driver, RecordingWire
+from ipsecd.driver.driver import Driver, RecordingWire
+from ipsecd.driver.spd import SPD
 from ipsecd.ike import natt
-from ipsecd.ike.ike import IKE
+from ipsecd.ike.component import IKE
+from ipsecd.policy.agent import Negotiator, PolicyAgent
 from ipsecd.policy.model import AuthKind, AuthMethod
 from ipsecd.policy.predefined import predefined
 from ipsecd.policy.soft_association import SoftAssociations
 from ipsecd.policy.store import LocalStore
-from ipsecd.policy_agent import Negotiator, PolicyAgent
-from ipsecd.spd import SPD
 from tests.unit.test_ike_component import ManualClock
 from tests.vectors.pki import CA
 

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy.expand import expand
 from ipsecd.policy.ike_settings import ike_settings
 from ipsecd.policy.model import AuthKind, AuthMethod, MainModeMethod

@@ -5,7 +5,7 @@ from ipaddress import IPv4Network
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod, Selector
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod, Selector
 
 PERMIT = FilterAction("permit", Action.PERMIT)
 BLOCK = FilterAction("block", Action.BLOCK)

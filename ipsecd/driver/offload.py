@@ -32,7 +32,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ipsecd.esp import l4_checksum_at, pseudo_header_sum
+from ipsecd.driver.esp import l4_checksum_at, pseudo_header_sum
 
 VNET_HEADER = struct.Struct("<BBHHHH")  # struct virtio_net_hdr, host (little-endian) byte order
 VNET_HEADER_SIZE = VNET_HEADER.size

@@ -18,7 +18,7 @@ MAC changed is followed within a second of the kernel learning it.
 
 The packet socket's packets never enter this node's netfilter, so they need no bypass mark; the raw
 socket keeps its SO_MARK. Sending the stdlib's way only: rtnetlink with the socket module, sendmmsg
-through ctypes (ipsecd.mmsg); no pyroute2 in the node image: the few messages below are all we need.
+through ctypes (ipsecd.driver.mmsg); no pyroute2 in the node image: the few messages below are all we need.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
-from ipsecd import mmsg
-from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP
+from ipsecd.driver import mmsg
+from ipsecd.driver.esp import IPPROTO_AH, IPPROTO_ESP
 
 log = logging.getLogger("ipsecd.egress")
 

@@ -42,8 +42,8 @@ from typing import Any, Protocol
 
 import yaml
 
-from ipsecd import spd
-from ipsecd.ike.ike import Rule as IKERule
+from ipsecd.driver import spd
+from ipsecd.ike.component import Rule as IKERule
 from ipsecd.ike.settings import Selector as IKESelector
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ipsecd.egress import Egress, KernelTables, PacketSocket
-from ipsecd.esp import (
+from ipsecd.driver.egress import Egress, KernelTables, PacketSocket
+from ipsecd.driver.esp import (
     IPPROTO_AH,
     IPPROTO_ESP,
     IPsecError,
@@ -50,11 +50,20 @@ from ipsecd.esp import (
     l4_checksum_at,
     pseudo_header_sum,
 )
-from ipsecd.mmsg import BatchReceiver
-from ipsecd.netfilter import Netfilter, comment_name
-from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro, word_sum
-from ipsecd.sad import SAD, SecurityAssociation
-from ipsecd.spd import SPD, Action, Direction, Filter, Selector
+from ipsecd.driver.mmsg import BatchReceiver
+from ipsecd.driver.netfilter import Netfilter, comment_name
+from ipsecd.driver.offload import (
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+    Coalescer,
+    GsoSender,
+    segments,
+    split_gro,
+    word_sum,
+)
+from ipsecd.driver.sad import SAD, SecurityAssociation
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, Selector
 
 log = logging.getLogger("ipsecd.driver")
 
@@ -481,7 +490,7 @@ class Driver:
             report(int.from_bytes(spi, "big"), peer, protocol)
 
     def wire_error(self, topic: str, packets: int, message: str) -> None:
-        """Batched I/O (ipsecd.offload) failed after the driver handed the packets over: send errors."""
+        """Batched I/O (driver.offload) failed after the driver handed the packets over: send errors."""
         self.counters["send_errors"] += packets
         self._say(topic, message)
 
@@ -544,7 +553,7 @@ def fix_l4_checksum(packet: bytes) -> bytes:
 def internet_checksum(data: bytes | bytearray, words: int = 0) -> int:
     """RFC 1071 checksum of `data` and `words` (the sum of further 16-bit words, e.g. a pseudo-header).
 
-    The one's complement sum of 16-bit words is the integer modulo 0xFFFF (ipsecd.offload.word_sum: a
+    The one's complement sum of 16-bit words is the integer modulo 0xFFFF (ipsecd.driver.offload.word_sum: a
     big integer for short data, numpy from 1 KB).
 
     >>> hex(internet_checksum(bytes.fromhex("4500003c1c46400040060000ac100a63ac100a0c")))
@@ -572,12 +581,12 @@ REFRESH_SECONDS = 1.0  # how often the packet socket's next hops are read again 
 class KernelWire:
     """The real I/O: TUN device, raw sockets for ESP and AH, the UDP 4500 socket, a packet socket.
 
-    Outer IPv4 packets (`send_ip`) go out through ipsecd.egress: a packet socket straight to the next
+    Outer IPv4 packets (`send_ip`) go out through ipsecd.driver.egress: a packet socket straight to the next
     hop where the kernel's tables name one, batched per TUN drain, else the raw socket. Everything the
     daemon sends through the kernel's IP stack carries the bypass mark, so the nftables rules never mark
     it for securing again (the packet socket's packets never meet them). With an offload TUN
     (`tun.offload`), a read may hold a TCP super-packet that is cut into the segments the driver sees,
-    and the packets delivered during one drain are coalesced into GSO writes (ipsecd.offload): fewer
+    and the packets delivered during one drain are coalesced into GSO writes (ipsecd.driver.offload): fewer
     syscalls, the same packets through the driver.
     """
 

@@ -12,7 +12,7 @@ An SA is one direction of one protocol.  The driver calls, per packet::
 and, periodically, ``for sa, reason in sad.expire(now)`` ("soft": ask IKE to rekey;
 "hard"/"idle": already deleted), ``sad.snapshot()`` for ipsecctl.
 
-Drops raise an ``ipsecd.esp.IPsecError`` subclass; the SA/SAD has already counted it
+Drops raise an ``ipsecd.driver.esp.IPsecError`` subclass; the SA/SAD has already counted it
 under ``exc.counter`` (per SA and globally), so the driver only logs and drops.
 
 Lifetimes (RFC 4301 §4.4.2.1, first of bytes/seconds wins) are checked by
@@ -25,7 +25,7 @@ number (RFC 4303 §3.3.3; no ESN, as in RFC 2406 and Windows 2003).
 >>> sad = SAD()
 >>> sad.add(SecurityAssociation(0x1000, "esp", "inbound", "tunnel", "192.0.2.1", "192.0.2.2",
 ...                             "aes-gcm-128", bytes(20)))
->>> from ipsecd.esp import ipv4_header, ip_to_bytes
+>>> from ipsecd.driver.esp import ipv4_header, ip_to_bytes
 >>> packet = ipv4_header(ip_to_bytes("10.1.0.1"), ip_to_bytes("10.2.0.1"), 17, 4) + b"ping"
 >>> inner, sa = sad.inbound(out.encapsulate(packet))
 >>> inner == packet, sa.counters.packets, sad.snapshot().confidential_bytes_received
@@ -38,10 +38,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ipsecd import algorithms, esp
-from ipsecd.ah import AhTransform
+from ipsecd import algorithms
 from ipsecd.counters import Counters, SACounters
-from ipsecd.esp import (
+from ipsecd.driver import esp
+from ipsecd.driver.ah import AhTransform
+from ipsecd.driver.esp import (
     IPPROTO_AH,
     IPPROTO_ESP,
     IPPROTO_IPIP,
@@ -367,7 +368,7 @@ class SecurityAssociation:
         included); transport mode rebuilds the inner header from them, with TTL 64 and,
         for the identification the socket does not tell, the ESP sequence number's low
         16 bits: packets in sequence get consecutive identifications, so the receiving
-        side can still merge a flow's segments (ipsecd.offload).
+        side can still merge a flow's segments (ipsecd.driver.offload).
         """
         if self._replay is None:
             raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")

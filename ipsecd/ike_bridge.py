@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from ipsecd.driver.sad import Lifetime, SecurityAssociation
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 from ipsecd.driver.spd import Selector as PacketSelector
-from ipsecd.ike.quick_mode import ChildSA, QuickModeDone
+from ipsecd.ike.sa import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
 
 log = logging.getLogger("ipsecd.ike")

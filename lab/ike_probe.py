@@ -121,8 +121,8 @@ def authentication(config: dict):
 
 
 async def run(config: dict) -> None:
-    from ipsecd.ike.component import IKE, Rule
-    from ipsecd.ike.settings import MainModeOffer, PeerPolicy, QuickModeOffer, Selector
+    from ipsecd.ike.component import IKE
+    from ipsecd.ike.settings import IKERule, MainModeOffer, PeerPolicy, QuickModeOffer, Selector
 
     policy = PeerPolicy(
         auth=[authentication(config)],
@@ -131,7 +131,7 @@ async def run(config: dict) -> None:
         tunnel=True,
     )
     local, remote = Selector.parse(config["local_net"]), Selector.parse(config["remote_net"])
-    rule = Rule("to the far site", policy, local, remote, tunnel_endpoint=config["peer"])
+    rule = IKERule("to the far site", policy, local, remote, tunnel_endpoint=config["peer"])
     driver = RecordingDriver()
     ike = IKE(config["local"], driver)
     ike.load_policy([rule])

@@ -4,7 +4,7 @@ It owns UDP 500. UDP 4500 belongs to the driver, which hands IKE the datagrams t
 marker (``datagram_4500``) and sends IKE's for it (``send_4500``); for tests IKE can own a 4500 socket.
 Time comes from a :class:`Clock` so tests drive retransmissions and lifetimes without sleeping.
 
-The driver side is the :class:`Driver` protocol: ``add_sa(QuickModeDone)`` installs both directions of a
+The driver side is the :class:`SAInstaller` protocol: ``add_sa(QuickModeDone)`` installs both directions of a
 quick mode, ``delete_sa(spi, destination, protocol)`` removes one direction.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import logging
 import secrets
 import socket
@@ -20,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ipsecd.ike import informational, isakmp, keylog, main_mode, natt, quick_mode
+from ipsecd.ike import events, informational, isakmp, keylog, main_mode, natt, quick_mode
+from ipsecd.ike.events import Established, Failure, InboundReady, NegotiationError
 from ipsecd.ike.isakmp import ExchangeType, MalformedMessage, Message, NotifyType, ProtocolID
-from ipsecd.ike.main_mode import Established, Failure, IsakmpSA, NegotiationError
-from ipsecd.ike.quick_mode import InboundReady, QuickModeDone
-from ipsecd.ike.settings import QUICK_MODE_IDLE_SECONDS, PeerPolicy, Selector
+from ipsecd.ike.sa import IsakmpSA, QuickModeDone
+from ipsecd.ike.settings import QUICK_MODE_IDLE_SECONDS, IKERule, PeerPolicy, Selector
 
 log = logging.getLogger("ipsecd.ike")
 
@@ -43,7 +42,7 @@ COUNTER_NAMES = (
 )
 
 
-class Driver(Protocol):
+class SAInstaller(Protocol):
     """What IKE needs from the IPsec driver."""
 
     def add_inbound(self, sa: QuickModeDone) -> None:
@@ -65,33 +64,6 @@ class Clock(Protocol):
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
 
 
-ANY = Selector(ipaddress.IPv4Network("0.0.0.0/0"))
-
-
-@dataclass(frozen=True)
-class Rule:
-    """An IKE view of one policy rule: which traffic, protected how, with which peer."""
-
-    name: str
-    policy: PeerPolicy
-    local: Selector = ANY
-    remote: Selector = ANY
-    tunnel_endpoint: str | None = None  # tunnel mode: the peer gateway; transport: the packet's peer
-
-    def covers_peer(self, peer: str) -> bool:
-        if self.tunnel_endpoint:
-            return self.tunnel_endpoint == peer
-        return ipaddress.IPv4Address(peer) in self.remote.network
-
-    def covers(self, local: Selector, remote: Selector) -> bool:
-        return (
-            local.network.subnet_of(self.local.network)
-            and remote.network.subnet_of(self.remote.network)
-            and self.local.protocol in (0, local.protocol)
-            and self.remote.protocol in (0, remote.protocol)
-        )
-
-
 @dataclass
 class Exchange:
     """One exchange in flight: its state machine, where it talks, what to repeat."""
@@ -99,7 +71,7 @@ class Exchange:
     machine: object
     peer: tuple[str, int]
     local_port: int
-    rule: Rule | None = None
+    rule: IKERule | None = None
     last_sent: list[bytes] = field(default_factory=list)
     last_received: bytes = b""
     attempts: int = 0
@@ -111,7 +83,7 @@ class Exchange:
 @dataclass
 class MainModeEntry:
     sa: IsakmpSA
-    rule: Rule
+    rule: IKERule
     established: float
     exchange: Exchange
     timers: list[Timer] = field(default_factory=list)
@@ -120,7 +92,7 @@ class MainModeEntry:
 @dataclass
 class QuickModeEntry:
     sa: QuickModeDone
-    rule: Rule | None
+    rule: IKERule | None
     installed: float
     initiator: bool
     timers: list[Timer] = field(default_factory=list)
@@ -162,7 +134,7 @@ class IKE:
     def __init__(
         self,
         local_address: str,
-        driver: Driver,
+        driver: SAInstaller,
         *,
         clock: Clock | None = None,
         send_4500: Callable[[bytes, tuple[str, int]], None] | None = None,
@@ -183,14 +155,14 @@ class IKE:
         self.retransmit = tuple(retransmit)  # seconds between sends; len + 1 sends in all
         self.keepalive_interval = keepalive_interval
         self.on_peer_message = on_peer_message  # the Negotiator: this peer speaks IKE (no soft association)
-        self.rules: list[Rule] = []
+        self.rules: list[IKERule] = []
         self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in COUNTER_NAMES})
         self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=1000)
         self.main_modes: dict[bytes, MainModeEntry] = {}  # by cookie pair
         self.quick_modes: dict[int, QuickModeEntry] = {}  # by inbound SPI
         self.pending_main: dict[bytes, Exchange] = {}  # main modes in flight, by initiator cookie
         self.pending_quick: dict[tuple[bytes, int], Exchange] = {}  # by (cookies, message ID)
-        self.waiting: dict[str, list[tuple[Rule, Selector, Selector]]] = {}
+        self.waiting: dict[str, list[tuple[IKERule, Selector, Selector]]] = {}
         self.sockets: list[asyncio.DatagramTransport] = []
         self.sender: Callable[[bytes, tuple[str, int], int], None] = self._send_udp
         self.keepalive_timers: dict[bytes, Timer] = {}
@@ -231,7 +203,7 @@ class IKE:
         for sock in self.sockets:
             sock.close()
 
-    def load_policy(self, rules: list[Rule]) -> None:
+    def load_policy(self, rules: list[IKERule]) -> None:
         self.rules = list(rules)
 
     def _send_udp(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
@@ -247,12 +219,12 @@ class IKE:
 
     # -- driver -> IKE -------------------------------------------------------------------------------
 
-    def acquire(self, rule: Rule, local: Selector, remote: Selector, peer: str | None = None) -> None:
+    def acquire(self, rule: IKERule, local: Selector, remote: Selector, peer: str | None = None) -> None:
         """A packet needs an SA: reuse or negotiate a main mode with the peer, then a quick mode."""
         peer = peer or rule.tunnel_endpoint or str(remote.network.network_address)
         self._acquire(rule, local, remote, peer)
 
-    def _acquire(self, rule: Rule, local: Selector, remote: Selector, peer: str) -> None:
+    def _acquire(self, rule: IKERule, local: Selector, remote: Selector, peer: str) -> None:
         if any(
             ex.acquire == (local, remote) and ex.machine.sa.remote[0] == peer and not ex.machine.done
             for ex in self.pending_quick.values()
@@ -571,7 +543,7 @@ class IKE:
             if ex.machine.spi == notify.spi or len(pending) == 1:
                 ex.machine.fail(
                     f"peer {mm.sa.remote[0]} refused quick mode: {notify.name}",
-                    main_mode.REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed"),
+                    events.REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed"),
                 )
                 self._cancel(ex)
                 self._quick_mode_progress(ex, (mm.sa.cookies, ex.machine.message_id))
@@ -584,7 +556,7 @@ class IKE:
     def _main_mode_with(self, peer: str) -> MainModeEntry | None:
         return next((e for e in self.main_modes.values() if e.sa.remote[0] == peer), None)
 
-    def _start_main_mode(self, rule: Rule, peer: str) -> None:
+    def _start_main_mode(self, rule: IKERule, peer: str) -> None:
         initial_contact = not any(e.sa.remote[0] == peer for e in self.main_modes.values())
         machine = main_mode.Initiator(
             rule.policy, (self.local_address, self.port), (peer, self.port), initial_contact=initial_contact
@@ -595,7 +567,7 @@ class IKE:
         self.note(f"rule {rule.name}: starting main mode with {peer}")
         self._transmit(ex, [first], expect_reply=True)
 
-    def _start_quick_mode(self, mm: MainModeEntry, rule: Rule, local: Selector, remote: Selector) -> None:
+    def _start_quick_mode(self, mm: MainModeEntry, rule: IKERule, local: Selector, remote: Selector) -> None:
         machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi)
         first = machine.start()
         ex = Exchange(machine, mm.sa.remote, mm.sa.local[1], rule, acquire=(local, remote))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ipsecd.ike.main_mode import IsakmpSA
+from ipsecd.ike.sa import IsakmpSA
 
 
 def ikev1_decryption_table(sas: Iterable[IsakmpSA]) -> list[str]:

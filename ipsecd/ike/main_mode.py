@@ -2,7 +2,7 @@
 
 An :class:`Initiator` or :class:`Responder` is fed decoded messages and returns the datagrams to send;
 what happened is appended to ``events`` (:class:`Established` or :class:`Failure`). Sockets, ports,
-retransmission and timers belong to ike.py. The result, an :class:`IsakmpSA`, protects the quick mode
+retransmission and timers belong to component.py. The result, an :class:`IsakmpSA`, protects the quick mode
 and informational exchanges that follow (App. B IV chaining per message ID).
 """
 
@@ -11,14 +11,13 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import secrets
-from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ipsecd.ike import isakmp, natt, oakley
+from ipsecd.ike.auth import AUTH_IDS, AUTH_NAMES, rsa_sign_raw, rsa_verify_raw, verify_chain
+from ipsecd.ike.events import Established, Failure, NegotiationError, refusal
 from ipsecd.ike.isakmp import (
     ID,
     KE,
@@ -41,113 +40,14 @@ from ipsecd.ike.isakmp import (
     Transform,
     VendorID,
 )
-from ipsecd.ike.settings import Certificates, MainModeOffer, PeerPolicy, PreSharedKey, in_date
+from ipsecd.ike.sa import IsakmpSA
+from ipsecd.ike.settings import Certificates, MainModeOffer, PeerPolicy, PreSharedKey
 
 # Oakley attribute classes (RFC 2409 App. A)
 ENCRYPTION, HASH, AUTH_METHOD, GROUP, LIFE_TYPE, LIFE_DURATION, KEY_LENGTH = 1, 2, 3, 4, 11, 12, 14
 LIFE_SECONDS = 1
 KEY_IKE = 1
-AUTH_IDS = {"psk": 1, "rsa-sig": 3}
-AUTH_NAMES = {1: "PSK", 3: "RSA-SIG", 65001: "Kerberos"}
 NONCE_SIZE = 32
-
-
-class NegotiationError(Exception):
-    """Stops an exchange: ``reason`` in words, the notify to send (if any), the counter to bump.
-
-    ``integrity`` marks a message that failed decryption or its hash: it may be a corrupted datagram, so
-    the exchange drops it and waits for the retransmission before believing it (main mode gives one
-    second chance, quick mode waits for its retransmission timer)."""
-
-    def __init__(
-        self,
-        reason: str,
-        notify: int | None = None,
-        counter: str = "negotiation failed",
-        integrity: bool = False,
-    ):
-        super().__init__(reason)
-        self.reason, self.notify, self.counter, self.integrity = reason, notify, counter, integrity
-
-
-@dataclass
-class Failure:
-    reason: str
-    counter: str  # "no proposal chosen", "authentication failed", ...
-
-
-@dataclass
-class Established:
-    sa: IsakmpSA
-
-
-@dataclass
-class IsakmpSA:
-    """An established main mode SA: keys, peers, and the IV state of each phase 2 message ID."""
-
-    icookie: bytes
-    rcookie: bytes
-    initiator: bool
-    suite: oakley.Phase1Suite
-    keys: oakley.Phase1Keys = field(repr=False)
-    lifetime: int
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    auth_method: str
-    peer_identity: str
-    last_block: bytes  # last CBC block of main mode: seeds every phase 2 IV
-    nat: natt.NatStatus | None = None
-    natt_variant: natt.Variant | None = None
-    peer_vendor_ids: list[bytes] = field(default_factory=list)
-    ivs: dict[int, bytes] = field(default_factory=dict)
-
-    @property
-    def cookies(self) -> bytes:
-        return self.icookie + self.rcookie
-
-    def describe(self) -> str:
-        return (
-            f"main mode SA {self.icookie.hex()}:{self.rcookie.hex()} {self.local[0]} <-> {self.remote[0]} "
-            f"({self.suite.describe()}, {self.auth_method}, peer {self.peer_identity})"
-        )
-
-    def _iv(self, message_id: int) -> bytes:
-        if message_id not in self.ivs:
-            self.ivs[message_id] = oakley.phase2_iv(self.suite, self.last_block, message_id)
-        return self.ivs[message_id]
-
-    def seal(self, exchange: int, message_id: int, payloads: list[isakmp.Payload]) -> bytes:
-        """Encrypt a phase 2 message and advance its IV chain."""
-        first, plain = isakmp.build_payloads(payloads)
-        body = self.suite.cipher.encrypt(self.keys.ka, self._iv(message_id), plain)
-        self.ivs[message_id] = body[-self.suite.cipher.block_size :]
-        head = Message(self.icookie, self.rcookie, exchange, Flag.ENCRYPTION, message_id)
-        return head.header(first, len(body)) + body
-
-    def open(self, msg: Message) -> list[isakmp.Payload]:
-        """Decrypt a phase 2 message; the IV chain moves on only when it parses."""
-        if not msg.flags & Flag.ENCRYPTION:
-            raise NegotiationError(
-                f"{ExchangeType(msg.exchange).name} message not encrypted",
-                NotifyType.INVALID_FLAGS,
-                "malformed message",
-                integrity=True,
-            )
-        try:
-            plain = self.suite.cipher.decrypt(self.keys.ka, self._iv(msg.message_id), msg.body)
-            payloads = isakmp.parse_payloads(msg.next_payload, plain, padded=True)
-        except (ValueError, MalformedMessage) as exc:
-            raise NegotiationError(
-                f"could not decrypt message {msg.message_id:#x}: {exc}",
-                NotifyType.PAYLOAD_MALFORMED,
-                "malformed message",
-                integrity=True,
-            ) from None
-        self.ivs[msg.message_id] = msg.body[-self.suite.cipher.block_size :]
-        return payloads
-
-    def forget(self, message_id: int) -> None:
-        self.ivs.pop(message_id, None)
 
 
 # --- proposals ------------------------------------------------------------------------------------
@@ -200,95 +100,7 @@ def _lifetime(t: Transform, default: int) -> int:
     return t.attr(LIFE_DURATION, default) if t.attr(LIFE_TYPE, LIFE_SECONDS) == LIFE_SECONDS else default
 
 
-# --- RSA signatures as IKEv1 uses them: PKCS#1 v1.5 over the bare hash, no DigestInfo -----------------
-
-
-def rsa_sign_raw(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
-    numbers = key.private_numbers()
-    size = (key.key_size + 7) // 8
-    if len(data) > size - 11:
-        raise ValueError("hash too long for the RSA key")
-    m = int.from_bytes(b"\x00\x01" + b"\xff" * (size - 3 - len(data)) + b"\x00" + data, "big")
-    m1, m2 = pow(m, numbers.dmp1, numbers.p), pow(m, numbers.dmq1, numbers.q)
-    return (m2 + numbers.iqmp * (m1 - m2) % numbers.p * numbers.q).to_bytes(size, "big")
-
-
-def rsa_verify_raw(key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
-    try:
-        return key.recover_data_from_signature(signature, padding.PKCS1v15(), None) == data
-    except (InvalidSignature, ValueError):
-        return False
-
-
-def verify_chain(
-    cert: x509.Certificate,
-    extra: list[x509.Certificate],
-    trusted: tuple[x509.Certificate, ...],
-    now: datetime.datetime,
-) -> None:
-    """The peer's certificate must chain (through ``extra``) to a trusted CA, every link in date."""
-    current, seen = cert, 0
-    while seen < 8:
-        if not in_date(current, now):
-            raise NegotiationError(
-                f"certificate {current.subject.rfc4514_string()} is not in date "
-                f"({current.not_valid_before_utc:%Y-%m-%d} .. "
-                f"{current.not_valid_after_utc:%Y-%m-%d})",
-                NotifyType.INVALID_CERTIFICATE,
-                "authentication failed",
-            )
-        for ca in trusted:
-            if current.issuer == ca.subject and _issued_by(current, ca):
-                if not in_date(ca, now):
-                    raise NegotiationError(
-                        f"trusted CA {ca.subject.rfc4514_string()} is not in date",
-                        NotifyType.INVALID_CERTIFICATE,
-                        "authentication failed",
-                    )
-                return
-        parent = next((c for c in extra if c.subject == current.issuer and _issued_by(current, c)), None)
-        if parent is None:
-            raise NegotiationError(
-                f"certificate {cert.subject.rfc4514_string()} (issuer "
-                f"{cert.issuer.rfc4514_string()}) does not chain to a trusted CA",
-                NotifyType.INVALID_CERT_AUTHORITY,
-                "authentication failed",
-            )
-        current, seen = parent, seen + 1
-    raise NegotiationError(
-        "certificate chain too long", NotifyType.INVALID_CERTIFICATE, "authentication failed"
-    )
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-
-
 # --- the exchange ----------------------------------------------------------------------------------
-
-
-REFUSAL_COUNTERS = {
-    NotifyType.NO_PROPOSAL_CHOSEN: "no proposal chosen",
-    NotifyType.AUTHENTICATION_FAILED: "authentication failed",
-    NotifyType.INVALID_CERTIFICATE: "authentication failed",
-    NotifyType.INVALID_CERT_AUTHORITY: "authentication failed",
-    NotifyType.INVALID_SIGNATURE: "authentication failed",
-    NotifyType.INVALID_HASH_INFORMATION: "authentication failed",
-    NotifyType.INVALID_ID_INFORMATION: "invalid selectors",
-}
-
-
-def refusal(notify: Notify, exchange: str, peer: str) -> None:
-    """Raise the failure an error notify from the peer means; status notifies (>= 8192) pass."""
-    if notify.notify_type >= 8192:
-        return
-    counter = REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed")
-    advice = " (check the pre-shared key or the certificates)" if counter == "authentication failed" else ""
-    raise NegotiationError(f"peer {peer} refused {exchange}: {notify.name}{advice}", None, counter)
 
 
 def notify_message(icookie: bytes, rcookie: bytes, notify_type: int) -> bytes:

@@ -1,7 +1,7 @@
 """Quick mode (RFC 2409 §5.5): three messages under a main mode SA, optional PFS, KEYMAT.
 
 Like main mode, a sans-I/O state machine: fed decoded messages, returns datagrams, appends
-:class:`QuickModeDone` or :class:`~ipsecd.ike.main_mode.Failure` to ``events``. The result carries
+:class:`~ipsecd.ike.sa.QuickModeDone` or :class:`~ipsecd.ike.events.Failure` to ``events``. The result carries
 everything the driver needs to install the inbound and the outbound SA.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ipsecd.ike import informational, isakmp, natt, oakley
+from ipsecd.ike.events import Failure, InboundReady, NegotiationError, refusal
 from ipsecd.ike.isakmp import (
     ID,
     KE,
@@ -25,7 +25,7 @@ from ipsecd.ike.isakmp import (
     Proposal,
     Transform,
 )
-from ipsecd.ike.main_mode import Failure, IsakmpSA, NegotiationError, refusal
+from ipsecd.ike.sa import ChildSA, IsakmpSA, QuickModeDone
 from ipsecd.ike.settings import PeerPolicy, QuickModeOffer, Selector
 
 # IPsec DOI (RFC 2407 §4.4, §4.5)
@@ -47,63 +47,6 @@ DRIVER_ENCRYPTION = {
     None: "null",
 }
 DRIVER_INTEGRITY = {"md5": "hmac-md5-96", "sha1": "hmac-sha1-96", "sha256": "hmac-sha256-128", None: None}
-
-
-@dataclass(frozen=True)
-class ChildSA:
-    """One direction of a quick mode SA pair, named as the driver's SAD names an SA's fields
-    (``SecurityAssociation(**dataclasses.asdict(child))`` plus lifetimes) and its algorithms."""
-
-    spi: int
-    protocol: str  # esp or ah
-    direction: str  # inbound or outbound
-    mode: str  # transport or tunnel
-    src: str  # outer addresses of this direction
-    dst: str
-    encryption: str  # driver names: des-cbc, 3des-cbc, aes-cbc-128, ..., null
-    encryption_key: bytes = field(repr=False)
-    integrity: str | None  # hmac-md5-96, hmac-sha1-96, hmac-sha256-128
-    integrity_key: bytes = field(repr=False)
-    udp_encap: tuple[int, int] | None  # (source port, destination port) of ESP in UDP
-    inner: ChildSA | None = None  # AH+ESP bundle: this is the AH SA, ``inner`` the ESP SA below it
-
-    def chain(self) -> list[ChildSA]:
-        """This SA and the ones bundled below it."""
-        return [self, *(self.inner.chain() if self.inner else [])]
-
-
-@dataclass(frozen=True)
-class QuickModeDone:
-    """Quick mode SAs: both directions, algorithms, mode, selectors, lifetimes, NAT-T encapsulation."""
-
-    inbound: ChildSA
-    outbound: ChildSA
-    mode: str  # transport or tunnel
-    local_selector: Selector
-    remote_selector: Selector
-    offer: QuickModeOffer
-    lifetime_seconds: int
-    lifetime_kb: int
-    udp_encapsulation: tuple[int, int] | None  # (local port, remote port) when ESP goes in UDP
-    isakmp_sa: IsakmpSA = field(repr=False)
-    message_id: int = 0
-    peer_original_address: str | None = None  # NAT-OA: the peer's own address, for transport checksums
-
-    def describe(self) -> str:
-        enc = f", UDP-encapsulated {self.udp_encapsulation[1]}" if self.udp_encapsulation else ""
-        return (
-            f"quick mode SAs {self.offer.describe()} {self.mode}{enc}: {self.local_selector} <-> "
-            f"{self.remote_selector}, inbound SPI {self.inbound.spi:#010x}, outbound SPI "
-            f"{self.outbound.spi:#010x}, {self.lifetime_seconds} s / {self.lifetime_kb} KB"
-        )
-
-
-@dataclass(frozen=True)
-class InboundReady:
-    """The responder's quick mode 2 is leaving: its inbound SAs can be installed now, since the initiator
-    may send on them as soon as it has sent quick mode 3 (which `done` follows, or a Failure)."""
-
-    done: QuickModeDone
 
 
 def _encapsulation(isakmp_sa: IsakmpSA, tunnel: bool) -> int:

@@ -9,7 +9,6 @@ MainModeOffer(encryption='3des', hash='sha1', group=2, lifetime=28800)
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -105,5 +104,28 @@ class PeerPolicy:
     nat_traversal: tuple[str, ...] = ("rfc3947", "draft-02")  # () = off; ("draft-02",) = as Windows 2003
 
 
-def in_date(cert: x509.Certificate, now: datetime.datetime) -> bool:
-    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+ANY = Selector(ipaddress.IPv4Network("0.0.0.0/0"))
+
+
+@dataclass(frozen=True)
+class IKERule:
+    """An IKE view of one policy rule: which traffic, protected how, with which peer."""
+
+    name: str
+    policy: PeerPolicy
+    local: Selector = ANY
+    remote: Selector = ANY
+    tunnel_endpoint: str | None = None  # tunnel mode: the peer gateway; transport: the packet's peer
+
+    def covers_peer(self, peer: str) -> bool:
+        if self.tunnel_endpoint:
+            return self.tunnel_endpoint == peer
+        return ipaddress.IPv4Address(peer) in self.remote.network
+
+    def covers(self, local: Selector, remote: Selector) -> bool:
+        return (
+            local.network.subnet_of(self.local.network)
+            and remote.network.subnet_of(self.remote.network)
+            and self.local.protocol in (0, local.protocol)
+            and self.remote.protocol in (0, remote.protocol)
+        )

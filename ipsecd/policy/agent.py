@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import yaml
 
 from ipsecd.driver import spd
-from ipsecd.ike.component import Rule as IKERule
+from ipsecd.ike.settings import IKERule
 from ipsecd.ike.settings import Selector as IKESelector
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from ipsecd.driver import spd
-from ipsecd.ike.component import Rule as IKERule
 from ipsecd.ike.settings import AuthMethod as IKEAuth
 from ipsecd.ike.settings import (
     Certificates,
+    IKERule,
     MainModeOffer,
     PeerPolicy,
     PreSharedKey,

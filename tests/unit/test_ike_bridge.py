@@ -166,14 +166,14 @@ def test_default_response_sas_bring_their_own_filters_while_they_live():
 
 
 def test_ike_reports_every_peer_that_speaks_and_retransmits_as_configured():
-    from tests.unit.test_ike_component import PSK, ManualClock, Network, Rule, host
+    from tests.unit.test_ike_component import PSK, IKERule, ManualClock, Network, host
 
     clock = ManualClock()
     net = Network(clock)
     heard = []
-    ike_a, _ = net.attach(A, [Rule("to-b", PSK, host(A), host(B))], retransmit=(1, 1),
+    ike_a, _ = net.attach(A, [IKERule("to-b", PSK, host(A), host(B))], retransmit=(1, 1),
                           on_peer_message=heard.append)
-    net.attach(B, [Rule("any", PSK)])
+    net.attach(B, [IKERule("any", PSK)])
     net.drop = lambda src, dst, data: dst[0] == B  # B never hears A
     ike_a.acquire(ike_a.rules[0], host(A), host(B), B)
     net.run()

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from ipsecd.ike import natt
-from ipsecd.ike.component import IKE, RETRANSMIT_BACKOFF, Rule
-from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
+from ipsecd.ike.component import IKE, RETRANSMIT_BACKOFF
+from ipsecd.ike.settings import IKERule, MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from tests.unit.test_ike_exchanges import mirrored
 
 
@@ -116,8 +116,8 @@ def host(address):
 def pair(policy_a, policy_b=None, address_a=A, address_b=B):
     clock = ManualClock()
     net = Network(clock)
-    rule_a = Rule("to-b", policy_a, host(address_a), Selector.parse("10.0.0.0/8"))
-    rule_b = Rule("to-a", policy_b or policy_a, host(address_b), Selector.parse("0.0.0.0/0"))
+    rule_a = IKERule("to-b", policy_a, host(address_a), Selector.parse("10.0.0.0/8"))
+    rule_b = IKERule("to-a", policy_b or policy_a, host(address_b), Selector.parse("0.0.0.0/0"))
     a = net.attach(address_a, [rule_a])
     b = net.attach(address_b, [rule_b])
     return clock, net, a, b, rule_a
@@ -134,7 +134,7 @@ class Lab:
     drv_a: RecordingDriver
     ike_b: IKE
     drv_b: RecordingDriver
-    rule: Rule
+    rule: IKERule
 
 
 def negotiate(policy_a=PSK, policy_b=None, **kw) -> Lab:
@@ -271,8 +271,9 @@ def negotiate_through_nat() -> Lab:
     clock = ManualClock()
     net = Network(clock)
     net.nat = ("192.168.1.10", "203.0.113.5")
-    rule_a = Rule("to-b", PSK, host("192.168.1.10"), host(B))
-    (ike_a, drv_a), (ike_b, drv_b) = net.attach("192.168.1.10", [rule_a]), net.attach(B, [Rule("any", PSK)])
+    rule_a = IKERule("to-b", PSK, host("192.168.1.10"), host(B))
+    (ike_a, drv_a), (ike_b, drv_b) = (net.attach("192.168.1.10", [rule_a]),
+                                           net.attach(B, [IKERule("any", PSK)]))
     ike_a.acquire(rule_a, host("192.168.1.10"), host(B), B)
     net.run()
     return Lab(clock, net, ike_a, drv_a, ike_b, drv_b, rule_a)

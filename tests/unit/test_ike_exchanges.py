@@ -4,8 +4,8 @@ from itertools import count
 
 import pytest
 
-from ipsecd.ike import informational, isakmp, main_mode, quick_mode
-from ipsecd.ike.main_mode import Established, Failure
+from ipsecd.ike import events, informational, isakmp, main_mode, quick_mode
+from ipsecd.ike.events import Established, Failure
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from tests.vectors.pki import CA
 
@@ -186,7 +186,7 @@ def test_quick_mode_pairs_match(offer):
     i, r, _ = main_mode_pair(pol, pol)
     q, qr = quick_mode_pair(i.sa, r.sa, pol, pol)
     (done_i,), (ready, done_r) = q.events, qr.events
-    assert ready == quick_mode.InboundReady(done_r)  # the responder's inbound SAs, as its QM2 left
+    assert ready == events.InboundReady(done_r)  # the responder's inbound SAs, as its QM2 left
     assert mirrored(done_i, done_r)
     assert done_i.inbound.direction == "inbound" and done_i.outbound.mode == "transport"
     assert done_i.inbound.spi == 0x1000 and done_i.outbound.spi == 0x2000
@@ -232,7 +232,7 @@ def test_informational_delete_and_notify_round_trip():
     assert informational.open_informational(i.sa, isakmp.Message.decode(wire))[0].spis == [i.sa.cookies]
     tampered = bytearray(informational.notify(i.sa, isakmp.NotifyType.INITIAL_CONTACT))
     tampered[-1] ^= 1
-    with pytest.raises(main_mode.NegotiationError):
+    with pytest.raises(events.NegotiationError):
         informational.open_informational(r.sa, isakmp.Message.decode(bytes(tampered)))
 
 

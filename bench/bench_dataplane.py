@@ -209,14 +209,14 @@ class _NullWire:
 
 
 def driver_cost(encryption: str, integrity: str | None, count: int = 20000) -> tuple[float, float]:
-    """CPU µs per 1400-byte packet of Driver.outbound and Driver.inbound (SPD, SAD, codec; no I/O).
+    """CPU µs per 1400-byte packet of IPsecDriver.outbound and IPsecDriver.inbound (SPD, SAD, codec; no I/O).
 
     Process CPU time, so other tenants of the machine change it less than wall time.
     """
     from ipaddress import IPv4Network
 
     from ipsecd import algorithms
-    from ipsecd.driver.driver import Driver
+    from ipsecd.driver.driver import IPsecDriver
     from ipsecd.driver.sad import SecurityAssociation
     from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 
@@ -225,9 +225,10 @@ def driver_cost(encryption: str, integrity: str | None, count: int = 20000) -> t
     keys = (os.urandom(algorithms.encryption(encryption).key_size),
             os.urandom(integ.key_size) if integ else b"")
 
-    def node(me: str, peer: str, direction: str) -> tuple[Driver, _NullWire]:
+    def node(me: str, peer: str, direction: str) -> tuple[IPsecDriver, _NullWire]:
         wire = _NullWire()
-        driver = Driver(SPD(Filter("f", IPv4Network(me), IPv4Network(peer), secure).mirrored()), wire=wire)
+        spd = SPD(Filter("f", IPv4Network(me), IPv4Network(peer), secure).mirrored())
+        driver = IPsecDriver(spd, wire=wire)
         src, dst = (me, peer) if direction == "outbound" else (peer, me)
         sa = SecurityAssociation(0x1000, "esp", direction, "transport", src, dst, encryption, keys[0],
                                  integrity, keys[1])
@@ -331,9 +332,9 @@ def run() -> list[Row]:
     for label, (encryption, integrity) in ALGORITHMS.items():
         out, back = driver_cost(encryption, integrity)
         rows.append(Row(f"driver path {label}, outbound (no I/O)", out, "us/pkt",
-                        note="Driver.outbound: flow cache, SA, ESP build; process CPU time"))
+                        note="IPsecDriver.outbound: flow cache, SA, ESP build; process CPU time"))
         rows.append(Row(f"driver path {label}, inbound (no I/O)", back, "us/pkt",
-                        note="Driver.inbound: SAD, replay, ICV, decrypt, policy check"))
+                        note="IPsecDriver.inbound: SAD, replay, ICV, decrypt, policy check"))
     cut, merge = offload_cost()
     rows.append(Row("TUN offload: cut a 64 KB TSO read (no I/O)", cut, "us/seg",
                     note="offload.segments: 48 segments of 1348 bytes, IP and TCP checksums; CPU time"))

@@ -29,7 +29,7 @@ from ipsecd import config, control
 from ipsecd.config import ConfigError, ManualSA, NodeConfig
 from ipsecd.counters import GLOBAL_COUNTERS
 from ipsecd.driver import keyexport
-from ipsecd.driver.driver import DRIVER_COUNTERS, Driver, IKEHooks, KernelWire
+from ipsecd.driver.driver import DRIVER_COUNTERS, IKEHooks, IPsecDriver, KernelWire
 from ipsecd.driver.netfilter import Marks, Netfilter
 from ipsecd.driver.sad import Lifetime, SecurityAssociation
 from ipsecd.driver.tun import Tun
@@ -76,7 +76,7 @@ def event_kind(text: str) -> str:
 class PolicyKeying:
     """The Policy Agent, IKE and the Negotiator of a policy-configured node, wired to its driver."""
 
-    def __init__(self, cfg: NodeConfig, driver: Driver, wire: KernelWire) -> None:
+    def __init__(self, cfg: NodeConfig, driver: IPsecDriver, wire: KernelWire) -> None:
         s, p = cfg.ike, cfg.policy
         self.tun = cfg.driver.tun
         self.bridge = IKEBridge(driver, cfg.driver.replay_window)
@@ -206,7 +206,7 @@ class Daemon:
         self.tun = Tun(s.tun, s.mtu, s.offload)
         self.wire = KernelWire(self.tun, s.bypass_mark)
         self.kernel = Netfilter(Marks(s.fwmark, s.bypass_mark, s.route_table, s.tun))
-        self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, ike=ike,
+        self.driver = IPsecDriver(cfg.spd, wire=self.wire, kernel=self.kernel, ike=ike,
                              idle_seconds=s.idle_seconds)
         # With a policy, the Policy Agent and IKE come in through the bridge (it replaces `ike`).
         self.keying = PolicyKeying(cfg, self.driver, self.wire) if cfg.policy else None

@@ -32,8 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ipsecd.driver.sad import Lifetime, SecurityAssociation
-from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
-from ipsecd.driver.spd import Selector as PacketSelector
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, PacketSelector, SecurityMethod
 from ipsecd.ike.sa import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
 
@@ -46,7 +45,9 @@ SAKey = tuple[int, str, str]  # (SPI, destination, protocol): how the driver and
 DEFAULT_RESPONSE = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
 
 
-class IKE(Protocol):
+class BridgedIKE(Protocol):
+    """What the bridge needs from IKE."""
+
     natt_port: int
     local_address: str
 
@@ -119,7 +120,7 @@ class IKEBridge:
     def __init__(self, driver, replay_window: int = 64) -> None:
         self.driver = driver
         self.replay_window = replay_window
-        self.ike: IKE | None = None
+        self.ike: BridgedIKE | None = None
         self.negotiator: Acquirer | None = None
         self.quick_mode_of: dict[SAKey, int] = {}  # every SA of a quick mode -> its inbound SPI (IKE's key)
         self.filter_of: dict[int, str] = {}  # quick mode (inbound SPI) -> the filter its SAs secure

@@ -21,7 +21,7 @@ IKE has it, `ike.invalid_spi(spi, peer, protocol)` for a packet on an SA it does
 
 >>> from scapy.layers.inet import IP, ICMP
 >>> wire = RecordingWire()
->>> driver = Driver(SPD(), wire=wire)
+>>> driver = IPsecDriver(SPD(), wire=wire)
 >>> driver.outbound(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP()))  # no filter: sent in clear
 >>> wire.sent[0][1]
 '10.0.0.2'
@@ -63,7 +63,7 @@ from ipsecd.driver.offload import (
     word_sum,
 )
 from ipsecd.driver.sad import SAD, SecurityAssociation
-from ipsecd.driver.spd import SPD, Action, Direction, Filter, Selector
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, PacketSelector
 
 log = logging.getLogger("ipsecd.driver")
 
@@ -72,7 +72,7 @@ NAT_KEEPALIVE_SECONDS = 20.0
 ACQUIRE_RETRY_SECONDS = 5.0  # how long a pending acquire waits before the driver asks IKE again
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 
-# Driver counters beyond the SAD's ipsecmon counters: (key, label).
+# IPsecDriver counters beyond the SAD's ipsecmon counters: (key, label).
 DRIVER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("packets_without_sa", "Packets Dropped Waiting For An SA"),
     ("acquires", "SA Requests To IKE (Acquire)"),
@@ -88,7 +88,7 @@ DRIVER_COUNTERS: tuple[tuple[str, str], ...] = (
 class IKEHooks(Protocol):
     """What the driver asks of IKE (ipsecd.ike); None means manual keys only."""
 
-    def acquire(self, filter: Filter, selector: Selector) -> None: ...
+    def acquire(self, filter: Filter, selector: PacketSelector) -> None: ...
     def expire(self, sa: SecurityAssociation, hard: bool) -> None: ...
     def datagram_4500(self, data: bytes, addr: tuple[str, int]) -> None: ...
 
@@ -155,7 +155,7 @@ class _Pending:
         self.asked = asked
 
 
-class Driver:
+class IPsecDriver:
     """The SPD, the SAD and the packets between them; I/O through `wire`, kernel policy through `kernel`.
 
     `kernel` is a netfilter.Netfilter (None in unit tests, where no kernel policy is installed);
@@ -285,7 +285,7 @@ class Driver:
                 self._send(sa, cached, packet)
                 return
         try:
-            sel = Selector.parse(packet)
+            sel = PacketSelector.parse(packet)
         except ValueError:
             self.sad.counters.malformed_packets += 1
             return
@@ -417,7 +417,7 @@ class Driver:
             self.counters["send_errors"] += 1
             self._say("send", f"cannot send to {dst}: {e.strerror}")
 
-    def _hold(self, key: tuple[str, str], f: Filter, sel: Selector, packet: bytes) -> None:
+    def _hold(self, key: tuple[str, str], f: Filter, sel: PacketSelector, packet: bytes) -> None:
         """No SA yet: keep only this last packet and ask IKE (not more often than every few seconds)."""
         now = self.clock()
         pending = self._pending.get(key)
@@ -443,7 +443,7 @@ class Driver:
         flow = flow_key(inner)
         if flow is None or (sa.spi, flow) not in self._inbound_flows:
             try:
-                sel = Selector.parse(inner)
+                sel = PacketSelector.parse(inner)
             except ValueError:
                 self.sad.counters.malformed_packets += 1
                 return
@@ -657,7 +657,7 @@ class KernelWire:
     def _write_frame(self, frame: bytes) -> None:
         self.tun.write(frame)
 
-    def attach(self, loop, driver: Driver) -> None:
+    def attach(self, loop, driver: IPsecDriver) -> None:
         """Register the readers on an asyncio loop; each wake-up drains up to DRAIN packets."""
         loop.add_reader(self.tun.fd, self._drain_tun, driver)
         loop.add_reader(self.esp_in.fileno(), self._drain_raw, self._esp_receiver, driver)
@@ -676,7 +676,7 @@ class KernelWire:
         self.egress.refresh()
         self._refresh_timer = loop.call_later(REFRESH_SECONDS, self._refresh, loop)
 
-    def _drain_tun(self, driver: Driver) -> None:
+    def _drain_tun(self, driver: IPsecDriver) -> None:
         """Up to DRAIN reads from the TUN; what the driver sends meanwhile goes out in batches at the end."""
         read, outbound = self.tun.read, driver.outbound
         self.egress.batching = True
@@ -700,7 +700,7 @@ class KernelWire:
                     driver.wire_error("send", self._gso.lost, f"cannot send UDP: {self._gso.error}")
                     self._gso.lost = 0
 
-    def _drain_raw(self, receiver: BatchReceiver, driver: Driver) -> None:
+    def _drain_raw(self, receiver: BatchReceiver, driver: IPsecDriver) -> None:
         """Up to DRAIN packets from a raw socket, in one recvmmsg."""
         inbound = driver.inbound
         try:
@@ -709,7 +709,7 @@ class KernelWire:
         finally:
             self._flush(driver)
 
-    def _drain_udp(self, driver: Driver) -> None:
+    def _drain_udp(self, driver: IPsecDriver) -> None:
         recvmsg, inbound_udp = self.udp.recvmsg, driver.inbound_udp
         try:
             for _ in range(DRAIN):
@@ -729,7 +729,7 @@ class KernelWire:
         finally:
             self._flush(driver)
 
-    def _flush(self, driver: Driver) -> None:
+    def _flush(self, driver: IPsecDriver) -> None:
         """Write what the drain coalesced; a TUN that refuses it is counted like a refused packet."""
         if self._coalescer is None:
             return

@@ -8,7 +8,7 @@ The kernel decides per packet, so the daemon sees only traffic it must secure:
 - inbound clear packets that a negotiate filter says must be secured are dropped (counted), unless the
   filter action accepts unsecured communication or falls back to clear;
 - IKE (UDP 500/4500), ESP/AH themselves, broadcast and multicast are exempt, in the same terms as
-  `Selector.is_exempt`; packets the daemon sends carry a bypass mark and are never re-marked; packets
+  `PacketSelector.is_exempt`; packets the daemon sends carry a bypass mark and are never re-marked; packets
   the daemon writes back to the TUN after decapsulation are accepted.
 
 The table is replaced atomically (one `nft -f` transaction), so a policy change never leaves a gap.

@@ -323,7 +323,7 @@ class IKE:
                 self.counters["Negotiation Failures: no policy for peer"] += 1
                 self.note(f"main mode from {addr[0]} refused: no rule covers this peer")
                 return
-            machine = main_mode.Responder(rule.policy, (self.local_address, local_port), addr)
+            machine = main_mode.MainModeResponder(rule.policy, (self.local_address, local_port), addr)
             ex = Exchange(machine, addr, local_port, rule)
             self.pending_main[msg.icookie] = ex
         elif self._duplicate(ex, data):
@@ -415,7 +415,9 @@ class IKE:
                 for e in self.quick_modes.values()
             ):
                 return  # a late retransmission of a finished quick mode
-            machine = quick_mode.Responder(mm.sa, msg.message_id, self._policy_for, self.allocate_spi)
+            machine = quick_mode.QuickModeResponder(
+                mm.sa, msg.message_id, self._policy_for, self.allocate_spi
+            )
             ex = Exchange(machine, addr, local_port)
             self.pending_quick[key] = ex
         elif self._duplicate(ex, data):
@@ -465,7 +467,8 @@ class IKE:
         rule = ex.rule or next(
             (r for r in self.rules if r.covers(done.local_selector, done.remote_selector)), None
         )
-        entry = QuickModeEntry(done, rule, self.clock.time(), isinstance(ex.machine, quick_mode.Initiator))
+        initiator = isinstance(ex.machine, quick_mode.QuickModeInitiator)
+        entry = QuickModeEntry(done, rule, self.clock.time(), initiator)
         self._replace_older(done)
         self.quick_modes[done.inbound.spi] = entry
         self.note(f"{done.describe()} installed")
@@ -497,7 +500,7 @@ class IKE:
         pending = [
             ex
             for ex in self.pending_quick.values()
-            if ex.machine.sa is mm.sa and isinstance(ex.machine, quick_mode.Initiator)
+            if ex.machine.sa is mm.sa and isinstance(ex.machine, quick_mode.QuickModeInitiator)
         ]
         try:
             payloads = informational.open_informational(mm.sa, msg)
@@ -558,7 +561,7 @@ class IKE:
 
     def _start_main_mode(self, rule: IKERule, peer: str) -> None:
         initial_contact = not any(e.sa.remote[0] == peer for e in self.main_modes.values())
-        machine = main_mode.Initiator(
+        machine = main_mode.MainModeInitiator(
             rule.policy, (self.local_address, self.port), (peer, self.port), initial_contact=initial_contact
         )
         first = machine.start()
@@ -568,7 +571,7 @@ class IKE:
         self._transmit(ex, [first], expect_reply=True)
 
     def _start_quick_mode(self, mm: MainModeEntry, rule: IKERule, local: Selector, remote: Selector) -> None:
-        machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi)
+        machine = quick_mode.QuickModeInitiator(mm.sa, rule.policy, local, remote, self.allocate_spi)
         first = machine.start()
         ex = Exchange(machine, mm.sa.remote, mm.sa.local[1], rule, acquire=(local, remote))
         self.pending_quick[(mm.sa.cookies, machine.message_id)] = ex

@@ -1,7 +1,7 @@
 """Main mode (RFC 2409 §5): the six-message phase 1 exchange, as sans-I/O state machines.
 
-An :class:`Initiator` or :class:`Responder` is fed decoded messages and returns the datagrams to send;
-what happened is appended to ``events`` (:class:`Established` or :class:`Failure`). Sockets, ports,
+A :class:`MainModeInitiator` or :class:`MainModeResponder` is fed decoded messages and returns the datagrams
+to send; what happened is appended to ``events`` (:class:`Established` or :class:`Failure`). Sockets, ports,
 retransmission and timers belong to component.py. The result, an :class:`IsakmpSA`, protects the quick mode
 and informational exchanges that follow (App. B IV chaining per message ID).
 """
@@ -195,7 +195,7 @@ class MainMode:
         return next(a for a in self.policy.auth if a.method == self.method)
 
     def _choose(self, proposal: Proposal) -> Transform:
-        """Responder: the first transform of the initiator that our policy accepts."""
+        """MainModeResponder: the first transform of the initiator that our policy accepts."""
         for t in proposal.transforms:
             for offer in self.policy.main_mode:
                 for auth in self.policy.auth:
@@ -428,7 +428,7 @@ def _id_text(ident: ID) -> str:
     return f"ID type {ident.id_type} {ident.data.hex()}"
 
 
-class Initiator(MainMode):
+class MainModeInitiator(MainMode):
     """Main mode initiator: ``start()`` gives message 1, ``receive()`` the rest."""
 
     initiator = True
@@ -490,7 +490,7 @@ class Initiator(MainMode):
         return []
 
 
-class Responder(MainMode):
+class MainModeResponder(MainMode):
     """Main mode responder: created for a message 1, fed every message of the exchange."""
 
     initiator = False

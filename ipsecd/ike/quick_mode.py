@@ -276,14 +276,14 @@ class QuickMode:
         if variant is None or encap != variant.udp_transport:
             return []
         local, remote = (ipaddress.IPv4Address(a).packed for a in (self.sa.local[0], self.sa.remote[0]))
-        initiator, responder = (local, remote) if isinstance(self, Initiator) else (remote, local)
+        initiator, responder = (local, remote) if isinstance(self, QuickModeInitiator) else (remote, local)
         return [variant.natoa(initiator), variant.natoa(responder)]
 
     def _peer_original_address(self, payloads: list[isakmp.Payload]) -> str | None:
         oas = [p for p in payloads if isinstance(p, isakmp.NatOA) and len(p.address) == 4]
         if len(oas) != 2:
             return None
-        return str(ipaddress.IPv4Address(oas[1 if isinstance(self, Initiator) else 0].address))
+        return str(ipaddress.IPv4Address(oas[1 if isinstance(self, QuickModeInitiator) else 0].address))
 
     def _result(
         self,
@@ -352,7 +352,7 @@ class QuickMode:
         )
 
 
-class Initiator(QuickMode):
+class QuickModeInitiator(QuickMode):
     """Quick mode initiator for one acquire; ``spi_allocator`` gives our inbound SPIs."""
 
     def __init__(
@@ -448,7 +448,7 @@ class Initiator(QuickMode):
 PolicyLookup = Callable[[IsakmpSA, Selector, Selector], "PeerPolicy | None"]
 
 
-class Responder(QuickMode):
+class QuickModeResponder(QuickMode):
     """Created for a quick mode 1; ``policy_for`` finds the rule that covers the proposed selectors."""
 
     def __init__(

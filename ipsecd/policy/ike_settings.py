@@ -52,7 +52,7 @@ CertificateSource = Callable[[str], Certificates]
 
 
 @dataclass(frozen=True)
-class IKESettings:
+class IKERuleSet:
     """The IKE rules in the order IKE must try them, and how to find the rule for a driver's acquire."""
 
     rules: tuple[IKERule, ...] = ()
@@ -65,7 +65,7 @@ class IKESettings:
 
 
 def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ...]],
-                 certificate_for: CertificateSource | None = None) -> IKESettings:
+                 certificate_for: CertificateSource | None = None) -> IKERuleSet:
     lifetime = policy.key_exchange.lifetime_seconds
     main_mode = [MainModeOffer(CIPHERS[m.encryption], m.hash, m.dh_group, lifetime)
                  for m in policy.key_exchange.methods]
@@ -92,7 +92,7 @@ def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ..
     ordered += _inbound_tunnel_filters(policy, filters_by_rule, rules)
     if policy.default_response and policy.default_response.active:
         rules += _default_response(policy.default_response, main_mode, certificate_for, warnings)
-    return IKESettings(tuple(rules), dict(ordered), tuple(warnings))
+    return IKERuleSet(tuple(rules), dict(ordered), tuple(warnings))
 
 
 def _rules_for_filters(rule: Rule, peer_policy: PeerPolicy,

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from scapy.layers.inet import ICMP, IP
 from scapy.packet import Raw
 
-from ipsecd.driver.driver import Driver, RecordingWire
+from ipsecd.driver.driver import IPsecDriver, RecordingWire
 from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 from ipsecd.ike.settings import PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from ipsecd.ike_bridge import IKEBridge, certificate_source, secured_filter
@@ -36,9 +36,9 @@ class RecordingIKE:
         self.received.append((data, addr, local_port))
 
 
-def bridged(spd: SPD) -> tuple[Driver, IKEBridge, RecordingWire]:
+def bridged(spd: SPD) -> tuple[IPsecDriver, IKEBridge, RecordingWire]:
     wire = RecordingWire()
-    driver = Driver(spd, wire=wire)
+    driver = IPsecDriver(spd, wire=wire)
     bridge = IKEBridge(driver)
     driver.ike = bridge
     bridge.ike = RecordingIKE()
@@ -201,7 +201,7 @@ def test_unknown_spi_from_a_peer_without_main_mode_renegotiates():
     bridge_b.ike.local_address = B
     bridge_b.ike.has_main_mode_with = lambda peer: False
     wire_a = RecordingWire()
-    driver_a = Driver(host_filter("a-b", A, B), wire=wire_a)
+    driver_a = IPsecDriver(host_filter("a-b", A, B), wire=wire_a)
     IKEBridge(driver_a).add_sa(done_a)
     driver_a.outbound(bytes(IP(src=A, dst=B) / ICMP()))
     for _ in range(3):  # a burst: one reaction

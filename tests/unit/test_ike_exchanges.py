@@ -49,17 +49,17 @@ def mirrored(ours, theirs) -> bool:
 
 
 def main_mode_pair(pol_i: PeerPolicy, pol_r: PeerPolicy):
-    i, r = main_mode.Initiator(pol_i, A, B), main_mode.Responder(pol_r, B, A)
+    i, r = main_mode.MainModeInitiator(pol_i, A, B), main_mode.MainModeResponder(pol_r, B, A)
     count = converse(i, r, i.start())
     return i, r, count
 
 
 def quick_mode_pair(sa_i, sa_r, pol_i, pol_r, local="192.0.2.1/32", remote="192.0.2.2/32"):
-    q = quick_mode.Initiator(
+    q = quick_mode.QuickModeInitiator(
         sa_i, pol_i, Selector.parse(local), Selector.parse(remote), count(0x1000).__next__
     )
     first = q.start()
-    r = quick_mode.Responder(
+    r = quick_mode.QuickModeResponder(
         sa_r, isakmp.Message.decode(first).message_id, lambda *_: pol_r, count(0x2000).__next__
     )
     converse(q, r, first)
@@ -246,7 +246,7 @@ def test_our_responder_accepts_strongswans_main_mode_1():
         auth=[PreSharedKey(vectors.PSK)],
         main_mode=[MainModeOffer("aes128", "sha1", 14), MainModeOffer("3des", "sha1", 2)],
     )
-    r = main_mode.Responder(policy, ("10.77.0.2", 500), ("10.77.0.1", 500))
+    r = main_mode.MainModeResponder(policy, ("10.77.0.2", 500), ("10.77.0.1", 500))
     [mm2] = r.receive(mm1)
     reply = isakmp.Message.decode(mm2)
     chosen = reply.first(isakmp.SA).proposals[0].transforms[0]

@@ -35,7 +35,7 @@ SECURE = '{name: secure, action: negotiate, security_methods: ["ESP[3DES,SHA1]"]
 
 
 def lookup(filters, packet, direction=spd.Direction.OUTBOUND):
-    hit = spd.SPD(filters).lookup(spd.Selector.parse(bytes(packet)), direction)
+    hit = spd.SPD(filters).lookup(spd.PacketSelector.parse(bytes(packet)), direction)
     return hit and hit.rule
 
 

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from ipsecd.driver.driver import Driver, RecordingWire
+from ipsecd.driver.driver import IPsecDriver, RecordingWire
 from ipsecd.driver.spd import SPD
 from ipsecd.ike import natt
 from ipsecd.ike.component import IKE
@@ -51,7 +51,7 @@ class Node:
         self.ike = IKE(address, self.keys, clock=clock, send_4500=lambda d, a: None)
         self.ike.sender = lambda data, addr, port: network.send(natt.frame(data, port), (address, port), addr)
         self.wire = RecordingWire()
-        self.driver = Driver(SPD(), wire=self.wire, ike=self, clock=clock.time)
+        self.driver = IPsecDriver(SPD(), wire=self.wire, ike=self, clock=clock.time)
         addresses = [IPv4Address(address)]
         self.agent = PolicyAgent(store, self.driver, self.ike, lambda: addresses, clock=clock.time,
                                  certificate_for=certificate_for)

@@ -18,7 +18,7 @@ PSK = (AuthMethod(AuthKind.PRESHARED_KEY, psk="lab"),)
 
 
 def hit(policy, packet, direction=spd.Direction.OUTBOUND):
-    return spd.SPD(expand(policy, ME)).lookup(spd.Selector.parse(bytes(packet)), direction)
+    return spd.SPD(expand(policy, ME)).lookup(spd.PacketSelector.parse(bytes(packet)), direction)
 
 
 def test_windows_identities_and_key_exchange_defaults():

@@ -19,7 +19,7 @@ import timeit
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipsecd.algorithms import ENCRYPTIONS, INTEGRITIES
-from ipsecd.driver.esp import ip_to_bytes, ipv4_header
+from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
 from ipsecd.driver.sad import SAD, SecurityAssociation
 
 SIZES = (64, 512, 1400)

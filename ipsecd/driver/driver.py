@@ -40,28 +40,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ipsecd.driver.egress import Egress, KernelTables, PacketSocket
-from ipsecd.driver.esp import (
-    IPPROTO_AH,
-    IPPROTO_ESP,
-    IPsecError,
-    SAExpired,
-    UnknownSPI,
-    classify_udp4500,
-    l4_checksum_at,
-    pseudo_header_sum,
-)
+from ipsecd.driver.errors import IPsecError, SAExpired, UnknownSPI
+from ipsecd.driver.esp import NON_ESP_MARKER, classify_udp4500
+from ipsecd.driver.ipv4 import IPPROTO_AH, IPPROTO_ESP, fix_l4_checksum, ntoa
 from ipsecd.driver.mmsg import BatchReceiver
 from ipsecd.driver.netfilter import Netfilter, comment_name
-from ipsecd.driver.offload import (
-    SOL_UDP,
-    UDP_GRO,
-    UDP_SEGMENT,
-    Coalescer,
-    GsoSender,
-    segments,
-    split_gro,
-    word_sum,
-)
+from ipsecd.driver.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro
 from ipsecd.driver.sad import SAD, SecurityAssociation
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, PacketSelector
 
@@ -70,7 +54,6 @@ log = logging.getLogger("ipsecd.driver")
 FLOW_CACHE_SIZE = 65536
 NAT_KEEPALIVE_SECONDS = 20.0
 ACQUIRE_RETRY_SECONDS = 5.0  # how long a pending acquire waits before the driver asks IKE again
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
 
 # IPsecDriver counters beyond the SAD's ipsecmon counters: (key, label).
 DRIVER_COUNTERS: tuple[tuple[str, str], ...] = (
@@ -139,10 +122,6 @@ def flow_key(packet: bytes) -> bytes | None:
         ihl = (packet[0] & 0x0F) << 2
         return packet[9:10] + packet[12:20] + packet[ihl:ihl + 4]
     return packet[9:10] + packet[12:20]
-
-
-def ntoa(address: int) -> str:
-    return socket.inet_ntoa(address.to_bytes(4, "big"))
 
 
 class _Pending:
@@ -523,47 +502,6 @@ def sa_status(sa: SecurityAssociation, filter_name: str, now: float) -> dict:
             "filter": filter_name, "age_seconds": round(now - sa.created, 1), "sequence": sa.seq,
             "bundle": f"{sa.inner.spi:#010x}" if sa.inner is not None else None,
             "counters": sa.counters.as_dict(), "description": describe_sa(sa)}
-
-
-def fix_l4_checksum(packet: bytes) -> bytes:
-    """Recompute the TCP/UDP checksum of an IPv4 packet over its (possibly NAT-rewritten) addresses.
-
-    Safe because ESP already proved the payload authentic (RFC 3948 §3.1.2 allows the receiver to
-    skip or redo the check). UDP with checksum 0 stays 0.
-
-    >>> from scapy.layers.inet import IP, TCP
-    >>> p = bytearray(bytes(IP(src="192.168.1.10", dst="203.0.113.2") / TCP(dport=80)))
-    >>> p[12:16] = bytes([203, 0, 113, 1])  # the NAT's address
-    >>> fixed = IP(fix_l4_checksum(bytes(p)))
-    >>> expected = IP(bytes(IP(src="203.0.113.1", dst="203.0.113.2") / TCP(dport=80)))[TCP].chksum
-    >>> fixed[TCP].chksum == expected
-    True
-    """
-    offset = l4_checksum_at(packet)
-    if offset is None:
-        return packet  # not TCP/UDP with a checksum, or a fragment: nothing we can recompute here
-    # No copies: the pseudo-header's words, less the old checksum word, added to the segment's sum
-    checksum = internet_checksum(packet[(packet[0] & 0x0F) * 4:],
-                                 pseudo_header_sum(packet) - int.from_bytes(packet[offset:offset + 2], "big"))
-    if packet[9] == 17 and checksum == 0:
-        checksum = 0xFFFF
-    return packet[:offset] + checksum.to_bytes(2, "big") + packet[offset + 2:]
-
-
-def internet_checksum(data: bytes | bytearray, words: int = 0) -> int:
-    """RFC 1071 checksum of `data` and `words` (the sum of further 16-bit words, e.g. a pseudo-header).
-
-    The one's complement sum of 16-bit words is the integer modulo 0xFFFF (ipsecd.driver.offload.word_sum: a
-    big integer for short data, numpy from 1 KB).
-
-    >>> hex(internet_checksum(bytes.fromhex("4500003c1c46400040060000ac100a63ac100a0c")))
-    '0xb1e6'
-    >>> hex(internet_checksum(bytes.fromhex("4500003c1c4640004006"), 0xac10 + 0x0a63 + 0xac10 + 0x0a0c))
-    '0xb1e6'
-    """
-    value = word_sum(data) + words
-    rest = value % 0xFFFF
-    return 0xFFFF - rest if rest else (0 if value else 0xFFFF)
 
 
 # -- the kernel side ---------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from ipsecd.driver import mmsg
-from ipsecd.driver.esp import IPPROTO_AH, IPPROTO_ESP
+from ipsecd.driver.ipv4 import IPPROTO_AH, IPPROTO_ESP
 
 log = logging.getLogger("ipsecd.egress")
 

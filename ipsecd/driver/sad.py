@@ -12,7 +12,7 @@ An SA is one direction of one protocol.  The driver calls, per packet::
 and, periodically, ``for sa, reason in sad.expire(now)`` ("soft": ask IKE to rekey;
 "hard"/"idle": already deleted), ``sad.snapshot()`` for ipsecctl.
 
-Drops raise an ``ipsecd.driver.esp.IPsecError`` subclass; the SA/SAD has already counted it
+Drops raise an ``ipsecd.driver.errors.IPsecError`` subclass; the SA/SAD has already counted it
 under ``exc.counter`` (per SA and globally), so the driver only logs and drops.
 
 Lifetimes (RFC 4301 §4.4.2.1, first of bytes/seconds wins) are checked by
@@ -25,7 +25,7 @@ number (RFC 4303 §3.3.3; no ESN, as in RFC 2406 and Windows 2003).
 >>> sad = SAD()
 >>> sad.add(SecurityAssociation(0x1000, "esp", "inbound", "tunnel", "192.0.2.1", "192.0.2.2",
 ...                             "aes-gcm-128", bytes(20)))
->>> from ipsecd.driver.esp import ipv4_header, ip_to_bytes
+>>> from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
 >>> packet = ipv4_header(ip_to_bytes("10.1.0.1"), ip_to_bytes("10.2.0.1"), 17, 4) + b"ping"
 >>> inner, sa = sad.inbound(out.encapsulate(packet))
 >>> inner == packet, sa.counters.packets, sad.snapshot().confidential_bytes_received
@@ -42,22 +42,19 @@ from ipsecd import algorithms
 from ipsecd.counters import Counters, SACounters
 from ipsecd.driver import esp
 from ipsecd.driver.ah import AhTransform
-from ipsecd.driver.esp import (
+from ipsecd.driver.errors import BadPacket, DummyPacket, IPsecError, Replayed, SAExpired, UnknownSPI
+from ipsecd.driver.esp import UDP_HEADER
+from ipsecd.driver.ipv4 import (
     IPPROTO_AH,
     IPPROTO_ESP,
     IPPROTO_IPIP,
     IPPROTO_NONE,
     IPPROTO_UDP,
-    UDP_HEADER,
-    BadPacket,
-    DummyPacket,
     HeaderTemplate,
-    IPsecError,
-    Replayed,
-    SAExpired,
-    UnknownSPI,
+    ecn_decapsulated,
     ip_to_bytes,
     ipv4_fields,
+    nat_checksum_fixup,
     rewritten_ipv4_header,
 )
 
@@ -430,10 +427,10 @@ class SecurityAssociation:
                             f"(next header {next_header})")
         inner = payload if total == len(payload) else payload[:total]
         # the encapsulator copied the ECN field: only a change on the way needs the RFC 6040 rules
-        return inner if (outer_tos ^ inner[1]) & 3 == 0 else esp.ecn_decapsulated(inner, outer_tos)
+        return inner if (outer_tos ^ inner[1]) & 3 == 0 else ecn_decapsulated(inner, outer_tos)
 
     def _nat_fixup(self, inner: bytes) -> bytes:
-        return esp.nat_checksum_fixup(inner, self._nat_oa[:4], self._nat_oa[4:])
+        return nat_checksum_fixup(inner, self._nat_oa[:4], self._nat_oa[4:])
 
     def _count_drop(self, error: IPsecError) -> None:
         key = error.counter

@@ -401,7 +401,7 @@ class IKE:
 
     def _keepalive(self, sa: IsakmpSA) -> None:
         if sa.cookies in self.main_modes:
-            self.send_4500(natt.KEEPALIVE, sa.remote)
+            self.send_4500(natt.NAT_KEEPALIVE, sa.remote)
             self._schedule_keepalive(sa)
 
     def _quick_mode_message(

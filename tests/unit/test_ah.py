@@ -11,14 +11,8 @@ import random
 
 import pytest
 
-from ipsecd.driver.esp import (
-    AuthenticationFailed,
-    BadPacket,
-    IPsecError,
-    UnknownSPI,
-    ip_to_bytes,
-    ipv4_header,
-)
+from ipsecd.driver.errors import AuthenticationFailed, BadPacket, IPsecError, UnknownSPI
+from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
 from ipsecd.driver.sad import SAD, SecurityAssociation
 
 A, B = "192.0.2.1", "192.0.2.2"

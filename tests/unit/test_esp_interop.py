@@ -155,7 +155,7 @@ def test_ipv4_header_helpers_agree_with_scapy():
     """Checksums (built from scratch and updated incrementally) match scapy's, random fields."""
     import random
 
-    from ipsecd.driver.esp import ipv4_fields, ipv4_header, rewritten_ipv4_header
+    from ipsecd.driver.ipv4 import ipv4_fields, ipv4_header, rewritten_ipv4_header
 
     rng = random.Random(791)
     for _ in range(2000):

@@ -13,16 +13,9 @@ import random
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ipsecd.driver.esp import (
-    AuthenticationFailed,
-    BadPacket,
-    DecryptionFailed,
-    DummyPacket,
-    IPsecError,
-    classify_udp4500,
-    ip_to_bytes,
-    ipv4_header,
-)
+from ipsecd.driver.errors import AuthenticationFailed, BadPacket, DecryptionFailed, DummyPacket, IPsecError
+from ipsecd.driver.esp import classify_udp4500
+from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
 from ipsecd.driver.sad import SAD, SecurityAssociation
 
 A, B = "192.0.2.1", "192.0.2.2"

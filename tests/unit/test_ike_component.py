@@ -291,7 +291,7 @@ def test_nat_with_port_rewriting_floats_to_4500_and_sends_keepalives():
     assert ike_a.main_mode_sas()[0]["nat"] == "we are behind a NAT"
     start = len(net.log)
     clock.advance(61, net)
-    keepalives = [t for t, src, dst, d in net.log[start:] if d == natt.KEEPALIVE]
+    keepalives = [t for t, src, dst, d in net.log[start:] if d == natt.NAT_KEEPALIVE]
     assert keepalives == [20, 40, 60]
 
 

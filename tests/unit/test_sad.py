@@ -5,16 +5,15 @@ import os
 
 import pytest
 
-from ipsecd.driver.esp import (
+from ipsecd.driver.errors import (
     AuthenticationFailed,
     BadPacket,
     CongestionDrop,
     Replayed,
     SAExpired,
     UnknownSPI,
-    ip_to_bytes,
-    ipv4_header,
 )
+from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
 from ipsecd.driver.sad import SAD, SEQ_MAX, Lifetime, PolicyViolation, ReplayWindow, SecurityAssociation
 
 A, B = "192.0.2.1", "192.0.2.2"

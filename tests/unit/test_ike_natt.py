@@ -79,7 +79,7 @@ def test_udp_4500_framing():
     assert natt.classify_4500(natt.frame(b"ike-message", 4500)) == ("ike", b"ike-message")
     assert natt.frame(b"m", 500) == b"m"
     assert natt.classify_4500(b"\x01\x02\x03\x04esp") == ("esp", b"\x01\x02\x03\x04esp")
-    assert natt.classify_4500(natt.KEEPALIVE) == ("keepalive", b"")
+    assert natt.classify_4500(natt.NAT_KEEPALIVE) == ("keepalive", b"")
 
 
 def test_windows_2003_style_peer_gets_draft_02_numbers_on_the_wire():

@@ -29,10 +29,11 @@ from ipsecd import config, control
 from ipsecd.config import ConfigError, ManualSA, NodeConfig
 from ipsecd.counters import GLOBAL_COUNTERS
 from ipsecd.driver import keyexport
-from ipsecd.driver.driver import DRIVER_COUNTERS, IKEHooks, IPsecDriver, KernelWire
+from ipsecd.driver.driver import DRIVER_COUNTERS, IKEHooks, IPsecDriver
 from ipsecd.driver.netfilter import Marks, Netfilter
 from ipsecd.driver.sad import Lifetime, SecurityAssociation
 from ipsecd.driver.tun import Tun
+from ipsecd.driver.wire import KernelWire
 from ipsecd.ike.component import IKE
 from ipsecd.ike_bridge import IKEBridge, certificate_source
 from ipsecd.policy import interface_manager

@@ -20,13 +20,13 @@ SUITES = {
     "3des-sha1-modp1024 psk (Windows 2003 default)": PeerPolicy(auth=[PreSharedKey(b"bench")]),
     "aes128-sha1-modp2048 psk": PeerPolicy(
         auth=[PreSharedKey(b"bench")],
-        main_mode=[MainModeOffer("aes128", "sha1", 14)],
-        quick_mode=[QuickModeOffer("esp", "aes128", "sha1")],
+        main_mode=[MainModeOffer("aes-cbc-128", "sha1", 14)],
+        quick_mode=[QuickModeOffer("esp", "aes-cbc-128", "hmac-sha1-96")],
     ),
     "aes128-sha1-modp2048 psk + pfs": PeerPolicy(
         auth=[PreSharedKey(b"bench")],
-        main_mode=[MainModeOffer("aes128", "sha1", 14)],
-        quick_mode=[QuickModeOffer("esp", "aes128", "sha1", pfs_group=14)],
+        main_mode=[MainModeOffer("aes-cbc-128", "sha1", 14)],
+        quick_mode=[QuickModeOffer("esp", "aes-cbc-128", "hmac-sha1-96", pfs_group=14)],
     ),
 }
 A, B = "127.0.0.1", "127.0.0.2"

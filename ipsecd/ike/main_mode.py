@@ -78,12 +78,13 @@ def _cipher_name(transform: Transform) -> str | None:
 
 def describe_transform(t: Transform) -> str:
     """'3DES/MD5/group 1/PSK' for a received transform, with numbers for what we do not know."""
-    cipher = _cipher_name(t) or f"cipher {t.attr(ENCRYPTION)}"
+    name = _cipher_name(t)
+    cipher = oakley.CIPHERS[name].algorithm.windows if name else f"CIPHER {t.attr(ENCRYPTION)}"
     hash_name = next(
         (h.name for h in oakley.HASHES.values() if h.oakley_id == t.attr(HASH)), f"hash {t.attr(HASH)}"
     )
     auth = AUTH_NAMES.get(t.attr(AUTH_METHOD) or 0, f"auth {t.attr(AUTH_METHOD)}")
-    return f"{cipher.upper()}/{hash_name.upper()}/group {t.attr(GROUP)}/{auth}"
+    return f"{cipher}/{hash_name.upper()}/group {t.attr(GROUP)}/{auth}"
 
 
 def _matches(t: Transform, offer: MainModeOffer, method: str) -> bool:

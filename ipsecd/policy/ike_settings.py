@@ -43,9 +43,6 @@ from ipsecd.ike.settings import (
 )
 from ipsecd.policy.model import AuthKind, AuthMethod, DefaultResponseRule, Policy, Rule
 
-AES = {f"aes-cbc-{bits}": f"aes{bits}" for bits in (128, 192, 256)}
-CIPHERS = {"3des-cbc": "3des", "des-cbc": "des", **AES, None: None}
-INTEGRITY = {"hmac-sha1-96": "sha1", "hmac-md5-96": "md5", None: None}
 ANY = Selector(IPv4Network("0.0.0.0/0"))
 
 CertificateSource = Callable[[str], Certificates]
@@ -67,7 +64,7 @@ class IKERuleSet:
 def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ...]],
                  certificate_for: CertificateSource | None = None) -> IKERuleSet:
     lifetime = policy.key_exchange.lifetime_seconds
-    main_mode = [MainModeOffer(CIPHERS[m.encryption], m.hash, m.dh_group, lifetime)
+    main_mode = [MainModeOffer(m.encryption, m.hash, m.dh_group, lifetime)
                  for m in policy.key_exchange.methods]
     pfs_group = main_mode[0].group if main_mode else None
     warnings: list[str] = []
@@ -140,11 +137,10 @@ def _offers(rule: str, methods: tuple[spd.SecurityMethod, ...], pfs_group: int |
     out = []
     for m in methods:
         if m.uses_esp:  # with ah_integrity: an AH+ESP bundle, AH outside (Windows "AH and ESP")
-            out.append(QuickModeOffer("esp", CIPHERS[m.esp_encryption], INTEGRITY[m.esp_integrity],
-                                      m.lifetime_seconds, m.lifetime_kb, pfs_group,
-                                      ah=INTEGRITY[m.ah_integrity]))
+            out.append(QuickModeOffer("esp", m.esp_encryption, m.esp_integrity, m.lifetime_seconds,
+                                      m.lifetime_kb, pfs_group, ah=m.ah_integrity))
         else:
-            out.append(QuickModeOffer("ah", None, INTEGRITY[m.ah_integrity], m.lifetime_seconds,
+            out.append(QuickModeOffer("ah", None, m.ah_integrity, m.lifetime_seconds,
                                       m.lifetime_kb, pfs_group))
     if not out:
         warnings.append(f"rule {rule!r}: no security method IKE can offer; its traffic cannot be secured")

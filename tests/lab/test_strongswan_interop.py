@@ -14,6 +14,7 @@ import pytest
 from scenarios.driver_lab import tshark_decrypted_payloads
 from scenarios.pki import Pki
 from scenarios.swan_lab import (
+    AES_GCM,
     GW_A,
     GW_B,
     PSK,
@@ -242,9 +243,10 @@ def test_ipsecd_driver_keyed_from_the_negotiation_carries_traffic_with_strongswa
 
 
 @needs_daemon_ike
-@pytest.mark.parametrize(("suite", "auth", "initiator"), CASES)
+@pytest.mark.parametrize(("suite", "auth", "initiator"), [*CASES, (AES_GCM.name, "psk", "ipsecd")])
 def test_ipsecd_and_strongswan_secure_the_sites(lab, strongswan, pki, suite, auth, initiator):
-    suite_ = SUITES[suite]
+    """The daemon (policy -> IKE -> driver) against strongSwan; also with AES-GCM in quick mode."""
+    suite_ = {**SUITES, AES_GCM.name: AES_GCM}[suite]
     gw_a = lab.node("gw-a")
     configure_ipsecd(gw_a, ipsecd_policy("gw-a", suite_, auth, pki), pki)
     strongswan.load(tunnel("gw-b", suite_, auth), files=credentials(pki, pki.issue("gw-b", GW_B)))
@@ -282,6 +284,8 @@ def test_ipsecd_and_strongswan_secure_the_sites(lab, strongswan, pki, suite, aut
     assert ours[spi_in]["direction"] == "outbound" and ours[spi_out]["direction"] == "inbound", ours
     for spi in (spi_in, spi_out):
         assert (ours[spi]["mode"], ours[spi]["udp_encap"]) == ("tunnel", [4500, 4500]), ours[spi]
+        assert (ours[spi]["encryption"], ours[spi]["integrity"]) == (
+            suite_.quick_mode_encryption, suite_.esp_integrity), ours[spi]
     assert set(udp_esp(pkts)) == {(GW_A, GW_B, spi_in), (GW_B, GW_A, spi_out)}
     # tshark with strongSwan's keys (not ours) authenticates and decrypts ipsecd's ESP too
     inner, authentic = tshark_decrypted_payloads(wan.pcap, strongswan.tshark_args())

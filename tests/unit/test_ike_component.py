@@ -246,7 +246,7 @@ def test_wrong_psk_counts_authentication_failures_on_both_sides():
 
 
 def test_main_mode_proposal_mismatch_is_logged_in_words():
-    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], main_mode=[MainModeOffer("aes128", "sha256", 14)])
+    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], main_mode=[MainModeOffer("aes-cbc-128", "sha256", 14)])
     lab = negotiate(PSK, policy_b)
     assert lab.ike_b.counters["Negotiation Failures: no proposal chosen"] == 1
     assert any(
@@ -257,7 +257,7 @@ def test_main_mode_proposal_mismatch_is_logged_in_words():
 
 
 def test_quick_mode_mismatch_reaches_the_initiator():
-    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("ah", None, "md5")])
+    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("ah", None, "hmac-md5-96")])
     lab = negotiate(PSK, policy_b)
     assert lab.ike_a.counters["Oakley Main Modes"] == 1 and not lab.drv_a.added
     assert lab.ike_a.counters["Negotiation Failures: no proposal chosen"] == 1
@@ -405,7 +405,8 @@ def test_initial_contact_from_a_restarted_peer_clears_its_old_sas():
 
 def test_bundle_sas_are_installed_and_deleted_together():
     bundle = PeerPolicy(
-        auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("esp", "3des", "sha1", ah="sha1")]
+        auth=[PreSharedKey(b"k")],
+        quick_mode=[QuickModeOffer("esp", "3des-cbc", "hmac-sha1-96", ah="hmac-sha1-96")],
     )
     lab = negotiate(bundle)
     assert lab.ike_a.counters["Key Additions"] == 4 and len(lab.drv_b.added[0].inbound.chain()) == 2

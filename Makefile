@@ -32,15 +32,18 @@ lab-status: venv
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-test: images
+test: lint images
 	@echo "== tests (unit and lab)"
 	$(PY) -m pytest -q -rs tests
 
 bench: images
 	$(PY) -m bench
 
+# ruff, then mypy over what pyproject.toml's [tool.mypy] `files` names (ipsecd and lab).
 lint: venv
+	@echo "== lint (ruff, mypy)"
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf .build results

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from bench.bench_strongswan import STRONGSWAN, fresh_sa
 from bench.common import Row, lab_running
-from lab.docker_backend import DockerBackend, Lab, Node
+from lab.docker_backend import DockerBackend
+from lab.running import Lab, Node
 from lab.strongswan import Charon
 from lab.traffic import wait_listening
 

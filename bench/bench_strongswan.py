@@ -22,9 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import Row, lab_running
-from lab.docker_backend import DockerBackend, Lab
+from lab.docker_backend import DockerBackend
 from lab.ike_probe import IkeProbe
 from lab.pytest_plugin import lab_prefix
+from lab.running import Lab
 from lab.strongswan import Charon, Tunnel
 
 RUNS = int(os.environ.get("BENCH_IKE_RUNS", "20"))

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from lab import topology
-from lab.docker_backend import DockerBackend, Lab
+from lab.docker_backend import DockerBackend
+from lab.running import Lab
 
 
 @dataclass

@@ -48,6 +48,7 @@ EXPIRY_INTERVAL = 1.0
 COUNTER_LABELS = dict(GLOBAL_COUNTERS) | dict(DRIVER_COUNTERS) | {
     "blocked_by_filter": "Packets Blocked By Filters (kernel)",
     "unsecured_packets_dropped": "Unsecured Packets Dropped (kernel)",
+    "dropped_fail_closed": "Packets Dropped While The Driver Was Down (kernel)",
 }
 
 Group = tuple[ManualSA, ...]

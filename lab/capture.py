@@ -33,7 +33,7 @@ STATS = re.compile(r"(\d+) packets? captured.*?(\d+) packets? received by filter
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 10, what: str = "condition", interval: float = 0.02
+    predicate: Callable[[], T | None], timeout: float = 10, what: str = "condition", interval: float = 0.02
 ) -> T:
     """Poll `predicate` until it returns something truthy and return that; TimeoutError naming `what`."""
     deadline = time.monotonic() + timeout
@@ -80,16 +80,17 @@ class Capture:
             *self.bpf.split(),
         ]
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(
+            process = subprocess.Popen(
                 argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=detached
             )
-        self.pid_path.write_text(str(self.process.pid))
+        self.process = process
+        self.pid_path.write_text(str(process.pid))
         wait_until(
-            lambda: "listening on" in self._log() or self.process.poll() is not None,
+            lambda: "listening on" in self._log() or process.poll() is not None,
             10,
             what=f"tcpdump on {self.device} to listen",
         )
-        if self.process.poll() is not None:
+        if process.poll() is not None:
             raise RuntimeError(f"tcpdump on {self.device} in {self.fabric} failed: {self._log().strip()}")
         return self
 

@@ -23,38 +23,46 @@ import time
 from pathlib import Path
 
 from lab import topology as topologies
+from lab.backend import RESULTS, Backend, LabError
 from lab.capture import Capture
-from lab.docker_backend import RESULTS, DockerBackend, LabError
+from lab.docker_backend import DockerBackend
 from lab.graph import render
 from lab.images import ImageError, Images
+from lab.running import Lab
+from lab.yaml_source import FileProblems
 
 DEFAULT_TOPOLOGY = "intranet-pair"
+
+
+def backend() -> Backend:
+    """The engine labs run on (every command below needs only the Backend protocol)."""
+    return DockerBackend()
 
 
 def _lab_name(args) -> str:
     """--name, else the topology's name; `lab down NAME` also accepts a running lab's name."""
     if args.name:
         return args.name
-    if args.topology not in topologies.available() and args.topology in DockerBackend().labs():
+    if args.topology not in topologies.available() and args.topology in backend().labs():
         return args.topology
     return topologies.load(args.topology).name
 
 
 def cmd_up(args) -> int:
     topo = topologies.load(args.topology)
-    backend, name = DockerBackend(), args.name or topo.name
-    running = [c for c in backend.containers(name) if c.status == "running"]
+    engine, name = backend(), args.name or topo.name
+    running = [node for node, state in engine.node_states(name).items() if state == "running"]
     if args.replace:
-        backend.down(name)
+        engine.down(name)
     elif len(running) == len(topo.nodes):
         print(f"lab {name} is already up (--replace to recreate it)")
         return 0
     started = time.monotonic()
-    lab = backend.up(topo, name)
+    lab = engine.up(topo, name)
     print(f"lab {lab.name} up in {time.monotonic() - started:.1f}s ({topo.path})")
     for node in lab.nodes.values():
         addresses = ", ".join(f"{i.name} {i.address}" for i in node.spec.interfaces.values())
-        print(f"  {node.container.name:28} {node.spec.role:9} {addresses}")
+        print(f"  {node.instance.name:28} {node.spec.role:9} {addresses}")
     print(
         f"  try: lab exec {next(iter(lab.nodes))}{f' --name {lab.name}' if args.name else ''} -- ip -br addr"
     )
@@ -62,16 +70,16 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    backend = DockerBackend()
-    names = backend.labs() if args.all else [_lab_name(args)]
+    engine = backend()
+    names = engine.labs() if args.all else [_lab_name(args)]
     for name in names:
-        removed = backend.down(name)
+        removed = engine.down(name)
         print(f"lab {name} down" + (f": removed {', '.join(removed)}" if removed else " (nothing was left)"))
     return 0
 
 
 def cmd_status(args) -> int:
-    rows = DockerBackend().status()
+    rows = backend().status()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -84,18 +92,17 @@ def cmd_status(args) -> int:
     return 0
 
 
-def _attach(args):
+def _attach(args) -> Lab:
     name = args.name or _find_lab_of(args.node)
-    backend = DockerBackend()
-    containers = backend.containers(name)
-    if not containers:
+    engine = backend()
+    topology = engine.topology_of(name)
+    if topology is None:
         raise LabError(f"lab {name} is not up")
-    topo = topologies.load(containers[0].labels.get("ipsec-lab.topology"))
-    return backend.attach(name, topo)
+    return engine.attach(name, topologies.load(topology))
 
 
 def _find_lab_of(node: str) -> str:
-    labs = sorted({r["lab"] for r in DockerBackend().status() if r["node"] == node})
+    labs = sorted({r["lab"] for r in backend().status() if r["node"] == node})
     if len(labs) != 1:
         raise LabError(
             f"node {node} is in {len(labs)} running labs ({', '.join(labs) or 'none'}): use --name"
@@ -115,26 +122,23 @@ def cmd_exec(args) -> int:
 
 def cmd_restart(args) -> int:
     node = _attach(args).restart(args.node)
-    print(f"{node.container.name} restarted and re-wired")
+    print(f"{node.instance.name} restarted and re-wired")
     return 0
 
 
 def cmd_logs(args) -> int:
-    """The logs of a node's background processes (ipsecd and whatever Node.spawn started)."""
-    paths = "/var/log/ipsecd.log /var/log/lab/*.log"
-    result = (
-        _attach(args)
-        .node(args.node)
-        .exec(f"for f in {paths}; do [ -f $f ] && tail -v -n {args.lines} $f; done")
-    )
-    sys.stdout.write(result.stdout or f"no logs on {args.node}\n")
+    """The logs of a node's services (images/<kind>/image.yaml) and of whatever Node.spawn started."""
+    logs = _attach(args).node(args.node).tail_logs(args.lines)
+    sys.stdout.write(logs or f"no logs on {args.node}\n")
     return 0
 
 
 def cmd_shell(args) -> int:
-    """An interactive shell in a node (docker exec -it)."""
-    container = _attach(args).node(args.node).container.name
-    os.execvp("docker", ["docker", "exec", "-it", container, "bash"])
+    """An interactive shell in a node (Docker: docker exec -it)."""
+    lab = _attach(args)
+    lab.node(args.node)
+    argv = lab.backend.shell(lab.name, args.node)
+    os.execvp(argv[0], argv)
     return 1
 
 
@@ -256,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     s = verb("restart", cmd_restart, "recreate a node and re-wire its links")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
-    s = verb("logs", cmd_logs, "logs of a node's background processes (ipsecd, ...)")
+    s = verb("logs", cmd_logs, "logs of a node's services and background processes (ipsecd, ...)")
     s.add_argument("node")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s.add_argument("-n", "--lines", type=int, default=50)
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return args.func(args)
-    except (LabError, ImageError, topologies.TopologyError, TimeoutError) as exc:
+    except (LabError, ImageError, FileProblems, TimeoutError) as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 1
 

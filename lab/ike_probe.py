@@ -22,6 +22,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lab.running import Node, Process
 
 NODE_PATH = "/opt/lab/ike_probe.py"
 LOG = "/var/log/lab/ike-probe.log"
@@ -30,9 +34,9 @@ LOG = "/var/log/lab/ike-probe.log"
 class IkeProbe:
     """Host side: the probe in one node."""
 
-    def __init__(self, node):
+    def __init__(self, node: Node):
         self.node = node
-        self.process = None
+        self.process: Process | None = None
 
     def _install(self) -> None:
         self.node.put_file(NODE_PATH, Path(__file__).read_bytes())
@@ -47,6 +51,8 @@ class IkeProbe:
 
     def events(self) -> list[dict]:
         """The JSON lines so far (the other lines are IKE's event log in words)."""
+        if self.process is None:
+            raise RuntimeError(f"{self.node.name}: the IKE probe was not started")
         return [json.loads(line) for line in self.process.log().splitlines() if line.startswith("{")]
 
     def wait_for(self, event: str, timeout: float = 20) -> list[dict]:
@@ -110,6 +116,7 @@ class RecordingDriver:
 def authentication(config: dict):
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     from ipsecd.ike.settings import Certificates, PreSharedKey
 
@@ -117,6 +124,8 @@ def authentication(config: dict):
         return PreSharedKey(config["psk"].encode())
     cert = x509.load_pem_x509_certificate(Path(config["cert"]).read_bytes())
     key = serialization.load_pem_private_key(Path(config["key"]).read_bytes(), None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{config['key']}: not an RSA private key (IKE signs with RSA)")
     return Certificates(cert, key, (x509.load_pem_x509_certificate(Path(config["ca"]).read_bytes()),))
 
 

@@ -6,7 +6,8 @@
 - any other kind (`node`, and later `strongswan`, `dc`): the folder images/<kind>/ is the build context,
   its Dockerfile starts with `ARG BASE` / `FROM ${BASE}`. If the Dockerfile mentions `wheels`, the context
   also gets wheels/: the project and its dependencies built on the host with `pip wheel`, so that
-  `pip install --no-index` needs no network inside the build.
+  `pip install --no-index` needs no network inside the build. images/<kind>/image.yaml (what its nodes run,
+  lab.services) is read on the host: it is neither in the context nor in the tag.
 
 Tags are `ipsec-lab/<kind>:<hash12>`; an unchanged input means no rebuild, and worktrees with different
 ipsecd code never clobber each other's images.
@@ -37,6 +38,8 @@ IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIRROR = os.environ.get("LAB_MIRROR", "http://deb.debian.org/debian")
 #: Project files whose content matters in the node image (lab/ runs on the host, README is metadata).
 PROJECT_INPUTS = ("pyproject.toml", "ipsecd")
+#: Files of images/<kind>/ that the host reads and the image does not hold (what a node runs: lab.services).
+HOST_SIDE = ("image.yaml",)
 
 
 #: debootstrap prints one line per package per step: show only the steps.
@@ -51,7 +54,11 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     found = []
     for path in paths:
         if path.is_dir():
-            found += [p for p in sorted(path.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+            found += [
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and "__pycache__" not in p.parts and p.name not in HOST_SIDE
+            ]
         elif path.is_file():
             found.append(path)
     return found
@@ -188,7 +195,7 @@ class Images:
     def _build_kind(self, kind: str, tag: str, base: str) -> None:
         folder = self._folder(kind)
         context = self._fresh_dir(BUILD_DIR / f"context-{kind}")
-        shutil.copytree(folder, context, dirs_exist_ok=True)
+        shutil.copytree(folder, context, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*HOST_SIDE))
         if self._uses_wheels(folder):
             self.log(f"[images] pip wheel {ROOT.name} and its dependencies -> {context / 'wheels'}")
             self._run(

@@ -1,11 +1,12 @@
 """The topology model: nodes, segments, interfaces, routes. Pure data, knows nothing of Docker.
 
 A topology is a set of named segments (layer-2 broadcast domains, each with an IPv4 subnet) and nodes
-whose interfaces sit on those segments. Backends (lab.docker_backend) turn it into running containers.
+whose interfaces sit on those segments. A backend (lab.backend.Backend, e.g. lab.docker_backend) turns it
+into running nodes.
 
 >>> from ipaddress import ip_interface, ip_network
 >>> t = Topology(name="demo", segments={"lan": Segment("lan", ip_network("10.0.0.0/24"))},
-...              nodes={"a": Node("a", interfaces={"eth1": Interface("eth1", "lan",
+...              nodes={"a": NodeSpec("a", interfaces={"eth1": Interface("eth1", "lan",
 ...                                                                   ip_interface("10.0.0.1/24"))})})
 >>> t.semantic_errors()
 []
@@ -73,8 +74,9 @@ class Nat:
 
 
 @dataclass
-class Node:
-    """A node: one container, with its role, image kind, interfaces, routes and optional ipsecd config.
+class NodeSpec:
+    """What the topology says of a node (one container): role, image kind, interfaces, routes, the files it
+    gives the image's services (`ipsecd`), NAT and firewall. The running node is lab.running.Node.
 
     `drop` lists traffic the node's firewall drops, in and out and when forwarding, as
     lab.capture.protocol names it: "esp", "ah", "icmp", "udp/500", "tcp/22"."""
@@ -96,6 +98,11 @@ class Node:
                 return str(iface.address.ip)
         raise KeyError(f"node {self.name}: no address on {ifname or 'any interface'}")
 
+    def service_files(self) -> dict[str, Path]:
+        """The files this node gives its image's services, by service name (images/<kind>/image.yaml says
+        where each goes in the node and whether the file is what makes the service start)."""
+        return {"ipsecd": self.ipsecd} if self.ipsecd is not None else {}
+
     def all_sysctls(self) -> dict[str, str]:
         """Sysctls the container is created with: the role's defaults, then the node's own."""
         values = {
@@ -114,14 +121,14 @@ class Topology:
     """A whole topology; `path` is the file it came from (None when built in Python)."""
 
     name: str
-    nodes: dict[str, Node] = field(default_factory=dict)
+    nodes: dict[str, NodeSpec] = field(default_factory=dict)
     segments: dict[str, Segment] = field(default_factory=dict)
     description: str = ""
     runnable: bool = True
     reason: str = ""
     path: Path | None = None
 
-    def node(self, name: str) -> Node:
+    def node(self, name: str) -> NodeSpec:
         try:
             return self.nodes[name]
         except KeyError:
@@ -129,7 +136,7 @@ class Topology:
                 f"topology {self.name} has no node {name!r} (nodes: {', '.join(self.nodes)})"
             ) from None
 
-    def members(self, segment: str) -> list[tuple[Node, Interface]]:
+    def members(self, segment: str) -> list[tuple[NodeSpec, Interface]]:
         """The (node, interface) pairs attached to `segment`."""
         return [(n, i) for n in self.nodes.values() for i in n.interfaces.values() if i.segment == segment]
 

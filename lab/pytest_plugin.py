@@ -31,14 +31,17 @@ from pathlib import Path
 import pytest
 
 from lab import topology as topologies
-from lab.docker_backend import RESULTS, DockerBackend, Lab
+from lab.backend import RESULTS, Backend
+from lab.docker_backend import DockerBackend
+from lab.model import Topology
+from lab.running import Lab
 
 LAB_FIXTURES = {"lab_up", "lab_backend", "lab_name"}
-_RUN_KEY = pytest.StashKey[os.PathLike]()
+_RUN_KEY = pytest.StashKey[Path]()
 _REPORT_KEY = pytest.StashKey[pytest.TestReport]()
 
 
-def _results_root() -> os.PathLike:
+def _results_root() -> Path:
     run = os.environ.get("LAB_RUN") or time.strftime("%Y%m%d-%H%M%S")
     return RESULTS / run
 
@@ -89,7 +92,7 @@ def lab_backend() -> DockerBackend:
     return DockerBackend()
 
 
-def _test_dir(request: pytest.FixtureRequest) -> os.PathLike:
+def _test_dir(request: pytest.FixtureRequest) -> Path:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid.split("::", 1)[-1])[:100]
     module = request.node.module.__name__.rsplit(".", 1)[-1] if request.node.module else "session"
     return request.config.stash[_RUN_KEY] / module / name
@@ -98,7 +101,7 @@ def _test_dir(request: pytest.FixtureRequest) -> os.PathLike:
 class _Labs:
     """Labs brought up for one scope; brings them down in finalize()."""
 
-    def __init__(self, backend: DockerBackend, suffix: str = ""):
+    def __init__(self, backend: Backend, suffix: str = ""):
         self.backend, self.suffix = backend, suffix
         self.labs: dict[str, Lab] = {}
         self.names: set[str] = set()
@@ -106,7 +109,7 @@ class _Labs:
     def get(self, key: str) -> Lab | None:
         return self.labs.get(key)
 
-    def up(self, key: str, topo, results_dir) -> Lab:
+    def up(self, key: str, topo: Topology, results_dir: Path) -> Lab:
         base = f"{lab_prefix()}-{topo.name}{self.suffix}"
         name, n = base, 1
         while name in self.names:
@@ -132,7 +135,7 @@ def _key(topology: str, overrides: dict | None) -> str:
 
 
 @pytest.fixture(scope="module")
-def _module_labs(lab_backend: DockerBackend) -> Iterator[_Labs]:
+def _module_labs(lab_backend: Backend) -> Iterator[_Labs]:
     labs = _Labs(lab_backend)
     yield labs
     labs.finalize()
@@ -140,7 +143,7 @@ def _module_labs(lab_backend: DockerBackend) -> Iterator[_Labs]:
 
 @pytest.fixture
 def lab_up(
-    request: pytest.FixtureRequest, lab_backend: DockerBackend, _module_labs: _Labs
+    request: pytest.FixtureRequest, lab_backend: Backend, _module_labs: _Labs
 ) -> Iterator[Callable[..., Lab]]:
     """Factory: lab_up("intranet-pair") -> a running Lab (shared by the module unless fresh=True)."""
     results_dir = _test_dir(request)
@@ -165,10 +168,8 @@ def lab_up(
     own.finalize()
 
 
-#: What a failed test leaves behind for each node, next to its pcaps.
+#: What a failed test leaves behind for each node, next to its pcaps, after the end of its logs.
 NODE_STATE = (
-    "for f in /var/log/ipsecd.log /var/log/lab/*.log; do "
-    '[ -f $f ] && echo "== $f" && tail -n 200 $f; done; '
     "echo '== ip addr'; ip -br addr; echo '== ip route'; ip route; echo '== ip rule'; ip rule; "
     "echo '== nft list ruleset'; nft list ruleset; echo '== ip xfrm state'; ip xfrm state; "
     "echo '== ps'; ps -eo pid,etime,args"
@@ -183,14 +184,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
-def _save_node_state(lab: Lab, results_dir) -> None:
+def _save_node_state(lab: Lab, results_dir: Path) -> None:
     """Logs, addresses, routes, rules and processes of every node, for a failed test."""
     results_dir.mkdir(parents=True, exist_ok=True)
     for node in lab.nodes.values():
         try:
-            state = node.exec(NODE_STATE, timeout=10)
+            result = node.exec(NODE_STATE, timeout=10)
+            state = node.tail_logs(200) + result.stdout + result.stderr
         except Exception as exc:  # a dead node is itself worth recording
             state = f"could not read the node's state: {exc}"
-        (results_dir / f"{lab.name}-{node.name}.state.txt").write_text(
-            getattr(state, "stdout", state) + getattr(state, "stderr", "")
-        )
+        (results_dir / f"{lab.name}-{node.name}.state.txt").write_text(state)

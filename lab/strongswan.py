@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from lab.capture import wait_until
-from lab.docker_backend import Node
+from lab.running import Node
 
-CHARON = "/usr/lib/ipsec/charon"
 CHARON_LOG = "/var/log/charon.log"
 KEY_LOG = "/var/log/charon-keys.log"
 SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
@@ -150,16 +149,12 @@ class Charon:
     def __init__(self, node: Node):
         self.node = node
 
-    def start(self, key_log: bool = False, timeout: float = 10) -> Charon:
-        """Start charon in the foreground and wait for its vici socket; key_log: keys in KEY_LOG (level 4)."""
+    def start(self, key_log: bool = False) -> Charon:
+        """Start charon (service `charon` of images/strongswan/image.yaml: in the foreground, ready when
+        swanctl gets an answer on its vici socket); key_log: keys in KEY_LOG (level 4)."""
         if key_log:
             self.node.put_file("/etc/strongswan.lab.d/keys.conf", KEY_LOG_CONF)
-        self.node.spawn([CHARON], name="charon")
-        wait_until(
-            lambda: self.node.exec(["swanctl", "--stats"]).ok,
-            timeout,
-            what=f"{self.node.name}: charon's vici socket (log: {CHARON_LOG})",
-        )
+        self.node.start_service("charon")
         return self
 
     def fresh(self, key_log: bool = False) -> Charon:
@@ -273,27 +268,28 @@ def esp_keys(log: str) -> list[EspKeys]:
     'uat:esp_sa:"IPv4","*","*","0xdeadbeef","AES-CBC [RFC3602]","0x0102","HMAC-SHA-1-96 [RFC2404]","0x0a0b"'
     """
     found: list[EspKeys] = []
-    state: dict[str, dict[str, object]] = {}  # per thread: algorithms and the values dumped so far
+    algorithms: dict[str, dict[str, str]] = {}  # per thread: "encryption"/"integrity" -> charon's name
+    dumped: dict[str, dict[str, bytes]] = {}  # per thread: the values dumped so far, by their label
     label: dict[str, str] = {}  # per thread: the value whose hex dump follows
     for line in log.splitlines():
         if m := USING.match(line):
-            state.setdefault(m[1], {})[m[3]] = m[2]
+            algorithms.setdefault(m[1], {})[m[3]] = m[2]
         elif m := KEY_LINE.match(line):
             label[m[1]] = m[3]
-            state.setdefault(m[1], {})[m[3]] = b""
+            dumped.setdefault(m[1], {})[m[3]] = b""
         elif (m := DUMP_LINE.match(line)) and m[1] in label:
-            state[m[1]][label[m[1]]] += bytes.fromhex(m[2].replace(" ", ""))
-        elif (m := re.match(r"^(\d+)\[CHD\] adding (in|out)bound ESP SA", line)) and m[1] in state:
-            sa = state.pop(m[1])
+            dumped[m[1]][label[m[1]]] += bytes.fromhex(m[2].replace(" ", ""))
+        elif (m := re.match(r"^(\d+)\[CHD\] adding (in|out)bound ESP SA", line)) and m[1] in dumped:
+            values, used = dumped.pop(m[1]), algorithms.pop(m[1], {})
             label.pop(m[1], None)
             for side in ("initiator", "responder"):
                 found.append(
                     EspKeys(
-                        int.from_bytes(sa[f"{side} SA seed"][1:5], "big"),
-                        sa["encryption"],
-                        sa[f"encryption {side} key"],
-                        sa.get("integrity"),
-                        sa.get(f"integrity {side} key", b""),
+                        int.from_bytes(values[f"{side} SA seed"][1:5], "big"),
+                        used["encryption"],
+                        values[f"encryption {side} key"],
+                        used.get("integrity"),
+                        values.get(f"integrity {side} key", b""),
                     )
                 )
     return found

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import cache
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address, ip_interface, ip_network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
-from lab.model import FieldPath, Interface, ModelError, Nat, Node, Route, Segment, Topology
+from lab import yaml_source
+from lab.model import Interface, ModelError, Nat, NodeSpec, Route, Segment, Topology
 
 SCHEMA_PATH = Path(__file__).with_name("topology.schema.json")
 TOPOLOGY_DIR = Path(os.environ.get("LAB_TOPOLOGIES", Path(__file__).resolve().parent.parent / "topologies"))
@@ -33,12 +33,8 @@ FORMAT_NAMES = {
 }
 
 
-class TopologyError(ValueError):
+class TopologyError(yaml_source.FileProblems):
     """A topology file was refused; `problems` holds one 'file:line: field: message' string per error."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def _parses(parse: Callable[[str], object]) -> Callable[[object], bool]:
@@ -75,13 +71,14 @@ def _ipv4_interface(text: str) -> IPv4Interface:
 
 
 FORMATS = jsonschema.FormatChecker(formats=())
-for _name, _parse in {
+_PARSERS: dict[str, Callable[[str], object]] = {
     "ipv4": IPv4Address,
     "ipv4-interface": _ipv4_interface,
     "ipv4-network": IPv4Network,
     "ipv4-route-destination": _route_destination,
     "port-range": _port_range,
-}.items():
+}
+for _name, _parse in _PARSERS.items():
     FORMATS.checks(_name, raises=())(_parses(_parse))
 
 
@@ -127,26 +124,9 @@ def _merge(data: Any, overrides: Any) -> Any:
 
 def loads(text: str, path: Path | str = "<string>", overrides: dict | None = None) -> Topology:
     path = Path(path)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        raise TopologyError([f"{path}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    if root is None:
-        raise TopologyError([f"{path}:1: the file is empty"])
-    lines: dict[FieldPath, int] = {}
-    duplicates = list(_index_lines(root, (), lines))
-    if duplicates:
-        raise TopologyError([f"{path}:{lines[d]}: {_dotted(d)}: duplicate key" for d in duplicates])
-    data = _merge(yaml.SafeLoader(text).get_single_data(), overrides or {})
-
-    def located(field: FieldPath, message: str) -> str:
-        line = next((lines[field[:n]] for n in range(len(field), -1, -1) if field[:n] in lines), 1)
-        return f"{path}:{line}: {_dotted(field) or '(top level)'}: {message}"
-
-    validator = jsonschema.Draft202012Validator(schema(), format_checker=FORMATS)
-    problems = sorted((located(*_describe(e)) for e in validator.iter_errors(data)), key=_line_order)
+    source = yaml_source.parse(text, path, TopologyError)
+    data = _merge(source.data, overrides or {})
+    problems = yaml_source.schema_problems(source, data, schema(), FORMATS, FORMAT_NAMES)
     if problems:
         raise TopologyError(problems)
     topology = _build(data, path)
@@ -155,67 +135,16 @@ def loads(text: str, path: Path | str = "<string>", overrides: dict | None = Non
         for node in topology.nodes.values()
         if node.ipsecd is not None and not node.ipsecd.is_file()
     ]
-    problems = sorted((located(e.field, e.message) for e in errors), key=_line_order)
+    problems = yaml_source.in_line_order([source.locate(e.field, e.message) for e in errors])
     if problems:
         raise TopologyError(problems)
     return topology
 
 
-def _line_order(problem: str) -> int:
-    return int(problem.split(":")[1])
-
-
-def _dotted(field: FieldPath) -> str:
-    return ".".join(f"[{p}]" if isinstance(p, int) else p for p in field).replace(".[", "[")
-
-
-def _index_lines(node: yaml.Node, here: FieldPath, lines: dict[FieldPath, int]) -> Iterator[FieldPath]:
-    """Record the line of every key and item; yield the paths of duplicate keys."""
-    lines.setdefault(here, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key, value in node.value:
-            path = (*here, key.value)
-            if key.value in seen:
-                lines[path] = key.start_mark.line + 1
-                yield path
-            seen.add(key.value)
-            lines[path] = key.start_mark.line + 1
-            yield from _index_lines(value, path, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            yield from _index_lines(item, (*here, index), lines)
-
-
-def _describe(error: jsonschema.ValidationError) -> tuple[FieldPath, str]:
-    """A schema error as (field, message), with messages written for people, not for schema authors."""
-    field = tuple(error.absolute_path)
-    if error.validator == "format":
-        return (
-            field,
-            f"{error.instance!r} is not {FORMAT_NAMES.get(error.validator_value, error.validator_value)}",
-        )
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        allowed = ", ".join(error.schema.get("properties", {}))
-        return (*field, extra[0]), f"unknown field {extra[0]!r} (allowed: {allowed})"
-    if error.validator == "required":
-        return field, error.message.replace("is a required property", "is required")
-    if error.validator == "enum":
-        return field, f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
-    if error.validator == "propertyNames" or (
-        error.validator == "pattern" and list(error.absolute_schema_path)[-2:-1] == ["propertyNames"]
-    ):
-        return (*field, error.instance), f"{error.instance!r} is not a valid name ({error.message})"
-    if error.validator == "pattern":
-        return field, f"{error.instance!r} is not valid here ({error.message})"
-    return field, error.message
-
-
 def _build(data: dict, path: Path) -> Topology:
     segments = {
         name: Segment(
-            name, ip_network(s["subnet"]) if s and "subnet" in s else None, (s or {}).get("description", "")
+            name, IPv4Network(s["subnet"]) if s and "subnet" in s else None, (s or {}).get("description", "")
         )
         for name, s in data["segments"].items()
     }
@@ -225,20 +154,20 @@ def _build(data: dict, path: Path) -> Topology:
             ifname: Interface(
                 ifname,
                 i["segment"],
-                ip_interface(i["address"]) if "address" in i else None,
+                IPv4Interface(i["address"]) if "address" in i else None,
                 i.get("mac"),
                 i.get("mtu"),
             )
             for ifname, i in n["interfaces"].items()
         }
-        routes = [Route(_route_destination(r["to"]), ip_address(r["via"])) for r in n.get("routes", [])]
+        routes = [Route(_route_destination(r["to"]), IPv4Address(r["via"])) for r in n.get("routes", [])]
         nat = None
         if "nat" in n:
             nat_data = n["nat"]
             ports = _port_range(nat_data["ports"]) if "ports" in nat_data else None
             nat = Nat(nat_data["outside"], ports, nat_data.get("random", False))
         ipsecd = (path.parent / n["ipsecd"]).resolve() if "ipsecd" in n else None
-        nodes[name] = Node(
+        nodes[name] = NodeSpec(
             name,
             n.get("role", "host"),
             n.get("image", "node"),

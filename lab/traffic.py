@@ -10,7 +10,7 @@ import json
 import shlex
 
 from lab.capture import wait_until
-from lab.docker_backend import Node
+from lab.running import Node
 
 
 def wait_listening(node: Node, port: int, proto: str = "tcp", timeout: float = 5) -> None:

@@ -335,10 +335,11 @@ class IPsecDriver:
     def counter_values(self) -> dict[str, int]:
         """The ipsecmon counters plus the driver's own; 'dropped by policy' includes the kernel's drops."""
         values = self.sad.snapshot().as_dict()
-        kernel = self.kernel.totals() if self.kernel is not None else {"block": 0, "unsecured": 0}
-        values["blocked_by_filter"] = kernel["block"]
-        values["unsecured_packets_dropped"] = kernel["unsecured"]
-        values["dropped_by_policy"] += (kernel["block"] + kernel["unsecured"]
+        kernel = self.kernel.totals() if self.kernel is not None else {}
+        values["blocked_by_filter"] = kernel.get("block", 0)
+        values["unsecured_packets_dropped"] = kernel.get("unsecured", 0)
+        values["dropped_fail_closed"] = kernel.get("fail-closed", 0)
+        values["dropped_by_policy"] += (sum(kernel.values())
                                         + self.counters["packets_without_sa"])
         values.update(self.counters)
         return values

@@ -7,6 +7,11 @@ The kernel decides per packet, so the daemon sees only traffic it must secure:
   packets into the `ipsec0` TUN device, where the driver encrypts them;
 - inbound clear packets that a negotiate filter says must be secured are dropped (counted), unless the
   filter action accepts unsecured communication or falls back to clear;
+- fail closed: a packet marked for securing leaves by no other device than the TUN. When ipsecd dies, the
+  TUN and its route go with the process, the marking rules stay, and marked packets that the main table
+  routes out of a NIC are dropped (and counted) in postrouting: what policy says to secure is never sent
+  in clear until ipsecd is back (its ruleset replaces this one in one transaction) or stopped cleanly
+  (`remove`), as the Windows IPsec driver keeps its filters in force when the IPSec service dies;
 - IKE (UDP 500/4500), ESP/AH themselves, broadcast and multicast are exempt, in the same terms as
   `PacketSelector.is_exempt`; packets the daemon sends carry a bypass mark and are never re-marked; packets
   the daemon writes back to the TUN after decapsulation are accepted.
@@ -110,6 +115,10 @@ table inet {TABLE} {{
     jump exempt
     jump outbound
   }}
+  chain egress {{
+    type filter hook postrouting priority filter; policy accept;
+    meta mark {marks.secure:#x} oifname != "{tun}" counter drop comment "fail-closed egress"
+  }}
   chain prerouting {{
     type filter hook prerouting priority mangle; policy accept;
     iifname "{tun}" accept
@@ -191,7 +200,7 @@ class Netfilter:
         except RuntimeError:
             rules = list(self._retired)
         return {verdict: sum(r["packets"] for r in rules if r["verdict"] == verdict)
-                for verdict in ("block", "unsecured")}
+                for verdict in ("block", "unsecured", "fail-closed")}
 
     def remove(self) -> None:
         m = self.marks

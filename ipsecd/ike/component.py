@@ -39,7 +39,11 @@ COUNTER_NAMES = (
     "Malformed Packets",
     "Retransmissions",
     "Duplicates Answered",
+    "Duplicates Dropped",
 )
+#: A retransmission of the message we last answered is answered again at most this many times per exchange
+#: (the peer retransmits 6 times; a replay flood gets no more).
+DUPLICATE_ANSWERS = 4
 
 
 class SAInstaller(Protocol):
@@ -74,10 +78,13 @@ class Exchange:
     rule: IKERule | None = None
     last_sent: list[bytes] = field(default_factory=list)
     last_received: bytes = b""
+    answered: bytes = b""  # the received message that `last_sent` answers (b"" when nothing answers it)
+    duplicates_answered: int = 0
     attempts: int = 0
     timer: Timer | None = None
     acquire: tuple[Selector, Selector] | None = None  # for quick mode initiators
     early_inbound: QuickModeDone | None = None  # a quick mode responder's inbound SAs, installed at QM2
+    started: float = 0.0  # main mode: when its first message left or arrived
 
 
 @dataclass
@@ -107,6 +114,21 @@ class QuickModeEntry:
             sa.remote_selector,
             sa.isakmp_sa.remote[0],
         )
+
+
+def covers(outer: Selector, inner: Selector) -> bool:
+    """Traffic of `inner` is traffic of `outer` (network, and protocol and port where `outer` names one)."""
+    return (inner.network.subnet_of(outer.network) and outer.protocol in (0, inner.protocol)
+            and outer.port in (0, inner.port))
+
+
+def same_peer(old: IsakmpSA, new: IsakmpSA) -> bool:
+    """The same peer computer: the same address, and when a NAT was seen on either (one public address may
+    hide many hosts) the same authenticated identity too."""
+    if old.remote[0] != new.remote[0]:
+        return False
+    nat = any(sa.nat and sa.nat.remote_behind_nat for sa in (old, new))
+    return not nat or old.peer_identity == new.peer_identity
 
 
 class AsyncioClock:
@@ -225,11 +247,8 @@ class IKE:
         self._acquire(rule, local, remote, peer)
 
     def _acquire(self, rule: IKERule, local: Selector, remote: Selector, peer: str) -> None:
-        if any(
-            ex.acquire == (local, remote) and ex.machine.sa.remote[0] == peer and not ex.machine.done
-            for ex in self.pending_quick.values()
-        ):
-            return  # already negotiating this one (a finished exchange kept for duplicates does not count)
+        if self._negotiating(local, remote, peer):
+            return
         mm = self._main_mode_with(peer)
         if mm:
             self._start_quick_mode(mm, rule, local, remote)
@@ -238,6 +257,22 @@ class IKE:
         waiting.append((rule, local, remote))
         if len(waiting) == 1 and not any(ex.peer[0] == peer for ex in self.pending_main.values()):
             self._start_main_mode(rule, peer)
+
+    def _negotiating(self, local: Selector, remote: Selector, peer: str) -> bool:
+        """A quick mode in progress with `peer` will secure this traffic: ours for the same acquire, or the
+        peer's that we answered (its SAs cover the packet, typically our reply to the packet it holds).
+        A finished exchange kept for duplicates does not count."""
+        for ex in self.pending_quick.values():
+            machine = ex.machine
+            if machine.sa.remote[0] != peer or machine.done:
+                continue
+            if ex.acquire == (local, remote):
+                return True
+            answered = ex.early_inbound  # a responder's: set as its quick mode 2 leaves
+            if answered and covers(answered.local_selector, local) and covers(
+                    answered.remote_selector, remote):
+                return True
+        return False
 
     def datagram_4500(self, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram on UDP 4500 (from the driver, or our own socket in tests)."""
@@ -276,6 +311,28 @@ class IKE:
     # -- receiving ------------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        """Every datagram is processed or dropped and counted: a defect of ours that a datagram reaches is
+        counted and said, the exchange it opened is freed, and IKE goes on with the next one."""
+        opened = len(self.pending_main), len(self.pending_quick)
+        try:
+            self._dispatch(data, addr, local_port)
+        except Exception as exc:
+            self.counters["Dropped: internal error"] += 1
+            self.note(f"dropped a datagram from {addr[0]}:{addr[1]} on an internal error: "
+                      f"{type(exc).__name__}: {str(exc)[:200]}")
+            log.debug("internal error on a datagram from %s", addr, exc_info=True)
+            if (len(self.pending_main), len(self.pending_quick)) != opened:
+                self._forget_half_open(addr)
+
+    def _forget_half_open(self, addr: tuple[str, int]) -> None:
+        """The newest exchange with `addr` that has sent nothing yet: opened by the datagram that failed."""
+        for table in (self.pending_main, self.pending_quick):
+            for key, ex in reversed(list(table.items())):
+                if ex.peer == addr and not ex.last_sent:
+                    del table[key]
+                    return
+
+    def _dispatch(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         try:
             msg = Message.decode(data)
         except MalformedMessage as exc:
@@ -301,12 +358,19 @@ class IKE:
             self._informational(self.main_modes[cookies], msg, addr)
 
     def _duplicate(self, ex: Exchange, data: bytes) -> bool:
-        """A retransmission of what we already answered: answer it again from the last reply."""
+        """A retransmission of the last message received: answered again from the last reply if that reply
+        answers it, a few times at most; dropped (and counted) if it ended the exchange on our side, such as
+        main mode 6 at the initiator or quick mode 3 at the responder, whose "answer" would draw the peer's
+        answer in turn: an endless loop between two daemons."""
         if data != ex.last_received:
             return False
-        for wire in ex.last_sent:
-            self.sender(wire, ex.peer, ex.local_port)
-        self.counters["Duplicates Answered"] += 1
+        if data == ex.answered and ex.duplicates_answered < DUPLICATE_ANSWERS:
+            ex.duplicates_answered += 1
+            for wire in ex.last_sent:
+                self.sender(wire, ex.peer, ex.local_port)
+            self.counters["Duplicates Answered"] += 1
+        else:
+            self.counters["Duplicates Dropped"] += 1
         return True
 
     def _main_mode_message(self, msg: Message, data: bytes, addr: tuple[str, int], local_port: int) -> None:
@@ -324,7 +388,7 @@ class IKE:
                 self.note(f"main mode from {addr[0]} refused: no rule covers this peer")
                 return
             machine = main_mode.MainModeResponder(rule.policy, (self.local_address, local_port), addr)
-            ex = Exchange(machine, addr, local_port, rule)
+            ex = Exchange(machine, addr, local_port, rule, started=self.clock.time())
             self.pending_main[msg.icookie] = ex
         elif self._duplicate(ex, data):
             return
@@ -344,7 +408,8 @@ class IKE:
             )
         if ex.machine.state == before:
             return  # nothing changed: not for this state (late duplicate, stray message)
-        ex.last_received = data
+        ex.last_received, ex.answered = data, (data if replies else b"")
+        ex.duplicates_answered = 0
         if ex.machine.state != "failed" and (addr, local_port) != (ex.peer, ex.local_port):
             ex.peer, ex.local_port = addr, local_port  # the peer floated or its NAT mapping moved
         self._cancel(ex)
@@ -375,11 +440,9 @@ class IKE:
         sa.local, sa.remote = (self.local_address, ex.local_port), ex.peer
         self.counters["Oakley Main Modes"] += 1
         entry = MainModeEntry(sa, ex.rule, self.clock.time(), ex)
-        if not sa.initiator and ex.machine.peer_initial_contact:
-            for cookies, old in list(self.main_modes.items()):
-                if old.sa.remote[0] == sa.remote[0] and not (old.sa.nat and old.sa.nat.detected):
-                    self._forget_peer(cookies, "the peer sent INITIAL-CONTACT")
         self.main_modes[sa.cookies] = entry
+        if ex.machine.peer_initial_contact:
+            self._initial_contact(sa, ex.started)
         nat = f", {sa.nat.describe()}" if sa.nat else ""
         self.note(f"{sa.describe()} established{nat}, lifetime {sa.lifetime} s")
         entry.timers.append(
@@ -515,16 +578,33 @@ class IKE:
                 self._peer_notify(mm, p, pending)
 
     def _peer_delete(self, mm: MainModeEntry, delete: isakmp.Delete) -> None:
+        """A DELETE acts on the sender's own SAs only: SPIs and cookies of another peer's are ignored."""
+        reason = f"peer {mm.sa.remote[0]} deleted it"
         if delete.protocol == ProtocolID.ISAKMP:
             for spi in delete.spis:
-                if spi in self.main_modes:
-                    self._remove_main_mode(spi, f"peer {mm.sa.remote[0]} deleted it", notify_peer=False)
+                target = self.main_modes.get(spi)
+                if target and same_peer(target.sa, mm.sa):
+                    self._remove_main_mode(spi, reason, notify_peer=False)
             return
         for spi in delete.spis:
             value = int.from_bytes(spi, "big")
             for inbound, entry in list(self.quick_modes.items()):
-                if value in (child.spi for child in entry.sa.outbound.chain()):
-                    self._remove_quick_mode(inbound, f"peer {mm.sa.remote[0]} deleted it", notify_peer=False)
+                mine = value in (c.spi for c in entry.sa.outbound.chain())
+                if mine and same_peer(entry.sa.isakmp_sa, mm.sa):
+                    self._remove_quick_mode(inbound, reason, notify_peer=False)
+
+    def _initial_contact(self, sa: IsakmpSA, since: float) -> None:
+        """The peer (re)started before `since` (when the main mode that told us began): the SAs we had with
+        it from before then are stale, whatever main mode they were under. Those set up since are the
+        restarted peer's own (two main modes crossing after a restart): they stay, on both sides."""
+        reason = f"peer {sa.remote[0]} sent INITIAL-CONTACT"
+        self.note(reason)
+        for spi, qm in list(self.quick_modes.items()):
+            if qm.installed < since and same_peer(qm.sa.isakmp_sa, sa):
+                self._remove_quick_mode(spi, reason, notify_peer=False)
+        for cookies, old in list(self.main_modes.items()):
+            if old.established < since and old.sa is not sa and same_peer(old.sa, sa):
+                self._remove_main_mode(cookies, reason, notify_peer=False)
 
     def _peer_notify(self, mm: MainModeEntry, notify: isakmp.Notify, pending: list[Exchange]) -> None:
         if notify.notify_type == NotifyType.INVALID_SPI:
@@ -537,7 +617,7 @@ class IKE:
                     )
             return
         if notify.notify_type == NotifyType.INITIAL_CONTACT:
-            self.note(f"peer {mm.sa.remote[0]} sent INITIAL-CONTACT")
+            self._initial_contact(mm.sa, mm.established)
             return
         if notify.notify_type >= 8192:
             self.note(f"peer {mm.sa.remote[0]} sent status {notify.name}")
@@ -565,7 +645,7 @@ class IKE:
             rule.policy, (self.local_address, self.port), (peer, self.port), initial_contact=initial_contact
         )
         first = machine.start()
-        ex = Exchange(machine, (peer, self.port), self.port, rule)
+        ex = Exchange(machine, (peer, self.port), self.port, rule, started=self.clock.time())
         self.pending_main[machine.icookie] = ex
         self.note(f"rule {rule.name}: starting main mode with {peer}")
         self._transmit(ex, [first], expect_reply=True)
@@ -677,13 +757,6 @@ class IKE:
             f"main mode SA {cookies[:8].hex()}:{cookies[8:].hex()} with {entry.sa.remote[0]} "
             f"deleted: {reason}"
         )
-
-    def _forget_peer(self, cookies: bytes, reason: str) -> None:
-        entry = self.main_modes.get(cookies)
-        for spi, qm in list(self.quick_modes.items()):
-            if entry and qm.sa.isakmp_sa is entry.sa:
-                self._remove_quick_mode(spi, reason, notify_peer=False)
-        self._remove_main_mode(cookies, reason, notify_peer=False)
 
     # -- monitoring ----------------------------------------------------------------------------------
 

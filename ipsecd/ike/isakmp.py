@@ -276,6 +276,10 @@ class Payload:
                 raise MalformedMessage(cls.__name__, pos, str(exc)) from None
         if pos != end:
             raise MalformedMessage(cls.__name__, pos, f"{end - pos} unexpected bytes at the end")
+        for f in cls.FIELDS:  # a count must say what follows: a payload is re-encoded for hashes and replies
+            if isinstance(f, LengthOf) and f.unit == 1 and len(values[f.of]) != values[f.name]:
+                raise MalformedMessage(cls.__name__, pos, f"{f.name} {values[f.name]} but "
+                                       f"{len(values[f.of])} {f.of} follow")
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in values.items() if k in names})
 

@@ -37,9 +37,9 @@ def test_a_restarted_gateway_comes_back_wired(lab_up):
     lab = lab_up("gateway-tunnel")
     host_a, host_b = lab.node("host-a"), lab.node("host-b")
     lab.node("gw-a").put_file("/tmp/before-restart", "x")
-    old_id = lab.node("gw-a").container.id
+    old_id = lab.node("gw-a").instance.id
     gw = lab.restart("gw-a")
-    assert gw.container.id != old_id and not gw.exec(["test", "-e", "/tmp/before-restart"]).ok
+    assert gw.instance.id != old_id and not gw.exec(["test", "-e", "/tmp/before-restart"]).ok
     with gw.capture("eth2") as wan:
         host_a.exec(["ping", "-c", "1", "-W", "2", host_b.address()], check=True)
     assert len(assert_protocol_seen(wan.packets(), "icmp", between=("10.1.0.10", "10.2.0.10"))) == 2

@@ -8,7 +8,7 @@ nodes with the scenario's folders, plus the change its twin makes.
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.ipsec import AH, ESP
-from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
+from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads, wait_counter
 from scenarios.ike_lab import (
     dump,
     events,
@@ -23,7 +23,7 @@ from scenarios.ike_lab import (
 )
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
-from lab.traffic import tcp_transfer
+from lab.traffic import tcp_transfer, udp_send
 
 SCENARIO = "ike-transport-psk"
 MARKER = b"IKE-TRANSPORT-MARKER-"
@@ -290,3 +290,31 @@ def test_peer_restart_without_deletes_recovers(pair):
     assert wait_quick_mode(a)[0]["outbound spi"] != old and len(ipsecctl(a, "qmsa")) == 1
     assert counters(b)["bad_spi_packets"] >= 1
     wait_event(a, "INITIAL-CONTACT")
+
+
+def test_a_replayed_main_mode_5_is_answered_once_and_starts_no_loop(pair):
+    lab, a, b = pair
+    for node in (a, b):
+        start(node, SCENARIO)
+    with lab.capture_segment("lan") as cap:
+        a.exec(["ping", "-c", "1", "-W", "5", B], check=True)
+    mm = [p for p in cap.packets() if UDP in p and p[UDP].dport == 500 and bytes(p[UDP].payload)[18] == 2]
+    mm5 = bytes(first_sends([p for p in mm if p[IP].src == A])[2][UDP].payload)
+    with lab.capture_segment("lan") as cap:
+        udp_send(a, B, 500, mm5)  # an attacker's replay (from another port: host-b answers the SA's peer)
+        wait_counter(a, "ike_duplicates_dropped", 1)  # host-b's answer reached host-a, which stays quiet
+    ike = [p for p in cap.packets() if UDP in p and 500 in (p[UDP].sport, p[UDP].dport)]
+    assert len(ike) == 2, [p.summary() for p in ike]  # the replay and one main mode 6
+    assert counters(b)["ike_duplicates_answered"] == 1
+
+
+def test_a_proposal_of_256_transforms_is_counted_as_malformed_and_leaves_no_state(pair):
+    from tests.unit.test_ike_hostile_input import main_mode_1, transforms
+
+    _, a, b = pair
+    start(b, SCENARIO)
+    for _ in range(20):
+        udp_send(a, B, 500, main_mode_1(transforms(256), count=0))
+    wait_counter(b, "ike_malformed_packets", 20)
+    assert "Traceback" not in b.exec(["cat", "/var/log/ipsecd.log"]).stdout
+    assert ipsecctl(b, "status")["keying"]["main_mode_sas"] == 0

@@ -48,7 +48,7 @@ def test_bulk_tcp_with_iperf3(lab_up):
 def test_node_handle_files_processes_and_errors(lab_up):
     import pytest
 
-    from lab.docker_backend import CommandError
+    from lab.backend import CommandError
 
     node = lab_up("intranet-pair").node("host-a")
     node.put_file("/etc/ipsecd/test.txt", "hello\n")
@@ -114,22 +114,22 @@ exit 2
 """
 
 
-def test_ipsecd_start_waits_for_the_control_socket_or_reports_the_log(lab_up, lab_backend):
-    """The start contract of `lab up` for ipsecd, with stand-in executables (the daemon comes later)."""
+def test_ipsecd_start_waits_for_the_control_socket_or_reports_the_log(lab_up):
+    """The start contract of ipsecd (images/node/image.yaml), with stand-in executables."""
     import pytest
 
-    from lab.docker_backend import LabError
+    from lab.backend import LabError
 
     node = lab_up("intranet-pair", fresh=True).node("host-a")
     node.put_file("/usr/local/bin/ipsecd", FAKE_IPSECD, mode=0o755)
-    lab_backend._start_ipsecd(node)
+    node.start_service("ipsecd")
     assert node.exec(["test", "-S", "/run/ipsecd.sock"]).ok
     assert "fake ipsecd --config /etc/ipsecd/ipsecd.yaml" in node.process("ipsecd").log()
     node.process("ipsecd").stop()
     node.put_file("/usr/local/bin/ipsecd", BROKEN_IPSECD, mode=0o755)
     node.exec(["rm", "-f", "/run/ipsecd.sock"], check=True)
     with pytest.raises(LabError, match=r"(?s)host-a: ipsecd exited at start.*rules\[0\].action: 'maybe'"):
-        lab_backend._start_ipsecd(node)
+        node.start_service("ipsecd")
 
 
 def test_node_end_merges_received_tcp_like_a_nic_while_the_wire_keeps_mtu_sized_frames(lab_up):

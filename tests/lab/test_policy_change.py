@@ -17,8 +17,8 @@ from scenarios.policy_lab import (
     wait_for_sas,
 )
 
+from lab.backend import CommandError
 from lab.capture import assert_marker_absent, assert_only_protocols, wait_until
-from lab.docker_backend import CommandError
 from lab.traffic import tcp_transfer, udp_send
 
 SCENARIO = "policy-change"

@@ -7,13 +7,13 @@ import pytest
 from scenarios.driver_lab import counters, ipsecctl, wait_counter
 from scenarios.policy_lab import ipsecd_in, scenario_policy, sources, start_ipsecd, wait_for_sas
 
+from lab.backend import CommandError
 from lab.capture import (
     assert_marker_absent,
     assert_marker_present,
     assert_only_protocols,
     assert_protocol_seen,
 )
-from lab.docker_backend import CommandError
 from lab.traffic import tcp_transfer
 
 SCENARIO = "policy-filters"

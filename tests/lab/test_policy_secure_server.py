@@ -15,11 +15,12 @@ from scenarios.policy_lab import (
     predefined_policy,
     sources,
     start_ipsecd,
+    stop_ipsecd,
     wait_for_sas,
 )
 
-from lab.capture import Capture, assert_marker_absent, assert_only_protocols, assert_protocol_seen
-from lab.docker_backend import CommandError
+from lab.backend import CommandError
+from lab.capture import Capture, assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
 from lab.traffic import tcp_transfer
 
 SCENARIO = "policy-secure-server"
@@ -117,3 +118,33 @@ def test_twin_a_host_without_ipsec_gets_only_ping_through(pair):
     assert_marker_absent(pkts, MARKER)
     assert wait_counter(b, "dropped_by_policy", before + 1) > before
     assert esp_sas(b) == []
+
+
+def kill_ipsecd(node) -> None:
+    """ipsecd dies as a crash would (SIGKILL: nothing of it runs to clean up)."""
+    node.exec(["pkill", "-9", "-f", "ipsecd --config"], check=True)
+    wait_until(lambda: not node.process("ipsecd").alive(), 5, what=f"{node.name}: ipsecd to die")
+
+
+def test_secured_traffic_never_leaves_in_clear_while_ipsecd_is_dead_and_flows_again_after_a_restart(pair):
+    lab, a, b = pair
+    secured_transfer(lab, b, a, 5006, MARKER * 1000)
+    kill_ipsecd(b)
+    with lab.capture_segment("lan") as cap, pytest.raises(CommandError):
+        tcp_transfer(b, a, MARKER * 1000, port=5007, timeout=6)
+    pkts = cap.packets()
+    assert_marker_absent(pkts, MARKER)
+    assert sources(pkts, "tcp/5007") <= {A}, "host-b sent its connection in clear with ipsecd dead"
+    start_ipsecd(b, predefined_policy("secure server", PSK))  # replaces what the dead one left in the kernel
+    assert counters(b)["dropped_fail_closed"] > 0  # the left-over ruleset's drops, carried over
+    with lab.capture_segment("lan") as cap:
+        assert tcp_transfer(b, a, MARKER * 1000, port=5008, timeout=20) == MARKER * 1000
+    assert_secured(cap.packets(), MARKER)
+
+
+def test_a_clean_stop_removes_the_kernel_policy(pair):
+    b = pair[2]
+    assert b.exec(["nft", "list", "table", "inet", "ipsecd"]).ok
+    stop_ipsecd(b)
+    assert not b.exec(["nft", "list", "table", "inet", "ipsecd"]).ok
+    assert "fwmark" not in b.exec(["ip", "rule", "show"]).stdout

@@ -7,13 +7,13 @@ import pytest
 from scenarios.driver_lab import ipsecctl
 from scenarios.policy_lab import edit, example_policy, ipsecd_in, sources, start_ipsecd, wait_for_sas
 
+from lab.backend import CommandError
 from lab.capture import (
     assert_marker_absent,
     assert_marker_present,
     assert_only_protocols,
     ip_packets,
 )
-from lab.docker_backend import CommandError
 from lab.traffic import tcp_transfer
 
 MARKER = b"POLICY-TUNNEL-MARKER-"

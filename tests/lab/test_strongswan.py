@@ -24,8 +24,8 @@ from scenarios.swan_lab import (
     udp_esp,
 )
 
+from lab.backend import CommandError
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
-from lab.docker_backend import CommandError
 from lab.strongswan import Charon, Tunnel
 from lab.traffic import tcp_transfer, wait_listening
 

@@ -31,8 +31,8 @@ from scenarios.swan_lab import (
 )
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
-from lab.docker_backend import Node
 from lab.ike_probe import IkeProbe
+from lab.running import Node
 from lab.strongswan import Charon
 from lab.traffic import tcp_transfer, wait_listening
 

@@ -4,7 +4,8 @@ import docker
 from pyroute2 import IPRoute, netns
 
 from lab import topology
-from lab.docker_backend import Lab, fabric_name
+from lab.fabric import Fabric
+from lab.running import Lab
 
 
 def _host_links() -> set[str]:
@@ -21,7 +22,7 @@ def test_down_removes_everything(lab_backend, lab_name, tmp_path):
     assert _host_links() == links_before, "lab veths must never appear in the host namespace"
     lab.down()
     assert lab_backend.containers(name) == []
-    assert fabric_name(name) not in netns.listnetns()
+    assert Fabric(name).name not in netns.listnetns()
     assert {n.id for n in docker.from_env().networks.list()} == networks_before
     assert lab_backend.down(name) == []  # idempotent
 
@@ -31,7 +32,7 @@ def test_down_after_a_crash_half_way(lab_backend, lab_name, tmp_path):
     topo = topology.load("nat-t")
     lab = Lab(name, topo, tmp_path, lab_backend)
     tag = lab_backend.images.ensure("node")
-    lab_backend._make_fabric(lab)  # the crash: fabric made, one container started, nothing wired
+    Fabric(name).create(topo)  # the crash: fabric made, one container started, nothing wired
     lab_backend._start_container(lab, topo.node("client"), tag)
     removed = lab_backend.down(name)
     assert removed == [f"{name}-client", f"netns ilab-{name}"]

@@ -395,6 +395,7 @@ def test_invalid_spi_makes_the_peer_drop_its_outbound_sa():
 def test_initial_contact_from_a_restarted_peer_clears_its_old_sas():
     lab = negotiate()
     old = lab.drv_b.added[0]
+    lab.clock.now += 60  # INITIAL-CONTACT clears what was set up before the new main mode began
     restarted, _ = lab.net.attach(A, [lab.rule])  # A comes back with no memory of its SAs
     restarted.acquire(lab.rule, host(A), host(B), B)
     lab.net.run()

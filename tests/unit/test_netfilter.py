@@ -97,5 +97,5 @@ def test_totals_survive_a_ruleset_replacement():
 
     kernel = Netfilter(MARKS, run=run)
     kernel.install(SPD())
-    assert kernel.totals() == {"block": 0, "unsecured": 6}
+    assert kernel.totals() == {"block": 0, "unsecured": 6, "fail-closed": 0}
     assert ["ip", "rule", "add", "fwmark", "0x2121", "lookup", "2121", "priority", "100"] in calls

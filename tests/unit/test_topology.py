@@ -9,8 +9,10 @@ import pytest
 
 import lab
 from lab import model, topology
-from lab.docker_backend import DockerBackend, LabError, firewall_ruleset, hosts_file, nat_ruleset
+from lab.backend import LabError
+from lab.docker_backend import DockerBackend
 from lab.graph import render, to_dot
+from lab.node_setup import firewall_ruleset, hosts_file, nat_ruleset
 
 GOOD = """\
 name: demo

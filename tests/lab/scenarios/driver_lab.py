@@ -15,7 +15,7 @@ from pathlib import Path
 from scapy.utils import wrpcap
 
 from lab.capture import wait_until
-from lab.docker_backend import Lab, Node
+from lab.running import Lab, Node
 
 SCENARIOS = Path(__file__).parent
 CONFIG = "/etc/ipsecd/ipsecd.yaml"
@@ -88,9 +88,9 @@ def tshark_decrypted_payloads(pcap: Path, tshark_args: list[str]) -> tuple[bytes
 
 def inject_frames(lab: Lab, segment: str, frames) -> None:
     """Put Ethernet frames on a segment's bridge, as a third host on the segment would."""
-    bridge = lab.capture_segment(segment).device  # the bridge captures listen on
+    tap = lab.capture_segment(segment)  # the bridge captures listen on, in the lab's fabric namespace
     with tempfile.NamedTemporaryFile(suffix=".pcap") as f:
         wrpcap(f.name, frames)
-        send = f"from scapy.all import *; sendp(rdpcap({f.name!r}), iface={bridge!r}, verbose=False)"
-        subprocess.run(["ip", "netns", "exec", lab.fabric, sys.executable, "-c", send], check=True,
+        send = f"from scapy.all import *; sendp(rdpcap({f.name!r}), iface={tap.device!r}, verbose=False)"
+        subprocess.run(["ip", "netns", "exec", tap.fabric, sys.executable, "-c", send], check=True,
                        timeout=30)

@@ -19,7 +19,7 @@ from scapy.utils import PcapReader
 from scenarios.driver_lab import ipsecctl, ipsecd_log
 
 from lab.capture import Capture, wait_until
-from lab.docker_backend import Lab, Node
+from lab.running import Lab, Node
 
 SCENARIOS = Path(__file__).parent
 ETC = "/etc/ipsecd"

@@ -22,7 +22,7 @@ from ipsecd.policy import policyfile
 from ipsecd.policy.model import AuthKind, AuthMethod
 from ipsecd.policy.predefined import predefined
 from lab.capture import ip_packets, protocol, wait_until
-from lab.docker_backend import Lab, Node
+from lab.running import Lab, Node
 
 POLICIES = SCENARIOS.parent.parent.parent / "policies"  # the repository's example policies
 STORE = f"{ike_lab.ETC}/policies"

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ipsecd.driver.sad import Lifetime, SecurityAssociation
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, PacketSelector, SecurityMethod
+from ipsecd.ike.component import RATE_TABLE_LIMIT
 from ipsecd.ike.sa import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
 
@@ -201,6 +202,8 @@ class IKEBridge:
         now, last = time.monotonic(), self.invalid_spi_seen.get(peer, -INVALID_SPI_INTERVAL)
         if self.ike is None or now - last < INVALID_SPI_INTERVAL:
             return
+        if len(self.invalid_spi_seen) >= RATE_TABLE_LIMIT:  # source addresses come from the network
+            self.invalid_spi_seen.clear()
         self.invalid_spi_seen[peer] = now
         if self.ike.has_main_mode_with(peer):
             self.ike.invalid_spi(spi, peer, protocol)

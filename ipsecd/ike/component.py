@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import secrets
 import socket
@@ -41,6 +42,20 @@ COUNTER_NAMES = (
     "Duplicates Answered",
     "Duplicates Dropped",
 )
+#: Half-open main modes (a responder that sent main mode 2 and waits for 3): what an attacker with spoofed
+#: sources can make us hold. Bounded per source and in total (the oldest goes first), and kept only this long;
+#: main mode 2 is not retransmitted (the initiator's retransmitted main mode 1 is answered from the last
+#: reply), so spoofed sources draw one datagram each, not seven.
+HALF_OPEN_PER_SOURCE = 16
+HALF_OPEN_TOTAL = 1024
+HALF_OPEN_SECONDS = 30.0
+#: Bytes a socket may queue in user space when the kernel's send buffer is full (replies waiting for ARP to
+#: spoofed on-link addresses fill it): past this a datagram is dropped and counted rather than queued behind
+#: a backlog that delays the real peers' replies for minutes.
+SEND_QUEUE_LIMIT = 64 * 1024
+SEND_BUFFER = 4 * 1024 * 1024  # the kernel's send buffer of the IKE socket (root may exceed wmem_max)
+RATE_TABLE_LIMIT = 4096  # entries of a table that rate-limits a reaction per peer or SPI
+EVENT_LENGTH = 400  # characters of one event: a refusal listing 255 transforms is said in part
 #: A retransmission of the message we last answered is answered again at most this many times per exchange
 #: (the peer retransmits 6 times; a replay flood gets no more).
 DUPLICATE_ANSWERS = 4
@@ -114,6 +129,12 @@ class QuickModeEntry:
             sa.remote_selector,
             sa.isakmp_sa.remote[0],
         )
+
+
+def _half_open(ex: Exchange) -> bool:
+    """A main mode responder that answered main mode 1 and has heard nothing since: nothing proves that its
+    peer exists (the source address may be spoofed)."""
+    return isinstance(ex.machine, main_mode.MainModeResponder) and ex.machine.state == "MM2 sent"
 
 
 def covers(outer: Selector, inner: Selector) -> bool:
@@ -202,6 +223,11 @@ class IKE:
             family=socket.AF_INET,
         )
         self.sockets.append(t500)
+        sock = t500.get_extra_info("socket")
+        for option in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+                break
         if own_4500 or self.send_4500 is None:
             t4500, _ = await loop.create_datagram_endpoint(
                 lambda: _UDP(lambda d, a: self.datagram_4500(d, a)),
@@ -231,11 +257,15 @@ class IKE:
     def _send_udp(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         if local_port == self.natt_port:
             self.send_4500(natt.frame(data, natt.NATT_PORT), addr)
+        elif self.sockets[0].get_write_buffer_size() > SEND_QUEUE_LIMIT:
+            self.counters["Dropped: send queue full"] += 1
         else:
             self.sockets[0].sendto(data, addr)
 
     def note(self, text: str) -> None:
-        """The event log, in words."""
+        """The event log, in words; an event is at most EVENT_LENGTH characters (the list keeps 1000)."""
+        if len(text) > EVENT_LENGTH:
+            text = text[: EVENT_LENGTH - 30] + f"... ({len(text)} characters)"
         self.events.append((self.clock.time() if self.clock else 0.0, text))
         log.info("%s", text)
 
@@ -290,6 +320,8 @@ class IKE:
         now = self.clock.time()
         if mm is None or now - self.invalid_spi_sent.get((peer, spi), -60.0) < 60:
             return
+        if len(self.invalid_spi_sent) >= RATE_TABLE_LIMIT:  # SPIs come from the network: bounded
+            self.invalid_spi_sent.clear()  # at worst one more notification per SPI
         self.invalid_spi_sent[(peer, spi)] = now
         proto = ProtocolID.ESP if protocol == "esp" else ProtocolID.AH
         self.sender(
@@ -387,6 +419,8 @@ class IKE:
                 self.counters["Negotiation Failures: no policy for peer"] += 1
                 self.note(f"main mode from {addr[0]} refused: no rule covers this peer")
                 return
+            if not self._admit_half_open(addr[0]):
+                return
             machine = main_mode.MainModeResponder(rule.policy, (self.local_address, local_port), addr)
             ex = Exchange(machine, addr, local_port, rule, started=self.clock.time())
             self.pending_main[msg.icookie] = ex
@@ -396,6 +430,26 @@ class IKE:
             return
         self._feed(ex, msg, data, addr, local_port)
         self._main_mode_progress(ex, msg.icookie)
+
+    def _admit_half_open(self, source: str) -> bool:
+        """Room for one more half-open main mode from `source`: at most HALF_OPEN_PER_SOURCE from one
+        address (refused), HALF_OPEN_TOTAL in all (the oldest makes room)."""
+        half_open = [(cookie, ex) for cookie, ex in self.pending_main.items() if _half_open(ex)]
+        if sum(ex.peer[0] == source for _, ex in half_open) >= HALF_OPEN_PER_SOURCE:
+            self.counters["Dropped: half-open limit per source"] += 1
+            return False
+        if len(half_open) >= HALF_OPEN_TOTAL:
+            cookie, oldest = half_open[0]
+            self._cancel(oldest)
+            del self.pending_main[cookie]
+            self.counters["Half-Open Main Modes Evicted"] += 1
+        return True
+
+    def _expire_half_open(self, ex: Exchange, icookie: bytes) -> None:
+        ex.timer = None
+        if _half_open(ex) and self.pending_main.get(icookie) is ex:
+            del self.pending_main[icookie]
+            self.counters["Half-Open Main Modes Expired"] += 1
 
     def _feed(self, ex: Exchange, msg: Message, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         before, dropped = ex.machine.state, len(ex.machine.dropped)
@@ -420,7 +474,11 @@ class IKE:
             and ex.machine.initiator
         ):
             ex.peer, ex.local_port = (ex.peer[0], self.natt_port), self.natt_port
-        if replies:
+        if replies and _half_open(ex):
+            self._transmit(ex, replies, expect_reply=False)
+            ex.timer = self.clock.call_later(HALF_OPEN_SECONDS,
+                                             lambda: self._expire_half_open(ex, msg.icookie))
+        elif replies:
             self._transmit(ex, replies, expect_reply=not ex.machine.done)
 
     def _main_mode_progress(self, ex: Exchange, icookie: bytes) -> None:

@@ -10,6 +10,8 @@ from ipsecd.ike.events import NegotiationError
 from ipsecd.ike.isakmp import ExchangeType, Flag, MalformedMessage, Message, NotifyType
 from ipsecd.ike.settings import QuickModeOffer, Selector
 
+MAX_IV_CHAINS = 64  # phase 2 exchanges of one main mode SA whose IV we keep
+
 
 @dataclass
 class IsakmpSA:
@@ -42,15 +44,23 @@ class IsakmpSA:
         )
 
     def _iv(self, message_id: int) -> bytes:
-        if message_id not in self.ivs:
-            self.ivs[message_id] = oakley.phase2_iv(self.suite, self.last_block, message_id)
-        return self.ivs[message_id]
+        """The IV chain of a phase 2 exchange; a message ID not seen yet starts one (App. B), stored only
+        once a message of it is sealed or opened, and at most MAX_IV_CHAINS kept (the oldest go): message
+        IDs come from the network."""
+        iv = self.ivs.get(message_id)
+        return iv if iv is not None else oakley.phase2_iv(self.suite, self.last_block, message_id)
+
+    def _chain(self, message_id: int, body: bytes) -> None:
+        self.ivs.pop(message_id, None)
+        self.ivs[message_id] = body[-self.suite.cipher.block_size :]
+        if len(self.ivs) > MAX_IV_CHAINS:
+            del self.ivs[next(iter(self.ivs))]
 
     def seal(self, exchange: int, message_id: int, payloads: list[isakmp.Payload]) -> bytes:
         """Encrypt a phase 2 message and advance its IV chain."""
         first, plain = isakmp.build_payloads(payloads)
         body = self.suite.cipher.encrypt(self.keys.ka, self._iv(message_id), plain)
-        self.ivs[message_id] = body[-self.suite.cipher.block_size :]
+        self._chain(message_id, body)
         head = Message(self.icookie, self.rcookie, exchange, Flag.ENCRYPTION, message_id)
         return head.header(first, len(body)) + body
 
@@ -73,7 +83,7 @@ class IsakmpSA:
                 "malformed message",
                 integrity=True,
             ) from None
-        self.ivs[msg.message_id] = msg.body[-self.suite.cipher.block_size :]
+        self._chain(msg.message_id, msg.body)
         return payloads
 
     def forget(self, message_id: int) -> None:

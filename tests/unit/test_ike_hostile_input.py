@@ -3,6 +3,7 @@ half-open exchange left behind."""
 
 import struct
 
+from ipsecd.ike.component import EVENT_LENGTH
 from ipsecd.ike.isakmp import SA, Message, PayloadType, Proposal, ProtocolID, Transform
 from ipsecd.ike.main_mode import offer_transform
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey
@@ -56,6 +57,7 @@ def test_255_unacceptable_transforms_are_refused_as_a_failed_negotiation():
     feed(ike, main_mode_1(junk))
     assert ike.counters["Negotiation Failures"] == 1
     assert not ike.pending_main
+    assert max(len(text) for _, text in ike.events) <= EVENT_LENGTH  # it listed all 255: 11,000 characters
 
 
 def test_a_defect_reached_by_a_datagram_is_counted_and_frees_the_exchange_it_opened(monkeypatch):

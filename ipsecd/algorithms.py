@@ -22,13 +22,19 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm
 from cryptography.hazmat.primitives.ciphers import algorithms as _ciphers
 
-try:  # cryptography >= 43 moved 3DES out of the main namespace
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-except ImportError:  # pragma: no cover - older cryptography
-    TripleDES = _ciphers.TripleDES
+
+def _triple_des() -> Callable[[bytes], BlockCipherAlgorithm]:
+    try:  # cryptography >= 43 moved 3DES out of the main namespace
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    except ImportError:  # pragma: no cover - older cryptography
+        return _ciphers.TripleDES
+    return TripleDES
 
 
-def _des(key: bytes) -> TripleDES:
+TripleDES = _triple_des()
+
+
+def _des(key: bytes) -> BlockCipherAlgorithm:
     # Single DES (RFC 2405) is 3DES-EDE with K1 = K2 = K3: E(K) D(K) E(K) = E(K).
     # OpenSSL 3 dropped plain DES from its default provider; this keeps it working.
     return TripleDES(key * 3)

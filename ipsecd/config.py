@@ -25,6 +25,7 @@ ipsecd.config.ConfigError: ipsecd.yaml:2: driver.mtu: 50 is outside 576..9000
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -157,7 +158,8 @@ class _Reader:
         line = f":{self.lines[probe]}" if probe in self.lines else ""
         return ConfigError(f"{self.name}{line}: {path or 'top level'}: {message}")
 
-    def mapping(self, value: Any, path: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+    def mapping(self, value: Any, path: str, allowed: AbstractSet[str],
+                required: AbstractSet[str] = frozenset()) -> dict:
         if not isinstance(value, dict):
             raise self.error(path, f"expected a mapping, got {type(value).__name__}")
         for key in value:

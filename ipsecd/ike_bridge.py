@@ -30,6 +30,7 @@ from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ipsecd.driver.sad import Lifetime, SecurityAssociation
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, PacketSelector, SecurityMethod
@@ -239,6 +240,8 @@ def certificate_source(certificate: Path | None, private_key: Path | None,
             raise KeyError("no ike.certificate and ike.private_key in the node configuration")
         cert = x509.load_pem_x509_certificate(certificate.read_bytes())
         key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{private_key}: not an RSA private key (main mode signs with RSA)")
         cas = [x509.load_pem_x509_certificate(p.read_bytes()) for p in trusted_cas]
         wanted = _name_parts(ca_name)
         named = tuple(ca for ca in cas if (wanted and wanted <= _name_parts(ca.subject.rfc4514_string()))

@@ -232,8 +232,9 @@ class IPsecDriver:
             self._last_keepalive = now
             for key in self._keepalive & self._outbound.keys():
                 sa = self._outbound[key]
-                with contextlib.suppress(OSError):
-                    self.wire.send_udp(b"\xff", (sa.dst, self._nat_port.get(key, sa.udp_encap[1])))
+                if sa.udp_encap:
+                    with contextlib.suppress(OSError):
+                        self.wire.send_udp(b"\xff", (sa.dst, self._nat_port.get(key, sa.udp_encap[1])))
         for sa, reason in self.sad.expire(now):
             self._lifetime_event(sa, reason)
 
@@ -252,7 +253,7 @@ class IPsecDriver:
     def outbound(self, packet: bytes) -> None:
         """A packet read from the TUN: the kernel marked it for a negotiate filter."""
         flow = flow_key(packet)
-        cached = self._flows.get(flow)
+        cached = self._flows.get(flow) if flow is not None else None
         if cached is not None:  # the fast path: a known flow with its SA
             sa = self._outbound.get(cached)
             if sa is not None:
@@ -426,14 +427,16 @@ class IPsecDriver:
             best = self.spd.lookup(sel, Direction.INBOUND)
             blocked = best is not None and best.action.action is Action.BLOCK
             permitted = best is not None and best.action.action is Action.PERMIT
-            if blocked or not (permitted or any(f.matches(sel) for f in self._inbound_filters.get(name, ()))):
+            own = self._inbound_filters.get(name, ()) if name is not None else ()
+            if blocked or not (permitted or any(f.matches(sel) for f in own)):
                 self.sad.counters.dropped_by_policy += 1
                 self._say(f"selector {name}", f"packet {sel} arrived on SA {sa.spi:#x} but is not traffic "
                                               f"of its filter {name}: dropped")
                 return
-            if len(self._inbound_flows) >= FLOW_CACHE_SIZE:
-                self._inbound_flows.clear()
-            self._inbound_flows.add((sa.spi, flow))
+            if flow is not None:
+                if len(self._inbound_flows) >= FLOW_CACHE_SIZE:
+                    self._inbound_flows.clear()
+                self._inbound_flows.add((sa.spi, flow))
         try:
             self.wire.deliver(inner, stale_checksum)
         except OSError as e:

@@ -253,7 +253,7 @@ class KernelTables:
         """Send one request; the bodies of its answer (a dump's until NLMSG_DONE)."""
         seq = NLMSGHDR.unpack_from(request)[3]
         self._sock.send(request)
-        bodies = []
+        bodies: list[bytes] = []
         while True:
             for kind, answer_seq, body in messages(self._sock.recv(1 << 16)):
                 if answer_seq != seq:
@@ -292,6 +292,8 @@ class PacketSocket:
         """Send packets[i] to hops[i] (at most BATCH); how many went, from the first; OSError if none did."""
         joined = b"".join(packets)  # one buffer the iovecs point into, alive until sendmmsg returns
         address = ctypes.cast(ctypes.c_char_p(joined), ctypes.c_void_p).value
+        if address is None:
+            raise OSError("no buffer address for sendmmsg")
         iovecs, message_memory = self._iovec_memory, self._message_memory
         pack_iovec, pack_pointer = mmsg.IOVEC.pack_into, mmsg.POINTER.pack_into
         for i, packet in enumerate(packets):

@@ -70,7 +70,7 @@ def _trailers(block: int) -> tuple[bytes, ...]:
 
     Shared by every SA with this block size, so sealing a packet pads with one tuple index.
     """
-    table = []
+    table: list[bytes] = []
     for rest in range(block):
         padlen = -(rest + 2) % block
         table.extend(_PAD[:padlen] + bytes((padlen, next_header)) for next_header in range(256))
@@ -161,6 +161,8 @@ class CbcTransform(_Transform):
 
     def __init__(self, enc: Encryption, key: bytes, integ: Integrity | None, integ_key: bytes):
         super().__init__(enc, integ, integ_key, enc.block_size)
+        if enc.cipher is None:
+            raise ValueError(f"{enc.name} is not a CBC cipher")
         self._cipher = enc.cipher(key)
         self._stream = Cipher(self._cipher, modes.CBC(os.urandom(enc.block_size))).encryptor()
         self._zero = bytes(enc.block_size)

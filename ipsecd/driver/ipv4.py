@@ -131,7 +131,7 @@ def fold_checksum(value: int) -> int:
     return 0xFFFF - rest if rest else 0
 
 
-def word_sum(data: bytes) -> int:
+def word_sum(data: bytes | bytearray) -> int:
     """A value congruent modulo 0xFFFF to the RFC 1071 sum of `data` (at most 64 KB), an odd end padded."""
     if len(data) < NUMPY_FROM:
         value = int.from_bytes(data, "big")

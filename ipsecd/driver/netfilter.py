@@ -151,7 +151,7 @@ def rule_counters(listing: dict) -> list[dict]:
         if not rule or "comment" not in rule:
             continue
         verdict, _, name = rule["comment"].partition(" ")
-        counter = next((e["counter"] for e in rule.get("expr", []) if "counter" in e), {})
+        counter: dict[str, int] = next((e["counter"] for e in rule.get("expr", []) if "counter" in e), {})
         out.append({"verdict": verdict, "filter": name, "chain": rule["chain"],
                     "packets": counter.get("packets", 0), "bytes": counter.get("bytes", 0)})
     return out

@@ -283,12 +283,12 @@ class GsoSender:
         self._length += len(payload)
 
     def flush(self) -> None:
-        run = self._run
-        if not run:
+        run, addr = self._run, self._addr
+        if not run or addr is None:  # a run always has its address
             return
         self._run = []
         try:
-            self._send(b"".join(run), self._size, self._addr, self._tos)
+            self._send(b"".join(run), self._size, addr, self._tos)
         except OSError as e:
             self.lost += len(run)
             self.error = e

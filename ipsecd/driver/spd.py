@@ -173,7 +173,8 @@ class Filter:
         return (self, self.mirror())
 
     def describe(self) -> str:
-        proto = {v: k for k, v in PROTOCOL_NUMBERS.items()}.get(self.protocol, self.protocol) or "any"
+        names = {v: k for k, v in PROTOCOL_NUMBERS.items()}
+        proto = (names.get(self.protocol, self.protocol) if self.protocol is not None else None) or "any"
         ports = ""
         if self.protocol in (6, 17):
             ports = f" ports {self.src_port or 'any'}->{self.dst_port or 'any'}"

@@ -73,7 +73,7 @@ class KernelWire:
         self._ah_receiver = BatchReceiver(self.ah_in, DRAIN)
         self._coalescer = Coalescer(self._write_frame) if tun.offload else None
         self._gso = GsoSender(self._send_segments) if tun.offload else None
-        self._batching = False  # inside a TUN drain: UDP sends wait for the drain's end
+        self._batch: GsoSender | None = None  # inside a TUN drain: UDP sends wait for the drain's end here
         self.packet_socket = PacketSocket()
         self.tables = KernelTables(bypass_mark)
         self.egress = Egress(self.tables.resolve, self.packet_socket.send, self._send_raw)
@@ -89,8 +89,9 @@ class KernelWire:
         self.raw_out.sendto(packet, (dst, 0))
 
     def send_udp(self, payload: bytes, addr: tuple[str, int], tos: int = 0) -> None:
-        if self._batching:
-            self._gso.add(payload, addr, tos)
+        batch = self._batch
+        if batch is not None:
+            batch.add(payload, addr, tos)
         else:
             self._send_segments(payload, len(payload), addr, tos)
 
@@ -136,7 +137,7 @@ class KernelWire:
         """Up to DRAIN reads from the TUN; what the driver sends meanwhile goes out in batches at the end."""
         read, outbound = self.tun.read, driver.outbound
         self.egress.batching = True
-        self._batching = self._gso is not None
+        self._batch = self._gso
         try:
             for _ in range(DRAIN):
                 frame = read()
@@ -148,7 +149,8 @@ class KernelWire:
                 for packet in segments(frame):
                     outbound(packet)
         finally:
-            self.egress.batching = self._batching = False
+            self.egress.batching = False
+            self._batch = None
             self.egress.flush()
             if self._gso is not None:
                 self._gso.flush()

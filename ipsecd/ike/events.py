@@ -45,7 +45,7 @@ class Established:
     sa: IsakmpSA
 
 
-REFUSAL_COUNTERS = {
+REFUSAL_COUNTERS: dict[int, str] = {
     NotifyType.NO_PROPOSAL_CHOSEN: "no proposal chosen",
     NotifyType.AUTHENTICATION_FAILED: "authentication failed",
     NotifyType.INVALID_CERTIFICATE: "authentication failed",

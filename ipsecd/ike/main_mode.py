@@ -14,6 +14,7 @@ import secrets
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ipsecd.ike import isakmp, natt, oakley
 from ipsecd.ike.auth import AUTH_IDS, AUTH_NAMES, rsa_sign_raw, rsa_verify_raw, verify_chain
@@ -98,7 +99,8 @@ def _matches(t: Transform, offer: MainModeOffer, method: str) -> bool:
 
 
 def _lifetime(t: Transform, default: int) -> int:
-    return t.attr(LIFE_DURATION, default) if t.attr(LIFE_TYPE, LIFE_SECONDS) == LIFE_SECONDS else default
+    duration = t.attr(LIFE_DURATION)
+    return duration if duration is not None and t.attr(LIFE_TYPE, LIFE_SECONDS) == LIFE_SECONDS else default
 
 
 # --- the exchange ----------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ class MainMode:
         self.state = "new"
         self.icookie = self.rcookie = bytes(8)
         self.sai_b = b""
-        self.suite: oakley.Phase1Suite | None = None
+        self._suite: oakley.Phase1Suite | None = None
         self.method = ""
         self.lifetime = 0
         self.peer_vids: list[bytes] = []
@@ -142,7 +144,7 @@ class MainMode:
         self.nat: natt.NatStatus | None = None
         self.private = 0
         self.own_ke = self.peer_ke = self.ni = self.nr = b""
-        self.keys: oakley.Phase1Keys | None = None
+        self._keys: oakley.Phase1Keys | None = None
         self.iv = b""
         self.sa: IsakmpSA | None = None
         self.peer_initial_contact = False
@@ -151,6 +153,22 @@ class MainMode:
     @property
     def done(self) -> bool:
         return self.state in ("established", "failed")
+
+    @property
+    def suite(self) -> oakley.Phase1Suite:
+        """The agreed algorithms (from main mode 1/2 on): a message that needs them earlier is malformed."""
+        if self._suite is None:
+            raise NegotiationError("main mode message before a proposal was agreed",
+                                   NotifyType.PAYLOAD_MALFORMED, "malformed message")
+        return self._suite
+
+    @property
+    def keys(self) -> oakley.Phase1Keys:
+        """SKEYID and the keys derived from it (from main mode 3/4 on)."""
+        if self._keys is None:
+            raise NegotiationError("main mode message before the key exchange",
+                                   NotifyType.PAYLOAD_MALFORMED, "malformed message")
+        return self._keys
 
     @property
     def float_to_4500(self) -> bool:
@@ -215,9 +233,12 @@ class MainMode:
         )
 
     def _adopt(self, t: Transform) -> None:
-        name = _cipher_name(t)
-        hash_name = next(h.name for h in oakley.HASHES.values() if h.oakley_id == t.attr(HASH))
-        self.suite = oakley.Phase1Suite(name, hash_name, t.attr(GROUP))
+        name, group = _cipher_name(t), t.attr(GROUP)
+        hash_name = next((h.name for h in oakley.HASHES.values() if h.oakley_id == t.attr(HASH)), None)
+        if name is None or hash_name is None or group not in oakley.GROUPS:
+            raise NegotiationError(f"transform {describe_transform(t)} is not one we offer",
+                                   NotifyType.NO_PROPOSAL_CHOSEN, "no proposal chosen")
+        self._suite = oakley.Phase1Suite(name, hash_name, group)
         self.method = next(m for m, i in AUTH_IDS.items() if i == t.attr(AUTH_METHOD))
         own = min((o.lifetime for o in self.policy.main_mode), default=28800)
         self.lifetime = min(_lifetime(t, 28800), own)
@@ -280,7 +301,7 @@ class MainMode:
             skeyid = oakley.skeyid_psk(self.suite, auth.key, self.ni, self.nr)
         else:
             skeyid = oakley.skeyid_signature(self.suite, self.ni, self.nr, gxy)
-        self.keys = oakley.derive_phase1(self.suite, skeyid, gxy, self.icookie, self.rcookie)
+        self._keys = oakley.derive_phase1(self.suite, skeyid, gxy, self.icookie, self.rcookie)
         self.iv = oakley.phase1_iv(self.suite, self.gxi, self.gxr)
 
     @property
@@ -391,7 +412,11 @@ class MainMode:
                 NotifyType.INVALID_ID_INFORMATION,
                 "authentication failed",
             )
-        if not rsa_verify_raw(certs[0].public_key(), sig, expected):
+        public_key = certs[0].public_key()
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            raise NegotiationError(f"certificate {certs[0].subject.rfc4514_string()} has no RSA key",
+                                   NotifyType.INVALID_CERTIFICATE, "authentication failed")
+        if not rsa_verify_raw(public_key, sig, expected):
             raise NegotiationError(
                 f"authentication failed: signature of {certs[0].subject.rfc4514_string()} does not verify",
                 NotifyType.INVALID_SIGNATURE,
@@ -527,7 +552,7 @@ class MainModeResponder(MainMode):
                 isinstance(p, Notify) and p.notify_type == NotifyType.INITIAL_CONTACT for p in payloads
             )
             ident = self._identity()
-            reply = self._seal_phase1([ident, *self._auth_payloads(self._hash(False, ident.body()))])
+            message_6 = self._seal_phase1([ident, *self._auth_payloads(self._hash(False, ident.body()))])
             self._establish(peer)
-            return [reply]
+            return [message_6]
         return []

@@ -143,14 +143,11 @@ class CipherAlg:
 
     algorithm: algorithms.Encryption
     make: Callable[[bytes], BlockCipherAlgorithm]  # the row's cipher: key -> block cipher
+    oakley_id: int  # the row's Oakley Encryption Algorithm value
 
     @property
     def name(self) -> str:
         return self.algorithm.name
-
-    @property
-    def oakley_id(self) -> int | None:
-        return self.algorithm.oakley_id
 
     @property
     def key_size(self) -> int:
@@ -184,7 +181,7 @@ class CipherAlg:
         return dec.update(ciphertext) + dec.finalize()
 
 
-CIPHERS = {e.name: CipherAlg(e, e.cipher) for e in algorithms.ENCRYPTIONS.values()
+CIPHERS = {e.name: CipherAlg(e, e.cipher, e.oakley_id) for e in algorithms.ENCRYPTIONS.values()
            if e.oakley_id is not None and e.cipher is not None}
 
 

@@ -295,7 +295,7 @@ class QuickMode:
 
         def chain(inbound: bool) -> ChildSA:
             """The SAs of one direction, innermost (ESP) first, each bundled under the next."""
-            below = None
+            below: ChildSA | None = None
             for protocol, encryption, integrity in reversed(legs(offer)):
                 spi = (spis_in if inbound else spis_out)[protocol]
                 enc = algorithms.encryption(encryption or "null")
@@ -327,6 +327,8 @@ class QuickMode:
                     ports,
                     below,
                 )
+            if below is None:
+                raise ValueError(f"{offer.describe()}: an offer without SAs")
             return below
 
         return QuickModeDone(

@@ -18,7 +18,7 @@ import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from ipsecd.ike import events, informational, isakmp, keylog, main_mode, natt, quick_mode
 from ipsecd.ike.events import Established, Failure, InboundReady, NegotiationError
@@ -83,11 +83,14 @@ class Clock(Protocol):
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
 
 
+Machine = TypeVar("Machine", main_mode.MainMode, quick_mode.QuickMode)
+
+
 @dataclass
-class Exchange:
+class Exchange(Generic[Machine]):
     """One exchange in flight: its state machine, where it talks, what to repeat."""
 
-    machine: object
+    machine: Machine
     peer: tuple[str, int]
     local_port: int
     rule: IKERule | None = None
@@ -107,7 +110,7 @@ class MainModeEntry:
     sa: IsakmpSA
     rule: IKERule
     established: float
-    exchange: Exchange
+    exchange: Exchange[main_mode.MainMode]
     timers: list[Timer] = field(default_factory=list)
 
 
@@ -152,6 +155,15 @@ def same_peer(old: IsakmpSA, new: IsakmpSA) -> bool:
     return not nat or old.peer_identity == new.peer_identity
 
 
+Key = TypeVar("Key")
+
+
+def _silent_exchange(table: dict[Key, Exchange[Any]], addr: tuple[str, int]) -> Key | None:
+    """The newest exchange with `addr` that has sent nothing yet."""
+    newest_first = reversed(list(table.items()))
+    return next((key for key, ex in newest_first if ex.peer == addr and not ex.last_sent), None)
+
+
 class AsyncioClock:
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
         self.loop = loop or asyncio.get_event_loop()
@@ -189,7 +201,7 @@ class IKE:
         on_peer_message: Callable[[str], None] | None = None,
     ):
         self.local_address, self.driver = local_address, driver
-        self.clock = clock
+        self._clock = clock
         self.port, self.natt_port = port, natt_port
         self.send_4500 = send_4500
         self.allocate_spi = spi_allocator or (lambda: secrets.randbelow(0xFFFFFF00) + 0x100)
@@ -203,20 +215,28 @@ class IKE:
         self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=1000)
         self.main_modes: dict[bytes, MainModeEntry] = {}  # by cookie pair
         self.quick_modes: dict[int, QuickModeEntry] = {}  # by inbound SPI
-        self.pending_main: dict[bytes, Exchange] = {}  # main modes in flight, by initiator cookie
-        self.pending_quick: dict[tuple[bytes, int], Exchange] = {}  # by (cookies, message ID)
+        # exchanges in flight: main modes by initiator cookie, quick modes by (cookies, message ID)
+        self.pending_main: dict[bytes, Exchange[main_mode.MainMode]] = {}
+        self.pending_quick: dict[tuple[bytes, int], Exchange[quick_mode.QuickMode]] = {}
         self.waiting: dict[str, list[tuple[IKERule, Selector, Selector]]] = {}
         self.sockets: list[asyncio.DatagramTransport] = []
         self.sender: Callable[[bytes, tuple[str, int], int], None] = self._send_udp
         self.keepalive_timers: dict[bytes, Timer] = {}
         self.invalid_spi_sent: dict[tuple[str, int], float] = {}
 
+    @property
+    def clock(self) -> Clock:
+        """Time and timers: the one given, or the event loop's once started."""
+        if self._clock is None:
+            raise RuntimeError("IKE has no clock before start() (or pass clock=)")
+        return self._clock
+
     # -- wiring -------------------------------------------------------------------------------------
 
     async def start(self, own_4500: bool = False) -> None:
         """Bind UDP 500 (and 4500 when ``own_4500`` or no driver callback is given)."""
         loop = asyncio.get_running_loop()
-        self.clock = self.clock or AsyncioClock(loop)
+        self._clock = self._clock or AsyncioClock(loop)
         t500, _ = await loop.create_datagram_endpoint(
             lambda: _UDP(lambda d, a: self.datagram_received(d, a, self.port)),
             local_addr=(self.local_address, self.port),
@@ -245,7 +265,8 @@ class IKE:
             self._remove_main_mode(cookies, "ipsecd stopping", notify_peer=True)
         for timer in self.keepalive_timers.values():
             timer.cancel()
-        for ex in [*self.pending_main.values(), *self.pending_quick.values()]:
+        exchanges: list[Exchange[Any]] = [*self.pending_main.values(), *self.pending_quick.values()]
+        for ex in exchanges:
             if ex.timer:
                 ex.timer.cancel()
         for sock in self.sockets:
@@ -256,17 +277,24 @@ class IKE:
 
     def _send_udp(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         if local_port == self.natt_port:
-            self.send_4500(natt.frame(data, natt.NATT_PORT), addr)
-        elif self.sockets[0].get_write_buffer_size() > SEND_QUEUE_LIMIT:
+            self._sender_4500()(natt.frame(data, natt.NATT_PORT), addr)
+        # asyncio's datagram transports queue in user space and say how much (typeshed's class omits it)
+        elif self.sockets[0].get_write_buffer_size() > SEND_QUEUE_LIMIT:  # type: ignore[attr-defined]
             self.counters["Dropped: send queue full"] += 1
         else:
             self.sockets[0].sendto(data, addr)
+
+    def _sender_4500(self) -> Callable[[bytes, tuple[str, int]], None]:
+        """Who sends on UDP 4500: the driver (send_4500=) or, once started, our own socket."""
+        if self.send_4500 is None:
+            raise RuntimeError("IKE has no UDP 4500 sender before start() (or pass send_4500=)")
+        return self.send_4500
 
     def note(self, text: str) -> None:
         """The event log, in words; an event is at most EVENT_LENGTH characters (the list keeps 1000)."""
         if len(text) > EVENT_LENGTH:
             text = text[: EVENT_LENGTH - 30] + f"... ({len(text)} characters)"
-        self.events.append((self.clock.time() if self.clock else 0.0, text))
+        self.events.append((self._clock.time() if self._clock else 0.0, text))
         log.info("%s", text)
 
     # -- driver -> IKE -------------------------------------------------------------------------------
@@ -358,11 +386,13 @@ class IKE:
 
     def _forget_half_open(self, addr: tuple[str, int]) -> None:
         """The newest exchange with `addr` that has sent nothing yet: opened by the datagram that failed."""
-        for table in (self.pending_main, self.pending_quick):
-            for key, ex in reversed(list(table.items())):
-                if ex.peer == addr and not ex.last_sent:
-                    del table[key]
-                    return
+        main = _silent_exchange(self.pending_main, addr)
+        if main is not None:
+            del self.pending_main[main]
+            return
+        quick = _silent_exchange(self.pending_quick, addr)
+        if quick is not None:
+            del self.pending_quick[quick]
 
     def _dispatch(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         try:
@@ -497,6 +527,8 @@ class IKE:
     def _established(self, ex: Exchange, sa: IsakmpSA) -> None:
         sa.local, sa.remote = (self.local_address, ex.local_port), ex.peer
         self.counters["Oakley Main Modes"] += 1
+        if ex.rule is None:
+            raise RuntimeError(f"main mode with {ex.peer[0]} has no rule")  # both sides start one with a rule
         entry = MainModeEntry(sa, ex.rule, self.clock.time(), ex)
         self.main_modes[sa.cookies] = entry
         if ex.machine.peer_initial_contact:
@@ -522,7 +554,7 @@ class IKE:
 
     def _keepalive(self, sa: IsakmpSA) -> None:
         if sa.cookies in self.main_modes:
-            self.send_4500(natt.NAT_KEEPALIVE, sa.remote)
+            self._sender_4500()(natt.NAT_KEEPALIVE, sa.remote)
             self._schedule_keepalive(sa)
 
     def _quick_mode_message(
@@ -579,7 +611,10 @@ class IKE:
         ex.machine.events.clear()
         if ex.machine.done and not ex.timer:
             # keep a finished responder a little for duplicate QM3s; the initiator's QM3 for a lost-reply QM2
-            self.clock.call_later(self.retransmit[-1], lambda: self.pending_quick.pop(key, None))
+            self.clock.call_later(self.retransmit[-1], lambda: self._forget_quick(key))
+
+    def _forget_quick(self, key: tuple[bytes, int]) -> None:
+        self.pending_quick.pop(key, None)
 
     def _install(self, done: QuickModeDone, ex: Exchange) -> None:
         self.driver.add_sa(done)

@@ -158,9 +158,3 @@ def encryption_by_ikev1(transform_id: int, key_length: int | None = None) -> Enc
     raise ValueError(f"unsupported ESP transform {transform_id} (key length {key_length})")
 
 
-def integrity_by_ikev1(auth: int) -> Integrity:
-    """The HMAC for an IKEv1 Authentication Algorithm attribute value (RFC 2407 §4.5)."""
-    for integ in INTEGRITIES.values():
-        if integ.ikev1_auth == auth:
-            return integ
-    raise ValueError(f"unsupported IPsec authentication algorithm {auth}")

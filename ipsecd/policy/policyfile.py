@@ -29,6 +29,7 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from ipsecd import yaml_lines
 from ipsecd.driver import spd
 from ipsecd.policy import model
 from ipsecd.policy.validate import PolicyError, Problem, validate
@@ -51,11 +52,9 @@ def load(path: str | os.PathLike[str]) -> model.Policy:
 
 def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.Policy:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise PolicyError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", where)]) from None
+        root = yaml_lines.compose(text, source)
+    except yaml_lines.YamlSyntaxError as e:
+        raise PolicyError([Problem("", f"not valid YAML: {e.message}", e.where)]) from None
     if root is None:
         raise PolicyError([Problem("", "the file is empty", source)])
     reader = _Reader(source)
@@ -141,9 +140,7 @@ class _Reader:
 
     def where(self, path: str) -> str:
         """'file:line' of the field at path, or of its nearest enclosing field."""
-        while path and path not in self.lines:
-            path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
-        line = self.lines.get(path)
+        line = yaml_lines.enclosing_line(self.lines, path)
         return f"{self.source}:{line}" if line else self.source
 
     def fail(self, node: yaml.Node, path: str, message: str) -> NoReturn:

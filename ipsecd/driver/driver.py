@@ -119,14 +119,20 @@ def flow_key(packet: bytes) -> bytes | None:
     return packet[9:10] + packet[12:20]
 
 
-class _Pending:
-    """The one packet kept while IKE negotiates, and when IKE was last asked."""
+class PeerTraffic:
+    """What the driver keeps for the traffic of one negotiate filter with one peer (its key: filter, peer):
+    the outbound SA, the one packet held while IKE negotiates and when IKE was last asked, whether a soft
+    association lets it go in clear, and NAT-T's port of the peer and keepalives."""
 
-    __slots__ = ("asked", "packet")
+    __slots__ = ("asked", "held", "keepalive", "nat_port", "sa", "soft")
 
-    def __init__(self, packet: bytes, asked: float) -> None:
-        self.packet = packet
-        self.asked = asked
+    def __init__(self) -> None:
+        self.sa: SecurityAssociation | None = None  # the outer SA of the bundle that secures it
+        self.held: bytes | None = None
+        self.asked = 0.0
+        self.soft = False
+        self.nat_port: int | None = None  # the UDP port the peer's packets come from, when a NAT changed it
+        self.keepalive = False  # this end is behind a NAT: keep its mapping open (RFC 3948 §2.3)
 
 
 class IPsecDriver:
@@ -146,14 +152,10 @@ class IPsecDriver:
         self.idle_seconds = idle_seconds
         self.clock = clock
         self.counters = dict.fromkeys((key for key, _ in DRIVER_COUNTERS), 0)
-        self._outbound: dict[tuple[str, str], SecurityAssociation] = {}  # (filter, peer) -> outer SA
+        self._peers: dict[tuple[str, str], PeerTraffic] = {}  # by (filter, peer)
         self._filter_of: dict[tuple, str] = {}  # SA key -> the filter it secures
-        self._nat_port: dict[tuple[str, str], int] = {}  # (filter, peer) -> UDP port seen from the peer
-        self._pending: dict[tuple[str, str], _Pending] = {}
-        self._soft: set[tuple[str, str]] = set()
         self._log_times: dict[str, float] = {}
         self._last_keepalive = -NAT_KEEPALIVE_SECONDS
-        self._keepalive: set[tuple[str, str]] = set()  # (filter, peer) we keep a NAT mapping open for
         self.load_policy(spd or SPD())
 
     # -- the Policy Agent's and IKE's interface -------------------------------------------------------------
@@ -163,15 +165,16 @@ class IPsecDriver:
         if self.kernel is not None:
             self.kernel.install(spd)
         self.spd = spd
-        self._flows: dict[bytes, tuple[str, str]] = {}  # flow -> (filter, peer) of a negotiate filter
+        self._flows: dict[bytes, PeerTraffic] = {}  # flow -> the traffic of its negotiate filter and peer
         self._inbound_flows: set[tuple[int, bytes]] = set()  # (SPI, flow) the SA's filter allows
         self._inbound_filters: dict[str, list[Filter]] = {}
         for f in spd.filters:
             if f.direction is Direction.INBOUND:
                 self._inbound_filters.setdefault(f.name, []).append(f)
         names = {f.name for f in spd.filters}
-        for key in [k for k in self._pending if k[0] not in names]:
-            del self._pending[key]
+        for (name, _), peer in self._peers.items():
+            if name not in names:
+                peer.held = None
         log.info("policy loaded: %d filters", len(spd))
 
     def add_sa(self, sa: SecurityAssociation, filter_name: str, *, manual: bool = False,
@@ -193,14 +196,13 @@ class IPsecDriver:
                 self._filter_of[member.key] = filter_name
         log.info("SA added: %s for filter %s", describe_sa(sa), filter_name)
         if sa.direction == "outbound":
-            key = (filter_name, sa.dst)
-            self._outbound[key] = sa
-            if nat_keepalive and sa.udp_encap:
-                self._keepalive.add(key)
-            self._soft.discard(key)
-            pending = self._pending.pop(key, None)
-            if pending is not None:
-                self._send(sa, key, pending.packet)
+            peer = self._peer((filter_name, sa.dst))
+            peer.sa = sa
+            peer.keepalive = peer.keepalive or bool(nat_keepalive and sa.udp_encap)
+            peer.soft = False
+            held, peer.held = peer.held, None
+            if held is not None:
+                self._send(sa, peer, held)
 
     def delete_sa(self, spi: int, dst: str, protocol: str) -> SecurityAssociation:
         """Remove an SA (with its bundle); KeyError if there is none."""
@@ -211,10 +213,11 @@ class IPsecDriver:
 
     def add_soft_sa(self, filter_name: str, peer: str) -> None:
         """A soft association: IKE got no answer and the filter action falls back to clear."""
-        self._soft.add((filter_name, peer))
-        pending = self._pending.pop((filter_name, peer), None)
-        if pending is not None:
-            self._send_clear(pending.packet, socket.inet_ntoa(pending.packet[16:20]))
+        traffic = self._peer((filter_name, peer))
+        traffic.soft = True
+        held, traffic.held = traffic.held, None
+        if held is not None:
+            self._send_clear(held, socket.inet_ntoa(held[16:20]))
         log.info("soft association: traffic of filter %s to %s goes in clear", filter_name, peer)
 
     def send_4500(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -230,11 +233,11 @@ class IPsecDriver:
         now = self.clock() if now is None else now
         if now - self._last_keepalive >= NAT_KEEPALIVE_SECONDS:
             self._last_keepalive = now
-            for key in self._keepalive & self._outbound.keys():
-                sa = self._outbound[key]
-                if sa.udp_encap:
+            for peer in self._peers.values():
+                sa = peer.sa
+                if peer.keepalive and sa is not None and sa.udp_encap:
                     with contextlib.suppress(OSError):
-                        self.wire.send_udp(b"\xff", (sa.dst, self._nat_port.get(key, sa.udp_encap[1])))
+                        self.wire.send_udp(b"\xff", (sa.dst, peer.nat_port or sa.udp_encap[1]))
         for sa, reason in self.sad.expire(now):
             self._lifetime_event(sa, reason)
 
@@ -255,7 +258,7 @@ class IPsecDriver:
         flow = flow_key(packet)
         cached = self._flows.get(flow) if flow is not None else None
         if cached is not None:  # the fast path: a known flow with its SA
-            sa = self._outbound.get(cached)
+            sa = cached.sa
             if sa is not None:
                 self._send(sa, cached, packet)
                 return
@@ -274,18 +277,19 @@ class IPsecDriver:
             return
         peer = str(f.tunnel) if f.tunnel is not None else ntoa(sel.dst)
         key = (f.name, peer)
+        traffic = self._peer(key)
         if flow is not None:
             if len(self._flows) >= FLOW_CACHE_SIZE:
                 self._flows.clear()
-            self._flows[flow] = key
-        sa = self._outbound.get(key)
+            self._flows[flow] = traffic
+        sa = traffic.sa
         if sa is not None:
-            self._send(sa, key, packet)
-        elif key in self._soft:
+            self._send(sa, traffic, packet)
+        elif traffic.soft:
             self.counters["soft_association_packets"] += 1
             self._send_clear(packet, ntoa(sel.dst))
         else:
-            self._hold(key, f, sel, packet)
+            self._hold(key, traffic, f, sel, packet)
 
     def inbound(self, packet: bytes) -> None:
         """An ESP or AH packet from a raw socket (the whole IPv4 packet)."""
@@ -331,7 +335,7 @@ class IPsecDriver:
     @property
     def pending(self) -> int:
         """How many (filter, peer) pairs wait for IKE, each with its one kept packet."""
-        return len(self._pending)
+        return sum(peer.held is not None for peer in self._peers.values())
 
     def counter_values(self) -> dict[str, int]:
         """The ipsecmon counters plus the driver's own; 'dropped by policy' includes the kernel's drops."""
@@ -364,10 +368,16 @@ class IPsecDriver:
 
     # -- inside ---------------------------------------------------------------------------------------------
 
-    def _send(self, sa: SecurityAssociation, key: tuple[str, str], packet: bytes) -> None:
+    def _peer(self, key: tuple[str, str]) -> PeerTraffic:
+        peer = self._peers.get(key)
+        if peer is None:
+            peer = self._peers[key] = PeerTraffic()
+        return peer
+
+    def _send(self, sa: SecurityAssociation, peer: PeerTraffic, packet: bytes) -> None:
         try:
             if sa.udp_encap:
-                port = self._nat_port.get(key, sa.udp_encap[1])
+                port = peer.nat_port or sa.udp_encap[1]
                 self.wire.send_udp(sa.encapsulate_udp(packet), (sa.dst, port), packet[1])
             else:
                 self.wire.send_ip(sa.encapsulate(packet), sa.dst)
@@ -378,7 +388,8 @@ class IPsecDriver:
                     self._lifetime_event(sa, "soft")
         except SAExpired as e:
             self._say("expired", f"outbound SA can carry no more: {e}")
-            self._outbound.pop(key, None)
+            if peer.sa is sa:
+                peer.sa = None
             self.counters["packets_without_sa"] += 1
         except IPsecError as e:
             self._dropped(e)
@@ -393,23 +404,24 @@ class IPsecDriver:
             self.counters["send_errors"] += 1
             self._say("send", f"cannot send to {dst}: {e.strerror}")
 
-    def _hold(self, key: tuple[str, str], f: Filter, sel: PacketSelector, packet: bytes) -> None:
+    def _hold(self, key: tuple[str, str], peer: PeerTraffic, f: Filter, sel: PacketSelector,
+              packet: bytes) -> None:
         """No SA yet: keep only this last packet and ask IKE (not more often than every few seconds)."""
         now = self.clock()
-        pending = self._pending.get(key)
-        if pending is not None:
+        waiting = peer.held is not None
+        if waiting:
             self.counters["packets_without_sa"] += 1  # the packet it replaces is lost
-            pending.packet = packet
-            if now - pending.asked < ACQUIRE_RETRY_SECONDS:
+            peer.held = packet
+            if now - peer.asked < ACQUIRE_RETRY_SECONDS:
                 return
-            pending.asked = now
+            peer.asked = now
         if self.ike is None:
             self.counters["packets_without_sa"] += 1
             self._say(f"nosa {key}", f"no SA for filter {f.name} to {key[1]} and no IKE to negotiate one: "
                                      "packets dropped (add manual SAs to the configuration)")
             return
-        if pending is None:
-            self._pending[key] = _Pending(packet, now)
+        if not waiting:
+            peer.held, peer.asked = packet, now
         self.counters["acquires"] += 1
         log.info("asking IKE for an SA: filter %s, packet %s", f.name, sel)
         self.ike.acquire(f, sel)
@@ -446,17 +458,17 @@ class IPsecDriver:
     def _learn_nat_port(self, sa: SecurityAssociation, src: str, sport: int) -> None:
         """A NAT may have picked another port for the peer: answer where its packets come from."""
         name = self._filter_of.get(sa.key)
-        key = (name, src)
-        if key in self._outbound and self._nat_port.get(key) != sport:
-            self._nat_port[key] = sport
+        peer = self._peers.get((name, src)) if name is not None else None
+        if peer is not None and peer.sa is not None and peer.nat_port != sport:
+            peer.nat_port = sport
             log.info("NAT-T: peer %s of filter %s is reached at UDP port %d", src, name, sport)
 
     def _forget(self, sa: SecurityAssociation) -> None:
         self._inbound_flows.clear()
         outer = sa.outer or sa
-        for key, current in list(self._outbound.items()):
-            if current is outer:
-                del self._outbound[key]
+        for peer in self._peers.values():
+            if peer.sa is outer:
+                peer.sa = None
         for member in (outer, outer.inner):
             if member is not None:
                 self._filter_of.pop(member.key, None)

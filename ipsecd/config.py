@@ -124,10 +124,10 @@ def parse(text: str, name: str = "ipsecd.yaml") -> NodeConfig:
     except yaml_lines.YamlSyntaxError as e:
         raise ConfigError(str(e)) from None
     data = yaml.safe_load(text) if root is not None else None
-    return _Reader(name, yaml_lines.value_lines(root)).node(data if data is not None else {})
+    return _ConfigReader(name, yaml_lines.value_lines(root)).node(data if data is not None else {})
 
 
-class _Reader:
+class _ConfigReader:
     """Turns the parsed YAML into checked objects; every error says where."""
 
     def __init__(self, name: str, lines: dict[str, int]) -> None:

@@ -57,7 +57,7 @@ def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.
         raise PolicyError([Problem("", f"not valid YAML: {e.message}", e.where)]) from None
     if root is None:
         raise PolicyError([Problem("", "the file is empty", source)])
-    reader = _Reader(source)
+    reader = _PolicyReader(source)
     policy = reader.policy(root, default_stamp)
     try:
         return validate(policy)
@@ -127,7 +127,7 @@ def format_stamp(stamp: int) -> str:
     return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _Reader:
+class _PolicyReader:
     """Builds model objects from YAML nodes, remembering the line of every field it reads."""
 
     def __init__(self, source: str) -> None:
@@ -388,7 +388,7 @@ _Dumper.add_representer(_Flow, lambda d, data: d.represent_mapping("tag:yaml.org
 
 
 class _Writer:
-    """The inverse of _Reader; a part shared by two rules is written once and referenced (YAML alias)."""
+    """The inverse of _PolicyReader; a part shared by two rules is written once, then referenced (alias)."""
 
     def __init__(self, hide_keys: bool = False) -> None:
         self._written: dict[uuid.UUID, dict[str, Any]] = {}

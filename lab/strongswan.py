@@ -62,11 +62,13 @@ DUMP_LINE = re.compile(r"^(\d+)\[\w+\] +\d+: ((?:[0-9A-F]{2} ?)+)")
 USING = re.compile(r"^(\d+)\[CHD\] +using (\w+) for (encryption|integrity)")
 #: charon's algorithm names -> tshark's ESP SA table names
 TSHARK_ENCRYPTION = {
+    "DES_CBC": "DES-CBC [RFC2405]",
     "AES_CBC": "AES-CBC [RFC3602]",
     "3DES_CBC": "TripleDES-CBC [RFC2451]",
     "AES_GCM_16": "AES-GCM with 16 octet ICV [RFC4106]",
 }
 TSHARK_INTEGRITY = {
+    "HMAC_MD5_96": "HMAC-MD5-96 [RFC2403]",
     "HMAC_SHA1_96": "HMAC-SHA-1-96 [RFC2404]",
     "HMAC_SHA2_256_128": "HMAC-SHA-256-128 [RFC4868]",
 }
@@ -259,11 +261,15 @@ class EspKeys:
 
 def esp_keys(log: str) -> list[EspKeys]:
     """The ESP SAs in a charon key log (level 4 on chd). charon logs, per CHILD_SA and in one thread, the
-    algorithms, the `initiator/responder SA seed` (protocol | SPI | Ni | Nr, RFC 2409 §5.5: the SPI the keys
-    belong to), the keys, then `adding inbound ESP SA`; the seed binds each key to its SPI.
+    algorithms, the `initiator/responder SA seed` ([g(qm)^xy with PFS] | protocol | SPI | Ni | Nr, RFC 2409
+    §5.5: the SPI the keys belong to), the keys, then `adding inbound ESP SA`; the seed binds each key to
+    its SPI, read from its end (charon's and ipsecd's quick mode nonces are 32 bytes).
 
     >>> [k.spi for k in esp_keys(SAMPLE_KEY_LOG)]
     [3735928559, 3405691582]
+    >>> pfs = SAMPLE_KEY_LOG.replace("03 DE AD BE EF", "77 " * 128 + "03 DE AD BE EF")  # g^xy first
+    >>> [k.spi for k in esp_keys(pfs)][0] == 0xDEADBEEF
+    True
     >>> esp_keys(SAMPLE_KEY_LOG)[0].tshark_uat()
     'uat:esp_sa:"IPv4","*","*","0xdeadbeef","AES-CBC [RFC3602]","0x0102","HMAC-SHA-1-96 [RFC2404]","0x0a0b"'
     """
@@ -285,7 +291,7 @@ def esp_keys(log: str) -> list[EspKeys]:
             for side in ("initiator", "responder"):
                 found.append(
                     EspKeys(
-                        int.from_bytes(values[f"{side} SA seed"][1:5], "big"),
+                        _seed_spi(values[f"{side} SA seed"]),
                         used["encryption"],
                         values[f"encryption {side} key"],
                         used.get("integrity"),
@@ -295,12 +301,27 @@ def esp_keys(log: str) -> list[EspKeys]:
     return found
 
 
-SAMPLE_KEY_LOG = """12[CHD]   using AES_CBC for encryption
+def _seed_spi(seed: bytes) -> int:
+    """The SPI in a KEYMAT seed: protocol and SPI sit just before the two 32-byte nonces."""
+    at = len(seed) - 2 * QUICK_MODE_NONCE - 5
+    return int.from_bytes(seed[at + 1 : at + 5], "big")
+
+
+QUICK_MODE_NONCE = 32
+
+
+def _dump(hex_bytes: str) -> str:
+    """Bytes as charon dumps them: 16 a line, each line with its offset."""
+    data = bytes.fromhex(hex_bytes)
+    return "\n".join(f"12[CHD]  {i:3}: {data[i:i + 16].hex(' ').upper()}" for i in range(0, len(data), 16))
+
+
+SAMPLE_KEY_LOG = f"""12[CHD]   using AES_CBC for encryption
 12[CHD]   using HMAC_SHA1_96 for integrity
-12[CHD] initiator SA seed => 5 bytes @ 0x7fec689b79e0
-12[CHD]    0: 03 DE AD BE EF                                   .....
-12[CHD] responder SA seed => 5 bytes @ 0x7fec689b7990
-12[CHD]    0: 03 CA FE BA BE                                   .....
+12[CHD] initiator SA seed => 69 bytes @ 0x7fec689b79e0
+{_dump("03DEADBEEF" + "11" * 64)}
+12[CHD] responder SA seed => 69 bytes @ 0x7fec689b7990
+{_dump("03CAFEBABE" + "22" * 64)}
 12[CHD] encryption initiator key => 2 bytes @ 0x7fec30002bb0
 12[CHD]    0: 01 02                                            ..
 12[CHD] encryption responder key => 2 bytes @ 0x7fec30002ec0

@@ -73,7 +73,8 @@ class DirectoryError(ValueError):
         self.dn, self.field, self.reason = dn, field, reason
 
 
-def _key(dn: str) -> str:
+def dn_key(dn: str) -> str:
+    """A DN compared as the directory does: case and spaces around commas do not count."""
     return ",".join(part.strip() for part in dn.split(",")).casefold()
 
 
@@ -188,12 +189,12 @@ class _Graph:
     """The objects by DN, and the checks every reference goes through."""
 
     def __init__(self, objects: Iterable[DirectoryObject]):
-        self.objects = {_key(o.dn): o for o in objects}
+        self.objects = {dn_key(o.dn): o for o in objects}
 
     def get(self, dn: str, object_class: str, referrer: DirectoryObject | None,
             field: str) -> DirectoryObject:
         where = referrer.dn if referrer else dn
-        found = self.objects.get(_key(dn))
+        found = self.objects.get(dn_key(dn))
         if found is None:
             raise DirectoryError(where, field, f"refers to {dn}, which is not in the directory"
                                  if referrer else "no such object")

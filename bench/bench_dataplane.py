@@ -151,7 +151,7 @@ class BaselineImages(Images):
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", self.commit], capture_output=True,
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(context / "source")], input=archive, check=True)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                         "--wheel-dir", str(context / "wheels"), str(context / "source")], check=True)
         shutil.rmtree(context / "source")
         (context / "Dockerfile").write_text(

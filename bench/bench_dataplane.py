@@ -366,6 +366,30 @@ def case_lab(backend: DockerBackend, case: Case, name: str, folder: Path) -> Ite
         yield lab
 
 
+def baseline_driver_rows(ref: str, rounds: int = 5) -> list[Row]:
+    """The driver path (no I/O, process CPU time) of this checkout and of `ref`, alternating in `rounds`
+    rounds; `ref`'s own driver_cost runs in a subprocess on a `git archive` of it."""
+    rows = []
+    with tempfile.TemporaryDirectory() as source:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", source], input=archive, check=True)
+        for label, (encryption, integrity) in ALGORITHMS.items():
+            ours, theirs = [], []
+            for _ in range(rounds):
+                ours.append(driver_cost(encryption, integrity))
+                script = ("import json; from bench.bench_dataplane import driver_cost; "
+                          f"print(json.dumps(driver_cost({encryption!r}, {integrity!r})))")
+                out = subprocess.run([sys.executable, "-c", script], cwd=source, capture_output=True,
+                                     text=True, check=True, env={**os.environ, "PYTHONPATH": source}).stdout
+                theirs.append(tuple(json.loads(out)))
+            for index, way in enumerate(("outbound", "inbound")):
+                ratios = [a[index] / b[index] for a, b in zip(ours, theirs, strict=True)]
+                rows.append(_median_row(f"driver path {label}, {way}: this checkout / {ref}", ratios, "x",
+                                        note="per-round ratio of CPU us/packet (lower is faster)"))
+    return rows
+
+
 def machine_speed(count: int = 20000) -> tuple[float, float]:
     """CPU µs of one AES-GCM-128 seal of 1400 bytes, and of 1000 turns of a plain Python loop: how fast
     the machine is right now (the same code measures 2-3 times slower on a busy host)."""
@@ -410,6 +434,8 @@ def run() -> list[Row]:
                         note="IPsecDriver.outbound: flow cache, SA, ESP build; process CPU time"))
         rows.append(Row(f"driver path {label}, inbound (no I/O)", back, "us/pkt",
                         note="IPsecDriver.inbound: SAD, replay, ICV, decrypt, policy check"))
+    if BASELINE:
+        rows += baseline_driver_rows(BASELINE)
     cut, merge = offload_cost()
     rows.append(Row("TUN offload: cut a 64 KB TSO read (no I/O)", cut, "us/seg",
                     note="offload.segments: 48 segments of 1348 bytes, IP and TCP checksums; CPU time"))

@@ -19,8 +19,8 @@ import timeit
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipsecd.algorithms import ENCRYPTIONS, INTEGRITIES
-from ipsecd.esp import ip_to_bytes, ipv4_header
-from ipsecd.sad import SAD, SecurityAssociation
+from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
+from ipsecd.driver.sad import SAD, SecurityAssociation
 
 SIZES = (64, 512, 1400)
 ROUNDS = 7

@@ -16,25 +16,35 @@ the link). strongSwan (5.9.8, kernel-libipsec: ESP in UDP 4500, userspace) runs 
 the same iperf3. Targets from issue 3 for this 2-core machine: TCP with AES-GCM-128 >= 1000 Mbit/s
 transport, >= 1300 Mbit/s tunnel; 3DES >= 150.
 
+Before/after a change: BENCH_BASELINE=<git ref> adds twins of the ipsecd transport and tunnel cases whose
+nodes run ipsecd as it was at that ref (a node image with that ref's package installed over the current
+one, built from `git archive`), measured in the same rounds, and ratio rows new / baseline (medians of
+per-round ratios). BENCH_CASES=<label,...> keeps only those cases (and their baseline twins).
+
     python -m bench dataplane            (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_UDP_RATE=500M)
+    BENCH_BASELINE=049daa1 BENCH_CASES="ipsecd transport aes-gcm-128,ipsecd tunnel aes-gcm-128" \\
+        python -m bench dataplane
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.bench_strongswan import STRONGSWAN, fresh_sa
 from bench.common import Row, lab_running
 from lab.docker_backend import DockerBackend
+from lab.images import BUILD_DIR, REPOSITORY, ROOT, Images
 from lab.running import Lab, Node
 from lab.strongswan import Charon
 from lab.traffic import wait_listening
@@ -43,6 +53,8 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 UDP_RATE = os.environ.get("BENCH_UDP_RATE", "500M")  # paced: a flood starves the daemons (dataplane.md)
 UDP_LENGTH = 1372  # 1400-byte IP packets: the TUN MTU, so ipsecd never fragments
+BASELINE = os.environ.get("BENCH_BASELINE")  # a git ref whose ipsecd is measured beside this one
+ONLY = [w.strip() for w in os.environ.get("BENCH_CASES", "").split(",") if w.strip()]
 ALGORITHMS = {"aes-gcm-128": ("aes-gcm-128", None), "3des-sha1": ("3des-cbc", "hmac-sha1-96")}
 
 
@@ -55,10 +67,11 @@ class Case:
     wire: tuple[str, str]  # node and interface whose TX packets are the encrypted (or plain) stream
     algorithm: str | None = None  # None: no ipsecd
     tcp_target: float | None = None
-    offload: bool = True  # TUN super-packets (ipsecd.offload) or one packet per read/write
+    offload: bool = True  # TUN super-packets (ipsecd.driver.offload) or one packet per read/write
     udp_encap: bool = False  # ESP in UDP 4500 (RFC 3948) instead of IP protocol 50: UDP GSO and GRO
     link_offload: bool = False  # veth TX offload on (the lab turns it off so captures show real checksums)
     strongswan: str | None = None  # swanctl's ESP proposal: both gateways run charon instead of ipsecd
+    baseline: str | None = None  # a git ref: the nodes run ipsecd as it was there (BENCH_BASELINE)
 
     @property
     def daemon(self) -> str | None:
@@ -89,6 +102,66 @@ CASES = (
       for proposal, algorithm in (("aes128gcm16", "aes-gcm-128"), ("aes128-sha1", "aes-128-cbc/sha1"),
                                   ("3des-sha1", "3des-sha1"))),
 )
+#: The cases BENCH_BASELINE measures twice: this checkout and the ref (TUN offload on, as deployed)
+BASELINE_CASES = ("ipsecd transport aes-gcm-128", "ipsecd tunnel aes-gcm-128", "ipsecd transport 3des-sha1",
+                  "ipsecd tunnel 3des-sha1")
+
+
+def baseline_label(label: str, ref: str) -> str:
+    return f"{label}, baseline {ref}"
+
+
+def with_baseline(cases: tuple[Case, ...], ref: str | None) -> tuple[Case, ...]:
+    """`cases` and, with a baseline ref, a twin of each BASELINE_CASES case running that ref's ipsecd."""
+    twins = [replace(c, label=baseline_label(c.label, ref), tcp_target=None, baseline=ref)
+             for c in cases if ref and c.label in BASELINE_CASES]
+    return (*cases, *twins)
+
+
+def selected(cases: tuple[Case, ...], labels: list[str]) -> tuple[Case, ...]:
+    """The cases named in `labels` (all if none), each with its baseline twin."""
+    def own(case: Case) -> str:
+        return case.label.removesuffix(f", baseline {case.baseline}") if case.baseline else case.label
+    return tuple(c for c in cases if not labels or own(c) in labels)
+
+
+class BaselineImages(Images):
+    """Images whose "node" is the node image with ipsecd from git ref `ref` installed over it."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__()
+        self.ref = ref
+        self.commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                                     capture_output=True, text=True, check=True).stdout.strip()
+
+    def ensure(self, kind: str) -> str:
+        current = super().ensure(kind)
+        if kind != "node":
+            return current
+        tag = f"{REPOSITORY}/node-baseline:{self.commit[:12]}-{current.rsplit(':', 1)[1][:12]}"
+        if not self.exists(tag):
+            self._build_baseline(current, tag)
+        return tag
+
+    def _build_baseline(self, current: str, tag: str) -> None:
+        context = BUILD_DIR / "context-node-baseline"
+        shutil.rmtree(context, ignore_errors=True)
+        (context / "source").mkdir(parents=True)
+        self.log(f"[images] {self.ref} ({self.commit[:12]}): git archive, pip wheel -> {tag}")
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", self.commit], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(context / "source")], input=archive, check=True)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                        "--wheel-dir", str(context / "wheels"), str(context / "source")], check=True)
+        shutil.rmtree(context / "source")
+        (context / "Dockerfile").write_text(
+            "ARG BASE\nFROM ${BASE}\nCOPY wheels /tmp/wheels\n"
+            "RUN pip install --no-index --no-deps --force-reinstall --no-cache-dir --break-system-packages "
+            "/tmp/wheels/*.whl && rm -rf /tmp/wheels\n")
+        self._docker_build(context, tag, {"BASE": current})
+        shutil.rmtree(context)
+
+
 #: (what, numerator case, denominator case): medians of per-round TCP ratios
 RATIOS = (
     ("ipsecd tunnel / strongSwan tunnel, AES-GCM-128", "ipsecd tunnel aes-gcm-128",
@@ -138,7 +211,8 @@ def configs(case: Case, folder: Path) -> dict:
                  "gw-b": ("198.51.100.2", "198.51.100.1", "10.2.0.0/24", "10.1.0.0/24")}
     nodes = {}
     for node, (me, peer, mine, theirs) in pairs.items():
-        path = folder / f"{case.topology}-{case.algorithm}-{case.offload}-{case.udp_encap}-{node}.yaml"
+        variant = f"{case.topology}-{case.algorithm}-{case.offload}-{case.udp_encap}-{case.baseline}"
+        path = folder / f"{variant}-{node}.yaml"
         path.write_text(manual_config(me, peer, mine, theirs, case.algorithm, keys,
                                       case.topology != "intranet-pair", case.offload, case.udp_encap))
         nodes[node] = {"ipsecd": str(path)}
@@ -211,25 +285,26 @@ class _NullWire:
 
 
 def driver_cost(encryption: str, integrity: str | None, count: int = 20000) -> tuple[float, float]:
-    """CPU µs per 1400-byte packet of Driver.outbound and Driver.inbound (SPD, SAD, codec; no I/O).
+    """CPU µs per 1400-byte packet of IPsecDriver.outbound and IPsecDriver.inbound (SPD, SAD, codec; no I/O).
 
     Process CPU time, so other tenants of the machine change it less than wall time.
     """
     from ipaddress import IPv4Network
 
     from ipsecd import algorithms
-    from ipsecd.driver import Driver
-    from ipsecd.sad import SecurityAssociation
-    from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+    from ipsecd.driver.driver import IPsecDriver
+    from ipsecd.driver.sad import SecurityAssociation
+    from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 
     secure = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
     integ = algorithms.integrity(integrity) if integrity else None
     keys = (os.urandom(algorithms.encryption(encryption).key_size),
             os.urandom(integ.key_size) if integ else b"")
 
-    def node(me: str, peer: str, direction: str) -> tuple[Driver, _NullWire]:
+    def node(me: str, peer: str, direction: str) -> tuple[IPsecDriver, _NullWire]:
         wire = _NullWire()
-        driver = Driver(SPD(Filter("f", IPv4Network(me), IPv4Network(peer), secure).mirrored()), wire=wire)
+        spd = SPD(Filter("f", IPv4Network(me), IPv4Network(peer), secure).mirrored())
+        driver = IPsecDriver(spd, wire=wire)
         src, dst = (me, peer) if direction == "outbound" else (peer, me)
         sa = SecurityAssociation(0x1000, "esp", direction, "transport", src, dst, encryption, keys[0],
                                  integrity, keys[1])
@@ -257,7 +332,7 @@ def driver_cost(encryption: str, integrity: str | None, count: int = 20000) -> t
 def offload_cost(mss: int = 1348, count: int = 48, runs: int = 300) -> tuple[float, float]:
     """CPU µs per segment of cutting a TSO super-packet read from the TUN into `count` segments
     (`offload.segments`: checksums included) and of coalescing them back into one GSO write (`Coalescer`)."""
-    from ipsecd.offload import GSO_TCPV4, NEEDS_CSUM, VNET_HEADER, Coalescer, segments
+    from ipsecd.driver.offload import GSO_TCPV4, NEEDS_CSUM, VNET_HEADER, Coalescer, segments
 
     header = bytes.fromhex("45000000000040004006" "0000" "0a000001" "0a000002")
     tcp = bytes.fromhex("04d2145100000001000000018010ffff00000000" "0101080a000004d20000162e")  # timestamps
@@ -290,6 +365,30 @@ def case_lab(backend: DockerBackend, case: Case, name: str, folder: Path) -> Ite
             charons = {n: Charon(lab.node(n)).start() for n in ("gw-a", "gw-b")}
             fresh_sa(charons, lab, "aes128-sha1-modp2048", case.strongswan)
         yield lab
+
+
+def baseline_driver_rows(ref: str, rounds: int = 5) -> list[Row]:
+    """The driver path (no I/O, process CPU time) of this checkout and of `ref`, alternating in `rounds`
+    rounds; `ref`'s own driver_cost runs in a subprocess on a `git archive` of it."""
+    rows = []
+    with tempfile.TemporaryDirectory() as source:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", source], input=archive, check=True)
+        for label, (encryption, integrity) in ALGORITHMS.items():
+            ours, theirs = [], []
+            for _ in range(rounds):
+                ours.append(driver_cost(encryption, integrity))
+                script = ("import json; from bench.bench_dataplane import driver_cost; "
+                          f"print(json.dumps(driver_cost({encryption!r}, {integrity!r})))")
+                out = subprocess.run([sys.executable, "-c", script], cwd=source, capture_output=True,
+                                     text=True, check=True, env={**os.environ, "PYTHONPATH": source}).stdout
+                theirs.append(tuple(json.loads(out)))
+            for index, way in enumerate(("outbound", "inbound")):
+                ratios = [a[index] / b[index] for a, b in zip(ours, theirs, strict=True)]
+                rows.append(_median_row(f"driver path {label}, {way}: this checkout / {ref}", ratios, "x",
+                                        note="per-round ratio of CPU us/packet (lower is faster)"))
+    return rows
 
 
 def machine_speed(count: int = 20000) -> tuple[float, float]:
@@ -333,27 +432,32 @@ def run() -> list[Row]:
     for label, (encryption, integrity) in ALGORITHMS.items():
         out, back = driver_cost(encryption, integrity)
         rows.append(Row(f"driver path {label}, outbound (no I/O)", out, "us/pkt",
-                        note="Driver.outbound: flow cache, SA, ESP build; process CPU time"))
+                        note="IPsecDriver.outbound: flow cache, SA, ESP build; process CPU time"))
         rows.append(Row(f"driver path {label}, inbound (no I/O)", back, "us/pkt",
-                        note="Driver.inbound: SAD, replay, ICV, decrypt, policy check"))
+                        note="IPsecDriver.inbound: SAD, replay, ICV, decrypt, policy check"))
+    if BASELINE:
+        rows += baseline_driver_rows(BASELINE)
     cut, merge = offload_cost()
     rows.append(Row("TUN offload: cut a 64 KB TSO read (no I/O)", cut, "us/seg",
                     note="offload.segments: 48 segments of 1348 bytes, IP and TCP checksums; CPU time"))
     rows.append(Row("TUN offload: coalesce the segments (no I/O)", merge, "us/seg",
                     note="Coalescer.add per segment, one GSO write per 48"))
     backend = DockerBackend()
+    baseline_backend = DockerBackend(images=BaselineImages(BASELINE)) if BASELINE else None
+    cases = selected(with_baseline(CASES, BASELINE), ONLY)
     prefix = os.environ.get("LAB_PREFIX", "b")
-    results: dict[tuple[str, bool], list[dict]] = {(c.label, udp): [] for c in CASES for udp in (False, True)}
+    results: dict[tuple[str, bool], list[dict]] = {(c.label, udp): [] for c in cases for udp in (False, True)}
     speeds = []
     with tempfile.TemporaryDirectory() as folder, ExitStack() as labs:
         lab_of = {}
-        for index, case in enumerate(CASES):
-            print(f"[bench] lab {index + 1}/{len(CASES)} up: {case.label}", file=sys.stderr, flush=True)
-            running = case_lab(backend, case, f"{prefix}-dp{index}", Path(folder))
+        for index, case in enumerate(cases):
+            print(f"[bench] lab {index + 1}/{len(cases)} up: {case.label}", file=sys.stderr, flush=True)
+            engine = baseline_backend if case.baseline and baseline_backend else backend
+            running = case_lab(engine, case, f"{prefix}-dp{index}", Path(folder))
             lab_of[case.label] = labs.enter_context(running)
         for round_ in range(ROUNDS):
             speeds.append(machine_speed())
-            for case in CASES:
+            for case in cases:
                 for udp in (False, True):
                     print(f"[bench] round {round_ + 1}/{ROUNDS}: {'UDP' if udp else 'TCP'} {case.label}",
                           file=sys.stderr, flush=True)
@@ -362,8 +466,10 @@ def run() -> list[Row]:
                             note="CPU time, timed before each round"))
     rows.append(_median_row("machine speed: 1000 turns of a Python loop", [s[1] for s in speeds], "us",
                             note="CPU time, timed before each round"))
-    rows += [case_rows(case, udp, results[case.label, udp]) for case in CASES for udp in (False, True)]
-    for name, numerator, denominator in RATIOS:
+    rows += [case_rows(case, udp, results[case.label, udp]) for case in cases for udp in (False, True)]
+    baseline_ratios = [(f"{label}: this checkout / {BASELINE}", label, baseline_label(label, BASELINE))
+                       for label in BASELINE_CASES] if BASELINE else []
+    for name, numerator, denominator in (*RATIOS, *baseline_ratios):
         if not {(numerator, False), (denominator, False)} <= results.keys():
             continue  # a shortened CASES (while working on the bench)
         pairs = zip(results[numerator, False], results[denominator, False], strict=True)

@@ -13,20 +13,20 @@ import statistics
 import time
 
 from bench.common import Row
-from ipsecd.ike.ike import IKE, Rule
-from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
+from ipsecd.ike.component import IKE
+from ipsecd.ike.settings import IKERule, MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 
 SUITES = {
     "3des-sha1-modp1024 psk (Windows 2003 default)": PeerPolicy(auth=[PreSharedKey(b"bench")]),
     "aes128-sha1-modp2048 psk": PeerPolicy(
         auth=[PreSharedKey(b"bench")],
-        main_mode=[MainModeOffer("aes128", "sha1", 14)],
-        quick_mode=[QuickModeOffer("esp", "aes128", "sha1")],
+        main_mode=[MainModeOffer("aes-cbc-128", "sha1", 14)],
+        quick_mode=[QuickModeOffer("esp", "aes-cbc-128", "hmac-sha1-96")],
     ),
     "aes128-sha1-modp2048 psk + pfs": PeerPolicy(
         auth=[PreSharedKey(b"bench")],
-        main_mode=[MainModeOffer("aes128", "sha1", 14)],
-        quick_mode=[QuickModeOffer("esp", "aes128", "sha1", pfs_group=14)],
+        main_mode=[MainModeOffer("aes-cbc-128", "sha1", 14)],
+        quick_mode=[QuickModeOffer("esp", "aes-cbc-128", "hmac-sha1-96", pfs_group=14)],
     ),
 }
 A, B = "127.0.0.1", "127.0.0.2"
@@ -50,9 +50,9 @@ async def one_setup(policy: PeerPolicy, port: int) -> float:
     done_a, done_b = asyncio.Event(), asyncio.Event()
     a = IKE(A, Driver(done_a), port=port, natt_port=port + 1)
     b = IKE(B, Driver(done_b), port=port, natt_port=port + 1)
-    rule = Rule("bench", policy, Selector.parse(f"{A}/32"), Selector.parse(f"{B}/32"))
+    rule = IKERule("bench", policy, Selector.parse(f"{A}/32"), Selector.parse(f"{B}/32"))
     a.load_policy([rule])
-    b.load_policy([Rule("bench", policy, Selector.parse(f"{B}/32"), Selector.parse(f"{A}/32"))])
+    b.load_policy([IKERule("bench", policy, Selector.parse(f"{B}/32"), Selector.parse(f"{A}/32"))])
     await a.start()
     await b.start()
     try:

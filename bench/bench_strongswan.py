@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,10 +33,9 @@ STRONGSWAN = {"image": "strongswan", "routes": []}
 PSK = "bench"
 #: (main mode proposal, ESP proposal) in swanctl's words, (encryption, Oakley group) in ipsecd's
 SETUP_SUITES = (
-    ("3des-sha1-modp1024", "3des-sha1", "3des", 2),
-    ("aes128-sha1-modp2048", "aes128-sha1", "aes128", 14),
+    ("3des-sha1-modp1024", "3des-sha1", "3des-cbc", 2),
+    ("aes128-sha1-modp2048", "aes128-sha1", "aes-cbc-128", 14),
 )
-IKE_COMPONENT = Path(__file__).resolve().parent.parent / "ipsecd" / "ike" / "ike.py"
 
 
 @contextmanager
@@ -143,11 +141,4 @@ def ipsecd_rows() -> list[Row]:
 
 
 def run() -> list[Row]:
-    rows = strongswan_rows()
-    if IKE_COMPONENT.is_file():
-        rows += ipsecd_rows()
-    else:
-        print(
-            "ipsecd↔ipsecd and ipsecd↔strongSwan setup: not measured, no IKE component here", file=sys.stderr
-        )
-    return rows
+    return strongswan_rows() + ipsecd_rows()

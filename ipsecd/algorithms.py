@@ -1,9 +1,11 @@
 """ESP/AH encryption and integrity algorithms, declared as data.
 
-One row per algorithm: the name used in configuration files, the sizes the wire
-format needs, the name Wireshark's ``esp_sa`` table uses, and the IKEv1 IPsec DOI
-numbers (RFC 2407 §4.4.4 transform ids, §4.5 attribute values) that quick mode
-proposes.  The codec in ``esp.py``/``ah.py`` reads only these rows.
+The one table of algorithms: the driver, IKE and the policy layer all read these rows.
+One row per algorithm: the name used everywhere in ipsecd (configuration files, policies after parsing,
+IKE's offers, the SAD), the netsh spelling policies use, the sizes the wire format needs, the name
+Wireshark's ``esp_sa`` table uses, the IKEv1 IPsec DOI numbers (RFC 2407 §4.4.4 transform ids, §4.5
+attribute values, RFC 4106 §8.1 for AES-GCM) that quick mode proposes, and for the CBC ciphers the Oakley
+number (RFC 2409 App. A) main mode proposes.
 
 >>> encryption("aes-cbc-128").key_size, integrity("hmac-sha1-96").icv_size
 (16, 12)
@@ -12,18 +14,27 @@ proposes.  The codec in ``esp.py``/``ah.py`` reads only these rows.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm
 from cryptography.hazmat.primitives.ciphers import algorithms as _ciphers
 
-try:  # cryptography >= 43 moved 3DES out of the main namespace
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-except ImportError:  # pragma: no cover - older cryptography
-    TripleDES = _ciphers.TripleDES
+
+def _triple_des() -> Callable[[bytes], BlockCipherAlgorithm]:
+    try:  # cryptography >= 43 moved 3DES out of the main namespace
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    except ImportError:  # pragma: no cover - older cryptography
+        return _ciphers.TripleDES
+    return TripleDES
 
 
-def _des(key: bytes) -> TripleDES:
+TripleDES = _triple_des()
+
+
+def _des(key: bytes) -> BlockCipherAlgorithm:
     # Single DES (RFC 2405) is 3DES-EDE with K1 = K2 = K3: E(K) D(K) E(K) = E(K).
     # OpenSSL 3 dropped plain DES from its default provider; this keeps it working.
     return TripleDES(key * 3)
@@ -40,6 +51,7 @@ class Encryption:
     """
 
     name: str
+    windows: str  # netsh spelling (qmsecmethods, mmsecmethods)
     mode: str
     key_size: int  # bytes, salt included for GCM
     iv_size: int
@@ -47,9 +59,10 @@ class Encryption:
     wireshark: str
     ikev1_transform: int  # RFC 2407 §4.4.4 ESP transform id
     ikev1_key_length: int | None = None  # Key Length attribute (bits), AES only
+    oakley_id: int | None = None  # main mode Encryption Algorithm (RFC 2409 App. A); None: not in phase 1
     icv_size: int = 0  # AEAD tag length
     salt_size: int = 0
-    cipher: object = None  # key -> cryptography block cipher (CBC modes)
+    cipher: Callable[[bytes], BlockCipherAlgorithm] | None = None  # key -> block cipher (CBC modes)
 
     @property
     def aead(self) -> bool:
@@ -61,6 +74,7 @@ class Integrity:
     """An HMAC integrity algorithm truncated to ``icv_size`` bytes (RFC 2403/2404/4868)."""
 
     name: str
+    windows: str  # netsh spelling
     key_size: int
     icv_size: int
     hash: type[hashes.HashAlgorithm]
@@ -69,32 +83,36 @@ class Integrity:
     ikev1_ah_transform: int  # RFC 2407 §4.4.3 AH transform id
 
 
+_Row = TypeVar("_Row", Encryption, Integrity)
+
+
 def _aes_cbc(bits: int) -> Encryption:
-    return Encryption(f"aes-cbc-{bits}", "cbc", bits // 8, 16, 16, "AES-CBC [RFC3602]", 12, bits,
-                      cipher=_ciphers.AES)
+    return Encryption(f"aes-cbc-{bits}", f"AES{bits}", "cbc", bits // 8, 16, 16, "AES-CBC [RFC3602]", 12,
+                      bits, oakley_id=7, cipher=_ciphers.AES)
 
 
 def _aes_gcm(bits: int) -> Encryption:
-    return Encryption(f"aes-gcm-{bits}", "gcm", bits // 8 + 4, 8, 4,
+    return Encryption(f"aes-gcm-{bits}", f"AES-GCM{bits}", "gcm", bits // 8 + 4, 8, 4,
                       "AES-GCM with 16 octet ICV [RFC4106]", 20, bits, icv_size=16, salt_size=4)
 
 
 ENCRYPTIONS: dict[str, Encryption] = {e.name: e for e in (
-    Encryption("null", "null", 0, 0, 4, "NULL", 11),
-    Encryption("des-cbc", "cbc", 8, 8, 8, "DES-CBC [RFC2405]", 2, cipher=_des),
-    Encryption("3des-cbc", "cbc", 24, 8, 8, "TripleDES-CBC [RFC2451]", 3, cipher=TripleDES),
+    Encryption("null", "NONE", "null", 0, 0, 4, "NULL", 11),
+    Encryption("des-cbc", "DES", "cbc", 8, 8, 8, "DES-CBC [RFC2405]", 2, oakley_id=1, cipher=_des),
+    Encryption("3des-cbc", "3DES", "cbc", 24, 8, 8, "TripleDES-CBC [RFC2451]", 3, oakley_id=5,
+               cipher=TripleDES),
     _aes_cbc(128), _aes_cbc(192), _aes_cbc(256),
     _aes_gcm(128), _aes_gcm(256),
 )}
 
 INTEGRITIES: dict[str, Integrity] = {i.name: i for i in (
-    Integrity("hmac-md5-96", 16, 12, hashes.MD5, "HMAC-MD5-96 [RFC2403]", 1, 2),
-    Integrity("hmac-sha1-96", 20, 12, hashes.SHA1, "HMAC-SHA-1-96 [RFC2404]", 2, 3),
-    Integrity("hmac-sha256-128", 32, 16, hashes.SHA256, "HMAC-SHA-256-128 [RFC4868]", 5, 5),
+    Integrity("hmac-md5-96", "MD5", 16, 12, hashes.MD5, "HMAC-MD5-96 [RFC2403]", 1, 2),
+    Integrity("hmac-sha1-96", "SHA1", 20, 12, hashes.SHA1, "HMAC-SHA-1-96 [RFC2404]", 2, 3),
+    Integrity("hmac-sha256-128", "SHA256", 32, 16, hashes.SHA256, "HMAC-SHA-256-128 [RFC4868]", 5, 5),
 )}
 
 
-def _find(table: dict, kind: str, name: str):
+def _find(table: dict[str, _Row], kind: str, name: str) -> _Row:
     try:
         return table[name.lower()]
     except KeyError:
@@ -140,9 +158,3 @@ def encryption_by_ikev1(transform_id: int, key_length: int | None = None) -> Enc
     raise ValueError(f"unsupported ESP transform {transform_id} (key length {key_length})")
 
 
-def integrity_by_ikev1(auth: int) -> Integrity:
-    """The HMAC for an IKEv1 Authentication Algorithm attribute value (RFC 2407 §4.5)."""
-    for integ in INTEGRITIES.values():
-        if integ.ikev1_auth == auth:
-            return integ
-    raise ValueError(f"unsupported IPsec authentication algorithm {auth}")

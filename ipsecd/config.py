@@ -25,6 +25,7 @@ ipsecd.config.ConfigError: ipsecd.yaml:2: driver.mtu: 50 is outside 576..9000
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -32,9 +33,9 @@ from typing import Any
 
 import yaml
 
-from ipsecd import algorithms
+from ipsecd import algorithms, yaml_lines
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
-from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
 ANY = IPv4Network("0.0.0.0/0")
@@ -119,31 +120,14 @@ def load(path: str | Path = DEFAULT_PATH) -> NodeConfig:
 
 def parse(text: str, name: str = "ipsecd.yaml") -> NodeConfig:
     try:
-        data = yaml.safe_load(text)
-        lines = _lines(yaml.compose(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{name}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    return _Reader(name, lines).node(data if data is not None else {})
+        root = yaml_lines.compose(text, name)
+    except yaml_lines.YamlSyntaxError as e:
+        raise ConfigError(str(e)) from None
+    data = yaml.safe_load(text) if root is not None else None
+    return _ConfigReader(name, yaml_lines.value_lines(root)).node(data if data is not None else {})
 
 
-def _lines(node: yaml.Node | None, path: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
-    """Line number (1-based) of every value in the file, keyed by its field path such as 'sas[1].spi'."""
-    out = {} if out is None else out
-    if node is None:
-        return out
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            _lines(value, f"{path}.{key.value}" if path else str(key.value), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            _lines(value, f"{path}[{i}]", out)
-    return out
-
-
-class _Reader:
+class _ConfigReader:
     """Turns the parsed YAML into checked objects; every error says where."""
 
     def __init__(self, name: str, lines: dict[str, int]) -> None:
@@ -151,13 +135,11 @@ class _Reader:
         self.lines = lines
 
     def error(self, path: str, message: str) -> ConfigError:
-        probe = path
-        while probe and probe not in self.lines:  # a missing field: point at its parent
-            probe = probe.rpartition(".")[0] if "." in probe else probe.rpartition("[")[0]
-        line = f":{self.lines[probe]}" if probe in self.lines else ""
-        return ConfigError(f"{self.name}{line}: {path or 'top level'}: {message}")
+        line = yaml_lines.enclosing_line(self.lines, path)
+        return ConfigError(f"{self.name}{f':{line}' if line else ''}: {path or 'top level'}: {message}")
 
-    def mapping(self, value: Any, path: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+    def mapping(self, value: Any, path: str, allowed: AbstractSet[str],
+                required: AbstractSet[str] = frozenset()) -> dict:
         if not isinstance(value, dict):
             raise self.error(path, f"expected a mapping, got {type(value).__name__}")
         for key in value:

@@ -48,8 +48,15 @@ SA_COUNTERS: tuple[tuple[str, str], ...] = (
 
 
 class _CounterSet:
+    """Counters as int attributes, one per FIELDS key; each subclass declares them (for the type checker)."""
+
     FIELDS: tuple[tuple[str, str], ...] = ()
     __slots__ = ()
+
+    def __init_subclass__(cls) -> None:
+        declared = tuple(k for k in cls.__annotations__ if k != "FIELDS")
+        if declared != tuple(key for key, _ in cls.FIELDS):
+            raise TypeError(f"{cls.__name__}: declared counters {declared} differ from FIELDS")
 
     def __init__(self) -> None:
         for key, _ in self.FIELDS:
@@ -75,6 +82,24 @@ class Counters(_CounterSet):
 
     FIELDS = GLOBAL_COUNTERS
     __slots__ = tuple(key for key, _ in GLOBAL_COUNTERS)
+    active_sas: int
+    key_additions: int
+    key_deletions: int
+    confidential_bytes_sent: int
+    confidential_bytes_received: int
+    authenticated_bytes_sent: int
+    authenticated_bytes_received: int
+    transport_bytes_sent: int
+    transport_bytes_received: int
+    tunnel_bytes_sent: int
+    tunnel_bytes_received: int
+    bad_spi_packets: int
+    packets_not_decrypted: int
+    packets_not_authenticated: int
+    replayed_packets: int
+    malformed_packets: int
+    dropped_by_policy: int
+    ecn_drops: int
 
 
 class SACounters(_CounterSet):
@@ -82,3 +107,10 @@ class SACounters(_CounterSet):
 
     FIELDS = SA_COUNTERS
     __slots__ = tuple(key for key, _ in SA_COUNTERS)
+    packets: int
+    bytes: int
+    packets_not_decrypted: int
+    packets_not_authenticated: int
+    replayed_packets: int
+    malformed_packets: int
+    ecn_drops: int

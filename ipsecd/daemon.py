@@ -24,20 +24,23 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
-from ipsecd import config, control, wireshark
-from ipsecd.config import ConfigError, ManualSA, NodeConfig
+from ipsecd import config, control
+from ipsecd.config import ConfigError, ManualSA, NodeConfig, PolicySettings
 from ipsecd.counters import GLOBAL_COUNTERS
-from ipsecd.driver import DRIVER_COUNTERS, Driver, IKEHooks, KernelWire
-from ipsecd.ike.ike import IKE
+from ipsecd.driver import keyexport
+from ipsecd.driver.driver import DRIVER_COUNTERS, IKEHooks, IPsecDriver
+from ipsecd.driver.netfilter import Marks, Netfilter
+from ipsecd.driver.sad import Lifetime, SecurityAssociation
+from ipsecd.driver.tun import Tun
+from ipsecd.driver.wire import KernelWire
+from ipsecd.ike.component import IKE
 from ipsecd.ike_bridge import IKEBridge, certificate_source
-from ipsecd.netfilter import Marks, Netfilter
 from ipsecd.policy import interface_manager
+from ipsecd.policy.agent import Negotiator, PolicyAgent, PolicyChange
 from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
-from ipsecd.policy_agent import Negotiator, PolicyAgent, PolicyChange
-from ipsecd.sad import Lifetime, SecurityAssociation
-from ipsecd.tun import Tun
 
 log = logging.getLogger("ipsecd")
 
@@ -76,8 +79,9 @@ def event_kind(text: str) -> str:
 class PolicyKeying:
     """The Policy Agent, IKE and the Negotiator of a policy-configured node, wired to its driver."""
 
-    def __init__(self, cfg: NodeConfig, driver: Driver, wire: KernelWire) -> None:
-        s, p = cfg.ike, cfg.policy
+    def __init__(self, cfg: NodeConfig, p: PolicySettings, driver: IPsecDriver, wire: KernelWire) -> None:
+        s = cfg.ike
+        self.settings = p
         self.tun = cfg.driver.tun
         self.bridge = IKEBridge(driver, cfg.driver.replay_window)
         driver.ike = self.bridge
@@ -141,9 +145,10 @@ class PolicyKeying:
         values["ike_soft_associations"] = ("IKE: Soft Associations", self.negotiator.soft.count)
         return values
 
-    def events(self, since: float = 0.0) -> list[dict]:
+    def events(self, since: float = 0.0) -> list[dict[str, Any]]:
         """Policy and negotiation events on one time line (wall clock), oldest first."""
-        rows = [{"time": round(e.time, 3), "kind": e.kind, "text": e.message} for e in self.agent.events]
+        rows: list[dict[str, Any]] = [{"time": round(e.time, 3), "kind": e.kind, "text": e.message}
+                                      for e in self.agent.events]
         rows += [{"time": round(t + self.clock_offset, 3), "kind": event_kind(text), "text": text}
                  for t, text in self.ike.events]
         return sorted((r for r in rows if r["time"] >= since), key=lambda r: r["time"])
@@ -206,10 +211,10 @@ class Daemon:
         self.tun = Tun(s.tun, s.mtu, s.offload)
         self.wire = KernelWire(self.tun, s.bypass_mark)
         self.kernel = Netfilter(Marks(s.fwmark, s.bypass_mark, s.route_table, s.tun))
-        self.driver = Driver(cfg.spd, wire=self.wire, kernel=self.kernel, ike=ike,
+        self.driver = IPsecDriver(cfg.spd, wire=self.wire, kernel=self.kernel, ike=ike,
                              idle_seconds=s.idle_seconds)
         # With a policy, the Policy Agent and IKE come in through the bridge (it replaces `ike`).
-        self.keying = PolicyKeying(cfg, self.driver, self.wire) if cfg.policy else None
+        self.keying = PolicyKeying(cfg, cfg.policy, self.driver, self.wire) if cfg.policy else None
         self.install_manual(cfg)
 
     def install_manual(self, cfg: NodeConfig) -> None:
@@ -275,8 +280,8 @@ class Daemon:
         """The esp_sa table and, with IKE, the ikev1_decryption_table (Wireshark's two UAT files)."""
         sas = list(self.driver.sad)
         ike = self.keying.ike.ikev1_decryption_table() if self.keying else []
-        return {"esp_sa": wireshark.esp_sa_table(sas), "ikev1_decryption_table": ike,
-                "tshark_args": wireshark.tshark_esp_args(sas)
+        return {"esp_sa": keyexport.esp_sa_table(sas), "ikev1_decryption_table": ike,
+                "tshark_args": keyexport.tshark_esp_args(sas)
                 + [arg for row in ike for arg in ("-o", f"uat:ikev1_decryption_table:{row}")]}
 
     def handlers(self) -> dict:
@@ -302,7 +307,8 @@ class Daemon:
             await self.keying.start()
             polling = asyncio.create_task(self.keying.poll())
         server = await control.serve(self.cfg.driver.socket, self.handlers())
-        how = (f"policy store {self.cfg.policy.store}, IKE on {self.keying.ike.local_address}" if self.keying
+        keying = self.keying
+        how = (f"policy store {keying.settings.store}, IKE on {keying.ike.local_address}" if keying
                else f"{len(self.cfg.spd)} filters, {len(self.cfg.sas)} manual SAs")
         log.info("ipsecd running: %s, TUN %s, control socket %s", how, self.cfg.driver.tun,
                  self.cfg.driver.socket)
@@ -336,12 +342,12 @@ def _manual_only(command: str):
     return refuse
 
 
-def check_policy(cfg: NodeConfig) -> str:
+def check_policy(settings: PolicySettings) -> str:
     """`ipsecd --check` for a policy node: the assigned policy, read and checked as the agent does."""
-    store, assign = LocalStore(cfg.policy.store), cfg.policy.assign
-    ref = PolicyRef(str(cfg.policy.store / assign)) if assign else store.assigned_policy()
+    store, assign = LocalStore(settings.store), settings.assign
+    ref = PolicyRef(str(settings.store / assign)) if assign else store.assigned_policy()
     if ref is None:
-        return f"no policy assigned in {cfg.policy.store}"
+        return f"no policy assigned in {settings.store}"
     policy = store.load(ref)
     return f"policy {policy.name!r} ({ref.location}): {len(policy.rules)} rules"
 
@@ -364,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: OK, {len(cfg.spd)} filters, {len(cfg.sas)} manual SAs")
             return 0
         try:
-            print(f"{args.config}: OK, {check_policy(cfg)}")
+            print(f"{args.config}: OK, {check_policy(cfg.policy)}")
         except (PolicyError, OSError) as e:
             print(f"ipsecd: the assigned policy is refused: {e}", file=sys.stderr)
             return 2

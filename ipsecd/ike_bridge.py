@@ -9,7 +9,7 @@ component imports the other.
 
 >>> from ipaddress import IPv4Network
 >>> from ipsecd.ike.settings import Selector
->>> from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+>>> from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 >>> secure = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 >>> spd = SPD(Filter("a-b", IPv4Network("10.0.0.1/32"), IPv4Network("10.0.0.0/24"), secure).mirrored())
 >>> secured_filter(spd, Selector.parse("10.0.0.1"), Selector.parse("10.0.0.2"), None, "10.0.0.2").name
@@ -30,13 +30,13 @@ from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ipsecd.ike.ike import RATE_TABLE_LIMIT
-from ipsecd.ike.quick_mode import ChildSA, QuickModeDone
+from ipsecd.driver.sad import Lifetime, SecurityAssociation
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, PacketSelector, SecurityMethod
+from ipsecd.ike.component import RATE_TABLE_LIMIT
+from ipsecd.ike.sa import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
-from ipsecd.sad import Lifetime, SecurityAssociation
-from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
-from ipsecd.spd import Selector as PacketSelector
 
 log = logging.getLogger("ipsecd.ike")
 
@@ -47,7 +47,9 @@ SAKey = tuple[int, str, str]  # (SPI, destination, protocol): how the driver and
 DEFAULT_RESPONSE = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
 
 
-class IKE(Protocol):
+class BridgedIKE(Protocol):
+    """What the bridge needs from IKE."""
+
     natt_port: int
     local_address: str
 
@@ -120,7 +122,7 @@ class IKEBridge:
     def __init__(self, driver, replay_window: int = 64) -> None:
         self.driver = driver
         self.replay_window = replay_window
-        self.ike: IKE | None = None
+        self.ike: BridgedIKE | None = None
         self.negotiator: Acquirer | None = None
         self.quick_mode_of: dict[SAKey, int] = {}  # every SA of a quick mode -> its inbound SPI (IKE's key)
         self.filter_of: dict[int, str] = {}  # quick mode (inbound SPI) -> the filter its SAs secure
@@ -238,6 +240,8 @@ def certificate_source(certificate: Path | None, private_key: Path | None,
             raise KeyError("no ike.certificate and ike.private_key in the node configuration")
         cert = x509.load_pem_x509_certificate(certificate.read_bytes())
         key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{private_key}: not an RSA private key (main mode signs with RSA)")
         cas = [x509.load_pem_x509_certificate(p.read_bytes()) for p in trusted_cas]
         wanted = _name_parts(ca_name)
         named = tuple(ca for ca in cas if (wanted and wanted <= _name_parts(ca.subject.rfc4514_string()))

@@ -5,7 +5,7 @@ side (`IkeProbe`) copies this file into a node that has ipsecd (image `node`) an
 
     probe = IkeProbe(lab.node("gw-a"))
     probe.start({"local": "198.51.100.1", "peer": "198.51.100.2", "local_net": "10.1.0.0/24",
-                 "remote_net": "10.2.0.0/24", "encryption": "aes128", "group": 14, "psk": "...",
+                 "remote_net": "10.2.0.0/24", "encryption": "aes-cbc-128", "group": 14, "psk": "...",
                  "initiate": True})          # or "cert", "key", "ca": paths in the node
     probe.wait_for("add_sa")                 # [{"event": "add_sa", "inbound": ..., "udp": [4500, 4500], ...}]
     probe.setup_time(config)                 # initiate once: seconds from main mode's first packet to the SA
@@ -130,17 +130,18 @@ def authentication(config: dict):
 
 
 async def run(config: dict) -> None:
-    from ipsecd.ike.ike import IKE, Rule
-    from ipsecd.ike.settings import MainModeOffer, PeerPolicy, QuickModeOffer, Selector
+    from ipsecd.ike.component import IKE
+    from ipsecd.ike.settings import IKERule, MainModeOffer, PeerPolicy, QuickModeOffer, Selector
 
     policy = PeerPolicy(
         auth=[authentication(config)],
         main_mode=[MainModeOffer(config["encryption"], "sha1", config["group"])],
-        quick_mode=[QuickModeOffer("esp", config["encryption"], "sha1")],
+        quick_mode=[QuickModeOffer("esp", config.get("esp_encryption", config["encryption"]),
+                                   config.get("esp_integrity", "hmac-sha1-96"))],
         tunnel=True,
     )
     local, remote = Selector.parse(config["local_net"]), Selector.parse(config["remote_net"])
-    rule = Rule("to the far site", policy, local, remote, tunnel_endpoint=config["peer"])
+    rule = IKERule("to the far site", policy, local, remote, tunnel_endpoint=config["peer"])
     driver = RecordingDriver()
     ike = IKE(config["local"], driver)
     ike.load_policy([rule])

@@ -6,14 +6,11 @@ Each informational message has its own message ID, so its IV is hash(last phase 
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
 
 from ipsecd.ike import isakmp, oakley
+from ipsecd.ike.events import NegotiationError
 from ipsecd.ike.isakmp import Delete, ExchangeType, Hash, Notify, NotifyType, ProtocolID
-from ipsecd.ike.main_mode import IsakmpSA, NegotiationError
-
-if TYPE_CHECKING:
-    from ipsecd.ike.quick_mode import ChildSA
+from ipsecd.ike.sa import ChildSA, IsakmpSA
 
 
 def protect(sa: IsakmpSA, payloads: list[isakmp.Payload]) -> bytes:

@@ -1,8 +1,8 @@
 """Main mode (RFC 2409 §5): the six-message phase 1 exchange, as sans-I/O state machines.
 
-An :class:`Initiator` or :class:`Responder` is fed decoded messages and returns the datagrams to send;
-what happened is appended to ``events`` (:class:`Established` or :class:`Failure`). Sockets, ports,
-retransmission and timers belong to ike.py. The result, an :class:`IsakmpSA`, protects the quick mode
+A :class:`MainModeInitiator` or :class:`MainModeResponder` is fed decoded messages and returns the datagrams
+to send; what happened is appended to ``events`` (:class:`Established` or :class:`Failure`). Sockets, ports,
+retransmission and timers belong to component.py. The result, an :class:`IsakmpSA`, protects the quick mode
 and informational exchanges that follow (App. B IV chaining per message ID).
 """
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import secrets
-from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ipsecd.ike import isakmp, natt, oakley
+from ipsecd.ike.auth import AUTH_IDS, AUTH_NAMES, rsa_sign_raw, rsa_verify_raw, verify_chain
+from ipsecd.ike.events import Established, Failure, NegotiationError, refusal
 from ipsecd.ike.isakmp import (
     ID,
     KE,
@@ -41,122 +41,14 @@ from ipsecd.ike.isakmp import (
     Transform,
     VendorID,
 )
-from ipsecd.ike.settings import Certificates, MainModeOffer, PeerPolicy, PreSharedKey, in_date
+from ipsecd.ike.sa import IsakmpSA
+from ipsecd.ike.settings import Certificates, MainModeOffer, PeerPolicy, PreSharedKey
 
 # Oakley attribute classes (RFC 2409 App. A)
 ENCRYPTION, HASH, AUTH_METHOD, GROUP, LIFE_TYPE, LIFE_DURATION, KEY_LENGTH = 1, 2, 3, 4, 11, 12, 14
 LIFE_SECONDS = 1
 KEY_IKE = 1
-AUTH_IDS = {"psk": 1, "rsa-sig": 3}
-AUTH_NAMES = {1: "PSK", 3: "RSA-SIG", 65001: "Kerberos"}
 NONCE_SIZE = 32
-MAX_IV_CHAINS = 64  # phase 2 exchanges of one main mode SA whose IV we keep
-
-
-class NegotiationError(Exception):
-    """Stops an exchange: ``reason`` in words, the notify to send (if any), the counter to bump.
-
-    ``integrity`` marks a message that failed decryption or its hash: it may be a corrupted datagram, so
-    the exchange drops it and waits for the retransmission before believing it (main mode gives one
-    second chance, quick mode waits for its retransmission timer)."""
-
-    def __init__(
-        self,
-        reason: str,
-        notify: int | None = None,
-        counter: str = "negotiation failed",
-        integrity: bool = False,
-    ):
-        super().__init__(reason)
-        self.reason, self.notify, self.counter, self.integrity = reason, notify, counter, integrity
-
-
-@dataclass
-class Failure:
-    reason: str
-    counter: str  # "no proposal chosen", "authentication failed", ...
-
-
-@dataclass
-class Established:
-    sa: IsakmpSA
-
-
-@dataclass
-class IsakmpSA:
-    """An established main mode SA: keys, peers, and the IV state of each phase 2 message ID."""
-
-    icookie: bytes
-    rcookie: bytes
-    initiator: bool
-    suite: oakley.Phase1Suite
-    keys: oakley.Phase1Keys = field(repr=False)
-    lifetime: int
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    auth_method: str
-    peer_identity: str
-    last_block: bytes  # last CBC block of main mode: seeds every phase 2 IV
-    nat: natt.NatStatus | None = None
-    natt_variant: natt.Variant | None = None
-    peer_vendor_ids: list[bytes] = field(default_factory=list)
-    ivs: dict[int, bytes] = field(default_factory=dict)
-
-    @property
-    def cookies(self) -> bytes:
-        return self.icookie + self.rcookie
-
-    def describe(self) -> str:
-        return (
-            f"main mode SA {self.icookie.hex()}:{self.rcookie.hex()} {self.local[0]} <-> {self.remote[0]} "
-            f"({self.suite.describe()}, {self.auth_method}, peer {self.peer_identity})"
-        )
-
-    def _iv(self, message_id: int) -> bytes:
-        """The IV chain of a phase 2 exchange; a message ID not seen yet starts one (App. B), stored only
-        once a message of it is sealed or opened, and at most MAX_IV_CHAINS kept (the oldest go): message
-        IDs come from the network."""
-        iv = self.ivs.get(message_id)
-        return iv if iv is not None else oakley.phase2_iv(self.suite, self.last_block, message_id)
-
-    def _chain(self, message_id: int, body: bytes) -> None:
-        self.ivs.pop(message_id, None)
-        self.ivs[message_id] = body[-self.suite.cipher.block_size :]
-        if len(self.ivs) > MAX_IV_CHAINS:
-            del self.ivs[next(iter(self.ivs))]
-
-    def seal(self, exchange: int, message_id: int, payloads: list[isakmp.Payload]) -> bytes:
-        """Encrypt a phase 2 message and advance its IV chain."""
-        first, plain = isakmp.build_payloads(payloads)
-        body = self.suite.cipher.encrypt(self.keys.ka, self._iv(message_id), plain)
-        self._chain(message_id, body)
-        head = Message(self.icookie, self.rcookie, exchange, Flag.ENCRYPTION, message_id)
-        return head.header(first, len(body)) + body
-
-    def open(self, msg: Message) -> list[isakmp.Payload]:
-        """Decrypt a phase 2 message; the IV chain moves on only when it parses."""
-        if not msg.flags & Flag.ENCRYPTION:
-            raise NegotiationError(
-                f"{ExchangeType(msg.exchange).name} message not encrypted",
-                NotifyType.INVALID_FLAGS,
-                "malformed message",
-                integrity=True,
-            )
-        try:
-            plain = self.suite.cipher.decrypt(self.keys.ka, self._iv(msg.message_id), msg.body)
-            payloads = isakmp.parse_payloads(msg.next_payload, plain, padded=True)
-        except (ValueError, MalformedMessage) as exc:
-            raise NegotiationError(
-                f"could not decrypt message {msg.message_id:#x}: {exc}",
-                NotifyType.PAYLOAD_MALFORMED,
-                "malformed message",
-                integrity=True,
-            ) from None
-        self._chain(msg.message_id, msg.body)
-        return payloads
-
-    def forget(self, message_id: int) -> None:
-        self.ivs.pop(message_id, None)
 
 
 # --- proposals ------------------------------------------------------------------------------------
@@ -187,12 +79,13 @@ def _cipher_name(transform: Transform) -> str | None:
 
 def describe_transform(t: Transform) -> str:
     """'3DES/MD5/group 1/PSK' for a received transform, with numbers for what we do not know."""
-    cipher = _cipher_name(t) or f"cipher {t.attr(ENCRYPTION)}"
+    name = _cipher_name(t)
+    cipher = oakley.CIPHERS[name].algorithm.windows if name else f"CIPHER {t.attr(ENCRYPTION)}"
     hash_name = next(
         (h.name for h in oakley.HASHES.values() if h.oakley_id == t.attr(HASH)), f"hash {t.attr(HASH)}"
     )
     auth = AUTH_NAMES.get(t.attr(AUTH_METHOD) or 0, f"auth {t.attr(AUTH_METHOD)}")
-    return f"{cipher.upper()}/{hash_name.upper()}/group {t.attr(GROUP)}/{auth}"
+    return f"{cipher}/{hash_name.upper()}/group {t.attr(GROUP)}/{auth}"
 
 
 def _matches(t: Transform, offer: MainModeOffer, method: str) -> bool:
@@ -206,98 +99,11 @@ def _matches(t: Transform, offer: MainModeOffer, method: str) -> bool:
 
 
 def _lifetime(t: Transform, default: int) -> int:
-    return t.attr(LIFE_DURATION, default) if t.attr(LIFE_TYPE, LIFE_SECONDS) == LIFE_SECONDS else default
-
-
-# --- RSA signatures as IKEv1 uses them: PKCS#1 v1.5 over the bare hash, no DigestInfo -----------------
-
-
-def rsa_sign_raw(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
-    numbers = key.private_numbers()
-    size = (key.key_size + 7) // 8
-    if len(data) > size - 11:
-        raise ValueError("hash too long for the RSA key")
-    m = int.from_bytes(b"\x00\x01" + b"\xff" * (size - 3 - len(data)) + b"\x00" + data, "big")
-    m1, m2 = pow(m, numbers.dmp1, numbers.p), pow(m, numbers.dmq1, numbers.q)
-    return (m2 + numbers.iqmp * (m1 - m2) % numbers.p * numbers.q).to_bytes(size, "big")
-
-
-def rsa_verify_raw(key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
-    try:
-        return key.recover_data_from_signature(signature, padding.PKCS1v15(), None) == data
-    except (InvalidSignature, ValueError):
-        return False
-
-
-def verify_chain(
-    cert: x509.Certificate,
-    extra: list[x509.Certificate],
-    trusted: tuple[x509.Certificate, ...],
-    now: datetime.datetime,
-) -> None:
-    """The peer's certificate must chain (through ``extra``) to a trusted CA, every link in date."""
-    current, seen = cert, 0
-    while seen < 8:
-        if not in_date(current, now):
-            raise NegotiationError(
-                f"certificate {current.subject.rfc4514_string()} is not in date "
-                f"({current.not_valid_before_utc:%Y-%m-%d} .. "
-                f"{current.not_valid_after_utc:%Y-%m-%d})",
-                NotifyType.INVALID_CERTIFICATE,
-                "authentication failed",
-            )
-        for ca in trusted:
-            if current.issuer == ca.subject and _issued_by(current, ca):
-                if not in_date(ca, now):
-                    raise NegotiationError(
-                        f"trusted CA {ca.subject.rfc4514_string()} is not in date",
-                        NotifyType.INVALID_CERTIFICATE,
-                        "authentication failed",
-                    )
-                return
-        parent = next((c for c in extra if c.subject == current.issuer and _issued_by(current, c)), None)
-        if parent is None:
-            raise NegotiationError(
-                f"certificate {cert.subject.rfc4514_string()} (issuer "
-                f"{cert.issuer.rfc4514_string()}) does not chain to a trusted CA",
-                NotifyType.INVALID_CERT_AUTHORITY,
-                "authentication failed",
-            )
-        current, seen = parent, seen + 1
-    raise NegotiationError(
-        "certificate chain too long", NotifyType.INVALID_CERTIFICATE, "authentication failed"
-    )
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (ValueError, TypeError, InvalidSignature):
-        return False
+    duration = t.attr(LIFE_DURATION)
+    return duration if duration is not None and t.attr(LIFE_TYPE, LIFE_SECONDS) == LIFE_SECONDS else default
 
 
 # --- the exchange ----------------------------------------------------------------------------------
-
-
-REFUSAL_COUNTERS = {
-    NotifyType.NO_PROPOSAL_CHOSEN: "no proposal chosen",
-    NotifyType.AUTHENTICATION_FAILED: "authentication failed",
-    NotifyType.INVALID_CERTIFICATE: "authentication failed",
-    NotifyType.INVALID_CERT_AUTHORITY: "authentication failed",
-    NotifyType.INVALID_SIGNATURE: "authentication failed",
-    NotifyType.INVALID_HASH_INFORMATION: "authentication failed",
-    NotifyType.INVALID_ID_INFORMATION: "invalid selectors",
-}
-
-
-def refusal(notify: Notify, exchange: str, peer: str) -> None:
-    """Raise the failure an error notify from the peer means; status notifies (>= 8192) pass."""
-    if notify.notify_type >= 8192:
-        return
-    counter = REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed")
-    advice = " (check the pre-shared key or the certificates)" if counter == "authentication failed" else ""
-    raise NegotiationError(f"peer {peer} refused {exchange}: {notify.name}{advice}", None, counter)
 
 
 def notify_message(icookie: bytes, rcookie: bytes, notify_type: int) -> bytes:
@@ -330,7 +136,7 @@ class MainMode:
         self.state = "new"
         self.icookie = self.rcookie = bytes(8)
         self.sai_b = b""
-        self.suite: oakley.Phase1Suite | None = None
+        self._suite: oakley.Phase1Suite | None = None
         self.method = ""
         self.lifetime = 0
         self.peer_vids: list[bytes] = []
@@ -338,7 +144,7 @@ class MainMode:
         self.nat: natt.NatStatus | None = None
         self.private = 0
         self.own_ke = self.peer_ke = self.ni = self.nr = b""
-        self.keys: oakley.Phase1Keys | None = None
+        self._keys: oakley.Phase1Keys | None = None
         self.iv = b""
         self.sa: IsakmpSA | None = None
         self.peer_initial_contact = False
@@ -347,6 +153,22 @@ class MainMode:
     @property
     def done(self) -> bool:
         return self.state in ("established", "failed")
+
+    @property
+    def suite(self) -> oakley.Phase1Suite:
+        """The agreed algorithms (from main mode 1/2 on): a message that needs them earlier is malformed."""
+        if self._suite is None:
+            raise NegotiationError("main mode message before a proposal was agreed",
+                                   NotifyType.PAYLOAD_MALFORMED, "malformed message")
+        return self._suite
+
+    @property
+    def keys(self) -> oakley.Phase1Keys:
+        """SKEYID and the keys derived from it (from main mode 3/4 on)."""
+        if self._keys is None:
+            raise NegotiationError("main mode message before the key exchange",
+                                   NotifyType.PAYLOAD_MALFORMED, "malformed message")
+        return self._keys
 
     @property
     def float_to_4500(self) -> bool:
@@ -392,7 +214,7 @@ class MainMode:
         return next(a for a in self.policy.auth if a.method == self.method)
 
     def _choose(self, proposal: Proposal) -> Transform:
-        """Responder: the first transform of the initiator that our policy accepts."""
+        """MainModeResponder: the first transform of the initiator that our policy accepts."""
         for t in proposal.transforms:
             for offer in self.policy.main_mode:
                 for auth in self.policy.auth:
@@ -411,9 +233,12 @@ class MainMode:
         )
 
     def _adopt(self, t: Transform) -> None:
-        name = _cipher_name(t)
-        hash_name = next(h.name for h in oakley.HASHES.values() if h.oakley_id == t.attr(HASH))
-        self.suite = oakley.Phase1Suite(name, hash_name, t.attr(GROUP))
+        name, group = _cipher_name(t), t.attr(GROUP)
+        hash_name = next((h.name for h in oakley.HASHES.values() if h.oakley_id == t.attr(HASH)), None)
+        if name is None or hash_name is None or group not in oakley.GROUPS:
+            raise NegotiationError(f"transform {describe_transform(t)} is not one we offer",
+                                   NotifyType.NO_PROPOSAL_CHOSEN, "no proposal chosen")
+        self._suite = oakley.Phase1Suite(name, hash_name, group)
         self.method = next(m for m, i in AUTH_IDS.items() if i == t.attr(AUTH_METHOD))
         own = min((o.lifetime for o in self.policy.main_mode), default=28800)
         self.lifetime = min(_lifetime(t, 28800), own)
@@ -476,7 +301,7 @@ class MainMode:
             skeyid = oakley.skeyid_psk(self.suite, auth.key, self.ni, self.nr)
         else:
             skeyid = oakley.skeyid_signature(self.suite, self.ni, self.nr, gxy)
-        self.keys = oakley.derive_phase1(self.suite, skeyid, gxy, self.icookie, self.rcookie)
+        self._keys = oakley.derive_phase1(self.suite, skeyid, gxy, self.icookie, self.rcookie)
         self.iv = oakley.phase1_iv(self.suite, self.gxi, self.gxr)
 
     @property
@@ -587,7 +412,11 @@ class MainMode:
                 NotifyType.INVALID_ID_INFORMATION,
                 "authentication failed",
             )
-        if not rsa_verify_raw(certs[0].public_key(), sig, expected):
+        public_key = certs[0].public_key()
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            raise NegotiationError(f"certificate {certs[0].subject.rfc4514_string()} has no RSA key",
+                                   NotifyType.INVALID_CERTIFICATE, "authentication failed")
+        if not rsa_verify_raw(public_key, sig, expected):
             raise NegotiationError(
                 f"authentication failed: signature of {certs[0].subject.rfc4514_string()} does not verify",
                 NotifyType.INVALID_SIGNATURE,
@@ -625,7 +454,7 @@ def _id_text(ident: ID) -> str:
     return f"ID type {ident.id_type} {ident.data.hex()}"
 
 
-class Initiator(MainMode):
+class MainModeInitiator(MainMode):
     """Main mode initiator: ``start()`` gives message 1, ``receive()`` the rest."""
 
     initiator = True
@@ -687,7 +516,7 @@ class Initiator(MainMode):
         return []
 
 
-class Responder(MainMode):
+class MainModeResponder(MainMode):
     """Main mode responder: created for a message 1, fed every message of the exchange."""
 
     initiator = False
@@ -723,7 +552,7 @@ class Responder(MainMode):
                 isinstance(p, Notify) and p.notify_type == NotifyType.INITIAL_CONTACT for p in payloads
             )
             ident = self._identity()
-            reply = self._seal_phase1([ident, *self._auth_payloads(self._hash(False, ident.body()))])
+            message_6 = self._seal_phase1([ident, *self._auth_payloads(self._hash(False, ident.body()))])
             self._establish(peer)
-            return [reply]
+            return [message_6]
         return []

@@ -16,11 +16,10 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
+from ipsecd.driver.esp import NAT_KEEPALIVE, NON_ESP_MARKER  # RFC 3948 framing: the driver's ESP owns it
 from ipsecd.ike import isakmp
 from ipsecd.ike.oakley import HashAlg
 
-NON_ESP_MARKER = bytes(4)  # RFC 3948 §2.2
-KEEPALIVE = b"\xff"  # RFC 3948 §2.3
 KEEPALIVE_INTERVAL = 20.0  # seconds; Windows uses 20 s too (MS-IKEE <14>)
 IKE_PORT, NATT_PORT = 500, 4500
 
@@ -146,7 +145,7 @@ def detect(
 
 def classify_4500(data: bytes) -> tuple[str, bytes]:
     """What arrived on UDP 4500: ('ike', message), ('keepalive', b'') or ('esp', datagram)."""
-    if data == KEEPALIVE:
+    if data == NAT_KEEPALIVE:
         return "keepalive", b""
     if data[:4] == NON_ESP_MARKER:
         return "ike", data[4:]

@@ -3,7 +3,7 @@
 Everything here is a pure function of bytes, so each formula can be pinned by a
 known-answer test (the strongSwan captures in ../shared/vectors/strongswan-ikev1).
 
->>> suite = Phase1Suite("3des", "sha1", 2)
+>>> suite = Phase1Suite("3des-cbc", "sha1", 2)
 >>> keys = derive_phase1(suite, skeyid_psk(suite, b"k", b"ni", b"nr"), b"\\x01" * 128, bytes(8), bytes(8))
 >>> len(keys.ka), len(keys.skeyid_e)
 (24, 20)
@@ -15,15 +15,12 @@ import hashlib
 import hmac
 import secrets
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
-from cryptography.hazmat.primitives.ciphers.algorithms import AES
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, modes
 
-try:  # cryptography >= 43 moved 3DES to the "decrepit" module
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-except ImportError:  # pragma: no cover
-    from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES
+from ipsecd import algorithms
 
 # --- Diffie-Hellman groups (RFC 2409 §6.1, §6.2; RFC 3526 §3) --------------------------------------
 
@@ -142,18 +139,31 @@ HASHES = {
 
 @dataclass(frozen=True)
 class CipherAlg:
-    name: str
-    oakley_id: int
-    key_size: int
-    block_size: int
-    variable_key: bool = False  # AES carries a Key-Length attribute
+    """A phase 1 cipher: a CBC row of the algorithm table (ipsecd.algorithms) that has an Oakley number."""
+
+    algorithm: algorithms.Encryption
+    make: Callable[[bytes], BlockCipherAlgorithm]  # the row's cipher: key -> block cipher
+    oakley_id: int  # the row's Oakley Encryption Algorithm value
+
+    @property
+    def name(self) -> str:
+        return self.algorithm.name
+
+    @property
+    def key_size(self) -> int:
+        return self.algorithm.key_size
+
+    @property
+    def block_size(self) -> int:
+        return self.algorithm.block_size
+
+    @property
+    def variable_key(self) -> bool:
+        """AES carries a Key-Length attribute."""
+        return self.algorithm.ikev1_key_length is not None
 
     def _cipher(self, key: bytes, iv: bytes) -> Cipher:
-        if self.name == "des":  # DES as 3DES with K1 = K2 = K3
-            return Cipher(TripleDES(key * 3), modes.CBC(iv))
-        if self.name == "3des":
-            return Cipher(TripleDES(key), modes.CBC(iv))
-        return Cipher(AES(key), modes.CBC(iv))
+        return Cipher(self.make(key), modes.CBC(iv))
 
     def encrypt(self, key: bytes, iv: bytes, plaintext: bytes) -> bytes:
         """CBC, zero-padded to the block size (the payload chain says where the data ends)."""
@@ -171,21 +181,13 @@ class CipherAlg:
         return dec.update(ciphertext) + dec.finalize()
 
 
-CIPHERS = {
-    c.name: c
-    for c in (
-        CipherAlg("des", 1, 8, 8),
-        CipherAlg("3des", 5, 24, 8),
-        CipherAlg("aes128", 7, 16, 16, True),
-        CipherAlg("aes192", 7, 24, 16, True),
-        CipherAlg("aes256", 7, 32, 16, True),
-    )
-}
+CIPHERS = {e.name: CipherAlg(e, e.cipher, e.oakley_id) for e in algorithms.ENCRYPTIONS.values()
+           if e.oakley_id is not None and e.cipher is not None}
 
 
 @dataclass(frozen=True)
 class Phase1Suite:
-    """The negotiated main mode algorithms, by name ("3des", "sha1", group 2)."""
+    """The negotiated main mode algorithms, by name ("3des-cbc", "sha1", group 2)."""
 
     cipher_name: str
     hash_name: str
@@ -204,7 +206,7 @@ class Phase1Suite:
         return GROUPS[self.group_number]
 
     def describe(self) -> str:
-        return f"{self.cipher_name.upper()}/{self.hash_name.upper()}/group {self.group_number}"
+        return f"{self.cipher.algorithm.windows}/{self.hash_name.upper()}/group {self.group_number}"
 
 
 # --- RFC 2409 §5 key derivation -------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Quick mode (RFC 2409 §5.5): three messages under a main mode SA, optional PFS, KEYMAT.
 
 Like main mode, a sans-I/O state machine: fed decoded messages, returns datagrams, appends
-:class:`QuickModeDone` or :class:`~ipsecd.ike.main_mode.Failure` to ``events``. The result carries
+:class:`~ipsecd.ike.sa.QuickModeDone` or :class:`~ipsecd.ike.events.Failure` to ``events``. The result carries
 everything the driver needs to install the inbound and the outbound SA.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from ipsecd import algorithms
 from ipsecd.ike import informational, isakmp, natt, oakley
+from ipsecd.ike.events import Failure, InboundReady, NegotiationError, refusal
 from ipsecd.ike.isakmp import (
     ID,
     KE,
@@ -25,85 +26,15 @@ from ipsecd.ike.isakmp import (
     Proposal,
     Transform,
 )
-from ipsecd.ike.main_mode import Failure, IsakmpSA, NegotiationError, refusal
+from ipsecd.ike.sa import ChildSA, IsakmpSA, QuickModeDone
 from ipsecd.ike.settings import PeerPolicy, QuickModeOffer, Selector
 
-# IPsec DOI (RFC 2407 §4.4, §4.5)
-ESP_TRANSFORM_IDS = {"des": 2, "3des": 3, None: 11, "aes128": 12, "aes192": 12, "aes256": 12}
-AH_TRANSFORM_IDS = {"md5": 2, "sha1": 3, "sha256": 5}
-AUTH_ALGORITHMS = {"md5": 1, "sha1": 2, "sha256": 5}
+# IPsec DOI (RFC 2407 §4.5) attribute classes and values; transform ids and algorithm values are the
+# algorithm table's (ipsecd.algorithms), so quick mode offers and accepts whatever the driver implements.
 LIFE_TYPE, LIFE_DURATION, GROUP, ENCAPSULATION, AUTH_ALGORITHM, KEY_LENGTH = 1, 2, 3, 4, 5, 6
 LIFE_SECONDS, LIFE_KILOBYTES = 1, 2
 TUNNEL, TRANSPORT = 1, 2
-ENCRYPTION_KEY_SIZES = {"des": 8, "3des": 24, "aes128": 16, "aes192": 24, "aes256": 32, None: 0}
-INTEGRITY_KEY_SIZES = {"md5": 16, "sha1": 20, "sha256": 32, None: 0}
 PROTOCOLS = {"esp": isakmp.ProtocolID.ESP, "ah": isakmp.ProtocolID.AH}
-DRIVER_ENCRYPTION = {
-    "des": "des-cbc",
-    "3des": "3des-cbc",
-    "aes128": "aes-cbc-128",
-    "aes192": "aes-cbc-192",
-    "aes256": "aes-cbc-256",
-    None: "null",
-}
-DRIVER_INTEGRITY = {"md5": "hmac-md5-96", "sha1": "hmac-sha1-96", "sha256": "hmac-sha256-128", None: None}
-
-
-@dataclass(frozen=True)
-class ChildSA:
-    """One direction of a quick mode SA pair, named as the driver's SAD names an SA's fields
-    (``SecurityAssociation(**dataclasses.asdict(child))`` plus lifetimes) and its algorithms."""
-
-    spi: int
-    protocol: str  # esp or ah
-    direction: str  # inbound or outbound
-    mode: str  # transport or tunnel
-    src: str  # outer addresses of this direction
-    dst: str
-    encryption: str  # driver names: des-cbc, 3des-cbc, aes-cbc-128, ..., null
-    encryption_key: bytes = field(repr=False)
-    integrity: str | None  # hmac-md5-96, hmac-sha1-96, hmac-sha256-128
-    integrity_key: bytes = field(repr=False)
-    udp_encap: tuple[int, int] | None  # (source port, destination port) of ESP in UDP
-    inner: ChildSA | None = None  # AH+ESP bundle: this is the AH SA, ``inner`` the ESP SA below it
-
-    def chain(self) -> list[ChildSA]:
-        """This SA and the ones bundled below it."""
-        return [self, *(self.inner.chain() if self.inner else [])]
-
-
-@dataclass(frozen=True)
-class QuickModeDone:
-    """Quick mode SAs: both directions, algorithms, mode, selectors, lifetimes, NAT-T encapsulation."""
-
-    inbound: ChildSA
-    outbound: ChildSA
-    mode: str  # transport or tunnel
-    local_selector: Selector
-    remote_selector: Selector
-    offer: QuickModeOffer
-    lifetime_seconds: int
-    lifetime_kb: int
-    udp_encapsulation: tuple[int, int] | None  # (local port, remote port) when ESP goes in UDP
-    isakmp_sa: IsakmpSA = field(repr=False)
-    message_id: int = 0
-    peer_original_address: str | None = None  # NAT-OA: the peer's own address, for transport checksums
-
-    def describe(self) -> str:
-        enc = f", UDP-encapsulated {self.udp_encapsulation[1]}" if self.udp_encapsulation else ""
-        return (
-            f"quick mode SAs {self.offer.describe()} {self.mode}{enc}: {self.local_selector} <-> "
-            f"{self.remote_selector}, inbound SPI {self.inbound.spi:#010x}, outbound SPI "
-            f"{self.outbound.spi:#010x}, {self.lifetime_seconds} s / {self.lifetime_kb} KB"
-        )
-
-
-@dataclass(frozen=True)
-class InboundReady:
-    """The responder's quick mode 2 is leaving: its inbound SAs can be installed now, since the initiator
-    may send on them as soon as it has sent quick mode 3 (which `done` follows, or a Failure)."""
-
-    done: QuickModeDone
 
 
 def _encapsulation(isakmp_sa: IsakmpSA, tunnel: bool) -> int:
@@ -134,13 +65,17 @@ def leg_transform(
     ]
     if offer.pfs_group:
         attrs.append(Attribute(GROUP, offer.pfs_group))
-    if integrity:
-        attrs.append(Attribute(AUTH_ALGORITHM, AUTH_ALGORITHMS[integrity]))
+    integ = algorithms.integrity(integrity) if integrity else None
+    if integ:
+        attrs.append(Attribute(AUTH_ALGORITHM, integ.ikev1_auth))
     if protocol == "ah":
-        return Transform(1, AH_TRANSFORM_IDS[integrity], attrs)
-    if encryption and encryption.startswith("aes"):
-        attrs.append(Attribute(KEY_LENGTH, ENCRYPTION_KEY_SIZES[encryption] * 8))
-    return Transform(1, ESP_TRANSFORM_IDS[encryption], attrs)
+        if integ is None:
+            raise ValueError(f"{offer.describe()}: AH needs an integrity algorithm")
+        return Transform(1, integ.ikev1_ah_transform, attrs)
+    enc = algorithms.encryption(encryption or "null")
+    if enc.ikev1_key_length:  # AES: Key Length attribute (RFC 2407 §4.5; RFC 4106 §8.1 for GCM)
+        attrs.append(Attribute(KEY_LENGTH, enc.ikev1_key_length))
+    return Transform(1, enc.ikev1_transform, attrs)
 
 
 def offer_proposals(
@@ -171,20 +106,19 @@ def describe_proposal(p: Proposal) -> str:
     out = []
     for t in p.transforms:
         if p.protocol == isakmp.ProtocolID.AH:
-            name = next((k for k, v in AH_TRANSFORM_IDS.items() if v == t.transform_id), str(t.transform_id))
-            out.append(f"AH[{name.upper()}]")
+            integrities = algorithms.INTEGRITIES.values()
+            name = next((i.windows for i in integrities if i.ikev1_ah_transform == t.transform_id),
+                        str(t.transform_id))
+            out.append(f"AH[{name}]")
             continue
-        enc = next(
-            (
-                k
-                for k, v in ESP_TRANSFORM_IDS.items()
-                if v == t.transform_id and (v != 12 or ENCRYPTION_KEY_SIZES[k] * 8 == t.attr(KEY_LENGTH))
-            ),
-            f"#{t.transform_id}",
-        )
-        integ = next((k for k, v in AUTH_ALGORITHMS.items() if v == t.attr(AUTH_ALGORITHM)), None)
+        try:
+            enc = algorithms.encryption_by_ikev1(t.transform_id, t.attr(KEY_LENGTH)).windows
+        except ValueError:
+            enc = f"#{t.transform_id}"
+        auth = t.attr(AUTH_ALGORITHM)
+        integ = next((i.windows for i in algorithms.INTEGRITIES.values() if i.ikev1_auth == auth), "NONE")
         pfs = f" PFS group {t.attr(GROUP)}" if t.attr(GROUP) else ""
-        out.append(f"ESP[{(enc or 'none').upper()},{(integ or 'none').upper()}]{pfs}")
+        out.append(f"ESP[{enc},{integ}]{pfs}")
     return " ".join(out) or f"protocol {p.protocol} without transforms"
 
 
@@ -333,14 +267,14 @@ class QuickMode:
         if variant is None or encap != variant.udp_transport:
             return []
         local, remote = (ipaddress.IPv4Address(a).packed for a in (self.sa.local[0], self.sa.remote[0]))
-        initiator, responder = (local, remote) if isinstance(self, Initiator) else (remote, local)
+        initiator, responder = (local, remote) if isinstance(self, QuickModeInitiator) else (remote, local)
         return [variant.natoa(initiator), variant.natoa(responder)]
 
     def _peer_original_address(self, payloads: list[isakmp.Payload]) -> str | None:
         oas = [p for p in payloads if isinstance(p, isakmp.NatOA) and len(p.address) == 4]
         if len(oas) != 2:
             return None
-        return str(ipaddress.IPv4Address(oas[1 if isinstance(self, Initiator) else 0].address))
+        return str(ipaddress.IPv4Address(oas[1 if isinstance(self, QuickModeInitiator) else 0].address))
 
     def _result(
         self,
@@ -361,10 +295,11 @@ class QuickMode:
 
         def chain(inbound: bool) -> ChildSA:
             """The SAs of one direction, innermost (ESP) first, each bundled under the next."""
-            below = None
+            below: ChildSA | None = None
             for protocol, encryption, integrity in reversed(legs(offer)):
                 spi = (spis_in if inbound else spis_out)[protocol]
-                enc_size, integ_size = ENCRYPTION_KEY_SIZES[encryption], INTEGRITY_KEY_SIZES[integrity]
+                enc = algorithms.encryption(encryption or "null")
+                integ = algorithms.integrity(integrity) if integrity else None
                 km = oakley.keymat(
                     self.suite,
                     self.sa.keys.skeyid_d,
@@ -372,9 +307,10 @@ class QuickMode:
                     spi,
                     self.ni,
                     self.nr,
-                    enc_size + integ_size,
+                    algorithms.keymat_length(enc, integ),  # AES-GCM: its 4-byte salt included (RFC 4106 §8.1)
                     self.pfs_gxy,
                 )
+                encryption_key, integrity_key = algorithms.split_keymat(enc, integ, km)
                 src, dst = (remote_ip, local_ip) if inbound else (local_ip, remote_ip)
                 ports = (udp[::-1] if inbound else udp) if udp and protocol == "esp" else None
                 below = ChildSA(
@@ -384,13 +320,15 @@ class QuickMode:
                     mode,
                     src,
                     dst,
-                    DRIVER_ENCRYPTION[encryption],
-                    km[:enc_size],
-                    DRIVER_INTEGRITY[integrity],
-                    km[enc_size:],
+                    enc.name,
+                    encryption_key,
+                    integrity,
+                    integrity_key,
                     ports,
                     below,
                 )
+            if below is None:
+                raise ValueError(f"{offer.describe()}: an offer without SAs")
             return below
 
         return QuickModeDone(
@@ -409,7 +347,7 @@ class QuickMode:
         )
 
 
-class Initiator(QuickMode):
+class QuickModeInitiator(QuickMode):
     """Quick mode initiator for one acquire; ``spi_allocator`` gives our inbound SPIs."""
 
     def __init__(
@@ -505,7 +443,7 @@ class Initiator(QuickMode):
 PolicyLookup = Callable[[IsakmpSA, Selector, Selector], "PeerPolicy | None"]
 
 
-class Responder(QuickMode):
+class QuickModeResponder(QuickMode):
     """Created for a quick mode 1; ``policy_for`` finds the rule that covers the proposed selectors."""
 
     def __init__(

@@ -1,20 +1,22 @@
 """IKE settings as plain dataclasses, shaped like the Windows key exchange and filter action settings.
 
-The Policy Agent builds these from a policy rule; the exchanges only read them.
+The Policy Agent builds these from a policy rule; the exchanges only read them. Algorithms are named as
+ipsecd.algorithms names them (the driver's names): "3des-cbc", "aes-gcm-128", "hmac-sha1-96".
 Defaults are the Windows Server 2003 ones (main mode 480 minutes, quick mode 3600 s / 100,000 KB).
 
 >>> PeerPolicy(auth=[PreSharedKey(b"secret")]).main_mode[0]
-MainModeOffer(encryption='3des', hash='sha1', group=2, lifetime=28800)
+MainModeOffer(encryption='3des-cbc', hash='sha1', group=2, lifetime=28800)
 """
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ipsecd import algorithms
 
 MAIN_MODE_LIFETIME_MIN, MAIN_MODE_LIFETIME_MAX = 5 * 60, 48 * 3600
 QUICK_MODE_IDLE_SECONDS = 5 * 60
@@ -24,7 +26,7 @@ QUICK_MODE_IDLE_SECONDS = 5 * 60
 class MainModeOffer:
     """One main mode security method: encryption, hash (and PRF), Diffie-Hellman group, lifetime."""
 
-    encryption: str = "3des"  # des, 3des, aes128, aes192, aes256
+    encryption: str = "3des-cbc"  # an algorithms.py row with an Oakley number: des-cbc, 3des-cbc, aes-cbc-*
     hash: str = "sha1"  # md5, sha1, sha256
     group: int = 2  # 1, 2, 14
     lifetime: int = 480 * 60  # seconds
@@ -34,7 +36,7 @@ class MainModeOffer:
             raise ValueError(f"main mode lifetime {self.lifetime} s outside 5 minutes .. 48 hours")
 
     def describe(self) -> str:
-        return f"{self.encryption.upper()}/{self.hash.upper()}/group {self.group}"
+        return f"{algorithms.encryption(self.encryption).windows}/{self.hash.upper()}/group {self.group}"
 
 
 @dataclass(frozen=True)
@@ -42,18 +44,24 @@ class QuickModeOffer:
     """One quick mode security method (a Windows filter action's "security method")."""
 
     protocol: str = "esp"  # esp or ah
-    encryption: str | None = "3des"  # des, 3des, aes128, aes192, aes256, None (ESP null)
-    integrity: str | None = "sha1"  # md5, sha1, sha256, None
+    encryption: str | None = "3des-cbc"  # an algorithms.py encryption; None: ESP null
+    integrity: str | None = "hmac-sha1-96"  # an algorithms.py integrity; None with AES-GCM or ESP null
     lifetime_seconds: int = 3600
     lifetime_kb: int = 100_000
     pfs_group: int | None = None
     ah: str | None = None  # AH integrity bundled over the ESP (Windows "AH[MD5]+ESP[3DES,None]")
 
     def describe(self) -> str:
+        """Windows' spelling: 'ESP[3DES,SHA1]', 'AH[MD5]+ESP[3DES,NONE]'."""
         if self.protocol == "ah":
-            return f"AH[{(self.integrity or 'none').upper()}]"
-        esp = f"ESP[{(self.encryption or 'none').upper()},{(self.integrity or 'none').upper()}]"
-        return f"AH[{self.ah.upper()}]+{esp}" if self.ah else esp
+            return f"AH[{_integrity_word(self.integrity)}]"
+        cipher = algorithms.encryption(self.encryption or "null").windows
+        esp = f"ESP[{cipher},{_integrity_word(self.integrity)}]"
+        return f"AH[{_integrity_word(self.ah)}]+{esp}" if self.ah else esp
+
+
+def _integrity_word(name: str | None) -> str:
+    return algorithms.integrity(name).windows if name else "NONE"
 
 
 @dataclass(frozen=True)
@@ -105,5 +113,28 @@ class PeerPolicy:
     nat_traversal: tuple[str, ...] = ("rfc3947", "draft-02")  # () = off; ("draft-02",) = as Windows 2003
 
 
-def in_date(cert: x509.Certificate, now: datetime.datetime) -> bool:
-    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+ANY = Selector(ipaddress.IPv4Network("0.0.0.0/0"))
+
+
+@dataclass(frozen=True)
+class IKERule:
+    """An IKE view of one policy rule: which traffic, protected how, with which peer."""
+
+    name: str
+    policy: PeerPolicy
+    local: Selector = ANY
+    remote: Selector = ANY
+    tunnel_endpoint: str | None = None  # tunnel mode: the peer gateway; transport: the packet's peer
+
+    def covers_peer(self, peer: str) -> bool:
+        if self.tunnel_endpoint:
+            return self.tunnel_endpoint == peer
+        return ipaddress.IPv4Address(peer) in self.remote.network
+
+    def covers(self, local: Selector, remote: Selector) -> bool:
+        return (
+            local.network.subnet_of(self.local.network)
+            and remote.network.subnet_of(self.remote.network)
+            and self.local.protocol in (0, local.protocol)
+            and self.remote.protocol in (0, remote.protocol)
+        )

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy import ipsec_data as wire
 from ipsecd.policy.model import (
     ANY,
@@ -335,7 +335,7 @@ def _negotiation(graph: _Graph,
     return action, tuple(methods), fallback, any(o.pfs for o in data.offers if o.operations)
 
 
-def _security_method(obj: DirectoryObject, index: int, offer: wire.QuickModeOffer) -> spd.SecurityMethod:
+def _security_method(obj: DirectoryObject, index: int, offer: wire.QuickModeOfferData) -> spd.SecurityMethod:
     esp_cipher = esp_integrity = ah = None
     uses_esp = False
     for op in offer.operations:
@@ -434,20 +434,20 @@ def policy_to_objects(policy: Policy, container: str) -> list[DirectoryObject]:
             owners=(policy_dn,), filter_references=(filters.dn,),
             negotiation_policy_reference=negotiation.dn)))
     if policy.default_response:
-        rule = policy.default_response
-        nfa_dn = object_dn("ipsecNFA", rule.guid, container)
-        negotiation_guid = derived_guid(rule.guid, "ipsecNegotiationPolicy")
+        default = policy.default_response
+        nfa_dn = object_dn("ipsecNFA", default.guid, container)
+        negotiation_guid = derived_guid(default.guid, "ipsecNegotiationPolicy")
         negotiation = add(negotiation_guid, DirectoryObject(
             object_dn("ipsecNegotiationPolicy", negotiation_guid, container), "ipsecNegotiationPolicy",
             negotiation_guid, _offers_blob(object_dn("ipsecNegotiationPolicy", negotiation_guid, container),
-                                           rule.security_methods, False, False),
-            when_changed=rule.when_changed or None, owners=(nfa_dn,),
+                                           default.security_methods, False, False),
+            when_changed=default.when_changed or None, owners=(nfa_dn,),
             negotiation_type=wire.NEGOTIATION_TYPE_DEFAULT_RESPONSE,
             negotiation_action=wire.ACTION_NEGOTIATE))
-        nfas.append(add(rule, DirectoryObject(
-            nfa_dn, "ipsecNFA", rule.guid, _nfa_blob(nfa_dn, rule.authentication, rule.active,
+        nfas.append(add(default, DirectoryObject(
+            nfa_dn, "ipsecNFA", default.guid, _nfa_blob(nfa_dn, default.authentication, default.active,
                                                     ConnectionType.ALL, None),
-            when_changed=rule.when_changed or None, owners=(policy_dn,),
+            when_changed=default.when_changed or None, owners=(policy_dn,),
             negotiation_policy_reference=negotiation.dn)))
     top = DirectoryObject(policy_dn, "ipsecPolicy", policy.guid,
                           wire.encode(wire.PolicyData(polling_interval=policy.polling_interval)),
@@ -462,14 +462,13 @@ def _isakmp_object(key_exchange: KeyExchange, container: str, owner: str) -> Dir
     dn = object_dn("ipsecISAKMPPolicy", key_exchange.guid, container)
     offers = []
     for index, method in enumerate(key_exchange.methods):
-        numbers = (_number(CIPHERS, method.encryption), _number(MM_HASHES, method.hash),
-                   _number(DH_GROUPS, method.dh_group))
-        if None in numbers:
+        cipher, hash_, group = (_number(CIPHERS, method.encryption), _number(MM_HASHES, method.hash),
+                                _number(DH_GROUPS, method.dh_group))
+        if cipher is None or hash_ is None or group is None:
             raise DirectoryError(dn, f"ipsecData offers[{index}]",
                                  f"{method}: the directory format has DES and 3DES, MD5 and SHA1, "
                                  "DH groups 1, 2 and 14")
-        cipher, hash_, group = numbers
-        offers.append(wire.MainModeOffer(cipher=cipher, hash=hash_, dh_group=group,
+        offers.append(wire.MainModeOfferData(cipher=cipher, hash=hash_, dh_group=group,
                                          lifetime_seconds=key_exchange.lifetime_seconds,
                                          quick_mode_limit=key_exchange.sessions))
     data = wire.IsakmpData(policy_id=key_exchange.guid, offers=tuple(offers),
@@ -555,8 +554,8 @@ def _offers_blob(dn: str, methods: Sequence[spd.SecurityMethod], fallback: bool,
                                      f"{m.describe()}: the directory format has DES and 3DES")
             integrity = _number(ESP_INTEGRITY, m.esp_integrity)
             ops.append(wire.Operation(cipher, integrity or 0, wire.OPERATION_ESP))
-        offers.append(wire.QuickModeOffer(operations=tuple(ops), lifetime_seconds=m.lifetime_seconds,
+        offers.append(wire.QuickModeOfferData(operations=tuple(ops), lifetime_seconds=m.lifetime_seconds,
                                           lifetime_kb=m.lifetime_kb, pfs=int(pfs)))
     if fallback:
-        offers.append(wire.QuickModeOffer(operations=()))
+        offers.append(wire.QuickModeOfferData(operations=()))
     return _encode(dn, wire.NegotiationData(tuple(offers)))

@@ -34,7 +34,7 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy.model import Endpoint, EndpointKind, IPFilter, Policy, Rule
 from ipsecd.policy.validate import PolicyError, Problem
 

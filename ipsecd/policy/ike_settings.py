@@ -30,11 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
-from ipsecd import spd
-from ipsecd.ike.ike import Rule as IKERule
+from ipsecd.driver import spd
 from ipsecd.ike.settings import AuthMethod as IKEAuth
 from ipsecd.ike.settings import (
     Certificates,
+    IKERule,
     MainModeOffer,
     PeerPolicy,
     PreSharedKey,
@@ -43,16 +43,13 @@ from ipsecd.ike.settings import (
 )
 from ipsecd.policy.model import AuthKind, AuthMethod, DefaultResponseRule, Policy, Rule
 
-AES = {f"aes-cbc-{bits}": f"aes{bits}" for bits in (128, 192, 256)}
-CIPHERS = {"3des-cbc": "3des", "des-cbc": "des", **AES, None: None}
-INTEGRITY = {"hmac-sha1-96": "sha1", "hmac-md5-96": "md5", None: None}
 ANY = Selector(IPv4Network("0.0.0.0/0"))
 
 CertificateSource = Callable[[str], Certificates]
 
 
 @dataclass(frozen=True)
-class IKESettings:
+class IKERuleSet:
     """The IKE rules in the order IKE must try them, and how to find the rule for a driver's acquire."""
 
     rules: tuple[IKERule, ...] = ()
@@ -65,9 +62,9 @@ class IKESettings:
 
 
 def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ...]],
-                 certificate_for: CertificateSource | None = None) -> IKESettings:
+                 certificate_for: CertificateSource | None = None) -> IKERuleSet:
     lifetime = policy.key_exchange.lifetime_seconds
-    main_mode = [MainModeOffer(CIPHERS[m.encryption], m.hash, m.dh_group, lifetime)
+    main_mode = [MainModeOffer(m.encryption, m.hash, m.dh_group, lifetime)
                  for m in policy.key_exchange.methods]
     pfs_group = main_mode[0].group if main_mode else None
     warnings: list[str] = []
@@ -92,7 +89,7 @@ def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ..
     ordered += _inbound_tunnel_filters(policy, filters_by_rule, rules)
     if policy.default_response and policy.default_response.active:
         rules += _default_response(policy.default_response, main_mode, certificate_for, warnings)
-    return IKESettings(tuple(rules), dict(ordered), tuple(warnings))
+    return IKERuleSet(tuple(rules), dict(ordered), tuple(warnings))
 
 
 def _rules_for_filters(rule: Rule, peer_policy: PeerPolicy,
@@ -140,11 +137,10 @@ def _offers(rule: str, methods: tuple[spd.SecurityMethod, ...], pfs_group: int |
     out = []
     for m in methods:
         if m.uses_esp:  # with ah_integrity: an AH+ESP bundle, AH outside (Windows "AH and ESP")
-            out.append(QuickModeOffer("esp", CIPHERS[m.esp_encryption], INTEGRITY[m.esp_integrity],
-                                      m.lifetime_seconds, m.lifetime_kb, pfs_group,
-                                      ah=INTEGRITY[m.ah_integrity]))
+            out.append(QuickModeOffer("esp", m.esp_encryption, m.esp_integrity, m.lifetime_seconds,
+                                      m.lifetime_kb, pfs_group, ah=m.ah_integrity))
         else:
-            out.append(QuickModeOffer("ah", None, INTEGRITY[m.ah_integrity], m.lifetime_seconds,
+            out.append(QuickModeOffer("ah", None, m.ah_integrity, m.lifetime_seconds,
                                       m.lifetime_kb, pfs_group))
     if not out:
         warnings.append(f"rule {rule!r}: no security method IKE can offer; its traffic cannot be secured")

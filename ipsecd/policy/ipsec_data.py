@@ -88,7 +88,7 @@ class _Reader:
 # --- fields: how one value sits in the blob -----------------------------------------------------------
 
 
-class Field:
+class BlobField:
     """One wire field of a record or of an item in it; ``MIN_SIZE`` bounds item counts before reading."""
 
     MIN_SIZE: ClassVar[int] = 0
@@ -106,7 +106,7 @@ class Field:
         return self.MIN_SIZE
 
 
-class U32(Field):
+class U32(BlobField):
     MIN_SIZE = 4
     FORMAT = "<I"
 
@@ -126,7 +126,7 @@ class U16(U32):
     FORMAT = "<H"
 
 
-class Raw(Field):
+class Raw(BlobField):
     """Bytes of a fixed size: padding and fields whose meaning is unknown, carried unchanged."""
 
     def __init__(self, name: str, size: int):
@@ -146,7 +146,7 @@ class Raw(Field):
         return value
 
 
-class Guid(Field):
+class Guid(BlobField):
     MIN_SIZE = 16
 
     def read(self, r, end, values):
@@ -156,7 +156,7 @@ class Guid(Field):
         return getattr(obj, self.name).bytes_le
 
 
-class Address(Field):
+class Address(BlobField):
     MIN_SIZE = 4
 
     def read(self, r, end, values):
@@ -166,7 +166,7 @@ class Address(Field):
         return getattr(obj, self.name).packed
 
 
-class Text(Field):
+class Text(BlobField):
     """A byte length and NUL-terminated UTF-16LE text; a length of 0 (no terminator) reads as None."""
 
     MIN_SIZE = 4
@@ -194,7 +194,7 @@ class Text(Field):
         return struct.pack("<I", len(raw)) + raw
 
 
-class Items(Field):
+class Items(BlobField):
     """A 4-byte count, then that many items of one kind."""
 
     MIN_SIZE = 4
@@ -255,7 +255,7 @@ class Slots(Items):
         return struct.pack("<I", len(items)) + b"".join(i.encode() for i in items) + unused
 
 
-class Extension(Field):
+class Extension(BlobField):
     """The bytes of a record after its known fields."""
 
     def read(self, r, end, values):
@@ -274,7 +274,7 @@ S = TypeVar("S", bound="Struct")
 class Struct:
     """A dataclass whose wire layout is ``FIELDS``; its dataclass fields have the same names."""
 
-    FIELDS: ClassVar[tuple[Field, ...]]
+    FIELDS: ClassVar[tuple[BlobField, ...]]
 
     @classmethod
     def min_size(cls) -> int:
@@ -310,7 +310,7 @@ class PolicyData(Record):
 
 
 @dataclass(frozen=True)
-class MainModeOffer(Struct):
+class MainModeOfferData(Struct):
     """One main mode security method of an ISAKMP policy (64 bytes)."""
 
     FIELDS = (Raw("padding_0", 4), U32("cipher"), U32("cipher_key_bits"), U32("cipher_rounds"), U32("hash"),
@@ -339,9 +339,9 @@ class IsakmpData(Record):
 
     KIND = uuid.UUID("80dc20b8-2ec8-11d1-a89e-00a0248d3021")
     FIELDS = (Guid("policy_id"), U32("flags"), U32("master_key_pfs"), Raw("reserved", 36),
-              Items("offers", MainModeOffer), Extension("extension"))
+              Items("offers", MainModeOfferData), Extension("extension"))
     policy_id: uuid.UUID  # Windows' own identifier of the main mode policy; not the object's ipsecID
-    offers: tuple[MainModeOffer, ...]
+    offers: tuple[MainModeOfferData, ...]
     master_key_pfs: int = 0
     flags: int = 0  # zero in every known blob
     reserved: bytes = bytes(36)
@@ -422,7 +422,7 @@ class Operation(Struct):
 
 
 @dataclass(frozen=True)
-class QuickModeOffer(Struct):
+class QuickModeOfferData(Struct):
     """One security method of a filter action (80 bytes); no operations = 'allow unsecured communication'."""
 
     FIELDS = (U32("lifetime_seconds"), U32("lifetime_kb"), U32("flags"), U32("pfs"),
@@ -444,8 +444,8 @@ class NegotiationData(Record):
     """ipsecNegotiationPolicy (a filter action): its quick mode offers, in order."""
 
     KIND = uuid.UUID("80dc20b9-2ec8-11d1-a89e-00a0248d3021")
-    FIELDS = (Items("offers", QuickModeOffer), Extension("extension"))
-    offers: tuple[QuickModeOffer, ...]
+    FIELDS = (Items("offers", QuickModeOfferData), Extension("extension"))
+    offers: tuple[QuickModeOfferData, ...]
     extension: bytes = b""
 
 

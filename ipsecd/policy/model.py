@@ -8,7 +8,7 @@ store (ipsecPolicy, ipsecISAKMPPolicy, ipsecNFA, ipsecFilter, ipsecNegotiationPo
 cache map onto the same objects, and an exported policy keeps its identity when imported elsewhere.
 
 Filters here are *generic*: they may say "me" (my IP address), "any" or a DNS name. ``expand`` turns them
-into the driver's *specific* filters (``ipsecd.spd.Filter``).
+into the driver's *specific* filters (``ipsecd.driver.spd.Filter``).
 
 >>> Endpoint.parse("10.0.0.0/24"), Endpoint.parse("me"), str(Endpoint.parse("dc.lab.test"))
 (Endpoint(kind=<EndpointKind.SUBNET: 'subnet'>, network=IPv4Network('10.0.0.0/24'), dns_name=None), \
@@ -27,17 +27,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 
-from ipsecd import spd
+from ipsecd import algorithms
+from ipsecd.driver import spd
 
 # Protocol names the Windows filter dialog offers, plus the SPD's own; any other protocol is a number.
 PROTOCOLS = {**spd.PROTOCOL_NUMBERS, "egp": 8, "hmp": 20, "xns-idp": 22, "rdp": 27, "rvd": 66, "raw": 255}
 
-# netsh spellings (qmsecmethods / mmsecmethods) and the names the driver and IKE use. Windows Server 2003
-# has DES and 3DES; AES128/192/256 are the names later Windows gives AES-CBC, for peers such as strongSwan.
-AES = {f"AES{bits}": f"aes-cbc-{bits}" for bits in (128, 192, 256)}
-ESP_CIPHERS = {"3DES": "3des-cbc", "DES": "des-cbc", **AES, "NONE": None}
-ESP_INTEGRITY = {"SHA1": "hmac-sha1-96", "MD5": "hmac-md5-96", "NONE": None}
-MM_CIPHERS = {"3DES": "3des-cbc", "DES": "des-cbc", **AES}
+# netsh spellings (qmsecmethods / mmsecmethods) -> the algorithm table's names (ipsecd.algorithms), which the
+# driver and IKE use. Windows Server 2003 has DES, 3DES, MD5 and SHA1; AES128/192/256, AES-GCM128/256 and
+# SHA256 are the names later Windows gives the others the driver implements, for peers such as strongSwan.
+ESP_CIPHERS: dict[str, str | None] = {e.windows: None if e.name == "null" else e.name
+                                       for e in algorithms.ENCRYPTIONS.values()}
+ESP_INTEGRITY: dict[str, str | None] = {**{i.windows: i.name for i in algorithms.INTEGRITIES.values()},
+                                         "NONE": None}
+MM_CIPHERS = {e.windows: e.name for e in algorithms.ENCRYPTIONS.values() if e.oakley_id is not None}
 MM_HASHES = {"SHA1": "sha1", "MD5": "md5"}
 DH_GROUPS = (1, 2, 14)  # Windows Server 2003: 768, 1024 and ("High") 2048-bit MODP
 
@@ -122,14 +125,19 @@ def parse_port(value: str | int) -> int | None:
     raise ValueError(f"{value!r} is not 'any' or a port number 1-65535")
 
 
-_QM_PART = re.compile(r"(ESP|AH)\[([A-Z0-9]+)(?:,([A-Z0-9]+))?\]")
+_QM_PART = re.compile(r"(ESP|AH)\[([A-Z0-9-]+)(?:,([A-Z0-9-]+))?\]")
 _QM_LIFETIME = re.compile(r"(?:(\d+)k)?/?(?:(\d+)s)?")
+
+
+def _words(table: dict[str, str | None], none: bool = True) -> str:
+    """The netsh words a table takes, for an error message: '3DES|DES|...|None'."""
+    return "|".join(k.replace("NONE", "None") for k, v in table.items() if none or v is not None)
 
 
 def parse_security_method(text: str) -> spd.SecurityMethod:
     """A netsh ``qmsecmethods`` entry: 'ESP[3DES,SHA1]:100000k/3600s', 'AH[MD5]+ESP[DES,None]', 'AH[SHA1]'.
 
-    ESP takes [cipher,integrity] (3DES|DES|None, SHA1|MD5|None), AH takes [integrity]; the lifetime part
+    ESP takes [cipher,integrity] (ESP_CIPHERS, ESP_INTEGRITY), AH takes [integrity]; the lifetime part
     ':<KB>k/<seconds>s' is optional, either half may be left out (Windows defaults: 100000 KB, 3600 s).
     """
     spec, _, lifetime = str(text).upper().replace(" ", "").partition(":")
@@ -142,13 +150,15 @@ def parse_security_method(text: str) -> spd.SecurityMethod:
         proto, first, second = m.groups()
         if proto == "ESP":
             if second is None or first not in ESP_CIPHERS or second not in ESP_INTEGRITY:
-                raise ValueError(f"{text!r}: ESP needs [3DES|DES|None,SHA1|MD5|None]")
+                raise ValueError(f"{text!r}: ESP needs [{_words(ESP_CIPHERS)},{_words(ESP_INTEGRITY)}]")
             esp_cipher, esp_integrity = ESP_CIPHERS[first], ESP_INTEGRITY[second]
             if esp_cipher is None and esp_integrity is None:
                 raise ValueError(f"{text!r}: ESP[None,None] protects nothing")
+            if esp_cipher and algorithms.encryption(esp_cipher).aead and esp_integrity:
+                raise ValueError(f"{text!r}: {first} authenticates itself; its integrity must be None")
         else:
-            if second is not None or first not in ("SHA1", "MD5"):
-                raise ValueError(f"{text!r}: AH needs [SHA1|MD5]")
+            if second is not None or ESP_INTEGRITY.get(first) is None:
+                raise ValueError(f"{text!r}: AH needs [{_words(ESP_INTEGRITY, none=False)}]")
             ah = ESP_INTEGRITY[first]
     if len({p[:p.index("[")] for p in parts}) != len(parts):
         raise ValueError(f"{text!r}: ESP and AH may each appear once")
@@ -191,7 +201,7 @@ class MainModeMethod:
         parts = str(text).upper().split("-")
         if (len(parts) != 3 or parts[0] not in MM_CIPHERS or parts[1] not in MM_HASHES
                 or not parts[2].isdigit() or int(parts[2]) not in DH_GROUPS):
-            raise ValueError(f"{text!r} is not <3DES|DES>-<SHA1|MD5>-<1|2|14>")
+            raise ValueError(f"{text!r} is not <{'|'.join(MM_CIPHERS)}>-<SHA1|MD5>-<1|2|14>")
         return cls(MM_CIPHERS[parts[0]], MM_HASHES[parts[1]], int(parts[2]))
 
     def __str__(self) -> str:

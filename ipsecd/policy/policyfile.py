@@ -29,7 +29,8 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
-from ipsecd import spd
+from ipsecd import yaml_lines
+from ipsecd.driver import spd
 from ipsecd.policy import model
 from ipsecd.policy.validate import PolicyError, Problem, validate
 
@@ -51,14 +52,12 @@ def load(path: str | os.PathLike[str]) -> model.Policy:
 
 def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.Policy:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise PolicyError([Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", where)]) from None
+        root = yaml_lines.compose(text, source)
+    except yaml_lines.YamlSyntaxError as e:
+        raise PolicyError([Problem("", f"not valid YAML: {e.message}", e.where)]) from None
     if root is None:
         raise PolicyError([Problem("", "the file is empty", source)])
-    reader = _Reader(source)
+    reader = _PolicyReader(source)
     policy = reader.policy(root, default_stamp)
     try:
         return validate(policy)
@@ -128,7 +127,7 @@ def format_stamp(stamp: int) -> str:
     return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _Reader:
+class _PolicyReader:
     """Builds model objects from YAML nodes, remembering the line of every field it reads."""
 
     def __init__(self, source: str) -> None:
@@ -141,9 +140,7 @@ class _Reader:
 
     def where(self, path: str) -> str:
         """'file:line' of the field at path, or of its nearest enclosing field."""
-        while path and path not in self.lines:
-            path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
-        line = self.lines.get(path)
+        line = yaml_lines.enclosing_line(self.lines, path)
         return f"{self.source}:{line}" if line else self.source
 
     def fail(self, node: yaml.Node, path: str, message: str) -> NoReturn:
@@ -391,7 +388,7 @@ _Dumper.add_representer(_Flow, lambda d, data: d.represent_mapping("tag:yaml.org
 
 
 class _Writer:
-    """The inverse of _Reader; a part shared by two rules is written once and referenced (YAML alias)."""
+    """The inverse of _PolicyReader; a part shared by two rules is written once, then referenced (alias)."""
 
     def __init__(self, hide_keys: bool = False) -> None:
         self._written: dict[uuid.UUID, dict[str, Any]] = {}

@@ -10,7 +10,7 @@ IKE sends the first main mode message, ``peer_answered`` on any IKE reply, ``ver
 the driver holds for that peer, and ``expire`` when the soft association idles out (5 minutes, the
 quick mode idle timer), after which the next packet tries IKE again.
 
->>> from ipsecd import spd
+>>> from ipsecd.driver import spd
 >>> request = spd.FilterAction("request", spd.Action.NEGOTIATE, (spd.SecurityMethod(),),
 ...                            fallback_to_clear=True)
 >>> soft = SoftAssociations(timeout=3.0)
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
 
-from ipsecd import spd
+from ipsecd.driver import spd
 
 # Windows Server 2003 falls back after about 3 s of silence (reported, not verified in a capture).
 DEFAULT_TIMEOUT = 3.0

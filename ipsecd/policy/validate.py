@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.ike.settings import MAIN_MODE_LIFETIME_MAX, MAIN_MODE_LIFETIME_MIN
 from ipsecd.policy.model import AuthKind, AuthMethod, Policy, Rule
 

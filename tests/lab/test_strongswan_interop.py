@@ -8,12 +8,12 @@ float IKE to 4500 and use UDP-encapsulated tunnel mode (RFC 3947/3948) even with
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from scenarios.driver_lab import tshark_decrypted_payloads
 from scenarios.pki import Pki
 from scenarios.swan_lab import (
+    AES_GCM,
     GW_A,
     GW_B,
     PSK,
@@ -42,31 +42,6 @@ OVERRIDES = {"nodes": {"gw-b": STRONGSWAN_GATEWAY}}  # gw-a keeps the node image
 POLICY_DIR = "/var/lib/ipsecd/policies"
 CERT_DIR = "/etc/ipsecd/certificates"
 CONFIG = "/etc/ipsecd/ipsecd.yaml"
-
-
-IPSECD = Path(__file__).resolve().parents[2] / "ipsecd"
-
-
-def daemon_ike_missing() -> str | None:
-    """Why ipsecd's daemon cannot negotiate with strongSwan in this checkout, or None once it runs IKE."""
-    daemon = IPSECD / "daemon.py"
-    if not daemon.is_file():
-        return "ipsecd has no daemon in this checkout yet (driver branch)"
-    source = daemon.read_text()
-    if "ipsecd.ike" not in source or "policy_agent" not in source:
-        return "ipsecd's daemon does not run IKE from a policy yet (ike + policy branches, being integrated)"
-    return None
-
-
-needs_daemon_ike = pytest.mark.skipif(daemon_ike_missing() is not None, reason=str(daemon_ike_missing()))
-needs_driver = pytest.mark.skipif(
-    not (IPSECD / "daemon.py").is_file(),
-    reason="ipsecd's driver daemon is not in this checkout (branch driver)",
-)
-needs_ike_component = pytest.mark.skipif(
-    not (IPSECD / "ike" / "ike.py").is_file(),
-    reason="ipsecd's IKE component is not in this checkout (branch ike)",
-)
 
 
 @pytest.fixture
@@ -142,7 +117,6 @@ CASES = [
 ]
 
 
-@needs_ike_component
 @pytest.mark.parametrize(("suite", "auth", "initiator"), CASES)
 def test_ike_component_negotiates_with_strongswan(lab, strongswan, pki, suite, auth, initiator):
     """ipsecd's IKE alone (lab/ike_probe.py, no data plane) against strongSwan over the WAN."""
@@ -183,8 +157,6 @@ def test_ike_component_negotiates_with_strongswan(lab, strongswan, pki, suite, a
     assert_protocol_seen(pkts, "udp/4500", between=(GW_A, GW_B))
 
 
-@needs_ike_component
-@needs_driver
 @pytest.mark.parametrize("suite", SUITES)
 def test_ipsecd_driver_keyed_from_the_negotiation_carries_traffic_with_strongswan(
     lab, strongswan, pki, suite
@@ -241,10 +213,10 @@ def test_ipsecd_driver_keyed_from_the_negotiation_carries_traffic_with_strongswa
     assert inner.count(MARKER * 10) >= 2
 
 
-@needs_daemon_ike
-@pytest.mark.parametrize(("suite", "auth", "initiator"), CASES)
+@pytest.mark.parametrize(("suite", "auth", "initiator"), [*CASES, (AES_GCM.name, "psk", "ipsecd")])
 def test_ipsecd_and_strongswan_secure_the_sites(lab, strongswan, pki, suite, auth, initiator):
-    suite_ = SUITES[suite]
+    """The daemon (policy -> IKE -> driver) against strongSwan; also with AES-GCM in quick mode."""
+    suite_ = {**SUITES, AES_GCM.name: AES_GCM}[suite]
     gw_a = lab.node("gw-a")
     configure_ipsecd(gw_a, ipsecd_policy("gw-a", suite_, auth, pki), pki)
     strongswan.load(tunnel("gw-b", suite_, auth), files=credentials(pki, pki.issue("gw-b", GW_B)))
@@ -282,6 +254,8 @@ def test_ipsecd_and_strongswan_secure_the_sites(lab, strongswan, pki, suite, aut
     assert ours[spi_in]["direction"] == "outbound" and ours[spi_out]["direction"] == "inbound", ours
     for spi in (spi_in, spi_out):
         assert (ours[spi]["mode"], ours[spi]["udp_encap"]) == ("tunnel", [4500, 4500]), ours[spi]
+        assert (ours[spi]["encryption"], ours[spi]["integrity"]) == (
+            suite_.quick_mode_encryption, suite_.esp_integrity), ours[spi]
     assert set(udp_esp(pkts)) == {(GW_A, GW_B, spi_in), (GW_B, GW_A, spi_out)}
     # tshark with strongSwan's keys (not ours) authenticates and decrypts ipsecd's ESP too
     inner, authentic = tshark_decrypted_payloads(wan.pcap, strongswan.tshark_args())
@@ -289,7 +263,6 @@ def test_ipsecd_and_strongswan_secure_the_sites(lab, strongswan, pki, suite, aut
     assert inner.count(MARKER * 10) >= 2  # both transfers, one sent by each side's data plane
 
 
-@needs_daemon_ike
 @pytest.mark.parametrize("rekeyed_by", ["strongswan", "ipsecd"])
 def test_quick_mode_rekey_while_traffic_flows_loses_no_connection(lab, strongswan, pki, rekeyed_by):
     """strongSwan rekeys on `swanctl --rekey`; ipsecd on its kilobyte lifetime: the packet that passes the

@@ -11,8 +11,9 @@ import random
 
 import pytest
 
-from ipsecd.esp import AuthenticationFailed, BadPacket, IPsecError, UnknownSPI, ip_to_bytes, ipv4_header
-from ipsecd.sad import SAD, SecurityAssociation
+from ipsecd.driver.errors import AuthenticationFailed, BadPacket, IPsecError, UnknownSPI
+from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
+from ipsecd.driver.sad import SAD, SecurityAssociation
 
 A, B = "192.0.2.1", "192.0.2.2"
 KEY = bytes(range(20))

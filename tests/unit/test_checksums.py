@@ -7,8 +7,7 @@ import random
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
-from ipsecd.driver import fix_l4_checksum
-from ipsecd.esp import nat_checksum_fixup
+from ipsecd.driver.ipv4 import fix_l4_checksum, nat_checksum_fixup
 
 
 def natted(packet: bytes) -> bytes:

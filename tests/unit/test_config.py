@@ -5,7 +5,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from ipsecd.config import ConfigError, load, parse
-from ipsecd.spd import Action, Direction
+from ipsecd.driver.spd import Action, Direction
 
 GOOD = """\
 driver: {tun: ipsec0, mtu: 1400}

@@ -10,10 +10,10 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.ipsec import AH, ESP, SecurityAssociation
 
-from ipsecd.driver import Driver, RecordingWire
-from ipsecd.sad import Lifetime
-from ipsecd.sad import SecurityAssociation as SA
-from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+from ipsecd.driver.driver import IPsecDriver, RecordingWire
+from ipsecd.driver.sad import Lifetime
+from ipsecd.driver.sad import SecurityAssociation as SA
+from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 
 A, B = "10.0.0.1", "10.0.0.2"
 GCM_KEY = bytes(range(20))
@@ -47,7 +47,7 @@ class FakeIKE:
 def host():
     """Host A: one mirrored filter to B and a GCM SA pair in transport mode."""
     wire = RecordingWire()
-    driver = Driver(SPD(host_filter()), wire=wire)
+    driver = IPsecDriver(SPD(host_filter()), wire=wire)
     driver.add_sa(SA(0x1001, "esp", "outbound", "transport", A, B, "aes-gcm-128", GCM_KEY), "a-b")
     driver.add_sa(SA(0x2001, "esp", "inbound", "transport", B, A, "aes-gcm-128", GCM_KEY), "a-b")
     return driver, wire
@@ -110,7 +110,7 @@ def test_tunnel_mode_cbc_sha1_between_gateways():
     wire = RecordingWire()
     site = Filter("site", IPv4Network("10.1.0.0/24"), IPv4Network("10.2.0.0/24"), SECURE,
                   tunnel=IPv4Address("198.51.100.2")).mirrored()
-    driver = Driver(SPD(site), wire=wire)
+    driver = IPsecDriver(SPD(site), wire=wire)
     driver.add_sa(SA(0x3001, "esp", "outbound", "tunnel", "198.51.100.1", "198.51.100.2", "aes-cbc-128",
                      CBC_KEY, "hmac-sha1-96", SHA1_KEY), "site")
     driver.add_sa(SA(0x3002, "esp", "inbound", "tunnel", "198.51.100.2", "198.51.100.1", "aes-cbc-128",
@@ -135,7 +135,7 @@ def test_tunnel_mode_cbc_sha1_between_gateways():
 def test_udp_encapsulation_learns_the_port_a_nat_chose():
     wire = RecordingWire()
     server, nat = "203.0.113.2", "203.0.113.1"
-    driver = Driver(SPD(host_filter(src=server, dst=nat)), wire=wire)
+    driver = IPsecDriver(SPD(host_filter(src=server, dst=nat)), wire=wire)
     driver.add_sa(SA(0x4001, "esp", "outbound", "transport", server, nat, "aes-gcm-128", GCM_KEY,
                      udp_encap=(4500, 4500)), "a-b")
     driver.add_sa(SA(0x4002, "esp", "inbound", "transport", nat, server, "aes-gcm-128", GCM_KEY,
@@ -172,7 +172,7 @@ def test_port_4500_demux_hands_ike_over_and_counts_keepalives(host):
 
 def test_without_ike_packets_with_no_sa_are_dropped_and_counted():
     wire = RecordingWire()
-    driver = Driver(SPD(host_filter()), wire=wire)
+    driver = IPsecDriver(SPD(host_filter()), wire=wire)
     driver.outbound(bytes(ping()))
     driver.outbound(bytes(ping()))
     assert wire.sent == [] and driver.counter_values()["packets_without_sa"] == 2
@@ -181,7 +181,7 @@ def test_without_ike_packets_with_no_sa_are_dropped_and_counted():
 def test_acquire_keeps_only_the_last_packet_and_sends_it_when_the_sa_arrives():
     clock = [100.0]
     wire, ike = RecordingWire(), FakeIKE()
-    driver = Driver(SPD(host_filter()), wire=wire, ike=ike, clock=lambda: clock[0])
+    driver = IPsecDriver(SPD(host_filter()), wire=wire, ike=ike, clock=lambda: clock[0])
     for n in range(3):
         driver.outbound(bytes(ping(load=b"packet-%d" % n)))
     assert ike.acquired == [("a-b", f"{A} -> {B} proto 1")]  # asked once, not per packet
@@ -196,7 +196,7 @@ def test_acquire_keeps_only_the_last_packet_and_sends_it_when_the_sa_arrives():
 
 def test_ah_plus_esp_bundle_is_readable_by_scapy():
     wire = RecordingWire()
-    driver = Driver(SPD(host_filter()), wire=wire)
+    driver = IPsecDriver(SPD(host_filter()), wire=wire)
     esp_sa = SA(0x5001, "esp", "outbound", "transport", A, B, "3des-cbc", bytes(range(24)),
                 "hmac-md5-96", bytes(16))
     driver.add_sa(SA(0x5002, "ah", "outbound", "transport", A, B, integrity="hmac-sha1-96",
@@ -218,7 +218,7 @@ def test_a_block_filter_loaded_later_drops_what_the_kernel_already_marked(host):
 
 def test_soft_association_sends_in_clear():
     wire = RecordingWire()
-    driver = Driver(SPD(host_filter()), wire=wire, ike=FakeIKE())
+    driver = IPsecDriver(SPD(host_filter()), wire=wire, ike=FakeIKE())
     driver.outbound(bytes(ping(load=b"first")))
     driver.add_soft_sa("a-b", B)
     driver.outbound(bytes(ping(load=b"second")))
@@ -245,7 +245,7 @@ def test_the_packet_past_the_soft_byte_limit_asks_ike_for_a_rekey_at_once():
     """At line rate a once-a-second lifetime check comes after the hard limit: the rekey would wait for
     traffic to stop at it. The packet that passes the soft limit asks, once, without waiting for expire()."""
     wire, ike = RecordingWire(), FakeIKE()
-    driver = Driver(SPD(host_filter()), wire=wire, ike=ike)
+    driver = IPsecDriver(SPD(host_filter()), wire=wire, ike=ike)
     driver.add_sa(SA(0x6002, "esp", "outbound", "transport", A, B, "aes-gcm-128", GCM_KEY,
                      lifetime=Lifetime(soft_kilobytes=2, hard_kilobytes=3)), "a-b")
     (sa,) = driver.sad
@@ -263,7 +263,7 @@ def test_the_packet_past_the_soft_byte_limit_asks_ike_for_a_rekey_at_once():
 def test_nat_keepalives_go_to_udp_encapsulated_peers_every_20_seconds():
     clock = [1000.0]
     wire = RecordingWire()
-    driver = Driver(SPD(host_filter()), wire=wire, clock=lambda: clock[0])
+    driver = IPsecDriver(SPD(host_filter()), wire=wire, clock=lambda: clock[0])
     driver.add_sa(SA(0x7001, "esp", "outbound", "transport", A, B, "aes-gcm-128", GCM_KEY,
                      udp_encap=(4500, 4500)), "a-b", manual=True, nat_keepalive=True)
     driver.add_sa(SA(0x7002, "esp", "outbound", "transport", A, "10.0.0.3", "aes-gcm-128", GCM_KEY,

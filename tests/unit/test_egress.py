@@ -1,4 +1,4 @@
-"""ipsecd.egress: rtnetlink messages, next-hop decisions and the packet-socket/raw-socket split.
+"""ipsecd.driver.egress: rtnetlink messages, next-hop decisions and the packet-socket/raw-socket split.
 
 The netlink code is checked against the kernel itself (root, on the host): our answers must be what
 `ip route get` and `ip neigh` say. The batching and fallback decisions run against fakes.
@@ -16,7 +16,7 @@ import subprocess
 import pytest
 from scapy.layers.inet import IP
 
-from ipsecd.egress import (
+from ipsecd.driver.egress import (
     ARPHRD_ETHER,
     BATCH,
     IFINFOMSG,

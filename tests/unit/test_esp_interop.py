@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     from scapy.packet import Raw, raw
 
 from ipsecd.algorithms import ENCRYPTIONS, INTEGRITIES
-from ipsecd.sad import SecurityAssociation
+from ipsecd.driver.sad import SecurityAssociation
 
 SCAPY_ENC = {"null": "NULL", "des-cbc": "DES", "3des-cbc": "3DES", "aes-cbc-128": "AES-CBC",
              "aes-cbc-192": "AES-CBC", "aes-cbc-256": "AES-CBC", "aes-gcm-128": "AES-GCM",
@@ -155,7 +155,7 @@ def test_ipv4_header_helpers_agree_with_scapy():
     """Checksums (built from scratch and updated incrementally) match scapy's, random fields."""
     import random
 
-    from ipsecd.esp import ipv4_fields, ipv4_header, rewritten_ipv4_header
+    from ipsecd.driver.ipv4 import ipv4_fields, ipv4_header, rewritten_ipv4_header
 
     rng = random.Random(791)
     for _ in range(2000):
@@ -173,7 +173,7 @@ def test_ipv4_header_helpers_agree_with_scapy():
 @pytest.mark.parametrize("mode", ["transport", "tunnel"])
 def test_udp_socket_path_both_directions(mode):
     """encapsulate_udp() bytes are what scapy puts after the UDP header; inbound_udp() reverses it."""
-    from ipsecd.sad import SAD
+    from ipsecd.driver.sad import SAD
 
     out, inbound, theirs = make_pair("aes-cbc-128", "hmac-sha1-96", mode, (4500, 4500))
     sad = SAD()
@@ -213,7 +213,7 @@ def test_ah_esp_bundle_against_scapy_layer_by_layer(mode):
     scapy's AH sign() cannot build AH over ESP (it checks ``haslayer(ESP)`` first and
     signs as ESP), so the reverse direction adds AH with hmac/hashlib per RFC 4302.
     """
-    from ipsecd.sad import SAD
+    from ipsecd.driver.sad import SAD
 
     esp_key, esp_auth, ah_key = os.urandom(24), os.urandom(20), os.urandom(16)
 

@@ -13,17 +13,10 @@ import random
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ipsecd.esp import (
-    AuthenticationFailed,
-    BadPacket,
-    DecryptionFailed,
-    DummyPacket,
-    IPsecError,
-    classify_udp4500,
-    ip_to_bytes,
-    ipv4_header,
-)
-from ipsecd.sad import SAD, SecurityAssociation
+from ipsecd.driver.errors import AuthenticationFailed, BadPacket, DecryptionFailed, DummyPacket, IPsecError
+from ipsecd.driver.esp import classify_udp4500
+from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
+from ipsecd.driver.sad import SAD, SecurityAssociation
 
 A, B = "192.0.2.1", "192.0.2.2"
 SUITES = [("aes-gcm-128", None), ("aes-cbc-128", "hmac-sha1-96"), ("3des-cbc", "hmac-md5-96"),

@@ -25,9 +25,9 @@ with warnings.catch_warnings():
     from scapy.packet import raw
     from scapy.utils import rdpcap
 
-from ipsecd import esp
 from ipsecd.algorithms import encryption
-from ipsecd.sad import SAD, SecurityAssociation
+from ipsecd.driver import errors, esp
+from ipsecd.driver.sad import SAD, SecurityAssociation
 
 # -- RFC 3602 §4 --
 
@@ -128,7 +128,7 @@ def test_linux_xfrm_packets_decrypt(name):
     icmp = inner[ICMP].copy()
     del icmp.chksum
     assert ICMP(raw(icmp)).chksum == inner[ICMP].chksum  # every decrypted byte is right
-    with pytest.raises(esp.Replayed):
+    with pytest.raises(errors.Replayed):
         sa.decapsulate(outer)
 
 

@@ -9,10 +9,10 @@ from cryptography.hazmat.primitives import serialization
 from scapy.layers.inet import ICMP, IP
 from scapy.packet import Raw
 
-from ipsecd.driver import Driver, RecordingWire
+from ipsecd.driver.driver import IPsecDriver, RecordingWire
+from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 from ipsecd.ike.settings import PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from ipsecd.ike_bridge import IKEBridge, certificate_source, secured_filter
-from ipsecd.spd import SPD, Action, Filter, FilterAction, SecurityMethod
 from tests.unit.test_ike_component import A, B, negotiate
 from tests.vectors.pki import CA
 
@@ -36,9 +36,9 @@ class RecordingIKE:
         self.received.append((data, addr, local_port))
 
 
-def bridged(spd: SPD) -> tuple[Driver, IKEBridge, RecordingWire]:
+def bridged(spd: SPD) -> tuple[IPsecDriver, IKEBridge, RecordingWire]:
     wire = RecordingWire()
-    driver = Driver(spd, wire=wire)
+    driver = IPsecDriver(spd, wire=wire)
     bridge = IKEBridge(driver)
     driver.ike = bridge
     bridge.ike = RecordingIKE()
@@ -47,13 +47,14 @@ def bridged(spd: SPD) -> tuple[Driver, IKEBridge, RecordingWire]:
 
 def negotiated(ah: str | None):
     """One quick mode's results for host A and host B, and a bridged driver for each."""
-    policy = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("esp", "3des", "sha1", ah=ah)])
+    offer = QuickModeOffer("esp", "3des-cbc", "hmac-sha1-96", ah=ah)
+    policy = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[offer])
     lab = negotiate(policy)
     return (lab.drv_a.added[0], lab.drv_b.added[0], bridged(host_filter("a-b", A, B)),
             bridged(host_filter("b-a", B, A)))
 
 
-@pytest.mark.parametrize("ah", [None, "md5"])
+@pytest.mark.parametrize("ah", [None, "hmac-md5-96"])
 def test_negotiated_sas_carry_a_packet_between_two_drivers(ah):
     done_a, done_b, (driver_a, bridge_a, wire_a), (driver_b, bridge_b, wire_b) = negotiated(ah)
     bridge_a.add_sa(done_a)
@@ -68,7 +69,7 @@ def test_negotiated_sas_carry_a_packet_between_two_drivers(ah):
     assert wire_b.delivered == [packet]
 
 
-@pytest.mark.parametrize("ah", [None, "md5"])
+@pytest.mark.parametrize("ah", [None, "hmac-md5-96"])
 def test_a_responders_inbound_sas_decrypt_before_quick_mode_3_and_its_outbound_follow(ah):
     done_a, done_b, (driver_a, bridge_a, wire_a), (driver_b, bridge_b, wire_b) = negotiated(ah)
     bridge_a.add_sa(done_a)
@@ -166,14 +167,14 @@ def test_default_response_sas_bring_their_own_filters_while_they_live():
 
 
 def test_ike_reports_every_peer_that_speaks_and_retransmits_as_configured():
-    from tests.unit.test_ike_component import PSK, ManualClock, Network, Rule, host
+    from tests.unit.test_ike_component import PSK, IKERule, ManualClock, Network, host
 
     clock = ManualClock()
     net = Network(clock)
     heard = []
-    ike_a, _ = net.attach(A, [Rule("to-b", PSK, host(A), host(B))], retransmit=(1, 1),
+    ike_a, _ = net.attach(A, [IKERule("to-b", PSK, host(A), host(B))], retransmit=(1, 1),
                           on_peer_message=heard.append)
-    net.attach(B, [Rule("any", PSK)])
+    net.attach(B, [IKERule("any", PSK)])
     net.drop = lambda src, dst, data: dst[0] == B  # B never hears A
     ike_a.acquire(ike_a.rules[0], host(A), host(B), B)
     net.run()
@@ -201,7 +202,7 @@ def test_unknown_spi_from_a_peer_without_main_mode_renegotiates():
     bridge_b.ike.local_address = B
     bridge_b.ike.has_main_mode_with = lambda peer: False
     wire_a = RecordingWire()
-    driver_a = Driver(host_filter("a-b", A, B), wire=wire_a)
+    driver_a = IPsecDriver(host_filter("a-b", A, B), wire=wire_a)
     IKEBridge(driver_a).add_sa(done_a)
     driver_a.outbound(bytes(IP(src=A, dst=B) / ICMP()))
     for _ in range(3):  # a burst: one reaction

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from ipsecd.ike import natt
-from ipsecd.ike.ike import IKE, RETRANSMIT_BACKOFF, Rule
-from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
+from ipsecd.ike.component import IKE, RETRANSMIT_BACKOFF
+from ipsecd.ike.settings import IKERule, MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from tests.unit.test_ike_exchanges import mirrored
 
 
@@ -116,8 +116,8 @@ def host(address):
 def pair(policy_a, policy_b=None, address_a=A, address_b=B):
     clock = ManualClock()
     net = Network(clock)
-    rule_a = Rule("to-b", policy_a, host(address_a), Selector.parse("10.0.0.0/8"))
-    rule_b = Rule("to-a", policy_b or policy_a, host(address_b), Selector.parse("0.0.0.0/0"))
+    rule_a = IKERule("to-b", policy_a, host(address_a), Selector.parse("10.0.0.0/8"))
+    rule_b = IKERule("to-a", policy_b or policy_a, host(address_b), Selector.parse("0.0.0.0/0"))
     a = net.attach(address_a, [rule_a])
     b = net.attach(address_b, [rule_b])
     return clock, net, a, b, rule_a
@@ -134,7 +134,7 @@ class Lab:
     drv_a: RecordingDriver
     ike_b: IKE
     drv_b: RecordingDriver
-    rule: Rule
+    rule: IKERule
 
 
 def negotiate(policy_a=PSK, policy_b=None, **kw) -> Lab:
@@ -246,7 +246,7 @@ def test_wrong_psk_counts_authentication_failures_on_both_sides():
 
 
 def test_main_mode_proposal_mismatch_is_logged_in_words():
-    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], main_mode=[MainModeOffer("aes128", "sha256", 14)])
+    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], main_mode=[MainModeOffer("aes-cbc-128", "sha256", 14)])
     lab = negotiate(PSK, policy_b)
     assert lab.ike_b.counters["Negotiation Failures: no proposal chosen"] == 1
     assert any(
@@ -257,7 +257,7 @@ def test_main_mode_proposal_mismatch_is_logged_in_words():
 
 
 def test_quick_mode_mismatch_reaches_the_initiator():
-    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("ah", None, "md5")])
+    policy_b = PeerPolicy(auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("ah", None, "hmac-md5-96")])
     lab = negotiate(PSK, policy_b)
     assert lab.ike_a.counters["Oakley Main Modes"] == 1 and not lab.drv_a.added
     assert lab.ike_a.counters["Negotiation Failures: no proposal chosen"] == 1
@@ -271,8 +271,9 @@ def negotiate_through_nat() -> Lab:
     clock = ManualClock()
     net = Network(clock)
     net.nat = ("192.168.1.10", "203.0.113.5")
-    rule_a = Rule("to-b", PSK, host("192.168.1.10"), host(B))
-    (ike_a, drv_a), (ike_b, drv_b) = net.attach("192.168.1.10", [rule_a]), net.attach(B, [Rule("any", PSK)])
+    rule_a = IKERule("to-b", PSK, host("192.168.1.10"), host(B))
+    (ike_a, drv_a), (ike_b, drv_b) = (net.attach("192.168.1.10", [rule_a]),
+                                           net.attach(B, [IKERule("any", PSK)]))
     ike_a.acquire(rule_a, host("192.168.1.10"), host(B), B)
     net.run()
     return Lab(clock, net, ike_a, drv_a, ike_b, drv_b, rule_a)
@@ -290,7 +291,7 @@ def test_nat_with_port_rewriting_floats_to_4500_and_sends_keepalives():
     assert ike_a.main_mode_sas()[0]["nat"] == "we are behind a NAT"
     start = len(net.log)
     clock.advance(61, net)
-    keepalives = [t for t, src, dst, d in net.log[start:] if d == natt.KEEPALIVE]
+    keepalives = [t for t, src, dst, d in net.log[start:] if d == natt.NAT_KEEPALIVE]
     assert keepalives == [20, 40, 60]
 
 
@@ -405,7 +406,8 @@ def test_initial_contact_from_a_restarted_peer_clears_its_old_sas():
 
 def test_bundle_sas_are_installed_and_deleted_together():
     bundle = PeerPolicy(
-        auth=[PreSharedKey(b"k")], quick_mode=[QuickModeOffer("esp", "3des", "sha1", ah="sha1")]
+        auth=[PreSharedKey(b"k")],
+        quick_mode=[QuickModeOffer("esp", "3des-cbc", "hmac-sha1-96", ah="hmac-sha1-96")],
     )
     lab = negotiate(bundle)
     assert lab.ike_a.counters["Key Additions"] == 4 and len(lab.drv_b.added[0].inbound.chain()) == 2

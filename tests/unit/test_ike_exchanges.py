@@ -4,8 +4,9 @@ from itertools import count
 
 import pytest
 
-from ipsecd.ike import informational, isakmp, main_mode, quick_mode
-from ipsecd.ike.main_mode import Established, Failure
+from ipsecd import algorithms
+from ipsecd.ike import events, informational, isakmp, main_mode, quick_mode
+from ipsecd.ike.events import Established, Failure
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from tests.vectors.pki import CA
 
@@ -49,17 +50,17 @@ def mirrored(ours, theirs) -> bool:
 
 
 def main_mode_pair(pol_i: PeerPolicy, pol_r: PeerPolicy):
-    i, r = main_mode.Initiator(pol_i, A, B), main_mode.Responder(pol_r, B, A)
+    i, r = main_mode.MainModeInitiator(pol_i, A, B), main_mode.MainModeResponder(pol_r, B, A)
     count = converse(i, r, i.start())
     return i, r, count
 
 
 def quick_mode_pair(sa_i, sa_r, pol_i, pol_r, local="192.0.2.1/32", remote="192.0.2.2/32"):
-    q = quick_mode.Initiator(
+    q = quick_mode.QuickModeInitiator(
         sa_i, pol_i, Selector.parse(local), Selector.parse(remote), count(0x1000).__next__
     )
     first = q.start()
-    r = quick_mode.Responder(
+    r = quick_mode.QuickModeResponder(
         sa_r, isakmp.Message.decode(first).message_id, lambda *_: pol_r, count(0x2000).__next__
     )
     converse(q, r, first)
@@ -67,10 +68,10 @@ def quick_mode_pair(sa_i, sa_r, pol_i, pol_r, local="192.0.2.1/32", remote="192.
 
 
 SUITES = [
-    MainModeOffer("des", "md5", 1),
-    MainModeOffer("3des", "sha1", 2),
-    MainModeOffer("aes128", "sha256", 14),
-    MainModeOffer("aes256", "sha1", 2),
+    MainModeOffer("des-cbc", "md5", 1),
+    MainModeOffer("3des-cbc", "sha1", 2),
+    MainModeOffer("aes-cbc-128", "sha256", 14),
+    MainModeOffer("aes-cbc-256", "sha1", 2),
 ]
 
 
@@ -89,13 +90,13 @@ def test_responder_picks_first_initiator_offer_it_accepts():
     pol_i = PeerPolicy(
         auth=[PSK],
         main_mode=[
-            MainModeOffer("des", "md5", 1),
-            MainModeOffer("3des", "sha1", 2),
-            MainModeOffer("3des", "md5", 2),
+            MainModeOffer("des-cbc", "md5", 1),
+            MainModeOffer("3des-cbc", "sha1", 2),
+            MainModeOffer("3des-cbc", "md5", 2),
         ],
     )
     pol_r = PeerPolicy(
-        auth=[PSK], main_mode=[MainModeOffer("3des", "md5", 2), MainModeOffer("3des", "sha1", 2)]
+        auth=[PSK], main_mode=[MainModeOffer("3des-cbc", "md5", 2), MainModeOffer("3des-cbc", "sha1", 2)]
     )
     _i, r, _ = main_mode_pair(pol_i, pol_r)
     assert r.sa.suite.describe() == "3DES/SHA1/group 2"
@@ -120,8 +121,8 @@ def test_wrong_psk_fails_on_both_sides_with_reason():
 
 def test_proposal_mismatch_names_both_sides():
     i, r, count = main_mode_pair(
-        PeerPolicy(auth=[PSK], main_mode=[MainModeOffer("3des", "md5", 1)]),
-        PeerPolicy(auth=[PSK], main_mode=[MainModeOffer("aes128", "sha1", 14)]),
+        PeerPolicy(auth=[PSK], main_mode=[MainModeOffer("3des-cbc", "md5", 1)]),
+        PeerPolicy(auth=[PSK], main_mode=[MainModeOffer("aes-cbc-128", "sha1", 14)]),
     )
     assert count == 2
     assert r.events[0].counter == "no proposal chosen"
@@ -171,12 +172,14 @@ def test_psk_and_certificate_methods_negotiate_the_common_one(pki):
 
 QM_OFFERS = [
     QuickModeOffer(),
-    QuickModeOffer("esp", "aes128", "sha1"),
-    QuickModeOffer("esp", "des", "md5"),
-    QuickModeOffer("esp", None, "sha1"),
-    QuickModeOffer("ah", None, "sha1"),
-    QuickModeOffer("esp", "aes256", "sha256", pfs_group=14),
+    QuickModeOffer("esp", "aes-cbc-128", "hmac-sha1-96"),
+    QuickModeOffer("esp", "des-cbc", "hmac-md5-96"),
+    QuickModeOffer("esp", None, "hmac-sha1-96"),
+    QuickModeOffer("ah", None, "hmac-sha1-96"),
+    QuickModeOffer("esp", "aes-cbc-256", "hmac-sha256-128", pfs_group=14),
     QuickModeOffer(pfs_group=2),
+    QuickModeOffer("esp", "aes-gcm-128", None),
+    QuickModeOffer("esp", "aes-gcm-256", None, pfs_group=2),
 ]
 
 
@@ -186,14 +189,15 @@ def test_quick_mode_pairs_match(offer):
     i, r, _ = main_mode_pair(pol, pol)
     q, qr = quick_mode_pair(i.sa, r.sa, pol, pol)
     (done_i,), (ready, done_r) = q.events, qr.events
-    assert ready == quick_mode.InboundReady(done_r)  # the responder's inbound SAs, as its QM2 left
+    assert ready == events.InboundReady(done_r)  # the responder's inbound SAs, as its QM2 left
     assert mirrored(done_i, done_r)
     assert done_i.inbound.direction == "inbound" and done_i.outbound.mode == "transport"
     assert done_i.inbound.spi == 0x1000 and done_i.outbound.spi == 0x2000
     assert done_i.inbound.encryption_key != done_i.outbound.encryption_key or offer.encryption is None
-    sizes = quick_mode.ENCRYPTION_KEY_SIZES[offer.encryption if offer.protocol == "esp" else None]
-    assert len(done_i.inbound.encryption_key) == sizes
-    assert len(done_i.inbound.integrity_key) == quick_mode.INTEGRITY_KEY_SIZES[offer.integrity]
+    enc = algorithms.encryption(offer.encryption or "null" if offer.protocol == "esp" else "null")
+    assert len(done_i.inbound.encryption_key) == enc.key_size  # AES-GCM: key and 4-byte salt (RFC 4106 §8.1)
+    integ = algorithms.integrity(offer.integrity).key_size if offer.integrity else 0
+    assert len(done_i.inbound.integrity_key) == integ
     assert done_i.mode == "transport" and done_i.udp_encapsulation is None
     assert (q.pfs_gxy == qr.pfs_gxy) and bool(q.pfs_gxy) == bool(offer.pfs_group)
 
@@ -208,8 +212,9 @@ def test_quick_mode_tunnel_with_subnets():
 
 
 def test_quick_mode_mismatch_is_readable_and_notified():
-    pol_i = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "des", "md5")])
-    pol_r = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "3des", "sha1", pfs_group=2)])
+    pol_i = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "des-cbc", "hmac-md5-96")])
+    pfs = QuickModeOffer("esp", "3des-cbc", "hmac-sha1-96", pfs_group=2)
+    pol_r = PeerPolicy(auth=[PSK], quick_mode=[pfs])
     i, r, _ = main_mode_pair(pol_i, pol_r)
     q, qr = quick_mode_pair(i.sa, r.sa, pol_i, pol_r)
     assert qr.events[0].reason == (
@@ -232,7 +237,7 @@ def test_informational_delete_and_notify_round_trip():
     assert informational.open_informational(i.sa, isakmp.Message.decode(wire))[0].spis == [i.sa.cookies]
     tampered = bytearray(informational.notify(i.sa, isakmp.NotifyType.INITIAL_CONTACT))
     tampered[-1] ^= 1
-    with pytest.raises(main_mode.NegotiationError):
+    with pytest.raises(events.NegotiationError):
         informational.open_informational(r.sa, isakmp.Message.decode(bytes(tampered)))
 
 
@@ -244,9 +249,9 @@ def test_our_responder_accepts_strongswans_main_mode_1():
     mm1 = isakmp.Message.decode(case.ike()[0].data)
     policy = PeerPolicy(
         auth=[PreSharedKey(vectors.PSK)],
-        main_mode=[MainModeOffer("aes128", "sha1", 14), MainModeOffer("3des", "sha1", 2)],
+        main_mode=[MainModeOffer("aes-cbc-128", "sha1", 14), MainModeOffer("3des-cbc", "sha1", 2)],
     )
-    r = main_mode.Responder(policy, ("10.77.0.2", 500), ("10.77.0.1", 500))
+    r = main_mode.MainModeResponder(policy, ("10.77.0.2", 500), ("10.77.0.1", 500))
     [mm2] = r.receive(mm1)
     reply = isakmp.Message.decode(mm2)
     chosen = reply.first(isakmp.SA).proposals[0].transforms[0]
@@ -263,9 +268,9 @@ def test_our_responder_accepts_strongswans_main_mode_1():
 
 
 def test_ah_plus_esp_bundle_as_windows_offers_it():
-    bundle = QuickModeOffer("esp", "3des", None, ah="md5")
+    bundle = QuickModeOffer("esp", "3des-cbc", None, ah="hmac-md5-96")
     assert bundle.describe() == "AH[MD5]+ESP[3DES,NONE]"
-    pol = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "aes128", "sha1"), bundle])
+    pol = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "aes-cbc-128", "hmac-sha1-96"), bundle])
     pol_r = PeerPolicy(auth=[PSK], quick_mode=[bundle])
     i, r, _ = main_mode_pair(pol, pol_r)
     q, qr = quick_mode_pair(i.sa, r.sa, pol, pol_r)
@@ -291,8 +296,8 @@ def test_ah_plus_esp_bundle_as_windows_offers_it():
 
 
 def test_bundle_mismatch_names_the_bundle():
-    pol_i = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "3des", None, ah="md5")])
-    pol_r = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "3des", "sha1")])
+    pol_i = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "3des-cbc", None, ah="hmac-md5-96")])
+    pol_r = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer("esp", "3des-cbc", "hmac-sha1-96")])
     i, r, _ = main_mode_pair(pol_i, pol_r)
     _, qr = quick_mode_pair(i.sa, r.sa, pol_i, pol_r)
     assert qr.events[0].reason == (

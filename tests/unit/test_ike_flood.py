@@ -3,8 +3,8 @@ once each; the IKE socket's user-space queue bounded; a real peer still negotiat
 
 import os
 
-from ipsecd.ike import ike as ike_module
-from ipsecd.ike.ike import HALF_OPEN_PER_SOURCE, HALF_OPEN_SECONDS, HALF_OPEN_TOTAL, IKE
+from ipsecd.ike import component
+from ipsecd.ike.component import HALF_OPEN_PER_SOURCE, HALF_OPEN_SECONDS, HALF_OPEN_TOTAL, IKE
 from ipsecd.ike.isakmp import SA, Message, Proposal, ProtocolID
 from ipsecd.ike.main_mode import offer_transform
 from ipsecd.ike.settings import MainModeOffer
@@ -70,5 +70,5 @@ def test_sends_queue_at_most_the_limit_then_drop_and_count():
     ike.sockets.append(FullSocket())
     for _ in range(1000):
         ike._send_udp(b"x" * 500, (B, 500), 500)
-    assert ike.sockets[0].get_write_buffer_size() <= ike_module.SEND_QUEUE_LIMIT + 500
+    assert ike.sockets[0].get_write_buffer_size() <= component.SEND_QUEUE_LIMIT + 500
     assert ike.counters["Dropped: send queue full"] == 1000 - len(ike.sockets[0].queued)

@@ -3,10 +3,10 @@ half-open exchange left behind."""
 
 import struct
 
-from ipsecd.ike.ike import EVENT_LENGTH
+from ipsecd.ike.component import EVENT_LENGTH
 from ipsecd.ike.isakmp import SA, Message, PayloadType, Proposal, ProtocolID, Transform
-from ipsecd.ike.main_mode import PeerPolicy, offer_transform
-from ipsecd.ike.settings import MainModeOffer, PreSharedKey
+from ipsecd.ike.main_mode import offer_transform
+from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey
 from tests.unit.test_ike_component import A, pair
 
 PSK = PeerPolicy(auth=[PreSharedKey(b"k")])
@@ -39,7 +39,7 @@ def feed(ike, data: bytes) -> None:
 
 def transforms(n: int) -> list[Transform]:
     """`n` copies of an acceptable main mode transform."""
-    attributes = offer_transform(1, MainModeOffer("3des", "sha1", 2), "psk").attributes
+    attributes = offer_transform(1, MainModeOffer("3des-cbc", "sha1", 2), "psk").attributes
     return [Transform(i % 256, 1, attributes) for i in range(n)]
 
 
@@ -52,7 +52,7 @@ def test_256_transforms_are_refused_as_malformed_without_an_exception_or_half_op
 
 def test_255_unacceptable_transforms_are_refused_as_a_failed_negotiation():
     ike = responder()
-    junk = [Transform(n, 1, offer_transform(1, MainModeOffer("3des", "sha1", 2), "psk").attributes[:1])
+    junk = [Transform(n, 1, offer_transform(1, MainModeOffer("3des-cbc", "sha1", 2), "psk").attributes[:1])
             for n in range(255)]
     feed(ike, main_mode_1(junk))
     assert ike.counters["Negotiation Failures"] == 1
@@ -66,9 +66,9 @@ def test_a_defect_reached_by_a_datagram_is_counted_and_frees_the_exchange_it_ope
     def broken(self, msg):
         raise RuntimeError("a defect")
 
-    monkeypatch.setattr(main_mode.Responder, "_step", broken)
+    monkeypatch.setattr(main_mode.MainModeResponder, "_step", broken)
     ike = responder()
-    valid = [offer_transform(1, MainModeOffer("3des", "sha1", 2), "psk")]
+    valid = [offer_transform(1, MainModeOffer("3des-cbc", "sha1", 2), "psk")]
     for _ in range(3):
         feed(ike, main_mode_1(valid))
     assert ike.counters["Dropped: internal error"] == 3

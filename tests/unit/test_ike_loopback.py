@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from ipsecd.ike.ike import IKE, Rule
-from ipsecd.ike.settings import PeerPolicy, PreSharedKey, Selector
+from ipsecd.ike.component import IKE
+from ipsecd.ike.settings import IKERule, PeerPolicy, PreSharedKey, Selector
 from tests.unit.test_ike_component import RecordingDriver
 from tests.unit.test_ike_exchanges import mirrored
 from tests.vectors.pki import CA
@@ -27,9 +27,9 @@ async def run_pair(policy_a, policy_b):
     drivers = RecordingDriver(), RecordingDriver()
     a = IKE("127.0.0.1", drivers[0], **PORTS)
     b = IKE("127.0.0.2", drivers[1], **PORTS)
-    rule_a = Rule("to-b", policy_a, Selector.parse("127.0.0.1/32"), Selector.parse("127.0.0.2/32"))
+    rule_a = IKERule("to-b", policy_a, Selector.parse("127.0.0.1/32"), Selector.parse("127.0.0.2/32"))
     a.load_policy([rule_a])
-    b.load_policy([Rule("to-a", policy_b, Selector.parse("127.0.0.2/32"), Selector.parse("127.0.0.1/32"))])
+    b.load_policy([IKERule("to-a", policy_b, Selector.parse("127.0.0.2/32"), Selector.parse("127.0.0.1/32"))])
     await a.start()
     await b.start()
     try:

@@ -54,17 +54,17 @@ def test_natd_matches_strongswan(case):
 def test_nat_between_peers_floats_and_selects_udp_encapsulation():
     pol = PeerPolicy(auth=[PreSharedKey(b"k")])
     # the initiator sits at 192.168.1.10 behind a NAT that shows it as 203.0.113.5:40110
-    i = main_mode.Initiator(pol, ("192.168.1.10", 500), ("198.51.100.2", 500))
-    r = main_mode.Responder(pol, ("198.51.100.2", 500), ("203.0.113.5", 40110))
+    i = main_mode.MainModeInitiator(pol, ("192.168.1.10", 500), ("198.51.100.2", 500))
+    r = main_mode.MainModeResponder(pol, ("198.51.100.2", 500), ("203.0.113.5", 40110))
     converse(i, r, i.start())
     assert i.float_to_4500 and r.float_to_4500
     assert i.sa.nat.local_behind_nat and not i.sa.nat.remote_behind_nat
     assert r.sa.nat.remote_behind_nat and not r.sa.nat.local_behind_nat
-    q = quick_mode.Initiator(
+    q = quick_mode.QuickModeInitiator(
         i.sa, pol, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), count(7).__next__
     )
     first = q.start()
-    qr = quick_mode.Responder(
+    qr = quick_mode.QuickModeResponder(
         r.sa, isakmp.Message.decode(first).message_id, lambda *_: pol, count(9).__next__
     )
     converse(q, qr, first)
@@ -79,14 +79,14 @@ def test_udp_4500_framing():
     assert natt.classify_4500(natt.frame(b"ike-message", 4500)) == ("ike", b"ike-message")
     assert natt.frame(b"m", 500) == b"m"
     assert natt.classify_4500(b"\x01\x02\x03\x04esp") == ("esp", b"\x01\x02\x03\x04esp")
-    assert natt.classify_4500(natt.KEEPALIVE) == ("keepalive", b"")
+    assert natt.classify_4500(natt.NAT_KEEPALIVE) == ("keepalive", b"")
 
 
 def test_windows_2003_style_peer_gets_draft_02_numbers_on_the_wire():
     windows = PeerPolicy(auth=[PreSharedKey(b"k")], nat_traversal=("draft-02",))
     ours = PeerPolicy(auth=[PreSharedKey(b"k")])
-    i = main_mode.Initiator(windows, ("192.168.1.10", 500), ("198.51.100.2", 500))
-    r = main_mode.Responder(ours, ("198.51.100.2", 500), ("203.0.113.5", 40110))
+    i = main_mode.MainModeInitiator(windows, ("192.168.1.10", 500), ("198.51.100.2", 500))
+    r = main_mode.MainModeResponder(ours, ("198.51.100.2", 500), ("203.0.113.5", 40110))
     mm1 = i.start()
     assert [natt.vendor_name(v.data) for v in isakmp.Message.decode(mm1).all(isakmp.VendorID)] == [
         "MS NT5 ISAKMPOAKLEY version 4",
@@ -97,11 +97,11 @@ def test_windows_2003_style_peer_gets_draft_02_numbers_on_the_wire():
     assert [type(p).__name__ for p in isakmp.Message.decode(mm3).payloads][2:] == ["NatDDraft", "NatDDraft"]
     converse(i, r, mm3)
     assert i.sa.natt_variant is natt.DRAFT_02 and r.sa.natt_variant is natt.DRAFT_02
-    q = quick_mode.Initiator(
+    q = quick_mode.QuickModeInitiator(
         i.sa, windows, Selector.parse("192.168.1.10/32"), Selector.parse("198.51.100.2/32"), count(7).__next__
     )
     first = q.start()
-    qr = quick_mode.Responder(
+    qr = quick_mode.QuickModeResponder(
         r.sa, isakmp.Message.decode(first).message_id, lambda *_: ours, count(9).__next__
     )
     converse(q, qr, first)
@@ -112,7 +112,8 @@ def test_windows_2003_style_peer_gets_draft_02_numbers_on_the_wire():
 
 def test_nat_traversal_off_sends_no_natd():
     off = PeerPolicy(auth=[PreSharedKey(b"k")], nat_traversal=())
-    i = main_mode.Initiator(off, ("192.0.2.1", 500), ("192.0.2.2", 500))
-    r = main_mode.Responder(PeerPolicy(auth=[PreSharedKey(b"k")]), ("192.0.2.2", 500), ("192.0.2.1", 500))
+    i = main_mode.MainModeInitiator(off, ("192.0.2.1", 500), ("192.0.2.2", 500))
+    psk_only = PeerPolicy(auth=[PreSharedKey(b"k")])
+    r = main_mode.MainModeResponder(psk_only, ("192.0.2.2", 500), ("192.0.2.1", 500))
     converse(i, r, i.start())
     assert i.sa.natt_variant is None and r.sa.nat is None and not i.float_to_4500

@@ -2,10 +2,9 @@
 INITIAL-CONTACT clears the sender's stale SAs whether or not a NAT was seen."""
 
 from ipsecd.ike import informational
-from ipsecd.ike.ike import Rule
 from ipsecd.ike.isakmp import Delete, ProtocolID
 from ipsecd.ike.natt import NatStatus
-from ipsecd.ike.settings import Selector
+from ipsecd.ike.settings import IKERule, Selector
 from tests.unit.test_ike_component import PSK, A, B, host, pair
 
 C = "10.0.0.3"
@@ -14,7 +13,7 @@ C = "10.0.0.3"
 def three_peers():
     """A and C each with a main mode and a quick mode with B."""
     _, net, (ike_a, _), (ike_b, _), rule_a = pair(PSK)
-    ike_c, _ = net.attach(C, [Rule("to-b", PSK, host(C), Selector.parse("10.0.0.0/8"))])
+    ike_c, _ = net.attach(C, [IKERule("to-b", PSK, host(C), Selector.parse("10.0.0.0/8"))])
     ike_a.acquire(rule_a, host(A), host(B), B)
     ike_c.acquire(ike_c.rules[0], host(C), host(B), B)
     net.run()

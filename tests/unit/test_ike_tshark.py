@@ -15,9 +15,11 @@ from tests.unit.test_ike_component import A, B, negotiate, negotiate_through_nat
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 
-ESP_NAMES = {"3des": "TripleDES-CBC [RFC2451]", "aes128": "AES-CBC [RFC3602]"}
-AUTH_NAMES = {"sha1": "HMAC-SHA-1-96 [RFC2404]", "md5": "HMAC-MD5-96 [RFC2403]"}
-SCAPY_NAMES = {"3des": "3DES", "aes128": "AES-CBC", "sha1": "HMAC-SHA1-96", "md5": "HMAC-MD5-96"}
+ESP_NAMES = {"3des-cbc": "TripleDES-CBC [RFC2451]", "aes-cbc-128": "AES-CBC [RFC3602]",
+             "aes-gcm-128": "AES-GCM with 16 octet ICV [RFC4106]"}
+AUTH_NAMES = {"hmac-sha1-96": "HMAC-SHA-1-96 [RFC2404]", "hmac-md5-96": "HMAC-MD5-96 [RFC2403]", None: "NULL"}
+SCAPY_NAMES = {"3des-cbc": "3DES", "aes-cbc-128": "AES-CBC", "aes-gcm-128": "AES-GCM",
+               "hmac-sha1-96": "HMAC-SHA1-96", "hmac-md5-96": "HMAC-MD5-96", None: None}
 
 
 def tshark(pcap, options, fields):
@@ -30,11 +32,15 @@ def tshark(pcap, options, fields):
     return [line.split("|") for line in out.splitlines()]
 
 
-@pytest.mark.parametrize(("cipher", "integrity", "group"), [("3des", "sha1", 2), ("aes128", "md5", 14)])
-def test_tshark_decrypts_our_ike_and_esp(tmp_path, cipher, integrity, group):
+@pytest.mark.parametrize(("main_mode_cipher", "cipher", "integrity", "group"), [
+    ("3des-cbc", "3des-cbc", "hmac-sha1-96", 2),
+    ("aes-cbc-128", "aes-cbc-128", "hmac-md5-96", 14),
+    ("aes-cbc-128", "aes-gcm-128", None, 14),  # RFC 4106 in quick mode: KEYMAT ends with the 4-byte salt
+])
+def test_tshark_decrypts_our_ike_and_esp(tmp_path, main_mode_cipher, cipher, integrity, group):
     policy = PeerPolicy(
         auth=[PreSharedKey(b"k")],
-        main_mode=[MainModeOffer(cipher, "sha1", group)],
+        main_mode=[MainModeOffer(main_mode_cipher, "sha1", group)],
         quick_mode=[QuickModeOffer("esp", cipher, integrity)],
     )
     lab = negotiate(policy)

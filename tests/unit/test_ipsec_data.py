@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy import ipsec_data as wire
 from ipsecd.policy import policyfile
 from ipsecd.policy.directory_model import (

@@ -7,8 +7,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from ipsecd.netfilter import Marks, Netfilter, filter_rule, rule_counters, ruleset
-from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
+from ipsecd.driver.netfilter import Marks, Netfilter, filter_rule, rule_counters, ruleset
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
 
 MARKS = Marks(secure=0x2121, bypass=0x2122, table=2121, tun="ipsec0")
 SECURE = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))

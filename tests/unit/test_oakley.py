@@ -16,8 +16,8 @@ from ipsecd.ike import oakley
 from tests.vectors import strongswan_ikev1 as vectors
 
 SUITES = {
-    "v1-3des-sha1-modp1024": oakley.Phase1Suite("3des", "sha1", 2),
-    "v1-aes128-sha1-modp2048": oakley.Phase1Suite("aes128", "sha1", 14),
+    "v1-3des-sha1-modp1024": oakley.Phase1Suite("3des-cbc", "sha1", 2),
+    "v1-aes128-sha1-modp2048": oakley.Phase1Suite("aes-cbc-128", "sha1", 14),
 }
 
 

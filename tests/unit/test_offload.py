@@ -7,12 +7,12 @@ import random
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from ipsecd.offload import (
+from ipsecd.driver.ipv4 import NUMPY_FROM
+from ipsecd.driver.offload import (
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
     NEEDS_CSUM,
-    NUMPY_FROM,
     PLAIN_HEADER,
     VNET_HEADER,
     VNET_HEADER_SIZE,

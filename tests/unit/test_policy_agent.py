@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy import interface_manager, policyfile
+from ipsecd.policy.agent import PolicyAgent
 from ipsecd.policy.model import AuthKind, AuthMethod
 from ipsecd.policy.predefined import predefined
 from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
-from ipsecd.policy_agent import PolicyAgent
 
 PSK = (AuthMethod(AuthKind.PRESHARED_KEY, psk="lab"),)
 PAIR = """\
@@ -81,7 +81,7 @@ def test_apply_hands_filters_to_the_driver_and_settings_to_ike(node):
     assert [(r.name, str(r.local), str(r.remote)) for r in settings] == [
         ("secure peer/1", "10.0.0.1/32", "10.0.0.2/32"),
         ("<Dynamic> default response", "0.0.0.0/0", "0.0.0.0/0")]
-    assert settings[0].policy.quick_mode[0].encryption == "3des"
+    assert settings[0].policy.quick_mode[0].encryption == "3des-cbc"
     assert settings[0].policy.auth[0].key == b"lab"
     peer_filter = next(f for f in filters.filters if f.rule == "secure peer")
     assert node.agent.ike_rule_for(peer_filter) is settings[0]

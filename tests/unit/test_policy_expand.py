@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy import policyfile
 from ipsecd.policy.expand import expand, expand_rules
 from ipsecd.policy.validate import PolicyError
@@ -35,7 +35,7 @@ SECURE = '{name: secure, action: negotiate, security_methods: ["ESP[3DES,SHA1]"]
 
 
 def lookup(filters, packet, direction=spd.Direction.OUTBOUND):
-    hit = spd.SPD(filters).lookup(spd.Selector.parse(bytes(packet)), direction)
+    hit = spd.SPD(filters).lookup(spd.PacketSelector.parse(bytes(packet)), direction)
     return hit and hit.rule
 
 

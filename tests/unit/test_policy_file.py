@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.model import Endpoint, EndpointKind, MainModeMethod, parse_security_method
 from ipsecd.policy.validate import PolicyError
@@ -144,7 +144,8 @@ def test_error_names_file_line_and_field():
     ("    filter_action: {name: block, action: block}", "    filter_action: {name: block, action: deny}",
      "p.yaml:25: rules[1].filter_action.action: 'deny' is not permit, block or negotiate"),
     ("  methods: [3DES-SHA1-14, DES-MD5-1]", "  methods: [3DES-SHA1-5]",
-     "p.yaml:6: key_exchange.methods[0]: '3DES-SHA1-5' is not <3DES|DES>-<SHA1|MD5>-<1|2|14>"),
+     "p.yaml:6: key_exchange.methods[0]: '3DES-SHA1-5' is not "
+     "<DES|3DES|AES128|AES192|AES256>-<SHA1|MD5>-<1|2|14>"),
     ("    active: false", "    actve: false", "p.yaml:27: rules[1].actve: unknown field"),
     ("{psk: s3cret}, {cert", "{psk: s3cret, certificate: x}, {cert",
      "p.yaml:22: rules[0].authentication[0]: write kerberos"),

@@ -8,15 +8,15 @@ from ipaddress import IPv4Address
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from ipsecd.driver import Driver, RecordingWire
+from ipsecd.driver.driver import IPsecDriver, RecordingWire
+from ipsecd.driver.spd import SPD
 from ipsecd.ike import natt
-from ipsecd.ike.ike import IKE
+from ipsecd.ike.component import IKE
+from ipsecd.policy.agent import Negotiator, PolicyAgent
 from ipsecd.policy.model import AuthKind, AuthMethod
 from ipsecd.policy.predefined import predefined
 from ipsecd.policy.soft_association import SoftAssociations
 from ipsecd.policy.store import LocalStore
-from ipsecd.policy_agent import Negotiator, PolicyAgent
-from ipsecd.spd import SPD
 from tests.unit.test_ike_component import ManualClock
 from tests.vectors.pki import CA
 
@@ -51,7 +51,7 @@ class Node:
         self.ike = IKE(address, self.keys, clock=clock, send_4500=lambda d, a: None)
         self.ike.sender = lambda data, addr, port: network.send(natt.frame(data, port), (address, port), addr)
         self.wire = RecordingWire()
-        self.driver = Driver(SPD(), wire=self.wire, ike=self, clock=clock.time)
+        self.driver = IPsecDriver(SPD(), wire=self.wire, ike=self, clock=clock.time)
         addresses = [IPv4Address(address)]
         self.agent = PolicyAgent(store, self.driver, self.ike, lambda: addresses, clock=clock.time,
                                  certificate_for=certificate_for)

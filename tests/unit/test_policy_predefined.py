@@ -6,7 +6,7 @@ from ipaddress import IPv4Address
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 
-from ipsecd import spd
+from ipsecd.driver import spd
 from ipsecd.policy.expand import expand
 from ipsecd.policy.ike_settings import ike_settings
 from ipsecd.policy.model import AuthKind, AuthMethod, MainModeMethod
@@ -18,7 +18,7 @@ PSK = (AuthMethod(AuthKind.PRESHARED_KEY, psk="lab"),)
 
 
 def hit(policy, packet, direction=spd.Direction.OUTBOUND):
-    return spd.SPD(expand(policy, ME)).lookup(spd.Selector.parse(bytes(packet)), direction)
+    return spd.SPD(expand(policy, ME)).lookup(spd.PacketSelector.parse(bytes(packet)), direction)
 
 
 def test_windows_identities_and_key_exchange_defaults():

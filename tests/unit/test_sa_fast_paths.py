@@ -14,18 +14,10 @@ import pytest
 scapy = pytest.importorskip("scapy")
 from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
 
-from ipsecd.driver import flow_key  # noqa: E402
-from ipsecd.esp import (  # noqa: E402
-    AuthenticationFailed,
-    BadPacket,
-    Replayed,
-    SAExpired,
-    UnknownSPI,
-    ip_to_bytes,
-    ipv4_checksum,
-    ipv4_header,
-)
-from ipsecd.sad import SAD, SEQ_MAX, Lifetime, SecurityAssociation  # noqa: E402
+from ipsecd.driver.driver import flow_key  # noqa: E402
+from ipsecd.driver.errors import AuthenticationFailed, BadPacket, Replayed, SAExpired, UnknownSPI  # noqa: E402
+from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_checksum, ipv4_header  # noqa: E402
+from ipsecd.driver.sad import SAD, SEQ_MAX, Lifetime, SecurityAssociation  # noqa: E402
 
 A, B = "192.0.2.1", "192.0.2.2"
 GCM = dict(encryption="aes-gcm-128", encryption_key=bytes(range(20)))

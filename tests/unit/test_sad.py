@@ -5,17 +5,16 @@ import os
 
 import pytest
 
-from ipsecd.esp import (
+from ipsecd.driver.errors import (
     AuthenticationFailed,
     BadPacket,
     CongestionDrop,
     Replayed,
     SAExpired,
     UnknownSPI,
-    ip_to_bytes,
-    ipv4_header,
 )
-from ipsecd.sad import SAD, SEQ_MAX, Lifetime, PolicyViolation, ReplayWindow, SecurityAssociation
+from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
+from ipsecd.driver.sad import SAD, SEQ_MAX, Lifetime, PolicyViolation, ReplayWindow, SecurityAssociation
 
 A, B = "192.0.2.1", "192.0.2.2"
 
@@ -323,10 +322,10 @@ def test_ike_and_keepalives_are_not_looked_up_as_esp():
 def test_transport_esp_from_a_udp_socket_gets_the_datagrams_tos_and_consecutive_identifications():
     """The UDP socket hides the outer header: the rebuilt inner header takes the TOS (ECN) the socket
     reports and identifications from the ESP sequence numbers, so consecutive TCP segments can be merged
-    into one TUN write again (ipsecd.offload.Coalescer) and the TOS seen on the wire reaches the stack."""
+    into one TUN write again (offload.Coalescer) and the TOS seen on the wire reaches the stack."""
     from scapy.layers.inet import IP, TCP
 
-    from ipsecd.offload import VNET_HEADER_SIZE, Coalescer
+    from ipsecd.driver.offload import VNET_HEADER_SIZE, Coalescer
 
     out, inbound = sa_pair(udp_encap=(4500, 4500))
     sad = SAD()

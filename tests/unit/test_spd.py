@@ -5,7 +5,7 @@ from ipaddress import IPv4Network
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from ipsecd.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod, Selector
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, PacketSelector, SecurityMethod
 
 PERMIT = FilterAction("permit", Action.PERMIT)
 BLOCK = FilterAction("block", Action.BLOCK)
@@ -16,8 +16,8 @@ def net(text: str) -> IPv4Network:
     return IPv4Network(text)
 
 
-def sel(packet) -> Selector:
-    return Selector.parse(bytes(packet))
+def sel(packet) -> PacketSelector:
+    return PacketSelector.parse(bytes(packet))
 
 
 def test_selector_reads_addresses_protocol_and_ports():
@@ -34,7 +34,7 @@ def test_selector_has_no_ports_on_a_later_fragment():
 @pytest.mark.parametrize("junk", [b"", b"\x45" * 10, bytes(IP())[:-1], b"\x60" + bytes(39)])
 def test_selector_refuses_what_is_not_ipv4(junk):
     with pytest.raises(ValueError):
-        Selector.parse(junk)
+        PacketSelector.parse(junk)
 
 
 def test_more_specific_filter_wins_whatever_the_given_order():

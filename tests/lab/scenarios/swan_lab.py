@@ -13,6 +13,7 @@ import yaml
 from scapy.layers.inet import IP, UDP
 from scenarios.pki import Identity, Pki
 
+from ipsecd import algorithms
 from lab.strongswan import EspKeys, Tunnel
 
 GW_A, GW_B = "198.51.100.1", "198.51.100.2"
@@ -31,26 +32,39 @@ class Suite:
     encr: str  # swanctl --list-sas encr-alg / encr-keysize, integ-alg, dh-group
     keysize: str | None
     dh_group: str
-    encryption: str  # ipsecd's (and Windows') names: 3des or aes128 with SHA1, Oakley group 2 or 14
-    group: int
+    encryption: str  # main mode cipher, as ipsecd.algorithms names it (3des-cbc, aes-cbc-128), with SHA1
+    group: int  # Oakley group 2 or 14
+    esp_encryption: str | None = None  # quick mode: the main mode cipher unless named (aes-gcm-128)
+    esp_integrity: str | None = "hmac-sha1-96"  # None with AES-GCM
 
     @property
     def name(self) -> str:
-        return self.ike
+        return self.ike if self.esp_encryption is None else f"{self.ike} esp {self.esp}"
+
+    @property
+    def quick_mode_encryption(self) -> str:
+        return self.esp_encryption or self.encryption
 
     @property
     def windows(self) -> tuple[str, str]:
         """The policy file's main mode method and quick mode security method (docs/policy.md)."""
-        return f"{self.encryption.upper()}-SHA1-{self.group}", f"ESP[{self.encryption.upper()},SHA1]"
+        cipher = algorithms.encryption(self.encryption).windows
+        esp_cipher = algorithms.encryption(self.quick_mode_encryption).windows
+        integrity = algorithms.integrity(self.esp_integrity).windows if self.esp_integrity else "None"
+        return f"{cipher}-SHA1-{self.group}", f"ESP[{esp_cipher},{integrity}]"
 
 
 SUITES = {
     s.name: s
     for s in (
-        Suite("3des-sha1-modp1024", "3des-sha1", "3DES_CBC", None, "MODP_1024", "3des", 2),
-        Suite("aes128-sha1-modp2048", "aes128-sha1", "AES_CBC", "128", "MODP_2048", "aes128", 14),
+        Suite("3des-sha1-modp1024", "3des-sha1", "3DES_CBC", None, "MODP_1024", "3des-cbc", 2),
+        Suite("aes128-sha1-modp2048", "aes128-sha1", "AES_CBC", "128", "MODP_2048", "aes-cbc-128", 14),
     )
 }
+#: ESP AES-GCM-16 with a 128-bit key in quick mode (RFC 4106 §8.1: transform 20, Key Length 128, no
+#: integrity attribute, KEYMAT with the 4-byte salt) under an AES-CBC main mode.
+AES_GCM = Suite("aes128-sha1-modp2048", "aes128gcm16", "AES_CBC", "128", "MODP_2048", "aes-cbc-128", 14,
+                esp_encryption="aes-gcm-128", esp_integrity=None)
 GATEWAYS = {"gw-a": (GW_A, GW_B, SITE_A, SITE_B), "gw-b": (GW_B, GW_A, SITE_B, SITE_A)}
 
 

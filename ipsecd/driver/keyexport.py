@@ -5,7 +5,7 @@ ESP > ESP SAs; the file ``~/.config/wireshark/esp_sa``): one line per ESP SA,
 protocol, source, destination, SPI, encryption algorithm and key, authentication
 algorithm and key.  ``tshark_esp_args`` gives the same as ``tshark -o`` options.
 
->>> from ipsecd.sad import SecurityAssociation
+>>> from ipsecd.driver.sad import SecurityAssociation
 >>> sa = SecurityAssociation(0x1000, "esp", "outbound", "tunnel", "192.0.2.1", "192.0.2.2",
 ...                          "aes-cbc-128", bytes(16), "hmac-sha1-96", bytes(range(20)))
 >>> esp_sa_table([sa]).split(",")[:5]
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ipsecd.algorithms import encryption, integrity
-from ipsecd.sad import SecurityAssociation
+from ipsecd.driver.sad import SecurityAssociation
 
 
 def _esp_sas(sas: Iterable[SecurityAssociation]) -> Iterable[SecurityAssociation]:

@@ -10,7 +10,7 @@ a named protocol, then named ports; filters of equal weight keep the order they 
 
 >>> lan = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 >>> spd = SPD(Filter("a<->b", IPv4Network("10.0.0.1/32"), IPv4Network("10.0.0.2/32"), lan).mirrored())
->>> spd.lookup(Selector.parse(bytes.fromhex(
+>>> spd.lookup(PacketSelector.parse(bytes.fromhex(
 ...     "45000054000040004001263e0a0000010a000002" "0800f7ff00000000")), Direction.OUTBOUND).name
 'a<->b'
 """
@@ -83,7 +83,7 @@ class FilterAction:
 
 
 @dataclass(frozen=True)
-class Selector:
+class PacketSelector:
     """The fields of one IPv4 packet that filters look at; addresses as integers for fast matching."""
 
     src: int
@@ -93,7 +93,7 @@ class Selector:
     dst_port: int = 0
 
     @classmethod
-    def parse(cls, packet: bytes) -> Selector:
+    def parse(cls, packet: bytes) -> PacketSelector:
         """Read the selector from an IPv4 packet; ports only from an unfragmented (or first) TCP/UDP packet.
 
         Raises ValueError for a packet too short or not IPv4, so a caller can count and drop it.
@@ -153,7 +153,7 @@ class Filter:
         ports = (self.src_port is not None) + (self.dst_port is not None)
         return (self.src.prefixlen + self.dst.prefixlen, self.protocol is not None, ports)
 
-    def matches(self, sel: Selector) -> bool:
+    def matches(self, sel: PacketSelector) -> bool:
         return (
             (sel.src & self._src_mask) == self._src_net
             and (sel.dst & self._dst_mask) == self._dst_net
@@ -173,7 +173,8 @@ class Filter:
         return (self, self.mirror())
 
     def describe(self) -> str:
-        proto = {v: k for k, v in PROTOCOL_NUMBERS.items()}.get(self.protocol, self.protocol) or "any"
+        names = {v: k for k, v in PROTOCOL_NUMBERS.items()}
+        proto = (names.get(self.protocol, self.protocol) if self.protocol is not None else None) or "any"
         ports = ""
         if self.protocol in (6, 17):
             ports = f" ports {self.src_port or 'any'}->{self.dst_port or 'any'}"
@@ -193,7 +194,7 @@ class SPD:
         self.filters: tuple[Filter, ...] = tuple(sorted(given, key=lambda f: f.weight, reverse=True))
         self._by_direction = {d: tuple(f for f in self.filters if f.direction is d) for d in Direction}
 
-    def lookup(self, sel: Selector, direction: Direction) -> Filter | None:
+    def lookup(self, sel: PacketSelector, direction: Direction) -> Filter | None:
         """The first (most specific) filter matching the packet, or None: no filter means pass in clear."""
         for candidate in self._by_direction[direction]:
             if candidate.matches(sel):

@@ -1,7 +1,7 @@
 """sendmmsg and recvmmsg through ctypes: many datagrams per system call (the stdlib has neither).
 
 Per packet, a system call costs more than the Python around it (shared/research/dataplane.md §4), so the
-driver's hot sockets move packets in batches: `PacketSocket` (ipsecd.egress) sends a TUN drain's ESP
+driver's hot sockets move packets in batches: `PacketSocket` (ipsecd.driver.egress) sends a TUN drain's ESP
 with one `sendmmsg`, and `BatchReceiver` reads what raw ESP and AH sockets hold with one `recvmmsg`.
 The message headers are ctypes arrays allocated once; per call only their lengths and pointers are
 written or read, with struct (much cheaper per packet than ctypes attribute access).

@@ -12,7 +12,7 @@ An SA is one direction of one protocol.  The driver calls, per packet::
 and, periodically, ``for sa, reason in sad.expire(now)`` ("soft": ask IKE to rekey;
 "hard"/"idle": already deleted), ``sad.snapshot()`` for ipsecctl.
 
-Drops raise an ``ipsecd.esp.IPsecError`` subclass; the SA/SAD has already counted it
+Drops raise an ``ipsecd.driver.errors.IPsecError`` subclass; the SA/SAD has already counted it
 under ``exc.counter`` (per SA and globally), so the driver only logs and drops.
 
 Lifetimes (RFC 4301 §4.4.2.1, first of bytes/seconds wins) are checked by
@@ -25,7 +25,7 @@ number (RFC 4303 §3.3.3; no ESN, as in RFC 2406 and Windows 2003).
 >>> sad = SAD()
 >>> sad.add(SecurityAssociation(0x1000, "esp", "inbound", "tunnel", "192.0.2.1", "192.0.2.2",
 ...                             "aes-gcm-128", bytes(20)))
->>> from ipsecd.esp import ipv4_header, ip_to_bytes
+>>> from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
 >>> packet = ipv4_header(ip_to_bytes("10.1.0.1"), ip_to_bytes("10.2.0.1"), 17, 4) + b"ping"
 >>> inner, sa = sad.inbound(out.encapsulate(packet))
 >>> inner == packet, sa.counters.packets, sad.snapshot().confidential_bytes_received
@@ -35,28 +35,26 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ipsecd import algorithms, esp
-from ipsecd.ah import AhTransform
+from ipsecd import algorithms
 from ipsecd.counters import Counters, SACounters
-from ipsecd.esp import (
+from ipsecd.driver import esp
+from ipsecd.driver.ah import AhTransform
+from ipsecd.driver.errors import BadPacket, DummyPacket, IPsecError, Replayed, SAExpired, UnknownSPI
+from ipsecd.driver.esp import UDP_HEADER
+from ipsecd.driver.ipv4 import (
     IPPROTO_AH,
     IPPROTO_ESP,
     IPPROTO_IPIP,
     IPPROTO_NONE,
     IPPROTO_UDP,
-    UDP_HEADER,
-    BadPacket,
-    DummyPacket,
     HeaderTemplate,
-    IPsecError,
-    Replayed,
-    SAExpired,
-    UnknownSPI,
+    ecn_decapsulated,
     ip_to_bytes,
     ipv4_fields,
+    nat_checksum_fixup,
     rewritten_ipv4_header,
 )
 
@@ -207,8 +205,16 @@ class SecurityAssociation:
         # what an outbound packet is compared with: the soft byte limit until it is passed, then the hard one
         self._byte_limit = min(self._soft_bytes, self._hard_bytes)
         self.outer: SecurityAssociation | None = None  # set on the ESP SA of a bundle
-        if self._esp is not None:  # see encapsulate
-            self.encapsulate = self._esp_encapsulate
+        # encapsulate(packet) protects a complete inner IPv4 packet and returns the outer IPv4 packet for
+        # a raw socket. Transport mode keeps the packet's header (TTL kept; protocol, length and checksum
+        # fixed); tunnel mode adds a header src -> dst with TTL 64 and TOS and DF copied from the inner header
+        # (RFC 4301 §5.1.2.1). With ``udp_encap`` the ESP rides in UDP (checksum 0). Transport mode + UDP
+        # leaves the inner TCP/UDP checksum alone: our peers see our real addresses (RFC 3948 §3.1.2 is the
+        # receiver's job when a NAT rewrote them). Raises SAExpired, BadPacket. One decision per SA, not per
+        # packet: a plain ESP SA seals in _esp_encapsulate, AH (alone or over the ESP SA of a bundle) in
+        # _ah_encapsulate_bundle.
+        self.encapsulate: Callable[[bytes], bytes] = (
+            self._esp_encapsulate if self._esp is not None else self._ah_encapsulate_bundle)
         self.soft_notified = False
         self.soft_due = False  # an outbound packet passed the soft byte limit: the driver asks for a rekey
         self._idle_packets, self._idle_since = 0, self.created
@@ -216,20 +222,8 @@ class SecurityAssociation:
 
     # -- outbound --
 
-    def encapsulate(self, packet: bytes) -> bytes:
-        """Protect a complete inner IPv4 packet; return the outer IPv4 packet for a raw socket.
-
-        Transport mode keeps the packet's header (TTL kept; protocol, length and
-        checksum fixed); tunnel mode adds a header src -> dst with TTL 64 and TOS and
-        DF copied from the inner header (RFC 4301 §5.1.2.1).  With ``udp_encap`` the
-        ESP rides in UDP (checksum 0).  Transport mode + UDP leaves the inner TCP/UDP
-        checksum alone: our peers see our real addresses (RFC 3948 §3.1.2 is the
-        receiver's job when a NAT rewrote them).  Raises SAExpired, BadPacket.
-
-        A plain ESP SA has this method replaced by ``_esp_encapsulate`` when it is created
-        (one decision per SA, not per packet): what runs here is AH, alone or over the ESP
-        SA of a bundle.
-        """
+    def _ah_encapsulate_bundle(self, packet: bytes) -> bytes:
+        """``encapsulate`` of an AH SA: AH alone, or over the ESP SA of a bundle."""
         return self._ah_encapsulate(packet if self.inner is None else self.inner.encapsulate(packet))
 
     def encapsulate_udp(self, packet: bytes) -> bytes:
@@ -246,6 +240,8 @@ class SecurityAssociation:
         ``_next_seq``, with ``_at_limit`` past a limit), the outer headers packed first (the ESP length is
         known before encrypting) and joined with the ESP packet once, by ``seal``."""
         transform = self._esp
+        if transform is None:
+            raise BadPacket(f"SA {self.spi:#x} is not an ESP SA")
         if self._tunnel:
             if len(packet) < 20 or packet[0] >> 4 != 4:
                 raise BadPacket("inner packet is not IPv4")
@@ -282,12 +278,15 @@ class SecurityAssociation:
         return transform.seal(_esp_header(self.spi, seq), payload, next_header, prefix)
 
     def _ah_encapsulate(self, packet: bytes) -> bytes:
+        ah = self._ah
+        if ah is None:
+            raise BadPacket(f"SA {self.spi:#x} is not an AH SA")
         if self._tunnel:
             if len(packet) < 20 or packet[0] >> 4 != 4:
                 raise BadPacket("inner packet is not IPv4")
             payload, next_header = packet, IPPROTO_IPIP
             seq = self._next_seq(len(payload))
-            header = self._outer.build(IPPROTO_AH, self._ah.length + len(payload), packet[1], seq & 0xFFFF,
+            header = self._outer.build(IPPROTO_AH, ah.length + len(payload), packet[1], seq & 0xFFFF,
                                        packet[6] << 8 & 0x4000)  # as for ESP
         else:
             fields = ipv4_fields(packet)
@@ -295,8 +294,8 @@ class SecurityAssociation:
                 raise BadPacket("AH over an IPv4 header with options is not supported")
             payload, next_header = packet[20:fields[2]], fields[6]
             seq = self._next_seq(len(payload))
-            header = rewritten_ipv4_header(fields, IPPROTO_AH, 20 + self._ah.length + len(payload))
-        return header + self._ah.seal(header, payload, next_header, self.spi, seq) + payload
+            header = rewritten_ipv4_header(fields, IPPROTO_AH, 20 + ah.length + len(payload))
+        return header + ah.seal(header, payload, next_header, self.spi, seq) + payload
 
     def _next_seq(self, nbytes: int) -> int:
         """The next sequence number, with ``nbytes`` counted; SAExpired instead of wrapping it or
@@ -334,18 +333,21 @@ class SecurityAssociation:
         Raises (after counting) BadPacket, AuthenticationFailed, DecryptionFailed,
         Replayed, DummyPacket, PolicyViolation.
         """
-        if self._replay is None:
+        replay, ah, transform = self._replay, self._ah, self._esp
+        if replay is None:
             raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
         try:
             fields = ipv4_fields(packet)
             ihl = (fields[0] & 0x0F) * 4
             protocol = fields[6]
-            if self._ah is not None:
-                next_header, payload = self._ah_open(fields, packet)
+            if ah is not None:
+                next_header, payload = self._ah_open(ah, replay, fields, packet)
+            elif transform is None:
+                raise BadPacket(f"SA {self.spi:#x} has neither AH nor ESP")  # __post_init__ gives it one
             elif protocol == IPPROTO_ESP:
-                next_header, payload = self._esp_open(packet, ihl, fields[2])
+                next_header, payload = self._esp_open(transform, replay, packet, ihl, fields[2])
             elif protocol == IPPROTO_UDP:
-                next_header, payload = self._esp_open(packet, ihl + UDP_HEADER, fields[2])
+                next_header, payload = self._esp_open(transform, replay, packet, ihl + UDP_HEADER, fields[2])
             else:
                 raise BadPacket(f"IP protocol {protocol} for ESP SA {self.spi:#x}")
             if self._tunnel:
@@ -354,7 +356,7 @@ class SecurityAssociation:
                 header = rewritten_ipv4_header(fields, next_header, ihl + len(payload))
                 result = header + payload if ihl == 20 else header + packet[20:ihl] + payload
                 if self._nat_oa is not None:
-                    result = self._nat_fixup(result)
+                    result = self._nat_fixup(result, self._nat_oa)
         except IPsecError as e:
             self._count_drop(e)
             raise
@@ -367,36 +369,38 @@ class SecurityAssociation:
         included); transport mode rebuilds the inner header from them, with TTL 64 and,
         for the identification the socket does not tell, the ESP sequence number's low
         16 bits: packets in sequence get consecutive identifications, so the receiving
-        side can still merge a flow's segments (ipsecd.offload).
+        side can still merge a flow's segments (ipsecd.driver.offload).
         """
-        if self._replay is None:
-            raise ValueError(f"SA {self.spi:#x} is outbound: it cannot decapsulate")
+        replay, transform = self._replay, self._esp
+        if replay is None or transform is None:
+            raise ValueError(f"SA {self.spi:#x} is not an inbound ESP SA: it cannot decapsulate ESP")
         try:
-            next_header, inner = self._esp_open(payload, 0, len(payload))
+            next_header, inner = self._esp_open(transform, replay, payload, 0, len(payload))
             if self._tunnel:
                 return self._tunnel_inner(next_header, inner, tos)
             template = self._outer if src == self.src and dst == self.dst else \
                 HeaderTemplate(ip_to_bytes(src), ip_to_bytes(dst))
             inner = template.build(next_header, len(inner), tos, payload[6] << 8 | payload[7]) + inner
-            return inner if self._nat_oa is None else self._nat_fixup(inner)
+            return inner if self._nat_oa is None else self._nat_fixup(inner, self._nat_oa)
         except IPsecError as e:
             self._count_drop(e)
             raise
 
-    def _esp_open(self, data: bytes, start: int, end: int) -> tuple[int, bytes]:
+    def _esp_open(self, transform: esp._Transform, replay: ReplayWindow, data: bytes, start: int, end: int,
+                  ) -> tuple[int, bytes]:
         """SPI, replay check (before the ICV), transform.open, replay accept (after): data[start:end]."""
-        transform = self._esp
         if end - start < transform.min_length or data[start:start + 4] != self._spi_bytes:
             raise BadPacket(f"ESP packet of {end - start} bytes starting {data[start:start + 4].hex()} "
                             f"is not one of SA {self.spi:#x}")
         seq = _unpack_seq(data, start + 4)[0]
-        if seq <= self._replay.top:  # in order (the common case) needs no window check
-            self._replay.check(seq)
+        if seq <= replay.top:  # in order (the common case) needs no window check
+            replay.check(seq)
         next_header, payload = transform.open(data, start, end)
-        self._accepted(seq, next_header, len(payload))
+        self._accepted(replay, seq, next_header, len(payload))
         return next_header, payload
 
-    def _ah_open(self, fields: tuple, packet: bytes) -> tuple[int, bytes]:
+    def _ah_open(self, ah: AhTransform, replay: ReplayWindow, fields: tuple, packet: bytes,
+                 ) -> tuple[int, bytes]:
         total = fields[2]
         if fields[6] != IPPROTO_AH or total < 32:
             raise BadPacket(f"not an AH packet (protocol {fields[6]}, {total} bytes)")
@@ -404,14 +408,13 @@ class SecurityAssociation:
             raise BadPacket("AH packet with IPv4 options (not supported)")
         if packet[24:28] != self._spi_bytes:
             raise BadPacket(f"SPI {packet[24:28].hex()} is not SA {self.spi:#x}")
-        self._replay.check(_unpack_seq(packet, 28)[0])
-        next_header, seq, payload = self._ah.open(packet[:total])
-        self._accepted(seq, next_header, len(payload))
+        replay.check(_unpack_seq(packet, 28)[0])
+        next_header, seq, payload = ah.open(packet[:total])
+        self._accepted(replay, seq, next_header, len(payload))
         return next_header, payload
 
-    def _accepted(self, seq: int, next_header: int, nbytes: int) -> None:
+    def _accepted(self, replay: ReplayWindow, seq: int, next_header: int, nbytes: int) -> None:
         """The ICV verified: move the replay window, count the packet, discard a dummy one."""
-        replay = self._replay
         replay.accept(seq)
         self.seq = replay.top
         counters = self.counters
@@ -429,10 +432,12 @@ class SecurityAssociation:
                             f"(next header {next_header})")
         inner = payload if total == len(payload) else payload[:total]
         # the encapsulator copied the ECN field: only a change on the way needs the RFC 6040 rules
-        return inner if (outer_tos ^ inner[1]) & 3 == 0 else esp.ecn_decapsulated(inner, outer_tos)
+        return inner if (outer_tos ^ inner[1]) & 3 == 0 else ecn_decapsulated(inner, outer_tos)
 
-    def _nat_fixup(self, inner: bytes) -> bytes:
-        return esp.nat_checksum_fixup(inner, self._nat_oa[:4], self._nat_oa[4:])
+    @staticmethod
+    def _nat_fixup(inner: bytes, nat_oa: bytes) -> bytes:
+        """The TCP/UDP checksum for the addresses in `inner`, not NAT-OA's (the peers' own, 8 bytes)."""
+        return nat_checksum_fixup(inner, nat_oa[:4], nat_oa[4:])
 
     def _count_drop(self, error: IPsecError) -> None:
         key = error.counter
@@ -469,9 +474,10 @@ class SecurityAssociation:
     @property
     def overhead(self) -> int:
         """Most bytes ``encapsulate`` adds to a packet (bundle included): for MTU/MSS planning."""
-        if self.protocol == "ah":
+        added = 0
+        if self._ah is not None:
             added = self._ah.length
-        else:
+        if self._esp is not None:
             enc = self._esp.encryption
             added = 8 + enc.iv_size + max(enc.block_size, 4) - 1 + 2 + self._esp.icv_size
             added += UDP_HEADER if self.udp_encap else 0

@@ -13,13 +13,13 @@ The kernel decides per packet, so the daemon sees only traffic it must secure:
   in clear until ipsecd is back (its ruleset replaces this one in one transaction) or stopped cleanly
   (`remove`), as the Windows IPsec driver keeps its filters in force when the IPSec service dies;
 - IKE (UDP 500/4500), ESP/AH themselves, broadcast and multicast are exempt, in the same terms as
-  `Selector.is_exempt`; packets the daemon sends carry a bypass mark and are never re-marked; packets
+  `PacketSelector.is_exempt`; packets the daemon sends carry a bypass mark and are never re-marked; packets
   the daemon writes back to the TUN after decapsulation are accepted.
 
 The table is replaced atomically (one `nft -f` transaction), so a policy change never leaves a gap.
 
 >>> from ipaddress import IPv4Network as N
->>> from ipsecd.spd import SPD, Action, Filter, FilterAction
+>>> from ipsecd.driver.spd import SPD, Action, Filter, FilterAction
 >>> print(filter_rule(Filter("web", N("10.0.0.1/32"), N("10.0.0.0/24"), FilterAction("p", Action.PERMIT),
 ...                          protocol=6, dst_port=80)))
 ip saddr 10.0.0.1 ip daddr 10.0.0.0/24 meta l4proto 6 th dport 80 counter return comment "permit web"
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipsecd.spd import SPD, Action, Direction, Filter
+from ipsecd.driver.spd import SPD, Action, Direction, Filter
 
 log = logging.getLogger("ipsecd.netfilter")
 
@@ -151,7 +151,7 @@ def rule_counters(listing: dict) -> list[dict]:
         if not rule or "comment" not in rule:
             continue
         verdict, _, name = rule["comment"].partition(" ")
-        counter = next((e["counter"] for e in rule.get("expr", []) if "counter" in e), {})
+        counter: dict[str, int] = next((e["counter"] for e in rule.get("expr", []) if "counter" in e), {})
         out.append({"verdict": verdict, "filter": name, "chain": rule["chain"],
                     "packets": counter.get("packets", 0), "bytes": counter.get("bytes", 0)})
     return out

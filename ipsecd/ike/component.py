@@ -4,7 +4,7 @@ It owns UDP 500. UDP 4500 belongs to the driver, which hands IKE the datagrams t
 marker (``datagram_4500``) and sends IKE's for it (``send_4500``); for tests IKE can own a 4500 socket.
 Time comes from a :class:`Clock` so tests drive retransmissions and lifetimes without sleeping.
 
-The driver side is the :class:`Driver` protocol: ``add_sa(QuickModeDone)`` installs both directions of a
+The driver side is the :class:`SAInstaller` protocol: ``add_sa(QuickModeDone)`` installs both directions of a
 quick mode, ``delete_sa(spi, destination, protocol)`` removes one direction.
 """
 
@@ -13,19 +13,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import logging
 import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-from ipsecd.ike import informational, isakmp, keylog, main_mode, natt, quick_mode
+from ipsecd.ike import events, informational, isakmp, keylog, main_mode, natt, quick_mode
+from ipsecd.ike.events import Established, Failure, InboundReady, NegotiationError
 from ipsecd.ike.isakmp import ExchangeType, MalformedMessage, Message, NotifyType, ProtocolID
-from ipsecd.ike.main_mode import Established, Failure, IsakmpSA, NegotiationError
-from ipsecd.ike.quick_mode import InboundReady, QuickModeDone
-from ipsecd.ike.settings import QUICK_MODE_IDLE_SECONDS, PeerPolicy, Selector
+from ipsecd.ike.sa import IsakmpSA, QuickModeDone
+from ipsecd.ike.settings import QUICK_MODE_IDLE_SECONDS, IKERule, PeerPolicy, Selector
 
 log = logging.getLogger("ipsecd.ike")
 
@@ -62,7 +61,7 @@ EVENT_LENGTH = 400  # characters of one event: a refusal listing 255 transforms 
 DUPLICATE_ANSWERS = 4
 
 
-class Driver(Protocol):
+class SAInstaller(Protocol):
     """What IKE needs from the IPsec driver."""
 
     def add_inbound(self, sa: QuickModeDone) -> None:
@@ -84,41 +83,17 @@ class Clock(Protocol):
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
 
 
-ANY = Selector(ipaddress.IPv4Network("0.0.0.0/0"))
-
-
-@dataclass(frozen=True)
-class Rule:
-    """An IKE view of one policy rule: which traffic, protected how, with which peer."""
-
-    name: str
-    policy: PeerPolicy
-    local: Selector = ANY
-    remote: Selector = ANY
-    tunnel_endpoint: str | None = None  # tunnel mode: the peer gateway; transport: the packet's peer
-
-    def covers_peer(self, peer: str) -> bool:
-        if self.tunnel_endpoint:
-            return self.tunnel_endpoint == peer
-        return ipaddress.IPv4Address(peer) in self.remote.network
-
-    def covers(self, local: Selector, remote: Selector) -> bool:
-        return (
-            local.network.subnet_of(self.local.network)
-            and remote.network.subnet_of(self.remote.network)
-            and self.local.protocol in (0, local.protocol)
-            and self.remote.protocol in (0, remote.protocol)
-        )
+Machine = TypeVar("Machine", main_mode.MainMode, quick_mode.QuickMode)
 
 
 @dataclass
-class Exchange:
+class Exchange(Generic[Machine]):
     """One exchange in flight: its state machine, where it talks, what to repeat."""
 
-    machine: object
+    machine: Machine
     peer: tuple[str, int]
     local_port: int
-    rule: Rule | None = None
+    rule: IKERule | None = None
     last_sent: list[bytes] = field(default_factory=list)
     last_received: bytes = b""
     answered: bytes = b""  # the received message that `last_sent` answers (b"" when nothing answers it)
@@ -133,16 +108,16 @@ class Exchange:
 @dataclass
 class MainModeEntry:
     sa: IsakmpSA
-    rule: Rule
+    rule: IKERule
     established: float
-    exchange: Exchange
+    exchange: Exchange[main_mode.MainMode]
     timers: list[Timer] = field(default_factory=list)
 
 
 @dataclass
 class QuickModeEntry:
     sa: QuickModeDone
-    rule: Rule | None
+    rule: IKERule | None
     installed: float
     initiator: bool
     timers: list[Timer] = field(default_factory=list)
@@ -162,7 +137,7 @@ class QuickModeEntry:
 def _half_open(ex: Exchange) -> bool:
     """A main mode responder that answered main mode 1 and has heard nothing since: nothing proves that its
     peer exists (the source address may be spoofed)."""
-    return isinstance(ex.machine, main_mode.Responder) and ex.machine.state == "MM2 sent"
+    return isinstance(ex.machine, main_mode.MainModeResponder) and ex.machine.state == "MM2 sent"
 
 
 def covers(outer: Selector, inner: Selector) -> bool:
@@ -178,6 +153,15 @@ def same_peer(old: IsakmpSA, new: IsakmpSA) -> bool:
         return False
     nat = any(sa.nat and sa.nat.remote_behind_nat for sa in (old, new))
     return not nat or old.peer_identity == new.peer_identity
+
+
+Key = TypeVar("Key")
+
+
+def _silent_exchange(table: dict[Key, Exchange[Any]], addr: tuple[str, int]) -> Key | None:
+    """The newest exchange with `addr` that has sent nothing yet."""
+    newest_first = reversed(list(table.items()))
+    return next((key for key, ex in newest_first if ex.peer == addr and not ex.last_sent), None)
 
 
 class AsyncioClock:
@@ -205,7 +189,7 @@ class IKE:
     def __init__(
         self,
         local_address: str,
-        driver: Driver,
+        driver: SAInstaller,
         *,
         clock: Clock | None = None,
         send_4500: Callable[[bytes, tuple[str, int]], None] | None = None,
@@ -217,7 +201,7 @@ class IKE:
         on_peer_message: Callable[[str], None] | None = None,
     ):
         self.local_address, self.driver = local_address, driver
-        self.clock = clock
+        self._clock = clock
         self.port, self.natt_port = port, natt_port
         self.send_4500 = send_4500
         self.allocate_spi = spi_allocator or (lambda: secrets.randbelow(0xFFFFFF00) + 0x100)
@@ -226,25 +210,33 @@ class IKE:
         self.retransmit = tuple(retransmit)  # seconds between sends; len + 1 sends in all
         self.keepalive_interval = keepalive_interval
         self.on_peer_message = on_peer_message  # the Negotiator: this peer speaks IKE (no soft association)
-        self.rules: list[Rule] = []
+        self.rules: list[IKERule] = []
         self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in COUNTER_NAMES})
         self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=1000)
         self.main_modes: dict[bytes, MainModeEntry] = {}  # by cookie pair
         self.quick_modes: dict[int, QuickModeEntry] = {}  # by inbound SPI
-        self.pending_main: dict[bytes, Exchange] = {}  # main modes in flight, by initiator cookie
-        self.pending_quick: dict[tuple[bytes, int], Exchange] = {}  # by (cookies, message ID)
-        self.waiting: dict[str, list[tuple[Rule, Selector, Selector]]] = {}
+        # exchanges in flight: main modes by initiator cookie, quick modes by (cookies, message ID)
+        self.pending_main: dict[bytes, Exchange[main_mode.MainMode]] = {}
+        self.pending_quick: dict[tuple[bytes, int], Exchange[quick_mode.QuickMode]] = {}
+        self.waiting: dict[str, list[tuple[IKERule, Selector, Selector]]] = {}
         self.sockets: list[asyncio.DatagramTransport] = []
         self.sender: Callable[[bytes, tuple[str, int], int], None] = self._send_udp
         self.keepalive_timers: dict[bytes, Timer] = {}
         self.invalid_spi_sent: dict[tuple[str, int], float] = {}
+
+    @property
+    def clock(self) -> Clock:
+        """Time and timers: the one given, or the event loop's once started."""
+        if self._clock is None:
+            raise RuntimeError("IKE has no clock before start() (or pass clock=)")
+        return self._clock
 
     # -- wiring -------------------------------------------------------------------------------------
 
     async def start(self, own_4500: bool = False) -> None:
         """Bind UDP 500 (and 4500 when ``own_4500`` or no driver callback is given)."""
         loop = asyncio.get_running_loop()
-        self.clock = self.clock or AsyncioClock(loop)
+        self._clock = self._clock or AsyncioClock(loop)
         t500, _ = await loop.create_datagram_endpoint(
             lambda: _UDP(lambda d, a: self.datagram_received(d, a, self.port)),
             local_addr=(self.local_address, self.port),
@@ -273,38 +265,46 @@ class IKE:
             self._remove_main_mode(cookies, "ipsecd stopping", notify_peer=True)
         for timer in self.keepalive_timers.values():
             timer.cancel()
-        for ex in [*self.pending_main.values(), *self.pending_quick.values()]:
+        exchanges: list[Exchange[Any]] = [*self.pending_main.values(), *self.pending_quick.values()]
+        for ex in exchanges:
             if ex.timer:
                 ex.timer.cancel()
         for sock in self.sockets:
             sock.close()
 
-    def load_policy(self, rules: list[Rule]) -> None:
+    def load_policy(self, rules: list[IKERule]) -> None:
         self.rules = list(rules)
 
     def _send_udp(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         if local_port == self.natt_port:
-            self.send_4500(natt.frame(data, natt.NATT_PORT), addr)
-        elif self.sockets[0].get_write_buffer_size() > SEND_QUEUE_LIMIT:
+            self._sender_4500()(natt.frame(data, natt.NATT_PORT), addr)
+        # asyncio's datagram transports queue in user space and say how much (typeshed's class omits it)
+        elif self.sockets[0].get_write_buffer_size() > SEND_QUEUE_LIMIT:  # type: ignore[attr-defined]
             self.counters["Dropped: send queue full"] += 1
         else:
             self.sockets[0].sendto(data, addr)
+
+    def _sender_4500(self) -> Callable[[bytes, tuple[str, int]], None]:
+        """Who sends on UDP 4500: the driver (send_4500=) or, once started, our own socket."""
+        if self.send_4500 is None:
+            raise RuntimeError("IKE has no UDP 4500 sender before start() (or pass send_4500=)")
+        return self.send_4500
 
     def note(self, text: str) -> None:
         """The event log, in words; an event is at most EVENT_LENGTH characters (the list keeps 1000)."""
         if len(text) > EVENT_LENGTH:
             text = text[: EVENT_LENGTH - 30] + f"... ({len(text)} characters)"
-        self.events.append((self.clock.time() if self.clock else 0.0, text))
+        self.events.append((self._clock.time() if self._clock else 0.0, text))
         log.info("%s", text)
 
     # -- driver -> IKE -------------------------------------------------------------------------------
 
-    def acquire(self, rule: Rule, local: Selector, remote: Selector, peer: str | None = None) -> None:
+    def acquire(self, rule: IKERule, local: Selector, remote: Selector, peer: str | None = None) -> None:
         """A packet needs an SA: reuse or negotiate a main mode with the peer, then a quick mode."""
         peer = peer or rule.tunnel_endpoint or str(remote.network.network_address)
         self._acquire(rule, local, remote, peer)
 
-    def _acquire(self, rule: Rule, local: Selector, remote: Selector, peer: str) -> None:
+    def _acquire(self, rule: IKERule, local: Selector, remote: Selector, peer: str) -> None:
         if self._negotiating(local, remote, peer):
             return
         mm = self._main_mode_with(peer)
@@ -386,11 +386,13 @@ class IKE:
 
     def _forget_half_open(self, addr: tuple[str, int]) -> None:
         """The newest exchange with `addr` that has sent nothing yet: opened by the datagram that failed."""
-        for table in (self.pending_main, self.pending_quick):
-            for key, ex in reversed(list(table.items())):
-                if ex.peer == addr and not ex.last_sent:
-                    del table[key]
-                    return
+        main = _silent_exchange(self.pending_main, addr)
+        if main is not None:
+            del self.pending_main[main]
+            return
+        quick = _silent_exchange(self.pending_quick, addr)
+        if quick is not None:
+            del self.pending_quick[quick]
 
     def _dispatch(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         try:
@@ -449,7 +451,7 @@ class IKE:
                 return
             if not self._admit_half_open(addr[0]):
                 return
-            machine = main_mode.Responder(rule.policy, (self.local_address, local_port), addr)
+            machine = main_mode.MainModeResponder(rule.policy, (self.local_address, local_port), addr)
             ex = Exchange(machine, addr, local_port, rule, started=self.clock.time())
             self.pending_main[msg.icookie] = ex
         elif self._duplicate(ex, data):
@@ -525,6 +527,8 @@ class IKE:
     def _established(self, ex: Exchange, sa: IsakmpSA) -> None:
         sa.local, sa.remote = (self.local_address, ex.local_port), ex.peer
         self.counters["Oakley Main Modes"] += 1
+        if ex.rule is None:
+            raise RuntimeError(f"main mode with {ex.peer[0]} has no rule")  # both sides start one with a rule
         entry = MainModeEntry(sa, ex.rule, self.clock.time(), ex)
         self.main_modes[sa.cookies] = entry
         if ex.machine.peer_initial_contact:
@@ -550,7 +554,7 @@ class IKE:
 
     def _keepalive(self, sa: IsakmpSA) -> None:
         if sa.cookies in self.main_modes:
-            self.send_4500(natt.KEEPALIVE, sa.remote)
+            self._sender_4500()(natt.NAT_KEEPALIVE, sa.remote)
             self._schedule_keepalive(sa)
 
     def _quick_mode_message(
@@ -564,7 +568,9 @@ class IKE:
                 for e in self.quick_modes.values()
             ):
                 return  # a late retransmission of a finished quick mode
-            machine = quick_mode.Responder(mm.sa, msg.message_id, self._policy_for, self.allocate_spi)
+            machine = quick_mode.QuickModeResponder(
+                mm.sa, msg.message_id, self._policy_for, self.allocate_spi
+            )
             ex = Exchange(machine, addr, local_port)
             self.pending_quick[key] = ex
         elif self._duplicate(ex, data):
@@ -605,7 +611,10 @@ class IKE:
         ex.machine.events.clear()
         if ex.machine.done and not ex.timer:
             # keep a finished responder a little for duplicate QM3s; the initiator's QM3 for a lost-reply QM2
-            self.clock.call_later(self.retransmit[-1], lambda: self.pending_quick.pop(key, None))
+            self.clock.call_later(self.retransmit[-1], lambda: self._forget_quick(key))
+
+    def _forget_quick(self, key: tuple[bytes, int]) -> None:
+        self.pending_quick.pop(key, None)
 
     def _install(self, done: QuickModeDone, ex: Exchange) -> None:
         self.driver.add_sa(done)
@@ -614,7 +623,8 @@ class IKE:
         rule = ex.rule or next(
             (r for r in self.rules if r.covers(done.local_selector, done.remote_selector)), None
         )
-        entry = QuickModeEntry(done, rule, self.clock.time(), isinstance(ex.machine, quick_mode.Initiator))
+        initiator = isinstance(ex.machine, quick_mode.QuickModeInitiator)
+        entry = QuickModeEntry(done, rule, self.clock.time(), initiator)
         self._replace_older(done)
         self.quick_modes[done.inbound.spi] = entry
         self.note(f"{done.describe()} installed")
@@ -646,7 +656,7 @@ class IKE:
         pending = [
             ex
             for ex in self.pending_quick.values()
-            if ex.machine.sa is mm.sa and isinstance(ex.machine, quick_mode.Initiator)
+            if ex.machine.sa is mm.sa and isinstance(ex.machine, quick_mode.QuickModeInitiator)
         ]
         try:
             payloads = informational.open_informational(mm.sa, msg)
@@ -709,7 +719,7 @@ class IKE:
             if ex.machine.spi == notify.spi or len(pending) == 1:
                 ex.machine.fail(
                     f"peer {mm.sa.remote[0]} refused quick mode: {notify.name}",
-                    main_mode.REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed"),
+                    events.REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed"),
                 )
                 self._cancel(ex)
                 self._quick_mode_progress(ex, (mm.sa.cookies, ex.machine.message_id))
@@ -722,9 +732,9 @@ class IKE:
     def _main_mode_with(self, peer: str) -> MainModeEntry | None:
         return next((e for e in self.main_modes.values() if e.sa.remote[0] == peer), None)
 
-    def _start_main_mode(self, rule: Rule, peer: str) -> None:
+    def _start_main_mode(self, rule: IKERule, peer: str) -> None:
         initial_contact = not any(e.sa.remote[0] == peer for e in self.main_modes.values())
-        machine = main_mode.Initiator(
+        machine = main_mode.MainModeInitiator(
             rule.policy, (self.local_address, self.port), (peer, self.port), initial_contact=initial_contact
         )
         first = machine.start()
@@ -733,8 +743,8 @@ class IKE:
         self.note(f"rule {rule.name}: starting main mode with {peer}")
         self._transmit(ex, [first], expect_reply=True)
 
-    def _start_quick_mode(self, mm: MainModeEntry, rule: Rule, local: Selector, remote: Selector) -> None:
-        machine = quick_mode.Initiator(mm.sa, rule.policy, local, remote, self.allocate_spi)
+    def _start_quick_mode(self, mm: MainModeEntry, rule: IKERule, local: Selector, remote: Selector) -> None:
+        machine = quick_mode.QuickModeInitiator(mm.sa, rule.policy, local, remote, self.allocate_spi)
         first = machine.start()
         ex = Exchange(machine, mm.sa.remote, mm.sa.local[1], rule, acquire=(local, remote))
         self.pending_quick[(mm.sa.cookies, machine.message_id)] = ex

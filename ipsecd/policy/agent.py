@@ -42,22 +42,26 @@ from typing import Any, Protocol
 
 import yaml
 
-from ipsecd import spd
-from ipsecd.ike.ike import Rule as IKERule
+from ipsecd.driver import spd
+from ipsecd.ike.settings import IKERule
 from ipsecd.ike.settings import Selector as IKESelector
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
-from ipsecd.policy.ike_settings import CertificateSource, IKESettings, ike_settings
+from ipsecd.policy.ike_settings import CertificateSource, IKERuleSet, ike_settings
 from ipsecd.policy.soft_association import SoftAssociations, Verdict
 from ipsecd.policy.store import LocalStore, PolicyRef, PolicyStore, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
 
 
-class Driver(Protocol):
+class FilterLoader(Protocol):
+    """What the Policy Agent needs from the IPsec driver."""
+
     def load_policy(self, spd: spd.SPD) -> None: ...
 
 
-class IKE(Protocol):
+class IKERuleLoader(Protocol):
+    """What the Policy Agent needs from IKE."""
+
     def load_policy(self, rules: list[IKERule]) -> None: ...
 
 
@@ -96,7 +100,7 @@ class AppliedPolicy:
     addresses: tuple[IPv4Address, ...]
     filters_by_rule: dict[str, tuple[spd.Filter, ...]]
     spd: spd.SPD
-    ike: IKESettings
+    ike: IKERuleSet
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ def _main_mode(applied: AppliedPolicy | None) -> tuple[Any, ...] | None:
 class PolicyAgent:
     """Reads, validates, applies, polls and refreshes the node's one assigned policy."""
 
-    def __init__(self, store: PolicyStore, driver: Driver, ike: IKE,
+    def __init__(self, store: PolicyStore, driver: FilterLoader, ike: IKERuleLoader,
                  addresses: Callable[[], Iterable[IPv4Address]], clock: Callable[[], float] = time.time,
                  resolve: Resolver = resolve_dns, certificate_for: CertificateSource | None = None,
                  unassigned_poll_interval: float = model.DEFAULT_POLLING_INTERVAL,
@@ -416,7 +420,7 @@ class Negotiator:
         self.agent, self.ike, self.driver = agent, ike, driver
         self.soft = soft or SoftAssociations()
 
-    def acquire(self, f: spd.Filter, sel: spd.Selector) -> None:
+    def acquire(self, f: spd.Filter, sel: spd.PacketSelector) -> None:
         peer = str(f.tunnel) if f.tunnel else str(IPv4Address(sel.dst))
         now = self.agent.clock()
         if self.soft.verdict(peer, f.action, now) is Verdict.CLEAR:

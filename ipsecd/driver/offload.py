@@ -30,9 +30,7 @@ import struct
 from collections.abc import Callable
 from functools import lru_cache
 
-import numpy as np
-
-from ipsecd.esp import l4_checksum_at, pseudo_header_sum
+from ipsecd.driver.ipv4 import fold_checksum, l4_checksum_at, pseudo_header_sum, word_sum, word_sums
 
 VNET_HEADER = struct.Struct("<BBHHHH")  # struct virtio_net_hdr, host (little-endian) byte order
 VNET_HEADER_SIZE = VNET_HEADER.size
@@ -45,44 +43,10 @@ MAX_FRAME = 65535  # largest IPv4 packet: a coalesced run never grows beyond it
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
 
 
-def _fold(value: int) -> int:
-    """The one's complement checksum of data whose 16-bit word sum is congruent to `value` modulo 0xFFFF.
-
-    The one's complement sum of 16-bit words is the integer modulo 0xFFFF (2**16 = 1 mod 0xFFFF).
-    """
-    rest = value % 0xFFFF
-    return 0xFFFF - rest if rest else 0
-
-
 #: Below this many bytes a big-integer sum beats numpy's fixed cost per call (1-2 us, measured).
-NUMPY_FROM = 1024
-
-
-def word_sum(data: bytes) -> int:
-    """A value congruent modulo 0xFFFF to the RFC 1071 sum of `data` (at most 64 KB), an odd end padded."""
-    if len(data) < NUMPY_FROM:
-        value = int.from_bytes(data, "big")
-        return value << 8 if len(data) & 1 else value
-    # Little-endian words: no byte swapping; a swap is a rotation by 8 bits, times 256 modulo 0xFFFF
-    words = int(np.add.reduce(np.frombuffer(data, "<u2", len(data) // 2), dtype=np.uint32))
-    return (words + (data[-1] if len(data) & 1 else 0)) << 8
-
-
-def _word_sums(data: bytes, size: int) -> list[int]:
-    """`word_sum` of each `size`-byte piece of `data` (the last may be shorter), all in one step."""
-    if len(data) < NUMPY_FROM:
-        return [word_sum(data[start:start + size]) for start in range(0, max(len(data), 1), size)]
-    count = -(-len(data) // size)
-    rows = np.frombuffer(data + bytes(count * size - len(data)), np.uint8).reshape(count, size)
-    if size & 1:
-        rows = np.concatenate((rows, np.zeros((count, 1), np.uint8)), axis=1)  # RFC 1071: pad each piece
-    sums = np.add.reduce(rows.view("<u2"), axis=1, dtype=np.uint32)  # < 2**31: at most 32768 words each
-    return (sums.astype(np.uint64) << 8).tolist()
-
-
 def complete_checksum(packet: bytes, start: int, offset: int) -> bytes:
     """Finish a CHECKSUM_PARTIAL packet: the field holds the pseudo-header sum, the rest is ours to add."""
-    checksum = _fold(word_sum(packet[start:]))
+    checksum = fold_checksum(word_sum(packet[start:]))
     if packet[9] == 17 and checksum == 0:
         checksum = 0xFFFF  # RFC 768: a computed 0 is sent as all ones
     at = start + offset
@@ -166,7 +130,7 @@ def segment_tcp4(packet: bytes, mss: int) -> list[bytes]:
     tcp_shared = (int.from_bytes(packet[12:20], "big") + 6 - ihl  # pseudo-header (its length: total - ihl)
                   + int.from_bytes(ports + packet[ihl + 8:ihl + 12] + window + urgent_options, "big")
                   + (packet[ihl + 12] << 8))
-    payload_sums = _word_sums(packet[header_end:], mss)
+    payload_sums = word_sums(packet[header_end:], mss)
     segment_flags = [flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)] * len(payload_sums)
     segment_flags[-1] = flags & ~TCP_CWR
     segment_flags[0] |= flags & TCP_CWR
@@ -179,8 +143,9 @@ def segment_tcp4(packet: bytes, mss: int) -> list[bytes]:
         if len(chunk) < mss:
             total = header_end + len(chunk)
         ip_id, segment_seq = (ident + index) & 0xFFFF, (seq + index * mss) & 0xFFFFFFFF
-        ip_checksum = _fold(ip_shared + total + ip_id)
-        tcp_checksum = _fold(tcp_shared + total + segment_seq + tcp_flags + payload_sum)  # seq: 2**16 = 1
+        ip_checksum = fold_checksum(ip_shared + total + ip_id)
+        # seq: 2**16 = 1 modulo 0xFFFF
+        tcp_checksum = fold_checksum(tcp_shared + total + segment_seq + tcp_flags + payload_sum)
         out.append(pack(version_tos, total, ip_id, fragment_protocol, ip_checksum, addresses, ports,
                         segment_seq, ack_offset, tcp_flags, window, tcp_checksum, urgent_options) + chunk)
     return out
@@ -245,7 +210,7 @@ class Coalescer:
             return
         first, total = run[0], self._length
         ip_head = first[:2] + total.to_bytes(2, "big") + first[4:10]
-        ip_checksum = _fold(int.from_bytes(ip_head + first[12:20], "big")).to_bytes(2, "big")
+        ip_checksum = fold_checksum(int.from_bytes(ip_head + first[12:20], "big")).to_bytes(2, "big")
         # NEEDS_CSUM: the TCP checksum field holds the pseudo-header sum, not inverted; the kernel
         # completes it when it has to (forwarding), local delivery trusts it (ESP authenticated it)
         pseudo = _partial_field(int.from_bytes(first[12:20], "big") + 6 + total - 20)
@@ -318,12 +283,12 @@ class GsoSender:
         self._length += len(payload)
 
     def flush(self) -> None:
-        run = self._run
-        if not run:
+        run, addr = self._run, self._addr
+        if not run or addr is None:  # a run always has its address
             return
         self._run = []
         try:
-            self._send(b"".join(run), self._size, self._addr, self._tos)
+            self._send(b"".join(run), self._size, addr, self._tos)
         except OSError as e:
             self.lost += len(run)
             self.error = e

@@ -29,7 +29,7 @@ class Tun:
     """A non-blocking TUN device, created on open and gone when its file descriptor closes.
 
     `offload`: every frame read and written starts with a virtio-net header, and the kernel may hand
-    over TCP super-packets (TSO4) with partial checksums and take them back (ipsecd.offload).
+    over TCP super-packets (TSO4) with partial checksums and take them back (ipsecd.driver.offload).
     """
 
     def __init__(self, name: str = "ipsec0", mtu: int = 1400, offload: bool = False) -> None:

@@ -18,7 +18,7 @@ MAC changed is followed within a second of the kernel learning it.
 
 The packet socket's packets never enter this node's netfilter, so they need no bypass mark; the raw
 socket keeps its SO_MARK. Sending the stdlib's way only: rtnetlink with the socket module, sendmmsg
-through ctypes (ipsecd.mmsg); no pyroute2 in the node image: the few messages below are all we need.
+through ctypes (ipsecd.driver.mmsg); no pyroute2 in the node image: the few messages below are all we need.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
-from ipsecd import mmsg
-from ipsecd.esp import IPPROTO_AH, IPPROTO_ESP
+from ipsecd.driver import mmsg
+from ipsecd.driver.ipv4 import IPPROTO_AH, IPPROTO_ESP
 
 log = logging.getLogger("ipsecd.egress")
 
@@ -253,7 +253,7 @@ class KernelTables:
         """Send one request; the bodies of its answer (a dump's until NLMSG_DONE)."""
         seq = NLMSGHDR.unpack_from(request)[3]
         self._sock.send(request)
-        bodies = []
+        bodies: list[bytes] = []
         while True:
             for kind, answer_seq, body in messages(self._sock.recv(1 << 16)):
                 if answer_seq != seq:
@@ -292,6 +292,8 @@ class PacketSocket:
         """Send packets[i] to hops[i] (at most BATCH); how many went, from the first; OSError if none did."""
         joined = b"".join(packets)  # one buffer the iovecs point into, alive until sendmmsg returns
         address = ctypes.cast(ctypes.c_char_p(joined), ctypes.c_void_p).value
+        if address is None:
+            raise OSError("no buffer address for sendmmsg")
         iovecs, message_memory = self._iovec_memory, self._message_memory
         pack_iovec, pack_pointer = mmsg.IOVEC.pack_into, mmsg.POINTER.pack_into
         for i, packet in enumerate(packets):

@@ -9,7 +9,7 @@ with the ICV field zeroed, and everything after AH.  IPv4 options are rejected
 our own peers never send them, and an unchecked option would be a hole.
 
 >>> from ipsecd.algorithms import integrity
->>> from ipsecd.esp import ipv4_header, ip_to_bytes
+>>> from ipsecd.driver.ipv4 import ip_to_bytes, ipv4_header
 >>> ah = AhTransform(integrity("hmac-sha1-96"), bytes(20))
 >>> hdr = ipv4_header(ip_to_bytes("10.0.0.1"), ip_to_bytes("10.0.0.2"), 51, ah.length + 4)
 >>> packet = hdr + ah.seal(hdr, b"data", 17, 0x100, 1) + b"data"
@@ -24,7 +24,7 @@ import struct
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from ipsecd.algorithms import Integrity
-from ipsecd.esp import AuthenticationFailed, BadPacket
+from ipsecd.driver.errors import AuthenticationFailed, BadPacket
 
 _ah_header = struct.Struct("!BBHII")
 AH_FIXED = 12  # next header, payload length, reserved, SPI, sequence number

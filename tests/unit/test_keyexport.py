@@ -22,8 +22,8 @@ with warnings.catch_warnings():
     from scapy.utils import wrpcap
 
 from ipsecd.algorithms import ENCRYPTIONS, INTEGRITIES
-from ipsecd.sad import SecurityAssociation
-from ipsecd.wireshark import esp_sa_table, tshark_esp_args
+from ipsecd.driver.keyexport import esp_sa_table, tshark_esp_args
+from ipsecd.driver.sad import SecurityAssociation
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 

@@ -21,7 +21,7 @@ IKE has it, `ike.invalid_spi(spi, peer, protocol)` for a packet on an SA it does
 
 >>> from scapy.layers.inet import IP, ICMP
 >>> wire = RecordingWire()
->>> driver = Driver(SPD(), wire=wire)
+>>> driver = IPsecDriver(SPD(), wire=wire)
 >>> driver.outbound(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP()))  # no filter: sent in clear
 >>> wire.sent[0][1]
 '10.0.0.2'
@@ -32,38 +32,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ipsecd.egress import Egress, KernelTables, PacketSocket
-from ipsecd.esp import (
-    IPPROTO_AH,
-    IPPROTO_ESP,
-    IPsecError,
-    SAExpired,
-    UnknownSPI,
-    classify_udp4500,
-    l4_checksum_at,
-    pseudo_header_sum,
-)
-from ipsecd.mmsg import BatchReceiver
-from ipsecd.netfilter import Netfilter, comment_name
-from ipsecd.offload import SOL_UDP, UDP_GRO, UDP_SEGMENT, Coalescer, GsoSender, segments, split_gro, word_sum
-from ipsecd.sad import SAD, SecurityAssociation
-from ipsecd.spd import SPD, Action, Direction, Filter, Selector
+from ipsecd.driver.errors import IPsecError, SAExpired, UnknownSPI
+from ipsecd.driver.esp import NON_ESP_MARKER, classify_udp4500
+from ipsecd.driver.ipv4 import IPPROTO_AH, fix_l4_checksum, ntoa
+from ipsecd.driver.netfilter import Netfilter, comment_name
+from ipsecd.driver.sad import SAD, SecurityAssociation
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, PacketSelector
 
 log = logging.getLogger("ipsecd.driver")
 
 FLOW_CACHE_SIZE = 65536
 NAT_KEEPALIVE_SECONDS = 20.0
 ACQUIRE_RETRY_SECONDS = 5.0  # how long a pending acquire waits before the driver asks IKE again
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
 
-# Driver counters beyond the SAD's ipsecmon counters: (key, label).
+# IPsecDriver counters beyond the SAD's ipsecmon counters: (key, label).
 DRIVER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("packets_without_sa", "Packets Dropped Waiting For An SA"),
     ("acquires", "SA Requests To IKE (Acquire)"),
@@ -79,7 +66,7 @@ DRIVER_COUNTERS: tuple[tuple[str, str], ...] = (
 class IKEHooks(Protocol):
     """What the driver asks of IKE (ipsecd.ike); None means manual keys only."""
 
-    def acquire(self, filter: Filter, selector: Selector) -> None: ...
+    def acquire(self, filter: Filter, selector: PacketSelector) -> None: ...
     def expire(self, sa: SecurityAssociation, hard: bool) -> None: ...
     def datagram_4500(self, data: bytes, addr: tuple[str, int]) -> None: ...
 
@@ -132,21 +119,23 @@ def flow_key(packet: bytes) -> bytes | None:
     return packet[9:10] + packet[12:20]
 
 
-def ntoa(address: int) -> str:
-    return socket.inet_ntoa(address.to_bytes(4, "big"))
+class PeerTraffic:
+    """What the driver keeps for the traffic of one negotiate filter with one peer (its key: filter, peer):
+    the outbound SA, the one packet held while IKE negotiates and when IKE was last asked, whether a soft
+    association lets it go in clear, and NAT-T's port of the peer and keepalives."""
+
+    __slots__ = ("asked", "held", "keepalive", "nat_port", "sa", "soft")
+
+    def __init__(self) -> None:
+        self.sa: SecurityAssociation | None = None  # the outer SA of the bundle that secures it
+        self.held: bytes | None = None
+        self.asked = 0.0
+        self.soft = False
+        self.nat_port: int | None = None  # the UDP port the peer's packets come from, when a NAT changed it
+        self.keepalive = False  # this end is behind a NAT: keep its mapping open (RFC 3948 §2.3)
 
 
-class _Pending:
-    """The one packet kept while IKE negotiates, and when IKE was last asked."""
-
-    __slots__ = ("asked", "packet")
-
-    def __init__(self, packet: bytes, asked: float) -> None:
-        self.packet = packet
-        self.asked = asked
-
-
-class Driver:
+class IPsecDriver:
     """The SPD, the SAD and the packets between them; I/O through `wire`, kernel policy through `kernel`.
 
     `kernel` is a netfilter.Netfilter (None in unit tests, where no kernel policy is installed);
@@ -163,14 +152,10 @@ class Driver:
         self.idle_seconds = idle_seconds
         self.clock = clock
         self.counters = dict.fromkeys((key for key, _ in DRIVER_COUNTERS), 0)
-        self._outbound: dict[tuple[str, str], SecurityAssociation] = {}  # (filter, peer) -> outer SA
+        self._peers: dict[tuple[str, str], PeerTraffic] = {}  # by (filter, peer)
         self._filter_of: dict[tuple, str] = {}  # SA key -> the filter it secures
-        self._nat_port: dict[tuple[str, str], int] = {}  # (filter, peer) -> UDP port seen from the peer
-        self._pending: dict[tuple[str, str], _Pending] = {}
-        self._soft: set[tuple[str, str]] = set()
         self._log_times: dict[str, float] = {}
         self._last_keepalive = -NAT_KEEPALIVE_SECONDS
-        self._keepalive: set[tuple[str, str]] = set()  # (filter, peer) we keep a NAT mapping open for
         self.load_policy(spd or SPD())
 
     # -- the Policy Agent's and IKE's interface -------------------------------------------------------------
@@ -180,15 +165,16 @@ class Driver:
         if self.kernel is not None:
             self.kernel.install(spd)
         self.spd = spd
-        self._flows: dict[bytes, tuple[str, str]] = {}  # flow -> (filter, peer) of a negotiate filter
+        self._flows: dict[bytes, PeerTraffic] = {}  # flow -> the traffic of its negotiate filter and peer
         self._inbound_flows: set[tuple[int, bytes]] = set()  # (SPI, flow) the SA's filter allows
         self._inbound_filters: dict[str, list[Filter]] = {}
         for f in spd.filters:
             if f.direction is Direction.INBOUND:
                 self._inbound_filters.setdefault(f.name, []).append(f)
         names = {f.name for f in spd.filters}
-        for key in [k for k in self._pending if k[0] not in names]:
-            del self._pending[key]
+        for (name, _), peer in self._peers.items():
+            if name not in names:
+                peer.held = None
         log.info("policy loaded: %d filters", len(spd))
 
     def add_sa(self, sa: SecurityAssociation, filter_name: str, *, manual: bool = False,
@@ -210,14 +196,13 @@ class Driver:
                 self._filter_of[member.key] = filter_name
         log.info("SA added: %s for filter %s", describe_sa(sa), filter_name)
         if sa.direction == "outbound":
-            key = (filter_name, sa.dst)
-            self._outbound[key] = sa
-            if nat_keepalive and sa.udp_encap:
-                self._keepalive.add(key)
-            self._soft.discard(key)
-            pending = self._pending.pop(key, None)
-            if pending is not None:
-                self._send(sa, key, pending.packet)
+            peer = self._peer((filter_name, sa.dst))
+            peer.sa = sa
+            peer.keepalive = peer.keepalive or bool(nat_keepalive and sa.udp_encap)
+            peer.soft = False
+            held, peer.held = peer.held, None
+            if held is not None:
+                self._send(sa, peer, held)
 
     def delete_sa(self, spi: int, dst: str, protocol: str) -> SecurityAssociation:
         """Remove an SA (with its bundle); KeyError if there is none."""
@@ -228,10 +213,11 @@ class Driver:
 
     def add_soft_sa(self, filter_name: str, peer: str) -> None:
         """A soft association: IKE got no answer and the filter action falls back to clear."""
-        self._soft.add((filter_name, peer))
-        pending = self._pending.pop((filter_name, peer), None)
-        if pending is not None:
-            self._send_clear(pending.packet, socket.inet_ntoa(pending.packet[16:20]))
+        traffic = self._peer((filter_name, peer))
+        traffic.soft = True
+        held, traffic.held = traffic.held, None
+        if held is not None:
+            self._send_clear(held, socket.inet_ntoa(held[16:20]))
         log.info("soft association: traffic of filter %s to %s goes in clear", filter_name, peer)
 
     def send_4500(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -247,10 +233,11 @@ class Driver:
         now = self.clock() if now is None else now
         if now - self._last_keepalive >= NAT_KEEPALIVE_SECONDS:
             self._last_keepalive = now
-            for key in self._keepalive & self._outbound.keys():
-                sa = self._outbound[key]
-                with contextlib.suppress(OSError):
-                    self.wire.send_udp(b"\xff", (sa.dst, self._nat_port.get(key, sa.udp_encap[1])))
+            for peer in self._peers.values():
+                sa = peer.sa
+                if peer.keepalive and sa is not None and sa.udp_encap:
+                    with contextlib.suppress(OSError):
+                        self.wire.send_udp(b"\xff", (sa.dst, peer.nat_port or sa.udp_encap[1]))
         for sa, reason in self.sad.expire(now):
             self._lifetime_event(sa, reason)
 
@@ -269,14 +256,14 @@ class Driver:
     def outbound(self, packet: bytes) -> None:
         """A packet read from the TUN: the kernel marked it for a negotiate filter."""
         flow = flow_key(packet)
-        cached = self._flows.get(flow)
+        cached = self._flows.get(flow) if flow is not None else None
         if cached is not None:  # the fast path: a known flow with its SA
-            sa = self._outbound.get(cached)
+            sa = cached.sa
             if sa is not None:
                 self._send(sa, cached, packet)
                 return
         try:
-            sel = Selector.parse(packet)
+            sel = PacketSelector.parse(packet)
         except ValueError:
             self.sad.counters.malformed_packets += 1
             return
@@ -290,18 +277,19 @@ class Driver:
             return
         peer = str(f.tunnel) if f.tunnel is not None else ntoa(sel.dst)
         key = (f.name, peer)
+        traffic = self._peer(key)
         if flow is not None:
             if len(self._flows) >= FLOW_CACHE_SIZE:
                 self._flows.clear()
-            self._flows[flow] = key
-        sa = self._outbound.get(key)
+            self._flows[flow] = traffic
+        sa = traffic.sa
         if sa is not None:
-            self._send(sa, key, packet)
-        elif key in self._soft:
+            self._send(sa, traffic, packet)
+        elif traffic.soft:
             self.counters["soft_association_packets"] += 1
             self._send_clear(packet, ntoa(sel.dst))
         else:
-            self._hold(key, f, sel, packet)
+            self._hold(key, traffic, f, sel, packet)
 
     def inbound(self, packet: bytes) -> None:
         """An ESP or AH packet from a raw socket (the whole IPv4 packet)."""
@@ -347,7 +335,7 @@ class Driver:
     @property
     def pending(self) -> int:
         """How many (filter, peer) pairs wait for IKE, each with its one kept packet."""
-        return len(self._pending)
+        return sum(peer.held is not None for peer in self._peers.values())
 
     def counter_values(self) -> dict[str, int]:
         """The ipsecmon counters plus the driver's own; 'dropped by policy' includes the kernel's drops."""
@@ -380,10 +368,16 @@ class Driver:
 
     # -- inside ---------------------------------------------------------------------------------------------
 
-    def _send(self, sa: SecurityAssociation, key: tuple[str, str], packet: bytes) -> None:
+    def _peer(self, key: tuple[str, str]) -> PeerTraffic:
+        peer = self._peers.get(key)
+        if peer is None:
+            peer = self._peers[key] = PeerTraffic()
+        return peer
+
+    def _send(self, sa: SecurityAssociation, peer: PeerTraffic, packet: bytes) -> None:
         try:
             if sa.udp_encap:
-                port = self._nat_port.get(key, sa.udp_encap[1])
+                port = peer.nat_port or sa.udp_encap[1]
                 self.wire.send_udp(sa.encapsulate_udp(packet), (sa.dst, port), packet[1])
             else:
                 self.wire.send_ip(sa.encapsulate(packet), sa.dst)
@@ -394,7 +388,8 @@ class Driver:
                     self._lifetime_event(sa, "soft")
         except SAExpired as e:
             self._say("expired", f"outbound SA can carry no more: {e}")
-            self._outbound.pop(key, None)
+            if peer.sa is sa:
+                peer.sa = None
             self.counters["packets_without_sa"] += 1
         except IPsecError as e:
             self._dropped(e)
@@ -409,23 +404,24 @@ class Driver:
             self.counters["send_errors"] += 1
             self._say("send", f"cannot send to {dst}: {e.strerror}")
 
-    def _hold(self, key: tuple[str, str], f: Filter, sel: Selector, packet: bytes) -> None:
+    def _hold(self, key: tuple[str, str], peer: PeerTraffic, f: Filter, sel: PacketSelector,
+              packet: bytes) -> None:
         """No SA yet: keep only this last packet and ask IKE (not more often than every few seconds)."""
         now = self.clock()
-        pending = self._pending.get(key)
-        if pending is not None:
+        waiting = peer.held is not None
+        if waiting:
             self.counters["packets_without_sa"] += 1  # the packet it replaces is lost
-            pending.packet = packet
-            if now - pending.asked < ACQUIRE_RETRY_SECONDS:
+            peer.held = packet
+            if now - peer.asked < ACQUIRE_RETRY_SECONDS:
                 return
-            pending.asked = now
+            peer.asked = now
         if self.ike is None:
             self.counters["packets_without_sa"] += 1
             self._say(f"nosa {key}", f"no SA for filter {f.name} to {key[1]} and no IKE to negotiate one: "
                                      "packets dropped (add manual SAs to the configuration)")
             return
-        if pending is None:
-            self._pending[key] = _Pending(packet, now)
+        if not waiting:
+            peer.held, peer.asked = packet, now
         self.counters["acquires"] += 1
         log.info("asking IKE for an SA: filter %s, packet %s", f.name, sel)
         self.ike.acquire(f, sel)
@@ -435,7 +431,7 @@ class Driver:
         flow = flow_key(inner)
         if flow is None or (sa.spi, flow) not in self._inbound_flows:
             try:
-                sel = Selector.parse(inner)
+                sel = PacketSelector.parse(inner)
             except ValueError:
                 self.sad.counters.malformed_packets += 1
                 return
@@ -443,14 +439,16 @@ class Driver:
             best = self.spd.lookup(sel, Direction.INBOUND)
             blocked = best is not None and best.action.action is Action.BLOCK
             permitted = best is not None and best.action.action is Action.PERMIT
-            if blocked or not (permitted or any(f.matches(sel) for f in self._inbound_filters.get(name, ()))):
+            own = self._inbound_filters.get(name, ()) if name is not None else ()
+            if blocked or not (permitted or any(f.matches(sel) for f in own)):
                 self.sad.counters.dropped_by_policy += 1
                 self._say(f"selector {name}", f"packet {sel} arrived on SA {sa.spi:#x} but is not traffic "
                                               f"of its filter {name}: dropped")
                 return
-            if len(self._inbound_flows) >= FLOW_CACHE_SIZE:
-                self._inbound_flows.clear()
-            self._inbound_flows.add((sa.spi, flow))
+            if flow is not None:
+                if len(self._inbound_flows) >= FLOW_CACHE_SIZE:
+                    self._inbound_flows.clear()
+                self._inbound_flows.add((sa.spi, flow))
         try:
             self.wire.deliver(inner, stale_checksum)
         except OSError as e:
@@ -460,17 +458,17 @@ class Driver:
     def _learn_nat_port(self, sa: SecurityAssociation, src: str, sport: int) -> None:
         """A NAT may have picked another port for the peer: answer where its packets come from."""
         name = self._filter_of.get(sa.key)
-        key = (name, src)
-        if key in self._outbound and self._nat_port.get(key) != sport:
-            self._nat_port[key] = sport
+        peer = self._peers.get((name, src)) if name is not None else None
+        if peer is not None and peer.sa is not None and peer.nat_port != sport:
+            peer.nat_port = sport
             log.info("NAT-T: peer %s of filter %s is reached at UDP port %d", src, name, sport)
 
     def _forget(self, sa: SecurityAssociation) -> None:
         self._inbound_flows.clear()
         outer = sa.outer or sa
-        for key, current in list(self._outbound.items()):
-            if current is outer:
-                del self._outbound[key]
+        for peer in self._peers.values():
+            if peer.sa is outer:
+                peer.sa = None
         for member in (outer, outer.inner):
             if member is not None:
                 self._filter_of.pop(member.key, None)
@@ -482,7 +480,7 @@ class Driver:
             report(int.from_bytes(spi, "big"), peer, protocol)
 
     def wire_error(self, topic: str, packets: int, message: str) -> None:
-        """Batched I/O (ipsecd.offload) failed after the driver handed the packets over: send errors."""
+        """Batched I/O (driver.offload) failed after the driver handed the packets over: send errors."""
         self.counters["send_errors"] += packets
         self._say(topic, message)
 
@@ -515,224 +513,3 @@ def sa_status(sa: SecurityAssociation, filter_name: str, now: float) -> dict:
             "filter": filter_name, "age_seconds": round(now - sa.created, 1), "sequence": sa.seq,
             "bundle": f"{sa.inner.spi:#010x}" if sa.inner is not None else None,
             "counters": sa.counters.as_dict(), "description": describe_sa(sa)}
-
-
-def fix_l4_checksum(packet: bytes) -> bytes:
-    """Recompute the TCP/UDP checksum of an IPv4 packet over its (possibly NAT-rewritten) addresses.
-
-    Safe because ESP already proved the payload authentic (RFC 3948 §3.1.2 allows the receiver to
-    skip or redo the check). UDP with checksum 0 stays 0.
-
-    >>> from scapy.layers.inet import IP, TCP
-    >>> p = bytearray(bytes(IP(src="192.168.1.10", dst="203.0.113.2") / TCP(dport=80)))
-    >>> p[12:16] = bytes([203, 0, 113, 1])  # the NAT's address
-    >>> fixed = IP(fix_l4_checksum(bytes(p)))
-    >>> expected = IP(bytes(IP(src="203.0.113.1", dst="203.0.113.2") / TCP(dport=80)))[TCP].chksum
-    >>> fixed[TCP].chksum == expected
-    True
-    """
-    offset = l4_checksum_at(packet)
-    if offset is None:
-        return packet  # not TCP/UDP with a checksum, or a fragment: nothing we can recompute here
-    # No copies: the pseudo-header's words, less the old checksum word, added to the segment's sum
-    checksum = internet_checksum(packet[(packet[0] & 0x0F) * 4:],
-                                 pseudo_header_sum(packet) - int.from_bytes(packet[offset:offset + 2], "big"))
-    if packet[9] == 17 and checksum == 0:
-        checksum = 0xFFFF
-    return packet[:offset] + checksum.to_bytes(2, "big") + packet[offset + 2:]
-
-
-def internet_checksum(data: bytes | bytearray, words: int = 0) -> int:
-    """RFC 1071 checksum of `data` and `words` (the sum of further 16-bit words, e.g. a pseudo-header).
-
-    The one's complement sum of 16-bit words is the integer modulo 0xFFFF (ipsecd.offload.word_sum: a
-    big integer for short data, numpy from 1 KB).
-
-    >>> hex(internet_checksum(bytes.fromhex("4500003c1c46400040060000ac100a63ac100a0c")))
-    '0xb1e6'
-    >>> hex(internet_checksum(bytes.fromhex("4500003c1c4640004006"), 0xac10 + 0x0a63 + 0xac10 + 0x0a0c))
-    '0xb1e6'
-    """
-    value = word_sum(data) + words
-    rest = value % 0xFFFF
-    return 0xFFFF - rest if rest else (0 if value else 0xFFFF)
-
-
-# -- the kernel side ---------------------------------------------------------------------------------------
-
-IP_PKTINFO = 8
-IP_TOS, IP_RECVERR, IP_RECVTOS = 1, 11, 13
-SO_RCVBUFFORCE = 33
-RECEIVE_BUFFER = 8 << 20
-IP_MTU_DISCOVER = 10
-IP_PMTUDISC_PROBE = 3
-DRAIN = 64  # packets read per wake-up
-REFRESH_SECONDS = 1.0  # how often the packet socket's next hops are read again from the kernel
-
-
-class KernelWire:
-    """The real I/O: TUN device, raw sockets for ESP and AH, the UDP 4500 socket, a packet socket.
-
-    Outer IPv4 packets (`send_ip`) go out through ipsecd.egress: a packet socket straight to the next
-    hop where the kernel's tables name one, batched per TUN drain, else the raw socket. Everything the
-    daemon sends through the kernel's IP stack carries the bypass mark, so the nftables rules never mark
-    it for securing again (the packet socket's packets never meet them). With an offload TUN
-    (`tun.offload`), a read may hold a TCP super-packet that is cut into the segments the driver sees,
-    and the packets delivered during one drain are coalesced into GSO writes (ipsecd.offload): fewer
-    syscalls, the same packets through the driver.
-    """
-
-    def __init__(self, tun, bypass_mark: int, nat_t_port: int = 4500) -> None:
-        self.tun = tun
-        self.raw_out = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        self.esp_in = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_ESP)
-        self.ah_in = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_AH)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        self.udp.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
-        self.udp.bind(("0.0.0.0", nat_t_port))
-        # A full device queue drops a raw send silently unless the socket asks for errors: with IP_RECVERR
-        # the ENOBUFS comes back and the packet is counted as a send error, not lost unseen.
-        self.raw_out.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-        for sock in (self.raw_out, self.udp):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, bypass_mark)
-            # The path MTU the kernel learns for inner traffic (TUN MTU) must not cap our outer packets.
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
-        for sock in (self.esp_in, self.ah_in, self.udp):
-            # Bursts arrive faster than Python drains them; a deep queue beats dropping (and TCP backing off).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-        for sock in (self.esp_in, self.ah_in):
-            sock.setblocking(False)
-        self._esp_receiver = BatchReceiver(self.esp_in, DRAIN)
-        self._ah_receiver = BatchReceiver(self.ah_in, DRAIN)
-        self._coalescer = Coalescer(self._write_frame) if tun.offload else None
-        self._gso = GsoSender(self._send_segments) if tun.offload else None
-        self._batching = False  # inside a TUN drain: UDP sends wait for the drain's end
-        self.packet_socket = PacketSocket()
-        self.tables = KernelTables(bypass_mark)
-        self.egress = Egress(self.tables.resolve, self.packet_socket.send, self._send_raw)
-        self._refresh_timer = None
-        if tun.offload:
-            with contextlib.suppress(OSError):
-                self.udp.setsockopt(SOL_UDP, UDP_GRO, 1)
-
-    def send_ip(self, packet: bytes, dst: str) -> None:
-        self.egress.send(packet, dst)
-
-    def _send_raw(self, packet: bytes, dst: str) -> None:
-        self.raw_out.sendto(packet, (dst, 0))
-
-    def send_udp(self, payload: bytes, addr: tuple[str, int], tos: int = 0) -> None:
-        if self._batching:
-            self._gso.add(payload, addr, tos)
-        else:
-            self._send_segments(payload, len(payload), addr, tos)
-
-    def _send_segments(self, buffer: bytes, size: int, addr: tuple[str, int], tos: int = 0) -> None:
-        """One datagram, or a run of `size`-byte ones cut by the kernel (UDP_SEGMENT), with IP TOS `tos`."""
-        ancillary = [] if len(buffer) == size else [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
-        if tos:
-            ancillary.append((socket.IPPROTO_IP, IP_TOS, struct.pack("=i", tos)))
-        if ancillary:
-            self.udp.sendmsg([buffer], ancillary, 0, addr)
-        else:
-            self.udp.sendto(buffer, addr)
-
-    def deliver(self, packet: bytes, stale_checksum: bool = False) -> None:
-        if self._coalescer is not None:
-            self._coalescer.add(packet, stale_checksum)  # written at the latest when the drain ends
-        else:
-            self.tun.write(fix_l4_checksum(packet) if stale_checksum else packet)
-
-    def _write_frame(self, frame: bytes) -> None:
-        self.tun.write(frame)
-
-    def attach(self, loop, driver: Driver) -> None:
-        """Register the readers on an asyncio loop; each wake-up drains up to DRAIN packets."""
-        loop.add_reader(self.tun.fd, self._drain_tun, driver)
-        loop.add_reader(self.esp_in.fileno(), self._drain_raw, self._esp_receiver, driver)
-        loop.add_reader(self.ah_in.fileno(), self._drain_raw, self._ah_receiver, driver)
-        loop.add_reader(self.udp.fileno(), self._drain_udp, driver)
-        self.egress.counters, self.egress.report = driver.counters, driver.wire_error
-        self._refresh_timer = loop.call_later(REFRESH_SECONDS, self._refresh, loop)
-
-    def detach(self, loop) -> None:
-        for fd in (self.tun.fd, self.esp_in.fileno(), self.ah_in.fileno(), self.udp.fileno()):
-            loop.remove_reader(fd)
-        if self._refresh_timer is not None:
-            self._refresh_timer.cancel()
-
-    def _refresh(self, loop) -> None:
-        self.egress.refresh()
-        self._refresh_timer = loop.call_later(REFRESH_SECONDS, self._refresh, loop)
-
-    def _drain_tun(self, driver: Driver) -> None:
-        """Up to DRAIN reads from the TUN; what the driver sends meanwhile goes out in batches at the end."""
-        read, outbound = self.tun.read, driver.outbound
-        self.egress.batching = True
-        self._batching = self._gso is not None
-        try:
-            for _ in range(DRAIN):
-                frame = read()
-                if frame is None:
-                    return
-                if self._gso is None:
-                    outbound(frame)
-                    continue
-                for packet in segments(frame):
-                    outbound(packet)
-        finally:
-            self.egress.batching = self._batching = False
-            self.egress.flush()
-            if self._gso is not None:
-                self._gso.flush()
-                if self._gso.lost:
-                    driver.wire_error("send", self._gso.lost, f"cannot send UDP: {self._gso.error}")
-                    self._gso.lost = 0
-
-    def _drain_raw(self, receiver: BatchReceiver, driver: Driver) -> None:
-        """Up to DRAIN packets from a raw socket, in one recvmmsg."""
-        inbound = driver.inbound
-        try:
-            for packet in receiver.receive():
-                inbound(packet)
-        finally:
-            self._flush(driver)
-
-    def _drain_udp(self, driver: Driver) -> None:
-        recvmsg, inbound_udp = self.udp.recvmsg, driver.inbound_udp
-        try:
-            for _ in range(DRAIN):
-                payload, ancillary, _, (src, sport) = recvmsg(65535, 64, socket.MSG_DONTWAIT)
-                dst, size, tos = "0.0.0.0", 0, 0
-                for level, kind, data in ancillary:
-                    if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-                        dst = socket.inet_ntoa(data[8:12])
-                    elif level == socket.IPPROTO_IP and kind == IP_TOS:
-                        tos = data[0]  # GRO merges only datagrams of one TOS
-                    elif level == SOL_UDP and kind == UDP_GRO:
-                        size = int.from_bytes(data[:4], sys.byteorder)  # datagrams GRO merged
-                for datagram in split_gro(payload, size):
-                    inbound_udp(datagram, src, sport, dst, tos)
-        except BlockingIOError:
-            pass
-        finally:
-            self._flush(driver)
-
-    def _flush(self, driver: Driver) -> None:
-        """Write what the drain coalesced; a TUN that refuses it is counted like a refused packet."""
-        if self._coalescer is None:
-            return
-        try:
-            self._coalescer.flush()
-        except OSError as e:
-            driver.wire_error("deliver", 1, f"cannot write to the TUN: {e.strerror}")
-
-    def close(self) -> None:
-        for sock in (self.raw_out, self.esp_in, self.ah_in, self.udp):
-            sock.close()
-        self.packet_socket.close()
-        self.tables.close()
-        self.tun.close()

@@ -1,0 +1,60 @@
+"""YAML with lines: the one place ipsecd turns a file's text into nodes and a field path into a line.
+
+ipsecd.yaml (config.py) and policy files (policy/policyfile.py) name the file and line of every problem;
+both compose the text here and look a field up here, by the path spelling they share: 'sas[1].spi'.
+
+>>> node = compose("a:\\n  b: [1, 2]\\n", "x.yaml")
+>>> lines = value_lines(node)
+>>> lines["a.b[1]"], enclosing_line(lines, "a.b[1].c")
+(2, 2)
+>>> compose("a: b: c", "x.yaml")
+Traceback (most recent call last):
+...
+ipsecd.yaml_lines.YamlSyntaxError: x.yaml:1: not valid YAML: mapping values are not allowed here
+"""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+
+class YamlSyntaxError(ValueError):
+    """The text is not YAML: ``where`` is 'file:line' (or the file), ``message`` says why."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: not valid YAML: {message}")
+        self.where, self.message = where, message
+
+
+def compose(text: str, source: str) -> yaml.Node | None:
+    """The node tree of `text` (None for an empty document); YamlSyntaxError names `source` and the line."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise YamlSyntaxError(where, str(getattr(e, "problem", e))) from None
+
+
+def value_lines(node: yaml.Node | None, path: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+    """Line number (1-based) of every value in the tree, keyed by its field path such as 'sas[1].spi'."""
+    out = {} if out is None else out
+    if node is None:
+        return out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            value_lines(value, f"{path}.{key.value}" if path else str(key.value), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            value_lines(value, f"{path}[{i}]", out)
+    return out
+
+
+def enclosing_line(lines: dict[str, int], path: str) -> int | None:
+    """The line of the field at `path`, or of its nearest enclosing field (a missing field: its parent)."""
+    while path and path not in lines:
+        path = re.sub(r"(\.[^.\[]+|\[\d+\]|^[^.\[]+)$", "", path)
+    return lines.get(path)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ipsecd import ipsecctl, wireshark
+from ipsecd import ipsecctl
+from ipsecd.driver import keyexport
 from ipsecd.daemon import event_kind, ike_counter_key
-from ipsecd.sad import SecurityAssociation
+from ipsecd.driver.sad import SecurityAssociation
 
 
 def args(*argv: str) -> argparse.Namespace:
@@ -64,7 +65,7 @@ def test_keys_folder_is_made_and_tshark_decrypts_with_it(tmp_path):
     sas = [SecurityAssociation(0x2C2A598D, "esp", "outbound", "tunnel", "10.77.0.1", "10.77.0.2",
                                "aes-cbc-128", bytes.fromhex("a4f53ea023eed6ca6a52b4e9c2e0388b"),
                                "hmac-sha1-96", bytes.fromhex("ce4d49cc19b97ad246f94d1ea736af137d75454d"))]
-    result = {"esp_sa": wireshark.esp_sa_table(sas), "tshark_args": [],
+    result = {"esp_sa": keyexport.esp_sa_table(sas), "tshark_args": [],
               "ikev1_decryption_table": ["aecc403f3918efa0,36206d4ef5b4ac7429045639152ca465"]}
     folder = tmp_path / "keys"
     ipsecctl.write_keys(result, args("keys", "--wireshark", "-o", str(folder)))

@@ -18,7 +18,6 @@ written or read, with struct (much cheaper per packet than ctypes attribute acce
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import socket
 import struct
@@ -44,7 +43,8 @@ NAME_AT = Mmsghdr.hdr.offset + Msghdr.name.offset
 _LENGTH = struct.Struct("@I")
 _LENGTH_AT = Mmsghdr.length.offset
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc is in the process already (ctypes.util, which finds it by
+# name, costs imports of tempfile, shutil, bz2, lzma and a child process on some systems)
 sendmmsg = _libc.sendmmsg
 sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
 sendmmsg.restype = ctypes.c_int

@@ -5,13 +5,16 @@ certificate checks. Pre-shared keys need no code here (they key SKEYID, oakley.s
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ipsecd.ike.events import NegotiationError
 from ipsecd.ike.isakmp import NotifyType
+
+if TYPE_CHECKING:  # annotations only: loading x509 costs every ipsecd 8 MB
+    from cryptography import x509
 
 AUTH_IDS = {"psk": 1, "rsa-sig": 3}  # Oakley Authentication Method values (RFC 2409 App. A)
 AUTH_NAMES = {1: "PSK", 3: "RSA-SIG", 65001: "Kerberos"}

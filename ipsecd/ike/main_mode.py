@@ -12,7 +12,6 @@ import datetime
 import ipaddress
 import secrets
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -391,6 +390,8 @@ class MainMode:
         for p in payloads:
             if isinstance(p, Cert):
                 try:
+                    from cryptography import x509  # here: a PSK-only ipsecd never loads it (8 MB)
+
                     certs.append(x509.load_der_x509_certificate(p.data))
                 except ValueError:
                     raise NegotiationError(

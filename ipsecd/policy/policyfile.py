@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +82,8 @@ def write_atomically(path: Path, text: str) -> None:
 
     The file is readable by its owner only: policies may hold pre-shared keys.
     """
+    import tempfile  # here, not at start: with shutil, bz2 and lzma it is imported by every ipsecd otherwise
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

@@ -1,13 +1,14 @@
 """ipsecd starts small: what a node's configuration does not use is not imported at start (issue 16).
 
 numpy (16 MB, 0.1 s of CPU) is for checksums of 1 KB and more, cryptography.x509 (8 MB) for certificates,
-and ctypes.util (tempfile, shutil, bz2, lzma) found libc by name; a hundred idle ipsecd paid for all three.
+ctypes.util found libc by name and tempfile writes policies (both pull shutil, bz2, lzma): a hundred
+idle ipsecd paid for all of them.
 """
 
 import subprocess
 import sys
 
-DEFERRED = ("numpy", "cryptography.x509", "ctypes.util")
+DEFERRED = ("numpy", "cryptography.x509", "ctypes.util", "tempfile")
 
 
 def loaded_after(code: str) -> list[str]:

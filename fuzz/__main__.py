@@ -6,9 +6,11 @@ import argparse
 import sys
 
 from fuzz.engine import Target, run, say
+from fuzz.esp import ESPTarget
 from fuzz.ike import IKETarget
+from fuzz.policy import PolicyTarget
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (IKETarget,)}
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (IKETarget, ESPTarget, PolicyTarget)}
 
 
 def main(argv: list[str] | None = None) -> int:

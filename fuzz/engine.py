@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import logging
 import os
 import random
 import secrets
@@ -198,6 +199,8 @@ def run(target_class: type[Target], inputs: int, seconds: float | None = None, s
     target = target_class(random.Random(seed))
     start = last = time.monotonic()
     crash_path = None
+    quiet = logging.getLogger("ipsecd")
+    level, quiet.level = quiet.level, logging.CRITICAL  # the daemon's drop warnings: millions of them
     with seeded_randomness(seed):
         try:
             while target.inputs < inputs and (seconds is None or time.monotonic() - start < seconds):
@@ -214,6 +217,8 @@ def run(target_class: type[Target], inputs: int, seconds: float | None = None, s
             if progress:
                 progress(f"{target.name}: CRASH after {target.inputs} inputs: {crash} (input to "
                          f"{crash.context}); saved as {crash_path}\n{crash.detail}")
+        finally:
+            quiet.setLevel(level)
     return Report(target.name, target.inputs, time.monotonic() - start, target.tally, crash_path)
 
 

@@ -37,21 +37,34 @@ T = TypeVar("T")
 _NAMESPACE = uuid.UUID("5b0d6f2e-1c7a-4f4e-9a53-6c1c2a1e9f00")  # ipsec-lab policy files
 _DURATION = re.compile(r"(\d+)\s*(s|min|h)")
 _UNITS = {"s": 1, "min": 60, "h": 3600}
+#: The tags a scalar may carry: YAML's core schema as the safe loader resolves it (no !!python/...).
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
+                         ("str", "int", "float", "bool", "null", "timestamp", "binary"))
+MAX_NESTING = 16  # a policy file nests 7 deep: policy, rules, rule, filter list, filters, filter, value
+_BAD_SCALAR = (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError)
 
 
 def load(path: str | os.PathLike[str]) -> model.Policy:
     """Read and validate one policy file; PolicyError names the file, line and field of each problem."""
     p = Path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
+        stamp = int(p.stat().st_mtime)
     except OSError as e:
         raise PolicyError([Problem("", f"cannot read: {e.strerror}", str(p))]) from None
-    return loads(text, str(p), default_stamp=int(p.stat().st_mtime))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, line_start = data.count(b"\n", 0, e.start) + 1, data.rfind(b"\n", 0, e.start) + 1
+        where = f"{p}:{line}"
+        raise PolicyError([Problem("", f"not UTF-8 text: byte {data[e.start]:#04x} at column "
+                                       f"{e.start - line_start + 1} ({e.reason})", where)]) from None
+    return loads(text, str(p), default_stamp=stamp)
 
 
 def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.Policy:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -128,6 +141,25 @@ def format_stamp(stamp: int) -> str:
     return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing collections nested deeper than a policy has any use for: PyYAML
+    composes recursively (a deep file raised RecursionError) and scans deep flow collections in quadratic
+    time (3,000 '[' took seconds)."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self.depth >= MAX_NESTING:
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"collections nested deeper than {MAX_NESTING}",
+                                              event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 class _Reader:
     """Builds model objects from YAML nodes, remembering the line of every field it reads."""
 
@@ -157,6 +189,8 @@ class _Reader:
             self.fail(node, path, "must be a mapping")
         out: dict[str, yaml.Node] = {}
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):  # str() of an alias tree is exponential: a bomb
+                self.fail(key, path, "a field name must be a single word, not a list or mapping")
             name = str(key.value)
             if name not in known:
                 self.fail(key, _join(path, name), f"unknown field (expected one of: {', '.join(known)})")
@@ -181,8 +215,14 @@ class _Reader:
     def value(self, node: yaml.Node, path: str, convert: Callable[[Any], T]) -> T:
         if not isinstance(node, yaml.ScalarNode):
             self.fail(node, path, "must be a single value")
+        if node.tag not in _SCALAR_TAGS:
+            self.fail(node, path, f"the tag {node.tag} is not allowed (a policy file is plain YAML data)")
         try:
-            return convert(self._constructor.construct_object(node, deep=True))
+            value = self._constructor.construct_object(node, deep=True)
+        except _BAD_SCALAR as e:  # PyYAML's scalar constructors fail on bad text in several ways
+            self.fail(node, path, f"{node.value[:40]!r} is not a valid {node.tag.rsplit(':', 1)[-1]} ({e})")
+        try:
+            return convert(value)
         except (ValueError, TypeError) as e:
             self.fail(node, path, str(e))
 
@@ -192,7 +232,7 @@ class _Reader:
     def identity(self, f: dict[str, yaml.Node], path: str) -> dict[str, Any]:
         """guid and when_changed of a part; a missing GUID is derived from the policy's and the path."""
         return {
-            "guid": self.opt(f, "guid", path, uuid.UUID, uuid.uuid5(self._policy_guid, path)),
+            "guid": self.opt(f, "guid", path, _guid, uuid.uuid5(self._policy_guid, path)),
             "when_changed": self.opt(f, "when_changed", path, parse_stamp, self._stamp),
         }
 
@@ -208,7 +248,7 @@ class _Reader:
         f = self.fields(node, "", ("name", "guid", "when_changed", "description", "polling_interval",
                                    "key_exchange", "rules", "default_response_rule"), ("name",))
         name = self.value(f["name"], "name", str)
-        self._policy_guid = self.opt(f, "guid", "", uuid.UUID, uuid.uuid5(_NAMESPACE, name))
+        self._policy_guid = self.opt(f, "guid", "", _guid, uuid.uuid5(_NAMESPACE, name))
         self._stamp = self.opt(f, "when_changed", "", parse_stamp, default_stamp)
         rules = tuple(self.rule(n, p) for p, n in self.items(f["rules"], "rules")) if "rules" in f else ()
         return model.Policy(
@@ -341,6 +381,15 @@ class _Reader:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _guid(value: object) -> uuid.UUID:
+    if not isinstance(value, str):  # uuid.UUID(123) raises AttributeError, not ValueError
+        raise ValueError(f"{value!r} is not a GUID such as 1e4d1a3b-...")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a GUID") from None
 
 
 def _boolean(value: object) -> bool:

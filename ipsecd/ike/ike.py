@@ -49,8 +49,11 @@ COUNTER_NAMES = (
     "Dropped: internal error",
 )
 #: Exchange types of RFC 2408 ipsecd does not speak, as a rejection names them (others: "other").
-UNSUPPORTED_EXCHANGES = {ExchangeType.AGGRESSIVE: "aggressive mode", ExchangeType.BASE: "base",
-                         ExchangeType.AUTH_ONLY: "authentication only"}
+UNSUPPORTED_EXCHANGES: dict[int, str] = {
+    ExchangeType.AGGRESSIVE: "aggressive mode",
+    ExchangeType.BASE: "base",
+    ExchangeType.AUTH_ONLY: "authentication only",
+}
 IKEV2_MAJOR_VERSION = 2
 #: A retransmission of the message we last answered is answered again at most this many times per exchange
 #: (the peer retransmits 6 times; a replay flood gets no more).
@@ -633,16 +636,17 @@ class IKE:
         for spi in delete.spis:
             if delete.protocol == ProtocolID.ISAKMP:
                 target = self.main_modes.get(spi)
-                owned = [spi] if target and same_peer(target.sa, mm.sa) else []
-                for cookies in owned:
-                    self._remove_main_mode(cookies, reason, notify_peer=False)
+                owned = bool(target and same_peer(target.sa, mm.sa))
+                if owned:
+                    self._remove_main_mode(spi, reason, notify_peer=False)
             else:
                 value = int.from_bytes(spi, "big")
-                owned = [inbound for inbound, entry in self.quick_modes.items()
-                         if value in (c.spi for c in entry.sa.outbound.chain())
-                         and same_peer(entry.sa.isakmp_sa, mm.sa)]
-                for inbound in owned:
+                inbound_spis = [inbound for inbound, entry in self.quick_modes.items()
+                                if value in (c.spi for c in entry.sa.outbound.chain())
+                                and same_peer(entry.sa.isakmp_sa, mm.sa)]
+                for inbound in inbound_spis:
                     self._remove_quick_mode(inbound, reason, notify_peer=False)
+                owned = bool(inbound_spis)
             if not owned:  # gone already (a late or replayed DELETE), or another peer's: nothing to do
                 self.note(f"peer {mm.sa.remote[0]} deleted {spi.hex()}, which is none of its SAs here")
 

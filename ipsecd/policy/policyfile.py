@@ -148,7 +148,7 @@ class _Loader(yaml.SafeLoader):
 
     depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.depth >= MAX_NESTING:
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, f"collections nested deeper than {MAX_NESTING}",

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -220,6 +220,26 @@ def rsa_verify_raw(key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool
         return False
 
 
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A peer's CERT payload, every field the checks read parsed now: cryptography parses the names, dates
+    and key only when they are read, so a corrupt subject raised ValueError from inside the chain check."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        _ = cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise NegotiationError(
+            f"CERT payload is not a DER X.509 certificate ({e})", NotifyType.INVALID_CERTIFICATE,
+            "authentication failed",
+        ) from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise NegotiationError(
+            f"certificate {cert.subject.rfc4514_string()} has no RSA key: RSA signatures only",
+            NotifyType.INVALID_CERTIFICATE, "authentication failed",
+        )
+    return cert
+
+
 def verify_chain(
     cert: x509.Certificate,
     extra: list[x509.Certificate],
@@ -264,7 +284,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
         return True
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
 
 
@@ -553,17 +573,7 @@ class MainMode:
                     integrity=True,
                 )
             return _id_text(peer_id)
-        certs = []
-        for p in payloads:
-            if isinstance(p, Cert):
-                try:
-                    certs.append(x509.load_der_x509_certificate(p.data))
-                except ValueError:
-                    raise NegotiationError(
-                        "CERT payload is not a DER X.509 certificate",
-                        NotifyType.INVALID_CERTIFICATE,
-                        "authentication failed",
-                    ) from None
+        certs = [load_certificate(p.data) for p in payloads if isinstance(p, Cert)]
         sig = next((p.data for p in payloads if isinstance(p, Signature)), None)
         if not certs or sig is None:
             raise NegotiationError(

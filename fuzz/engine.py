@@ -21,7 +21,7 @@ import secrets
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +64,9 @@ class Target:
         """Run some inputs (one episode, one batch): each through `check`."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Remove what the target made outside memory (files)."""
+
     def check(self, data: bytes, context: str, deliver: Callable[[bytes], str]) -> None:
         """Deliver one input; `deliver` returns the outcome's name (the counter it moved) for the tally."""
         self.inputs += 1
@@ -82,7 +85,7 @@ class Mutator:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
 
-    def mutate(self, data: bytes, corpus: list[bytes], fields: list[tuple[int, int]] = ()) -> bytes:
+    def mutate(self, data: bytes, corpus: Sequence[bytes], fields: Sequence[tuple[int, int]] = ()) -> bytes:
         out = bytearray(data)
         for _ in range(self.rng.choice((1, 1, 1, 2, 2, 3, 4))):
             self.rng.choice(self.OPERATIONS)(self, out, corpus, fields)
@@ -219,6 +222,7 @@ def run(target_class: type[Target], inputs: int, seconds: float | None = None, s
                          f"{crash.context}); saved as {crash_path}\n{crash.detail}")
         finally:
             quiet.setLevel(level)
+            target.close()
     return Report(target.name, target.inputs, time.monotonic() - start, target.tally, crash_path)
 
 

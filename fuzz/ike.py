@@ -69,8 +69,15 @@ def _scenarios(rng: random.Random) -> list[tuple[str, Callable[[], tuple]]]:
         ("psk ah+esp tunnel", lambda: pair(PeerPolicy(auth=[PSK], quick_mode=ah_bundle.quick_mode,
                                                       tunnel=True))),
         ("certificates", lambda: pair(PeerPolicy(auth=[cert_a]), PeerPolicy(auth=[cert_b]))),
-        ("psk nat-t", lambda: pair(PeerPolicy(auth=[PSK]), address_a=NAT[0])),
+        ("psk nat-t", lambda: _behind_nat(PeerPolicy(auth=[PSK]))),
     ]
+
+
+def _behind_nat(policy: PeerPolicy) -> tuple:
+    """test_ike_component.pair with A behind a NAT that rewrites its address and source ports."""
+    lab = pair(policy, address_a=NAT[0])
+    lab[1].nat = NAT
+    return lab
 
 
 def _state(ike: IKE) -> tuple:
@@ -92,6 +99,8 @@ class IKETarget(Target):
         self.scenarios = _scenarios(rng)
         self.corpus: collections.deque[bytes] = collections.deque(maxlen=2000)  # ISAKMP messages
         self.episode = 0
+        self.nodes: dict[str, IKE] = {}  # of the current episode, by address
+        self.net, self.deliveries, self.stage = None, 0, 0  # its network, datagrams so far, the one attacked
         self.outcome = ""
         self.error = ""
         self.notes = 0
@@ -135,11 +144,9 @@ class IKETarget(Target):
     # -- one episode -------------------------------------------------------------------------------
 
     def step(self) -> None:
-        name, build = self.scenarios[self.episode % len(self.scenarios)]
+        _, build = self.scenarios[self.episode % len(self.scenarios)]
         self.episode += 1
         clock, net, (ike_a, _), (ike_b, _), rule = build()
-        if name == "psk nat-t":
-            net.nat = NAT
         self.nodes = {ike_a.local_address: ike_a, ike_b.local_address: ike_b}
         for ike in self.nodes.values():
             self._watch(ike)

@@ -13,6 +13,7 @@ force; a valid file is put back afterwards so the next poll sees a change again.
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import time
 from ipaddress import IPv4Address
@@ -25,6 +26,7 @@ from ipsecd.policy.validate import PolicyError
 from ipsecd.policy_agent import Event, PolicyAgent
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+VALID = REPOSITORY / "policies" / "intranet-pair-filters.yaml"  # put back after each agent input
 SECONDS_PER_INPUT = 5.0  # a bomb must be refused well within this on a slow machine
 AGENT_EVERY = 16
 ADDRESS = IPv4Address("10.0.0.1")
@@ -75,7 +77,7 @@ class PolicyTarget(Target):
         self.folder = Path(tempfile.mkdtemp(prefix="fuzz-policy-"))
         self.path = self.folder / "policy.yaml"
         self.store = LocalStore(self.folder)
-        self.valid = next(text for text in self.corpus if b"10.0.0" in text or b"negotiate" in text)
+        self.valid = VALID.read_bytes()
         self.path.write_bytes(self.valid)
         self.store.assign(PolicyRef(str(self.path)))
         self.refusals = 0
@@ -83,6 +85,9 @@ class PolicyTarget(Target):
                                  resolve=_no_dns, clock=self._clock, log=self._event)
         self.now = 0.0
         self.agent.apply()
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def _event(self, event: Event) -> None:
         self.refusals += event.kind == "policy-refused"

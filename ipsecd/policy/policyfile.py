@@ -37,6 +37,7 @@ T = TypeVar("T")
 _NAMESPACE = uuid.UUID("5b0d6f2e-1c7a-4f4e-9a53-6c1c2a1e9f00")  # ipsec-lab policy files
 _DURATION = re.compile(r"(\d+)\s*(s|min|h)")
 _UNITS = {"s": 1, "min": 60, "h": 3600}
+_LAST_STAMP = 253402300799  # 9999-12-31T23:59:59Z
 #: The tags a scalar may carry: YAML's core schema as the safe loader resolves it (no !!python/...).
 _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
                          ("str", "int", "float", "bool", "null", "timestamp", "binary"))
@@ -124,7 +125,7 @@ def parse_stamp(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a time")
     if isinstance(value, int):
-        return value
+        return _in_range(value, value)
     if isinstance(value, str):
         try:
             value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -133,8 +134,15 @@ def parse_stamp(value: object) -> int:
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.UTC)
-        return int(value.timestamp())
+        return _in_range(int(value.timestamp()), value)
     raise ValueError(f"{value!r} is not a time such as 2026-11-22T18:50:59Z")
+
+
+def _in_range(stamp: int, value: object) -> int:
+    """Stamps are shown as times (format_stamp): one past year 9999 raised OverflowError in the agent."""
+    if not 0 <= stamp <= _LAST_STAMP:
+        raise ValueError(f"{value!r} is not a time between 1970 and 9999")
+    return stamp
 
 
 def format_stamp(stamp: int) -> str:

@@ -336,3 +336,11 @@ def test_a_file_that_is_not_utf8_is_refused_and_polling_goes_on(node):
     node.path.write_text(PAIR.replace("destination_port: 23", "destination_port: 2323"))
     node.clock.now += 60
     assert node.agent.poll().touched_rules == {"block telnet"}
+
+
+def test_a_change_stamp_past_year_9999_is_refused_and_polling_goes_on(node):
+    node.agent.apply()
+    node.path.write_text(PAIR.replace("when_changed: 2026-11-22T10:00:00Z", "when_changed: 99999999999999"))
+    node.clock.now += 60
+    assert node.agent.poll() is None and node.agent.applied.policy.when_changed < 2**32
+    assert node.agent.events[-1].kind == "policy-refused"

@@ -248,3 +248,10 @@ def test_a_file_that_is_not_utf8_names_its_line_and_column(tmp_path):
     path.write_bytes(b"name: p\ndescription: caf\xe9\n")
     with pytest.raises(PolicyError, match=r"p\.yaml:2: not UTF-8 text: byte 0xe9 at column 17"):
         policyfile.load(path)
+
+
+@pytest.mark.parametrize("stamp", ["99999999999999", "-5", "0001-01-01T00:00:00Z"])
+def test_a_change_stamp_beyond_what_a_time_can_show_is_refused(stamp):
+    """It loaded, then the agent's message about it raised OverflowError and ended its polling."""
+    with pytest.raises(PolicyError, match=r"p\.yaml:2: when_changed: .* is not a time between 1970 and 9999"):
+        policyfile.loads(f"name: p\nwhen_changed: {stamp}", "p.yaml")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ipsecd.ike.events import NegotiationError
@@ -90,3 +90,25 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def in_date(cert: x509.Certificate, now: datetime.datetime) -> bool:
     return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A peer's CERT payload, every field the checks read parsed now: cryptography parses the names, dates
+    and key only when they are read, so a corrupt subject raised ValueError from inside the chain check."""
+    from cryptography import x509  # here: a PSK-only ipsecd never loads it (8 MB)
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        _ = cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise NegotiationError(
+            f"CERT payload is not a DER X.509 certificate ({e})", NotifyType.INVALID_CERTIFICATE,
+            "authentication failed",
+        ) from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise NegotiationError(
+            f"certificate {cert.subject.rfc4514_string()} has no RSA key: RSA signatures only",
+            NotifyType.INVALID_CERTIFICATE, "authentication failed",
+        )
+    return cert

@@ -107,8 +107,25 @@ def test_main_mode_lifetime_is_the_smaller_one():
         PeerPolicy(auth=[PSK], main_mode=[MainModeOffer(lifetime=3600)]), PeerPolicy(auth=[PSK])
     )
     assert i.sa.lifetime == r.sa.lifetime == 3600
-    with pytest.raises(ValueError, match="5 minutes"):
-        MainModeOffer(lifetime=60)
+    with pytest.raises(ValueError, match="48 hours"):
+        MainModeOffer(lifetime=49 * 3600)
+
+
+def test_a_responder_with_a_shorter_main_mode_lifetime_says_so_in_main_mode_6():
+    """Main mode 2 echoes the initiator's transform unchanged: RESPONDER-LIFETIME (RFC 2407 §4.6.3.1) tells
+    the initiator the shorter lifetime, so both renegotiate before the responder's SA ends."""
+    short = PeerPolicy(auth=[PSK], main_mode=[MainModeOffer(lifetime=40)])
+    i, r, _ = main_mode_pair(PeerPolicy(auth=[PSK]), short)
+    assert (r.proposed_lifetime, r.sa.lifetime, i.sa.lifetime) == (28800, 40, 40)
+
+
+def test_a_responder_with_a_shorter_quick_mode_lifetime_says_so_in_quick_mode_2():
+    i, r, _ = main_mode_pair(PeerPolicy(auth=[PSK]), PeerPolicy(auth=[PSK]))
+    short = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer(lifetime_seconds=300, lifetime_kb=20480)])
+    q_i, q_r = quick_mode_pair(i.sa, r.sa, PeerPolicy(auth=[PSK]), short)
+    (done_i,), (_ready, done_r) = q_i.events, q_r.events
+    assert (done_r.lifetime_seconds, done_r.lifetime_kb) == (done_i.lifetime_seconds, done_i.lifetime_kb)
+    assert (done_i.lifetime_seconds, done_i.lifetime_kb) == (300, 20480)
 
 
 def test_wrong_psk_fails_on_both_sides_with_reason():

@@ -171,6 +171,21 @@ def _responder_lifetime(chosen: Transform, offer: QuickModeOffer, protocol: int,
     return [isakmp.Notify.responder_lifetime(protocol, spi, shorter_seconds, shorter_kb)]
 
 
+def _initiators_first(group: list[Proposal], offers: list[QuickModeOffer], encapsulation: int
+                      ) -> tuple[QuickModeOffer, list[Transform]] | None:
+    """Of our offers that a proposal group matches, the one whose transforms come first in the initiator's
+    order (a proposal may carry several transforms): the initiator's preference decides, ours only says
+    what we accept."""
+    matches = [(offer, chosen) for offer in offers if (chosen := match_group(group, offer, encapsulation))]
+    if not matches:
+        return None
+
+    def rank(match: tuple[QuickModeOffer, list[Transform]]) -> list[int]:
+        return [proposal.transforms.index(t) for proposal, t in zip(group, match[1], strict=True)]
+
+    return min(matches, key=rank)
+
+
 def selector_id(sel: Selector) -> ID:
     return ID.for_network(sel.network, sel.protocol, sel.port)
 
@@ -522,10 +537,10 @@ class QuickModeResponder(QuickMode):
             )
         encap = _encapsulation(self.sa, policy.tunnel)
         for group in proposal_groups(sa):
-            for offer in policy.quick_mode:
-                transforms = match_group(group, offer, encap)
-                if transforms:
-                    return self._answer(payloads, ids, group, transforms, offer, policy, own_sel, peer_sel)
+            choice = _initiators_first(group, policy.quick_mode, encap)
+            if choice:
+                offer, transforms = choice
+                return self._answer(payloads, ids, group, transforms, offer, policy, own_sel, peer_sel)
         ours = " ".join(
             o.describe() + (f" PFS group {o.pfs_group}" if o.pfs_group else "") for o in policy.quick_mode
         )

@@ -321,3 +321,32 @@ def test_bundle_mismatch_names_the_bundle():
         "no proposal chosen: peer 192.0.2.1 offered AH[MD5] + ESP[3DES,NONE]; "
         "we accept ESP[3DES,SHA1] in transport mode"
     )
+
+
+def one_proposal(proposals: list[isakmp.Proposal]) -> isakmp.SA:
+    """The initiator's offers as the transforms of one proposal, in its order (some initiators send that)."""
+    first = proposals[0]
+    transforms = [isakmp.Transform(n, t.transform_id, t.attributes)
+                  for n, t in enumerate((p.transforms[0] for p in proposals), start=1)]
+    return isakmp.SA([isakmp.Proposal(1, first.protocol, first.spi, transforms)])
+
+
+@pytest.mark.parametrize("layout", ["one proposal per offer", "one proposal, a transform per offer"])
+def test_the_quick_mode_responder_takes_the_initiators_first_acceptable_offer(monkeypatch, layout):
+    """As main mode does (RFC 2409 leaves the choice to the responder; Windows honours the initiator's order):
+    the responder's own order only says what it accepts."""
+    i, r, _ = main_mode_pair(PeerPolicy(auth=[PSK]), PeerPolicy(auth=[PSK]))
+    aes, des3 = QuickModeOffer("esp", "aes-cbc-128"), QuickModeOffer("esp", "3des-cbc")
+    q = quick_mode.QuickModeInitiator(i.sa, PeerPolicy(auth=[PSK], quick_mode=[aes, des3]),
+                                      Selector.parse("192.0.2.1/32"), Selector.parse("192.0.2.2/32"),
+                                      count(0x1000).__next__)
+    with monkeypatch.context() as patch:
+        if layout != "one proposal per offer":
+            patch.setattr(quick_mode, "SA", one_proposal)
+        first = q.start()
+    responder = quick_mode.QuickModeResponder(
+        r.sa, isakmp.Message.decode(first).message_id,
+        lambda *_: PeerPolicy(auth=[PSK], quick_mode=[des3, aes]), count(0x2000).__next__)
+    converse(q, responder, first)
+    (done,) = q.events
+    assert done.offer == aes and done.inbound.encryption == "aes-cbc-128"

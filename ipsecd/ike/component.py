@@ -206,6 +206,7 @@ class IKE:
         keepalive_interval: float = natt.KEEPALIVE_INTERVAL,
         on_peer_message: Callable[[str], None] | None = None,
         main_mode_lifetime: int | None = None,
+        nat_traversal: tuple[str, ...] | None = None,
     ):
         self.local_address, self.driver = local_address, driver
         self._clock = clock
@@ -218,6 +219,7 @@ class IKE:
         self.keepalive_interval = keepalive_interval
         self.on_peer_message = on_peer_message  # the Negotiator: this peer speaks IKE (no soft association)
         self.main_mode_lifetime = main_mode_lifetime  # seconds, for every rule (a lab goes below 5 min)
+        self.nat_traversal = nat_traversal  # NAT-T revisions for every rule; None: PeerPolicy's (draft-02)
         self.rules: list[IKERule] = []
         self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in COUNTER_NAMES})
         self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=1000)
@@ -281,14 +283,17 @@ class IKE:
             sock.close()
 
     def load_policy(self, rules: list[IKERule]) -> None:
-        self.rules = [self._with_main_mode_lifetime(rule) for rule in rules]
+        self.rules = [self._with_node_settings(rule) for rule in rules]
 
-    def _with_main_mode_lifetime(self, rule: IKERule) -> IKERule:
-        """`rule` with the node's main mode lifetime, when ipsecd.yaml sets one (`ike.main_mode_lifetime`)."""
-        if self.main_mode_lifetime is None:
-            return rule
-        offers = [dataclasses.replace(o, lifetime=self.main_mode_lifetime) for o in rule.policy.main_mode]
-        return dataclasses.replace(rule, policy=dataclasses.replace(rule.policy, main_mode=offers))
+    def _with_node_settings(self, rule: IKERule) -> IKERule:
+        """`rule` with what ipsecd.yaml sets for every rule: `ike.main_mode_lifetime`, `ike.nat_traversal`."""
+        policy = rule.policy
+        if self.main_mode_lifetime is not None:
+            offers = [dataclasses.replace(o, lifetime=self.main_mode_lifetime) for o in policy.main_mode]
+            policy = dataclasses.replace(policy, main_mode=offers)
+        if self.nat_traversal is not None:
+            policy = dataclasses.replace(policy, nat_traversal=self.nat_traversal)
+        return dataclasses.replace(rule, policy=policy)
 
     def _send_udp(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         if local_port == self.natt_port:

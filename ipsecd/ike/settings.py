@@ -111,7 +111,9 @@ class PeerPolicy:
     main_mode: list[MainModeOffer] = field(default_factory=lambda: [MainModeOffer()])
     quick_mode: list[QuickModeOffer] = field(default_factory=lambda: [QuickModeOffer()])
     tunnel: bool = False  # tunnel mode (tunnel endpoints are the IKE peers) or transport mode
-    nat_traversal: tuple[str, ...] = ("rfc3947", "draft-02")  # () = off; ("draft-02",) = as Windows 2003
+    #: NAT-T revisions we announce and accept, by preference: Windows Server 2003 sends the draft-02 vendor ID
+    #: only (MS-IKEE <13>), so that is the default; ("rfc3947", "draft-02") as Vista and later; () = off
+    nat_traversal: tuple[str, ...] = ("draft-02",)
 
 
 ANY = Selector(ipaddress.IPv4Network("0.0.0.0/0"))

@@ -334,3 +334,35 @@ def test_a_main_mode_lifetime_shorter_than_strongswans_keeps_the_tunnel(lab, str
     assert stats["ike_oakley_main_modes"] >= 3, stats  # strongSwan's, then ipsecd's before each one expired
     assert {(c["spi-in"], c["spi-out"]) for c in strongswan.child_sas()} == {(spi_in, spi_out)}
     assert "adopting 1 children" in strongswan.log()
+
+
+def test_a_restarted_strongswan_clears_ipsecds_stale_sas_with_initial_contact(lab, strongswan, pki):
+    """Issue 10 item 6 on the wire: charon is killed (no DELETE) and started again; its new main mode carries
+    INITIAL-CONTACT, and ipsecd drops every SA it had with the old charon although a NAT was seen
+    (strongSwan's libipsec always reports one): one main mode SA and one quick mode pair left, both the new
+    charon's, and traffic flows. Before, INITIAL-CONTACT was ignored after a NAT, and ipsecd's later quick
+    modes went out under the dead main mode SA for the rest of its lifetime."""
+    suite = SUITES["aes128-sha1-modp2048"]
+    gw_a, gw_b = lab.node("gw-a"), lab.node("gw-b")
+    configure_ipsecd(gw_a, ipsecd_policy("gw-a", suite, "psk", pki), pki)
+    strongswan.load(tunnel("gw-b", suite, "psk"))
+    strongswan.initiate()
+    gw_b.exec(["sh", "-c", "kill -9 $(pidof charon)"], check=True)
+    wait_until(lambda: not gw_b.process("charon").alive(), 10, what="charon to die")
+    strongswan.start()
+    strongswan.load(tunnel("gw-b", suite, "psk"))
+    strongswan.initiate()
+    (sa,) = strongswan.sas()
+    (child,) = sa["child-sas"].values()
+    cookies = f"{sa['initiator-spi']}:{sa['responder-spi']}"
+
+    def only_the_new_charons() -> bool:
+        main = json.loads(gw_a.exec(["ipsecctl", "mmsa", "--json"], check=True).stdout)
+        quick = json.loads(gw_a.exec(["ipsecctl", "qmsa", "--json"], check=True).stdout)
+        return [m["cookies"] for m in main] == [cookies] and [q["inbound spi"] for q in quick] == [
+            f"{int(child['spi-out'], 16):#010x}"]
+
+    wait_until(only_the_new_charons, 10, what="ipsecd to hold the new charon's SAs only")
+    host_a, host_b = lab.node("host-a"), lab.node("host-b")
+    host_a.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", host_b.address()], check=True)
+    host_b.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", host_a.address()], check=True)

@@ -35,6 +35,7 @@ import yaml
 
 from ipsecd import algorithms, yaml_lines
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, SecurityMethod, SPDAction
+from ipsecd.ike import natt
 from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
@@ -89,6 +90,12 @@ class IKESettings:
     certificate: Path | None = None  # this node's certificate (PEM), for certificate authentication
     private_key: Path | None = None  # its RSA key (PEM, unencrypted)
     trusted_cas: tuple[Path, ...] = ()  # CA certificates (PEM); a policy names the CA it trusts
+    #: seconds, instead of every rule's master key lifetime: lets a lab cross main mode lifetimes in a test
+    #: (a policy's floor is Windows' 5 minutes); None: the policy's
+    main_mode_lifetime: int | None = None
+    #: NAT-T revisions announced and accepted, by preference (rfc3947, draft-02); None: draft-02 only, as
+    #: Windows Server 2003; [] turns NAT-T off
+    nat_traversal: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +214,7 @@ class _ConfigReader:
 
     def ike(self, raw: Any) -> IKESettings:
         raw = self.mapping(raw, "ike", {"address", "retransmit", "keepalive_seconds", "certificate",
-                                        "private_key", "trusted_cas"})
+                                        "private_key", "trusted_cas", "main_mode_lifetime", "nat_traversal"})
         values: dict[str, Any] = {}
         if raw.get("address") is not None:
             values["address"] = self.convert("ike.address", raw["address"], IPv4Address)
@@ -221,6 +228,20 @@ class _ConfigReader:
                 raise self.error("ike.keepalive_seconds", f"expected positive seconds, got "
                                                           f"{raw['keepalive_seconds']!r}")
             values["keepalive_seconds"] = raw["keepalive_seconds"]
+        if "main_mode_lifetime" in raw:
+            lifetime = raw["main_mode_lifetime"]
+            if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 1 <= lifetime <= 48 * 3600:
+                raise self.error("ike.main_mode_lifetime", f"expected whole seconds from 1 to 172800 (48 "
+                                                           f"hours), got {lifetime!r}")
+            values["main_mode_lifetime"] = lifetime
+        if "nat_traversal" in raw:
+            revisions = self.sequence(raw["nat_traversal"], "ike.nat_traversal")
+            unknown = [r for r in revisions if r not in natt.VARIANTS]
+            if unknown or len(set(revisions)) != len(revisions):
+                known = ", ".join(natt.VARIANTS)
+                raise self.error("ike.nat_traversal", f"expected NAT-T revisions among {known} once each, "
+                                                      f"got {revisions!r}")
+            values["nat_traversal"] = tuple(revisions)
         for key in ("certificate", "private_key"):
             if raw.get(key) is not None:
                 values[key] = self.path(raw[key], f"ike.{key}")

@@ -89,7 +89,8 @@ class PolicyKeying:
         if address is None:
             raise ConfigError(f"{cfg.path}: ike.address: this node has no IPv4 address to run IKE on")
         self.ike = IKE(str(address), self.bridge, send_4500=wire.send_udp, retransmit=s.retransmit,
-                       keepalive_interval=s.keepalive_seconds)
+                       keepalive_interval=s.keepalive_seconds, main_mode_lifetime=s.main_mode_lifetime,
+                       nat_traversal=s.nat_traversal)
         self.bridge.ike = self.ike
         store = LocalStore(p.store)
         if p.assign:

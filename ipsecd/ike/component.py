@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import secrets
 import socket
@@ -30,6 +31,11 @@ log = logging.getLogger("ipsecd.ike")
 
 RETRANSMIT_BACKOFF = (1, 2, 4, 8, 16, 32)  # seconds between sends, as Windows does (7 sends)
 SOFT_LIFETIME = 0.9  # rekey quick mode SAs at 90 % of their lifetime
+#: A main mode SA with quick mode SAs in use under it (or beside it, with the same peer) is renegotiated at
+#: 90 % of its lifetime by the side that began it and at 95 % by the other if no newer one exists by then:
+#: the quick mode SAs outlive it, and a peer that deletes its quick mode SAs with their main mode (strongSwan)
+#: has moved them to the new one (its reauthentication of an IKEv1 SA) before ours expires.
+MAIN_MODE_RENEGOTIATE = {True: 0.9, False: 0.95}  # by role: initiator, responder
 COUNTER_NAMES = (
     "Oakley Main Modes",
     "Oakley Quick Modes",
@@ -212,6 +218,8 @@ class IKE:
         retransmit: tuple[float, ...] = RETRANSMIT_BACKOFF,
         keepalive_interval: float = natt.KEEPALIVE_INTERVAL,
         on_peer_message: Callable[[str], None] | None = None,
+        main_mode_lifetime: int | None = None,
+        nat_traversal: tuple[str, ...] | None = None,
     ):
         self.local_address, self.driver = local_address, driver
         self._clock = clock
@@ -223,6 +231,8 @@ class IKE:
         self.retransmit = tuple(retransmit)  # seconds between sends; len + 1 sends in all
         self.keepalive_interval = keepalive_interval
         self.on_peer_message = on_peer_message  # the Negotiator: this peer speaks IKE (no soft association)
+        self.main_mode_lifetime = main_mode_lifetime  # seconds, for every rule (a lab goes below 5 min)
+        self.nat_traversal = nat_traversal  # NAT-T revisions for every rule; None: PeerPolicy's (draft-02)
         self.rules: list[IKERule] = []
         self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in COUNTER_NAMES})
         self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=1000)
@@ -286,7 +296,17 @@ class IKE:
             sock.close()
 
     def load_policy(self, rules: list[IKERule]) -> None:
-        self.rules = list(rules)
+        self.rules = [self._with_node_settings(rule) for rule in rules]
+
+    def _with_node_settings(self, rule: IKERule) -> IKERule:
+        """`rule` with what ipsecd.yaml sets for every rule: `ike.main_mode_lifetime`, `ike.nat_traversal`."""
+        policy = rule.policy
+        if self.main_mode_lifetime is not None:
+            offers = [dataclasses.replace(o, lifetime=self.main_mode_lifetime) for o in policy.main_mode]
+            policy = dataclasses.replace(policy, main_mode=offers)
+        if self.nat_traversal is not None:
+            policy = dataclasses.replace(policy, nat_traversal=self.nat_traversal)
+        return dataclasses.replace(rule, policy=policy)
 
     def _send_udp(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         if local_port == self.natt_port:
@@ -583,6 +603,8 @@ class IKE:
                 lambda: self._remove_main_mode(sa.cookies, "main mode lifetime expired", notify_peer=True),
             )
         )
+        entry.timers.append(self.clock.call_later(sa.lifetime * MAIN_MODE_RENEGOTIATE[sa.initiator],
+                                                  lambda: self._renegotiate_main_mode(sa.cookies)))
         if sa.nat and sa.nat.local_behind_nat:
             self._schedule_keepalive(sa)
         for rule, local, remote in self.waiting.pop(sa.remote[0], []):
@@ -781,7 +803,24 @@ class IKE:
     # -- starting exchanges --------------------------------------------------------------------------
 
     def _main_mode_with(self, peer: str) -> MainModeEntry | None:
-        return next((e for e in self.main_modes.values() if e.sa.remote[0] == peer), None)
+        """The newest main mode SA with `peer` (an older one may be near its end, or gone at the peer)."""
+        return next((e for e in reversed(self.main_modes.values()) if e.sa.remote[0] == peer), None)
+
+    def _renegotiate_main_mode(self, cookies: bytes) -> None:
+        """Near the end of a main mode SA's lifetime: a new one with the same peer if quick mode SAs with it
+        are in use (idle ones are deleted after 5 minutes) and none is newer or under way."""
+        entry = self.main_modes.get(cookies)
+        if entry is None:
+            return
+        peer = entry.sa.remote[0]
+        newer = self._main_mode_with(peer) is not entry
+        if newer or any(ex.peer[0] == peer for ex in self.pending_main.values()):
+            return
+        if not any(qm.sa.isakmp_sa.remote[0] == peer for qm in self.quick_modes.values()):
+            return
+        self.note(f"main mode SA {cookies[:8].hex()}:{cookies[8:].hex()} with {peer} near the end of its "
+                  "lifetime, quick mode SAs in use: renegotiating")
+        self._start_main_mode(entry.rule, peer)
 
     def _start_main_mode(self, rule: IKERule, peer: str) -> None:
         initial_contact = not any(e.sa.remote[0] == peer for e in self.main_modes.values())
@@ -878,7 +917,7 @@ class IKE:
         for child in [*sa.inbound.chain(), *sa.outbound.chain()]:
             self.driver.delete_sa(child.spi, child.dst, child.protocol)
             self.counters["Key Deletions"] += 1
-        mm = self.main_modes.get(sa.isakmp_sa.cookies) or self._main_mode_with(sa.isakmp_sa.remote[0])
+        mm = self._main_mode_with(sa.isakmp_sa.remote[0])  # the newest: the peer may have dropped older ones
         if notify_peer and mm:
             self.sender(
                 informational.delete_children(mm.sa, sa.inbound.chain()),

@@ -428,6 +428,49 @@ class Notify(Payload):
         except ValueError:
             return f"notify type {self.notify_type}"
 
+    @classmethod
+    def responder_lifetime(cls, protocol: int, spi: bytes, seconds: int | None, kilobytes: int | None = None
+                           ) -> Notify:
+        """RESPONDER-LIFETIME (RFC 2407 §4.6.3.1): the shorter lifetime(s) the responder chose, as a list of
+        life type and life duration attributes; `spi` names the SA (cookies in phase 1)."""
+        life_type, duration = _lifetime_classes(protocol)
+        attributes = []
+        for kind, value in ((1, seconds), (2, kilobytes)):  # 1 seconds, 2 kilobytes in both numberings
+            if value is not None:
+                attributes += [Attribute(life_type, kind), Attribute(duration, value)]
+        data = Attributes("attributes").write(_AttributeList(attributes))
+        return cls(NotifyType.RESPONDER_LIFETIME, protocol, spi, data)
+
+    def lifetimes(self) -> tuple[int | None, int | None]:
+        """(seconds, kilobytes) of a RESPONDER-LIFETIME notify, None where it names none; MalformedMessage if
+        its data is not an attribute list."""
+        life_type, duration = _lifetime_classes(self.protocol)
+        try:
+            attributes, _ = Attributes("attributes").read(self.data, 0, len(self.data), {})
+        except ValueError as exc:
+            raise MalformedMessage("Notify", 0, f"RESPONDER-LIFETIME: {exc}") from None
+        found: dict[int, int] = {}
+        kind = None
+        for a in attributes:
+            if a.type == life_type:
+                kind = a.as_int()
+            elif a.type == duration and kind in (1, 2):
+                found[kind] = a.as_int()
+        return found.get(1), found.get(2)
+
+
+def _lifetime_classes(protocol: int) -> tuple[int, int]:
+    """The attribute classes of a lifetime pair (type, duration): Oakley's for the ISAKMP SA (RFC 2409
+    App. A), the IPsec DOI's for ESP and AH (RFC 2407 §4.5)."""
+    return (11, 12) if protocol == ProtocolID.ISAKMP else (1, 2)
+
+
+@dataclass
+class _AttributeList:
+    """What the Attributes field writes from: a notify's data as an attribute list."""
+
+    attributes: list[Attribute]
+
 
 @dataclass
 class Delete(Payload):

@@ -15,7 +15,7 @@ import secrets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ipsecd.ike import isakmp, natt, oakley
+from ipsecd.ike import informational, isakmp, natt, oakley
 from ipsecd.ike.auth import (
     AUTH_IDS,
     AUTH_NAMES,
@@ -145,6 +145,7 @@ class MainMode:
         self._suite: oakley.Phase1Suite | None = None
         self.method = ""
         self.lifetime = 0
+        self.proposed_lifetime = 0  # what the transform chosen says (RFC 2407 §4.5: 8 hours if nothing)
         self.peer_vids: list[bytes] = []
         self.variant: natt.Variant | None = None
         self.nat: natt.NatStatus | None = None
@@ -247,7 +248,8 @@ class MainMode:
         self._suite = oakley.Phase1Suite(name, hash_name, group)
         self.method = next(m for m, i in AUTH_IDS.items() if i == t.attr(AUTH_METHOD))
         own = min((o.lifetime for o in self.policy.main_mode), default=28800)
-        self.lifetime = min(_lifetime(t, 28800), own)
+        self.proposed_lifetime = _lifetime(t, 28800)
+        self.lifetime = min(self.proposed_lifetime, own)
         self.private = self.suite.group.private_key()
         self.own_ke = self.suite.group.public_key(self.private)
 
@@ -270,6 +272,12 @@ class MainMode:
                 self.variant, self.suite.hash, self.icookie, self.rcookie, self.local, self.remote
             )
         return out
+
+    def _take_responder_lifetime(self, payloads: list[isakmp.Payload]) -> None:
+        """The responder's shorter lifetime (RESPONDER-LIFETIME in main mode 6) becomes ours: we renegotiate
+        before it expires on the responder's side."""
+        seconds, _ = informational.responder_lifetime(payloads)
+        self.lifetime = min(self.lifetime, seconds or self.lifetime)
 
     def _take_key_exchange(self, msg: Message) -> None:
         ke, nonce = msg.first(KE), msg.first(Nonce)
@@ -505,8 +513,10 @@ class MainModeInitiator(MainMode):
             self.state = "MM5 sent"
             return [self._seal_phase1(payloads)]
         if self.state == "MM5 sent" and msg.flags & Flag.ENCRYPTION:
-            peer = self._verify_peer(self._open_phase1(msg))
+            payloads = self._open_phase1(msg)
+            peer = self._verify_peer(payloads)
             self.iv = msg.body[-self.suite.cipher.block_size :]
+            self._take_responder_lifetime(payloads)
             self._establish(peer)
             return []
         return []
@@ -516,6 +526,14 @@ class MainModeResponder(MainMode):
     """Main mode responder: created for a message 1, fed every message of the exchange."""
 
     initiator = False
+
+    def _responder_lifetime(self) -> list[isakmp.Payload]:
+        """RESPONDER-LIFETIME in main mode 6 when our lifetime is shorter than the one proposed (RFC 2407
+        §4.6.3.1; the chosen transform is echoed unchanged in main mode 2, so this is how the initiator
+        learns it): protected by the SA it describes, named by its cookies."""
+        if self.lifetime >= self.proposed_lifetime:
+            return []
+        return [Notify.responder_lifetime(ProtocolID.ISAKMP, self.icookie + self.rcookie, self.lifetime)]
 
     def _step(self, msg: Message) -> list[bytes]:
         if self.state == "new":
@@ -548,7 +566,8 @@ class MainModeResponder(MainMode):
                 isinstance(p, Notify) and p.notify_type == NotifyType.INITIAL_CONTACT for p in payloads
             )
             ident = self._identity()
-            message_6 = self._seal_phase1([ident, *self._auth_payloads(self._hash(False, ident.body()))])
+            message_6 = self._seal_phase1([ident, *self._auth_payloads(self._hash(False, ident.body())),
+                                           *self._responder_lifetime()])
             self._establish(peer)
             return [message_6]
         return []

@@ -7,6 +7,7 @@ everything the driver needs to install the inbound and the outbound SA.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import secrets
 from collections.abc import Callable
@@ -155,6 +156,34 @@ def match_group(group: list[Proposal], offer: QuickModeOffer, encapsulation: int
             return None
         chosen.append(t)
     return chosen
+
+
+def _responder_lifetime(chosen: Transform, offer: QuickModeOffer, protocol: int, spi: bytes
+                        ) -> list[isakmp.Payload]:
+    """RESPONDER-LIFETIME in quick mode 2 (RFC 2407 §4.6.3.1) when our lifetime in seconds or kilobytes is
+    shorter than the one proposed (the chosen transform goes back unchanged): named by our inbound SPI of
+    the first protocol of the bundle, as the SA payload of quick mode 2 names it."""
+    seconds, kilobytes = _lifetimes(chosen)
+    shorter_seconds = offer.lifetime_seconds if offer.lifetime_seconds < (seconds or 28800) else None
+    shorter_kb = offer.lifetime_kb if kilobytes is None or offer.lifetime_kb < kilobytes else None
+    if shorter_seconds is None and shorter_kb is None:
+        return []
+    return [isakmp.Notify.responder_lifetime(protocol, spi, shorter_seconds, shorter_kb)]
+
+
+def _initiators_first(group: list[Proposal], offers: list[QuickModeOffer], encapsulation: int
+                      ) -> tuple[QuickModeOffer, list[Transform]] | None:
+    """Of our offers that a proposal group matches, the one whose transforms come first in the initiator's
+    order (a proposal may carry several transforms): the initiator's preference decides, ours only says
+    what we accept."""
+    matches = [(offer, chosen) for offer in offers if (chosen := match_group(group, offer, encapsulation))]
+    if not matches:
+        return None
+
+    def rank(match: tuple[QuickModeOffer, list[Transform]]) -> list[int]:
+        return [proposal.transforms.index(t) for proposal, t in zip(group, match[1], strict=True)]
+
+    return min(matches, key=rank)
 
 
 def selector_id(sel: Selector) -> ID:
@@ -430,6 +459,9 @@ class QuickModeInitiator(QuickMode):
             self.policy.tunnel,
             payloads,
         )
+        seconds, kilobytes = informational.responder_lifetime(payloads)
+        done = dataclasses.replace(done, lifetime_seconds=min(done.lifetime_seconds, seconds or 1 << 32),
+                                   lifetime_kb=min(done.lifetime_kb, kilobytes or 1 << 32))
         reply = self.sa.seal(
             ExchangeType.QUICK_MODE,
             self.message_id,
@@ -505,10 +537,10 @@ class QuickModeResponder(QuickMode):
             )
         encap = _encapsulation(self.sa, policy.tunnel)
         for group in proposal_groups(sa):
-            for offer in policy.quick_mode:
-                transforms = match_group(group, offer, encap)
-                if transforms:
-                    return self._answer(payloads, ids, group, transforms, offer, policy, own_sel, peer_sel)
+            choice = _initiators_first(group, policy.quick_mode, encap)
+            if choice:
+                offer, transforms = choice
+                return self._answer(payloads, ids, group, transforms, offer, policy, own_sel, peer_sel)
         ours = " ".join(
             o.describe() + (f" PFS group {o.pfs_group}" if o.pfs_group else "") for o in policy.quick_mode
         )
@@ -535,6 +567,8 @@ class QuickModeResponder(QuickMode):
             reply.append(KE(oakley.GROUPS[offer.pfs_group].public_key(self.private)))
             self._pfs(offer.pfs_group, next((p for p in payloads if isinstance(p, KE)), None))
         reply += [*ids, *self._nat_oa(transforms[0].attr(ENCAPSULATION, TRANSPORT))]
+        first = legs(offer)[0][0]
+        reply += _responder_lifetime(transforms[0], offer, PROTOCOLS[first], ours[first])
         self.pending = self._result(
             offer, transforms, ours, theirs, own_sel, peer_sel, policy.tunnel, payloads
         )

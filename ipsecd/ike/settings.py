@@ -35,8 +35,9 @@ class MainModeOffer:
     lifetime: int = 480 * 60  # seconds
 
     def __post_init__(self):
-        if not MAIN_MODE_LIFETIME_MIN <= self.lifetime <= MAIN_MODE_LIFETIME_MAX:
-            raise ValueError(f"main mode lifetime {self.lifetime} s outside 5 minutes .. 48 hours")
+        # Windows' 5 minutes is a policy's floor (policy/validate.py); labs go lower (ike.main_mode_lifetime)
+        if not 1 <= self.lifetime <= MAIN_MODE_LIFETIME_MAX:
+            raise ValueError(f"main mode lifetime {self.lifetime} s outside 1 s .. 48 hours")
 
     def describe(self) -> str:
         return f"{algorithms.encryption(self.encryption).windows}/{self.hash.upper()}/group {self.group}"
@@ -113,7 +114,9 @@ class PeerPolicy:
     main_mode: list[MainModeOffer] = field(default_factory=lambda: [MainModeOffer()])
     quick_mode: list[QuickModeOffer] = field(default_factory=lambda: [QuickModeOffer()])
     tunnel: bool = False  # tunnel mode (tunnel endpoints are the IKE peers) or transport mode
-    nat_traversal: tuple[str, ...] = ("rfc3947", "draft-02")  # () = off; ("draft-02",) = as Windows 2003
+    #: NAT-T revisions we announce and accept, by preference: Windows Server 2003 sends the draft-02 vendor ID
+    #: only (MS-IKEE <13>), so that is the default; ("rfc3947", "draft-02") as Vista and later; () = off
+    nat_traversal: tuple[str, ...] = ("draft-02",)
 
 
 ANY = Selector(ipaddress.IPv4Network("0.0.0.0/0"))

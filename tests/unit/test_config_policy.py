@@ -17,6 +17,8 @@ ike:
   certificate: certs/host-a.pem
   private_key: /etc/keys/host-a.key
   trusted_cas: [certs/ca.pem]
+  main_mode_lifetime: 40
+  nat_traversal: [rfc3947, draft-02]
 """
 
 
@@ -28,6 +30,7 @@ def test_policy_and_ike_settings_with_paths_relative_to_the_file():
     assert cfg.ike.certificate == Path("/etc/ipsecd/certs/host-a.pem")
     assert cfg.ike.private_key == Path("/etc/keys/host-a.key")
     assert cfg.ike.trusted_cas == (Path("/etc/ipsecd/certs/ca.pem"),)
+    assert cfg.ike.main_mode_lifetime == 40 and cfg.ike.nat_traversal == ("rfc3947", "draft-02")
     assert len(cfg.spd) == 0 and cfg.sas == ()
 
 
@@ -35,6 +38,7 @@ def test_defaults_are_windows_ones():
     cfg = parse("policy: {store: /var/lib/ipsecd/policies}\n", "ipsecd.yaml")
     assert cfg.policy.assign is None and cfg.ike.address is None
     assert cfg.ike.retransmit == (1, 2, 4, 8, 16, 32) and cfg.ike.keepalive_seconds == 20
+    assert cfg.ike.main_mode_lifetime is None and cfg.ike.nat_traversal is None  # the policy's; draft-02
 
 
 @pytest.mark.parametrize(("text", "error"), [
@@ -51,6 +55,8 @@ def test_defaults_are_windows_ones():
     ("policy: {store: p}\nike: {keepalive_seconds: 0}\n", "ike.keepalive_seconds: expected positive seconds"),
     ("policy: {store: p}\nike: {certificate: c.pem}\n", "ike.certificate: certificate and private_key go"),
     ("policy: {store: p}\nike: {trusted_cas: ca.pem}\n", "ike.trusted_cas: expected a list"),
+    ("policy: {store: p}\nike: {main_mode_lifetime: 0}\n", "ike.main_mode_lifetime: expected whole seconds"),
+    ("policy: {store: p}\nike: {nat_traversal: [rfc3948]}\n", "ike.nat_traversal: expected NAT-T revisions"),
 ])
 def test_refused_with_line_and_field(text, error):
     with pytest.raises(ConfigError, match=None) as caught:

@@ -4,11 +4,22 @@ half-open exchange left behind."""
 import struct
 
 from ipsecd.ike import informational
-from ipsecd.ike.component import EVENT_LENGTH
-from ipsecd.ike.isakmp import SA, Message, Nonce, PayloadType, Proposal, ProtocolID, Transform
+from ipsecd.ike.component import EVENT_LENGTH, RATE_TABLE_LIMIT
+from ipsecd.ike.isakmp import (
+    SA,
+    ExchangeType,
+    Hash,
+    Message,
+    Nonce,
+    PayloadType,
+    Proposal,
+    ProtocolID,
+    Transform,
+)
 from ipsecd.ike.main_mode import offer_transform
+from ipsecd.ike.sa import MAX_IV_CHAINS
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey
-from tests.unit.test_ike_component import A, negotiate, pair
+from tests.unit.test_ike_component import A, B, negotiate, pair
 
 PSK = PeerPolicy(auth=[PreSharedKey(b"k")])
 
@@ -126,3 +137,15 @@ def test_a_replayed_delete_and_an_informational_without_notifications_are_said()
         assert len(lab.ike_b.events) == events + 1
     texts = [text for _, text in list(lab.ike_b.events)[-2:]]
     assert "none of its SAs here" in texts[0] and "NONCE besides notifications" in texts[1]
+
+
+def test_phase_2_iv_chains_and_the_invalid_spi_table_stay_bounded():
+    """Message IDs and SPIs come from the network: what IKE keeps per ID or SPI has a ceiling."""
+    lab = negotiate()
+    (entry,) = lab.ike_a.main_modes.values()
+    for message_id in range(1, 1000):
+        entry.sa.seal(ExchangeType.QUICK_MODE, message_id, [Hash(bytes(20))])
+    assert len(entry.sa.ivs) == MAX_IV_CHAINS
+    for spi in range(RATE_TABLE_LIMIT * 2):
+        lab.ike_a.invalid_spi(spi + 0x1000, B)
+    assert len(lab.ike_a.invalid_spi_sent) <= RATE_TABLE_LIMIT

@@ -371,7 +371,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             print(f"{args.config}: OK, {check_policy(cfg.policy)}")
-        except (PolicyError, OSError) as e:
+        except PolicyError as e:
+            count = len(e.problems)
+            print(f"ipsecd: the assigned policy is refused ({count} problem{'s' * (count != 1)}):\n{e}",
+                  file=sys.stderr)
+            return 2
+        except OSError as e:
             print(f"ipsecd: the assigned policy is refused: {e}", file=sys.stderr)
             return 2
         return 0

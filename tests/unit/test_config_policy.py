@@ -71,3 +71,26 @@ def test_check_reads_the_assigned_policy(tmp_path, capsys):
     assert main(["--check", "-c", str(tmp_path / "ipsecd.yaml")]) == 2
     assert "the assigned policy is refused" in capsys.readouterr().err
     assert not (store / "assigned").exists()  # --check assigns nothing
+
+
+def test_check_names_every_problem_of_the_policy_at_once(tmp_path, capsys):
+    from ipsecd.daemon import main
+
+    store = tmp_path / "policies"
+    store.mkdir()
+    (store / "a.yaml").write_text(
+        "name: a\npolling_interval: 90\nrules:\n  - name: r\n    filter_list: {name: l, filters: "
+        "[{source: me, destination: 10.0.0.2, protocl: tcp}]}\n    filter_action: {name: n, "
+        "action: negotiate, security_methods: ['ESP[3DES,SHA1]:0k/3600s']}\n"
+        "    authentication: [{psk: ''}]\n")
+    (tmp_path / "ipsecd.yaml").write_text("policy: {store: policies, assign: a.yaml}\n")
+    assert main(["--check", "-c", str(tmp_path / "ipsecd.yaml")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "ipsecd: the assigned policy is refused (4 problems):"
+    where = [line.split(": ")[:2] for line in err[1:]]
+    path = str(store / "a.yaml")
+    assert where == [[f"{path}:2", "polling_interval"],
+                     [f"{path}:5", "rules[0].filter_list.filters[0].protocl"],
+                     [f"{path}:6", "rules[0].filter_action.security_methods[0]"],
+                     [f"{path}:7", "rules[0].authentication[0].psk"]]
+    assert "(did you mean 'protocol'?)" in err[2]

@@ -101,6 +101,22 @@ def test_a_bad_policy_is_refused_and_the_old_one_stays(node):
     assert "'my ip' is not an address" in event.message
 
 
+def test_the_refusal_names_every_problem_of_the_file(node):
+    node.agent.apply()
+    node.path.write_text(PAIR.replace("destination: 10.0.0.2", "destination: my ip")
+                         .replace("action: block}", "action: blok}")
+                         .replace('"ESP[3DES,SHA1]"', '"ESP[3DES,SHA1]:1000k/60s"'))
+    with pytest.raises(PolicyError) as refused:
+        node.agent.refresh()
+    assert [(p.source.rsplit(":", 1)[1], p.path) for p in refused.value.problems] == [
+        ("10", "rules[0].filter_action.action"), ("12", "rules[1].filter_list.filters[0].destination"),
+        ("13", "rules[1].filter_action.security_methods[0]"),
+        ("13", "rules[1].filter_action.security_methods[0]")]
+    message = node.agent.events[-1].message
+    assert "(did you mean 'block'?)" in message and "60 s is outside" in message
+    assert "1000 KB is outside" in message
+
+
 def test_polling_applies_only_what_changed(node):
     node.agent.apply()
     assert node.agent.seconds_until_poll() == 30  # the policy's own polling interval

@@ -35,6 +35,8 @@ import yaml
 
 from ipsecd import algorithms, yaml_lines
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
+from ipsecd.ike import natt
+from ipsecd.ike.settings import PeerPolicy
 from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
@@ -89,6 +91,7 @@ class IKESettings:
     certificate: Path | None = None  # this node's certificate (PEM), for certificate authentication
     private_key: Path | None = None  # its RSA key (PEM, unencrypted)
     trusted_cas: tuple[Path, ...] = ()  # CA certificates (PEM); a policy names the CA it trusts
+    nat_traversal: tuple[str, ...] = PeerPolicy.nat_traversal  # NAT-T revisions announced (natt.py); () = off
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,8 @@ class _ConfigReader:
         for key in value:
             if key not in allowed:
                 raise self.error(f"{path}.{key}" if path else str(key),
-                                 f"unknown field; known: {', '.join(sorted(allowed))}")
+                                 f"unknown field{yaml_lines.did_you_mean(key, allowed)}; "
+                                 f"known: {', '.join(sorted(allowed))}")
         for key in sorted(required - value.keys()):
             raise self.error(f"{path}.{key}" if path else key, "missing")
         return value
@@ -207,7 +211,7 @@ class _ConfigReader:
 
     def ike(self, raw: Any) -> IKESettings:
         raw = self.mapping(raw, "ike", {"address", "retransmit", "keepalive_seconds", "certificate",
-                                        "private_key", "trusted_cas"})
+                                        "private_key", "trusted_cas", "nat_traversal"})
         values: dict[str, Any] = {}
         if raw.get("address") is not None:
             values["address"] = self.convert("ike.address", raw["address"], IPv4Address)
@@ -229,7 +233,23 @@ class _ConfigReader:
                                                                           "ike.trusted_cas")))
         if ("certificate" in values) != ("private_key" in values):
             raise self.error("ike.certificate", "certificate and private_key go together")
+        if "nat_traversal" in raw:
+            values["nat_traversal"] = self.nat_traversal(raw["nat_traversal"])
         return IKESettings(**values)
+
+    def nat_traversal(self, raw: Any) -> tuple[str, ...]:
+        """The NAT-T revisions IKE announces: [rfc3947, draft-02] (the default), [draft-02] (as Windows
+        Server 2003), [] (none: no NAT-T vendor IDs, no NAT-D)."""
+        names = self.sequence(raw, "ike.nat_traversal")
+        for i, name in enumerate(names):
+            path = f"ike.nat_traversal[{i}]"
+            if name not in natt.VARIANTS:
+                hint = yaml_lines.did_you_mean(name, natt.VARIANTS)
+                raise self.error(path, f"{name!r} is not a NAT-T revision{hint}; known: "
+                                       f"{', '.join(natt.VARIANTS)} ([] turns NAT-T off)")
+            if name in names[:i]:
+                raise self.error(path, f"{name!r} is named twice")
+        return tuple(names)
 
     def driver(self, raw: Any) -> DriverSettings:
         known = DriverSettings.__dataclass_fields__

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import yaml
 
 from ipsecd.driver import spd
-from ipsecd.ike.settings import IKERule
+from ipsecd.ike.settings import IKERule, PeerPolicy
 from ipsecd.ike.settings import Selector as IKESelector
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
@@ -170,8 +170,10 @@ class PolicyAgent:
                  addresses: Callable[[], Iterable[IPv4Address]], clock: Callable[[], float] = time.time,
                  resolve: Resolver = resolve_dns, certificate_for: CertificateSource | None = None,
                  unassigned_poll_interval: float = model.DEFAULT_POLLING_INTERVAL,
-                 log: Callable[[Event], None] | None = None, max_events: int = 1000) -> None:
+                 log: Callable[[Event], None] | None = None, max_events: int = 1000,
+                 nat_traversal: tuple[str, ...] = PeerPolicy.nat_traversal) -> None:
         self.store, self.driver, self.ike = store, driver, ike
+        self.nat_traversal = nat_traversal  # the node's NAT-T revisions (ipsecd.yaml), for every IKE rule
         self.addresses, self.clock, self.resolve = addresses, clock, resolve
         self.certificate_for = certificate_for
         self.unassigned_poll_interval = unassigned_poll_interval
@@ -253,7 +255,7 @@ class PolicyAgent:
             self._refuse(ref, stamp, e)
             raise
         filters = spd.SPD(f for rule_filters in by_rule.values() for f in rule_filters)
-        settings = ike_settings(policy, by_rule, self.certificate_for)
+        settings = ike_settings(policy, by_rule, self.certificate_for, self.nat_traversal)
         new = AppliedPolicy(ref, stamp, policy, addresses, by_rule, filters, settings)
         previous = self.applied
         change = compare(previous, new)

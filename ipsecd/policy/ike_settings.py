@@ -62,7 +62,9 @@ class IKERuleSet:
 
 
 def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ...]],
-                 certificate_for: CertificateSource | None = None) -> IKERuleSet:
+                 certificate_for: CertificateSource | None = None,
+                 nat_traversal: tuple[str, ...] = PeerPolicy.nat_traversal) -> IKERuleSet:
+    """IKE's rules for a policy; `nat_traversal`, the node's (ipsecd.yaml), goes into every rule."""
     lifetime = policy.key_exchange.lifetime_seconds
     main_mode = [MainModeOffer(m.encryption, m.hash, m.dh_group, lifetime)
                  for m in policy.key_exchange.methods]
@@ -79,7 +81,8 @@ def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ..
                          pfs_group if rule.filter_action.pfs else None, warnings)
         if not offers:
             continue
-        peer_policy = PeerPolicy(auth, main_mode, offers, tunnel=rule.tunnel is not None)
+        peer_policy = PeerPolicy(auth, main_mode, offers, tunnel=rule.tunnel is not None,
+                                 nat_traversal=nat_traversal)
         ordered += _rules_for_filters(rule, peer_policy, filters_by_rule.get(rule.name, ()))
     ordered.sort(key=lambda pair: pair[0].weight, reverse=True)  # stable: the SPD's own order
     rules: list[IKERule] = []
@@ -88,7 +91,8 @@ def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ..
             rules.append(r)
     ordered += _inbound_tunnel_filters(policy, filters_by_rule, rules)
     if policy.default_response and policy.default_response.active:
-        rules += _default_response(policy.default_response, main_mode, certificate_for, warnings)
+        rules += _default_response(policy.default_response, main_mode, certificate_for, warnings,
+                                   nat_traversal)
     return IKERuleSet(tuple(rules), dict(ordered), tuple(warnings))
 
 
@@ -122,14 +126,16 @@ def _inbound_tunnel_filters(policy: Policy, filters_by_rule: dict[str, tuple[spd
 
 
 def _default_response(rule: DefaultResponseRule, main_mode: list[MainModeOffer],
-                      certificate_for: CertificateSource | None, warnings: list[str]) -> list[IKERule]:
+                      certificate_for: CertificateSource | None, warnings: list[str],
+                      nat_traversal: tuple[str, ...]) -> list[IKERule]:
     auth = _auth(rule.name, rule.authentication, certificate_for, warnings)
     if not auth:
         return []
     offers = _offers(rule.name, rule.security_methods, None, warnings)
     if not offers:
         return []
-    return [IKERule(rule.name, PeerPolicy(auth, main_mode, offers), ANY, ANY)]
+    policy = PeerPolicy(auth, main_mode, offers, nat_traversal=nat_traversal)
+    return [IKERule(rule.name, policy, ANY, ANY)]
 
 
 def _offers(rule: str, methods: tuple[spd.SecurityMethod, ...], pfs_group: int | None,

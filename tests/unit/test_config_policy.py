@@ -31,10 +31,18 @@ def test_policy_and_ike_settings_with_paths_relative_to_the_file():
     assert len(cfg.spd) == 0 and cfg.sas == ()
 
 
+@pytest.mark.parametrize(("text", "announced"), [
+    ("[draft-02]", ("draft-02",)), ("[]", ()), ("[draft-02, rfc3947]", ("draft-02", "rfc3947"))])
+def test_nat_traversal_is_a_node_setting_of_ike(text, announced):
+    cfg = parse(f"policy: {{store: p}}\nike: {{nat_traversal: {text}}}\n", "ipsecd.yaml")
+    assert cfg.ike.nat_traversal == announced
+
+
 def test_defaults_are_windows_ones():
     cfg = parse("policy: {store: /var/lib/ipsecd/policies}\n", "ipsecd.yaml")
     assert cfg.policy.assign is None and cfg.ike.address is None
     assert cfg.ike.retransmit == (1, 2, 4, 8, 16, 32) and cfg.ike.keepalive_seconds == 20
+    assert cfg.ike.nat_traversal == ("rfc3947", "draft-02")  # later Windows' and Windows 2003's revisions
 
 
 @pytest.mark.parametrize(("text", "error"), [
@@ -51,6 +59,14 @@ def test_defaults_are_windows_ones():
     ("policy: {store: p}\nike: {keepalive_seconds: 0}\n", "ike.keepalive_seconds: expected positive seconds"),
     ("policy: {store: p}\nike: {certificate: c.pem}\n", "ike.certificate: certificate and private_key go"),
     ("policy: {store: p}\nike: {trusted_cas: ca.pem}\n", "ike.trusted_cas: expected a list"),
+    ("policy: {store: p}\nike: {nat_traversal: [draft02]}\n",
+     "ipsecd.yaml:2: ike.nat_traversal[0]: 'draft02' is not a NAT-T revision (did you mean 'draft-02'?); "
+     "known: rfc3947, draft-02 ([] turns NAT-T off)"),
+    ("policy: {store: p}\nike: {nat_traversal: draft-02}\n", "ike.nat_traversal: expected a list"),
+    ("policy: {store: p}\nike: {nat_traversal: [rfc3947, rfc3947]}\n",
+     "ike.nat_traversal[1]: 'rfc3947' is named twice"),
+    ("policy: {store: p}\nike: {nat_travesal: []}\n", "ike.nat_travesal: unknown field (did you mean "
+                                                       "'nat_traversal'?)"),
 ])
 def test_refused_with_line_and_field(text, error):
     with pytest.raises(ConfigError, match=None) as caught:

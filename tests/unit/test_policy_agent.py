@@ -338,3 +338,10 @@ def test_run_applies_then_polls_at_the_policy_interval(node):
 
     asyncio.run(scenario())
     assert agent.events[-1].message.endswith("SAs of block telnet deleted")
+
+
+def test_the_nodes_nat_traversal_setting_reaches_every_ike_rule(node):
+    node.agent.nat_traversal = ("draft-02",)  # ipsecd.yaml ike.nat_traversal: [draft-02], as Windows 2003
+    node.agent.apply()
+    assert {r.policy.nat_traversal for r in node.ike.loaded[-1]} == {("draft-02",)}
+    assert [r.name for r in node.ike.loaded[-1]] == ["secure peer/1", "<Dynamic> default response"]

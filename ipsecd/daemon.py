@@ -123,11 +123,13 @@ class PolicyKeying:
             self.changed(self.agent.poll())
 
     def changed(self, change: PolicyChange | None) -> None:
-        """Delete the SAs of the rules a policy change touched (telling the peer); every other SA stays."""
+        """Delete the SAs of the rules a policy change touched (telling the peer), and the main mode SAs
+        authenticated otherwise than the new policy says; every other SA stays."""
         if change is None:
             return
         for spi in self.bridge.quick_modes_of_filters(change.touched_filters):
             self.ike.expire(spi, hard=True, reason="its policy rule changed")
+        self.ike.delete_main_modes(change.reauthenticate, "the authentication of its policy rule changed")
 
     def refresh(self) -> dict:
         change = self.agent.refresh()

@@ -17,6 +17,7 @@ import logging
 import secrets
 import socket
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -367,6 +368,13 @@ class IKE:
             self._remove_quick_mode(inbound_spi, reason, notify_peer=True)
         else:
             self._rekey(inbound_spi)
+
+    def delete_main_modes(self, rule_names: AbstractSet[str], reason: str) -> None:
+        """Delete (telling the peer) the main mode SAs negotiated under these rules: a policy change made
+        the authentication they were established with invalid, so the next one must authenticate anew."""
+        for cookies, entry in list(self.main_modes.items()):
+            if entry.rule.name in rule_names:
+                self._remove_main_mode(cookies, reason, notify_peer=True)
 
     # -- receiving ------------------------------------------------------------------------------------
 

@@ -283,7 +283,7 @@ def test_control_commands_answer_in_json(node, tmp_path):
         commands["policy_filters"](kind="dynamic")
     assert commands["refresh"]() == {"policy": "intranet pair", "change": {
         "touched_rules": [], "touched_filters": [], "added_rules": [], "main_mode_changed": False,
-        "text": "no SA touched"}}
+        "reauthenticate": [], "text": "no SA touched"}}
     out = tmp_path / "x.yaml"
     assert commands["export"](path=str(out))["guid"] == "0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a"
     assert commands["import"](path=str(out))["location"] == str(node.path)  # same GUID: same stored file
@@ -345,3 +345,16 @@ def test_the_nodes_nat_traversal_setting_reaches_every_ike_rule(node):
     node.agent.apply()
     assert {r.policy.nat_traversal for r in node.ike.loaded[-1]} == {("draft-02",)}
     assert [r.name for r in node.ike.loaded[-1]] == ["secure peer/1", "<Dynamic> default response"]
+
+
+def test_a_new_pre_shared_key_invalidates_the_main_mode_sas_of_its_rules(node):
+    node.agent.apply()
+    node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"ESP[DES,MD5]"'))
+    assert node.agent.refresh().reauthenticate == frozenset()  # another quick mode offer: main modes stay
+    node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"ESP[DES,MD5]"')
+                         .replace("    authentication: [{psk: lab}]", "    authentication: [{psk: new}]"))
+    change = node.agent.refresh()
+    assert change.reauthenticate == {"secure peer/1"}  # the IKE rule (filter) names main modes carry
+    assert "main mode SAs of secure peer/1 deleted (authentication changed)" in change.describe()
+    node.path.write_text("name: empty\n")
+    assert node.agent.refresh().reauthenticate == {"secure peer/1", "<Dynamic> default response"}

@@ -109,8 +109,8 @@ def test_wrong_psk_no_sa_and_authentication_failure(pair):
     start(b, SCENARIO, policy_of("host-b", "intranet-pair-lab", "not-the-key"))
     assert not a.exec(["ping", "-c", "2", "-W", "2", B]).ok
     # what Event 547 says on Windows: the reason in its words, the mode, the filter, who failed, the detail
-    failure = wait_event(b, "main mode with 10.0.0.1 failed: IKE authentication credentials are unacceptable. "
-                            "Mode: Key Exchange Mode (Main Mode). Filter: 10.0.0.2 <-> 10.0.0.1")
+    failure = wait_event(b, "main mode with 10.0.0.1 failed: IKE authentication credentials are "
+                            "unacceptable. Mode: Key Exchange Mode (Main Mode). Filter: 10.0.0.2 <-> 10.0.0.1")
     assert "Failure Point: Me" in failure["text"] and "pre-shared keys differ" in failure["text"]
     assert "Failure Point: Peer" in wait_event(a, "AUTHENTICATION-FAILED")["text"]
     assert failure["kind"] == "negotiation-failed"
@@ -159,7 +159,8 @@ def test_proposal_mismatch_has_a_readable_reason(pair, old, new, mode, detail):
     assert not a.exec(["ping", "-c", "2", "-W", "2", B]).ok
     failure = wait_event(b, f"Detail: {detail}")
     assert failure["kind"] == "negotiation-failed"
-    assert failure["text"].startswith(f"{mode} with 10.0.0.1 failed: IKE security attributes are unacceptable")
+    assert failure["text"].startswith(f"{mode} with 10.0.0.1 failed: IKE security attributes are "
+                                      "unacceptable")
     wait_event(a, f"Failure Point: Peer. Detail: peer 10.0.0.2 refused {mode}: NO-PROPOSAL-CHOSEN")
     assert counters(b)["ike_negotiation_failures"] >= 1
     assert ipsecctl(a, "sa") == [] and ipsecctl(b, "sa") == []

@@ -110,7 +110,8 @@ def test_wrong_psk_no_sa_and_authentication_failure(pair):
     assert not a.exec(["ping", "-c", "2", "-W", "2", B]).ok
     # what Event 547 says on Windows: the reason in its words, the mode, the filter, who failed, the detail
     failure = wait_event(b, "main mode with 10.0.0.1 failed: IKE authentication credentials are "
-                            "unacceptable. Mode: Key Exchange Mode (Main Mode). Filter: 10.0.0.2 <-> 10.0.0.1")
+                            "unacceptable. Mode: Key Exchange Mode (Main Mode). "
+                            "Filter: 10.0.0.2 <-> 10.0.0.1")
     assert "Failure Point: Me" in failure["text"] and "pre-shared keys differ" in failure["text"]
     assert "Failure Point: Peer" in wait_event(a, "AUTHENTICATION-FAILED")["text"]
     assert failure["kind"] == "negotiation-failed"

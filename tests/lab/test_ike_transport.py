@@ -131,7 +131,8 @@ def test_a_new_pre_shared_key_on_one_side_takes_effect_at_refresh(pair):
     policy = "/etc/ipsecd/policies/host-a.yaml"
     a.exec(["sed", "-i", "s/psk: intranet-pair-lab/psk: not-the-key/", policy], check=True)
     change = ipsecctl(a, "refresh")["change"]
-    assert change["touched_rules"] == ["secure host-b"] and change["reauthenticate"], change
+    assert change["touched_rules"] == ["<Dynamic> default response", "secure host-b"], change  # both keys
+    assert change["reauthenticate"] == ["<Dynamic> default response", "secure host-b/all"], change
     wait_until(lambda: not ipsecctl(b, "mmsa") and not ipsecctl(b, "qmsa"), 10,
                what="host-b to drop the main mode SA host-a deleted")
     assert ipsecctl(a, "mmsa") == [] and ipsecctl(a, "qmsa") == []

@@ -152,7 +152,8 @@ class _ConfigReader:
         for key in value:
             if key not in allowed:
                 raise self.error(f"{path}.{key}" if path else str(key),
-                                 f"unknown field; known: {', '.join(sorted(allowed))}")
+                                 f"unknown field{yaml_lines.did_you_mean(key, allowed)}; "
+                                 f"known: {', '.join(sorted(allowed))}")
         for key in sorted(required - value.keys()):
             raise self.error(f"{path}.{key}" if path else key, "missing")
         return value
@@ -234,14 +235,6 @@ class _ConfigReader:
                 raise self.error("ike.main_mode_lifetime", f"expected whole seconds from 1 to 172800 (48 "
                                                            f"hours), got {lifetime!r}")
             values["main_mode_lifetime"] = lifetime
-        if "nat_traversal" in raw:
-            revisions = self.sequence(raw["nat_traversal"], "ike.nat_traversal")
-            unknown = [r for r in revisions if r not in natt.VARIANTS]
-            if unknown or len(set(revisions)) != len(revisions):
-                known = ", ".join(natt.VARIANTS)
-                raise self.error("ike.nat_traversal", f"expected NAT-T revisions among {known} once each, "
-                                                      f"got {revisions!r}")
-            values["nat_traversal"] = tuple(revisions)
         for key in ("certificate", "private_key"):
             if raw.get(key) is not None:
                 values[key] = self.path(raw[key], f"ike.{key}")
@@ -250,7 +243,23 @@ class _ConfigReader:
                                                                           "ike.trusted_cas")))
         if ("certificate" in values) != ("private_key" in values):
             raise self.error("ike.certificate", "certificate and private_key go together")
+        if "nat_traversal" in raw:
+            values["nat_traversal"] = self.nat_traversal(raw["nat_traversal"])
         return IKESettings(**values)
+
+    def nat_traversal(self, raw: Any) -> tuple[str, ...]:
+        """The NAT-T revisions IKE announces: [draft-02] (the default, as Windows Server 2003), [rfc3947,
+        draft-02], [] (none: no NAT-T vendor IDs, no NAT-D)."""
+        names = self.sequence(raw, "ike.nat_traversal")
+        for i, name in enumerate(names):
+            path = f"ike.nat_traversal[{i}]"
+            if name not in natt.VARIANTS:
+                hint = yaml_lines.did_you_mean(name, natt.VARIANTS)
+                raise self.error(path, f"{name!r} is not a NAT-T revision{hint}; known: "
+                                       f"{', '.join(natt.VARIANTS)} ([] turns NAT-T off)")
+            if name in names[:i]:
+                raise self.error(path, f"{name!r} is named twice")
+        return tuple(names)
 
     def driver(self, raw: Any) -> DriverSettings:
         known = DriverSettings.__dataclass_fields__

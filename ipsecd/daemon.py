@@ -123,11 +123,13 @@ class PolicyKeying:
             self.changed(self.agent.poll())
 
     def changed(self, change: PolicyChange | None) -> None:
-        """Delete the SAs of the rules a policy change touched (telling the peer); every other SA stays."""
+        """Delete the SAs of the rules a policy change touched (telling the peer), and the main mode SAs
+        authenticated otherwise than the new policy says; every other SA stays."""
         if change is None:
             return
         for spi in self.bridge.quick_modes_of_filters(change.touched_filters):
             self.ike.expire(spi, hard=True, reason="its policy rule changed")
+        self.ike.delete_main_modes(change.reauthenticate, "the authentication of its policy rule changed")
 
     def refresh(self) -> dict:
         change = self.agent.refresh()
@@ -372,7 +374,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             print(f"{args.config}: OK, {check_policy(cfg.policy)}")
-        except (PolicyError, OSError) as e:
+        except PolicyError as e:
+            count = len(e.problems)
+            print(f"ipsecd: the assigned policy is refused ({count} problem{'s' * (count != 1)}):\n{e}",
+                  file=sys.stderr)
+            return 2
+        except OSError as e:
             print(f"ipsecd: the assigned policy is refused: {e}", file=sys.stderr)
             return 2
         return 0

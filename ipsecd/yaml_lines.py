@@ -2,11 +2,14 @@
 
 ipsecd.yaml (config.py) and policy files (policy/policyfile.py) name the file and line of every problem;
 both compose the text here and look a field up here, by the path spelling they share: 'sas[1].spi'.
+A misspelt name (a field, an algorithm, an action) gets the closest known one suggested.
 
 >>> node = compose("a:\\n  b: [1, 2]\\n", "x.yaml")
 >>> lines = value_lines(node)
 >>> lines["a.b[1]"], enclosing_line(lines, "a.b[1].c")
 (2, 2)
+>>> did_you_mean("destinaton", ["source", "destination"])
+" (did you mean 'destination'?)"
 >>> compose("a: b: c", "x.yaml")
 Traceback (most recent call last):
 ...
@@ -15,7 +18,10 @@ ipsecd.yaml_lines.YamlSyntaxError: x.yaml:1: not valid YAML: mapping values are 
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import re
+from collections.abc import Iterable
 
 import yaml
 
@@ -80,3 +86,21 @@ def enclosing_line(lines: dict[str, int], path: str) -> int | None:
     while path and path not in lines:
         path = re.sub(r"(\.[^.\[]+|\[\d+\]|^[^.\[]+)$", "", path)
     return lines.get(path)
+
+
+def did_you_mean(word: object, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' when a known name is close to a misspelt one (difflib), else ''.
+
+    Of equally close names the one sharing the longest beginning wins: AES129 is AES128, not AES192.
+    """
+    text = str(word)
+    close = difflib.get_close_matches(text, list(known), n=5, cutoff=0.6)
+    if not close:
+        return ""
+
+    def score(name: str) -> tuple[float, int]:
+        same = itertools.takewhile(lambda pair: pair[0] == pair[1], zip(text, name, strict=False))
+        prefix = sum(1 for _ in same)
+        return difflib.SequenceMatcher(None, text, name).ratio(), prefix
+
+    return f" (did you mean {max(close, key=score)!r}?)"

@@ -18,6 +18,7 @@ import logging
 import secrets
 import socket
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -67,7 +68,7 @@ HALF_OPEN_SECONDS = 30.0
 SEND_QUEUE_LIMIT = 64 * 1024
 SEND_BUFFER = 4 * 1024 * 1024  # the kernel's send buffer of the IKE socket (root may exceed wmem_max)
 RATE_TABLE_LIMIT = 4096  # entries of a table that rate-limits a reaction per peer or SPI
-EVENT_LENGTH = 400  # characters of one event: a refusal listing 255 transforms is said in part
+EVENT_LENGTH = 700  # characters of one event: a failure's Event 547 fields and its detail (cut at 320)
 #: Exchange types of RFC 2408 ipsecd does not speak, as a rejection names them (others: "other").
 UNSUPPORTED_EXCHANGES: dict[int, str] = {
     ExchangeType.AGGRESSIVE: "aggressive mode",
@@ -175,6 +176,22 @@ def same_peer(old: IsakmpSA, new: IsakmpSA) -> bool:
 
 
 Key = TypeVar("Key")
+
+
+_AUTH_WORDS = {"psk": "pre-shared key", "rsa-sig": "certificate"}
+
+
+def _peer_identity(ex: Exchange) -> str:
+    """Who the peer is, as far as the exchange got: the method, the identity main mode proved, the address."""
+    machine = ex.machine
+    if isinstance(machine, main_mode.MainMode):
+        methods = dict.fromkeys(_AUTH_WORDS.get(a.method, a.method) for a in machine.policy.auth)
+        offered = " or ".join(methods)
+        how = _AUTH_WORDS.get(machine.method, machine.method) if machine.method else (
+            f"{offered} (offered)" if machine.initiator else "not yet known")
+        return f"{how}, peer IP address {ex.peer[0]}"
+    how = _AUTH_WORDS.get(machine.sa.auth_method, machine.sa.auth_method)
+    return f"{how} {machine.sa.peer_identity}, peer IP address {ex.peer[0]}"
 
 
 def _silent_exchange(table: dict[Key, Exchange[Any]], addr: tuple[str, int]) -> Key | None:
@@ -401,6 +418,13 @@ class IKE:
         else:
             self._rekey(inbound_spi)
 
+    def delete_main_modes(self, rule_names: AbstractSet[str], reason: str) -> None:
+        """Delete (telling the peer) the main mode SAs negotiated under these rules: a policy change made
+        the authentication they were established with invalid, so the next one must authenticate anew."""
+        for cookies, entry in list(self.main_modes.items()):
+            if entry.rule.name in rule_names:
+                self._remove_main_mode(cookies, reason, notify_peer=True)
+
     # -- receiving ------------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
@@ -500,7 +524,11 @@ class IKE:
             if rule is None:
                 self.counters["Negotiation Failures"] += 1
                 self.counters["Negotiation Failures: no policy for peer"] += 1
-                self.note(f"main mode from {addr[0]} refused: no rule covers this peer")
+                failure = Failure(f"main mode from {addr[0]} refused: no rule covers this peer",
+                                  "no policy for peer")
+                self.note(f"main mode with {addr[0]} failed: "
+                          + failure.describe(events.MAIN_MODE, f"{self.local_address} <-> {addr[0]}",
+                                             f"not yet known, peer IP address {addr[0]}"))
                 return
             if not self._admit_half_open(addr[0]):
                 return
@@ -793,6 +821,7 @@ class IKE:
                 ex.machine.fail(
                     f"peer {mm.sa.remote[0]} refused quick mode: {notify.name}",
                     events.REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed"),
+                    point="peer",
                 )
                 self._cancel(ex)
                 self._quick_mode_progress(ex, (mm.sa.cookies, ex.machine.message_id))
@@ -890,7 +919,20 @@ class IKE:
         self.counters[f"Negotiation Failures: {event.counter}"] += 1
         if event.counter == "authentication failed":
             self.counters["Authentication Failures"] += 1
-        self.note(f"{kind} with {ex.peer[0]} failed: {event.reason}")
+        mode = events.MAIN_MODE if kind == "main mode" else events.QUICK_MODE
+        self.note(f"{kind} with {ex.peer[0]} failed: "
+                  + event.describe(mode, self._filter_text(ex), _peer_identity(ex)))
+
+    def _filter_text(self, ex: Exchange) -> str:
+        """The filter of a failed exchange, as Event 547 names it: main mode's two addresses, quick mode's
+        selectors (addresses, protocol, ports), with the rule they come from."""
+        rule = f" (rule {ex.rule.name})" if ex.rule else ""
+        if isinstance(ex.machine, main_mode.MainMode):
+            return f"{self.local_address} <-> {ex.peer[0]}{rule}"
+        selectors = ex.acquire or getattr(ex.machine, "proposed", None)
+        if selectors is None:
+            return f"not yet known{rule}"
+        return f"{selectors[0]} <-> {selectors[1]}{rule}"
 
     # -- lifetimes and deletion ---------------------------------------------------------------------
 

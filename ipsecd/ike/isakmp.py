@@ -22,11 +22,16 @@ from typing import Any, ClassVar
 
 
 class MalformedMessage(ValueError):
-    """A message that does not parse; says which payload and where."""
+    """A message that does not parse: what is wrong in words (``kind``: 'invalid payload length'), then
+    which payload, where and the numbers.
 
-    def __init__(self, what: str, offset: int, reason: str):
-        super().__init__(f"malformed ISAKMP message: {what} at offset {offset}: {reason}")
-        self.what, self.offset, self.reason = what, offset, reason
+    >>> str(MalformedMessage("ID", 28, "payload length 22315 with 64 bytes left", "invalid payload length"))
+    'malformed message (invalid payload length): ID at offset 28: payload length 22315 with 64 bytes left'
+    """
+
+    def __init__(self, what: str, offset: int, reason: str, kind: str = "invalid payload"):
+        super().__init__(f"malformed message ({kind}): {what} at offset {offset}: {reason}")
+        self.what, self.offset, self.reason, self.kind = what, offset, reason, kind
 
 
 class ExchangeType(enum.IntEnum):
@@ -273,13 +278,15 @@ class Payload:
             except MalformedMessage:
                 raise
             except ValueError as exc:
-                raise MalformedMessage(cls.__name__, pos, str(exc)) from None
+                raise MalformedMessage(cls.__name__, pos, str(exc),
+                                       f"invalid {cls.__name__} payload") from None
         if pos != end:
-            raise MalformedMessage(cls.__name__, pos, f"{end - pos} unexpected bytes at the end")
+            raise MalformedMessage(cls.__name__, pos, f"{end - pos} unexpected bytes at the end",
+                                   "invalid payload length")
         for f in cls.FIELDS:  # a count must say what follows: a payload is re-encoded for hashes and replies
             if isinstance(f, LengthOf) and f.unit == 1 and len(values[f.of]) != values[f.name]:
                 raise MalformedMessage(cls.__name__, pos, f"{f.name} {values[f.name]} but "
-                                       f"{len(values[f.of])} {f.of} follow")
+                                       f"{len(values[f.of])} {f.of} follow", "inconsistent count")
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -576,10 +583,12 @@ def _read_chain(
         cls = kinds.get(kind, Unknown)
         name = cls.__name__ if cls is not Unknown else f"payload type {kind}"
         if end - pos < 4:
-            raise MalformedMessage(name, pos, f"generic header needs 4 bytes, {end - pos} left")
+            raise MalformedMessage(name, pos, f"generic header needs 4 bytes, {end - pos} left",
+                                   "truncated payload")
         next_kind, _reserved, length = struct.unpack_from("!BBH", buf, pos)
         if length < 4 or length > end - pos:
-            raise MalformedMessage(name, pos, f"payload length {length} with {end - pos} bytes left")
+            raise MalformedMessage(name, pos, f"payload length {length} with {end - pos} bytes left",
+                                   "invalid payload length")
         item = cls.parse_body(buf, pos + 4, pos + length)
         if isinstance(item, Unknown):
             item.payload_type = kind
@@ -587,7 +596,8 @@ def _read_chain(
         pos += length
         kind = next_kind
     if pos != end and not trailing_ok:
-        raise MalformedMessage("payload chain", pos, f"{end - pos} bytes after the last payload")
+        raise MalformedMessage("payload chain", pos, f"{end - pos} bytes after the last payload",
+                               "bytes after the last payload")
     return items, end - pos, pos
 
 
@@ -655,12 +665,15 @@ class Message:
     @classmethod
     def decode(cls, data: bytes) -> Message:
         if len(data) < HEADER_SIZE:
-            raise MalformedMessage("ISAKMP header", 0, f"needs {HEADER_SIZE} bytes, got {len(data)}")
+            raise MalformedMessage("ISAKMP header", 0, f"needs {HEADER_SIZE} bytes, got {len(data)}",
+                                   "truncated header")
         icky, rcky, first, version, exchange, flags, mid, length = struct.unpack_from(cls.HEADER, data)
         if length != len(data):
-            raise MalformedMessage("ISAKMP header", 24, f"length field {length}, datagram {len(data)}")
+            raise MalformedMessage("ISAKMP header", 24, f"length field {length}, datagram {len(data)}",
+                                   "invalid header length")
         if version >> 4 != 1:
-            raise MalformedMessage("ISAKMP header", 17, f"major version {version >> 4}, not IKEv1")
+            raise MalformedMessage("ISAKMP header", 17, f"major version {version >> 4}, not IKEv1",
+                                   "invalid major version")
         msg = cls(
             icky, rcky, exchange, flags, mid, next_payload=first, body=data[HEADER_SIZE:], version=version
         )

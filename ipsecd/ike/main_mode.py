@@ -198,14 +198,14 @@ class MainMode:
                 self.dropped.append(exc.reason)
                 return []
             self.state = "failed"
-            self.events.append(Failure(exc.reason, exc.counter))
+            self.events.append(Failure.of(exc))
             return [notify_message(self.icookie, self.rcookie, exc.notify)] if exc.notify else []
 
-    def fail(self, reason: str, counter: str) -> None:
+    def fail(self, reason: str, counter: str, point: str = "me") -> None:
         """Give up from outside (retransmissions exhausted)."""
         if not self.done:
             self.state = "failed"
-            self.events.append(Failure(reason, counter))
+            self.events.append(Failure(reason, counter, point))
 
     def _peer_notify(self, msg: Message) -> None:
         notify = msg.first(Notify)

@@ -240,15 +240,16 @@ class QuickMode:
                     self.sa.ivs[self.message_id] = saved_iv
                 return []
             self.state = "failed"
-            self.events.append(Failure(exc.reason, exc.counter))
+            self.events.append(Failure.of(exc))
             if not exc.notify:
                 return []
             return [informational.notify(self.sa, exc.notify, *self.notify_ref)]
 
-    def fail(self, reason: str, counter: str) -> None:
+    def fail(self, reason: str, counter: str, point: str = "me") -> None:
+        """Give up from outside: retransmissions exhausted, or the peer's error notify ("peer")."""
         if not self.done:
             self.state = "failed"
-            self.events.append(Failure(reason, counter))
+            self.events.append(Failure(reason, counter, point))
 
     def _step(self, payloads: list[isakmp.Payload]) -> list[bytes]:
         raise NotImplementedError
@@ -483,6 +484,7 @@ class QuickModeResponder(QuickMode):
     ):
         super().__init__(isakmp_sa, message_id)
         self.policy_for, self.allocate_spi = policy_for, spi_allocator
+        self.proposed: tuple[Selector, Selector] | None = None  # (ours, the peer's) as quick mode 1 says
 
     def _step(self, payloads: list[isakmp.Payload]) -> list[bytes]:
         if self.state == "new":
@@ -528,6 +530,7 @@ class QuickModeResponder(QuickMode):
         host = ipaddress.IPv4Network
         peer_sel = id_selector(ids[0]) if ids else Selector(host(self.sa.remote[0]))
         own_sel = id_selector(ids[1]) if ids else Selector(host(self.sa.local[0]))
+        self.proposed = (own_sel, peer_sel)  # the filter a failure event names
         policy = self.policy_for(self.sa, own_sel, peer_sel)
         if policy is None:
             raise NegotiationError(

@@ -21,7 +21,11 @@ from ipsecd import algorithms
 if TYPE_CHECKING:  # annotations only: loading x509 costs every ipsecd 8 MB
     from cryptography import x509
 
+# The ranges Windows' key exchange and security method dialogs take: master key 5 minutes .. 48 hours,
+# session key 300 .. 172,800 s and 20,480 .. 2,147,483,647 KB.
 MAIN_MODE_LIFETIME_MIN, MAIN_MODE_LIFETIME_MAX = 5 * 60, 48 * 3600
+QUICK_MODE_SECONDS_MIN, QUICK_MODE_SECONDS_MAX = 300, 172_800
+QUICK_MODE_KB_MIN, QUICK_MODE_KB_MAX = 20_480, 2_147_483_647
 QUICK_MODE_IDLE_SECONDS = 5 * 60
 
 

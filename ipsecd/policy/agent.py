@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import yaml
 
 from ipsecd.driver import spd
-from ipsecd.ike.settings import IKERule
+from ipsecd.ike.settings import IKERule, PreSharedKey
 from ipsecd.ike.settings import Selector as IKESelector
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
@@ -113,11 +113,17 @@ class PolicyChange:
     touched_filters: frozenset[str]
     added_rules: frozenset[str]
     main_mode_changed: bool  # new main modes use the new settings; existing ones run to their lifetime
+    # IKE rules (their names) whose authentication changed or that are gone: the main mode SAs authenticated
+    # under them no longer hold (Windows: "New policy invalidated SAs formed with old policy") and go too
+    reauthenticate: frozenset[str] = frozenset()
 
     def describe(self) -> str:
         parts = []
         if self.touched_rules:
             parts.append(f"SAs of {', '.join(sorted(self.touched_rules))} deleted")
+        if self.reauthenticate:
+            parts.append(f"main mode SAs of {', '.join(sorted(self.reauthenticate))} deleted "
+                         f"(authentication changed)")
         if self.added_rules:
             parts.append(f"new rules {', '.join(sorted(self.added_rules))}")
         if self.main_mode_changed:
@@ -127,7 +133,7 @@ class PolicyChange:
     def to_dict(self) -> dict[str, Any]:
         return {"touched_rules": sorted(self.touched_rules), "touched_filters": sorted(self.touched_filters),
                 "added_rules": sorted(self.added_rules), "main_mode_changed": self.main_mode_changed,
-                "text": self.describe()}
+                "reauthenticate": sorted(self.reauthenticate), "text": self.describe()}
 
 
 def compare(old: AppliedPolicy | None, new: AppliedPolicy | None) -> PolicyChange:
@@ -139,7 +145,27 @@ def compare(old: AppliedPolicy | None, new: AppliedPolicy | None) -> PolicyChang
         touched_filters=frozenset(f.name for name in touched for f in filters.get(name, ())),
         added_rules=frozenset(after.keys() - before.keys()),
         main_mode_changed=_main_mode(old) != _main_mode(new),
+        reauthenticate=_reauthenticate(old, new),
     )
+
+
+def _reauthenticate(old: AppliedPolicy | None, new: AppliedPolicy | None) -> frozenset[str]:
+    """The IKE rules of `old` that `new` authenticates otherwise (another key, CA or method) or not at all."""
+    if old is None:
+        return frozenset()
+    now = {r.name: _credentials(r) for r in new.ike.rules} if new else {}
+    return frozenset(r.name for r in old.ike.rules if now.get(r.name) != _credentials(r))
+
+
+def _credentials(rule: IKERule) -> tuple[Any, ...]:
+    """What a main mode SA of this rule was authenticated with, comparable across two loads of the policy."""
+    out: list[Any] = []
+    for auth in rule.policy.auth:
+        if isinstance(auth, PreSharedKey):
+            out.append(("psk", auth.key))
+        else:
+            out.append(("rsa-sig", auth.certificate, auth.trusted_cas))
+    return tuple(out)
 
 
 def _fingerprints(applied: AppliedPolicy | None) -> dict[str, tuple[Any, ...]]:

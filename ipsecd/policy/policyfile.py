@@ -24,7 +24,7 @@ import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -63,6 +63,7 @@ def load(path: str | os.PathLike[str]) -> model.Policy:
 
 
 def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.Policy:
+    """Read and validate a policy; PolicyError lists every problem of the file, in the order of its lines."""
     try:
         root = yaml_lines.compose(text, source)
     except yaml_lines.YamlSyntaxError as e:
@@ -71,10 +72,20 @@ def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.
         raise PolicyError([Problem("", "the file is empty", source)])
     reader = _PolicyReader(source)
     policy = reader.policy(root, default_stamp)
+    problems = list(reader.problems)
     try:
-        return validate(policy)
+        validate(policy)
     except PolicyError as e:
-        raise PolicyError([Problem(p.path, p.message, reader.where(p.path)) for p in e.problems]) from None
+        problems += [Problem(p.path, p.message, reader.where(p.path)) for p in e.problems
+                     if not reader.stood_in(p.path)]
+    if problems:
+        raise PolicyError(sorted(problems, key=_line))
+    return policy
+
+
+def _line(problem: Problem) -> int:
+    _, _, line = problem.source.rpartition(":")
+    return int(line) if line.isdigit() else 0
 
 
 def dumps(policy: model.Policy, hide_keys: bool = False) -> str:
@@ -149,11 +160,17 @@ def format_stamp(stamp: int) -> str:
 
 
 class _PolicyReader:
-    """Builds model objects from YAML nodes, remembering the line of every field it reads."""
+    """Builds model objects from YAML nodes, remembering the line of every field it reads.
+
+    It reads on past a bad value (a stand-in takes its place) and keeps every problem, so one run names
+    them all; ``stood_in`` says where stand-ins are, whose checks across fields would only mislead.
+    """
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.lines: dict[str, int] = {}
+        self.problems: list[Problem] = []
+        self._stand_ins: list[str] = []  # paths of parts built with a stand-in value
         self._shared: dict[int, object] = {}  # node id -> object, for anchored (shared) parts
         self._constructor = yaml.constructor.SafeConstructor()
         self._policy_guid = _NAMESPACE
@@ -164,56 +181,85 @@ class _PolicyReader:
         line = yaml_lines.enclosing_line(self.lines, path)
         return f"{self.source}:{line}" if line else self.source
 
-    def fail(self, node: yaml.Node, path: str, message: str) -> NoReturn:
-        raise PolicyError([Problem(path, message, f"{self.source}:{node.start_mark.line + 1}")])
+    def problem(self, node: yaml.Node, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message, f"{self.source}:{node.start_mark.line + 1}"))
+
+    def stand_in(self, path: str, spoils: str | None = None) -> None:
+        """A value at `path` could not be read: the part holding it (`spoils`: a larger one) is not what the
+        file says, so the checks of that part's own fields would only mislead (those of its list items,
+        such as one security method's lifetime, still hold)."""
+        whole = path.endswith("]") or "." not in path
+        self._stand_ins.append(spoils if spoils is not None else path if whole else path.rsplit(".", 1)[0])
+
+    def stood_in(self, path: str) -> bool:
+        """A check at `path` looked at a stand-in: a field of a part that could not be read, or a part that
+        holds one."""
+        return any(_within(s, path) or (_within(path, s) and "[" not in path[len(s):])
+                   for s in self._stand_ins)
 
     # --- generic readers
 
     def fields(self, node: yaml.Node, path: str, known: tuple[str, ...],
                required: tuple[str, ...] = ()) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
-            self.fail(node, path, "must be a mapping")
+            self.problem(node, path, "must be a mapping")
+            self._stand_ins.append(path)
+            return {}
         out: dict[str, yaml.Node] = {}
         for key, value in node.value:
             if not isinstance(key, yaml.ScalarNode):  # str() of an alias tree is exponential: a bomb
-                self.fail(key, path, "a field name must be a single word, not a list or mapping")
+                self.problem(key, path, "a field name must be a single word, not a list or mapping")
+                continue
             name = str(key.value)
             if name not in known:
-                self.fail(key, _join(path, name), f"unknown field (expected one of: {', '.join(known)})")
-            if name in out:
-                self.fail(key, _join(path, name), "given twice")
-            out[name] = value
-            self.lines[_join(path, name)] = key.start_mark.line + 1
+                self.problem(key, _join(path, name), f"unknown field{yaml_lines.did_you_mean(name, known)}; "
+                                                     f"expected one of: {', '.join(known)}")
+            elif name in out:
+                self.problem(key, _join(path, name), "given twice")
+            else:
+                out[name] = value
+                self.lines[_join(path, name)] = key.start_mark.line + 1
         for name in required:
             if name not in out:
-                self.fail(node, path, f"missing field {name!r}")
+                self.problem(node, _join(path, name), "missing field")
+                self._stand_ins.append(path or name)
         return out
 
     def items(self, node: yaml.Node, path: str) -> list[tuple[str, yaml.Node]]:
         if not isinstance(node, yaml.SequenceNode):
-            self.fail(node, path, "must be a list")
+            self.problem(node, path, "must be a list")
+            self._stand_ins.append(path)
+            return []
         out = []
         for i, item in enumerate(node.value):
             self.lines[f"{path}[{i}]"] = item.start_mark.line + 1
             out.append((f"{path}[{i}]", item))
         return out
 
-    def value(self, node: yaml.Node, path: str, convert: Callable[[Any], T]) -> T:
+    def value(self, node: yaml.Node, path: str, convert: Callable[[Any], T], stand_in: T,
+              spoils: str | None = None) -> T:
+        """The converted value, or `stand_in` after noting the problem."""
         if not isinstance(node, yaml.ScalarNode):
-            self.fail(node, path, "must be a single value")
-        if node.tag not in _SCALAR_TAGS:
-            self.fail(node, path, f"the tag {node.tag} is not allowed (a policy file is plain YAML data)")
-        try:
-            value = self._constructor.construct_object(node, deep=True)
-        except _BAD_SCALAR as e:  # PyYAML's scalar constructors fail on bad text in several ways
-            self.fail(node, path, f"{node.value[:40]!r} is not a valid {node.tag.rsplit(':', 1)[-1]} ({e})")
-        try:
-            return convert(value)
-        except (ValueError, TypeError) as e:
-            self.fail(node, path, str(e))
+            self.problem(node, path, "must be a single value")
+        elif node.tag not in _SCALAR_TAGS:
+            self.problem(node, path, f"the tag {node.tag} is not allowed (a policy file is plain YAML data)")
+        else:
+            try:
+                value = self._constructor.construct_object(node, deep=True)
+            except _BAD_SCALAR as e:  # PyYAML's scalar constructors fail on bad text in several ways
+                self.problem(node, path,
+                             f"{node.value[:40]!r} is not a valid {node.tag.rsplit(':', 1)[-1]} ({e})")
+            else:
+                try:
+                    return convert(value)
+                except (ValueError, TypeError) as e:
+                    self.problem(node, path, str(e))
+        self.stand_in(path, spoils)
+        return stand_in
 
     def opt(self, f: dict[str, yaml.Node], key: str, path: str, convert: Callable[[Any], T], default: T) -> T:
-        return self.value(f[key], _join(path, key), convert) if key in f else default
+        """An optional field, or a required one whose absence `fields` reported (`default` stands in)."""
+        return self.value(f[key], _join(path, key), convert, default) if key in f else default
 
     def identity(self, f: dict[str, yaml.Node], path: str) -> dict[str, Any]:
         """guid and when_changed of a part; a missing GUID is derived from the policy's and the path."""
@@ -233,7 +279,7 @@ class _PolicyReader:
     def policy(self, node: yaml.Node, default_stamp: int) -> model.Policy:
         f = self.fields(node, "", ("name", "guid", "when_changed", "description", "polling_interval",
                                    "key_exchange", "rules", "default_response_rule"), ("name",))
-        name = self.value(f["name"], "name", str)
+        name = self.opt(f, "name", "", str, "")
         self._policy_guid = self.opt(f, "guid", "", _guid, uuid.uuid5(_NAMESPACE, name))
         self._stamp = self.opt(f, "when_changed", "", parse_stamp, default_stamp)
         rules = tuple(self.rule(n, p) for p, n in self.items(f["rules"], "rules")) if "rules" in f else ()
@@ -258,7 +304,7 @@ class _PolicyReader:
                                      "master_key_pfs"))
         methods = model.DEFAULT_MAIN_MODE_METHODS
         if "methods" in f:
-            methods = tuple(self.value(n, p, model.MainModeMethod.parse)
+            methods = tuple(self.value(n, p, model.MainModeMethod.parse, model.MainModeMethod())
                             for p, n in self.items(f["methods"], path + ".methods"))
         return model.KeyExchange(
             methods=methods,
@@ -273,9 +319,11 @@ class _PolicyReader:
                                      "filter_action", "authentication", "tunnel", "connection_type"),
                         ("name", "filter_list", "filter_action"))
         return model.Rule(
-            name=self.value(f["name"], path + ".name", str),
-            filter_list=self.shared(self.filter_list, f["filter_list"], path),
-            filter_action=self.shared(self.filter_action, f["filter_action"], path),
+            name=self.opt(f, "name", path, str, ""),
+            filter_list=(self.shared(self.filter_list, f["filter_list"], path) if "filter_list" in f
+                         else model.FilterList("", ())),
+            filter_action=(self.shared(self.filter_action, f["filter_action"], path) if "filter_action" in f
+                           else model.FilterAction("", spd.Action.PERMIT)),
             authentication=self.authentication(f, path),
             tunnel=self.opt(f, "tunnel", path, _tunnel, None),
             connection_type=self.opt(f, "connection_type", path, _connection_type, model.ConnectionType.ALL),
@@ -289,9 +337,9 @@ class _PolicyReader:
         f = self.fields(node, path, ("name", "guid", "when_changed", "description", "filters"),
                         ("name", "filters"))
         return model.FilterList(
-            name=self.value(f["name"], path + ".name", str),
+            name=self.opt(f, "name", path, str, ""),
             filters=tuple(self.ip_filter(n, p, i) for i, (p, n) in
-                          enumerate(self.items(f["filters"], path + ".filters"))),
+                          enumerate(self.items(f["filters"], path + ".filters") if "filters" in f else [])),
             description=self.opt(f, "description", path, str, ""),
             **self.identity(f, path),
         )
@@ -302,8 +350,8 @@ class _PolicyReader:
                         ("source", "destination"))
         return model.IPFilter(
             name=self.opt(f, "name", path, str, str(index + 1)),
-            source=self.value(f["source"], path + ".source", model.Endpoint.parse),
-            destination=self.value(f["destination"], path + ".destination", model.Endpoint.parse),
+            source=self.opt(f, "source", path, model.Endpoint.parse, model.ANY),
+            destination=self.opt(f, "destination", path, model.Endpoint.parse, model.ANY),
             protocol=self.opt(f, "protocol", path, model.parse_protocol, None),
             source_port=self.opt(f, "source_port", path, model.parse_port, None),
             destination_port=self.opt(f, "destination_port", path, model.parse_port, None),
@@ -317,8 +365,10 @@ class _PolicyReader:
                                      "security_methods", "pfs", "accept_unsecured", "fallback_to_clear"),
                         ("name", "action"))
         return model.FilterAction(
-            name=self.value(f["name"], path + ".name", str),
-            action=self.value(f["action"], path + ".action", _action),
+            name=self.opt(f, "name", path, str, ""),
+            # a rule's checks depend on its action (tunnel, authentication): a bad one spoils the rule's
+            action=(self.value(f["action"], path + ".action", _action, spd.Action.PERMIT, spoils=rule_path)
+                    if "action" in f else spd.Action.PERMIT),
             security_methods=self.security_methods(f, path, ()),
             pfs=self.opt(f, "pfs", path, _boolean, False),
             accept_unsecured=self.opt(f, "accept_unsecured", path, _boolean, False),
@@ -331,7 +381,7 @@ class _PolicyReader:
                          default: tuple[spd.SecurityMethod, ...]) -> tuple[spd.SecurityMethod, ...]:
         if "security_methods" not in f:
             return default
-        return tuple(self.value(n, p, model.parse_security_method)
+        return tuple(self.value(n, p, model.parse_security_method, spd.SecurityMethod())
                      for p, n in self.items(f["security_methods"], path + ".security_methods"))
 
     def authentication(self, f: dict[str, yaml.Node], path: str) -> tuple[model.AuthMethod, ...]:
@@ -341,18 +391,22 @@ class _PolicyReader:
         return tuple(self.auth_method(n, p) for p, n in items)
 
     def auth_method(self, node: yaml.Node, path: str) -> model.AuthMethod:
+        how = "write kerberos, {psk: <key>} or {certificate: <CA name>}"
         if isinstance(node, yaml.ScalarNode):
             if node.value != "kerberos":
-                self.fail(node, path, "write kerberos, {psk: <key>} or {certificate: <CA name>}")
+                self.problem(node, path, f"{node.value!r} is not an authentication method"
+                                         f"{yaml_lines.did_you_mean(node.value, ['kerberos'])}; {how}")
+                self.stand_in(path)
             return model.AuthMethod(model.AuthKind.KERBEROS)
         f = self.fields(node, path, ("psk", "certificate"))
         if len(f) != 1:
-            self.fail(node, path, "write kerberos, {psk: <key>} or {certificate: <CA name>}")
+            if f or (isinstance(node, yaml.MappingNode) and not node.value):
+                self.problem(node, path, how)
+            self.stand_in(path)
+            return model.AuthMethod(model.AuthKind.KERBEROS)
         if "psk" in f:
-            psk = self.value(f["psk"], path + ".psk", str)
-            return model.AuthMethod(model.AuthKind.PRESHARED_KEY, psk=psk)
-        return model.AuthMethod(model.AuthKind.CERTIFICATE,
-                                ca=self.value(f["certificate"], path + ".certificate", str))
+            return model.AuthMethod(model.AuthKind.PRESHARED_KEY, psk=self.opt(f, "psk", path, str, "-"))
+        return model.AuthMethod(model.AuthKind.CERTIFICATE, ca=self.opt(f, "certificate", path, str, "-"))
 
     def default_response(self, node: yaml.Node) -> model.DefaultResponseRule:
         path = "default_response_rule"
@@ -378,6 +432,11 @@ def _guid(value: object) -> uuid.UUID:
         raise ValueError(f"{value!r} is not a GUID") from None
 
 
+def _within(path: str, part: str) -> bool:
+    """`path` names `part` or a field inside it ('' is the whole policy)."""
+    return not part or path == part or path.startswith((part + ".", part + "["))
+
+
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{value!r} is not true or false")
@@ -394,14 +453,16 @@ def _action(value: object) -> spd.Action:
     try:
         return spd.Action(str(value).lower())
     except ValueError:
-        raise ValueError(f"{value!r} is not permit, block or negotiate") from None
+        hint = yaml_lines.did_you_mean(str(value).lower(), [a.value for a in spd.Action])
+        raise ValueError(f"{value!r} is not permit, block or negotiate{hint}") from None
 
 
 def _connection_type(value: object) -> model.ConnectionType:
     try:
         return model.ConnectionType(str(value).lower())
     except ValueError:
-        raise ValueError(f"{value!r} is not all, lan or remote_access") from None
+        hint = yaml_lines.did_you_mean(str(value).lower(), [c.value for c in model.ConnectionType])
+        raise ValueError(f"{value!r} is not all, lan or remote_access{hint}") from None
 
 
 def _tunnel(value: object) -> model.IPv4Address | None:

@@ -34,6 +34,13 @@ def test_policy_and_ike_settings_with_paths_relative_to_the_file():
     assert len(cfg.spd) == 0 and cfg.sas == ()
 
 
+@pytest.mark.parametrize(("text", "announced"), [
+    ("[draft-02]", ("draft-02",)), ("[]", ()), ("[draft-02, rfc3947]", ("draft-02", "rfc3947"))])
+def test_nat_traversal_is_a_node_setting_of_ike(text, announced):
+    cfg = parse(f"policy: {{store: p}}\nike: {{nat_traversal: {text}}}\n", "ipsecd.yaml")
+    assert cfg.ike.nat_traversal == announced
+
+
 def test_defaults_are_windows_ones():
     cfg = parse("policy: {store: /var/lib/ipsecd/policies}\n", "ipsecd.yaml")
     assert cfg.policy.assign is None and cfg.ike.address is None
@@ -56,7 +63,14 @@ def test_defaults_are_windows_ones():
     ("policy: {store: p}\nike: {certificate: c.pem}\n", "ike.certificate: certificate and private_key go"),
     ("policy: {store: p}\nike: {trusted_cas: ca.pem}\n", "ike.trusted_cas: expected a list"),
     ("policy: {store: p}\nike: {main_mode_lifetime: 0}\n", "ike.main_mode_lifetime: expected whole seconds"),
-    ("policy: {store: p}\nike: {nat_traversal: [rfc3948]}\n", "ike.nat_traversal: expected NAT-T revisions"),
+    ("policy: {store: p}\nike: {nat_traversal: [draft02]}\n",
+     "ipsecd.yaml:2: ike.nat_traversal[0]: 'draft02' is not a NAT-T revision (did you mean 'draft-02'?); "
+     "known: rfc3947, draft-02 ([] turns NAT-T off)"),
+    ("policy: {store: p}\nike: {nat_traversal: draft-02}\n", "ike.nat_traversal: expected a list"),
+    ("policy: {store: p}\nike: {nat_traversal: [rfc3947, rfc3947]}\n",
+     "ike.nat_traversal[1]: 'rfc3947' is named twice"),
+    ("policy: {store: p}\nike: {nat_travesal: []}\n", "ike.nat_travesal: unknown field (did you mean "
+                                                       "'nat_traversal'?)"),
 ])
 def test_refused_with_line_and_field(text, error):
     with pytest.raises(ConfigError, match=None) as caught:
@@ -77,3 +91,26 @@ def test_check_reads_the_assigned_policy(tmp_path, capsys):
     assert main(["--check", "-c", str(tmp_path / "ipsecd.yaml")]) == 2
     assert "the assigned policy is refused" in capsys.readouterr().err
     assert not (store / "assigned").exists()  # --check assigns nothing
+
+
+def test_check_names_every_problem_of_the_policy_at_once(tmp_path, capsys):
+    from ipsecd.daemon import main
+
+    store = tmp_path / "policies"
+    store.mkdir()
+    (store / "a.yaml").write_text(
+        "name: a\npolling_interval: 90\nrules:\n  - name: r\n    filter_list: {name: l, filters: "
+        "[{source: me, destination: 10.0.0.2, protocl: tcp}]}\n    filter_action: {name: n, "
+        "action: negotiate, security_methods: ['ESP[3DES,SHA1]:0k/3600s']}\n"
+        "    authentication: [{psk: ''}]\n")
+    (tmp_path / "ipsecd.yaml").write_text("policy: {store: policies, assign: a.yaml}\n")
+    assert main(["--check", "-c", str(tmp_path / "ipsecd.yaml")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "ipsecd: the assigned policy is refused (4 problems):"
+    where = [line.split(": ")[:2] for line in err[1:]]
+    path = str(store / "a.yaml")
+    assert where == [[f"{path}:2", "polling_interval"],
+                     [f"{path}:5", "rules[0].filter_list.filters[0].protocl"],
+                     [f"{path}:6", "rules[0].filter_action.security_methods[0]"],
+                     [f"{path}:7", "rules[0].authentication[0].psk"]]
+    assert "(did you mean 'protocol'?)" in err[2]

@@ -4,6 +4,7 @@ Retransmission, duplicates, NAT-T with port rewriting, keepalives, lifetimes and
 (test_ike_loopback.py runs the same component over real sockets.)
 """
 
+import dataclasses
 import heapq
 import itertools
 import json
@@ -458,3 +459,20 @@ def test_bundle_sas_are_installed_and_deleted_together():
     lab.net.run()
     assert len(lab.drv_a.deleted) == len(lab.drv_b.deleted) == 4
     assert {p for *_, p in lab.drv_b.deleted} == {"ah", "esp"} and not lab.ike_b.quick_modes
+
+
+def test_a_policy_change_of_authentication_deletes_the_main_mode_sa_at_both_ends():
+    lab = negotiate()
+    lab.ike_a.delete_main_modes({"unrelated rule"}, "not this one")
+    assert len(lab.ike_a.main_modes) == 1
+    lab.ike_a.delete_main_modes({"to-b"}, "the authentication of its policy rule changed")
+    lab.net.run()
+    assert not lab.ike_a.main_modes and not lab.ike_b.main_modes  # the peer got the ISAKMP delete
+    assert any("deleted: the authentication of its policy rule changed" in t for _, t in lab.ike_a.events)
+    # the next acquire authenticates anew: with a key the peer does not have, it fails
+    rekeyed = dataclasses.replace(lab.rule, policy=PeerPolicy(auth=[PreSharedKey(b"changed on one side")]))
+    lab.ike_a.load_policy([rekeyed])
+    lab.ike_a.acquire(rekeyed, host(A), host(B), B)
+    lab.net.run()
+    lab.clock.advance(1, lab.net)
+    assert lab.ike_b.counters["Negotiation Failures: authentication failed"] == 1

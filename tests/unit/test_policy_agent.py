@@ -101,6 +101,22 @@ def test_a_bad_policy_is_refused_and_the_old_one_stays(node):
     assert "'my ip' is not an address" in event.message
 
 
+def test_the_refusal_names_every_problem_of_the_file(node):
+    node.agent.apply()
+    node.path.write_text(PAIR.replace("destination: 10.0.0.2", "destination: my ip")
+                         .replace("action: block}", "action: blok}")
+                         .replace('"ESP[3DES,SHA1]"', '"ESP[3DES,SHA1]:1000k/60s"'))
+    with pytest.raises(PolicyError) as refused:
+        node.agent.refresh()
+    assert [(p.source.rsplit(":", 1)[1], p.path) for p in refused.value.problems] == [
+        ("10", "rules[0].filter_action.action"), ("12", "rules[1].filter_list.filters[0].destination"),
+        ("13", "rules[1].filter_action.security_methods[0]"),
+        ("13", "rules[1].filter_action.security_methods[0]")]
+    message = node.agent.events[-1].message
+    assert "(did you mean 'block'?)" in message and "60 s is outside" in message
+    assert "1000 KB is outside" in message
+
+
 def test_polling_applies_only_what_changed(node):
     node.agent.apply()
     assert node.agent.seconds_until_poll() == 30  # the policy's own polling interval
@@ -267,7 +283,7 @@ def test_control_commands_answer_in_json(node, tmp_path):
         commands["policy_filters"](kind="dynamic")
     assert commands["refresh"]() == {"policy": "intranet pair", "change": {
         "touched_rules": [], "touched_filters": [], "added_rules": [], "main_mode_changed": False,
-        "text": "no SA touched"}}
+        "reauthenticate": [], "text": "no SA touched"}}
     out = tmp_path / "x.yaml"
     assert commands["export"](path=str(out))["guid"] == "0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a"
     assert commands["import"](path=str(out))["location"] == str(node.path)  # same GUID: same stored file
@@ -344,3 +360,16 @@ def test_a_change_stamp_past_year_9999_is_refused_and_polling_goes_on(node):
     node.clock.now += 60
     assert node.agent.poll() is None and node.agent.applied.policy.when_changed < 2**32
     assert node.agent.events[-1].kind == "policy-refused"
+
+
+def test_a_new_pre_shared_key_invalidates_the_main_mode_sas_of_its_rules(node):
+    node.agent.apply()
+    node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"ESP[DES,MD5]"'))
+    assert node.agent.refresh().reauthenticate == frozenset()  # another quick mode offer: main modes stay
+    node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"ESP[DES,MD5]"')
+                         .replace("    authentication: [{psk: lab}]", "    authentication: [{psk: new}]"))
+    change = node.agent.refresh()
+    assert change.reauthenticate == {"secure peer/1"}  # the IKE rule (filter) names main modes carry
+    assert "main mode SAs of secure peer/1 deleted (authentication changed)" in change.describe()
+    node.path.write_text("name: empty\n")
+    assert node.agent.refresh().reauthenticate == {"secure peer/1", "<Dynamic> default response"}

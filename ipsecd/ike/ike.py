@@ -713,6 +713,8 @@ class IKE:
         self.counters[f"Negotiation Failures: {event.counter}"] += 1
         if event.counter == "authentication failed":
             self.counters["Authentication Failures"] += 1
+            if event.cause:  # Kerberos hook (issue 13): the failure counted once more, under its reason
+                self.counters[f"Authentication Failures: {event.cause}"] += 1
         self.note(f"{kind} with {ex.peer[0]} failed: {event.reason}")
 
     # -- lifetimes and deletion ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ipsecd.ike import isakmp, natt, oakley
+from ipsecd.ike import gss_auth, isakmp, kerberos, natt, oakley
 from ipsecd.ike.isakmp import (
     ID,
     KE,
@@ -41,13 +41,13 @@ from ipsecd.ike.isakmp import (
     Transform,
     VendorID,
 )
-from ipsecd.ike.settings import Certificates, MainModeOffer, PeerPolicy, PreSharedKey, in_date
+from ipsecd.ike.settings import Certificates, Kerberos, MainModeOffer, PeerPolicy, PreSharedKey, in_date
 
 # Oakley attribute classes (RFC 2409 App. A)
 ENCRYPTION, HASH, AUTH_METHOD, GROUP, LIFE_TYPE, LIFE_DURATION, KEY_LENGTH = 1, 2, 3, 4, 11, 12, 14
 LIFE_SECONDS = 1
 KEY_IKE = 1
-AUTH_IDS = {"psk": 1, "rsa-sig": 3}
+AUTH_IDS = {"psk": 1, "rsa-sig": 3, "kerberos": gss_auth.AUTH_METHOD}
 AUTH_NAMES = {1: "PSK", 3: "RSA-SIG", 65001: "Kerberos"}
 NONCE_SIZE = 32
 
@@ -65,15 +65,18 @@ class NegotiationError(Exception):
         notify: int | None = None,
         counter: str = "negotiation failed",
         integrity: bool = False,
+        cause: str = "",
     ):
         super().__init__(reason)
         self.reason, self.notify, self.counter, self.integrity = reason, notify, counter, integrity
+        self.cause = cause  # the authentication failure's reason to count (Kerberos: "clock skew", ...)
 
 
 @dataclass
 class Failure:
     reason: str
     counter: str  # "no proposal chosen", "authentication failed", ...
+    cause: str = ""  # what failed authentication: "KDC unreachable", "no credentials", ...
 
 
 @dataclass
@@ -153,7 +156,9 @@ class IsakmpSA:
 # --- proposals ------------------------------------------------------------------------------------
 
 
-def offer_transform(number: int, offer: MainModeOffer, method: str) -> Transform:
+def offer_transform(
+    number: int, offer: MainModeOffer, method: str, extra: tuple[Attribute, ...] = ()
+) -> Transform:
     cipher = oakley.CIPHERS[offer.encryption]
     attrs = [Attribute(ENCRYPTION, cipher.oakley_id)]
     if cipher.variable_key:
@@ -164,6 +169,7 @@ def offer_transform(number: int, offer: MainModeOffer, method: str) -> Transform
         Attribute(GROUP, offer.group),
         Attribute(LIFE_TYPE, LIFE_SECONDS),
         Attribute(LIFE_DURATION, offer.lifetime),
+        *extra,
     ]
     return Transform(number, KEY_IKE, attrs)
 
@@ -334,6 +340,7 @@ class MainMode:
         self.sa: IsakmpSA | None = None
         self.peer_initial_contact = False
         self.dropped: list[str] = []  # messages dropped as corrupted, in words
+        self.gss: gss_auth.GssAuthentication | None = None  # Kerberos hook: this main mode's GSS-API part
 
     @property
     def done(self) -> bool:
@@ -355,12 +362,17 @@ class MainMode:
             if msg.exchange != ExchangeType.MAIN_MODE:
                 return []
             return self._step(msg)
+        except kerberos.KerberosError as exc:  # --- Kerberos hook (issue 13)
+            self.state = "failed"
+            reason = f"Kerberos authentication with {self.remote[0]} failed: {exc}"
+            self.events.append(Failure(reason, "authentication failed", exc.reason))
+            return [notify_message(self.icookie, self.rcookie, NotifyType.AUTHENTICATION_FAILED)]
         except NegotiationError as exc:
             if exc.integrity and not self.dropped:
                 self.dropped.append(exc.reason)
                 return []
             self.state = "failed"
-            self.events.append(Failure(exc.reason, exc.counter))
+            self.events.append(Failure(exc.reason, exc.counter, exc.cause))
             return [notify_message(self.icookie, self.rcookie, exc.notify)] if exc.notify else []
 
     def fail(self, reason: str, counter: str) -> None:
@@ -384,10 +396,11 @@ class MainMode:
 
     def _choose(self, proposal: Proposal) -> Transform:
         """Responder: the first transform of the initiator that our policy accepts."""
+        gss_peer = gss_auth.peer_does_gss(self.peer_vids)  # Kerberos hook: else 65001 is XAUTH
         for t in proposal.transforms:
             for offer in self.policy.main_mode:
                 for auth in self.policy.auth:
-                    if _matches(t, offer, auth.method):
+                    if _matches(t, offer, auth.method) and (auth.method != "kerberos" or gss_peer):
                         return t
         offered = "; ".join(describe_transform(t) for t in proposal.transforms) or "nothing"
         ours = "; ".join(
@@ -410,9 +423,15 @@ class MainMode:
         self.lifetime = min(_lifetime(t, 28800), own)
         self.private = self.suite.group.private_key()
         self.own_ke = self.suite.group.public_key(self.private)
+        auth = self._auth()
+        if isinstance(auth, Kerberos):  # Kerberos hook: the peer's GSS identity from its offer or reply
+            self.gss = gss_auth.GssAuthentication(auth, self.initiator, self.remote[0])
+            self.gss.take_peer_transform(t)
 
     def _vendor_ids(self) -> list[isakmp.Payload]:
         vids = [natt.VID_WINDOWS_2003] + [natt.VARIANTS[name].vendor_id for name in self.policy.nat_traversal]
+        if any(isinstance(a, Kerberos) for a in self.policy.auth):  # Kerberos hook
+            vids += gss_auth.SENT_VENDOR_IDS
         return [VendorID(v) for v in vids]
 
     def _note_vendor_ids(self, msg: Message) -> None:
@@ -425,6 +444,8 @@ class MainMode:
         auth = self._auth()
         if isinstance(auth, Certificates):
             out += [CertRequest(ca.subject.public_bytes()) for ca in auth.trusted_cas]
+        if self.gss:  # Kerberos hook: AP-REQ in main mode 3, AP-REP in 4
+            out += self.gss.key_exchange_payloads()
         if self.variant:
             out += natt.natd_payloads(
                 self.variant, self.suite.hash, self.icookie, self.rcookie, self.local, self.remote
@@ -462,6 +483,8 @@ class MainMode:
                 )
             except ValueError as exc:
                 raise NegotiationError(str(exc), NotifyType.PAYLOAD_MALFORMED, "malformed message") from None
+        if self.gss:  # Kerberos hook
+            self.gss.take_key_exchange(msg.payloads)
         auth = self._auth()
         if isinstance(auth, PreSharedKey):
             skeyid = oakley.skeyid_psk(self.suite, auth.key, self.ni, self.nr)
@@ -491,9 +514,13 @@ class MainMode:
                 Cert(auth.certificate.public_bytes(serialization.Encoding.DER)),
                 Signature(rsa_sign_raw(auth.private_key, own_hash)),
             ]
+        if self.gss:  # Kerberos hook: the hash wrapped with the GSS-API context
+            return [Hash(self.gss.protect(own_hash))]
         return [Hash(own_hash)]
 
     def _hash(self, of_initiator: bool, id_body: bytes) -> bytes:
+        if self.gss:  # Kerberos hook: the draft's extended hash input
+            id_body += self.gss.hash_extension(of_initiator)
         return oakley.phase1_hash(
             self.suite,
             self.keys.skeyid,
@@ -541,6 +568,9 @@ class MainMode:
                 "no ID payload in main mode 5/6", NotifyType.PAYLOAD_MALFORMED, "malformed message"
             )
         expected = self._hash(not self.initiator, peer_id.body())
+        if self.gss:  # Kerberos hook
+            got = next((p.data for p in payloads if isinstance(p, Hash)), b"")
+            return self.gss.verify(got, expected)
         auth = self._auth()
         if isinstance(auth, PreSharedKey):
             got = next((p.data for p in payloads if isinstance(p, Hash)), None)
@@ -608,6 +638,15 @@ class MainMode:
         self.events.append(Established(self.sa))
 
 
+def _gss_id_attributes(auth) -> tuple[Attribute, ...]:
+    """Kerberos hook: a 65001 transform announces our GSS identity (attribute 16384)."""
+    return (
+        (Attribute(gss_auth.GSS_ID, gss_auth.encode_gss_id(auth.service)),)
+        if isinstance(auth, Kerberos)
+        else ()
+    )
+
+
 def _id_text(ident: ID) -> str:
     if ident.id_type == IDType.IPV4_ADDR and len(ident.data) == 4:
         return str(ipaddress.IPv4Address(ident.data))
@@ -624,7 +663,7 @@ class Initiator(MainMode):
     def start(self) -> bytes:
         self.icookie = secrets.token_bytes(8)
         transforms = [
-            offer_transform(n, offer, auth.method)
+            offer_transform(n, offer, auth.method, _gss_id_attributes(auth))
             for n, (offer, auth) in enumerate(
                 ((o, a) for o in self.policy.main_mode for a in self.policy.auth), start=1
             )
@@ -655,8 +694,15 @@ class Initiator(MainMode):
                     "no proposal chosen",
                 )
             self.rcookie = msg.rcookie
-            self._adopt(chosen)
             self._note_vendor_ids(msg)
+            gss_peer = gss_auth.peer_does_gss(self.peer_vids)
+            if chosen.attr(AUTH_METHOD) == gss_auth.AUTH_METHOD and not gss_peer:
+                raise NegotiationError(  # Kerberos hook
+                    f"peer {self.remote[0]} chose method 65001 without a GSS-API vendor ID (XAUTH?)",
+                    NotifyType.NO_PROPOSAL_CHOSEN,
+                    "no proposal chosen",
+                )
+            self._adopt(chosen)
             self.ni = secrets.token_bytes(NONCE_SIZE)
             self.state = "MM3 sent"
             return [Message(self.icookie, self.rcookie, payloads=self._key_exchange_payloads()).encode()]
@@ -693,9 +739,11 @@ class Responder(MainMode):
             self.icookie, self.rcookie = msg.icookie, secrets.token_bytes(8)
             self.sai_b = sa.body()
             proposal = next((p for p in sa.proposals if p.protocol == ProtocolID.ISAKMP), sa.proposals[0])
+            self._note_vendor_ids(msg)
             chosen = self._choose(proposal)
             self._adopt(chosen)
-            self._note_vendor_ids(msg)
+            if self.gss:  # Kerberos hook: our GSS identity in the reply
+                chosen = gss_auth.with_gss_id(chosen, self.gss.own_id)
             reply = SA([Proposal(proposal.number, ProtocolID.ISAKMP, b"", [chosen])], sa.doi, sa.situation)
             self.state = "MM2 sent"
             return [Message(self.icookie, self.rcookie, payloads=[reply, *self._vendor_ids()]).encode()]

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.packet import Raw
+from scapy.utils import wrpcap
 
 from lab import topology as topologies
 from lab.docker_backend import DockerBackend, Lab, Node
@@ -79,6 +83,32 @@ def test_kerberos_main_mode_between_members_with_their_keytabs(domain: tuple[Lab
         f"\nKerberos main mode: first contact (AS + TGS + AP) {first['seconds'] * 1000:.0f} ms;"
         f" ticket cached: median {seconds[len(seconds) // 2] * 1000:.0f} ms ({len(mm3)}-byte main mode 3)"
     )
+
+
+def what_tshark_shows(messages: list[str], pcap: Path) -> str:
+    """tshark's verbose dissection of the exchange (member-a 10.0.0.1 sends the odd-numbered messages)."""
+    ends = [("10.0.0.1", "10.0.0.2"), ("10.0.0.2", "10.0.0.1")]
+    packets = [
+        IP(src=ends[n % 2][0], dst=ends[n % 2][1]) / UDP(sport=500, dport=500) / Raw(bytes.fromhex(m))
+        for n, m in enumerate(messages[:4])
+    ]
+    wrpcap(str(pcap), packets)
+    argv = ["tshark", "-r", str(pcap), "-V"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_what_tshark_shows_of_method_65001_and_payload_129(domain: tuple[Lab, Path]) -> None:
+    """Wireshark's ISAKMP dissector knows neither: 65001 is XAUTH to it, 16384 and 129 private use, and the
+    token stays opaque bytes (the GSS-API InitialContextToken of the AP-REQ starts 0x60)."""
+    lab, files = domain
+    shown = what_tshark_shows(main_mode(lab.node("member-a"), files, "ok")["messages"], files / "mm.pcap")
+    assert shown.count("Authentication Method: XAUTHInitPreShared (65001)") == 2  # offer and reply
+    assert shown.count("Type: Private use (16384)") == 2  # the GSS identities
+    assert "Value: 68006f00730074002f006d0065006d006200650072002d0061" in shown  # "host/member-a", UTF-16LE
+    assert shown.count("Payload: Private Use (129)") == 2
+    assert "Vendor ID (13) : GSSAPI" in shown
+    assert "Data Payload: 6082" in shown  # the AP-REQ, undecoded
 
 
 def test_member_without_keytab_fails_with_no_credentials_counted(domain: tuple[Lab, Path]) -> None:

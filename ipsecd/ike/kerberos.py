@@ -120,7 +120,7 @@ def peer_target(settings: Kerberos, address: str, announced: str | None) -> str:
 
 
 def _store(settings: Kerberos, **extra: str) -> dict[bytes | str, bytes | str]:
-    store: dict[bytes | str, bytes | str] = dict(extra)
+    store: dict[bytes | str, bytes | str] = {key: value for key, value in extra.items()}
     if settings.rcache:
         store["rcache"] = settings.rcache
     return store
@@ -141,12 +141,12 @@ class Context:
             self.settings, client_keytab=self.settings.keytab, ccache=self.settings.credential_cache
         )
         creds = gssapi.Credentials(name=name, usage="initiate", store=store)
-        flags = [
-            gssapi.RequirementFlag.mutual_authentication,
-            gssapi.RequirementFlag.out_of_sequence_detection,
-            gssapi.RequirementFlag.confidentiality,
-            gssapi.RequirementFlag.integrity,
-        ]
+        flags = (
+            gssapi.RequirementFlag.mutual_authentication
+            | gssapi.RequirementFlag.out_of_sequence_detection
+            | gssapi.RequirementFlag.confidentiality
+            | gssapi.RequirementFlag.integrity
+        )
         return gssapi.SecurityContext(
             name=gssapi.Name(self.target, gssapi.NameType.kerberos_principal),
             creds=creds,
@@ -210,11 +210,19 @@ class Context:
     def complete(self) -> bool:
         return bool(self._ctx is not None and self._ctx.complete)
 
+    def _established(self) -> gssapi.SecurityContext:
+        if self._ctx is None:
+            raise KerberosError(INTEGRITY, "no GSS-API context yet")
+        return self._ctx
+
     def require_complete(self) -> None:
         """The exchange has no more rounds: a context not established here has failed."""
         if not self.complete:
             raise KerberosError(INTEGRITY, "the GSS-API context did not complete in one round trip")
-        if self.initiator and not self._ctx.actual_flags & gssapi.RequirementFlag.mutual_authentication:
+        if (
+            self.initiator
+            and not self._established().actual_flags & gssapi.RequirementFlag.mutual_authentication
+        ):
             raise KerberosError(
                 INTEGRITY, f"{self.target} did not authenticate itself (no mutual authentication)"
             )
@@ -222,13 +230,13 @@ class Context:
     @property
     def peer(self) -> str:
         """The peer's authenticated principal: the initiator's client name, or the acceptor's service name."""
-        assert self._ctx is not None
-        return str(self._ctx.target_name if self.initiator else self._ctx.initiator_name)
+        ctx = self._established()
+        return str(ctx.target_name if self.initiator else ctx.initiator_name)
 
     def wrap(self, data: bytes) -> bytes:
-        assert self._ctx is not None
-        return self._guarded(lambda: self._ctx.wrap(data, True).message)
+        ctx = self._established()
+        return self._guarded(lambda: ctx.wrap(data, True).message)
 
     def unwrap(self, token: bytes) -> bytes:
-        assert self._ctx is not None
-        return self._guarded(lambda: self._ctx.unwrap(token).message)
+        ctx = self._established()
+        return self._guarded(lambda: ctx.unwrap(token).message)

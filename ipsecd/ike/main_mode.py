@@ -569,8 +569,7 @@ class MainMode:
             )
         expected = self._hash(not self.initiator, peer_id.body())
         if self.gss:  # Kerberos hook
-            got = next((p.data for p in payloads if isinstance(p, Hash)), b"")
-            return self.gss.verify(got, expected)
+            return self.gss.verify(next((p.data for p in payloads if isinstance(p, Hash)), b""), expected)
         auth = self._auth()
         if isinstance(auth, PreSharedKey):
             got = next((p.data for p in payloads if isinstance(p, Hash)), None)

@@ -35,6 +35,7 @@ import yaml
 
 from ipsecd import algorithms, yaml_lines
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
+from ipsecd.ike.settings import Kerberos
 from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
@@ -89,6 +90,7 @@ class IKESettings:
     certificate: Path | None = None  # this node's certificate (PEM), for certificate authentication
     private_key: Path | None = None  # its RSA key (PEM, unencrypted)
     trusted_cas: tuple[Path, ...] = ()  # CA certificates (PEM); a policy names the CA it trusts
+    kerberos: Kerberos | None = None  # a domain member's computer account: keytab, principal (method 65001)
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ class _ConfigReader:
 
     def ike(self, raw: Any) -> IKESettings:
         raw = self.mapping(raw, "ike", {"address", "retransmit", "keepalive_seconds", "certificate",
-                                        "private_key", "trusted_cas"})
+                                        "private_key", "trusted_cas", "kerberos"})
         values: dict[str, Any] = {}
         if raw.get("address") is not None:
             values["address"] = self.convert("ike.address", raw["address"], IPv4Address)
@@ -229,7 +231,26 @@ class _ConfigReader:
                                                                           "ike.trusted_cas")))
         if ("certificate" in values) != ("private_key" in values):
             raise self.error("ike.certificate", "certificate and private_key go together")
+        if raw.get("kerberos") is not None:
+            values["kerberos"] = self.kerberos(raw["kerberos"])
         return IKESettings(**values)
+
+    def kerberos(self, raw: Any) -> Kerberos:
+        """``ike.kerberos``: the computer account IKE authenticates as (its keytab, no password)."""
+        raw = self.mapping(raw, "ike.kerberos", {"keytab", "principal", "service", "ccache",
+                                                 "kdc_timeout_seconds"}, {"keytab", "principal"})
+        timeout = raw.get("kdc_timeout_seconds", Kerberos.kdc_timeout)
+        if not _positive(timeout):
+            raise self.error("ike.kerberos.kdc_timeout_seconds",
+                             f"expected positive seconds, got {timeout!r}")
+        for key in ("principal", "service", "ccache"):
+            if key in raw and (not isinstance(raw[key], str) or not raw[key]):
+                raise self.error(f"ike.kerberos.{key}", f"expected text, got {raw[key]!r}")
+        try:
+            return Kerberos(str(self.path(raw["keytab"], "ike.kerberos.keytab")), raw["principal"],
+                            raw.get("service", ""), raw.get("ccache", ""), kdc_timeout=float(timeout))
+        except ValueError as e:
+            raise self.error("ike.kerberos.principal", str(e)) from None
 
     def driver(self, raw: Any) -> DriverSettings:
         known = DriverSettings.__dataclass_fields__

@@ -29,15 +29,18 @@ class NegotiationError(Exception):
         notify: int | None = None,
         counter: str = "negotiation failed",
         integrity: bool = False,
+        cause: str = "",
     ):
         super().__init__(reason)
         self.reason, self.notify, self.counter, self.integrity = reason, notify, counter, integrity
+        self.cause = cause  # why authentication failed, counted on its own (Kerberos: "clock skew", ...)
 
 
 @dataclass
 class Failure:
     reason: str
     counter: str  # "no proposal chosen", "authentication failed", ...
+    cause: str = ""  # what made authentication fail: "KDC unreachable", "no credentials", ...
 
 
 @dataclass

@@ -17,6 +17,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
+from bench.bench_ike import in_netns
 from lab import topology as topologies
 from lab.docker_backend import DockerBackend
 from lab.pytest_plugin import lab_prefix
@@ -53,7 +54,7 @@ def domain(
 
 def main_mode(member: Node, files: Path, run: str, keytab_a: str = "member-a.keytab") -> dict:
     """One Kerberos main mode member-a -> member-b; each run name keeps its own ticket caches."""
-    argv = ["nsenter", f"--net=/proc/{member.pid}/ns/net", "--", sys.executable, str(SCENARIO)]
+    argv = [*in_netns(member.instance.name), sys.executable, str(SCENARIO)]
     argv += [str(files / keytab_a), str(files / f"{run}-a.ccache"), str(files / "member-b.keytab")]
     argv += [str(files / f"{run}-b.ccache"), str(files), str(KDC_TIMEOUT)]
     env = {**os.environ, "KRB5_CONFIG": str(files / "krb5.conf"), "PYTHONPATH": str(ROOT)}

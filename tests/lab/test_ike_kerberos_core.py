@@ -52,11 +52,12 @@ def domain(
         lab.down()
 
 
-def main_mode(member: Node, files: Path, run: str, keytab_a: str = "member-a.keytab") -> dict:
+def main_mode(member: Node, files: Path, run: str, keytab_a: str = "member-a.keytab", tamper: bool = False
+              ) -> dict:
     """One Kerberos main mode member-a -> member-b; each run name keeps its own ticket caches."""
     argv = [*in_netns(member.instance.name), sys.executable, str(SCENARIO)]
     argv += [str(files / keytab_a), str(files / f"{run}-a.ccache"), str(files / "member-b.keytab")]
-    argv += [str(files / f"{run}-b.ccache"), str(files), str(KDC_TIMEOUT)]
+    argv += [str(files / f"{run}-b.ccache"), str(files), str(KDC_TIMEOUT)] + (["tamper"] if tamper else [])
     env = {**os.environ, "KRB5_CONFIG": str(files / "krb5.conf"), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -144,3 +145,13 @@ def test_kdc_silent_cached_ticket_works_and_a_new_one_fails_within_the_timeout(
         f"\nKDC silent: cached ticket {still['seconds'] * 1000:.0f} ms; "
         f"no ticket: failed after {fresh['seconds']:.2f} s (deadline {KDC_TIMEOUT:g} s)"
     )
+
+
+def test_tampered_ap_req_is_rejected_by_the_acceptor_and_counted(domain: tuple[Lab, Path]) -> None:
+    lab, files = domain
+    result = main_mode(lab.node("member-a"), files, "tampered", tamper=True)
+    assert not result["a"]["sas"] and not result["b"]["sas"]
+    counters_b = result["b"]["counters"]
+    assert counters_b["Authentication Failures"] == 1
+    assert counters_b["Authentication Failures: integrity check failed"] == 1, result["b"]["events"]
+    assert result["a"]["counters"]["Authentication Failures"] == 1  # told by AUTHENTICATION-FAILED

@@ -9,8 +9,8 @@ component imports the other.
 
 >>> from ipaddress import IPv4Network
 >>> from ipsecd.ike.settings import Selector
->>> from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
->>> secure = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+>>> from ipsecd.driver.spd import SPD, Action, Filter, SPDAction, SecurityMethod
+>>> secure = SPDAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 >>> spd = SPD(Filter("a-b", IPv4Network("10.0.0.1/32"), IPv4Network("10.0.0.0/24"), secure).mirrored())
 >>> secured_filter(spd, Selector.parse("10.0.0.1"), Selector.parse("10.0.0.2"), None, "10.0.0.2").name
 'a-b'
@@ -26,17 +26,19 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ipsecd.driver.sad import Lifetime, SecurityAssociation
-from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, PacketSelector, SecurityMethod
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, PacketSelector, SecurityMethod, SPDAction
 from ipsecd.ike.component import RATE_TABLE_LIMIT
 from ipsecd.ike.sa import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
+
+if TYPE_CHECKING:  # annotations only
+    from cryptography import x509
 
 log = logging.getLogger("ipsecd.ike")
 
@@ -44,7 +46,7 @@ SOFT_FRACTION = 0.9  # kilobyte lifetime at which the driver asks IKE to rekey (
 INVALID_SPI_INTERVAL = 5.0  # seconds between reactions to one peer's packets for SAs we do not have
 
 SAKey = tuple[int, str, str]  # (SPI, destination, protocol): how the driver and IKE name one SA
-DEFAULT_RESPONSE = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
+DEFAULT_RESPONSE = SPDAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
 
 
 class BridgedIKE(Protocol):
@@ -238,6 +240,8 @@ def certificate_source(certificate: Path | None, private_key: Path | None,
     def certificate_for(ca_name: str) -> Certificates:
         if certificate is None or private_key is None:
             raise KeyError("no ike.certificate and ike.private_key in the node configuration")
+        from cryptography import x509  # when a policy uses certificates: a PSK-only ipsecd never loads it
+
         cert = x509.load_pem_x509_certificate(certificate.read_bytes())
         key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
@@ -259,5 +263,7 @@ def _name_parts(name: str) -> set[str]:
 
 
 def _common_name(cert: x509.Certificate) -> str | None:
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    from cryptography.x509.oid import NameOID
+
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else None

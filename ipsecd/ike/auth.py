@@ -25,10 +25,9 @@ import datetime
 import hashlib
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ipsecd.ike import kerberos
@@ -36,6 +35,9 @@ from ipsecd.ike.events import NegotiationError
 from ipsecd.ike.isakmp import Attribute, GssToken, NotifyType, Payload, Transform
 from ipsecd.ike.natt import VID_MS_NT5
 from ipsecd.ike.settings import Kerberos
+
+if TYPE_CHECKING:  # annotations only: loading x509 costs every ipsecd 8 MB
+    from cryptography import x509
 
 KERBEROS = 65001  # draft §3.3.1; also XAUTHInitPreShared, hence the vendor IDs
 AUTH_IDS = {"psk": 1, "rsa-sig": 3, "kerberos": KERBEROS}  # Oakley Authentication Method (RFC 2409 App. A)
@@ -112,6 +114,28 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def in_date(cert: x509.Certificate, now: datetime.datetime) -> bool:
     return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A peer's CERT payload, every field the checks read parsed now: cryptography parses the names, dates
+    and key only when they are read, so a corrupt subject raised ValueError from inside the chain check."""
+    from cryptography import x509  # here: a PSK-only ipsecd never loads it (8 MB)
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        _ = cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise NegotiationError(
+            f"CERT payload is not a DER X.509 certificate ({e})", NotifyType.INVALID_CERTIFICATE,
+            "authentication failed",
+        ) from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise NegotiationError(
+            f"certificate {cert.subject.rfc4514_string()} has no RSA key: RSA signatures only",
+            NotifyType.INVALID_CERTIFICATE, "authentication failed",
+        )
+    return cert
 
 
 # --- Kerberos (GSS-API), method 65001 ------------------------------------------------------------------

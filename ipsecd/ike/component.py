@@ -41,6 +41,12 @@ COUNTER_NAMES = (
     "Retransmissions",
     "Duplicates Answered",
     "Duplicates Dropped",
+    "Dropped: no SA for cookies",
+    "Dropped: not expected in this state",
+    "Dropped: unsupported exchange (aggressive mode)",
+    "Dropped: unsupported exchange (other)",
+    "Dropped: IKEv2 is not supported",
+    "Dropped: internal error",
 )
 #: Half-open main modes (a responder that sent main mode 2 and waits for 3): what an attacker with spoofed
 #: sources can make us hold. Bounded per source and in total (the oldest goes first), and kept only this long;
@@ -56,6 +62,13 @@ SEND_QUEUE_LIMIT = 64 * 1024
 SEND_BUFFER = 4 * 1024 * 1024  # the kernel's send buffer of the IKE socket (root may exceed wmem_max)
 RATE_TABLE_LIMIT = 4096  # entries of a table that rate-limits a reaction per peer or SPI
 EVENT_LENGTH = 400  # characters of one event: a refusal listing 255 transforms is said in part
+#: Exchange types of RFC 2408 ipsecd does not speak, as a rejection names them (others: "other").
+UNSUPPORTED_EXCHANGES: dict[int, str] = {
+    ExchangeType.AGGRESSIVE: "aggressive mode",
+    ExchangeType.BASE: "base",
+    ExchangeType.AUTH_ONLY: "authentication only",
+}
+IKEV2_MAJOR_VERSION = 2
 #: A retransmission of the message we last answered is answered again at most this many times per exchange
 #: (the peer retransmits 6 times; a replay flood gets no more).
 DUPLICATE_ANSWERS = 4
@@ -421,7 +434,16 @@ class IKE:
         if quick is not None:
             del self.pending_quick[quick]
 
+    def _drop(self, counter: str, text: str) -> None:
+        """A rejected datagram: counted under "Dropped: <counter>" and said."""
+        self.counters[f"Dropped: {counter}"] += 1
+        self.note(f"dropped {text}")
+
     def _dispatch(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        if len(data) > 17 and data[17] >> 4 == IKEV2_MAJOR_VERSION:
+            self._drop("IKEv2 is not supported", f"an IKEv2 message from {addr[0]}:{addr[1]}: IKEv2 is not "
+                                                 "supported (Windows Server 2003 speaks IKEv1 only)")
+            return
         try:
             msg = Message.decode(data)
         except MalformedMessage as exc:
@@ -431,20 +453,27 @@ class IKE:
         if self.on_peer_message:
             self.on_peer_message(addr[0])
         cookies = msg.icookie + msg.rcookie
-        if msg.exchange == ExchangeType.MAIN_MODE or (
+        if msg.exchange not in (ExchangeType.MAIN_MODE, ExchangeType.QUICK_MODE, ExchangeType.INFORMATIONAL):
+            counter = "aggressive mode" if msg.exchange == ExchangeType.AGGRESSIVE else "other"
+            kind = UNSUPPORTED_EXCHANGES.get(msg.exchange, f"type {msg.exchange}")
+            self._drop(f"unsupported exchange ({counter})",
+                       f"a message from {addr[0]}:{addr[1]}: unsupported exchange ({kind})")
+        elif msg.exchange == ExchangeType.MAIN_MODE or (
             msg.exchange == ExchangeType.INFORMATIONAL and cookies not in self.main_modes
         ):
             self._main_mode_message(msg, data, addr, local_port)
         elif cookies not in self.main_modes:
-            self.counters["Malformed Packets"] += 1
-            self.note(
-                f"dropped a message of exchange type {msg.exchange} from {addr[0]}: no main mode SA "
-                f"{msg.icookie.hex()}:{msg.rcookie.hex()} here"
-            )
+            self._no_sa(msg, addr)
         elif msg.exchange == ExchangeType.QUICK_MODE:
             self._quick_mode_message(self.main_modes[cookies], msg, data, addr, local_port)
         elif msg.exchange == ExchangeType.INFORMATIONAL:
             self._informational(self.main_modes[cookies], msg, addr)
+
+    def _no_sa(self, msg: Message, addr: tuple[str, int]) -> None:
+        kind = "main mode" if msg.exchange == ExchangeType.MAIN_MODE else (
+            "quick mode" if msg.exchange == ExchangeType.QUICK_MODE else "informational")
+        self._drop("no SA for cookies", f"a {kind} message from {addr[0]}:{addr[1]}: no SA or exchange "
+                                        f"with cookies {msg.icookie.hex()}:{msg.rcookie.hex()} here")
 
     def _duplicate(self, ex: Exchange, data: bytes) -> bool:
         """A retransmission of the last message received: answered again from the last reply if that reply
@@ -468,8 +497,12 @@ class IKE:
         if done and self._duplicate(done.exchange, data):
             return
         if ex is None:
+            if done:  # a late message of a finished main mode that is not its last one
+                self._unexpected(msg, addr, "main mode established")
+                return
             if msg.exchange != ExchangeType.MAIN_MODE or msg.rcookie != bytes(8):
-                return  # stray informational or late message of a finished exchange
+                self._no_sa(msg, addr)  # a stray informational or a message of a forgotten exchange
+                return
             rule = next((r for r in self.rules if r.covers_peer(addr[0])), None)
             if rule is None:
                 self.counters["Negotiation Failures"] += 1
@@ -484,6 +517,7 @@ class IKE:
         elif self._duplicate(ex, data):
             return
         if not ex.machine.initiator and ex.machine.state != "new" and msg.rcookie != ex.machine.rcookie:
+            self._no_sa(msg, addr)  # our initiator cookie, not our responder cookie
             return
         self._feed(ex, msg, data, addr, local_port)
         self._main_mode_progress(ex, msg.icookie)
@@ -519,7 +553,9 @@ class IKE:
                 f"retransmission: {ex.machine.dropped[-1]}"
             )
         if ex.machine.state == before:
-            return  # nothing changed: not for this state (late duplicate, stray message)
+            if len(ex.machine.dropped) == dropped:  # not for this state (late duplicate, stray message)
+                self._unexpected(msg, addr, ex.machine.state)
+            return
         ex.last_received, ex.answered = data, (data if replies else b"")
         ex.duplicates_answered = 0
         if ex.machine.state != "failed" and (addr, local_port) != (ex.peer, ex.local_port):
@@ -538,6 +574,12 @@ class IKE:
                                              lambda: self._expire_half_open(ex, msg.icookie))
         elif replies:
             self._transmit(ex, replies, expect_reply=not ex.machine.done)
+
+    def _unexpected(self, msg: Message, addr: tuple[str, int], state: str) -> None:
+        self._drop("not expected in this state",
+                   f"a message of exchange type {msg.exchange} ({len(msg.body)} bytes) from "
+                   f"{addr[0]}:{addr[1]}: not expected by the exchange {msg.icookie.hex()}:"
+                   f"{msg.rcookie.hex()} in state {state}")
 
     def _main_mode_progress(self, ex: Exchange, icookie: bytes) -> None:
         machine = ex.machine
@@ -616,7 +658,8 @@ class IKE:
                 e.sa.message_id == msg.message_id and e.sa.isakmp_sa is mm.sa
                 for e in self.quick_modes.values()
             ):
-                return  # a late retransmission of a finished quick mode
+                self.counters["Duplicates Dropped"] += 1  # a late retransmission of a finished quick mode
+                return
             machine = quick_mode.QuickModeResponder(
                 mm.sa, msg.message_id, self._policy_for, self.allocate_spi
             )
@@ -718,22 +761,30 @@ class IKE:
                 self._peer_delete(mm, p)
             elif isinstance(p, isakmp.Notify):
                 self._peer_notify(mm, p, pending)
+        others = [p for p in payloads if not isinstance(p, isakmp.Delete | isakmp.Notify)]
+        if others or not payloads:
+            self.note(f"informational from {addr[0]} with {isakmp.payload_names(others) or 'no payloads'} "
+                      "besides notifications and deletes: those ignored")
 
     def _peer_delete(self, mm: MainModeEntry, delete: isakmp.Delete) -> None:
         """A DELETE acts on the sender's own SAs only: SPIs and cookies of another peer's are ignored."""
         reason = f"peer {mm.sa.remote[0]} deleted it"
-        if delete.protocol == ProtocolID.ISAKMP:
-            for spi in delete.spis:
-                target = self.main_modes.get(spi)
-                if target and same_peer(target.sa, mm.sa):
-                    self._remove_main_mode(spi, reason, notify_peer=False)
-            return
         for spi in delete.spis:
-            value = int.from_bytes(spi, "big")
-            for inbound, entry in list(self.quick_modes.items()):
-                mine = value in (c.spi for c in entry.sa.outbound.chain())
-                if mine and same_peer(entry.sa.isakmp_sa, mm.sa):
+            if delete.protocol == ProtocolID.ISAKMP:
+                target = self.main_modes.get(spi)
+                owned = bool(target and same_peer(target.sa, mm.sa))
+                if owned:
+                    self._remove_main_mode(spi, reason, notify_peer=False)
+            else:
+                value = int.from_bytes(spi, "big")
+                inbound_spis = [inbound for inbound, entry in self.quick_modes.items()
+                                if value in (c.spi for c in entry.sa.outbound.chain())
+                                and same_peer(entry.sa.isakmp_sa, mm.sa)]
+                for inbound in inbound_spis:
                     self._remove_quick_mode(inbound, reason, notify_peer=False)
+                owned = bool(inbound_spis)
+            if not owned:  # gone already (a late or replayed DELETE), or another peer's: nothing to do
+                self.note(f"peer {mm.sa.remote[0]} deleted {spi.hex()}, which is none of its SAs here")
 
     def _initial_contact(self, sa: IsakmpSA, since: float) -> None:
         """The peer (re)started before `since` (when the main mode that told us began): the SAs we had with

@@ -15,13 +15,19 @@ import ipaddress
 import secrets
 from collections.abc import Callable
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ipsecd.ike import auth as authentication
 from ipsecd.ike import isakmp, natt, oakley
-from ipsecd.ike.auth import AUTH_IDS, AUTH_NAMES, rsa_sign_raw, rsa_verify_raw, verify_chain
+from ipsecd.ike.auth import (
+    AUTH_IDS,
+    AUTH_NAMES,
+    load_certificate,
+    rsa_sign_raw,
+    rsa_verify_raw,
+    verify_chain,
+)
 from ipsecd.ike.events import Established, Failure, NegotiationError, refusal
 from ipsecd.ike.isakmp import (
     ID,
@@ -432,17 +438,7 @@ class MainMode:
                     integrity=True,
                 )
             return _id_text(peer_id)
-        certs = []
-        for p in payloads:
-            if isinstance(p, Cert):
-                try:
-                    certs.append(x509.load_der_x509_certificate(p.data))
-                except ValueError:
-                    raise NegotiationError(
-                        "CERT payload is not a DER X.509 certificate",
-                        NotifyType.INVALID_CERTIFICATE,
-                        "authentication failed",
-                    ) from None
+        certs = [load_certificate(p.data) for p in payloads if isinstance(p, Cert)]
         sig = next((p.data for p in payloads if isinstance(p, Signature)), None)
         if not certs or sig is None:
             raise NegotiationError(

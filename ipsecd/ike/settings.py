@@ -13,11 +13,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ipsecd import algorithms
+
+if TYPE_CHECKING:  # annotations only: loading x509 costs every ipsecd 8 MB
+    from cryptography import x509
 
 MAIN_MODE_LIFETIME_MIN, MAIN_MODE_LIFETIME_MAX = 5 * 60, 48 * 3600
 QUICK_MODE_IDLE_SECONDS = 5 * 60

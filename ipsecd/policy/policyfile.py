@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -38,16 +37,29 @@ T = TypeVar("T")
 _NAMESPACE = uuid.UUID("5b0d6f2e-1c7a-4f4e-9a53-6c1c2a1e9f00")  # ipsec-lab policy files
 _DURATION = re.compile(r"(\d+)\s*(s|min|h)")
 _UNITS = {"s": 1, "min": 60, "h": 3600}
+_LAST_STAMP = 253402300799  # 9999-12-31T23:59:59Z
+#: The tags a scalar may carry: YAML's core schema as the safe loader resolves it (no !!python/...).
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
+                         ("str", "int", "float", "bool", "null", "timestamp", "binary"))
+_BAD_SCALAR = (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError)
 
 
 def load(path: str | os.PathLike[str]) -> model.Policy:
     """Read and validate one policy file; PolicyError names the file, line and field of each problem."""
     p = Path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
+        stamp = int(p.stat().st_mtime)
     except OSError as e:
         raise PolicyError([Problem("", f"cannot read: {e.strerror}", str(p))]) from None
-    return loads(text, str(p), default_stamp=int(p.stat().st_mtime))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, line_start = data.count(b"\n", 0, e.start) + 1, data.rfind(b"\n", 0, e.start) + 1
+        where = f"{p}:{line}"
+        raise PolicyError([Problem("", f"not UTF-8 text: byte {data[e.start]:#04x} at column "
+                                       f"{e.start - line_start + 1} ({e.reason})", where)]) from None
+    return loads(text, str(p), default_stamp=stamp)
 
 
 def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.Policy:
@@ -83,6 +95,8 @@ def write_atomically(path: Path, text: str) -> None:
 
     The file is readable by its owner only: policies may hold pre-shared keys.
     """
+    import tempfile  # here, not at start: with shutil, bz2 and lzma it is imported by every ipsecd otherwise
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -110,7 +124,7 @@ def parse_stamp(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a time")
     if isinstance(value, int):
-        return value
+        return _in_range(value, value)
     if isinstance(value, str):
         try:
             value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -119,8 +133,15 @@ def parse_stamp(value: object) -> int:
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.UTC)
-        return int(value.timestamp())
+        return _in_range(int(value.timestamp()), value)
     raise ValueError(f"{value!r} is not a time such as 2026-11-22T18:50:59Z")
+
+
+def _in_range(stamp: int, value: object) -> int:
+    """Stamps are shown as times (format_stamp): one past year 9999 raised OverflowError in the agent."""
+    if not 0 <= stamp <= _LAST_STAMP:
+        raise ValueError(f"{value!r} is not a time between 1970 and 9999")
+    return stamp
 
 
 def format_stamp(stamp: int) -> str:
@@ -154,6 +175,8 @@ class _PolicyReader:
             self.fail(node, path, "must be a mapping")
         out: dict[str, yaml.Node] = {}
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):  # str() of an alias tree is exponential: a bomb
+                self.fail(key, path, "a field name must be a single word, not a list or mapping")
             name = str(key.value)
             if name not in known:
                 self.fail(key, _join(path, name), f"unknown field (expected one of: {', '.join(known)})")
@@ -178,8 +201,14 @@ class _PolicyReader:
     def value(self, node: yaml.Node, path: str, convert: Callable[[Any], T]) -> T:
         if not isinstance(node, yaml.ScalarNode):
             self.fail(node, path, "must be a single value")
+        if node.tag not in _SCALAR_TAGS:
+            self.fail(node, path, f"the tag {node.tag} is not allowed (a policy file is plain YAML data)")
         try:
-            return convert(self._constructor.construct_object(node, deep=True))
+            value = self._constructor.construct_object(node, deep=True)
+        except _BAD_SCALAR as e:  # PyYAML's scalar constructors fail on bad text in several ways
+            self.fail(node, path, f"{node.value[:40]!r} is not a valid {node.tag.rsplit(':', 1)[-1]} ({e})")
+        try:
+            return convert(value)
         except (ValueError, TypeError) as e:
             self.fail(node, path, str(e))
 
@@ -189,7 +218,7 @@ class _PolicyReader:
     def identity(self, f: dict[str, yaml.Node], path: str) -> dict[str, Any]:
         """guid and when_changed of a part; a missing GUID is derived from the policy's and the path."""
         return {
-            "guid": self.opt(f, "guid", path, uuid.UUID, uuid.uuid5(self._policy_guid, path)),
+            "guid": self.opt(f, "guid", path, _guid, uuid.uuid5(self._policy_guid, path)),
             "when_changed": self.opt(f, "when_changed", path, parse_stamp, self._stamp),
         }
 
@@ -205,7 +234,7 @@ class _PolicyReader:
         f = self.fields(node, "", ("name", "guid", "when_changed", "description", "polling_interval",
                                    "key_exchange", "rules", "default_response_rule"), ("name",))
         name = self.value(f["name"], "name", str)
-        self._policy_guid = self.opt(f, "guid", "", uuid.UUID, uuid.uuid5(_NAMESPACE, name))
+        self._policy_guid = self.opt(f, "guid", "", _guid, uuid.uuid5(_NAMESPACE, name))
         self._stamp = self.opt(f, "when_changed", "", parse_stamp, default_stamp)
         rules = tuple(self.rule(n, p) for p, n in self.items(f["rules"], "rules")) if "rules" in f else ()
         return model.Policy(
@@ -338,6 +367,15 @@ class _PolicyReader:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _guid(value: object) -> uuid.UUID:
+    if not isinstance(value, str):  # uuid.UUID(123) raises AttributeError, not ValueError
+        raise ValueError(f"{value!r} is not a GUID such as 1e4d1a3b-...")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a GUID") from None
 
 
 def _boolean(value: object) -> bool:

@@ -1,8 +1,10 @@
 """Main mode, quick mode and informational exchanges: two of our state machines talking in-process."""
 
+import dataclasses
 from itertools import count
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from ipsecd import algorithms
 from ipsecd.ike import events, informational, isakmp, main_mode, quick_mode
@@ -308,3 +310,30 @@ def test_bundle_mismatch_names_the_bundle():
         "no proposal chosen: peer 192.0.2.1 offered AH[MD5] + ESP[3DES,NONE]; "
         "we accept ESP[3DES,SHA1] in transport mode"
     )
+
+
+class CorruptOnTheWire:
+    """A certificate whose DER, as sent in the CERT payload, has a subject that does not parse (CBC lets an
+    attacker flip bits of main mode 5's plaintext); everything else is the real certificate's."""
+
+    def __init__(self, cert):
+        self.cert = cert
+        der = bytearray(cert.public_bytes(serialization.Encoding.DER))
+        der[der.index(cert.subject.public_bytes()) + 15] = 0xFF  # inside the first attribute's value
+        self.der = bytes(der)
+
+    def __getattr__(self, name):
+        return getattr(self.cert, name)
+
+    def public_bytes(self, encoding):
+        return self.der
+
+
+def test_a_certificate_whose_subject_does_not_parse_is_refused_not_raised(pki):
+    """cryptography parses the subject lazily: it raised ValueError out of the chain check (the fuzzer)."""
+    _, cred_a, cred_b = pki
+    corrupt = dataclasses.replace(cred_a, certificate=CorruptOnTheWire(cred_a.certificate))
+    i, r, _ = main_mode_pair(PeerPolicy(auth=[corrupt]), PeerPolicy(auth=[cred_b]))
+    assert "INVALID-CERTIFICATE" in i.events[0].reason
+    assert r.events[0].counter == "authentication failed"
+    assert "CERT payload is not a DER X.509 certificate" in r.events[0].reason

@@ -323,3 +323,25 @@ def test_run_applies_then_polls_at_the_policy_interval(node):
 
     asyncio.run(scenario())
     assert agent.events[-1].message.endswith("SAs of block telnet deleted")
+
+
+def test_a_file_that_is_not_utf8_is_refused_and_polling_goes_on(node):
+    """It stopped the agent's polling for good (only PolicyError was caught) and ended ipsecd at start."""
+    node.agent.apply()
+    node.path.write_bytes(PAIR.encode().replace(b"name: block telnet", b"name: block \xff telnet"))
+    node.clock.now += 60
+    assert node.agent.poll() is None and node.agent.applied.policy.name == "intranet pair"
+    event = node.agent.events[-1]
+    assert event.kind == "policy-refused"
+    assert "pair.yaml:6: not UTF-8 text: byte 0xff at column 17" in event.message
+    node.path.write_text(PAIR.replace("destination_port: 23", "destination_port: 2323"))
+    node.clock.now += 60
+    assert node.agent.poll().touched_rules == {"block telnet"}
+
+
+def test_a_change_stamp_past_year_9999_is_refused_and_polling_goes_on(node):
+    node.agent.apply()
+    node.path.write_text(PAIR.replace("when_changed: 2026-11-22T10:00:00Z", "when_changed: 99999999999999"))
+    node.clock.now += 60
+    assert node.agent.poll() is None and node.agent.applied.policy.when_changed < 2**32
+    assert node.agent.events[-1].kind == "policy-refused"

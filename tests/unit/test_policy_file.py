@@ -1,5 +1,6 @@
 """Policy files: parsing of every field, errors with file/line/field, round trip, shared parts."""
 
+import re
 import uuid
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -211,3 +212,47 @@ def test_the_documented_example_loads():
     example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     rules = policyfile.loads(example, "docs/policy.md").rules
     assert [r.name for r in rules] == ["block telnet", "secure host-b"]
+
+
+@pytest.mark.parametrize("value,message", [
+    ("!!python/name:os.system ''", "the tag tag:yaml.org,2002:python/name:os.system is not allowed"),
+    ("!!timestamp soon", "'soon' is not a valid timestamp"),
+    ("!!bool maybe", "'maybe' is not a valid bool"),
+])
+def test_yaml_tags_are_refused_with_file_line_and_field(value, message):
+    """A constructor error escaped as a YAML exception, or as AttributeError/KeyError from PyYAML."""
+    with pytest.raises(PolicyError, match=rf"p\.yaml:1: name: {re.escape(message)}"):
+        policyfile.loads(f"name: {value}\nrules: []", "p.yaml")
+
+
+def test_a_guid_that_is_a_number_is_refused_with_its_field():
+    with pytest.raises(PolicyError, match=r"p\.yaml:2: guid: 123 is not a GUID"):
+        policyfile.loads("name: p\nguid: 123", "p.yaml")
+
+
+@pytest.mark.timeout(20)
+def test_an_alias_bomb_as_a_field_name_is_refused_at_once():
+    """str() of the key walked 9**8 nodes: the Policy Agent hung."""
+    bomb = "[&k1 [" + ", ".join(["lol"] * 9) + "], " + ", ".join(
+        f"&k{i + 1} [{', '.join([f'*k{i}'] * 9)}]" for i in range(1, 9)) + "]"
+    with pytest.raises(PolicyError, match=r"p\.yaml:2: a field name must be a single word"):
+        policyfile.loads(f"name: p\n{bomb}: 1", "p.yaml")
+
+
+def test_deep_nesting_is_refused_as_yaml_not_a_recursion_error():
+    with pytest.raises(PolicyError, match=r"p\.yaml:2: not valid YAML: collections nested deeper than 16"):
+        policyfile.loads("name: p\nrules: " + "[" * 3000 + "]" * 3000, "p.yaml")
+
+
+def test_a_file_that_is_not_utf8_names_its_line_and_column(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"name: p\ndescription: caf\xe9\n")
+    with pytest.raises(PolicyError, match=r"p\.yaml:2: not UTF-8 text: byte 0xe9 at column 17"):
+        policyfile.load(path)
+
+
+@pytest.mark.parametrize("stamp", ["99999999999999", "-5", "0001-01-01T00:00:00Z"])
+def test_a_change_stamp_beyond_what_a_time_can_show_is_refused(stamp):
+    """It loaded, then the agent's message about it raised OverflowError and ended its polling."""
+    with pytest.raises(PolicyError, match=r"p\.yaml:2: when_changed: .* is not a time between 1970 and 9999"):
+        policyfile.loads(f"name: p\nwhen_changed: {stamp}", "p.yaml")

@@ -41,7 +41,7 @@ def refused(text: str) -> list[str]:
     return caught.value.problems
 
 
-@pytest.mark.parametrize("name", ["intranet-pair", "nat-t", "gateway-tunnel", "domain"])
+@pytest.mark.parametrize("name", ["intranet-pair", "nat-t", "gateway-tunnel", "domain", "star"])
 def test_shipped_topologies_load(name):
     topo = topology.load(name)
     assert topo.name == name
@@ -179,6 +179,54 @@ def test_overrides_are_merged_before_validation(tmp_path: Path):
     topo = topology.loads(GOOD, "x.yaml", {"nodes": {"a": {"ipsecd": str(config)}}})
     assert topo.node("a").ipsecd == config
     assert topo.node("a").interfaces["eth1"].address is not None
+
+
+COUNTED = """\
+name: star
+parameters: {clients: 3}
+segments:
+  lan: {subnet: 10.0.0.0/24}
+nodes:
+  server:
+    interfaces:
+      eth1: {segment: lan, address: 10.0.0.1/24}
+  client:
+    count: clients
+    interfaces:
+      eth1: {segment: lan, address: 10.0.0.10/24}
+"""
+
+
+def test_a_counted_node_becomes_numbered_copies_with_shifted_addresses():
+    topo = topology.loads(COUNTED, "x.yaml")
+    assert {n: str(s.interfaces["eth1"].address) for n, s in topo.nodes.items()} == {
+        "server": "10.0.0.1/24", "client-1": "10.0.0.10/24", "client-2": "10.0.0.11/24",
+        "client-3": "10.0.0.12/24"}
+    assert len(topology.loads(COUNTED, "x.yaml", {"parameters": {"clients": 200}}).nodes) == 201
+    assert list(topology.loads(COUNTED.replace("count: clients", "count: 0"), "x.yaml").nodes) == ["server"]
+    shipped = topology.load("star", {"parameters": {"clients": 100}})
+    assert shipped.node("client-100").address() == "10.0.1.100" and shipped.node("client-1").ipsecd.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"parameters": {"clients": 300}},
+         "x.yaml:12: nodes.client.interfaces.eth1.address: client-247: 10.0.1.0/24 is outside segment lan's"),
+        ({"parameters": {"client": 3}}, "x.yaml: parameters.client: given, but the topology has no such"),
+        ({"nodes": {"client": {"count": "n"}}}, "x.yaml:10: nodes.client.count: 'n' is not a parameter"),
+        ({"nodes": {"client": {"count": -1}}}, "x.yaml:10: nodes.client.count: -1 is less than the minimum"),
+        ({"nodes": {"client-2": {"interfaces": {"eth1": {"segment": "lan"}}}}},
+         "x.yaml:9: nodes.client: client-2: a node of the file has the name of this copy of client"),
+        ({"nodes": {"client": {"interfaces": {"eth1": {"mac": "02:00:00:00:00:01"}}}}},
+         "x.yaml:12: nodes.client.interfaces.eth1.mac: client-1: a counted node cannot give a MAC"),
+    ],
+)
+def test_bad_counts_and_parameters_are_refused_once_at_the_counted_node(overrides, expected):
+    with pytest.raises(topology.TopologyError) as caught:
+        topology.loads(COUNTED, "x.yaml", overrides)
+    problems = caught.value.problems
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
 
 
 def test_macs_are_deterministic_locally_administered_unicast():

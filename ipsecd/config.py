@@ -36,6 +36,7 @@ import yaml
 from ipsecd import algorithms, yaml_lines
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, SecurityMethod, SPDAction
 from ipsecd.ike import natt
+from ipsecd.ike.settings import Kerberos
 from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
@@ -96,6 +97,7 @@ class IKESettings:
     #: NAT-T revisions announced and accepted, by preference (rfc3947, draft-02); None: draft-02 only, as
     #: Windows Server 2003; [] turns NAT-T off
     nat_traversal: tuple[str, ...] | None = None
+    kerberos: Kerberos | None = None  # a domain member's computer account: keytab, principal (method 65001)
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,8 @@ class _ConfigReader:
 
     def ike(self, raw: Any) -> IKESettings:
         raw = self.mapping(raw, "ike", {"address", "retransmit", "keepalive_seconds", "certificate",
-                                        "private_key", "trusted_cas", "main_mode_lifetime", "nat_traversal"})
+                                        "private_key", "trusted_cas", "main_mode_lifetime", "nat_traversal",
+                                        "kerberos"})
         values: dict[str, Any] = {}
         if raw.get("address") is not None:
             values["address"] = self.convert("ike.address", raw["address"], IPv4Address)
@@ -243,9 +246,28 @@ class _ConfigReader:
                                                                           "ike.trusted_cas")))
         if ("certificate" in values) != ("private_key" in values):
             raise self.error("ike.certificate", "certificate and private_key go together")
+        if raw.get("kerberos") is not None:
+            values["kerberos"] = self.kerberos(raw["kerberos"])
         if "nat_traversal" in raw:
             values["nat_traversal"] = self.nat_traversal(raw["nat_traversal"])
         return IKESettings(**values)
+
+    def kerberos(self, raw: Any) -> Kerberos:
+        """``ike.kerberos``: the computer account IKE authenticates as (its keytab, no password)."""
+        raw = self.mapping(raw, "ike.kerberos", {"keytab", "principal", "service", "ccache",
+                                                 "kdc_timeout_seconds"}, {"keytab", "principal"})
+        timeout = raw.get("kdc_timeout_seconds", Kerberos.kdc_timeout)
+        if not _positive(timeout):
+            raise self.error("ike.kerberos.kdc_timeout_seconds",
+                             f"expected positive seconds, got {timeout!r}")
+        for key in ("principal", "service", "ccache"):
+            if key in raw and (not isinstance(raw[key], str) or not raw[key]):
+                raise self.error(f"ike.kerberos.{key}", f"expected text, got {raw[key]!r}")
+        try:
+            return Kerberos(str(self.path(raw["keytab"], "ike.kerberos.keytab")), raw["principal"],
+                            raw.get("service", ""), raw.get("ccache", ""), kdc_timeout=float(timeout))
+        except ValueError as e:
+            raise self.error("ike.kerberos.principal", str(e)) from None
 
     def nat_traversal(self, raw: Any) -> tuple[str, ...]:
         """The NAT-T revisions IKE announces: [draft-02] (the default, as Windows Server 2003), [rfc3947,

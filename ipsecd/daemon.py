@@ -100,7 +100,8 @@ class PolicyKeying:
             store.assign(PolicyRef(str(path)))
         certificates = certificate_source(s.certificate, s.private_key, s.trusted_cas)
         self.agent = PolicyAgent(store, self.bridge, self.ike, addresses=self.addresses,
-                                 certificate_for=certificates, log=lambda event: log.info("%s", event))
+                                 certificate_for=certificates, kerberos=s.kerberos,
+                                 log=lambda event: log.info("%s", event))
         self.negotiator = Negotiator(self.agent, self.ike, driver)
         self.bridge.negotiator = self.negotiator
         self.ike.on_peer_message = self.negotiator.peer_answered

@@ -211,6 +211,30 @@ class AsyncioClock:
         return self.loop.call_later(delay, callback)
 
 
+#: Runs blocking work (Kerberos: a ticket request) and then, on the event loop, the callback with the
+#: exception the work raised (None when it returned).
+BlockingRunner = Callable[[Callable[[], None], Callable[[BaseException | None], None]], None]
+
+
+def run_inline(work: Callable[[], None], then: Callable[[BaseException | None], None]) -> None:
+    """Blocking work done where it is asked for: tests with a manual clock, before start()."""
+    try:
+        work()
+    except Exception as exc:
+        then(exc)
+        return
+    then(None)
+
+
+def run_in_executor(loop: asyncio.AbstractEventLoop) -> BlockingRunner:
+    """Blocking work in the loop's thread pool; the callback back on the loop."""
+
+    def run(work: Callable[[], None], then: Callable[[BaseException | None], None]) -> None:
+        loop.run_in_executor(None, work).add_done_callback(lambda done: then(done.exception()))
+
+    return run
+
+
 class _UDP(asyncio.DatagramProtocol):
     def __init__(self, handler: Callable[[bytes, tuple[str, int]], None]):
         self.handler = handler
@@ -237,6 +261,7 @@ class IKE:
         on_peer_message: Callable[[str], None] | None = None,
         main_mode_lifetime: int | None = None,
         nat_traversal: tuple[str, ...] | None = None,
+        run_blocking: BlockingRunner | None = None,
     ):
         self.local_address, self.driver = local_address, driver
         self._clock = clock
@@ -250,6 +275,7 @@ class IKE:
         self.on_peer_message = on_peer_message  # the Negotiator: this peer speaks IKE (no soft association)
         self.main_mode_lifetime = main_mode_lifetime  # seconds, for every rule (a lab goes below 5 min)
         self.nat_traversal = nat_traversal  # NAT-T revisions for every rule; None: PeerPolicy's (draft-02)
+        self._run_blocking = run_blocking  # once started: the loop's thread pool; before: inline
         self.rules: list[IKERule] = []
         self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in COUNTER_NAMES})
         self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=1000)
@@ -277,6 +303,7 @@ class IKE:
         """Bind UDP 500 (and 4500 when ``own_4500`` or no driver callback is given)."""
         loop = asyncio.get_running_loop()
         self._clock = self._clock or AsyncioClock(loop)
+        self._run_blocking = self._run_blocking or run_in_executor(loop)
         t500, _ = await loop.create_datagram_endpoint(
             lambda: _UDP(lambda d, a: self.datagram_received(d, a, self.port)),
             local_addr=(self.local_address, self.port),
@@ -542,6 +569,7 @@ class IKE:
             return
         self._feed(ex, msg, data, addr, local_port)
         self._main_mode_progress(ex, msg.icookie)
+        self._run_blocking_work(ex, msg.icookie)
 
     def _admit_half_open(self, source: str) -> bool:
         """Room for one more half-open main mode from `source`: at most HALF_OPEN_PER_SOURCE from one
@@ -613,6 +641,27 @@ class IKE:
                 self.pending_main.pop(icookie, None)
                 self._established(ex, event.sa)
         machine.events.clear()
+
+    def _run_blocking_work(self, ex: Exchange[main_mode.MainMode], icookie: bytes) -> None:
+        """Work the main mode handed out (Kerberos: the ticket for main mode 3, up to the Kerberos timeout)
+        runs off the event loop; the exchange goes on when it is done."""
+        work = ex.machine.take_blocking()
+        if work is None:
+            return
+
+        def resume(error: BaseException | None) -> None:
+            if self.pending_main.get(icookie) is not ex:
+                return  # ended meanwhile (the peer's notify, stop)
+            if error is not None:
+                ex.machine.fail(f"internal error before main mode 3: {type(error).__name__}: {error}",
+                                "negotiation failed")
+            replies = ex.machine.resume()
+            if replies:
+                ex.answered = ex.last_received  # a repeated main mode 2 gets main mode 3 again
+                self._transmit(ex, replies, expect_reply=not ex.machine.done)
+            self._main_mode_progress(ex, icookie)
+
+        (self._run_blocking or run_inline)(work, resume)
 
     def _established(self, ex: Exchange, sa: IsakmpSA) -> None:
         sa.local, sa.remote = (self.local_address, ex.local_port), ex.peer
@@ -919,6 +968,8 @@ class IKE:
         self.counters[f"Negotiation Failures: {event.counter}"] += 1
         if event.counter == "authentication failed":
             self.counters["Authentication Failures"] += 1
+            if event.cause:  # Kerberos hook (issue 13): the failure counted once more, under its reason
+                self.counters[f"Authentication Failures: {event.cause}"] += 1
         mode = events.MAIN_MODE if kind == "main mode" else events.QUICK_MODE
         self.note(f"{kind} with {ex.peer[0]} failed: "
                   + event.describe(mode, self._filter_text(ex), _peer_identity(ex)))

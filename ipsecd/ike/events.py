@@ -33,10 +33,12 @@ class NegotiationError(Exception):
         integrity: bool = False,
         point: str = "me",
         windows: str = "",
+        cause: str = "",
     ):
         super().__init__(reason)
         self.reason, self.notify, self.counter, self.integrity = reason, notify, counter, integrity
         self.point, self.windows = point, windows or failure_reason(counter, notify)
+        self.cause = cause  # why authentication failed, counted on its own (Kerberos: "clock skew", ...)
 
 
 # The failure reasons as Windows words them: its IKE error texts, which Event 547 ("IKE security association
@@ -99,13 +101,14 @@ class Failure:
     counter: str  # "no proposal chosen", "authentication failed", ...
     point: str = "me"
     windows: str = ""
+    cause: str = ""  # what made authentication fail: "KDC unreachable", "no credentials", ...
 
     def __post_init__(self) -> None:
         self.windows = self.windows or failure_reason(self.counter)
 
     @classmethod
     def of(cls, exc: NegotiationError) -> Failure:
-        return cls(exc.reason, exc.counter, exc.point, exc.windows)
+        return cls(exc.reason, exc.counter, exc.point, exc.windows, exc.cause)
 
     def describe(self, mode: str, filter_text: str, peer_identity: str) -> str:
         """What a Windows administrator reads in Event 547 and the Oakley log, then the detail.

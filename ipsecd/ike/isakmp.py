@@ -60,6 +60,7 @@ class PayloadType(enum.IntEnum):
     VENDOR_ID = 13
     NAT_D = 20  # RFC 3947
     NAT_OA = 21
+    GSS_TOKEN = 129  # draft-ietf-ipsec-isakmp-gss-auth-07 §3.3 (private range): Kerberos in main mode
     NAT_D_DRAFT = 130  # draft-ietf-ipsec-nat-t-ike-02, what Windows 2003 sends
     NAT_OA_DRAFT = 131
 
@@ -514,6 +515,13 @@ class VendorID(Opaque):
 
 
 @dataclass
+class GssToken(Opaque):
+    """A GSS-API token (Kerberos AP-REQ / AP-REP in main mode 3/4), the bare token as racoon sends it."""
+
+    TYPE = PayloadType.GSS_TOKEN
+
+
+@dataclass
 class NatD(Opaque):
     TYPE = PayloadType.NAT_D
 
@@ -561,6 +569,7 @@ TOP_LEVEL: dict[int, type[Payload]] = {
         Notify,
         Delete,
         VendorID,
+        GssToken,
         NatD,
         NatDDraft,
         NatOA,

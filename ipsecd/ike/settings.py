@@ -11,6 +11,7 @@ MainModeOffer(encryption='3des-cbc', hash='sha1', group=2, lifetime=28800)
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -90,7 +91,38 @@ class Certificates:
     method = "rsa-sig"
 
 
-AuthMethod = PreSharedKey | Certificates
+@dataclass(frozen=True)
+class Kerberos:
+    """Kerberos through GSS-API (method 65001), as domain members use it: the computer account's keys in
+    ``keytab`` (no password), ``principal`` the account (``member-a$@LAB.TEST``), ``service`` our own
+    service name, the GSS identity we announce (default ``host/<account name>.<realm in lower case>``).
+    ``resolve`` names a peer's address when it announces no identity (default: the system resolver)."""
+
+    keytab: str
+    principal: str
+    service: str = ""
+    ccache: str = ""  # where tickets are kept (default: in memory, for the life of the process)
+    rcache: str = ""  # the acceptor's replay cache (default: MIT's)
+    kdc_timeout: float = 5.0  # seconds a ticket request may wait for the KDC
+    resolve: Callable[[str], str | None] | None = field(default=None, compare=False)
+
+    method = "kerberos"
+
+    def __post_init__(self):
+        if "@" not in self.principal:
+            raise ValueError(
+                f"Kerberos principal {self.principal!r} has no realm (want like member-a$@LAB.TEST)"
+            )
+        if not self.service:
+            account, realm = self.principal.rsplit("@", 1)
+            object.__setattr__(self, "service", f"host/{account.rstrip('$').lower()}.{realm.lower()}")
+
+    @property
+    def credential_cache(self) -> str:
+        return self.ccache or f"MEMORY:ipsecd-{self.principal}"
+
+
+AuthMethod = PreSharedKey | Certificates | Kerberos
 
 
 @dataclass(frozen=True)

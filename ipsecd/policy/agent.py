@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import yaml
 
 from ipsecd.driver import spd
-from ipsecd.ike.settings import IKERule, PreSharedKey
+from ipsecd.ike.settings import IKERule, Kerberos, PreSharedKey
 from ipsecd.ike.settings import Selector as IKESelector
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
@@ -163,6 +163,8 @@ def _credentials(rule: IKERule) -> tuple[Any, ...]:
     for auth in rule.policy.auth:
         if isinstance(auth, PreSharedKey):
             out.append(("psk", auth.key))
+        elif isinstance(auth, Kerberos):
+            out.append(("kerberos", auth.keytab, auth.principal))
         else:
             out.append(("rsa-sig", auth.certificate, auth.trusted_cas))
     return tuple(out)
@@ -195,11 +197,13 @@ class PolicyAgent:
     def __init__(self, store: PolicyStore, driver: FilterLoader, ike: IKERuleLoader,
                  addresses: Callable[[], Iterable[IPv4Address]], clock: Callable[[], float] = time.time,
                  resolve: Resolver = resolve_dns, certificate_for: CertificateSource | None = None,
+                 kerberos: Kerberos | None = None,
                  unassigned_poll_interval: float = model.DEFAULT_POLLING_INTERVAL,
                  log: Callable[[Event], None] | None = None, max_events: int = 1000) -> None:
         self.store, self.driver, self.ike = store, driver, ike
         self.addresses, self.clock, self.resolve = addresses, clock, resolve
         self.certificate_for = certificate_for
+        self.kerberos = kerberos  # the node's computer account, for rules that authenticate with Kerberos
         self.unassigned_poll_interval = unassigned_poll_interval
         self.log = log
         self.applied: AppliedPolicy | None = None
@@ -279,7 +283,7 @@ class PolicyAgent:
             self._refuse(ref, stamp, e)
             raise
         filters = spd.SPD(f for rule_filters in by_rule.values() for f in rule_filters)
-        settings = ike_settings(policy, by_rule, self.certificate_for)
+        settings = ike_settings(policy, by_rule, self.certificate_for, self.kerberos)
         new = AppliedPolicy(ref, stamp, policy, addresses, by_rule, filters, settings)
         previous = self.applied
         change = compare(previous, new)

@@ -26,6 +26,10 @@ def converse(initiator, responder, first: bytes) -> int:
         replies = []
         for wire in pending:
             replies += side.receive(isakmp.Message.decode(wire))
+            work = side.take_blocking() if isinstance(side, main_mode.MainMode) else None
+            if work:  # what the component runs off its event loop (Kerberos: the ticket for main mode 3)
+                work()
+                replies += side.resume()
         if not replies and not side.done and not repeated:
             repeated = True
             continue

@@ -252,7 +252,8 @@ def test_what_ike_cannot_use_is_skipped_with_a_warning(node):
     assert [r.name for r in node.ike.loaded[-1]] == ["<Dynamic> default response"]
     warnings = [e.message for e in node.agent.events if e.kind == "policy-warning"]
     assert warnings == [
-        "rule 'secure peer': authentication by kerberos skipped (not supported yet)",
+        "rule 'secure peer': authentication by kerberos skipped (no ike.kerberos (keytab, principal) in the "
+        "node configuration: not a domain member)",
         "rule 'secure peer': no authentication method IKE can use; its traffic cannot be secured"]
     node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"AH[SHA1]+ESP[3DES,SHA1]"'))
     node.agent.poll()  # an AH+ESP bundle is one quick mode proposal

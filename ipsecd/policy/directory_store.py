@@ -221,6 +221,9 @@ class DirectoryStore:
         self._resolved_at, self._usn, self._failed = None, (None, None), None
 
     def seconds_until_group_policy(self) -> float:
+        """Until the GPO chain is read again; after a failed attempt, until the next try (retry_after)."""
+        if self._failed is not None:
+            return max(0.0, self._failed[0] + self.retry_after - self.clock())
         if self._resolved_at is None:
             return 0.0
         return max(0.0, self._resolved_at + self.group_policy_interval - self.clock())
@@ -230,6 +233,7 @@ class DirectoryStore:
             try:
                 self._resolve()
             except DirectoryUnavailable as e:
+                self._failed = (self.clock(), e)  # the next try after retry_after
                 return self._cached_ref(e)
         if self._assignment is None:
             return self._local_ref()
@@ -284,8 +288,9 @@ class DirectoryStore:
         return out
 
     def save(self, policy: Policy) -> PolicyRef:
-        raise PermissionError("a member cannot write to the directory: import with the administration "
-                              "command line (ipsecd.policy.directory_admin) and administrator credentials")
+        raise PermissionError("this node's policies come from the directory, where a member cannot write: "
+                              "import with `ipsecctl static import FILE` and administrator credentials "
+                              "(docs/directory.md)")
 
     # --- the directory
 
@@ -347,7 +352,7 @@ class DirectoryStore:
                          self._search(dn, BASE, "(objectClass=*)", ["ipsecOwnersReference"])), None)
 
         previous, self._assignment = self._assignment, assigned(gpos, pointer)
-        self._resolved_at = self.clock()
+        self._resolved_at, self._failed = self.clock(), None
         if self._assignment is None and previous is not None \
                 and not self._search(previous.gpo_dn, BASE, "(objectClass=*)", ["cn"]):
             self._assignment = previous  # the documents' warning: a deleted GPO leaves the policy in force

@@ -49,6 +49,7 @@ log = logging.getLogger("ipsecd")
 
 SOFT_FRACTION = 0.9  # a manual SA's soft lifetime, as a share of its hard lifetime
 EXPIRY_INTERVAL = 1.0
+RESCHEDULE_SECONDS = 1.0  # the polling task's longest sleep
 COUNTER_LABELS = dict(GLOBAL_COUNTERS) | dict(DRIVER_COUNTERS) | {
     "blocked_by_filter": "Packets Blocked By Filters (kernel)",
     "unsecured_packets_dropped": "Unsecured Packets Dropped (kernel)",
@@ -138,10 +139,12 @@ class PolicyKeying:
             self.agent.apply()
 
     async def poll(self) -> None:
-        """The Policy Agent's polling, acting on what each change touched."""
+        """The Policy Agent's polling, acting on what each change touched. It looks at the schedule every
+        second at least: a refresh applying a policy with a shorter interval moves the next poll closer."""
         while True:
-            await asyncio.sleep(self.agent.seconds_until_poll())
-            self.changed(self.agent.poll())
+            await asyncio.sleep(min(self.agent.seconds_until_poll(), RESCHEDULE_SECONDS))
+            if self.agent.seconds_until_poll() <= 0:
+                self.changed(self.agent.poll())
 
     def changed(self, change: PolicyChange | None) -> None:
         """Delete the SAs of the rules a policy change touched (telling the peer); every other SA stays."""

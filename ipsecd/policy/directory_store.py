@@ -233,7 +233,7 @@ class DirectoryStore:
             try:
                 self._resolve()
             except DirectoryUnavailable as e:
-                self._failed = (self.clock(), e)  # the next try after retry_after
+                self._failed_now(e)  # the next try after retry_after
                 return self._cached_ref(e)
         if self._assignment is None:
             return self._local_ref()
@@ -311,6 +311,12 @@ class DirectoryStore:
         self._failed = None
         return self._directory
 
+    def _failed_now(self, error: DirectoryUnavailable) -> None:
+        """Remember a new failure; the remembered one raised again does not put the next try off (polls more
+        frequent than retry_after would never reach the DC again)."""
+        if self._failed is None or self._failed[1] is not error:
+            self._failed = (self.clock(), error)
+
     def _search(self, base: str, scope: str, ldap_filter: str, attributes: Iterable[str]) \
             -> builtins.list[tuple[str, Attributes]]:
         """One search; a kept connection that broke (the DC restarted) is replaced once."""
@@ -319,7 +325,7 @@ class DirectoryStore:
             found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
         except DirectoryUnavailable as e:
             if fresh:
-                self._failed = (self.clock(), e)
+                self._failed_now(e)
                 raise
             found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
         self.status.last_contact = time.time()

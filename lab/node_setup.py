@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from lab import model
+from lab import model, services
 from lab.capture import wait_until
 
 if TYPE_CHECKING:
@@ -72,9 +72,11 @@ def join_domain(node: Node, domain: model.Domain) -> None:
 
 def wait_for_services(node: Node) -> None:
     """Poll until every service `lab up` starts on `node` is ready (started by its own set-up)."""
-    started = node.services.at_up(node.spec.service_files())
-    for service in started:
-        wait_until(lambda s=service: all(node.exec(list(c.argv)).ok for c in s.ready), service.timeout + 10,
+    for service in node.services.at_up(node.spec.service_files()):
+        def ready(conditions: tuple[services.Readiness, ...] = service.ready) -> bool:
+            return all(node.exec(list(c.argv)).ok for c in conditions)
+
+        wait_until(ready, service.timeout + 10,
                    what=f"{node.name}: {service.name} to be ready (for its domain's members)")
 
 

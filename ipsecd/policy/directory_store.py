@@ -319,15 +319,20 @@ class DirectoryStore:
 
     def _search(self, base: str, scope: str, ldap_filter: str, attributes: Iterable[str]) \
             -> builtins.list[tuple[str, Attributes]]:
-        """One search; a kept connection that broke (the DC restarted) is replaced once."""
-        fresh = self._directory.conn is None
+        """One search; a kept connection that broke (the DC restarted) is replaced once. A failure's
+        seconds (timeouts included) go to status.timings["failed_search"]."""
+        fresh, started = self._directory.conn is None, time.monotonic()
         try:
-            found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
-        except DirectoryUnavailable as e:
-            if fresh:
-                self._failed_now(e)
-                raise
-            found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
+            try:
+                found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
+            except DirectoryUnavailable as e:
+                if fresh:
+                    self._failed_now(e)
+                    raise
+                found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
+        except DirectoryUnavailable:
+            self.status.timings["failed_search"] = time.monotonic() - started
+            raise
         self.status.last_contact = time.time()
         return found
 

@@ -319,9 +319,11 @@ class DirectoryStore:
 
     def _search(self, base: str, scope: str, ldap_filter: str, attributes: Iterable[str]) \
             -> builtins.list[tuple[str, Attributes]]:
-        """One search; a kept connection that broke (the DC restarted) is replaced once. A failure's
-        seconds (timeouts included) go to status.timings["failed_search"]."""
+        """One search; a kept connection that broke (the DC restarted) is replaced once. The seconds of a
+        failed attempt (timeouts included; not a remembered failure raised again) go to
+        status.timings["failed_search"]."""
         fresh, started = self._directory.conn is None, time.monotonic()
+        remembered = self._failed[1] if self._failed else None
         try:
             try:
                 found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
@@ -330,8 +332,9 @@ class DirectoryStore:
                     self._failed_now(e)
                     raise
                 found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
-        except DirectoryUnavailable:
-            self.status.timings["failed_search"] = time.monotonic() - started
+        except DirectoryUnavailable as e:
+            if e is not remembered:
+                self.status.timings["failed_search"] = time.monotonic() - started
             raise
         self.status.last_contact = time.time()
         return found

@@ -37,6 +37,16 @@ def test_defaults_are_windows_ones():
     assert cfg.ike.retransmit == (1, 2, 4, 8, 16, 32) and cfg.ike.keepalive_seconds == 20
 
 
+def test_directory_settings_and_their_defaults():
+    cfg = parse("policy:\n  store: p\n  directory: {dc: 10.0.0.10, realm: lab.test, ca: ca.pem, "
+                "group_policy_interval: 5s}\n", "/etc/ipsecd/ipsecd.yaml")
+    d = cfg.policy.directory
+    assert (str(d.dc), d.realm, d.dc_name, d.ca) == ("10.0.0.10", "LAB.TEST", "dc.lab.test",
+                                                     Path("/etc/ipsecd/ca.pem"))
+    assert (d.keytab, d.account, d.cache, d.group_policy_interval, d.timeout) == (
+        Path("/etc/krb5.keytab"), None, Path("/var/lib/ipsecd/cache"), 5, 1.0)
+
+
 @pytest.mark.parametrize(("text", "error"), [
     ("policy: {store: p}\nfilters:\n  - {name: x, action: permit}\n",
      "ipsecd.yaml:3: filters: a node takes either a policy"),
@@ -51,6 +61,18 @@ def test_defaults_are_windows_ones():
     ("policy: {store: p}\nike: {keepalive_seconds: 0}\n", "ike.keepalive_seconds: expected positive seconds"),
     ("policy: {store: p}\nike: {certificate: c.pem}\n", "ike.certificate: certificate and private_key go"),
     ("policy: {store: p}\nike: {trusted_cas: ca.pem}\n", "ike.trusted_cas: expected a list"),
+    ("policy:\n  store: p\n  directory: {realm: LAB.TEST}\n", "ipsecd.yaml:3: policy.directory.dc: missing"),
+    ("policy:\n  store: p\n  directory:\n    dc: dc.lab.test\n    realm: LAB.TEST\n",
+     "ipsecd.yaml:4: policy.directory.dc: expected the DC's IPv4 address"),
+    ("policy:\n  store: p\n  directory: {dc: 10.0.0.10, realm: LAB}\n",
+     "policy.directory.realm: expected a realm"),
+    ("policy:\n  store: p\n  directory:\n    dc: 10.0.0.10\n    realm: LAB.TEST\n"
+     "    group_policy_interval: 90\n",
+     "ipsecd.yaml:6: policy.directory.group_policy_interval: 90 is not a duration"),
+    ("policy:\n  store: p\n  directory: {dc: 10.0.0.10, realm: LAB.TEST, timeout: 0}\n",
+     "policy.directory.timeout: expected seconds in (0, 30]"),
+    ("policy:\n  store: p\n  directory: {dc: 10.0.0.10, realm: LAB.TEST, kdc: x}\n",
+     "policy.directory.kdc: unknown field"),
 ])
 def test_refused_with_line_and_field(text, error):
     with pytest.raises(ConfigError, match=None) as caught:

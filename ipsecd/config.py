@@ -24,6 +24,7 @@ ipsecd.config.ConfigError: ipsecd.yaml:2: driver.mtu: 50 is outside 576..9000
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from ipsecd.driver.spd import SPD, Action, Direction, Filter, SecurityMethod, SP
 from ipsecd.ike import natt
 from ipsecd.ike.settings import Kerberos
 from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
+from ipsecd.policy.policyfile import parse_duration
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
 ANY = IPv4Network("0.0.0.0/0")
@@ -101,11 +103,29 @@ class IKESettings:
 
 
 @dataclass(frozen=True)
+class DirectorySettings:
+    """A domain member's directory store (docs/directory.md): its DC, its computer account, its cache."""
+
+    dc: IPv4Address  # the DC's remembered address: no name lookup when it is down (a 49 s resolver stall)
+    realm: str  # LAB.TEST
+    dc_name: str  # the Kerberos target and the certificate's name; default dc.<realm>
+    ca: Path | None  # the DC's CA (PEM) for LDAPS
+    keytab: Path = Path("/etc/krb5.keytab")  # the computer account's keys (mode 600): no password
+    account: str | None = None  # None: this host's name + "$", as Windows names computer accounts
+    cache: Path = Path("/var/lib/ipsecd/cache")  # the documents' ...\IPSec\Policy\Cache
+    ccache: Path = Path("/run/ipsecd/krb5cc")  # tickets kept between binds
+    group_policy_interval: int = 90 * 60  # seconds; Winlogon's 90 minutes
+    timeout: float = 1.0  # connect and receive, seconds: a DC that is down costs about this much
+    krb5_config: Path | None = None  # KRB5_CONFIG for ipsecd (None: /etc/krb5.conf)
+
+
+@dataclass(frozen=True)
 class PolicySettings:
-    """Where the Policy Agent reads the node's IPsec policy (docs/policy.md)."""
+    """Where the Policy Agent reads the node's IPsec policy (docs/policy.md, docs/directory.md)."""
 
     store: Path  # a LocalStore folder: one policy per *.yaml and an `assigned` file
     assign: str | None = None  # at start, assign this file of the store (else `assigned` says which)
+    directory: DirectorySettings | None = None  # a domain member: the directory first, the local store last
 
 
 @dataclass(frozen=True)
@@ -208,12 +228,42 @@ class _ConfigReader:
         return (Path(self.name).parent / value).absolute()
 
     def policy(self, raw: Any) -> PolicySettings:
-        raw = self.mapping(raw, "policy", {"store", "assign"}, {"store"})
+        raw = self.mapping(raw, "policy", {"store", "assign", "directory"}, {"store"})
         assign = raw.get("assign")
         if assign is not None and (not isinstance(assign, str) or "/" in assign or not assign):
             raise self.error("policy.assign", f"expected the file name of a policy in the store, "
                                               f"got {assign!r}")
-        return PolicySettings(self.path(raw["store"], "policy.store"), assign)
+        directory = self.directory(raw["directory"]) if raw.get("directory") is not None else None
+        return PolicySettings(self.path(raw["store"], "policy.store"), assign, directory)
+
+    def directory(self, raw: Any) -> DirectorySettings:
+        path = "policy.directory"
+        raw = self.mapping(raw, path, {"dc", "realm", "dc_name", "ca", "keytab", "account", "cache", "ccache",
+                                       "group_policy_interval", "timeout", "krb5_config"}, {"dc", "realm"})
+        realm = raw["realm"]
+        if not isinstance(realm, str) or not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", realm):
+            raise self.error(f"{path}.realm", f"expected a realm such as LAB.TEST, got {realm!r}")
+        if not isinstance(raw["dc"], str) or not re.fullmatch(r"[0-9.]+", raw["dc"]):
+            raise self.error(f"{path}.dc", f"expected the DC's IPv4 address (remembered: no name lookup when "
+                                           f"it is down), got {raw['dc']!r}")
+        values: dict[str, Any] = {"dc": self.convert(f"{path}.dc", raw["dc"], IPv4Address),
+                                  "realm": realm.upper(), "dc_name": f"dc.{realm.lower()}", "ca": None}
+        for key in ("dc_name", "account"):
+            if key in raw:
+                if not isinstance(raw[key], str) or not raw[key] or any(c.isspace() for c in raw[key]):
+                    raise self.error(f"{path}.{key}", f"expected a name without spaces, got {raw[key]!r}")
+                values[key] = raw[key]
+        for key in ("ca", "keytab", "cache", "ccache", "krb5_config"):
+            if key in raw:
+                values[key] = self.path(raw[key], f"{path}.{key}")
+        if "group_policy_interval" in raw:
+            values["group_policy_interval"] = self.convert(f"{path}.group_policy_interval",
+                                                           raw["group_policy_interval"], parse_duration)
+        if "timeout" in raw:
+            if not _positive(raw["timeout"]) or raw["timeout"] > 30:
+                raise self.error(f"{path}.timeout", f"expected seconds in (0, 30], got {raw['timeout']!r}")
+            values["timeout"] = float(raw["timeout"])
+        return DirectorySettings(**values)
 
     def ike(self, raw: Any) -> IKESettings:
         raw = self.mapping(raw, "ike", {"address", "retransmit", "keepalive_seconds", "certificate",

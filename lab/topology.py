@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 
 from lab import services, yaml_source
-from lab.model import Interface, ModelError, Nat, NodeSpec, Route, Segment, Topology
+from lab.model import Domain, Interface, Join, ModelError, Nat, NodeSpec, Route, Segment, Topology
 
 SCHEMA_PATH = Path(__file__).with_name("topology.schema.json")
 TOPOLOGY_DIR = Path(os.environ.get("LAB_TOPOLOGIES", Path(__file__).resolve().parent.parent / "topologies"))
@@ -292,6 +292,7 @@ def _build(data: dict, path: Path) -> Topology:
             ipsecd,
             nat,
             list(n.get("drop", [])),
+            Join(n["join"].get("ou")) if "join" in n else None,
         )
     return Topology(
         data["name"],
@@ -301,4 +302,5 @@ def _build(data: dict, path: Path) -> Topology:
         data.get("runnable", True),
         data.get("reason", ""),
         path,
+        Domain(data["domain"]["realm"].upper(), data["domain"]["controller"]) if "domain" in data else None,
     )

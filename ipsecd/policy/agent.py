@@ -38,7 +38,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
@@ -51,6 +51,21 @@ from ipsecd.policy.ike_settings import CertificateSource, IKERuleSet, ike_settin
 from ipsecd.policy.soft_association import SoftAssociations, Verdict
 from ipsecd.policy.store import LocalStore, PolicyRef, PolicyStore, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
+
+
+class StoreStatus(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class GroupPolicyStore(Protocol):
+    """What a directory store adds to a PolicyStore (ipsecd.policy.directory_store.DirectoryStore)."""
+
+    status: StoreStatus
+
+    def refresh(self) -> None: ...
+
+    def seconds_until_group_policy(self) -> float: ...
 
 
 class FilterLoader(Protocol):
@@ -228,7 +243,10 @@ class PolicyAgent:
         return self._install(ref, stamp, policy, "policy-applied")
 
     def refresh(self) -> PolicyChange:
-        """``ipsecctl refresh``: re-read the store now, whatever the change stamp says."""
+        """``ipsecctl refresh``: re-read the store now, whatever the change stamp says; a directory store
+        reads its Group Policy objects again first (``gpupdate /force``)."""
+        if isinstance(self.store, GroupPolicyStore):
+            self.store.refresh()
         return self.apply()
 
     def poll(self) -> PolicyChange | None:
@@ -261,7 +279,11 @@ class PolicyAgent:
             return None
 
     def seconds_until_poll(self) -> float:
-        return max(0.0, self._next_poll - self.clock())
+        """Until the policy's polling interval ends or, with a directory store, the Group Policy one."""
+        wait = self._next_poll - self.clock()
+        if isinstance(self.store, GroupPolicyStore):
+            wait = min(wait, self.store.seconds_until_group_policy())
+        return max(0.0, wait)
 
     async def run(self) -> None:
         """Apply at start, then poll at the policy's interval, for ever (a task of the daemon's loop).
@@ -363,11 +385,14 @@ class PolicyAgent:
     # --- what ipsecctl shows (JSON-ready)
 
     def show_policy(self) -> dict[str, Any] | None:
-        """``ipsecctl show policy``: the policy in force as its file would read, pre-shared keys hidden."""
+        """``ipsecctl show policy``: the policy in force as its file would read, pre-shared keys hidden;
+        with a directory store, first where it came from (directory, cache, local), its ipsecID and
+        whenChanged, its GPO and why the cache or the local store is used."""
+        source = {"source": self.store.status.to_dict()} if isinstance(self.store, GroupPolicyStore) else {}
         if not self.applied:
-            return None
+            return source or None
         as_file = yaml.safe_load(policyfile.dumps(self.applied.policy, hide_keys=True))
-        return {"location": self.applied.ref.location, **as_file}
+        return {**source, "location": self.applied.ref.location, **as_file}
 
     def generic_filters(self) -> list[dict[str, Any]]:
         """``ipsecctl show filters generic``: the policy's filters as configured ('me', DNS names)."""

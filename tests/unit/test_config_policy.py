@@ -48,6 +48,16 @@ def test_defaults_are_windows_ones():
     assert cfg.ike.main_mode_lifetime is None and cfg.ike.nat_traversal is None  # the policy's; draft-02
 
 
+def test_directory_settings_and_their_defaults():
+    cfg = parse("policy:\n  store: p\n  directory: {dc: 10.0.0.10, realm: lab.test, ca: ca.pem, "
+                "group_policy_interval: 5s}\n", "/etc/ipsecd/ipsecd.yaml")
+    d = cfg.policy.directory
+    assert (str(d.dc), d.realm, d.dc_name, d.ca) == ("10.0.0.10", "LAB.TEST", "dc.lab.test",
+                                                     Path("/etc/ipsecd/ca.pem"))
+    assert (d.keytab, d.account, d.cache, d.group_policy_interval, d.timeout) == (
+        Path("/etc/krb5.keytab"), None, Path("/var/lib/ipsecd/cache"), 5, 1.0)
+
+
 @pytest.mark.parametrize(("text", "error"), [
     ("policy: {store: p}\nfilters:\n  - {name: x, action: permit}\n",
      "ipsecd.yaml:3: filters: a node takes either a policy"),
@@ -71,6 +81,18 @@ def test_defaults_are_windows_ones():
      "ike.nat_traversal[1]: 'rfc3947' is named twice"),
     ("policy: {store: p}\nike: {nat_travesal: []}\n", "ike.nat_travesal: unknown field (did you mean "
                                                        "'nat_traversal'?)"),
+    ("policy:\n  store: p\n  directory: {realm: LAB.TEST}\n", "ipsecd.yaml:3: policy.directory.dc: missing"),
+    ("policy:\n  store: p\n  directory:\n    dc: dc.lab.test\n    realm: LAB.TEST\n",
+     "ipsecd.yaml:4: policy.directory.dc: expected the DC's IPv4 address"),
+    ("policy:\n  store: p\n  directory: {dc: 10.0.0.10, realm: LAB}\n",
+     "policy.directory.realm: expected a realm"),
+    ("policy:\n  store: p\n  directory:\n    dc: 10.0.0.10\n    realm: LAB.TEST\n"
+     "    group_policy_interval: 90\n",
+     "ipsecd.yaml:6: policy.directory.group_policy_interval: 90 is not a duration"),
+    ("policy:\n  store: p\n  directory: {dc: 10.0.0.10, realm: LAB.TEST, timeout: 0}\n",
+     "policy.directory.timeout: expected seconds in (0, 30]"),
+    ("policy:\n  store: p\n  directory: {dc: 10.0.0.10, realm: LAB.TEST, kdc: x}\n",
+     "policy.directory.kdc: unknown field"),
 ])
 def test_refused_with_line_and_field(text, error):
     with pytest.raises(ConfigError, match=None) as caught:

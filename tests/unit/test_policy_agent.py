@@ -374,3 +374,38 @@ def test_a_new_pre_shared_key_invalidates_the_main_mode_sas_of_its_rules(node):
     assert "main mode SAs of secure peer/1 deleted (authentication changed)" in change.describe()
     node.path.write_text("name: empty\n")
     assert node.agent.refresh().reauthenticate == {"secure peer/1", "<Dynamic> default response"}
+
+
+class GroupPolicyLocalStore(LocalStore):
+    """A local store that behaves as a directory store towards the agent (refresh, Group Policy, status)."""
+
+    def __init__(self, root, clock):
+        super().__init__(root)
+        self.clock, self.refreshed, self.resolved_at = clock, 0, clock()
+        self.status = SimpleNamespace(to_dict=lambda: {"source": "directory", "ipsec_id": "{X}"})
+
+    def refresh(self):
+        self.refreshed += 1
+
+    def seconds_until_group_policy(self):
+        return max(0.0, self.resolved_at + 10 - self.clock())
+
+    def save(self, policy):
+        raise PermissionError("a member cannot write to the directory: use ipsecctl static import")
+
+
+def test_with_a_directory_store_refresh_is_gpupdate_and_group_policy_bounds_the_poll(tmp_path, node):
+    store = GroupPolicyLocalStore(tmp_path / "gp", node.clock)
+    (store.root / "pair.yaml").write_text(PAIR)
+    store.assign(PolicyRef(str(store.root / "pair.yaml")))
+    agent = PolicyAgent(store, node.driver, node.ike, lambda: node.addresses, clock=node.clock)
+    agent.refresh()
+    assert store.refreshed == 1
+    assert agent.seconds_until_poll() == 10  # the policy polls every 30 s: the Group Policy comes first
+    node.clock.now += 11
+    assert agent.seconds_until_poll() == 0
+    shown = agent.show_policy()
+    assert shown["source"] == {"source": "directory", "ipsec_id": "{X}"} and shown["name"]
+    (tmp_path / "export.yaml").write_text(PAIR)
+    with pytest.raises(PermissionError, match="ipsecctl static import"):
+        agent.import_(tmp_path / "export.yaml")

@@ -13,7 +13,7 @@ from lab import model, topology
 from lab.backend import LabError
 from lab.docker_backend import DockerBackend
 from lab.graph import render, to_dot
-from lab.node_setup import firewall_ruleset, hosts_file, nat_ruleset
+from lab.node_setup import firewall_ruleset, hosts_file, krb5_conf, nat_ruleset
 
 GOOD = """\
 name: demo
@@ -54,7 +54,10 @@ def test_canonical_addresses():
     assert (nat.node("nat").address("eth2"), nat.node("server").address()) == ("203.0.113.1", "203.0.113.2")
     gw = topology.load("gateway-tunnel")
     assert gw.node("host-a").routes[0].via == gw.node("gw-a").interfaces["eth1"].address.ip
-    assert not topology.load("domain").runnable
+    domain = topology.load("domain")
+    assert domain.runnable and domain.domain == model.Domain("LAB.TEST", "dc")
+    assert [(n.name, n.join.ou) for n in domain.domain_members()] == [("member-a", "OU=Servers"),
+                                                                       ("member-b", "OU=Clients")]
 
 
 def test_good_file_builds_the_model():
@@ -254,8 +257,32 @@ def test_firewall_ruleset_drops_in_every_direction():
 
 
 def test_unrunnable_topology_is_refused_with_its_reason():
-    with pytest.raises(LabError, match="not runnable yet: the domain controller image"):
-        DockerBackend(client=object(), images=object()).up(topology.load("domain"))
+    unrunnable = topology.loads(GOOD.replace("nodes:", "runnable: false\nreason: not yet\nnodes:", 1))
+    with pytest.raises(LabError, match="not runnable yet: not yet"):
+        DockerBackend(client=object(), images=object()).up(unrunnable)
+
+
+DOMAIN = "domain: {realm: LAB.TEST, controller: %s}\n"
+
+
+@pytest.mark.parametrize(("domain", "join", "expected"), [
+    ("", "{ou: OU=Servers}", "topologies/x.yaml:7: nodes.a.join: no domain to join"),
+    (DOMAIN % "dc", "{}", "topologies/x.yaml:1: domain.controller: no node 'dc'"),
+    (DOMAIN % "a", "{}", "topologies/x.yaml:8: nodes.a.join: the controller cannot join"),
+    ("domain: {realm: LAB, controller: gw}\n", "{}", "topologies/x.yaml:1: domain.realm: 'LAB' is not valid"),
+    (DOMAIN % "gw", "{ou: Servers}", "topologies/x.yaml:8: nodes.a.join.ou: 'Servers' is not valid"),
+])
+def test_domain_membership_is_checked(domain, join, expected):
+    problems = refused(domain + GOOD.replace("  a:\n", f"  a:\n    join: {join}\n", 1))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_domain_members_get_fully_qualified_names_and_a_krb5_conf_naming_the_kdc():
+    domain = topology.load("domain")
+    assert "10.0.0.10\tdc dc.lab.test dc-eth1" in hosts_file(domain)
+    conf = krb5_conf(domain.domain, "10.0.0.10")
+    assert "default_realm = LAB.TEST" in conf and "kdc = 10.0.0.10" in conf
+    assert "dns_lookup_kdc = false" in conf
 
 
 def test_graph_names_every_node_segment_and_address():

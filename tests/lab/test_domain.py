@@ -1,7 +1,8 @@
 """The domain topology (issue 12): a Samba AD DC and two members whose ipsecd reads its policy from the
 directory by Group Policy, polls it and falls back to its cache. The documents' "Supporting Lab Work" step
 by step with `ipsecctl static`, Group Policy precedence, the cache with the DC stopped, the failure twins and
-the documents' warning case. Members authenticate IKE with a pre-shared key (Kerberos IKE comes later).
+the documents' warning case. Members authenticate IKE with a pre-shared key in the policies these tests make,
+and with Kerberos in the shipped ones the last test assigns.
 
 The tests share one lab and run in file order; each sets the directory up as it needs it. Figures (fall back
 to the cache, a change seen by polling) are printed: run with -s to see them.
@@ -292,3 +293,44 @@ def test_a_gpo_deleted_without_unassigning_leaves_members_on_the_cached_policy(d
     assert source(a)["ipsec_id"] == policy["ipsec_id"], source(a)
     warnings = [e["text"] for e in ipsecctl(a, "events") if e["kind"] == "policy-warning"]
     assert any("deleted without unassigning" in w for w in warnings), warnings
+
+
+SHIPPED = {"Shipped for Servers": (SERVERS, "Secure Server (Require Security)"),
+           "Shipped for Clients": (CLIENTS, "Client (Respond Only)")}
+
+
+def test_the_shipped_policies_assigned_by_group_policy_secure_the_members_with_kerberos(domain: Lab) -> None:
+    """Issue 13 as the documents ship it: the directory's own Secure Server and Client (Windows' blobs,
+    Kerberos authentication), assigned by Group Policy to each member's OU; the members' traffic is ESP,
+    main mode authenticated by Kerberos as their computer accounts."""
+    a, b = domain.node("member-a"), domain.node("member-b")
+    for gpo in static(a, "gpo", "list"):  # what earlier tests linked goes: one GPO per OU here
+        for container in (DOMAIN, SERVERS, CLIENTS):
+            static(a, "gpo", "unlink", gpo["name"], container)
+    for gpo, (ou, policy) in SHIPPED.items():
+        if gpo not in {g["name"] for g in static(a, "gpo", "list")}:
+            static(a, "gpo", "create", gpo)
+        static(a, "gpo", "link", gpo, ou)
+        static(a, "assign", gpo, policy)
+    for node in (a, b):  # the computer account's keys, which `lab up` put in /etc/krb5.keytab, for IKE too
+        config = node.get_file("/etc/ipsecd/ipsecd.yaml").decode()
+        restart_ipsecd(node, config + f"ike:\n  kerberos: {{keytab: /etc/krb5.keytab, "
+                                      f"principal: {node.name}$@LAB.TEST}}\n")
+        ipsecctl(node, "refresh")
+    assert ipsecctl(a, "policy")["name"] == "Secure Server (Require Security)"
+    assert ipsecctl(b, "policy")["name"] == "Client (Respond Only)"
+    assert source(b)["source"] == "directory"
+    # Secure Server also requires IPsec for member-a's LDAP to the DC, which speaks none: from its next poll
+    # on, member-a's policy comes from its cache (a Windows member under Secure Server does the same).
+    assert source(a)["source"] in ("directory", "cache")
+    payload = MARKER * 500
+    assert tcp_transfer(b, a, payload, port=5021, timeout=30) == payload  # the server's answer starts IKE
+    with domain.capture_segment("lan") as cap:
+        assert tcp_transfer(b, a, payload, port=5022, timeout=20) == payload
+    assert_only_protocols(cap.packets(), between=(A, B), allowed={"esp"})
+    assert_marker_absent(cap.packets(), MARKER)
+    (mm_a,), (mm_b,) = ipsecctl(a, "mmsa"), ipsecctl(b, "mmsa")
+    assert mm_a["authentication"] == mm_b["authentication"] == "kerberos"
+    assert mm_a["role"] == "initiator"  # the secure server's answer started IKE: it needs the ticket
+    assert mm_a["peer identity"] == "host/member-b.lab.test@LAB.TEST"  # the service it has a ticket for
+    assert mm_b["peer identity"] == "member-a$@LAB.TEST"  # the computer account the AP-REQ names

@@ -4,8 +4,9 @@ the KDC in the dc node. member-b runs Secure Server (Require Security), member-a
 member-b's secured answer starts IKE: it is the initiator (it needs a ticket for host/member-a) and member-a
 the acceptor. host-c is outside the domain (no keytab, no ipsecd).
 
-Until topologies/domain.yaml is runnable on main, the lab is that file with `runnable` lifted and host-c
-added; the members' set-up (keytab, krb5.conf, FQDNs in /etc/hosts) is done here, as images/dc/README.md says.
+The lab is topologies/domain.yaml with host-c added; `lab up` joins the members (keytab in /etc/krb5.keytab,
+krb5.conf, FQDNs in /etc/hosts). Each test assigns the shipped policies locally (test_domain.py assigns them
+by Group Policy).
 """
 
 from __future__ import annotations
@@ -28,18 +29,14 @@ from lab.capture import (
 )
 from lab.running import Lab, Node
 from lab.traffic import tcp_transfer
-from tests.lab.test_dc_image import DC_FILES, MEMBER_FILES, running_dc
 
 A, B, C, DC = "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.10"
 MARKER = b"KERBEROS-DOMAIN-MARKER-"
 KDC_TIMEOUT = 3  # seconds: ike.kerberos.kdc_timeout_seconds (MIT alone retries for about 18 s)
 CCACHE = "/run/ipsecd-krb5cc"  # a file, so that tickets outlive an ipsecd restart
 DOMAIN = {
-    "runnable": None,
-    "reason": None,
     "nodes": {"host-c": {"role": "host", "interfaces": {"eth1": {"segment": "lan", "address": f"{C}/24"}}}},
 }
-HOSTS = f"{DC} dc.lab.test\n{A} member-a.lab.test\n{B} member-b.lab.test\n"
 SHIPPED = {name: (FOLDER / file).read_text() for name, file in FILES.items()}  # the files, untouched
 SILENT_KDC = ("nft add table inet kdc; "
               "nft add chain inet kdc input '{ type filter hook input priority 0; }'; "
@@ -47,7 +44,7 @@ SILENT_KDC = ("nft add table inet kdc; "
 
 
 def node_config(node: Node, keytab: str | None = None) -> str:
-    keytab = keytab or f"{MEMBER_FILES}/{node.name}.keytab"
+    keytab = keytab or "/etc/krb5.keytab"  # where `lab up` puts the computer account's keys
     return ("policy: {store: policies, assign: policy.yaml}\n"
             "ike:\n"
             f"  kerberos: {{keytab: {keytab}, principal: {node.name}$@LAB.TEST, ccache: 'FILE:{CCACHE}',\n"
@@ -63,15 +60,8 @@ def start_member(node: Node, policy: str, keytab: str | None = None) -> None:
 def domain(lab_up) -> Lab:
     lab = lab_up("domain", overrides=DOMAIN)
     dc = lab.node("dc")
-    running_dc(dc)
     for name in ("member-a", "member-b"):
-        member = lab.node(name)
-        if not member.exec(["test", "-f", f"{MEMBER_FILES}/{name}.keytab"]).ok:
-            member.put_file(f"{MEMBER_FILES}/{name}.keytab", dc.get_file(f"{DC_FILES}/keytabs/{name}.keytab"),
-                            mode=0o600)
-            member.put_file("/etc/krb5.conf", dc.get_file(f"{DC_FILES}/krb5.conf"))
-            member.exec(["sh", "-c", f"printf '{HOSTS}' >> /etc/hosts"], check=True)
-        member.exec(["rm", "-f", CCACHE], check=True)
+        lab.node(name).exec(["rm", "-f", CCACHE], check=True)
     yield lab
     for node in lab.nodes.values():
         if node.name != "dc":
@@ -138,7 +128,7 @@ def test_server_request_security_falls_back_to_clear_with_a_node_outside_the_dom
 
 def test_twin_a_member_without_its_keytab_fails_authentication_with_the_reason(domain: Lab) -> None:
     a, b = domain.node("member-a"), domain.node("member-b")
-    start_member(b, "secure server", keytab=f"{MEMBER_FILES}/absent.keytab")  # not joined
+    start_member(b, "secure server", keytab="/etc/absent.keytab")  # not joined
     start_member(a, "client")
     with pytest.raises(CommandError):
         tcp_transfer(a, b, MARKER * 10, port=5003, timeout=8)

@@ -8,21 +8,24 @@ nodes with the scenario's folders, plus the change its twin makes.
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.ipsec import AH, ESP
-from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads, wait_counter
-from scenarios.ike_lab import (
+
+from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
+from lab.harness import (
+    counters,
     dump,
     events,
     first_sends,
+    ipsecctl,
     isakmp_rows,
     node_files,
     nodes,
     start,
     stop,
+    tshark_decrypted_payloads,
+    wait_counter,
     wait_event,
     wait_quick_mode,
 )
-
-from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
 from lab.traffic import tcp_transfer, udp_send
 
 SCENARIO = "ike-transport-psk"

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 
 import yaml
+from pki import Identity, Pki
 from scapy.layers.inet import IP, UDP
-from scenarios.pki import Identity, Pki
 
 from lab.strongswan import EspKeys, Tunnel
 

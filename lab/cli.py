@@ -8,6 +8,7 @@ lab capture start|stop|list ...   pcaps per node interface, under results/labs/<
 lab graph TOPO [-o FILE]          draw the topology (SVG or PNG, by the file's suffix)
 lab images [KIND...]              build images (base, node, ...) if their inputs changed
 lab validate FILE...              check topology files
+lab scenario list|show|run NAME   the troubleshooting catalogue (scenarios/), run with a report
 lab bench                         run the benchmarks in bench/
 """
 
@@ -29,6 +30,7 @@ from lab.docker_backend import DockerBackend
 from lab.graph import render
 from lab.images import ImageError, Images
 from lab.running import Lab
+from lab.scenario_cli import add_to as add_scenario_verb
 from lab.yaml_source import FileProblems
 
 DEFAULT_TOPOLOGY = "intranet-pair"
@@ -283,6 +285,7 @@ def parser() -> argparse.ArgumentParser:
     s = verb("validate", cmd_validate, "check topology files")
     s.add_argument("files", nargs="+")
     verb("check", cmd_check, "can this machine run labs? what does the kernel offer?")
+    add_scenario_verb(sub)
     s = verb("bench", cmd_bench, "run benchmarks")
     s.add_argument("only", nargs="*")
     return p

@@ -15,7 +15,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from scapy.error import Scapy_Exception
@@ -47,12 +47,13 @@ def node_files(scenario: str | Path, node: str) -> dict[str, str]:
     return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def start(node: Node, scenario: str | Path = "", changes: dict[str, str | bytes] | None = None) -> None:
-    """(Re)start ipsecd in `node` with its folder of `scenario` (plus `changes`) as /etc/ipsecd; LabError-free
+def start(node: Node, scenario: str | Path = "", changes: Mapping[str, str | bytes] | None = None) -> None:
+    """(Re)start ipsecd in `node` with its folder of `scenario` (plus `changes`) as /etc/ipsecd;
     AssertionError with the end of its log if it exits at start."""
     stop(node)
     node.exec(["rm", "-rf", ETC], check=True)
-    files = {**(node_files(scenario, node.name) if scenario else {}), **(changes or {})}
+    files: dict[str, str | bytes] = {**(node_files(scenario, node.name) if scenario else {})}
+    files.update(changes or {})
     for name, text in files.items():
         node.put_file(f"{ETC}/{name}", text)
     node.exec(["rm", "-f", LOG], check=True)
@@ -193,7 +194,7 @@ def running(node: Node) -> bool:
 def wait_ready(*handles: Node) -> None:
     """Until ipsecd answers on its control socket in every node (it starts with the lab)."""
     for node in handles:
-        wait_until(lambda node=node: running(node), 20,
+        wait_until(lambda node=node: running(node), 20,  # type: ignore[misc]
                    what=f"ipsecd in {node.name} to answer (log: {ipsecd_log(node)!r})")
 
 

@@ -118,7 +118,7 @@ def svg(found: list[Message], names: dict[str, str], title: str) -> str:
 
 def draw(pcap: Path, output: Path, names: dict[str, str], title: str) -> list[Message]:
     """Write the diagram of `pcap` to `output` (SVG); returns the messages drawn."""
-    packets = rdpcap(str(pcap)) if pcap.stat().st_size > 24 else []
+    packets: list = list(rdpcap(str(pcap))) if pcap.stat().st_size > 24 else []
     found = messages(packets)
     output.write_text(svg(found, names, title))
     return found

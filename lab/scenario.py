@@ -6,11 +6,12 @@ expectations) and one folder per node that runs ipsecd (its /etc/ipsecd, started
 lab.harness). Expectations are in the spirit of strongSwan's evaltest.dat: each names a node and something
 it must show (a counter, an event, SAs) or a capture predicate, and prints PASS or FAIL.
 
->>> s = loads("title: t\\ntopology: intranet-pair\\nsteps: [{stop: host-c}]\\nexpect: [{sa: {}}]\\n", "x.yaml")
+>>> steps = "steps: [{stop: host-c}, {ping: {from: host-a, to: host-z}}]\\n"
+>>> loads("title: t\\ntopology: intranet-pair\\n" + steps + "expect: [{sa: {node: host-a}}]\\n", "x.yaml")
 Traceback (most recent call last):
 ...
-lab.scenario.ScenarioError: x.yaml:3: steps[0].stop: no node 'host-c' in intranet-pair (host-a, host-b)
-x.yaml:4: expect[0].sa: 'node' is required
+lab.scenario.ScenarioError: x.yaml:4: expect[0].sa: 'table' is required
+x.yaml:4: expect[0].sa: 'count' is required
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
 SCENARIOS = harness.SCENARIOS
 NODE_FIELDS = ("node", "from")
 OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+    "==": operator.eq, "!=": operator.ne, ">=": operator.ge,
+    "<=": operator.le, ">": operator.gt, "<": operator.lt,
 }
 DEFAULT_WAIT = 10.0
+#: The one counter that is not ipsecd's: what the node's lab firewall (`firewall` step) dropped.
+FIREWALL_DROPPED = "firewall_dropped"
 
 
 class ScenarioError(yaml_source.FileProblems):
@@ -156,6 +160,8 @@ class _Checker:
             for key in ("to", "between"):
                 for value in [body[key]] if isinstance(body.get(key), str) else body.get(key, []):
                     self.target((*here, key), value)
+            if kind == "put" and not (self.folder / body["file"]).is_file():
+                self.problem((*here, "file"), f"{self.folder / body['file']} does not exist")
             if "segment" in body:
                 self.segment((*here, "segment"), body["segment"])
             if kind == "start" and "predefined" not in body:
@@ -164,11 +170,13 @@ class _Checker:
             for name in [body] if isinstance(body, str) else body:
                 self.start_folder(here, name, None)
         line = self.source.locate(here, "").rsplit(":", 2)[0]
-        return Item(kind, body, line, raw.get("note", ""))
+        note = raw.get("note") or (body.get("note", "") if isinstance(body, dict) else "")
+        return Item(kind, body, line, note)
 
     def node(self, field: FieldPath, name: str) -> None:
         if name not in self.topology.nodes:
-            self.problem(field, f"no node {name!r} in {self.topology.name} ({', '.join(self.topology.nodes)})")
+            nodes = ", ".join(self.topology.nodes)
+            self.problem(field, f"no node {name!r} in {self.topology.name} ({nodes})")
 
     def segment(self, field: FieldPath, name: str) -> None:
         if name not in self.topology.segments:
@@ -203,6 +211,9 @@ def describe(kind: str, body: Any) -> str:
     """A step or expectation in words, for the PASS/FAIL lines and the report."""
     if not isinstance(body, dict):
         return f"{kind} {body if isinstance(body, str) else ', '.join(body)}"
+    if kind == "start":
+        how = f" with predefined {body['predefined']}" if "predefined" in body else ""
+        return f"start {body['node']}{how}" + (f" ({len(body['edits'])} edits)" if "edits" in body else "")
     b = dict(body)
     if kind in ("ping", "tcp", "udp"):
         if kind == "ping":
@@ -212,7 +223,8 @@ def describe(kind: str, body: Any) -> str:
             what = f"tcp/{b.get('port', 5001)} {b['marker']!r}×{b.get('repeat', 1)}"
         else:
             what = f"udp/{b['port']} {b['marker']!r}"
-        return f"{what} {b['from']} → {b['to']}" + (" (expected to fail)" if b.get("expect") == "fail" else "")
+        failing = " (expected to fail)" if b.get("expect") == "fail" else ""
+        return f"{what} {b['from']} → {b['to']}{failing}"
     if kind == "counter":
         return f"{b['node']}: counter {b['name']} {b['op']} {b['value']}"
     if kind == "event":
@@ -238,7 +250,7 @@ def describe(kind: str, body: Any) -> str:
         else:
             what = f"{b.get('table', 'qmsa')} count {b.get('count', 1)}"
         return f"wait: {b['node']}: {what}"
-    rest = ", ".join(f"{k}={v}" for k, v in b.items() if k not in ("node", "edits"))
+    rest = ", ".join(f"{k}={v}" for k, v in b.items() if k not in ("node", "edits", "note"))
     edits = f" ({len(b['edits'])} edits)" if "edits" in b else ""
     return f"{kind} {b.get('node', '')} {rest}{edits}".strip()
 
@@ -312,9 +324,10 @@ class Runner:
     def check(self, what: str, passed: bool, detail: str = "", where: str = "") -> None:
         seconds = time.monotonic() - self.started
         self.outcome.checks.append(Check(what, passed, detail, where, seconds))
-        self.note(f"{'PASS' if passed else 'FAIL'}: {what}" + (f" ({detail.splitlines()[0]})" if detail else ""))
-        self.echo(f"{'PASS' if passed else 'FAIL'}  {what}" + ("" if passed or not detail else
-                                                             "\n      " + detail.replace("\n", "\n      ")))
+        verdict = "PASS" if passed else "FAIL"
+        self.note(f"{verdict}: {what}" + (f" ({detail.splitlines()[0]})" if detail else ""))
+        indented = "\n      " + detail.replace("\n", "\n      ") if detail and not passed else ""
+        self.echo(f"{verdict}  {what}{indented}")
 
     def node(self, name: str) -> Node:
         return self.lab.node(name)
@@ -347,7 +360,7 @@ class Runner:
             harness.start_policy(node, harness.predefined_policy(spec["predefined"], spec.get("psk", "")))
         else:
             folder = self.scenario.folder / spec.get("folder", node.name)
-            files: dict[str, str | bytes] = dict(harness.node_files(folder.parent, folder.name))
+            files = harness.node_files(folder.parent, folder.name)
             for edit in spec.get("edits", []):
                 files[edit["file"]] = harness.edit(files[edit["file"]], edit["old"], edit["new"])
             harness.start(node, "", files)
@@ -386,7 +399,8 @@ class Runner:
         argv += ["-s", str(body["size"])] if "size" in body else []
         argv += ["-M", "do"] if body.get("dont_fragment") else []
         result = self.node(body["from"]).exec([*argv, self.address(body["to"])], timeout=60)
-        summary = next((ln for ln in result.stdout.splitlines() if "transmitted" in ln), result.stderr.strip())
+        lines = result.stdout.splitlines()
+        summary = next((ln for ln in lines if "transmitted" in ln), result.stderr.strip())
         self.note(f"  {summary}")
         self.stated(body, step, result.ok, summary)
 
@@ -426,6 +440,9 @@ class Runner:
         elif not result.ok:
             raise CommandError(body["node"], ["sh", "-c", body["command"]], result)
 
+    def step_put(self, body: dict, step: Item) -> None:
+        self.node(body["node"]).put_file(body["path"], (self.scenario.folder / body["file"]).read_bytes())
+
     def step_spawn(self, body: dict, step: Item) -> None:
         self.node(body["node"]).spawn(body["command"], name=body["name"])
 
@@ -463,7 +480,8 @@ class Runner:
         node = self.node(body["node"])
 
         def holds() -> tuple[bool, str]:
-            value = harness.counters(node).get(body["name"])
+            value = (node.dropped() if body["name"] == FIREWALL_DROPPED
+                     else harness.counters(node).get(body["name"]))
             if value is None:
                 return False, f"ipsecctl stats has no counter {body['name']!r}"
             return OPS[body["op"]](value, body["value"]), f"it is {value}"

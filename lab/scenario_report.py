@@ -96,7 +96,8 @@ def write(outcome: Outcome, lab: Lab | None, report: Path, keys: harness.KeyTabl
 
 def _markdown(text: str) -> str:
     """README.md as HTML: headings, paragraphs, list items, `code` (all the READMEs use)."""
-    out, paragraph = [], []
+    out: list[str] = []
+    paragraph: list[str] = []
 
     def inline(s: str) -> str:
         parts = html.escape(s).split("`")
@@ -154,7 +155,8 @@ def page(outcome: Outcome, report: Path, diagrams: dict[str, tuple[str, int]],
               "<h2>Topology</h2><img src='topology.svg' alt='topology'>"]
     parts.append("<h2>IKE sequence</h2>")
     for pcap, (svg, count) in diagrams.items():
-        parts.append(f"<h3>{e(pcap)} ({count} IKE messages and ESP SPIs)</h3><img src='{e(svg)}' alt='{e(svg)}'>")
+        parts.append(f"<h3>{e(pcap)} ({count} IKE messages and ESP SPIs)</h3>")
+        parts.append(f"<img src='{e(svg)}' alt='{e(svg)}'>")
     parts.append("<h2>Captures and keys</h2><ul>")
     for pcap in diagrams:
         parts.append(f"<li><a href='{e(pcap)}'>{e(pcap)}</a></li>")
@@ -179,6 +181,7 @@ def page(outcome: Outcome, report: Path, diagrams: dict[str, tuple[str, int]],
         parts.append(f"<li>{e(node)}: <a href='{e(node)}.events.json'>events</a>, "
                      f"<a href='{e(node)}.ipsecd.log'>ipsecd log</a></li>")
     parts.append("<li><a href='steps.txt'>steps.txt</a> (what the run did, in time order), "
-                 "<a href='results.json'>results.json</a>, <a href='scenario.yaml'>scenario.yaml</a></li></ul>")
+                 "<a href='results.json'>results.json</a>, "
+                 "<a href='scenario.yaml'>scenario.yaml</a></li></ul>")
     parts.append(f"<h2>Steps</h2><pre>{e(chr(10).join(outcome.log))}</pre></body></html>")
     return "\n".join(parts) + "\n"

@@ -1,7 +1,7 @@
 """ike-transport-psk on intranet-pair: two ipsecd nodes negotiate ESP transport mode with IKE, configured by
 Windows-style policies. The failure twins (wrong pre-shared key, main and quick mode proposal mismatch,
-UDP 500 dropped) are scenarios of the catalogue now (scenarios/wrong-psk, main-mode-mismatch, quick-mode-mismatch,
-firewall-drops-ike; run by test_scenarios.py).
+UDP 500 dropped) are scenarios of the catalogue now (scenarios/wrong-psk, main-mode-mismatch,
+quick-mode-mismatch, firewall-drops-ike; run by test_scenarios.py).
 
 See scenarios/ike-transport-psk/README.md. The module shares one lab; every test (re)starts ipsecd on both
 nodes with the scenario's folders, plus the change its twin makes.

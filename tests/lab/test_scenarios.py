@@ -1,4 +1,4 @@
-"""The troubleshooting catalogue (scenarios/*/scenario.yaml) run through the same runner as `lab scenario run`:
+"""The troubleshooting catalogue (scenarios/*/scenario.yaml) run through the runner of `lab scenario run`:
 one definition for users and CI. Each scenario passes when every expectation holds; those that show a product
 defect are expected to fail, with the defect as the reason, until it is fixed.
 
@@ -32,13 +32,16 @@ def run(name: str, lab_backend, lab_name) -> Path:
     REPORTS[name] = report
     failed = [f"{c.what}: {c.detail}" for c in outcome.checks if not c.passed]
     assert outcome.code != 2, outcome.setup_error
-    assert outcome.code == 0, f"{len(failed)} checks failed (report {report}/index.html):\n" + "\n".join(failed)
+    assert outcome.code == 0, f"{len(failed)} checks failed ({report}/index.html):\n" + "\n".join(failed)
     return report
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_DEFECTS[n], strict=True)) if n in KNOWN_DEFECTS else n
-    for n in scenarios.available()])
+def _catalogue() -> list:
+    return [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_DEFECTS[n], strict=True))
+            if n in KNOWN_DEFECTS else n for n in scenarios.available()]
+
+
+@pytest.mark.parametrize("name", _catalogue())
 def test_scenario(name, lab_backend, lab_name):
     run(name, lab_backend, lab_name)
 

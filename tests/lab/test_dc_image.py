@@ -24,7 +24,7 @@ DC_START = ["samba", "-F", "--no-process-group", "--debug-stdout", "-M", "single
 DC_READY = ["dc-ready"]
 DC_FILES = "/var/lib/ipsec-lab"  # what the image exports for members
 MEMBER_FILES = "/etc/ipsec-lab"
-PROBE = Path(__file__).parent / "scenarios" / "dc_member_probe.py"
+PROBE = Path(__file__).parent / "dc_member_probe.py"
 DEFAULT_POLICIES = ["Client (Respond Only)", "Secure Server (Require Security)", "Server (Request Security)"]
 MEMORY_TARGET = 80 * 2**20
 
@@ -91,7 +91,7 @@ def running_dc(dc: Node) -> Process:
 
 
 def probe(member: Node, address: str, krb5_conf: str = "krb5.conf", searches: int = 0) -> dict:
-    """The member's bind as member-a$ with its keytab (scenarios/dc_member_probe.py), as JSON."""
+    """The member's bind as member-a$ with its keytab (dc_member_probe.py), as JSON."""
     argv = ["python3", f"{MEMBER_FILES}/probe.py", address, f"{MEMBER_FILES}/member-a.keytab"]
     argv += [f"{MEMBER_FILES}/ca.pem", str(searches)]
     done = member.exec(argv, check=True, timeout=60, env={"KRB5_CONFIG": f"{MEMBER_FILES}/{krb5_conf}"})

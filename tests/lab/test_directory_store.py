@@ -37,7 +37,7 @@ def domain(lab_backend: DockerBackend, tmp_path_factory: pytest.TempPathFactory)
             member.put_file(f"{MEMBER_FILES}/{target}", dc.get_file(f"{DC_FILES}/{source}"), mode=0o600)
         member.put_file(f"{MEMBER_FILES}/ca.pem", dc.get_file(f"{DC_FILES}/ca.pem"))
         member.put_file(f"{MEMBER_FILES}/admin-password", ADMIN_PASSWORD, mode=0o600)
-        member.put_file(f"{MEMBER_FILES}/{PROBE}", (Path(__file__).parent / "scenarios" / PROBE).read_text())
+        member.put_file(f"{MEMBER_FILES}/{PROBE}", (Path(__file__).parent / PROBE).read_text())
         member.exec("echo '10.0.0.10 dc.lab.test' >> /etc/hosts", check=True)
         start_dc(dc)
         yield lab

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ipsecd import ipsecctl
-from ipsecd.driver import keyexport
 from ipsecd.daemon import event_kind, ike_counter_key
+from ipsecd.driver import keyexport
 from ipsecd.driver.sad import SecurityAssociation
 
 

@@ -4,8 +4,9 @@ A scenario folder (scenarios/<name>/) holds one folder per node that runs ipsecd
 /etc/ipsecd (`ipsecd.yaml`, `policies/*.yaml`, certificates); `start(node, scenario, changes)` copies it in
 (plus `changes`: file name -> text, a failure twin's edits) and starts ipsecd; `start_policy(node, policy)`
 starts it with one policy text and nothing else. Manual-key scenarios (the driver's) give a single
-`<node>.yaml` that `lab up` starts (`overrides`). Then: ipsecctl views, counters, events, waits, the key
-tables and the independent decoder (tshark) that reads captures with them.
+`<node>.yaml` that `lab up` starts (`overrides`). Then: ipsecctl views, counters, events, waits, and
+the independent decoder (tshark) that reads captures with ipsecd's keys (ipsecctl keys, or the tables
+lab.keys collects beside every pcap).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from scapy.error import Scapy_Exception
 from scapy.layers.inet import IP, UDP
 from scapy.utils import PcapReader, wrpcap
 
+from lab import keys as lab_keys
 from lab.capture import Capture, ip_packets, protocol, wait_until
 from lab.running import Lab, Node
 
@@ -262,59 +264,28 @@ def dump(node: Node) -> str:
     return json.dumps({"events": events(node), "qmsa": qmsa(node)}, indent=1) + "\n" + ipsecd_log(node)
 
 
-# -- keys and the independent decoder -----------------------------------------------------------------------
-class KeyTables:
-    """Wireshark's two key tables (esp_sa, ikev1_decryption_table) gathered from nodes over a run: every SA
-    any node had when it was asked, so a capture decrypts even after SAs were deleted or a node restarted.
-
-    This is the one place that turns keys into tshark options; captures elsewhere get key files beside them
-    (`write`)."""
-
-    def __init__(self) -> None:
-        self.esp_sa: list[str] = []
-        self.ikev1: list[str] = []
-
-    def gather(self, node: Node) -> None:
-        """Add the node's current keys (`ipsecctl keys`); nothing if ipsecd is not running there."""
-        if not running(node):
-            return
-        keys = ipsecctl(node, "keys")
-        for row in keys["esp_sa"].splitlines():
-            if row.strip() and row not in self.esp_sa:
-                self.esp_sa.append(row)
-        for row in keys.get("ikev1_decryption_table", []):
-            if row not in self.ikev1:
-                self.ikev1.append(row)
-
-    def tshark_args(self) -> list[str]:
-        args = ["-o", "esp.enable_encryption_decode:TRUE", "-o", "esp.enable_authentication_check:TRUE"]
-        args += [a for row in self.esp_sa for a in ("-o", f"uat:esp_sa:{row}")]
-        return args + [a for row in self.ikev1 for a in ("-o", f"uat:ikev1_decryption_table:{row}")]
-
-    def write(self, folder: Path) -> list[Path]:
-        """The two tables as Wireshark UAT files in `folder` (copy them into a Wireshark profile)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = [folder / "esp_sa", folder / "ikev1_decryption_table"]
-        for path, rows in zip(paths, (self.esp_sa, self.ikev1), strict=True):
-            path.write_text("".join(row + "\n" for row in rows))
-        return paths
-
-
-def tshark_fields(pcap: Path, args: list[str], fields: list[str], display: str = "") -> list[list[str]]:
-    """tshark (the independent decoder) over a capture, with our exported keys: one row per packet."""
-    cmd = ["tshark", "-n", "-r", str(pcap), *args, "-T", "fields", "-E", "separator=|"]
+# -- the independent decoder ------------------------------------------------------------------------------
+def tshark_fields(pcap: Path, args: list[str], fields: list[str], display: str = "",
+                  keys: Path | None = None) -> list[list[str]]:
+    """tshark (the independent decoder) over a capture, with our exported keys (`args`: ipsecctl keys'
+    tshark_args, or `keys`: a folder of key tables, lab.keys): one row per packet."""
+    options, env = lab_keys.tshark_environment(keys) if keys else ([], None)
+    cmd = ["tshark", "-n", "-r", str(pcap), *options, *args, "-T", "fields", "-E", "separator=|"]
     cmd += ["-Y", display] if display else []
     for f in fields:
         cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120, env=env).stdout
     return [line.split("|") for line in out.splitlines()]
 
 
-def tshark_decrypted_payloads(pcap: Path, tshark_args: list[str]) -> tuple[bytes, int]:
-    """What tshark finds inside the ESP of a capture, given our exported keys: the concatenated inner payload
-    bytes (TCP payloads, ICMP and UDP data) and how many ESP packets it decrypted and found authentic."""
+def tshark_decrypted_payloads(pcap: Path, tshark_args: Sequence[str] = (),
+                              keys: Path | None = None) -> tuple[bytes, int]:
+    """What tshark finds inside the ESP of a capture, given our exported keys (as tshark_fields): the
+    concatenated inner payload bytes (TCP payloads, ICMP and UDP data) and how many ESP packets it decrypted
+    and found authentic."""
     payload, authentic = b"", 0
-    for good, *hexes in tshark_fields(pcap, tshark_args, ["esp.icv_good", "tcp.payload", "data.data"], "esp"):
+    fields = ["esp.icv_good", "tcp.payload", "data.data"]
+    for good, *hexes in tshark_fields(pcap, list(tshark_args), fields, "esp", keys):
         authentic += good == "1"
         for field in hexes:
             for part in filter(None, field.split(",")):

@@ -28,7 +28,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from lab import harness, yaml_source
+from lab import harness, keys, yaml_source
 from lab import topology as topologies
 from lab.backend import CommandError, LabError
 from lab.capture import Capture, ip_packets, protocol, wait_until
@@ -291,7 +291,6 @@ class Runner:
     def __init__(self, scenario: Scenario, lab: Lab, report: Path, echo: Callable[[str], None] = print):
         self.scenario, self.lab, self.report, self.echo = scenario, lab, report, echo
         self.outcome = Outcome(scenario)
-        self.keys = harness.KeyTables()
         self.captures: dict[str, Capture] = {}
         self.counters_before: dict[str, dict[str, int]] = {}
         self.started = time.monotonic()
@@ -309,9 +308,8 @@ class Runner:
         for expectation in self.scenario.expect:
             if expectation.kind != "capture":
                 self.expect(expectation)
-        self.gather_keys()
         for capture in self.captures.values():
-            capture.stop()
+            capture.stop()  # which collects the key tables beside its pcap
         for expectation in self.scenario.expect:
             if expectation.kind == "capture":
                 self.expect(expectation)
@@ -339,12 +337,9 @@ class Runner:
         return target
 
     def gather_keys(self) -> None:
-        """Keys of every node running ipsecd, before anything could take them away (stop, restart, end)."""
-        for node in self.lab.nodes.values():
-            try:
-                self.keys.gather(node)
-            except (AssertionError, LabError, json.JSONDecodeError) as exc:
-                self.note(f"{node.name}: no keys ({exc})")
+        """The key tables of every node running ipsecd, collected beside the pcaps (lab.keys) before anything
+        could take them away (stop, kill, restart); a capture that stops collects them again."""
+        keys.collect(self.lab, self.lab.results_dir)
 
     # -- steps --
     def step_start(self, body: Any, step: Item) -> None:
@@ -530,7 +525,8 @@ class Runner:
             if bool(hits) != body.get("present", False):
                 problems.append(f"marker in clear in {len(hits)} of {len(packets)} frames")
         if "decrypts" in body:
-            inner, authentic = harness.tshark_decrypted_payloads(capture.pcap, self.keys.tshark_args())
+            tables = capture.pcap.parent / keys.FOLDER
+            inner, authentic = harness.tshark_decrypted_payloads(capture.pcap, keys=tables)
             if body["decrypts"].encode() not in inner or not authentic:
                 problems.append(f"tshark with the exported keys: {authentic} ESP packets authentic, marker "
                                 f"{'found' if body['decrypts'].encode() in inner else 'not found'} inside")

@@ -1,7 +1,8 @@
 """`lab scenario run`: a scenario's lab up, its run (lab.scenario.Runner), and its report folder.
 
 results/scenarios/<name>/<timestamp>/ holds: index.html (the page tying it together), results.json, the
-pcaps of every captured segment with the key tables beside them (keys/esp_sa, keys/ikev1_decryption_table),
+pcaps of every captured segment with the key tables beside them (lab.keys: wireshark/esp_sa and
+wireshark/ikev1_decryption_table, what `lab decode` reads),
 counters before and after per node, each node's events and ipsecd log, the topology graph and an IKE sequence
 diagram per segment (lab.ike_sequence).
 """
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lab import graph, harness, ike_sequence
+from lab import graph, harness, ike_sequence, keys
 from lab.backend import RESULTS, Backend, LabError
 from lab.images import ImageError
 from lab.running import Lab
@@ -44,13 +45,13 @@ def execute(scenario: Scenario, backend: Backend, lab_name: str, report: Path, k
         outcome = Outcome(scenario, setup_error=f"the lab could not be set up: {exc}")
         echo(f"SETUP  {outcome.setup_error}")
         backend.down(lab_name)
-        write(outcome, None, report, harness.KeyTables(), {})
+        write(outcome, None, report, {})
         return outcome
     runner = Runner(scenario, lab, report, echo)
     try:
         outcome = runner.run()
         outcome.seconds = time.monotonic() - started
-        write(outcome, lab, report, runner.keys, runner.counters_before)
+        write(outcome, lab, report, runner.counters_before)
     finally:
         if keep:
             echo(f"lab {lab_name} kept: lab exec NODE --name {lab_name} -- ...; lab down --name {lab_name}")
@@ -59,15 +60,13 @@ def execute(scenario: Scenario, backend: Backend, lab_name: str, report: Path, k
     return outcome
 
 
-def write(outcome: Outcome, lab: Lab | None, report: Path, keys: harness.KeyTables,
-          before: dict[str, dict[str, int]]) -> None:
+def write(outcome: Outcome, lab: Lab | None, report: Path, before: dict[str, dict[str, int]]) -> None:
     """Everything the page shows, then the page."""
     scenario = outcome.scenario
     for name in ("README.md", "scenario.yaml"):
         if (scenario.folder / name).is_file():
             shutil.copy(scenario.folder / name, report / name)
     graph.render(scenario.topology, report / "topology.svg")
-    keys.write(report / "keys")
     names = {str(i.address.ip): n.name for n in scenario.topology.nodes.values()
              for i in n.interfaces.values() if i.address is not None}
     diagrams = {}
@@ -160,14 +159,13 @@ def page(outcome: Outcome, report: Path, diagrams: dict[str, tuple[str, int]],
     parts.append("<h2>Captures and keys</h2><ul>")
     for pcap in diagrams:
         parts.append(f"<li><a href='{e(pcap)}'>{e(pcap)}</a></li>")
-    parts.append("<li><a href='keys/esp_sa'>keys/esp_sa</a> and <a href='keys/ikev1_decryption_table'>"
-                 "keys/ikev1_decryption_table</a>: copy both into a Wireshark profile folder, or:</li></ul>")
+    tables = " and ".join(f"<a href='{keys.FOLDER}/{t}'>{keys.FOLDER}/{t}</a>" for t in keys.TABLES)
+    parts.append(f"<li>{tables}: the keys of every SA the lab's ipsecd nodes had, a Wireshark configuration "
+                 "folder; open a capture decrypted with:</li></ul>")
     if diagrams:
-        first = next(iter(diagrams))
-        args = " ".join(shlex.quote(a) for a in harness.KeyTables().tshark_args())
-        parts.append(f"<pre>cd {e(str(report))}\ntshark -r {e(first)} {e(args)} \\\n"
-                     f"  $(sed 's/.*/-o uat:esp_sa:&/' keys/esp_sa) "
-                     f"$(sed 's/.*/-o uat:ikev1_decryption_table:&/' keys/ikev1_decryption_table)</pre>")
+        first, tables = (shlex.quote(str(report / name)) for name in (next(iter(diagrams)), keys.FOLDER))
+        parts.append(f"<pre>lab decode {e(first)}\n"
+                     f"WIRESHARK_CONFIG_DIR={e(tables)} wireshark {e(first)}</pre>")
     parts.append("<h2>Counters that moved (before → after)</h2><table><tr><th>node</th><th>counter</th>"
                  "<th>before</th><th>after</th></tr>")
     for node, values in after.items():

@@ -74,7 +74,7 @@ def test_the_report_renders_in_a_headless_browser(lab_backend, lab_name, tmp_pat
     parser = _Links()
     parser.feed(dom)
     local = [link for link in parser.links if "://" not in link]
-    assert {"topology.svg", "segment-lan.pcap", "segment-lan.ike.svg", "keys/esp_sa"} <= set(local)
+    assert {"topology.svg", "segment-lan.pcap", "segment-lan.ike.svg", "wireshark/esp_sa"} <= set(local)
     missing = [link for link in local if not (report / link).is_file()]
     assert not missing, missing
     diagram = (report / "segment-lan.ike.svg").read_text()

@@ -21,10 +21,6 @@ from lab.scenario_report import execute, report_folder
 KNOWN_DEFECTS = {
     "transport-nat-without-nat-t": "ipsecd.yaml cannot turn NAT-T off (no ike.nat_traversal setting; the "
                                    "IKE settings have one, the configuration file does not read it)",
-    "cannot-be-secured": "TCP over the quick mode SA times out when both hosts use a me <-> any rule, "
-                         "although the SAs are up and ESP flows (found by this scenario, not yet diagnosed)",
-    "dns-name-filter": "the same TCP time-out through an SA when host-b's rule names its subnet",
-    "dns-name-filter-exempt": "the same TCP time-out through an SA when host-b's rule names its subnet",
 }
 REPORTS: dict[str, Path] = {}
 

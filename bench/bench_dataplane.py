@@ -294,9 +294,9 @@ def driver_cost(encryption: str, integrity: str | None, count: int = 20000) -> t
     from ipsecd import algorithms
     from ipsecd.driver.driver import IPsecDriver
     from ipsecd.driver.sad import SecurityAssociation
-    from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+    from ipsecd.driver.spd import SPD, Action, Filter, SecurityMethod, SPDAction
 
-    secure = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+    secure = SPDAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
     integ = algorithms.integrity(integrity) if integrity else None
     keys = (os.urandom(algorithms.encryption(encryption).key_size),
             os.urandom(integ.key_size) if integ else b"")

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from ipsecd import algorithms, yaml_lines
-from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, SecurityMethod, SPDAction
 from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
@@ -247,7 +247,7 @@ class _ConfigReader:
             raise self.error("driver.replay_window", "RFC 4303 §3.4.3 wants 32..4096 (64 recommended)")
         return settings
 
-    def actions(self, raw: Any) -> dict[str, FilterAction]:
+    def actions(self, raw: Any) -> dict[str, SPDAction]:
         raw = self.mapping(raw, "actions", set(raw) if isinstance(raw, dict) else set())
         out = {}
         for name, spec in raw.items():
@@ -263,7 +263,7 @@ class _ConfigReader:
             for key, value in flags.items():
                 if not isinstance(value, bool):
                     raise self.error(f"{path}.{key}", f"expected true or false, got {value!r}")
-            out[name] = FilterAction(name, action, methods, **flags)
+            out[name] = SPDAction(name, action, methods, **flags)
         return out
 
     def method(self, raw: Any, path: str) -> SecurityMethod:
@@ -275,8 +275,8 @@ class _ConfigReader:
                 self.convert(f"{path}.{key}", raw[key], lookup)
         return self.convert(path, raw, lambda r: SecurityMethod(**r))
 
-    def filters(self, raw: Any, actions: dict[str, FilterAction]) -> dict[str, tuple[Filter, ...]]:
-        builtin = {a.value: FilterAction(a.value, a) for a in (Action.PERMIT, Action.BLOCK)}
+    def filters(self, raw: Any, actions: dict[str, SPDAction]) -> dict[str, tuple[Filter, ...]]:
+        builtin = {a.value: SPDAction(a.value, a) for a in (Action.PERMIT, Action.BLOCK)}
         out: dict[str, tuple[Filter, ...]] = {}
         for i, spec in enumerate(self.sequence(raw, "filters")):
             path = f"filters[{i}]"

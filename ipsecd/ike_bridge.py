@@ -9,8 +9,8 @@ component imports the other.
 
 >>> from ipaddress import IPv4Network
 >>> from ipsecd.ike.settings import Selector
->>> from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
->>> secure = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+>>> from ipsecd.driver.spd import SPD, Action, Filter, SPDAction, SecurityMethod
+>>> secure = SPDAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 >>> spd = SPD(Filter("a-b", IPv4Network("10.0.0.1/32"), IPv4Network("10.0.0.0/24"), secure).mirrored())
 >>> secured_filter(spd, Selector.parse("10.0.0.1"), Selector.parse("10.0.0.2"), None, "10.0.0.2").name
 'a-b'
@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ipsecd.driver.sad import Lifetime, SecurityAssociation
-from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, PacketSelector, SecurityMethod
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, PacketSelector, SecurityMethod, SPDAction
 from ipsecd.ike.component import RATE_TABLE_LIMIT
 from ipsecd.ike.sa import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
@@ -44,7 +44,7 @@ SOFT_FRACTION = 0.9  # kilobyte lifetime at which the driver asks IKE to rekey (
 INVALID_SPI_INTERVAL = 5.0  # seconds between reactions to one peer's packets for SAs we do not have
 
 SAKey = tuple[int, str, str]  # (SPI, destination, protocol): how the driver and IKE name one SA
-DEFAULT_RESPONSE = FilterAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
+DEFAULT_RESPONSE = SPDAction("<Dynamic> default response", Action.NEGOTIATE, (SecurityMethod(),))
 
 
 class BridgedIKE(Protocol):

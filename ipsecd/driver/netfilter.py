@@ -23,8 +23,8 @@ The kernel decides per packet, so the daemon sees only traffic it must secure:
 The table is replaced atomically (one `nft -f` transaction), so a policy change never leaves a gap.
 
 >>> from ipaddress import IPv4Network as N
->>> from ipsecd.driver.spd import SPD, Action, Filter, FilterAction
->>> print(filter_rule(Filter("web", N("10.0.0.1/32"), N("10.0.0.0/24"), FilterAction("p", Action.PERMIT),
+>>> from ipsecd.driver.spd import SPD, Action, Filter, SPDAction
+>>> print(filter_rule(Filter("web", N("10.0.0.1/32"), N("10.0.0.0/24"), SPDAction("p", Action.PERMIT),
 ...                          protocol=6, dst_port=80)))
 ip saddr 10.0.0.1 ip daddr 10.0.0.0/24 meta l4proto 6 th dport 80 counter return comment "permit web"
 """

@@ -8,7 +8,7 @@ permit (pass in clear), block (drop) or negotiate (secure with an SA bundle, ask
 Filters are ordered by weight, most specific first, as Windows does: address specificity counts most, then
 a named protocol, then named ports; filters of equal weight keep the order they were given in.
 
->>> lan = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+>>> lan = SPDAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 >>> spd = SPD(Filter("a<->b", IPv4Network("10.0.0.1/32"), IPv4Network("10.0.0.2/32"), lan).mirrored())
 >>> spd.lookup(PacketSelector.parse(bytes.fromhex(
 ...     "45000054000040004001263e0a0000010a000002" "0800f7ff00000000")), Direction.OUTBOUND).name
@@ -67,8 +67,8 @@ class SecurityMethod:
 
 
 @dataclass(frozen=True)
-class FilterAction:
-    """What happens to packets that match a filter (the documents' 'filter action')."""
+class SPDAction:
+    """What the driver does with packets that match a filter: the SPD's form of a policy's filter action."""
 
     name: str
     action: Action
@@ -127,7 +127,7 @@ class Filter:
     name: str
     src: IPv4Network
     dst: IPv4Network
-    action: FilterAction
+    action: SPDAction
     direction: Direction = Direction.OUTBOUND
     protocol: int | None = None
     src_port: int | None = None

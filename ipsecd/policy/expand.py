@@ -125,7 +125,7 @@ def _is_mine(endpoint: Endpoint, mine: tuple[IPv4Address, ...]) -> bool:
             and endpoint.network.network_address in mine)
 
 
-def _specific(rule: Rule, generic: IPFilter, action: spd.FilterAction, sources: list[IPv4Network],
+def _specific(rule: Rule, generic: IPFilter, action: spd.SPDAction, sources: list[IPv4Network],
               destinations: list[IPv4Network], mine: tuple[IPv4Address, ...]) -> list[spd.Filter]:
     if rule.tunnel:
         direction = spd.Direction.INBOUND if rule.tunnel in mine else spd.Direction.OUTBOUND

@@ -281,8 +281,8 @@ class FilterAction:
     when_changed: int = 0
     description: str = ""
 
-    def to_spd(self) -> spd.FilterAction:
-        return spd.FilterAction(self.name, self.action, self.security_methods, self.pfs,
+    def to_spd(self) -> spd.SPDAction:
+        return spd.SPDAction(self.name, self.action, self.security_methods, self.pfs,
                                 self.accept_unsecured, self.fallback_to_clear)
 
 

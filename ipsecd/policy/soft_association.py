@@ -11,7 +11,7 @@ the driver holds for that peer, and ``expire`` when the soft association idles o
 quick mode idle timer), after which the next packet tries IKE again.
 
 >>> from ipsecd.driver import spd
->>> request = spd.FilterAction("request", spd.Action.NEGOTIATE, (spd.SecurityMethod(),),
+>>> request = spd.SPDAction("request", spd.Action.NEGOTIATE, (spd.SecurityMethod(),),
 ...                            fallback_to_clear=True)
 >>> soft = SoftAssociations(timeout=3.0)
 >>> soft.negotiation_started("10.0.0.9", now=100.0)
@@ -63,7 +63,7 @@ class SoftAssociations:
         if state:
             state.answered, state.soft = True, False
 
-    def verdict(self, peer: Peer, action: spd.FilterAction, now: float) -> Verdict:
+    def verdict(self, peer: Peer, action: spd.SPDAction, now: float) -> Verdict:
         state = self.peers.get(str(peer))
         if state is None or state.answered:
             return Verdict.WAIT

@@ -13,12 +13,12 @@ from scapy.layers.ipsec import AH, ESP, SecurityAssociation
 from ipsecd.driver.driver import IPsecDriver, RecordingWire
 from ipsecd.driver.sad import Lifetime
 from ipsecd.driver.sad import SecurityAssociation as SA
-from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+from ipsecd.driver.spd import SPD, Action, Filter, SecurityMethod, SPDAction
 
 A, B = "10.0.0.1", "10.0.0.2"
 GCM_KEY = bytes(range(20))
 CBC_KEY, SHA1_KEY = bytes(range(16)), bytes(range(100, 120))
-SECURE = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+SECURE = SPDAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 
 
 def host_filter(action=SECURE, tunnel=None, src=A, dst=B):
@@ -211,7 +211,7 @@ def test_ah_plus_esp_bundle_is_readable_by_scapy():
 
 def test_a_block_filter_loaded_later_drops_what_the_kernel_already_marked(host):
     driver, wire = host
-    driver.load_policy(SPD(host_filter(FilterAction("block", Action.BLOCK))))
+    driver.load_policy(SPD(host_filter(SPDAction("block", Action.BLOCK))))
     driver.outbound(bytes(ping()))
     assert wire.sent == [] and driver.counter_values()["dropped_by_policy"] == 1
 
@@ -276,7 +276,7 @@ def test_nat_keepalives_go_to_udp_encapsulated_peers_every_20_seconds():
 
 def test_a_block_filter_applies_to_decapsulated_packets_too(host):
     driver, wire = host
-    block = FilterAction("block", Action.BLOCK)
+    block = SPDAction("block", Action.BLOCK)
     driver.load_policy(SPD([*host_filter(),
                             *Filter("no-dns", IPv4Network(A), IPv4Network(B), block, protocol=17,
                                     dst_port=53).mirrored()]))

@@ -10,13 +10,13 @@ from scapy.layers.inet import ICMP, IP
 from scapy.packet import Raw
 
 from ipsecd.driver.driver import IPsecDriver, RecordingWire
-from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+from ipsecd.driver.spd import SPD, Action, Filter, SecurityMethod, SPDAction
 from ipsecd.ike.settings import PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from ipsecd.ike_bridge import IKEBridge, certificate_source, secured_filter
 from tests.unit.test_ike_component import A, B, negotiate
 from tests.vectors.pki import CA
 
-SECURE = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+SECURE = SPDAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 
 
 def host_filter(name: str, me: str, peer: str) -> SPD:

@@ -9,11 +9,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from ipsecd.driver.netfilter import Marks, Netfilter, filter_rule, rule_counters, ruleset
-from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, SecurityMethod
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, SecurityMethod, SPDAction
 
 MARKS = Marks(secure=0x2121, bypass=0x2122, table=2121, tun="ipsec0")
-SECURE = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
-LENIENT = FilterAction("request", Action.NEGOTIATE, (SecurityMethod(),), accept_unsecured=True)
+SECURE = SPDAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+LENIENT = SPDAction("request", Action.NEGOTIATE, (SecurityMethod(),), accept_unsecured=True)
 
 
 def net(text):
@@ -29,13 +29,13 @@ def test_negotiate_marks_outbound_and_drops_unsecured_inbound():
 
 @pytest.mark.parametrize("flag", ["accept_unsecured", "fallback_to_clear"])
 def test_inbound_passthrough_and_fallback_let_clear_inbound_in(flag):
-    action = FilterAction("request", Action.NEGOTIATE, (SecurityMethod(),), **{flag: True})
+    action = SPDAction("request", Action.NEGOTIATE, (SecurityMethod(),), **{flag: True})
     back = Filter("a-b", net("10.0.0.2/32"), net("10.0.0.1/32"), action, Direction.INBOUND)
     assert filter_rule(back).endswith('counter return comment "accept-unsecured a-b"')
 
 
 def test_any_to_any_block_matches_only_ipv4_and_ports_need_a_protocol():
-    block = Filter("all", net("0.0.0.0/0"), net("0.0.0.0/0"), FilterAction("b", Action.BLOCK), protocol=17,
+    block = Filter("all", net("0.0.0.0/0"), net("0.0.0.0/0"), SPDAction("b", Action.BLOCK), protocol=17,
                    src_port=53)
     assert filter_rule(block) == ('meta nfproto ipv4 meta l4proto 17 th sport 53 counter drop '
                                   'comment "block all"')
@@ -44,7 +44,7 @@ def test_any_to_any_block_matches_only_ipv4_and_ports_need_a_protocol():
 def test_ruleset_orders_filters_by_weight_and_exempts_ike_first():
     spd = SPD([
         Filter("lan", net("10.0.0.0/24"), net("10.0.0.0/24"), SECURE, tunnel=IPv4Address("10.0.0.254")),
-        Filter("web", net("10.0.0.1/32"), net("10.0.0.2/32"), FilterAction("p", Action.PERMIT), protocol=6,
+        Filter("web", net("10.0.0.1/32"), net("10.0.0.2/32"), SPDAction("p", Action.PERMIT), protocol=6,
                dst_port=80),
     ])
     text = ruleset(spd, MARKS)
@@ -58,7 +58,7 @@ def test_nft_accepts_the_ruleset():
     spd = SPD([*Filter("a-b", net("10.0.0.1/32"), net("10.0.0.2/32"), SECURE).mirrored(),
                *Filter("quote\"d", net("10.0.0.0/8"), net("0.0.0.0/0"), LENIENT, protocol=6,
                        dst_port=443).mirrored(),
-               Filter("no", net("0.0.0.0/0"), net("192.0.2.0/24"), FilterAction("b", Action.BLOCK))])
+               Filter("no", net("0.0.0.0/0"), net("192.0.2.0/24"), SPDAction("b", Action.BLOCK))])
     check = subprocess.run(["nft", "-c", "-f", "-"], input=ruleset(spd, MARKS), capture_output=True,
                            text=True)
     if "Operation not permitted" in check.stderr:

@@ -100,7 +100,7 @@ def test_actions_reach_the_driver():
                     '{name: req, action: negotiate, accept_unsecured: true, fallback_to_clear: true,'
                     ' pfs: true, security_methods: ["ESP[DES,MD5]:1000k/60s"]}'))
     action = expand(p, [ME1])[0].action
-    assert action == spd.FilterAction("req", spd.Action.NEGOTIATE,
+    assert action == spd.SPDAction("req", spd.Action.NEGOTIATE,
                                       (spd.SecurityMethod("des-cbc", "hmac-md5-96", None, 60, 1000),),
                                       pfs=True, accept_unsecured=True, fallback_to_clear=True)
 

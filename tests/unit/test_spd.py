@@ -5,11 +5,11 @@ from ipaddress import IPv4Network
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from ipsecd.driver.spd import SPD, Action, Direction, Filter, FilterAction, PacketSelector, SecurityMethod
+from ipsecd.driver.spd import SPD, Action, Direction, Filter, PacketSelector, SecurityMethod, SPDAction
 
-PERMIT = FilterAction("permit", Action.PERMIT)
-BLOCK = FilterAction("block", Action.BLOCK)
-SECURE = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+PERMIT = SPDAction("permit", Action.PERMIT)
+BLOCK = SPDAction("block", Action.BLOCK)
+SECURE = SPDAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 
 
 def net(text: str) -> IPv4Network:
@@ -102,7 +102,7 @@ def test_invalid_definitions_are_refused():
     with pytest.raises(ValueError, match="ports need protocol"):
         Filter("bad", net("10.0.0.1/32"), net("10.0.0.2/32"), PERMIT, dst_port=80)
     with pytest.raises(ValueError, match="at least one security method"):
-        FilterAction("empty", Action.NEGOTIATE)
+        SPDAction("empty", Action.NEGOTIATE)
     with pytest.raises(ValueError, match="ESP, AH or both"):
         SecurityMethod(esp_encryption=None, esp_integrity=None)
 

@@ -106,12 +106,12 @@ IN_A_NETWORK_NAMESPACE = """
 import json, socket, subprocess
 from ipaddress import IPv4Network as N
 from ipsecd.driver.netfilter import Marks, Netfilter
-from ipsecd.driver.spd import SPD, Action, Filter, FilterAction, SecurityMethod
+from ipsecd.driver.spd import SPD, Action, Filter, SPDAction, SecurityMethod
 sh = lambda command: subprocess.run(command, shell=True, check=True)
 sh("ip link set lo up; ip link add eth1 type veth peer name lan; ip addr add 10.0.0.1/24 dev eth1")
 sh("ip link add ipsec0 type veth peer name nobody")  # stands in for the TUN: a wire nobody reads
 sh("for link in eth1 lan ipsec0 nobody; do ip link set $link up; done")
-secure = FilterAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
+secure = SPDAction("secure", Action.NEGOTIATE, (SecurityMethod(),))
 me_any = Filter("me-any", N("10.0.0.1/32"), N("0.0.0.0/0"), secure).mirrored()
 kernel = Netfilter(Marks(secure=0x2121, bypass=0x2122, table=2121, tun="ipsec0"))
 kernel.install(SPD(list(me_any)))

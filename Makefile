@@ -53,3 +53,9 @@ lint: venv
 
 clean:
 	rm -rf .build results
+
+# Every fuzz target at length (results/fuzz/<target>/crash-* on a crash); `make test` runs them briefly.
+FUZZ_INPUTS ?= 1000000
+.PHONY: fuzz
+fuzz: venv
+	nice -n 10 $(PY) -m fuzz --inputs $(FUZZ_INPUTS)

@@ -24,6 +24,7 @@ ipsecd.config.ConfigError: ipsecd.yaml:2: driver.mtu: 50 is outside 576..9000
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -35,7 +36,10 @@ import yaml
 
 from ipsecd import algorithms, yaml_lines
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, SecurityMethod, SPDAction
+from ipsecd.ike import natt
+from ipsecd.ike.settings import Kerberos
 from ipsecd.policy.model import parse_port, parse_protocol  # one spelling for manual and policy filters
+from ipsecd.policy.policyfile import parse_duration
 
 DEFAULT_PATH = Path("/etc/ipsecd/ipsecd.yaml")
 ANY = IPv4Network("0.0.0.0/0")
@@ -89,14 +93,39 @@ class IKESettings:
     certificate: Path | None = None  # this node's certificate (PEM), for certificate authentication
     private_key: Path | None = None  # its RSA key (PEM, unencrypted)
     trusted_cas: tuple[Path, ...] = ()  # CA certificates (PEM); a policy names the CA it trusts
+    #: seconds, instead of every rule's master key lifetime: lets a lab cross main mode lifetimes in a test
+    #: (a policy's floor is Windows' 5 minutes); None: the policy's
+    main_mode_lifetime: int | None = None
+    #: NAT-T revisions announced and accepted, by preference (rfc3947, draft-02); None: draft-02 only, as
+    #: Windows Server 2003; [] turns NAT-T off
+    nat_traversal: tuple[str, ...] | None = None
+    kerberos: Kerberos | None = None  # a domain member's computer account: keytab, principal (method 65001)
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    """A domain member's directory store (docs/directory.md): its DC, its computer account, its cache."""
+
+    dc: IPv4Address  # the DC's remembered address: no name lookup when it is down (a 49 s resolver stall)
+    realm: str  # LAB.TEST
+    dc_name: str  # the Kerberos target and the certificate's name; default dc.<realm>
+    ca: Path | None  # the DC's CA (PEM) for LDAPS
+    keytab: Path = Path("/etc/krb5.keytab")  # the computer account's keys (mode 600): no password
+    account: str | None = None  # None: this host's name + "$", as Windows names computer accounts
+    cache: Path = Path("/var/lib/ipsecd/cache")  # the documents' ...\IPSec\Policy\Cache
+    ccache: Path = Path("/run/ipsecd/krb5cc")  # tickets kept between binds
+    group_policy_interval: int = 90 * 60  # seconds; Winlogon's 90 minutes
+    timeout: float = 1.0  # connect and receive, seconds: a DC that is down costs about this much
+    krb5_config: Path | None = None  # KRB5_CONFIG for ipsecd (None: /etc/krb5.conf)
 
 
 @dataclass(frozen=True)
 class PolicySettings:
-    """Where the Policy Agent reads the node's IPsec policy (docs/policy.md)."""
+    """Where the Policy Agent reads the node's IPsec policy (docs/policy.md, docs/directory.md)."""
 
     store: Path  # a LocalStore folder: one policy per *.yaml and an `assigned` file
     assign: str | None = None  # at start, assign this file of the store (else `assigned` says which)
+    directory: DirectorySettings | None = None  # a domain member: the directory first, the local store last
 
 
 @dataclass(frozen=True)
@@ -145,7 +174,8 @@ class _ConfigReader:
         for key in value:
             if key not in allowed:
                 raise self.error(f"{path}.{key}" if path else str(key),
-                                 f"unknown field; known: {', '.join(sorted(allowed))}")
+                                 f"unknown field{yaml_lines.did_you_mean(key, allowed)}; "
+                                 f"known: {', '.join(sorted(allowed))}")
         for key in sorted(required - value.keys()):
             raise self.error(f"{path}.{key}" if path else key, "missing")
         return value
@@ -198,16 +228,47 @@ class _ConfigReader:
         return (Path(self.name).parent / value).absolute()
 
     def policy(self, raw: Any) -> PolicySettings:
-        raw = self.mapping(raw, "policy", {"store", "assign"}, {"store"})
+        raw = self.mapping(raw, "policy", {"store", "assign", "directory"}, {"store"})
         assign = raw.get("assign")
         if assign is not None and (not isinstance(assign, str) or "/" in assign or not assign):
             raise self.error("policy.assign", f"expected the file name of a policy in the store, "
                                               f"got {assign!r}")
-        return PolicySettings(self.path(raw["store"], "policy.store"), assign)
+        directory = self.directory(raw["directory"]) if raw.get("directory") is not None else None
+        return PolicySettings(self.path(raw["store"], "policy.store"), assign, directory)
+
+    def directory(self, raw: Any) -> DirectorySettings:
+        path = "policy.directory"
+        raw = self.mapping(raw, path, {"dc", "realm", "dc_name", "ca", "keytab", "account", "cache", "ccache",
+                                       "group_policy_interval", "timeout", "krb5_config"}, {"dc", "realm"})
+        realm = raw["realm"]
+        if not isinstance(realm, str) or not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", realm):
+            raise self.error(f"{path}.realm", f"expected a realm such as LAB.TEST, got {realm!r}")
+        if not isinstance(raw["dc"], str) or not re.fullmatch(r"[0-9.]+", raw["dc"]):
+            raise self.error(f"{path}.dc", f"expected the DC's IPv4 address (remembered: no name lookup when "
+                                           f"it is down), got {raw['dc']!r}")
+        values: dict[str, Any] = {"dc": self.convert(f"{path}.dc", raw["dc"], IPv4Address),
+                                  "realm": realm.upper(), "dc_name": f"dc.{realm.lower()}", "ca": None}
+        for key in ("dc_name", "account"):
+            if key in raw:
+                if not isinstance(raw[key], str) or not raw[key] or any(c.isspace() for c in raw[key]):
+                    raise self.error(f"{path}.{key}", f"expected a name without spaces, got {raw[key]!r}")
+                values[key] = raw[key]
+        for key in ("ca", "keytab", "cache", "ccache", "krb5_config"):
+            if key in raw:
+                values[key] = self.path(raw[key], f"{path}.{key}")
+        if "group_policy_interval" in raw:
+            values["group_policy_interval"] = self.convert(f"{path}.group_policy_interval",
+                                                           raw["group_policy_interval"], parse_duration)
+        if "timeout" in raw:
+            if not _positive(raw["timeout"]) or raw["timeout"] > 30:
+                raise self.error(f"{path}.timeout", f"expected seconds in (0, 30], got {raw['timeout']!r}")
+            values["timeout"] = float(raw["timeout"])
+        return DirectorySettings(**values)
 
     def ike(self, raw: Any) -> IKESettings:
         raw = self.mapping(raw, "ike", {"address", "retransmit", "keepalive_seconds", "certificate",
-                                        "private_key", "trusted_cas"})
+                                        "private_key", "trusted_cas", "main_mode_lifetime", "nat_traversal",
+                                        "kerberos"})
         values: dict[str, Any] = {}
         if raw.get("address") is not None:
             values["address"] = self.convert("ike.address", raw["address"], IPv4Address)
@@ -221,6 +282,12 @@ class _ConfigReader:
                 raise self.error("ike.keepalive_seconds", f"expected positive seconds, got "
                                                           f"{raw['keepalive_seconds']!r}")
             values["keepalive_seconds"] = raw["keepalive_seconds"]
+        if "main_mode_lifetime" in raw:
+            lifetime = raw["main_mode_lifetime"]
+            if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 1 <= lifetime <= 48 * 3600:
+                raise self.error("ike.main_mode_lifetime", f"expected whole seconds from 1 to 172800 (48 "
+                                                           f"hours), got {lifetime!r}")
+            values["main_mode_lifetime"] = lifetime
         for key in ("certificate", "private_key"):
             if raw.get(key) is not None:
                 values[key] = self.path(raw[key], f"ike.{key}")
@@ -229,7 +296,42 @@ class _ConfigReader:
                                                                           "ike.trusted_cas")))
         if ("certificate" in values) != ("private_key" in values):
             raise self.error("ike.certificate", "certificate and private_key go together")
+        if raw.get("kerberos") is not None:
+            values["kerberos"] = self.kerberos(raw["kerberos"])
+        if "nat_traversal" in raw:
+            values["nat_traversal"] = self.nat_traversal(raw["nat_traversal"])
         return IKESettings(**values)
+
+    def kerberos(self, raw: Any) -> Kerberos:
+        """``ike.kerberos``: the computer account IKE authenticates as (its keytab, no password)."""
+        raw = self.mapping(raw, "ike.kerberos", {"keytab", "principal", "service", "ccache",
+                                                 "kdc_timeout_seconds"}, {"keytab", "principal"})
+        timeout = raw.get("kdc_timeout_seconds", Kerberos.kdc_timeout)
+        if not _positive(timeout):
+            raise self.error("ike.kerberos.kdc_timeout_seconds",
+                             f"expected positive seconds, got {timeout!r}")
+        for key in ("principal", "service", "ccache"):
+            if key in raw and (not isinstance(raw[key], str) or not raw[key]):
+                raise self.error(f"ike.kerberos.{key}", f"expected text, got {raw[key]!r}")
+        try:
+            return Kerberos(str(self.path(raw["keytab"], "ike.kerberos.keytab")), raw["principal"],
+                            raw.get("service", ""), raw.get("ccache", ""), kdc_timeout=float(timeout))
+        except ValueError as e:
+            raise self.error("ike.kerberos.principal", str(e)) from None
+
+    def nat_traversal(self, raw: Any) -> tuple[str, ...]:
+        """The NAT-T revisions IKE announces: [draft-02] (the default, as Windows Server 2003), [rfc3947,
+        draft-02], [] (none: no NAT-T vendor IDs, no NAT-D)."""
+        names = self.sequence(raw, "ike.nat_traversal")
+        for i, name in enumerate(names):
+            path = f"ike.nat_traversal[{i}]"
+            if name not in natt.VARIANTS:
+                hint = yaml_lines.did_you_mean(name, natt.VARIANTS)
+                raise self.error(path, f"{name!r} is not a NAT-T revision{hint}; known: "
+                                       f"{', '.join(natt.VARIANTS)} ([] turns NAT-T off)")
+            if name in names[:i]:
+                raise self.error(path, f"{name!r} is named twice")
+        return tuple(names)
 
     def driver(self, raw: Any) -> DriverSettings:
         known = DriverSettings.__dataclass_fields__

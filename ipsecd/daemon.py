@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -27,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ipsecd import config, control
-from ipsecd.config import ConfigError, ManualSA, NodeConfig, PolicySettings
+from ipsecd.config import ConfigError, DirectorySettings, ManualSA, NodeConfig, PolicySettings
 from ipsecd.counters import GLOBAL_COUNTERS
 from ipsecd.driver import keyexport
 from ipsecd.driver.driver import DRIVER_COUNTERS, IKEHooks, IPsecDriver
@@ -39,6 +40,8 @@ from ipsecd.ike.component import IKE
 from ipsecd.ike_bridge import IKEBridge, certificate_source
 from ipsecd.policy import interface_manager
 from ipsecd.policy.agent import Negotiator, PolicyAgent, PolicyChange
+from ipsecd.policy.directory_store import DirectoryStore
+from ipsecd.policy.ldap_directory import Credentials, DirectoryServer
 from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
 
@@ -46,6 +49,7 @@ log = logging.getLogger("ipsecd")
 
 SOFT_FRACTION = 0.9  # a manual SA's soft lifetime, as a share of its hard lifetime
 EXPIRY_INTERVAL = 1.0
+RESCHEDULE_SECONDS = 1.0  # the polling task's longest sleep
 COUNTER_LABELS = dict(GLOBAL_COUNTERS) | dict(DRIVER_COUNTERS) | {
     "blocked_by_filter": "Packets Blocked By Filters (kernel)",
     "unsecured_packets_dropped": "Unsecured Packets Dropped (kernel)",
@@ -76,6 +80,18 @@ def event_kind(text: str) -> str:
     return "ike"
 
 
+def directory_store(d: DirectorySettings, local: LocalStore) -> DirectoryStore:
+    """A domain member's store: its DC by remembered address, its computer account's keytab, its cache."""
+    if d.krb5_config is not None:
+        os.environ["KRB5_CONFIG"] = str(d.krb5_config)  # read by the Kerberos library at the first bind
+    d.ccache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    server = DirectoryServer(str(d.dc), d.dc_name, d.realm, d.ca, timeout=d.timeout)
+    account = d.account or f"{socket.gethostname().split('.')[0]}$"
+    credentials = Credentials(account, keytab=d.keytab, ccache=d.ccache)
+    return DirectoryStore(server, credentials, d.cache, local=local,
+                          group_policy_interval=d.group_policy_interval)
+
+
 class PolicyKeying:
     """The Policy Agent, IKE and the Negotiator of a policy-configured node, wired to its driver."""
 
@@ -89,17 +105,22 @@ class PolicyKeying:
         if address is None:
             raise ConfigError(f"{cfg.path}: ike.address: this node has no IPv4 address to run IKE on")
         self.ike = IKE(str(address), self.bridge, send_4500=wire.send_udp, retransmit=s.retransmit,
-                       keepalive_interval=s.keepalive_seconds)
+                       keepalive_interval=s.keepalive_seconds, main_mode_lifetime=s.main_mode_lifetime,
+                       nat_traversal=s.nat_traversal)
         self.bridge.ike = self.ike
-        store = LocalStore(p.store)
+        local = LocalStore(p.store)
         if p.assign:
             path = p.store / p.assign
             if not path.is_file():
                 raise ConfigError(f"{cfg.path}: policy.assign: {path} does not exist")
-            store.assign(PolicyRef(str(path)))
+            local.assign(PolicyRef(str(path)))
+        store = directory_store(p.directory, local) if p.directory else local
         certificates = certificate_source(s.certificate, s.private_key, s.trusted_cas)
         self.agent = PolicyAgent(store, self.bridge, self.ike, addresses=self.addresses,
-                                 certificate_for=certificates, log=lambda event: log.info("%s", event))
+                                 certificate_for=certificates, kerberos=s.kerberos,
+                                 log=lambda event: log.info("%s", event))
+        if isinstance(store, DirectoryStore):
+            store.log = self.agent.note  # the store's warnings (cache in use, refused objects) as events
         self.negotiator = Negotiator(self.agent, self.ike, driver)
         self.bridge.negotiator = self.negotiator
         self.ike.on_peer_message = self.negotiator.peer_answered
@@ -107,6 +128,10 @@ class PolicyKeying:
 
     def addresses(self):
         return interface_manager.addresses(exclude=[self.tun])
+
+    def store_name(self) -> str:
+        d = self.settings.directory
+        return f"{self.settings.store}" + (f" under the directory of {d.realm} (DC {d.dc})" if d else "")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,17 +141,21 @@ class PolicyKeying:
             self.agent.apply()
 
     async def poll(self) -> None:
-        """The Policy Agent's polling, acting on what each change touched."""
+        """The Policy Agent's polling, acting on what each change touched. It looks at the schedule every
+        second at least: a refresh applying a policy with a shorter interval moves the next poll closer."""
         while True:
-            await asyncio.sleep(self.agent.seconds_until_poll())
-            self.changed(self.agent.poll())
+            await asyncio.sleep(min(self.agent.seconds_until_poll(), RESCHEDULE_SECONDS))
+            if self.agent.seconds_until_poll() <= 0:
+                self.changed(self.agent.poll())
 
     def changed(self, change: PolicyChange | None) -> None:
-        """Delete the SAs of the rules a policy change touched (telling the peer); every other SA stays."""
+        """Delete the SAs of the rules a policy change touched (telling the peer), and the main mode SAs
+        authenticated otherwise than the new policy says; every other SA stays."""
         if change is None:
             return
         for spi in self.bridge.quick_modes_of_filters(change.touched_filters):
             self.ike.expire(spi, hard=True, reason="its policy rule changed")
+        self.ike.delete_main_modes(change.reauthenticate, "the authentication of its policy rule changed")
 
     def refresh(self) -> dict:
         change = self.agent.refresh()
@@ -308,7 +337,7 @@ class Daemon:
             polling = asyncio.create_task(self.keying.poll())
         server = await control.serve(self.cfg.driver.socket, self.handlers())
         keying = self.keying
-        how = (f"policy store {keying.settings.store}, IKE on {keying.ike.local_address}" if keying
+        how = (f"policy store {keying.store_name()}, IKE on {keying.ike.local_address}" if keying
                else f"{len(self.cfg.spd)} filters, {len(self.cfg.sas)} manual SAs")
         log.info("ipsecd running: %s, TUN %s, control socket %s", how, self.cfg.driver.tun,
                  self.cfg.driver.socket)
@@ -346,10 +375,13 @@ def check_policy(settings: PolicySettings) -> str:
     """`ipsecd --check` for a policy node: the assigned policy, read and checked as the agent does."""
     store, assign = LocalStore(settings.store), settings.assign
     ref = PolicyRef(str(settings.store / assign)) if assign else store.assigned_policy()
+    d = settings.directory
+    domain = f"; the domain's Group Policy first (DC {d.dc}, {d.realm}: not contacted by --check)" \
+        if d else ""
     if ref is None:
-        return f"no policy assigned in {settings.store}"
+        return f"no policy assigned in {settings.store}{domain}"
     policy = store.load(ref)
-    return f"policy {policy.name!r} ({ref.location}): {len(policy.rules)} rules"
+    return f"local policy {policy.name!r} ({ref.location}): {len(policy.rules)} rules{domain}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,7 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             print(f"{args.config}: OK, {check_policy(cfg.policy)}")
-        except (PolicyError, OSError) as e:
+        except PolicyError as e:
+            count = len(e.problems)
+            print(f"ipsecd: the assigned policy is refused ({count} problem{'s' * (count != 1)}):\n{e}",
+                  file=sys.stderr)
+            return 2
+        except OSError as e:
             print(f"ipsecd: the assigned policy is refused: {e}", file=sys.stderr)
             return 2
         return 0

@@ -26,9 +26,8 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -37,6 +36,9 @@ from ipsecd.driver.spd import SPD, Action, Direction, Filter, PacketSelector, Se
 from ipsecd.ike.component import RATE_TABLE_LIMIT
 from ipsecd.ike.sa import ChildSA, QuickModeDone
 from ipsecd.ike.settings import Certificates, Selector
+
+if TYPE_CHECKING:  # annotations only
+    from cryptography import x509
 
 log = logging.getLogger("ipsecd.ike")
 
@@ -238,6 +240,8 @@ def certificate_source(certificate: Path | None, private_key: Path | None,
     def certificate_for(ca_name: str) -> Certificates:
         if certificate is None or private_key is None:
             raise KeyError("no ike.certificate and ike.private_key in the node configuration")
+        from cryptography import x509  # when a policy uses certificates: a PSK-only ipsecd never loads it
+
         cert = x509.load_pem_x509_certificate(certificate.read_bytes())
         key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
@@ -259,5 +263,7 @@ def _name_parts(name: str) -> set[str]:
 
 
 def _common_name(cert: x509.Certificate) -> str | None:
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    from cryptography.x509.oid import NameOID
+
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else None

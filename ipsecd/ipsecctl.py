@@ -18,6 +18,16 @@ With a policy (docs/ike.md):
     ipsecctl refresh                        re-read the policy now (gpupdate); SAs of changed rules go
     ipsecctl export FILE | import FILE [--assign]
 
+On a domain member (policy.directory in ipsecd.yaml, docs/directory.md), `ipsecctl policy` says first where
+the policy came from (directory, cache or local store), its ipsecID, whenChanged and GPO, and
+
+    ipsecctl static COMMAND ...             administer the directory's policies and Group Policy objects
+                                            (netsh ipsec static): list, show, create, import, export,
+                                            delete, gpo create|link|unlink|block|delete|list, assign,
+                                            unassign, resolve; the DC's address, realm and CA default to
+                                            ipsecd.yaml's; administrator credentials: --password-file,
+                                            $IPSEC_ADMIN_PASSWORD or --keytab
+
 Exit code 0 on success, 1 when ipsecd refuses or cannot be reached (the reason on stderr).
 """
 
@@ -118,7 +128,21 @@ def show_policy(result: dict | list | None) -> str:
     if isinstance(result, list):  # --all
         columns = ["name", "guid", "when_changed", "assigned", "location"]
         return show_rows(columns, "the store is empty")(result)
-    return yaml.safe_dump(result, sort_keys=False, width=110).rstrip()
+    source = result.pop("source", None)
+    lines = [show_source(source)] if source else []
+    policy = yaml.safe_dump(result, sort_keys=False, width=110).rstrip() if result else "no policy assigned"
+    lines.append(policy)
+    return "\n".join(lines)
+
+
+def show_source(s: dict) -> str:
+    """Where a domain member's policy came from, as one or two lines."""
+    where = {"directory": f"from the directory ({s['dc']})", "cache": "from the local cache",
+             "local": "from the local store", "none": "none"}.get(s["source"], s["source"])
+    details = [f"{k} {s[v]}" for k, v in (("GPO", "gpo"), ("ipsecID", "ipsec_id"),
+                                          ("whenChanged", "when_changed")) if s.get(v)]
+    text = f"# policy source: {where}" + (f"; {', '.join(details)}" if details else "")
+    return text + (f"\n# because: {s['reason']}" if s.get("reason") else "")
 
 
 def show_refresh(result: dict) -> str:
@@ -185,7 +209,8 @@ def write_keys(result: dict, args: argparse.Namespace) -> None:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipsecctl", description="monitor and administer ipsecd")
     parser.add_argument("-s", "--socket", default=config.DriverSettings.socket, help="ipsecd control socket")
-    parser.add_argument("command", choices=[*VIEWS, "keys", "reload", "export", "import"])
+    parser.add_argument("command", choices=[*VIEWS, "keys", "reload", "export", "import", "static"],
+                        help="static: see `ipsecctl static --help`")
     parser.add_argument("path", nargs="?", help="export/import: the policy file")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--generic", action="store_true", help="filters: the policy's filters as written")
@@ -200,7 +225,29 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def static(argv: list[str], config_path: str = str(config.DEFAULT_PATH)) -> int:
+    """`ipsecctl static ...`: the directory administration command line, where the DC is taken from this
+    node's ipsecd.yaml (policy.directory) unless given."""
+    from ipsecd.policy import directory_admin
+
+    try:
+        directory = config.load(config_path).policy
+    except config.ConfigError:
+        directory = None  # not a configured member: the options or $IPSEC_* say where the DC is
+    d = directory.directory if directory else None
+    if d is not None:
+        defaults = (("IPSEC_DC_ADDRESS", d.dc), ("IPSEC_REALM", d.realm), ("IPSEC_DC_NAME", d.dc_name),
+                    ("IPSEC_DC_CA", d.ca), ("KRB5_CONFIG", d.krb5_config))
+        for name, value in defaults:
+            if value is not None:
+                os.environ.setdefault(name, str(value))
+    return directory_admin.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["static"]:
+        return static(argv[1:])
     args = make_parser().parse_args(argv)
     command, command_args = request_for(args)
     try:

@@ -2,11 +2,14 @@
 
 ipsecd.yaml (config.py) and policy files (policy/policyfile.py) name the file and line of every problem;
 both compose the text here and look a field up here, by the path spelling they share: 'sas[1].spi'.
+A misspelt name (a field, an algorithm, an action) gets the closest known one suggested.
 
 >>> node = compose("a:\\n  b: [1, 2]\\n", "x.yaml")
 >>> lines = value_lines(node)
 >>> lines["a.b[1]"], enclosing_line(lines, "a.b[1].c")
 (2, 2)
+>>> did_you_mean("destinaton", ["source", "destination"])
+" (did you mean 'destination'?)"
 >>> compose("a: b: c", "x.yaml")
 Traceback (most recent call last):
 ...
@@ -15,7 +18,10 @@ ipsecd.yaml_lines.YamlSyntaxError: x.yaml:1: not valid YAML: mapping values are 
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import re
+from collections.abc import Iterable
 
 import yaml
 
@@ -28,10 +34,32 @@ class YamlSyntaxError(ValueError):
         self.where, self.message = where, message
 
 
+MAX_NESTING = 16  # a policy file nests 7 deep (policy, rules, rule, filter list, filters, filter, value)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing collections nested deeper than a policy has any use for: PyYAML
+    composes recursively (a deep file raised RecursionError) and scans deep flow collections in quadratic
+    time (3,000 '[' took seconds)."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.depth >= MAX_NESTING:
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"collections nested deeper than {MAX_NESTING}",
+                                              event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def compose(text: str, source: str) -> yaml.Node | None:
     """The node tree of `text` (None for an empty document); YamlSyntaxError names `source` and the line."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=_BoundedLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -58,3 +86,21 @@ def enclosing_line(lines: dict[str, int], path: str) -> int | None:
     while path and path not in lines:
         path = re.sub(r"(\.[^.\[]+|\[\d+\]|^[^.\[]+)$", "", path)
     return lines.get(path)
+
+
+def did_you_mean(word: object, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' when a known name is close to a misspelt one (difflib), else ''.
+
+    Of equally close names the one sharing the longest beginning wins: AES129 is AES128, not AES192.
+    """
+    text = str(word)
+    close = difflib.get_close_matches(text, list(known), n=5, cutoff=0.6)
+    if not close:
+        return ""
+
+    def score(name: str) -> tuple[float, int]:
+        same = itertools.takewhile(lambda pair: pair[0] == pair[1], zip(text, name, strict=False))
+        prefix = sum(1 for _ in same)
+        return difflib.SequenceMatcher(None, text, name).ratio(), prefix
+
+    return f" (did you mean {max(close, key=score)!r}?)"

@@ -1,6 +1,6 @@
 """The `lab` command (also `python -m lab`).
 
-lab up [TOPO] [--name NAME]       bring a topology up (builds missing images first)
+lab up [TOPO] [--name NAME]       bring a topology up (builds missing images first); --param clients=100
 lab down [TOPO] [--name NAME]     remove it (idempotent); --all: every lab of this checkout (--force: all)
 lab status                        nodes, roles, state, addresses, services of every running lab
 lab exec NODE [--name LAB] -- CMD run a command in a node (standard input passed through)
@@ -61,8 +61,19 @@ def _lab_name(args) -> str:
     return topologies.load(args.topology).name
 
 
+def _parameters(given: list[str]) -> dict:
+    """`--param name=N` options as topology overrides."""
+    values = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit():
+            raise LabError(f"--param {item}: expected name=N (a whole number), e.g. --param clients=100")
+        values[name] = int(value)
+    return {"parameters": values} if values else {}
+
+
 def cmd_up(args) -> int:
-    topo = topologies.load(args.topology)
+    topo = topologies.load(args.topology, _parameters(args.param))
     engine, name = backend(), args.name or os.environ.get(NAME_VARIABLE) or topo.name
     running = [node for node, state in engine.node_states(name).items() if state == "running"]
     if args.replace:
@@ -375,6 +386,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--force", action="store_true", help="with --all: every lab on this machine")
         else:
             s.add_argument("--replace", action="store_true", help="tear the lab down first if it is up")
+            s.add_argument("--param", action="append", default=[], metavar="NAME=N", help="e.g. clients=100")
     s = verb("status", cmd_status, "running labs")
     s.add_argument("--json", action="store_true")
     s = verb("exec", cmd_exec, "run a command in a node")

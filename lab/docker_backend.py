@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import docker
+import requests
 from docker.models.containers import Container
 
 from lab import fabric, model, node_setup
@@ -29,6 +33,17 @@ from lab.images import ROOT, Images
 from lab.running import Lab, Node
 
 LABEL = "ipsec-lab"
+#: Containers created, configured or removed at once. The engine serialises much of the work (and a
+#: node's start-up is CPU bound), so more only makes each request slower: measured in bench_star.
+WORKERS = 4
+#: How long one Docker API request may take before the lab gives up on it (docker-py's default: 60 s).
+ENGINE_TIMEOUT = 180.0
+#: Seconds between progress lines of a long `lab up` or `lab down`.
+PROGRESS_EVERY = 5.0
+
+log = logging.getLogger("lab")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _netns_path(container: Container) -> str:
@@ -39,11 +54,17 @@ class DockerBackend:
     """Brings topologies up and down as Docker containers; no global state, so several labs can coexist."""
 
     def __init__(
-        self, client: docker.DockerClient | None = None, images: Images | None = None, checkout: Path = ROOT
+        self,
+        client: docker.DockerClient | None = None,
+        images: Images | None = None,
+        checkout: Path = ROOT,
+        workers: int = WORKERS,
+        engine_timeout: float = ENGINE_TIMEOUT,
     ):
-        self.client = client or docker.from_env()
+        self.client = client or docker.from_env(timeout=int(engine_timeout))
         self.images = images or Images(self.client)
         self.checkout = checkout
+        self.workers, self.engine_timeout = workers, engine_timeout
 
     # -- discovery ---------------------------------------------------------------------------------------
     def containers(self, lab: str | None = None) -> list[Container]:
@@ -62,7 +83,11 @@ class DockerBackend:
 
     # -- up ----------------------------------------------------------------------------------------------
     def up(self, topology: model.Topology, name: str | None = None, results_dir: Path | None = None) -> Lab:
-        """Create containers, wire them, configure them, and return once every node is ready."""
+        """Create containers, wire them, configure them, and return once every node is ready.
+
+        Containers are created and configured a few at a time (`workers`): on two cores, a hundred
+        requests at once only lengthen every request until the engine's answers time out. Progress is
+        logged; on any failure (or Ctrl-C) everything made so far is removed before the error is raised."""
         name = name or topology.name
         if not topology.runnable:
             raise LabError(f"topology {topology.name} is not runnable yet: {topology.reason}")
@@ -71,30 +96,88 @@ class DockerBackend:
             raise LabError(f"lab {name} is already up (or left over): `lab down --name {name}` first")
         lab = Lab(name, topology, results_dir or RESULTS / "labs" / name, self)
         tags = {kind: self.images.ensure(kind) for kind in {n.image for n in topology.nodes.values()}}
+        specs = list(topology.nodes.values())
+        began = time.monotonic()
         try:
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                started = pool.map(
-                    lambda spec: self._start_container(lab, spec, tags[spec.image]), topology.nodes.values()
-                )
-                made = pool.submit(links.create, topology)
-                specs = topology.nodes.values()
-                containers = {spec.name: c for spec, c in zip(specs, started, strict=True)}
-                made.result()
-            for spec in topology.nodes.values():
-                links.wire(spec, _netns_path(containers[spec.name]))
-            wait_until(
-                lambda: all(self._ready(spec, containers[spec.name]) for spec in topology.nodes.values()),
-                10,
-                what=f"lab {name}: every node running with its interfaces up",
+            links.create(topology)
+            started = self._each(
+                f"lab {name}: containers started",
+                lambda spec: self._start_container(lab, spec, tags[spec.image]),
+                specs,
+                lambda spec: f"starting {self._container_name(name, spec.name)}",
             )
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(node_setup.configure, lab.nodes.values()))
+            containers = {spec.name: c for spec, c in zip(specs, started, strict=True)}
+            lab.timings["containers"] = time.monotonic() - began
+            for spec in specs:
+                links.wire(spec, _netns_path(containers[spec.name]))
+            self._wait_wired(specs, containers)
+            lab.timings["links"] = time.monotonic() - began - lab.timings["containers"]
+            self._each(
+                f"lab {name}: nodes configured",
+                node_setup.configure,
+                list(lab.nodes.values()),
+                lambda node: f"configuring {node.name}",
+            )
+            lab.timings["services"] = time.monotonic() - began - sum(lab.timings.values())
         except BaseException:
             self.down(name)
             raise
         lab.results_dir.mkdir(parents=True, exist_ok=True)
         (lab.results_dir / "lab.json").write_text(json.dumps(self.describe(lab, containers), indent=2))
         return lab
+
+    def _each(self, done: str, work: Callable[[T], R], items: list[T], doing: Callable[[T], str]) -> list[R]:
+        """work(item) for every item, `workers` at a time, in order; progress logged as `done` n/N.
+
+        The first failure cancels what has not started yet and is raised as a LabError naming the item (an
+        engine that did not answer in time is said to be overloaded, not left as a bare ReadTimeout)."""
+        results: list[R] = []
+        last_report = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            futures = [pool.submit(work, item) for item in items]
+            try:
+                for count, (item, future) in enumerate(zip(items, futures, strict=True), 1):
+                    try:
+                        results.append(future.result())
+                    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                        raise LabError(f"{doing(item)}: {self._engine_slow(len(items))}: {exc}") from exc
+                    except docker.errors.APIError as exc:
+                        raise LabError(f"{doing(item)}: the Docker engine refused: {exc}") from exc
+                    if count == len(items) or time.monotonic() - last_report >= PROGRESS_EVERY:
+                        log.info("%s: %d/%d", done, count, len(items))
+                        last_report = time.monotonic()
+            finally:
+                for future in futures:
+                    future.cancel()
+        return results
+
+    def _engine_slow(self, count: int) -> str:
+        return (
+            f"the Docker engine did not answer within {self.engine_timeout:g}s ({count} nodes, "
+            f"{self.workers} at a time; it is overloaded or stuck: see `docker info`, `journalctl -u docker`)"
+        )
+
+    def _wait_wired(self, specs: list[model.NodeSpec], containers: dict[str, Container]) -> None:
+        """Every node's interfaces up with their addresses (netlink, no engine call); on a timeout, the
+        containers that are not running are named with the end of their output."""
+        pending = list(specs)
+
+        def wired() -> bool:
+            pending[:] = [s for s in pending if not Fabric.wired(s, _netns_path(containers[s.name]))]
+            return not pending
+
+        try:
+            wait_until(wired, 10 + len(specs) / 10, what="every node's interfaces up with their addresses")
+        except TimeoutError:
+            for spec in pending:
+                self._check_running(containers[spec.name])
+            raise
+
+    @staticmethod
+    def _check_running(container: Container) -> None:
+        container.reload()
+        if container.status != "running":
+            raise LabError(f"{container.name} is {container.status}: {container.logs()[-500:]!r}")
 
     def attach(self, name: str, topology: model.Topology, results_dir: Path | None = None) -> Lab:
         """A handle on an already running lab (for `lab exec`, `lab capture`)."""
@@ -124,7 +207,7 @@ class DockerBackend:
             sysctls=spec.all_sysctls(),
             labels=labels,
         )
-        container.reload()
+        container.reload()  # run() inspected it before starting it: no State.Pid yet
         return container
 
     def restart(self, lab: Lab, node: str) -> Node:
@@ -137,19 +220,10 @@ class DockerBackend:
         links.make_links([spec])
         container = self._start_container(lab, spec, self.images.ensure(spec.image))
         links.wire(spec, _netns_path(container))
-        wait_until(
-            lambda: self._ready(spec, container), 10, what=f"{container.name} running with its interfaces up"
-        )
+        self._wait_wired([spec], {node: container})
         handle = lab.node(node)
         node_setup.configure(handle)
         return handle
-
-    def _ready(self, spec: model.NodeSpec, container: Container) -> bool:
-        """Running, and every interface up with its address (checked over netlink, no exec)."""
-        container.reload()
-        if container.status != "running":
-            raise LabError(f"{container.name} is {container.status}: {container.logs()[-500:]!r}")
-        return Fabric.wired(spec, _netns_path(container))
 
     def describe(self, lab: Lab, containers: dict[str, Container]) -> dict:
         """The lab as data (written to results/.../lab.json)."""
@@ -162,7 +236,7 @@ class DockerBackend:
                     "container": containers[spec.name].name,
                     "id": containers[spec.name].id[:12],
                     "role": spec.role,
-                    "image": self._image_name(containers[spec.name]),
+                    "image": containers[spec.name].attrs["Config"]["Image"],  # as created: no engine call
                     "interfaces": {
                         i.name: {
                             "segment": i.segment,
@@ -176,27 +250,50 @@ class DockerBackend:
             },
         }
 
-    @staticmethod
-    def _image_name(container: Container) -> str:
-        image = container.image
-        return image.tags[0] if image.tags else image.id
-
     # -- down and status ---------------------------------------------------------------------------------
     def down(self, name: str) -> list[str]:
         """Remove the lab's containers (found by label), its fabric namespace and capture processes.
 
-        Idempotent: anything already gone is skipped. Returns what was removed."""
-        removed = []
+        Idempotent: anything already gone is skipped. A removal the engine is slow with is waited for (a
+        timed-out request goes on in the engine); the fabric namespace goes whatever happens, and a
+        LabError names the containers still there at the end. Returns what was removed."""
         containers = self.containers(name)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda c: c.remove(force=True), containers))
-        removed += [c.name for c in containers]
-        for pid_file in (RESULTS / "labs" / name).glob("*.pcap.pid"):
-            Capture.stop_detached(pid_file)
-        links = Fabric(name)
-        if links.remove():
-            removed.append(f"netns {links.name}")
-        return removed
+        try:
+            self._each(
+                f"lab {name}: containers removed",
+                self._remove,
+                containers,
+                lambda c: f"removing {c.name}",
+            )
+        except LabError as exc:
+            log.warning("%s; waiting for the engine to finish", exc)
+        finally:
+            for pid_file in (RESULTS / "labs" / name).glob("*.pcap.pid"):
+                Capture.stop_detached(pid_file)
+            links = Fabric(name)
+            fabric_removed = links.remove()
+        try:
+            wait_until(
+                lambda: not self.containers(name), self.engine_timeout, what=f"lab {name}'s containers"
+            )
+        except TimeoutError:
+            left = ", ".join(c.name for c in self.containers(name))
+            raise LabError(
+                f"lab {name}: the Docker engine has not removed {left} after {self.engine_timeout:g}s; "
+                f"`lab down --name {name}` again once it is less busy"
+            ) from None
+        return [c.name for c in containers] + ([f"netns {links.name}"] if fabric_removed else [])
+
+    @staticmethod
+    def _remove(container: Container) -> None:
+        """Kill and remove a container; one already gone or being removed is no error (down waits)."""
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise
 
     def status(self) -> list[NodeStatus]:
         """One row per node of every lab on this machine: lab, node, role, state, addresses."""

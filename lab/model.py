@@ -74,6 +74,25 @@ class Nat:
 
 
 @dataclass
+class Domain:
+    """An Active Directory domain: its realm and the node that is its controller (images/dc)."""
+
+    realm: str  # LAB.TEST
+    controller: str  # a node name
+
+    @property
+    def dns_name(self) -> str:
+        return self.realm.lower()
+
+
+@dataclass
+class Join:
+    """A node's membership of the topology's domain: its computer account's container (None: CN=Computers)."""
+
+    ou: str | None = None  # e.g. OU=Servers
+
+
+@dataclass
 class NodeSpec:
     """What the topology says of a node (one container): role, image kind, interfaces, routes, the files it
     gives the image's services (`ipsecd`), NAT and firewall. The running node is lab.running.Node.
@@ -90,6 +109,7 @@ class NodeSpec:
     ipsecd: Path | None = None
     nat: Nat | None = None
     drop: list[str] = field(default_factory=list)
+    join: Join | None = None  # a member of the topology's domain
 
     def address(self, ifname: str | None = None) -> str:
         """The IPv4 address (no prefix) of `ifname`, or of the first addressed interface."""
@@ -127,6 +147,7 @@ class Topology:
     runnable: bool = True
     reason: str = ""
     path: Path | None = None
+    domain: Domain | None = None
 
     def node(self, name: str) -> NodeSpec:
         try:
@@ -135,6 +156,10 @@ class Topology:
             raise KeyError(
                 f"topology {self.name} has no node {name!r} (nodes: {', '.join(self.nodes)})"
             ) from None
+
+    def domain_members(self) -> list[NodeSpec]:
+        """The nodes that join the domain."""
+        return [n for n in self.nodes.values() if n.join is not None and self.domain is not None]
 
     def members(self, segment: str) -> list[tuple[NodeSpec, Interface]]:
         """The (node, interface) pairs attached to `segment`."""
@@ -188,10 +213,32 @@ class Topology:
                 )
             if node.role == "nat" and node.nat is None:
                 errors.append(ModelError((*where, "nat"), "a node with role nat needs nat settings"))
+        errors += _domain_problems(self)
         for segment in self.segments.values():
             if not self.members(segment.name):
                 errors.append(ModelError(("segments", segment.name), "no interface is attached to it"))
         return errors
+
+
+def _domain_problems(topology: Topology) -> list[ModelError]:
+    """The domain's controller exists and has an address; members name a domain and are not its controller."""
+    errors = []
+    domain = topology.domain
+    if domain is not None:
+        controller = topology.nodes.get(domain.controller)
+        if controller is None:
+            errors.append(ModelError(("domain", "controller"), f"no node {domain.controller!r}"))
+        elif not any(i.address for i in controller.interfaces.values()):
+            errors.append(ModelError(("domain", "controller"), f"{domain.controller} has no address"))
+    for node in topology.nodes.values():
+        if node.join is None:
+            continue
+        if domain is None:
+            errors.append(ModelError(("nodes", node.name, "join"), "no domain to join: add domain: "
+                                                                   "{realm: ..., controller: ...}"))
+        elif node.name == domain.controller:
+            errors.append(ModelError(("nodes", node.name, "join"), "the controller cannot join its domain"))
+    return errors
 
 
 def mac_address(lab: str, node: str, ifname: str) -> str:

@@ -7,19 +7,46 @@ A handle holds names and the topology, never engine objects: each call goes to t
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lab import keys, node_setup, services
 from lab.backend import Backend, CommandError, ExecResult, LabError, NodeInstance
 from lab.capture import Capture, wait_until
 from lab.model import NodeSpec, Topology
+from lab.services import Readiness
 
 log = logging.getLogger("lab")
 
 PID_DIR = "/run/lab"
+
+
+EXITED_AT_START = 101
+NOT_READY = 102
+
+
+def start_and_wait_script(
+    name: str, argv: tuple[str, ...], log_path: str, ready: tuple[Readiness, ...], timeout: float
+) -> str:
+    """A bash script that starts `argv` in the background (output to `log_path`, pid in the pid file
+    Process reads) and returns once every readiness condition holds: 0; or the end of the log and
+    EXITED_AT_START if the process died, NOT_READY after `timeout` seconds."""
+    conditions = " && ".join(f"{shlex.join(c.argv)} >/dev/null 2>&1" for c in ready) or "true"
+    log_file = shlex.quote(log_path)
+    return (
+        f"mkdir -p {PID_DIR} {shlex.quote(str(PurePosixPath(log_path).parent))}; "
+        f"{shlex.join(argv)} >> {log_file} 2>&1 < /dev/null & pid=$!; echo $pid > {PID_DIR}/{name}.pid; "
+        f"end=$((SECONDS + {math.ceil(timeout)})); "
+        f"until {conditions}; do "
+        f'  if ! kill -0 $pid 2>/dev/null || [ -z "$(jobs -rp)" ]; then '
+        f"    tail -c 2000 {log_file}; exit {EXITED_AT_START}; fi; "
+        f"  if [ $SECONDS -ge $end ]; then tail -c 2000 {log_file}; exit {NOT_READY}; fi; "
+        "  sleep 0.05; "
+        "done"
+    )
 
 
 class Process:
@@ -153,20 +180,20 @@ class Node:
         given = self.spec.service_files().get(name)
         if given is not None and service.file is not None:
             self.put_service_file(service.file, given)
-        process = self.spawn(list(service.command), name=name, log=service.log)
-
-        def ready() -> bool:
-            if all(self.exec(list(condition.argv)).ok for condition in service.ready):
-                return True
-            if not process.alive():
-                end = process.log()[-2000:]
-                raise LabError(f"{self.name}: {name} exited at start; {service.log}:\n{end}")
-            return False
-
-        conditions = ", ".join(condition.what for condition in service.ready)
-        wait_until(ready, service.timeout, what=f"{self.name}: {name} to be ready ({conditions})")
+        # One exec starts the service and polls its readiness in the node: polling from here costs an exec
+        # per condition and try, which at a hundred nodes starting at once swamps the engine.
+        script = start_and_wait_script(name, service.command, service.log, service.ready, service.timeout)
+        result = self.exec(["bash", "-c", script])
+        if result.rc == EXITED_AT_START:
+            raise LabError(f"{self.name}: {name} exited at start; {service.log}:\n{result.stdout}")
+        if not result.ok:
+            conditions = ", ".join(condition.what for condition in service.ready)
+            raise LabError(
+                f"{self.name}: {name} not ready after {service.timeout:g}s ({conditions}; rc {result.rc}); "
+                f"{service.log}:\n{result.stdout}{result.stderr}"
+            )
         log.info("%s: %s started%s", self.name, name, f" with {given}" if given else "")
-        return process
+        return Process(self, name, service.log)
 
     def tail_logs(self, lines: int) -> str:
         """The last `lines` of each log in the node (its image's services', then spawned processes'), each
@@ -207,6 +234,8 @@ class Lab:
     def __init__(self, name: str, topology: Topology, results_dir: Path, backend: Backend):
         self.name, self.topology, self.results_dir, self.backend = name, topology, results_dir, backend
         self.nodes: dict[str, Node] = {n: Node(self, spec) for n, spec in topology.nodes.items()}
+        #: Seconds each phase of `up` took (the backend says which: containers, links, services).
+        self.timings: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"<Lab {self.name} ({self.topology.name}): {', '.join(self.nodes)}>"

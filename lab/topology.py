@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 
 from lab import services, yaml_source
-from lab.model import Interface, ModelError, Nat, NodeSpec, Route, Segment, Topology
+from lab.model import Domain, Interface, Join, ModelError, Nat, NodeSpec, Route, Segment, Topology
 
 SCHEMA_PATH = Path(__file__).with_name("topology.schema.json")
 TOPOLOGY_DIR = Path(os.environ.get("LAB_TOPOLOGIES", Path(__file__).resolve().parent.parent / "topologies"))
@@ -133,18 +133,113 @@ def loads(text: str, path: Path | str = "<string>", overrides: dict | None = Non
     source = yaml_source.parse(text, path, TopologyError)
     data = _merge(source.data, overrides or {})
     problems = yaml_source.schema_problems(source, data, schema(), FORMATS, FORMAT_NAMES)
+    if not problems:
+        problems = _parameter_problems(source, data, (overrides or {}).get("parameters") or {})
     if problems:
         raise TopologyError(problems)
-    topology = _build(data, path)
-    errors = topology.semantic_errors() + [
-        ModelError(("nodes", node.name, "ipsecd"), problem)
-        for node in topology.nodes.values()
-        if node.ipsecd is not None and (problem := _service_file_problem(node.image, "ipsecd", node.ipsecd))
-    ]
-    problems = yaml_source.in_line_order([source.locate(e.field, e.message) for e in errors])
+    expanded, template_of = _expand(data)
+    topology = _build(expanded, path)
+    errors = (
+        topology.semantic_errors()
+        + _expansion_errors(data, expanded, template_of)
+        + [
+            ModelError(("nodes", node.name, "ipsecd"), problem)
+            for node in topology.nodes.values()
+            if node.ipsecd is not None
+            and (problem := _service_file_problem(node.image, "ipsecd", node.ipsecd))
+        ]
+    )
+    problems = yaml_source.in_line_order(_located(source, errors, template_of))
     if problems:
         raise TopologyError(problems)
     return topology
+
+
+def _parameter_problems(source: yaml_source.YamlSource, data: dict, given: dict) -> list[str]:
+    """Counts naming no parameter, and parameters given (`--param`) that the file does not declare."""
+    declared = source.data.get("parameters") or {}
+    known = ", ".join(declared) or "none"
+    problems = [
+        source.locate(("nodes", name, "count"), f"{node['count']!r} is not a parameter (parameters: {known})")
+        for name, node in data["nodes"].items()
+        if isinstance(node.get("count"), str) and node["count"] not in declared
+    ]
+    return problems + [
+        f"{source.path}: parameters.{name}: given, but the topology has no such parameter "
+        f"(parameters: {known})"
+        for name in given
+        if name not in declared
+    ]
+
+
+def _expand(data: dict) -> tuple[dict, dict[str, str]]:
+    """Nodes with `count` replaced by their copies <name>-1 .. <name>-N, each copy's addresses the first
+    copy's plus (index - 1); returns the data and {copy: the node it was made from}."""
+    parameters = data.get("parameters") or {}
+    nodes: dict[str, dict] = {}
+    template_of: dict[str, str] = {}
+    for name, node in data["nodes"].items():
+        if "count" not in node:
+            nodes[name] = node
+            continue
+        count = node["count"]
+        template = {key: value for key, value in node.items() if key != "count"}
+        for index in range(1, (parameters[count] if isinstance(count, str) else count) + 1):
+            copy = f"{name}-{index}"
+            template_of[copy] = name
+            interfaces = {
+                ifname: {**iface, "address": _shifted(iface["address"], index - 1)}
+                if "address" in iface
+                else iface
+                for ifname, iface in node["interfaces"].items()
+            }
+            if copy not in data["nodes"]:  # else a clash, reported by _expansion_errors
+                nodes[copy] = {**template, "interfaces": interfaces}
+    return {**data, "nodes": nodes}, template_of
+
+
+def _shifted(address: str, offset: int) -> str:
+    """`address` (a.b.c.d/len) moved up by `offset` addresses, kept as it is past 255.255.255.255 (the
+    subnet check then names the node)."""
+    first = IPv4Interface(address)
+    if int(first.ip) + offset > int(IPv4Address("255.255.255.255")):
+        return address
+    return f"{first.ip + offset}/{first.network.prefixlen}"
+
+
+def _expansion_errors(given: dict, expanded: dict, template_of: dict[str, str]) -> list[ModelError]:
+    """What copying a counted node can break: names too long or taken, one MAC for every copy."""
+    errors = []
+    for copy, template in template_of.items():
+        where = ("nodes", copy)
+        if copy in given["nodes"]:
+            errors.append(ModelError(where, f"a node of the file has the name of this copy of {template}"))
+            continue
+        if len(copy) > 31:
+            errors.append(ModelError(where, f"{copy!r} (a copy of {template}) is longer than 31 characters"))
+        errors += [
+            ModelError(
+                (*where, "interfaces", ifname, "mac"),
+                "a counted node cannot give a MAC (its copies would share it)",
+            )
+            for ifname, iface in expanded["nodes"][copy]["interfaces"].items()
+            if "mac" in iface
+        ]
+    return errors
+
+
+def _located(
+    source: yaml_source.YamlSource, errors: list[ModelError], template_of: dict[str, str]
+) -> list[str]:
+    """Each error at its line; an error of a copied node at the line of the node it was copied from,
+    naming the copy, and only the first copy's for each field (not one line per copy)."""
+    located: dict[tuple, str] = {}
+    for error in errors:
+        field, message = error.field, error.message
+        if len(field) > 1 and field[0] == "nodes" and field[1] in template_of:
+            field, message = ("nodes", template_of[field[1]], *field[2:]), f"{field[1]}: {message}"
+        located.setdefault((field, message if field == error.field else ""), source.locate(field, message))
+    return list(located.values())
 
 
 def _service_file_problem(image: str, service: str, path: Path) -> str | None:
@@ -155,8 +250,10 @@ def _service_file_problem(image: str, service: str, path: Path) -> str | None:
     declared = services.load(image).services.get(service)
     if declared is None or declared.file is None or (path / Path(declared.file).name).is_file():
         return None
-    return f"folder {path} has no {Path(declared.file).name} (images/{image}/image.yaml: {service} reads " \
+    return (
+        f"folder {path} has no {Path(declared.file).name} (images/{image}/image.yaml: {service} reads "
         f"{declared.file})"
+    )
 
 
 def _build(data: dict, path: Path) -> Topology:
@@ -195,6 +292,7 @@ def _build(data: dict, path: Path) -> Topology:
             ipsecd,
             nat,
             list(n.get("drop", [])),
+            Join(n["join"].get("ou")) if "join" in n else None,
         )
     return Topology(
         data["name"],
@@ -204,4 +302,5 @@ def _build(data: dict, path: Path) -> Topology:
         data.get("runnable", True),
         data.get("reason", ""),
         path,
+        Domain(data["domain"]["realm"].upper(), data["domain"]["controller"]) if "domain" in data else None,
     )

@@ -12,6 +12,9 @@ algorithm and key.  ``tshark_esp_args`` gives the same as ``tshark -o`` options.
 ['"IPv4"', '"192.0.2.1"', '"192.0.2.2"', '"0x00001000"', '"AES-CBC [RFC3602]"']
 >>> esp_sa_line(sa).split(",")[6:]
 ['"HMAC-SHA-1-96 [RFC2404]"', '"0x000102030405060708090a0b0c0d0e0f10111213"']
+>>> sa.udp_encap = (4500, 4500)  # NAT-T: our address may be a private one the capture never shows
+>>> esp_sa_line(sa).split(",")[1:3]
+['"*"', '"*"']
 """
 from __future__ import annotations
 
@@ -34,9 +37,12 @@ def _hex(key: bytes) -> str:
 
 
 def esp_sa_line(sa: SecurityAssociation) -> str:
-    """One ``esp_sa`` UAT record (quoted CSV, as Wireshark writes it)."""
+    """One ``esp_sa`` UAT record (quoted CSV, as Wireshark writes it). ESP in UDP gets "*" for both
+    addresses: behind a NAT our own is the private one, which a capture on the public side never shows
+    (the SPI alone finds the SA)."""
     auth = integrity(sa.integrity).wireshark if sa.integrity else "NULL"
-    fields = ("IPv4", sa.src, sa.dst, f"0x{sa.spi:08x}", encryption(sa.encryption).wireshark,
+    src, dst = ("*", "*") if sa.udp_encap else (sa.src, sa.dst)
+    fields = ("IPv4", src, dst, f"0x{sa.spi:08x}", encryption(sa.encryption).wireshark,
               _hex(sa.encryption_key), auth, _hex(sa.integrity_key))
     return ",".join(f'"{f}"' for f in fields)
 

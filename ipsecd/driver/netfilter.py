@@ -12,7 +12,8 @@ The kernel decides per packet, so the daemon sees only traffic it must secure:
   routes out of a NIC are dropped (and counted) in postrouting: what policy says to secure is never sent
   in clear until ipsecd is back (its ruleset replaces this one in one transaction) or stopped cleanly
   (`remove`), as the Windows IPsec driver keeps its filters in force when the IPSec service dies;
-- IKE (UDP 500/4500), ESP/AH themselves, broadcast and multicast are exempt, in the same terms as
+- IKE (UDP 500/4500), Kerberos (TCP/UDP 88), RSVP, ESP/AH themselves, broadcast and multicast are exempt
+  (spd.KERBEROS_PORT says why), in the same terms as
   `PacketSelector.is_exempt`; packets the daemon sends carry a bypass mark and are never re-marked; packets
   the daemon writes back to the TUN after decapsulation are accepted;
 - what this host sends itself (to one of its own addresses, by lo) is left alone: it never reaches a wire,
@@ -102,7 +103,9 @@ table inet {TABLE} {{
   chain exempt {{
     udp sport {{ 500, 4500 }} accept
     udp dport {{ 500, 4500 }} accept
-    meta l4proto {{ esp, ah }} accept
+    meta l4proto {{ tcp, udp }} th sport 88 accept
+    meta l4proto {{ tcp, udp }} th dport 88 accept
+    meta l4proto {{ esp, ah, 46 }} accept
     ip daddr 224.0.0.0/4 accept
     ip daddr & 0.0.0.255 == 0.0.0.255 accept
     fib daddr type {{ broadcast, multicast }} accept

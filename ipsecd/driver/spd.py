@@ -24,6 +24,12 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 
 IKE_PORTS = (500, 4500)
+#: Kerberos (TCP/UDP 88) and RSVP are exempt as the default policies' filter list says ("except broadcast,
+#: multicast, Kerberos, RSVP and ISAKMP") and Windows 2000/XP do (NoDefaultExempt=0, KB 810207): Kerberos
+#: authentication needs the KDC, which runs no IPsec, reachable while All IP Traffic is secured.
+#: (Windows Server 2003's own default, NoDefaultExempt=3, exempts only ISAKMP.)
+KERBEROS_PORT = 88
+RSVP = 46
 PROTOCOL_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "esp": 50, "ah": 51}
 
 
@@ -110,8 +116,13 @@ class PacketSelector:
         return cls(src, dst, protocol)
 
     def is_exempt(self) -> bool:
-        """Traffic IPsec never touches: IKE itself, broadcast and multicast (they cannot be secured)."""
+        """Traffic IPsec never touches: IKE itself, Kerberos and RSVP (see KERBEROS_PORT), broadcast and
+        multicast (they cannot be secured)."""
         if self.protocol == 17 and (self.src_port in IKE_PORTS or self.dst_port in IKE_PORTS):
+            return True
+        if self.protocol in (6, 17) and KERBEROS_PORT in (self.src_port, self.dst_port):
+            return True
+        if self.protocol == RSVP:
             return True
         return self.dst >= 0xE0000000 or self.dst & 0xFF == 0xFF  # multicast, limited or /24 broadcast
 

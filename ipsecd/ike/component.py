@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import secrets
 import socket
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -30,6 +32,11 @@ log = logging.getLogger("ipsecd.ike")
 
 RETRANSMIT_BACKOFF = (1, 2, 4, 8, 16, 32)  # seconds between sends, as Windows does (7 sends)
 SOFT_LIFETIME = 0.9  # rekey quick mode SAs at 90 % of their lifetime
+#: A main mode SA with quick mode SAs in use under it (or beside it, with the same peer) is renegotiated at
+#: 90 % of its lifetime by the side that began it and at 95 % by the other if no newer one exists by then:
+#: the quick mode SAs outlive it, and a peer that deletes its quick mode SAs with their main mode (strongSwan)
+#: has moved them to the new one (its reauthentication of an IKEv1 SA) before ours expires.
+MAIN_MODE_RENEGOTIATE = {True: 0.9, False: 0.95}  # by role: initiator, responder
 COUNTER_NAMES = (
     "Oakley Main Modes",
     "Oakley Quick Modes",
@@ -41,6 +48,12 @@ COUNTER_NAMES = (
     "Retransmissions",
     "Duplicates Answered",
     "Duplicates Dropped",
+    "Dropped: no SA for cookies",
+    "Dropped: not expected in this state",
+    "Dropped: unsupported exchange (aggressive mode)",
+    "Dropped: unsupported exchange (other)",
+    "Dropped: IKEv2 is not supported",
+    "Dropped: internal error",
 )
 #: Half-open main modes (a responder that sent main mode 2 and waits for 3): what an attacker with spoofed
 #: sources can make us hold. Bounded per source and in total (the oldest goes first), and kept only this long;
@@ -55,7 +68,14 @@ HALF_OPEN_SECONDS = 30.0
 SEND_QUEUE_LIMIT = 64 * 1024
 SEND_BUFFER = 4 * 1024 * 1024  # the kernel's send buffer of the IKE socket (root may exceed wmem_max)
 RATE_TABLE_LIMIT = 4096  # entries of a table that rate-limits a reaction per peer or SPI
-EVENT_LENGTH = 400  # characters of one event: a refusal listing 255 transforms is said in part
+EVENT_LENGTH = 700  # characters of one event: a failure's Event 547 fields and its detail (cut at 320)
+#: Exchange types of RFC 2408 ipsecd does not speak, as a rejection names them (others: "other").
+UNSUPPORTED_EXCHANGES: dict[int, str] = {
+    ExchangeType.AGGRESSIVE: "aggressive mode",
+    ExchangeType.BASE: "base",
+    ExchangeType.AUTH_ONLY: "authentication only",
+}
+IKEV2_MAJOR_VERSION = 2
 #: A retransmission of the message we last answered is answered again at most this many times per exchange
 #: (the peer retransmits 6 times; a replay flood gets no more).
 DUPLICATE_ANSWERS = 4
@@ -158,6 +178,22 @@ def same_peer(old: IsakmpSA, new: IsakmpSA) -> bool:
 Key = TypeVar("Key")
 
 
+_AUTH_WORDS = {"psk": "pre-shared key", "rsa-sig": "certificate"}
+
+
+def _peer_identity(ex: Exchange) -> str:
+    """Who the peer is, as far as the exchange got: the method, the identity main mode proved, the address."""
+    machine = ex.machine
+    if isinstance(machine, main_mode.MainMode):
+        methods = dict.fromkeys(_AUTH_WORDS.get(a.method, a.method) for a in machine.policy.auth)
+        offered = " or ".join(methods)
+        how = _AUTH_WORDS.get(machine.method, machine.method) if machine.method else (
+            f"{offered} (offered)" if machine.initiator else "not yet known")
+        return f"{how}, peer IP address {ex.peer[0]}"
+    how = _AUTH_WORDS.get(machine.sa.auth_method, machine.sa.auth_method)
+    return f"{how} {machine.sa.peer_identity}, peer IP address {ex.peer[0]}"
+
+
 def _silent_exchange(table: dict[Key, Exchange[Any]], addr: tuple[str, int]) -> Key | None:
     """The newest exchange with `addr` that has sent nothing yet."""
     newest_first = reversed(list(table.items()))
@@ -173,6 +209,30 @@ class AsyncioClock:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.loop.call_later(delay, callback)
+
+
+#: Runs blocking work (Kerberos: a ticket request) and then, on the event loop, the callback with the
+#: exception the work raised (None when it returned).
+BlockingRunner = Callable[[Callable[[], None], Callable[[BaseException | None], None]], None]
+
+
+def run_inline(work: Callable[[], None], then: Callable[[BaseException | None], None]) -> None:
+    """Blocking work done where it is asked for: tests with a manual clock, before start()."""
+    try:
+        work()
+    except Exception as exc:
+        then(exc)
+        return
+    then(None)
+
+
+def run_in_executor(loop: asyncio.AbstractEventLoop) -> BlockingRunner:
+    """Blocking work in the loop's thread pool; the callback back on the loop."""
+
+    def run(work: Callable[[], None], then: Callable[[BaseException | None], None]) -> None:
+        loop.run_in_executor(None, work).add_done_callback(lambda done: then(done.exception()))
+
+    return run
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -199,6 +259,9 @@ class IKE:
         retransmit: tuple[float, ...] = RETRANSMIT_BACKOFF,
         keepalive_interval: float = natt.KEEPALIVE_INTERVAL,
         on_peer_message: Callable[[str], None] | None = None,
+        main_mode_lifetime: int | None = None,
+        nat_traversal: tuple[str, ...] | None = None,
+        run_blocking: BlockingRunner | None = None,
     ):
         self.local_address, self.driver = local_address, driver
         self._clock = clock
@@ -210,6 +273,9 @@ class IKE:
         self.retransmit = tuple(retransmit)  # seconds between sends; len + 1 sends in all
         self.keepalive_interval = keepalive_interval
         self.on_peer_message = on_peer_message  # the Negotiator: this peer speaks IKE (no soft association)
+        self.main_mode_lifetime = main_mode_lifetime  # seconds, for every rule (a lab goes below 5 min)
+        self.nat_traversal = nat_traversal  # NAT-T revisions for every rule; None: PeerPolicy's (draft-02)
+        self._run_blocking = run_blocking  # once started: the loop's thread pool; before: inline
         self.rules: list[IKERule] = []
         self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in COUNTER_NAMES})
         self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=1000)
@@ -237,6 +303,7 @@ class IKE:
         """Bind UDP 500 (and 4500 when ``own_4500`` or no driver callback is given)."""
         loop = asyncio.get_running_loop()
         self._clock = self._clock or AsyncioClock(loop)
+        self._run_blocking = self._run_blocking or run_in_executor(loop)
         t500, _ = await loop.create_datagram_endpoint(
             lambda: _UDP(lambda d, a: self.datagram_received(d, a, self.port)),
             local_addr=(self.local_address, self.port),
@@ -273,7 +340,17 @@ class IKE:
             sock.close()
 
     def load_policy(self, rules: list[IKERule]) -> None:
-        self.rules = list(rules)
+        self.rules = [self._with_node_settings(rule) for rule in rules]
+
+    def _with_node_settings(self, rule: IKERule) -> IKERule:
+        """`rule` with what ipsecd.yaml sets for every rule: `ike.main_mode_lifetime`, `ike.nat_traversal`."""
+        policy = rule.policy
+        if self.main_mode_lifetime is not None:
+            offers = [dataclasses.replace(o, lifetime=self.main_mode_lifetime) for o in policy.main_mode]
+            policy = dataclasses.replace(policy, main_mode=offers)
+        if self.nat_traversal is not None:
+            policy = dataclasses.replace(policy, nat_traversal=self.nat_traversal)
+        return dataclasses.replace(rule, policy=policy)
 
     def _send_udp(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         if local_port == self.natt_port:
@@ -368,6 +445,13 @@ class IKE:
         else:
             self._rekey(inbound_spi)
 
+    def delete_main_modes(self, rule_names: AbstractSet[str], reason: str) -> None:
+        """Delete (telling the peer) the main mode SAs negotiated under these rules: a policy change made
+        the authentication they were established with invalid, so the next one must authenticate anew."""
+        for cookies, entry in list(self.main_modes.items()):
+            if entry.rule.name in rule_names:
+                self._remove_main_mode(cookies, reason, notify_peer=True)
+
     # -- receiving ------------------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
@@ -394,7 +478,16 @@ class IKE:
         if quick is not None:
             del self.pending_quick[quick]
 
+    def _drop(self, counter: str, text: str) -> None:
+        """A rejected datagram: counted under "Dropped: <counter>" and said."""
+        self.counters[f"Dropped: {counter}"] += 1
+        self.note(f"dropped {text}")
+
     def _dispatch(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
+        if len(data) > 17 and data[17] >> 4 == IKEV2_MAJOR_VERSION:
+            self._drop("IKEv2 is not supported", f"an IKEv2 message from {addr[0]}:{addr[1]}: IKEv2 is not "
+                                                 "supported (Windows Server 2003 speaks IKEv1 only)")
+            return
         try:
             msg = Message.decode(data)
         except MalformedMessage as exc:
@@ -404,20 +497,27 @@ class IKE:
         if self.on_peer_message:
             self.on_peer_message(addr[0])
         cookies = msg.icookie + msg.rcookie
-        if msg.exchange == ExchangeType.MAIN_MODE or (
+        if msg.exchange not in (ExchangeType.MAIN_MODE, ExchangeType.QUICK_MODE, ExchangeType.INFORMATIONAL):
+            counter = "aggressive mode" if msg.exchange == ExchangeType.AGGRESSIVE else "other"
+            kind = UNSUPPORTED_EXCHANGES.get(msg.exchange, f"type {msg.exchange}")
+            self._drop(f"unsupported exchange ({counter})",
+                       f"a message from {addr[0]}:{addr[1]}: unsupported exchange ({kind})")
+        elif msg.exchange == ExchangeType.MAIN_MODE or (
             msg.exchange == ExchangeType.INFORMATIONAL and cookies not in self.main_modes
         ):
             self._main_mode_message(msg, data, addr, local_port)
         elif cookies not in self.main_modes:
-            self.counters["Malformed Packets"] += 1
-            self.note(
-                f"dropped a message of exchange type {msg.exchange} from {addr[0]}: no main mode SA "
-                f"{msg.icookie.hex()}:{msg.rcookie.hex()} here"
-            )
+            self._no_sa(msg, addr)
         elif msg.exchange == ExchangeType.QUICK_MODE:
             self._quick_mode_message(self.main_modes[cookies], msg, data, addr, local_port)
         elif msg.exchange == ExchangeType.INFORMATIONAL:
             self._informational(self.main_modes[cookies], msg, addr)
+
+    def _no_sa(self, msg: Message, addr: tuple[str, int]) -> None:
+        kind = "main mode" if msg.exchange == ExchangeType.MAIN_MODE else (
+            "quick mode" if msg.exchange == ExchangeType.QUICK_MODE else "informational")
+        self._drop("no SA for cookies", f"a {kind} message from {addr[0]}:{addr[1]}: no SA or exchange "
+                                        f"with cookies {msg.icookie.hex()}:{msg.rcookie.hex()} here")
 
     def _duplicate(self, ex: Exchange, data: bytes) -> bool:
         """A retransmission of the last message received: answered again from the last reply if that reply
@@ -441,13 +541,21 @@ class IKE:
         if done and self._duplicate(done.exchange, data):
             return
         if ex is None:
+            if done:  # a late message of a finished main mode that is not its last one
+                self._unexpected(msg, addr, "main mode established")
+                return
             if msg.exchange != ExchangeType.MAIN_MODE or msg.rcookie != bytes(8):
-                return  # stray informational or late message of a finished exchange
+                self._no_sa(msg, addr)  # a stray informational or a message of a forgotten exchange
+                return
             rule = next((r for r in self.rules if r.covers_peer(addr[0])), None)
             if rule is None:
                 self.counters["Negotiation Failures"] += 1
                 self.counters["Negotiation Failures: no policy for peer"] += 1
-                self.note(f"main mode from {addr[0]} refused: no rule covers this peer")
+                failure = Failure(f"main mode from {addr[0]} refused: no rule covers this peer",
+                                  "no policy for peer")
+                self.note(f"main mode with {addr[0]} failed: "
+                          + failure.describe(events.MAIN_MODE, f"{self.local_address} <-> {addr[0]}",
+                                             f"not yet known, peer IP address {addr[0]}"))
                 return
             if not self._admit_half_open(addr[0]):
                 return
@@ -457,9 +565,11 @@ class IKE:
         elif self._duplicate(ex, data):
             return
         if not ex.machine.initiator and ex.machine.state != "new" and msg.rcookie != ex.machine.rcookie:
+            self._no_sa(msg, addr)  # our initiator cookie, not our responder cookie
             return
         self._feed(ex, msg, data, addr, local_port)
         self._main_mode_progress(ex, msg.icookie)
+        self._run_blocking_work(ex, msg.icookie)
 
     def _admit_half_open(self, source: str) -> bool:
         """Room for one more half-open main mode from `source`: at most HALF_OPEN_PER_SOURCE from one
@@ -491,7 +601,9 @@ class IKE:
                 f"retransmission: {ex.machine.dropped[-1]}"
             )
         if ex.machine.state == before:
-            return  # nothing changed: not for this state (late duplicate, stray message)
+            if len(ex.machine.dropped) == dropped:  # not for this state (late duplicate, stray message)
+                self._unexpected(msg, addr, ex.machine.state)
+            return
         ex.last_received, ex.answered = data, (data if replies else b"")
         ex.duplicates_answered = 0
         if ex.machine.state != "failed" and (addr, local_port) != (ex.peer, ex.local_port):
@@ -511,6 +623,12 @@ class IKE:
         elif replies:
             self._transmit(ex, replies, expect_reply=not ex.machine.done)
 
+    def _unexpected(self, msg: Message, addr: tuple[str, int], state: str) -> None:
+        self._drop("not expected in this state",
+                   f"a message of exchange type {msg.exchange} ({len(msg.body)} bytes) from "
+                   f"{addr[0]}:{addr[1]}: not expected by the exchange {msg.icookie.hex()}:"
+                   f"{msg.rcookie.hex()} in state {state}")
+
     def _main_mode_progress(self, ex: Exchange, icookie: bytes) -> None:
         machine = ex.machine
         for event in machine.events:
@@ -523,6 +641,27 @@ class IKE:
                 self.pending_main.pop(icookie, None)
                 self._established(ex, event.sa)
         machine.events.clear()
+
+    def _run_blocking_work(self, ex: Exchange[main_mode.MainMode], icookie: bytes) -> None:
+        """Work the main mode handed out (Kerberos: the ticket for main mode 3, up to the Kerberos timeout)
+        runs off the event loop; the exchange goes on when it is done."""
+        work = ex.machine.take_blocking()
+        if work is None:
+            return
+
+        def resume(error: BaseException | None) -> None:
+            if self.pending_main.get(icookie) is not ex:
+                return  # ended meanwhile (the peer's notify, stop)
+            if error is not None:
+                ex.machine.fail(f"internal error before main mode 3: {type(error).__name__}: {error}",
+                                "negotiation failed")
+            replies = ex.machine.resume()
+            if replies:
+                ex.answered = ex.last_received  # a repeated main mode 2 gets main mode 3 again
+                self._transmit(ex, replies, expect_reply=not ex.machine.done)
+            self._main_mode_progress(ex, icookie)
+
+        (self._run_blocking or run_inline)(work, resume)
 
     def _established(self, ex: Exchange, sa: IsakmpSA) -> None:
         sa.local, sa.remote = (self.local_address, ex.local_port), ex.peer
@@ -541,6 +680,8 @@ class IKE:
                 lambda: self._remove_main_mode(sa.cookies, "main mode lifetime expired", notify_peer=True),
             )
         )
+        entry.timers.append(self.clock.call_later(sa.lifetime * MAIN_MODE_RENEGOTIATE[sa.initiator],
+                                                  lambda: self._renegotiate_main_mode(sa.cookies)))
         if sa.nat and sa.nat.local_behind_nat:
             self._schedule_keepalive(sa)
         for rule, local, remote in self.waiting.pop(sa.remote[0], []):
@@ -567,7 +708,8 @@ class IKE:
                 e.sa.message_id == msg.message_id and e.sa.isakmp_sa is mm.sa
                 for e in self.quick_modes.values()
             ):
-                return  # a late retransmission of a finished quick mode
+                self.counters["Duplicates Dropped"] += 1  # a late retransmission of a finished quick mode
+                return
             machine = quick_mode.QuickModeResponder(
                 mm.sa, msg.message_id, self._policy_for, self.allocate_spi
             )
@@ -669,22 +811,30 @@ class IKE:
                 self._peer_delete(mm, p)
             elif isinstance(p, isakmp.Notify):
                 self._peer_notify(mm, p, pending)
+        others = [p for p in payloads if not isinstance(p, isakmp.Delete | isakmp.Notify)]
+        if others or not payloads:
+            self.note(f"informational from {addr[0]} with {isakmp.payload_names(others) or 'no payloads'} "
+                      "besides notifications and deletes: those ignored")
 
     def _peer_delete(self, mm: MainModeEntry, delete: isakmp.Delete) -> None:
         """A DELETE acts on the sender's own SAs only: SPIs and cookies of another peer's are ignored."""
         reason = f"peer {mm.sa.remote[0]} deleted it"
-        if delete.protocol == ProtocolID.ISAKMP:
-            for spi in delete.spis:
-                target = self.main_modes.get(spi)
-                if target and same_peer(target.sa, mm.sa):
-                    self._remove_main_mode(spi, reason, notify_peer=False)
-            return
         for spi in delete.spis:
-            value = int.from_bytes(spi, "big")
-            for inbound, entry in list(self.quick_modes.items()):
-                mine = value in (c.spi for c in entry.sa.outbound.chain())
-                if mine and same_peer(entry.sa.isakmp_sa, mm.sa):
+            if delete.protocol == ProtocolID.ISAKMP:
+                target = self.main_modes.get(spi)
+                owned = bool(target and same_peer(target.sa, mm.sa))
+                if owned:
+                    self._remove_main_mode(spi, reason, notify_peer=False)
+            else:
+                value = int.from_bytes(spi, "big")
+                inbound_spis = [inbound for inbound, entry in self.quick_modes.items()
+                                if value in (c.spi for c in entry.sa.outbound.chain())
+                                and same_peer(entry.sa.isakmp_sa, mm.sa)]
+                for inbound in inbound_spis:
                     self._remove_quick_mode(inbound, reason, notify_peer=False)
+                owned = bool(inbound_spis)
+            if not owned:  # gone already (a late or replayed DELETE), or another peer's: nothing to do
+                self.note(f"peer {mm.sa.remote[0]} deleted {spi.hex()}, which is none of its SAs here")
 
     def _initial_contact(self, sa: IsakmpSA, since: float) -> None:
         """The peer (re)started before `since` (when the main mode that told us began): the SAs we had with
@@ -720,6 +870,7 @@ class IKE:
                 ex.machine.fail(
                     f"peer {mm.sa.remote[0]} refused quick mode: {notify.name}",
                     events.REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed"),
+                    point="peer",
                 )
                 self._cancel(ex)
                 self._quick_mode_progress(ex, (mm.sa.cookies, ex.machine.message_id))
@@ -730,7 +881,24 @@ class IKE:
     # -- starting exchanges --------------------------------------------------------------------------
 
     def _main_mode_with(self, peer: str) -> MainModeEntry | None:
-        return next((e for e in self.main_modes.values() if e.sa.remote[0] == peer), None)
+        """The newest main mode SA with `peer` (an older one may be near its end, or gone at the peer)."""
+        return next((e for e in reversed(self.main_modes.values()) if e.sa.remote[0] == peer), None)
+
+    def _renegotiate_main_mode(self, cookies: bytes) -> None:
+        """Near the end of a main mode SA's lifetime: a new one with the same peer if quick mode SAs with it
+        are in use (idle ones are deleted after 5 minutes) and none is newer or under way."""
+        entry = self.main_modes.get(cookies)
+        if entry is None:
+            return
+        peer = entry.sa.remote[0]
+        newer = self._main_mode_with(peer) is not entry
+        if newer or any(ex.peer[0] == peer for ex in self.pending_main.values()):
+            return
+        if not any(qm.sa.isakmp_sa.remote[0] == peer for qm in self.quick_modes.values()):
+            return
+        self.note(f"main mode SA {cookies[:8].hex()}:{cookies[8:].hex()} with {peer} near the end of its "
+                  "lifetime, quick mode SAs in use: renegotiating")
+        self._start_main_mode(entry.rule, peer)
 
     def _start_main_mode(self, rule: IKERule, peer: str) -> None:
         initial_contact = not any(e.sa.remote[0] == peer for e in self.main_modes.values())
@@ -800,7 +968,22 @@ class IKE:
         self.counters[f"Negotiation Failures: {event.counter}"] += 1
         if event.counter == "authentication failed":
             self.counters["Authentication Failures"] += 1
-        self.note(f"{kind} with {ex.peer[0]} failed: {event.reason}")
+            if event.cause:  # Kerberos hook (issue 13): the failure counted once more, under its reason
+                self.counters[f"Authentication Failures: {event.cause}"] += 1
+        mode = events.MAIN_MODE if kind == "main mode" else events.QUICK_MODE
+        self.note(f"{kind} with {ex.peer[0]} failed: "
+                  + event.describe(mode, self._filter_text(ex), _peer_identity(ex)))
+
+    def _filter_text(self, ex: Exchange) -> str:
+        """The filter of a failed exchange, as Event 547 names it: main mode's two addresses, quick mode's
+        selectors (addresses, protocol, ports), with the rule they come from."""
+        rule = f" (rule {ex.rule.name})" if ex.rule else ""
+        if isinstance(ex.machine, main_mode.MainMode):
+            return f"{self.local_address} <-> {ex.peer[0]}{rule}"
+        selectors = ex.acquire or getattr(ex.machine, "proposed", None)
+        if selectors is None:
+            return f"not yet known{rule}"
+        return f"{selectors[0]} <-> {selectors[1]}{rule}"
 
     # -- lifetimes and deletion ---------------------------------------------------------------------
 
@@ -827,7 +1010,7 @@ class IKE:
         for child in [*sa.inbound.chain(), *sa.outbound.chain()]:
             self.driver.delete_sa(child.spi, child.dst, child.protocol)
             self.counters["Key Deletions"] += 1
-        mm = self.main_modes.get(sa.isakmp_sa.cookies) or self._main_mode_with(sa.isakmp_sa.remote[0])
+        mm = self._main_mode_with(sa.isakmp_sa.remote[0])  # the newest: the peer may have dropped older ones
         if notify_peer and mm:
             self.sender(
                 informational.delete_children(mm.sa, sa.inbound.chain()),

@@ -58,3 +58,15 @@ def open_informational(sa: IsakmpSA, msg: isakmp.Message) -> list[isakmp.Payload
             integrity=True,
         )
     return payloads[1:]
+
+
+def responder_lifetime(payloads: list[isakmp.Payload]) -> tuple[int | None, int | None]:
+    """(seconds, kilobytes) of the peer's RESPONDER-LIFETIME among `payloads` (main mode 6, quick mode 2),
+    None where it names none."""
+    for p in payloads:
+        if isinstance(p, Notify) and p.notify_type == NotifyType.RESPONDER_LIFETIME:
+            try:
+                return p.lifetimes()
+            except isakmp.MalformedMessage as exc:
+                raise NegotiationError(str(exc), NotifyType.PAYLOAD_MALFORMED, "malformed message") from None
+    return None, None

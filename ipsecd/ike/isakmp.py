@@ -22,11 +22,16 @@ from typing import Any, ClassVar
 
 
 class MalformedMessage(ValueError):
-    """A message that does not parse; says which payload and where."""
+    """A message that does not parse: what is wrong in words (``kind``: 'invalid payload length'), then
+    which payload, where and the numbers.
 
-    def __init__(self, what: str, offset: int, reason: str):
-        super().__init__(f"malformed ISAKMP message: {what} at offset {offset}: {reason}")
-        self.what, self.offset, self.reason = what, offset, reason
+    >>> str(MalformedMessage("ID", 28, "payload length 22315 with 64 bytes left", "invalid payload length"))
+    'malformed message (invalid payload length): ID at offset 28: payload length 22315 with 64 bytes left'
+    """
+
+    def __init__(self, what: str, offset: int, reason: str, kind: str = "invalid payload"):
+        super().__init__(f"malformed message ({kind}): {what} at offset {offset}: {reason}")
+        self.what, self.offset, self.reason, self.kind = what, offset, reason, kind
 
 
 class ExchangeType(enum.IntEnum):
@@ -55,6 +60,7 @@ class PayloadType(enum.IntEnum):
     VENDOR_ID = 13
     NAT_D = 20  # RFC 3947
     NAT_OA = 21
+    GSS_TOKEN = 129  # draft-ietf-ipsec-isakmp-gss-auth-07 §3.3 (private range): Kerberos in main mode
     NAT_D_DRAFT = 130  # draft-ietf-ipsec-nat-t-ike-02, what Windows 2003 sends
     NAT_OA_DRAFT = 131
 
@@ -273,13 +279,15 @@ class Payload:
             except MalformedMessage:
                 raise
             except ValueError as exc:
-                raise MalformedMessage(cls.__name__, pos, str(exc)) from None
+                raise MalformedMessage(cls.__name__, pos, str(exc),
+                                       f"invalid {cls.__name__} payload") from None
         if pos != end:
-            raise MalformedMessage(cls.__name__, pos, f"{end - pos} unexpected bytes at the end")
+            raise MalformedMessage(cls.__name__, pos, f"{end - pos} unexpected bytes at the end",
+                                   "invalid payload length")
         for f in cls.FIELDS:  # a count must say what follows: a payload is re-encoded for hashes and replies
             if isinstance(f, LengthOf) and f.unit == 1 and len(values[f.of]) != values[f.name]:
                 raise MalformedMessage(cls.__name__, pos, f"{f.name} {values[f.name]} but "
-                                       f"{len(values[f.of])} {f.of} follow")
+                                       f"{len(values[f.of])} {f.of} follow", "inconsistent count")
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -428,6 +436,49 @@ class Notify(Payload):
         except ValueError:
             return f"notify type {self.notify_type}"
 
+    @classmethod
+    def responder_lifetime(cls, protocol: int, spi: bytes, seconds: int | None, kilobytes: int | None = None
+                           ) -> Notify:
+        """RESPONDER-LIFETIME (RFC 2407 §4.6.3.1): the shorter lifetime(s) the responder chose, as a list of
+        life type and life duration attributes; `spi` names the SA (cookies in phase 1)."""
+        life_type, duration = _lifetime_classes(protocol)
+        attributes = []
+        for kind, value in ((1, seconds), (2, kilobytes)):  # 1 seconds, 2 kilobytes in both numberings
+            if value is not None:
+                attributes += [Attribute(life_type, kind), Attribute(duration, value)]
+        data = Attributes("attributes").write(_AttributeList(attributes))
+        return cls(NotifyType.RESPONDER_LIFETIME, protocol, spi, data)
+
+    def lifetimes(self) -> tuple[int | None, int | None]:
+        """(seconds, kilobytes) of a RESPONDER-LIFETIME notify, None where it names none; MalformedMessage if
+        its data is not an attribute list."""
+        life_type, duration = _lifetime_classes(self.protocol)
+        try:
+            attributes, _ = Attributes("attributes").read(self.data, 0, len(self.data), {})
+        except ValueError as exc:
+            raise MalformedMessage("Notify", 0, f"RESPONDER-LIFETIME: {exc}") from None
+        found: dict[int, int] = {}
+        kind = None
+        for a in attributes:
+            if a.type == life_type:
+                kind = a.as_int()
+            elif a.type == duration and kind in (1, 2):
+                found[kind] = a.as_int()
+        return found.get(1), found.get(2)
+
+
+def _lifetime_classes(protocol: int) -> tuple[int, int]:
+    """The attribute classes of a lifetime pair (type, duration): Oakley's for the ISAKMP SA (RFC 2409
+    App. A), the IPsec DOI's for ESP and AH (RFC 2407 §4.5)."""
+    return (11, 12) if protocol == ProtocolID.ISAKMP else (1, 2)
+
+
+@dataclass
+class _AttributeList:
+    """What the Attributes field writes from: a notify's data as an attribute list."""
+
+    attributes: list[Attribute]
+
 
 @dataclass
 class Delete(Payload):
@@ -461,6 +512,13 @@ class Delete(Payload):
 @dataclass
 class VendorID(Opaque):
     TYPE = PayloadType.VENDOR_ID
+
+
+@dataclass
+class GssToken(Opaque):
+    """A GSS-API token (Kerberos AP-REQ / AP-REP in main mode 3/4), the bare token as racoon sends it."""
+
+    TYPE = PayloadType.GSS_TOKEN
 
 
 @dataclass
@@ -511,6 +569,7 @@ TOP_LEVEL: dict[int, type[Payload]] = {
         Notify,
         Delete,
         VendorID,
+        GssToken,
         NatD,
         NatDDraft,
         NatOA,
@@ -533,10 +592,12 @@ def _read_chain(
         cls = kinds.get(kind, Unknown)
         name = cls.__name__ if cls is not Unknown else f"payload type {kind}"
         if end - pos < 4:
-            raise MalformedMessage(name, pos, f"generic header needs 4 bytes, {end - pos} left")
+            raise MalformedMessage(name, pos, f"generic header needs 4 bytes, {end - pos} left",
+                                   "truncated payload")
         next_kind, _reserved, length = struct.unpack_from("!BBH", buf, pos)
         if length < 4 or length > end - pos:
-            raise MalformedMessage(name, pos, f"payload length {length} with {end - pos} bytes left")
+            raise MalformedMessage(name, pos, f"payload length {length} with {end - pos} bytes left",
+                                   "invalid payload length")
         item = cls.parse_body(buf, pos + 4, pos + length)
         if isinstance(item, Unknown):
             item.payload_type = kind
@@ -544,7 +605,8 @@ def _read_chain(
         pos += length
         kind = next_kind
     if pos != end and not trailing_ok:
-        raise MalformedMessage("payload chain", pos, f"{end - pos} bytes after the last payload")
+        raise MalformedMessage("payload chain", pos, f"{end - pos} bytes after the last payload",
+                               "bytes after the last payload")
     return items, end - pos, pos
 
 
@@ -612,12 +674,15 @@ class Message:
     @classmethod
     def decode(cls, data: bytes) -> Message:
         if len(data) < HEADER_SIZE:
-            raise MalformedMessage("ISAKMP header", 0, f"needs {HEADER_SIZE} bytes, got {len(data)}")
+            raise MalformedMessage("ISAKMP header", 0, f"needs {HEADER_SIZE} bytes, got {len(data)}",
+                                   "truncated header")
         icky, rcky, first, version, exchange, flags, mid, length = struct.unpack_from(cls.HEADER, data)
         if length != len(data):
-            raise MalformedMessage("ISAKMP header", 24, f"length field {length}, datagram {len(data)}")
+            raise MalformedMessage("ISAKMP header", 24, f"length field {length}, datagram {len(data)}",
+                                   "invalid header length")
         if version >> 4 != 1:
-            raise MalformedMessage("ISAKMP header", 17, f"major version {version >> 4}, not IKEv1")
+            raise MalformedMessage("ISAKMP header", 17, f"major version {version >> 4}, not IKEv1",
+                                   "invalid major version")
         msg = cls(
             icky, rcky, exchange, flags, mid, next_payload=first, body=data[HEADER_SIZE:], version=version
         )

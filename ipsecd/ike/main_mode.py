@@ -2,8 +2,10 @@
 
 A :class:`MainModeInitiator` or :class:`MainModeResponder` is fed decoded messages and returns the datagrams
 to send; what happened is appended to ``events`` (:class:`Established` or :class:`Failure`). Sockets, ports,
-retransmission and timers belong to component.py. The result, an :class:`IsakmpSA`, protects the quick mode
-and informational exchanges that follow (App. B IV chaining per message ID).
+retransmission and timers belong to component.py, and so does work that blocks: with Kerberos the initiator's
+main mode 3 needs a ticket first (the KDC, up to the Kerberos timeout), so after main mode 2 it hands that
+work out (``take_blocking()``) and goes on when ``resume()`` is called. The result, an :class:`IsakmpSA`,
+protects the quick mode and informational exchanges that follow (App. B IV chaining per message ID).
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import secrets
+from collections.abc import Callable
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ipsecd.ike import isakmp, natt, oakley
-from ipsecd.ike.auth import AUTH_IDS, AUTH_NAMES, rsa_sign_raw, rsa_verify_raw, verify_chain
+from ipsecd.ike import auth as authentication
+from ipsecd.ike import informational, isakmp, natt, oakley
+from ipsecd.ike.auth import (
+    AUTH_IDS,
+    AUTH_NAMES,
+    load_certificate,
+    rsa_sign_raw,
+    rsa_verify_raw,
+    verify_chain,
+)
 from ipsecd.ike.events import Established, Failure, NegotiationError, refusal
 from ipsecd.ike.isakmp import (
     ID,
@@ -42,7 +52,7 @@ from ipsecd.ike.isakmp import (
     VendorID,
 )
 from ipsecd.ike.sa import IsakmpSA
-from ipsecd.ike.settings import Certificates, MainModeOffer, PeerPolicy, PreSharedKey
+from ipsecd.ike.settings import Certificates, Kerberos, MainModeOffer, PeerPolicy, PreSharedKey
 
 # Oakley attribute classes (RFC 2409 App. A)
 ENCRYPTION, HASH, AUTH_METHOD, GROUP, LIFE_TYPE, LIFE_DURATION, KEY_LENGTH = 1, 2, 3, 4, 11, 12, 14
@@ -54,7 +64,9 @@ NONCE_SIZE = 32
 # --- proposals ------------------------------------------------------------------------------------
 
 
-def offer_transform(number: int, offer: MainModeOffer, method: str) -> Transform:
+def offer_transform(
+    number: int, offer: MainModeOffer, method: str, extra: tuple[Attribute, ...] = ()
+) -> Transform:
     cipher = oakley.CIPHERS[offer.encryption]
     attrs = [Attribute(ENCRYPTION, cipher.oakley_id)]
     if cipher.variable_key:
@@ -65,6 +77,7 @@ def offer_transform(number: int, offer: MainModeOffer, method: str) -> Transform
         Attribute(GROUP, offer.group),
         Attribute(LIFE_TYPE, LIFE_SECONDS),
         Attribute(LIFE_DURATION, offer.lifetime),
+        *extra,
     ]
     return Transform(number, KEY_IKE, attrs)
 
@@ -139,6 +152,7 @@ class MainMode:
         self._suite: oakley.Phase1Suite | None = None
         self.method = ""
         self.lifetime = 0
+        self.proposed_lifetime = 0  # what the transform chosen says (RFC 2407 §4.5: 8 hours if nothing)
         self.peer_vids: list[bytes] = []
         self.variant: natt.Variant | None = None
         self.nat: natt.NatStatus | None = None
@@ -149,6 +163,8 @@ class MainMode:
         self.sa: IsakmpSA | None = None
         self.peer_initial_contact = False
         self.dropped: list[str] = []  # messages dropped as corrupted, in words
+        self.gss: authentication.GssAuthentication | None = None  # with Kerberos: its part of this exchange
+        self._blocking: Callable[[], None] | None = None  # work to run off the event loop, then resume()
 
     @property
     def done(self) -> bool:
@@ -179,31 +195,49 @@ class MainMode:
         """Process one message of this exchange; returns what to send back."""
         if self.done:
             return []
+        if msg.exchange == ExchangeType.INFORMATIONAL and not msg.flags & Flag.ENCRYPTION:
+            return self._guarded(lambda: self._peer_notify(msg))
+        if msg.exchange != ExchangeType.MAIN_MODE:
+            return []
+        return self._guarded(lambda: self._step(msg))
+
+    def take_blocking(self) -> Callable[[], None] | None:
+        """Work that blocks (Kerberos: fetching the ticket for main mode 3), once: the caller runs it off its
+        event loop, then calls :meth:`resume`."""
+        work, self._blocking = self._blocking, None
+        return work
+
+    def resume(self) -> list[bytes]:
+        """After the blocking work: what to send now."""
+        if self.done:
+            return []
+        return self._guarded(self._resumed)
+
+    def _resumed(self) -> list[bytes]:
+        return []  # nothing waits for blocking work (the responder never has any)
+
+    def _guarded(self, step: Callable[[], list[bytes]]) -> list[bytes]:
         try:
-            if msg.exchange == ExchangeType.INFORMATIONAL and not msg.flags & Flag.ENCRYPTION:
-                self._peer_notify(msg)
-                return []
-            if msg.exchange != ExchangeType.MAIN_MODE:
-                return []
-            return self._step(msg)
+            return step()
         except NegotiationError as exc:
             if exc.integrity and not self.dropped:
                 self.dropped.append(exc.reason)
                 return []
             self.state = "failed"
-            self.events.append(Failure(exc.reason, exc.counter))
+            self.events.append(Failure.of(exc))
             return [notify_message(self.icookie, self.rcookie, exc.notify)] if exc.notify else []
 
-    def fail(self, reason: str, counter: str) -> None:
+    def fail(self, reason: str, counter: str, point: str = "me") -> None:
         """Give up from outside (retransmissions exhausted)."""
         if not self.done:
             self.state = "failed"
-            self.events.append(Failure(reason, counter))
+            self.events.append(Failure(reason, counter, point))
 
-    def _peer_notify(self, msg: Message) -> None:
+    def _peer_notify(self, msg: Message) -> list[bytes]:
         notify = msg.first(Notify)
         if notify is not None:
             refusal(notify, "main mode", self.remote[0])
+        return []
 
     def _step(self, msg: Message) -> list[bytes]:
         raise NotImplementedError
@@ -214,11 +248,13 @@ class MainMode:
         return next(a for a in self.policy.auth if a.method == self.method)
 
     def _choose(self, proposal: Proposal) -> Transform:
-        """MainModeResponder: the first transform of the initiator that our policy accepts."""
+        """MainModeResponder: the first transform of the initiator that our policy accepts (65001 only from
+        a peer whose vendor IDs say it means Kerberos, not XAUTH)."""
+        gss_peer = authentication.peer_does_gss(self.peer_vids)
         for t in proposal.transforms:
             for offer in self.policy.main_mode:
                 for auth in self.policy.auth:
-                    if _matches(t, offer, auth.method):
+                    if _matches(t, offer, auth.method) and (auth.method != "kerberos" or gss_peer):
                         return t
         offered = "; ".join(describe_transform(t) for t in proposal.transforms) or "nothing"
         ours = "; ".join(
@@ -241,12 +277,19 @@ class MainMode:
         self._suite = oakley.Phase1Suite(name, hash_name, group)
         self.method = next(m for m, i in AUTH_IDS.items() if i == t.attr(AUTH_METHOD))
         own = min((o.lifetime for o in self.policy.main_mode), default=28800)
-        self.lifetime = min(_lifetime(t, 28800), own)
+        self.proposed_lifetime = _lifetime(t, 28800)
+        self.lifetime = min(self.proposed_lifetime, own)
         self.private = self.suite.group.private_key()
         self.own_ke = self.suite.group.public_key(self.private)
+        auth = self._auth()
+        if isinstance(auth, Kerberos):  # the peer's GSS identity is in its offer or reply
+            self.gss = authentication.GssAuthentication(auth, self.initiator, self.remote[0])
+            self.gss.take_peer_transform(t)
 
     def _vendor_ids(self) -> list[isakmp.Payload]:
         vids = [natt.VID_WINDOWS_2003] + [natt.VARIANTS[name].vendor_id for name in self.policy.nat_traversal]
+        if any(isinstance(a, Kerberos) for a in self.policy.auth):
+            vids += authentication.SENT_VENDOR_IDS
         return [VendorID(v) for v in vids]
 
     def _note_vendor_ids(self, msg: Message) -> None:
@@ -259,11 +302,19 @@ class MainMode:
         auth = self._auth()
         if isinstance(auth, Certificates):
             out += [CertRequest(ca.subject.public_bytes()) for ca in auth.trusted_cas]
+        if self.gss:  # AP-REQ in main mode 3, AP-REP in 4
+            out += self.gss.key_exchange_payloads()
         if self.variant:
             out += natt.natd_payloads(
                 self.variant, self.suite.hash, self.icookie, self.rcookie, self.local, self.remote
             )
         return out
+
+    def _take_responder_lifetime(self, payloads: list[isakmp.Payload]) -> None:
+        """The responder's shorter lifetime (RESPONDER-LIFETIME in main mode 6) becomes ours: we renegotiate
+        before it expires on the responder's side."""
+        seconds, _ = informational.responder_lifetime(payloads)
+        self.lifetime = min(self.lifetime, seconds or self.lifetime)
 
     def _take_key_exchange(self, msg: Message) -> None:
         ke, nonce = msg.first(KE), msg.first(Nonce)
@@ -296,6 +347,8 @@ class MainMode:
                 )
             except ValueError as exc:
                 raise NegotiationError(str(exc), NotifyType.PAYLOAD_MALFORMED, "malformed message") from None
+        if self.gss:
+            self.gss.take_key_exchange(msg.payloads)
         auth = self._auth()
         if isinstance(auth, PreSharedKey):
             skeyid = oakley.skeyid_psk(self.suite, auth.key, self.ni, self.nr)
@@ -325,9 +378,13 @@ class MainMode:
                 Cert(auth.certificate.public_bytes(serialization.Encoding.DER)),
                 Signature(rsa_sign_raw(auth.private_key, own_hash)),
             ]
+        if self.gss:  # the hash wrapped with the GSS-API context
+            return [Hash(self.gss.protect(own_hash))]
         return [Hash(own_hash)]
 
     def _hash(self, of_initiator: bool, id_body: bytes) -> bytes:
+        if self.gss:  # the draft's extended hash input
+            id_body += self.gss.hash_extension(of_initiator)
         return oakley.phase1_hash(
             self.suite,
             self.keys.skeyid,
@@ -375,6 +432,8 @@ class MainMode:
                 "no ID payload in main mode 5/6", NotifyType.PAYLOAD_MALFORMED, "malformed message"
             )
         expected = self._hash(not self.initiator, peer_id.body())
+        if self.gss:  # the peer's identity is its Kerberos principal
+            return self.gss.verify(next((p.data for p in payloads if isinstance(p, Hash)), b""), expected)
         auth = self._auth()
         if isinstance(auth, PreSharedKey):
             got = next((p.data for p in payloads if isinstance(p, Hash)), None)
@@ -387,17 +446,7 @@ class MainMode:
                     integrity=True,
                 )
             return _id_text(peer_id)
-        certs = []
-        for p in payloads:
-            if isinstance(p, Cert):
-                try:
-                    certs.append(x509.load_der_x509_certificate(p.data))
-                except ValueError:
-                    raise NegotiationError(
-                        "CERT payload is not a DER X.509 certificate",
-                        NotifyType.INVALID_CERTIFICATE,
-                        "authentication failed",
-                    ) from None
+        certs = [load_certificate(p.data) for p in payloads if isinstance(p, Cert)]
         sig = next((p.data for p in payloads if isinstance(p, Signature)), None)
         if not certs or sig is None:
             raise NegotiationError(
@@ -462,7 +511,7 @@ class MainModeInitiator(MainMode):
     def start(self) -> bytes:
         self.icookie = secrets.token_bytes(8)
         transforms = [
-            offer_transform(n, offer, auth.method)
+            offer_transform(n, offer, auth.method, authentication.gss_id_attributes(auth))
             for n, (offer, auth) in enumerate(
                 ((o, a) for o in self.policy.main_mode for a in self.policy.auth), start=1
             )
@@ -493,11 +542,22 @@ class MainModeInitiator(MainMode):
                     "no proposal chosen",
                 )
             self.rcookie = msg.rcookie
-            self._adopt(chosen)
             self._note_vendor_ids(msg)
+            if chosen.attr(AUTH_METHOD) == authentication.KERBEROS and not authentication.peer_does_gss(
+                self.peer_vids
+            ):
+                raise NegotiationError(
+                    f"peer {self.remote[0]} chose method 65001 without a GSS-API vendor ID (XAUTH?)",
+                    NotifyType.NO_PROPOSAL_CHOSEN,
+                    "no proposal chosen",
+                )
+            self._adopt(chosen)
             self.ni = secrets.token_bytes(NONCE_SIZE)
-            self.state = "MM3 sent"
-            return [Message(self.icookie, self.rcookie, payloads=self._key_exchange_payloads()).encode()]
+            self.state = "MM2 received"
+            if self.gss:  # the AP-REQ first: it may wait for the KDC
+                self._blocking = self.gss.fetch_ticket
+                return []
+            return self._resumed()
         if self.state == "MM3 sent" and not msg.flags & Flag.ENCRYPTION:
             self._take_key_exchange(msg)
             ident = self._identity()
@@ -509,17 +569,34 @@ class MainModeInitiator(MainMode):
             self.state = "MM5 sent"
             return [self._seal_phase1(payloads)]
         if self.state == "MM5 sent" and msg.flags & Flag.ENCRYPTION:
-            peer = self._verify_peer(self._open_phase1(msg))
+            payloads = self._open_phase1(msg)
+            peer = self._verify_peer(payloads)
             self.iv = msg.body[-self.suite.cipher.block_size :]
+            self._take_responder_lifetime(payloads)
             self._establish(peer)
             return []
         return []
+
+    def _resumed(self) -> list[bytes]:
+        """Main mode 3 (with Kerberos once the ticket is there)."""
+        if self.state != "MM2 received":
+            return []
+        self.state = "MM3 sent"
+        return [Message(self.icookie, self.rcookie, payloads=self._key_exchange_payloads()).encode()]
 
 
 class MainModeResponder(MainMode):
     """Main mode responder: created for a message 1, fed every message of the exchange."""
 
     initiator = False
+
+    def _responder_lifetime(self) -> list[isakmp.Payload]:
+        """RESPONDER-LIFETIME in main mode 6 when our lifetime is shorter than the one proposed (RFC 2407
+        §4.6.3.1; the chosen transform is echoed unchanged in main mode 2, so this is how the initiator
+        learns it): protected by the SA it describes, named by its cookies."""
+        if self.lifetime >= self.proposed_lifetime:
+            return []
+        return [Notify.responder_lifetime(ProtocolID.ISAKMP, self.icookie + self.rcookie, self.lifetime)]
 
     def _step(self, msg: Message) -> list[bytes]:
         if self.state == "new":
@@ -531,9 +608,11 @@ class MainModeResponder(MainMode):
             self.icookie, self.rcookie = msg.icookie, secrets.token_bytes(8)
             self.sai_b = sa.body()
             proposal = next((p for p in sa.proposals if p.protocol == ProtocolID.ISAKMP), sa.proposals[0])
+            self._note_vendor_ids(msg)
             chosen = self._choose(proposal)
             self._adopt(chosen)
-            self._note_vendor_ids(msg)
+            if self.gss:  # our GSS identity in the reply
+                chosen = authentication.with_gss_id(chosen, self.gss.own_id)
             reply = SA([Proposal(proposal.number, ProtocolID.ISAKMP, b"", [chosen])], sa.doi, sa.situation)
             self.state = "MM2 sent"
             return [Message(self.icookie, self.rcookie, payloads=[reply, *self._vendor_ids()]).encode()]
@@ -552,7 +631,8 @@ class MainModeResponder(MainMode):
                 isinstance(p, Notify) and p.notify_type == NotifyType.INITIAL_CONTACT for p in payloads
             )
             ident = self._identity()
-            message_6 = self._seal_phase1([ident, *self._auth_payloads(self._hash(False, ident.body()))])
+            message_6 = self._seal_phase1([ident, *self._auth_payloads(self._hash(False, ident.body())),
+                                           *self._responder_lifetime()])
             self._establish(peer)
             return [message_6]
         return []

@@ -1,8 +1,8 @@
 """NAT-T for IKEv1: vendor IDs, NAT-D hashes and detection, the UDP 4500 framing, keepalives.
 
 Windows Server 2003 speaks draft-ietf-ipsec-nat-t-ike-02 only (payloads 130/131, encapsulation
-modes 61443/61444); RFC 3947 peers use 20/21 and 3/4. We send both vendor IDs and use RFC 3947
-when the peer knows it.
+modes 61443/61444); RFC 3947 peers use 20/21 and 3/4. By default we announce draft-02 alone, as Windows
+Server 2003 does; with both (ipsecd.yaml ike.nat_traversal) we use RFC 3947 when the peer knows it.
 
 >>> classify_4500(b"\\xff")
 ('keepalive', b'')

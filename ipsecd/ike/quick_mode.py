@@ -7,6 +7,7 @@ everything the driver needs to install the inbound and the outbound SA.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import secrets
 from collections.abc import Callable
@@ -157,6 +158,34 @@ def match_group(group: list[Proposal], offer: QuickModeOffer, encapsulation: int
     return chosen
 
 
+def _responder_lifetime(chosen: Transform, offer: QuickModeOffer, protocol: int, spi: bytes
+                        ) -> list[isakmp.Payload]:
+    """RESPONDER-LIFETIME in quick mode 2 (RFC 2407 §4.6.3.1) when our lifetime in seconds or kilobytes is
+    shorter than the one proposed (the chosen transform goes back unchanged): named by our inbound SPI of
+    the first protocol of the bundle, as the SA payload of quick mode 2 names it."""
+    seconds, kilobytes = _lifetimes(chosen)
+    shorter_seconds = offer.lifetime_seconds if offer.lifetime_seconds < (seconds or 28800) else None
+    shorter_kb = offer.lifetime_kb if kilobytes is None or offer.lifetime_kb < kilobytes else None
+    if shorter_seconds is None and shorter_kb is None:
+        return []
+    return [isakmp.Notify.responder_lifetime(protocol, spi, shorter_seconds, shorter_kb)]
+
+
+def _initiators_first(group: list[Proposal], offers: list[QuickModeOffer], encapsulation: int
+                      ) -> tuple[QuickModeOffer, list[Transform]] | None:
+    """Of our offers that a proposal group matches, the one whose transforms come first in the initiator's
+    order (a proposal may carry several transforms): the initiator's preference decides, ours only says
+    what we accept."""
+    matches = [(offer, chosen) for offer in offers if (chosen := match_group(group, offer, encapsulation))]
+    if not matches:
+        return None
+
+    def rank(match: tuple[QuickModeOffer, list[Transform]]) -> list[int]:
+        return [proposal.transforms.index(t) for proposal, t in zip(group, match[1], strict=True)]
+
+    return min(matches, key=rank)
+
+
 def selector_id(sel: Selector) -> ID:
     return ID.for_network(sel.network, sel.protocol, sel.port)
 
@@ -211,15 +240,16 @@ class QuickMode:
                     self.sa.ivs[self.message_id] = saved_iv
                 return []
             self.state = "failed"
-            self.events.append(Failure(exc.reason, exc.counter))
+            self.events.append(Failure.of(exc))
             if not exc.notify:
                 return []
             return [informational.notify(self.sa, exc.notify, *self.notify_ref)]
 
-    def fail(self, reason: str, counter: str) -> None:
+    def fail(self, reason: str, counter: str, point: str = "me") -> None:
+        """Give up from outside: retransmissions exhausted, or the peer's error notify ("peer")."""
         if not self.done:
             self.state = "failed"
-            self.events.append(Failure(reason, counter))
+            self.events.append(Failure(reason, counter, point))
 
     def _step(self, payloads: list[isakmp.Payload]) -> list[bytes]:
         raise NotImplementedError
@@ -430,6 +460,9 @@ class QuickModeInitiator(QuickMode):
             self.policy.tunnel,
             payloads,
         )
+        seconds, kilobytes = informational.responder_lifetime(payloads)
+        done = dataclasses.replace(done, lifetime_seconds=min(done.lifetime_seconds, seconds or 1 << 32),
+                                   lifetime_kb=min(done.lifetime_kb, kilobytes or 1 << 32))
         reply = self.sa.seal(
             ExchangeType.QUICK_MODE,
             self.message_id,
@@ -451,6 +484,7 @@ class QuickModeResponder(QuickMode):
     ):
         super().__init__(isakmp_sa, message_id)
         self.policy_for, self.allocate_spi = policy_for, spi_allocator
+        self.proposed: tuple[Selector, Selector] | None = None  # (ours, the peer's) as quick mode 1 says
 
     def _step(self, payloads: list[isakmp.Payload]) -> list[bytes]:
         if self.state == "new":
@@ -496,6 +530,7 @@ class QuickModeResponder(QuickMode):
         host = ipaddress.IPv4Network
         peer_sel = id_selector(ids[0]) if ids else Selector(host(self.sa.remote[0]))
         own_sel = id_selector(ids[1]) if ids else Selector(host(self.sa.local[0]))
+        self.proposed = (own_sel, peer_sel)  # the filter a failure event names
         policy = self.policy_for(self.sa, own_sel, peer_sel)
         if policy is None:
             raise NegotiationError(
@@ -505,10 +540,10 @@ class QuickModeResponder(QuickMode):
             )
         encap = _encapsulation(self.sa, policy.tunnel)
         for group in proposal_groups(sa):
-            for offer in policy.quick_mode:
-                transforms = match_group(group, offer, encap)
-                if transforms:
-                    return self._answer(payloads, ids, group, transforms, offer, policy, own_sel, peer_sel)
+            choice = _initiators_first(group, policy.quick_mode, encap)
+            if choice:
+                offer, transforms = choice
+                return self._answer(payloads, ids, group, transforms, offer, policy, own_sel, peer_sel)
         ours = " ".join(
             o.describe() + (f" PFS group {o.pfs_group}" if o.pfs_group else "") for o in policy.quick_mode
         )
@@ -535,6 +570,8 @@ class QuickModeResponder(QuickMode):
             reply.append(KE(oakley.GROUPS[offer.pfs_group].public_key(self.private)))
             self._pfs(offer.pfs_group, next((p for p in payloads if isinstance(p, KE)), None))
         reply += [*ids, *self._nat_oa(transforms[0].attr(ENCAPSULATION, TRANSPORT))]
+        first = legs(offer)[0][0]
+        reply += _responder_lifetime(transforms[0], offer, PROTOCOLS[first], ours[first])
         self.pending = self._result(
             offer, transforms, ours, theirs, own_sel, peer_sel, policy.tunnel, payloads
         )

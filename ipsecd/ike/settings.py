@@ -11,14 +11,22 @@ MainModeOffer(encryption='3des-cbc', hash='sha1', group=2, lifetime=28800)
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ipsecd import algorithms
 
+if TYPE_CHECKING:  # annotations only: loading x509 costs every ipsecd 8 MB
+    from cryptography import x509
+
+# The ranges Windows' key exchange and security method dialogs take: master key 5 minutes .. 48 hours,
+# session key 300 .. 172,800 s and 20,480 .. 2,147,483,647 KB.
 MAIN_MODE_LIFETIME_MIN, MAIN_MODE_LIFETIME_MAX = 5 * 60, 48 * 3600
+QUICK_MODE_SECONDS_MIN, QUICK_MODE_SECONDS_MAX = 300, 172_800
+QUICK_MODE_KB_MIN, QUICK_MODE_KB_MAX = 20_480, 2_147_483_647
 QUICK_MODE_IDLE_SECONDS = 5 * 60
 
 
@@ -32,8 +40,9 @@ class MainModeOffer:
     lifetime: int = 480 * 60  # seconds
 
     def __post_init__(self):
-        if not MAIN_MODE_LIFETIME_MIN <= self.lifetime <= MAIN_MODE_LIFETIME_MAX:
-            raise ValueError(f"main mode lifetime {self.lifetime} s outside 5 minutes .. 48 hours")
+        # Windows' 5 minutes is a policy's floor (policy/validate.py); labs go lower (ike.main_mode_lifetime)
+        if not 1 <= self.lifetime <= MAIN_MODE_LIFETIME_MAX:
+            raise ValueError(f"main mode lifetime {self.lifetime} s outside 1 s .. 48 hours")
 
     def describe(self) -> str:
         return f"{algorithms.encryption(self.encryption).windows}/{self.hash.upper()}/group {self.group}"
@@ -82,7 +91,38 @@ class Certificates:
     method = "rsa-sig"
 
 
-AuthMethod = PreSharedKey | Certificates
+@dataclass(frozen=True)
+class Kerberos:
+    """Kerberos through GSS-API (method 65001), as domain members use it: the computer account's keys in
+    ``keytab`` (no password), ``principal`` the account (``member-a$@LAB.TEST``), ``service`` our own
+    service name, the GSS identity we announce (default ``host/<account name>.<realm in lower case>``).
+    ``resolve`` names a peer's address when it announces no identity (default: the system resolver)."""
+
+    keytab: str
+    principal: str
+    service: str = ""
+    ccache: str = ""  # where tickets are kept (default: in memory, for the life of the process)
+    rcache: str = ""  # the acceptor's replay cache (default: MIT's)
+    kdc_timeout: float = 5.0  # seconds a ticket request may wait for the KDC
+    resolve: Callable[[str], str | None] | None = field(default=None, compare=False)
+
+    method = "kerberos"
+
+    def __post_init__(self):
+        if "@" not in self.principal:
+            raise ValueError(
+                f"Kerberos principal {self.principal!r} has no realm (want like member-a$@LAB.TEST)"
+            )
+        if not self.service:
+            account, realm = self.principal.rsplit("@", 1)
+            object.__setattr__(self, "service", f"host/{account.rstrip('$').lower()}.{realm.lower()}")
+
+    @property
+    def credential_cache(self) -> str:
+        return self.ccache or f"MEMORY:ipsecd-{self.principal}"
+
+
+AuthMethod = PreSharedKey | Certificates | Kerberos
 
 
 @dataclass(frozen=True)
@@ -110,7 +150,9 @@ class PeerPolicy:
     main_mode: list[MainModeOffer] = field(default_factory=lambda: [MainModeOffer()])
     quick_mode: list[QuickModeOffer] = field(default_factory=lambda: [QuickModeOffer()])
     tunnel: bool = False  # tunnel mode (tunnel endpoints are the IKE peers) or transport mode
-    nat_traversal: tuple[str, ...] = ("rfc3947", "draft-02")  # () = off; ("draft-02",) = as Windows 2003
+    #: NAT-T revisions we announce and accept, by preference: Windows Server 2003 sends the draft-02 vendor ID
+    #: only (MS-IKEE <13>), so that is the default; ("rfc3947", "draft-02") as Vista and later; () = off
+    nat_traversal: tuple[str, ...] = ("draft-02",)
 
 
 ANY = Selector(ipaddress.IPv4Network("0.0.0.0/0"))

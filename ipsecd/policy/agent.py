@@ -38,12 +38,12 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
 from ipsecd.driver import spd
-from ipsecd.ike.settings import IKERule
+from ipsecd.ike.settings import IKERule, Kerberos, PreSharedKey
 from ipsecd.ike.settings import Selector as IKESelector
 from ipsecd.policy import model, policyfile
 from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
@@ -51,6 +51,21 @@ from ipsecd.policy.ike_settings import CertificateSource, IKERuleSet, ike_settin
 from ipsecd.policy.soft_association import SoftAssociations, Verdict
 from ipsecd.policy.store import LocalStore, PolicyRef, PolicyStore, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
+
+
+class StoreStatus(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class GroupPolicyStore(Protocol):
+    """What a directory store adds to a PolicyStore (ipsecd.policy.directory_store.DirectoryStore)."""
+
+    status: StoreStatus
+
+    def refresh(self) -> None: ...
+
+    def seconds_until_group_policy(self) -> float: ...
 
 
 class FilterLoader(Protocol):
@@ -113,11 +128,17 @@ class PolicyChange:
     touched_filters: frozenset[str]
     added_rules: frozenset[str]
     main_mode_changed: bool  # new main modes use the new settings; existing ones run to their lifetime
+    # IKE rules (their names) whose authentication changed or that are gone: the main mode SAs authenticated
+    # under them no longer hold (Windows: "New policy invalidated SAs formed with old policy") and go too
+    reauthenticate: frozenset[str] = frozenset()
 
     def describe(self) -> str:
         parts = []
         if self.touched_rules:
             parts.append(f"SAs of {', '.join(sorted(self.touched_rules))} deleted")
+        if self.reauthenticate:
+            parts.append(f"main mode SAs of {', '.join(sorted(self.reauthenticate))} deleted "
+                         f"(authentication changed)")
         if self.added_rules:
             parts.append(f"new rules {', '.join(sorted(self.added_rules))}")
         if self.main_mode_changed:
@@ -127,7 +148,7 @@ class PolicyChange:
     def to_dict(self) -> dict[str, Any]:
         return {"touched_rules": sorted(self.touched_rules), "touched_filters": sorted(self.touched_filters),
                 "added_rules": sorted(self.added_rules), "main_mode_changed": self.main_mode_changed,
-                "text": self.describe()}
+                "reauthenticate": sorted(self.reauthenticate), "text": self.describe()}
 
 
 def compare(old: AppliedPolicy | None, new: AppliedPolicy | None) -> PolicyChange:
@@ -139,7 +160,29 @@ def compare(old: AppliedPolicy | None, new: AppliedPolicy | None) -> PolicyChang
         touched_filters=frozenset(f.name for name in touched for f in filters.get(name, ())),
         added_rules=frozenset(after.keys() - before.keys()),
         main_mode_changed=_main_mode(old) != _main_mode(new),
+        reauthenticate=_reauthenticate(old, new),
     )
+
+
+def _reauthenticate(old: AppliedPolicy | None, new: AppliedPolicy | None) -> frozenset[str]:
+    """The IKE rules of `old` that `new` authenticates otherwise (another key, CA or method) or not at all."""
+    if old is None:
+        return frozenset()
+    now = {r.name: _credentials(r) for r in new.ike.rules} if new else {}
+    return frozenset(r.name for r in old.ike.rules if now.get(r.name) != _credentials(r))
+
+
+def _credentials(rule: IKERule) -> tuple[Any, ...]:
+    """What a main mode SA of this rule was authenticated with, comparable across two loads of the policy."""
+    out: list[Any] = []
+    for auth in rule.policy.auth:
+        if isinstance(auth, PreSharedKey):
+            out.append(("psk", auth.key))
+        elif isinstance(auth, Kerberos):
+            out.append(("kerberos", auth.keytab, auth.principal))
+        else:
+            out.append(("rsa-sig", auth.certificate, auth.trusted_cas))
+    return tuple(out)
 
 
 def _fingerprints(applied: AppliedPolicy | None) -> dict[str, tuple[Any, ...]]:
@@ -169,11 +212,13 @@ class PolicyAgent:
     def __init__(self, store: PolicyStore, driver: FilterLoader, ike: IKERuleLoader,
                  addresses: Callable[[], Iterable[IPv4Address]], clock: Callable[[], float] = time.time,
                  resolve: Resolver = resolve_dns, certificate_for: CertificateSource | None = None,
+                 kerberos: Kerberos | None = None,
                  unassigned_poll_interval: float = model.DEFAULT_POLLING_INTERVAL,
                  log: Callable[[Event], None] | None = None, max_events: int = 1000) -> None:
         self.store, self.driver, self.ike = store, driver, ike
         self.addresses, self.clock, self.resolve = addresses, clock, resolve
         self.certificate_for = certificate_for
+        self.kerberos = kerberos  # the node's computer account, for rules that authenticate with Kerberos
         self.unassigned_poll_interval = unassigned_poll_interval
         self.log = log
         self.applied: AppliedPolicy | None = None
@@ -198,7 +243,10 @@ class PolicyAgent:
         return self._install(ref, stamp, policy, "policy-applied")
 
     def refresh(self) -> PolicyChange:
-        """``ipsecctl refresh``: re-read the store now, whatever the change stamp says."""
+        """``ipsecctl refresh``: re-read the store now, whatever the change stamp says; a directory store
+        reads its Group Policy objects again first (``gpupdate /force``)."""
+        if isinstance(self.store, GroupPolicyStore):
+            self.store.refresh()
         return self.apply()
 
     def poll(self) -> PolicyChange | None:
@@ -231,7 +279,11 @@ class PolicyAgent:
             return None
 
     def seconds_until_poll(self) -> float:
-        return max(0.0, self._next_poll - self.clock())
+        """Until the policy's polling interval ends or, with a directory store, the Group Policy one."""
+        wait = self._next_poll - self.clock()
+        if isinstance(self.store, GroupPolicyStore):
+            wait = min(wait, self.store.seconds_until_group_policy())
+        return max(0.0, wait)
 
     async def run(self) -> None:
         """Apply at start, then poll at the policy's interval, for ever (a task of the daemon's loop).
@@ -253,7 +305,7 @@ class PolicyAgent:
             self._refuse(ref, stamp, e)
             raise
         filters = spd.SPD(f for rule_filters in by_rule.values() for f in rule_filters)
-        settings = ike_settings(policy, by_rule, self.certificate_for)
+        settings = ike_settings(policy, by_rule, self.certificate_for, self.kerberos)
         new = AppliedPolicy(ref, stamp, policy, addresses, by_rule, filters, settings)
         previous = self.applied
         change = compare(previous, new)
@@ -333,11 +385,14 @@ class PolicyAgent:
     # --- what ipsecctl shows (JSON-ready)
 
     def show_policy(self) -> dict[str, Any] | None:
-        """``ipsecctl show policy``: the policy in force as its file would read, pre-shared keys hidden."""
+        """``ipsecctl show policy``: the policy in force as its file would read, pre-shared keys hidden;
+        with a directory store, first where it came from (directory, cache, local), its ipsecID and
+        whenChanged, its GPO and why the cache or the local store is used."""
+        source = {"source": self.store.status.to_dict()} if isinstance(self.store, GroupPolicyStore) else {}
         if not self.applied:
-            return None
+            return source or None
         as_file = yaml.safe_load(policyfile.dumps(self.applied.policy, hide_keys=True))
-        return {"location": self.applied.ref.location, **as_file}
+        return {**source, "location": self.applied.ref.location, **as_file}
 
     def generic_filters(self) -> list[dict[str, Any]]:
         """``ipsecctl show filters generic``: the policy's filters as configured ('me', DNS names)."""

@@ -221,6 +221,9 @@ class DirectoryStore:
         self._resolved_at, self._usn, self._failed = None, (None, None), None
 
     def seconds_until_group_policy(self) -> float:
+        """Until the GPO chain is read again; after a failed attempt, until the next try (retry_after)."""
+        if self._failed is not None:
+            return max(0.0, self._failed[0] + self.retry_after - self.clock())
         if self._resolved_at is None:
             return 0.0
         return max(0.0, self._resolved_at + self.group_policy_interval - self.clock())
@@ -230,6 +233,7 @@ class DirectoryStore:
             try:
                 self._resolve()
             except DirectoryUnavailable as e:
+                self._failed_now(e)  # the next try after retry_after
                 return self._cached_ref(e)
         if self._assignment is None:
             return self._local_ref()
@@ -284,8 +288,9 @@ class DirectoryStore:
         return out
 
     def save(self, policy: Policy) -> PolicyRef:
-        raise PermissionError("a member cannot write to the directory: import with the administration "
-                              "command line (ipsecd.policy.directory_admin) and administrator credentials")
+        raise PermissionError("this node's policies come from the directory, where a member cannot write: "
+                              "import with `ipsecctl static import FILE` and administrator credentials "
+                              "(docs/directory.md)")
 
     # --- the directory
 
@@ -306,17 +311,31 @@ class DirectoryStore:
         self._failed = None
         return self._directory
 
+    def _failed_now(self, error: DirectoryUnavailable) -> None:
+        """Remember a new failure; the remembered one raised again does not put the next try off (polls more
+        frequent than retry_after would never reach the DC again)."""
+        if self._failed is None or self._failed[1] is not error:
+            self._failed = (self.clock(), error)
+
     def _search(self, base: str, scope: str, ldap_filter: str, attributes: Iterable[str]) \
             -> builtins.list[tuple[str, Attributes]]:
-        """One search; a kept connection that broke (the DC restarted) is replaced once."""
-        fresh = self._directory.conn is None
+        """One search; a kept connection that broke (the DC restarted) is replaced once. The seconds of a
+        failed attempt (timeouts included; not a remembered failure raised again) go to
+        status.timings["failed_search"]."""
+        fresh, started = self._directory.conn is None, time.monotonic()
+        remembered = self._failed[1] if self._failed else None
         try:
-            found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
+            try:
+                found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
+            except DirectoryUnavailable as e:
+                if fresh:
+                    self._failed_now(e)
+                    raise
+                found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
         except DirectoryUnavailable as e:
-            if fresh:
-                self._failed = (self.clock(), e)
-                raise
-            found = self._connected().search(base, scope, ldap_filter, tuple(attributes))
+            if e is not remembered:
+                self.status.timings["failed_search"] = time.monotonic() - started
+            raise
         self.status.last_contact = time.time()
         return found
 
@@ -347,7 +366,7 @@ class DirectoryStore:
                          self._search(dn, BASE, "(objectClass=*)", ["ipsecOwnersReference"])), None)
 
         previous, self._assignment = self._assignment, assigned(gpos, pointer)
-        self._resolved_at = self.clock()
+        self._resolved_at, self._failed = self.clock(), None
         if self._assignment is None and previous is not None \
                 and not self._search(previous.gpo_dn, BASE, "(objectClass=*)", ["cn"]):
             self._assignment = previous  # the documents' warning: a deleted GPO leaves the policy in force

@@ -6,9 +6,11 @@ peer and any traffic and so only answers what no other rule claims. Main mode of
 exchange settings; quick mode offers from the filter action; quick mode PFS uses the group of the first
 main mode method (Windows uses the negotiated one). Authentication: pre-shared keys as they are,
 certificates through ``certificate_for(ca_name)`` (the node's certificate and key, and that CA), Kerberos
-not yet; an AH+ESP bundle ("AH[MD5]+ESP[3DES,SHA1]") is one proposal. What IKE cannot use is skipped with
-a warning; a rule left without authentication or offers is not given to IKE, so its traffic cannot be
-secured (and is held, as when a negotiation fails).
+as the node's computer account (``kerberos``: its keytab and principal, ipsecd.yaml's ``ike.kerberos``),
+in the rule's order, so the predefined policies work as shipped on a domain member; an AH+ESP bundle
+("AH[MD5]+ESP[3DES,SHA1]") is one proposal. What IKE cannot use is skipped with a warning; a rule left
+without authentication or offers is not given to IKE, so its traffic cannot be secured (and is held, as
+when a negotiation fails).
 
 >>> from ipaddress import IPv4Address
 >>> from ipsecd.policy.expand import expand_rules
@@ -35,6 +37,7 @@ from ipsecd.ike.settings import AuthMethod as IKEAuth
 from ipsecd.ike.settings import (
     Certificates,
     IKERule,
+    Kerberos,
     MainModeOffer,
     PeerPolicy,
     PreSharedKey,
@@ -62,7 +65,8 @@ class IKERuleSet:
 
 
 def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ...]],
-                 certificate_for: CertificateSource | None = None) -> IKERuleSet:
+                 certificate_for: CertificateSource | None = None,
+                 kerberos: Kerberos | None = None) -> IKERuleSet:
     lifetime = policy.key_exchange.lifetime_seconds
     main_mode = [MainModeOffer(m.encryption, m.hash, m.dh_group, lifetime)
                  for m in policy.key_exchange.methods]
@@ -72,7 +76,7 @@ def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ..
     for rule in policy.rules:
         if not rule.active or rule.filter_action.action is not spd.Action.NEGOTIATE:
             continue
-        auth = _auth(rule.name, rule.authentication, certificate_for, warnings)
+        auth = _auth(rule.name, rule.authentication, certificate_for, kerberos, warnings)
         if not auth:
             continue
         offers = _offers(rule.name, rule.filter_action.security_methods,
@@ -88,7 +92,7 @@ def ike_settings(policy: Policy, filters_by_rule: dict[str, tuple[spd.Filter, ..
             rules.append(r)
     ordered += _inbound_tunnel_filters(policy, filters_by_rule, rules)
     if policy.default_response and policy.default_response.active:
-        rules += _default_response(policy.default_response, main_mode, certificate_for, warnings)
+        rules += _default_response(policy.default_response, main_mode, certificate_for, kerberos, warnings)
     return IKERuleSet(tuple(rules), dict(ordered), tuple(warnings))
 
 
@@ -122,8 +126,9 @@ def _inbound_tunnel_filters(policy: Policy, filters_by_rule: dict[str, tuple[spd
 
 
 def _default_response(rule: DefaultResponseRule, main_mode: list[MainModeOffer],
-                      certificate_for: CertificateSource | None, warnings: list[str]) -> list[IKERule]:
-    auth = _auth(rule.name, rule.authentication, certificate_for, warnings)
+                      certificate_for: CertificateSource | None, kerberos: Kerberos | None,
+                      warnings: list[str]) -> list[IKERule]:
+    auth = _auth(rule.name, rule.authentication, certificate_for, kerberos, warnings)
     if not auth:
         return []
     offers = _offers(rule.name, rule.security_methods, None, warnings)
@@ -148,7 +153,7 @@ def _offers(rule: str, methods: tuple[spd.SecurityMethod, ...], pfs_group: int |
 
 
 def _auth(rule: str, methods: tuple[AuthMethod, ...], certificate_for: CertificateSource | None,
-          warnings: list[str]) -> list[IKEAuth]:
+          kerberos: Kerberos | None, warnings: list[str]) -> list[IKEAuth]:
     out: list[IKEAuth] = []
     for m in methods:
         if m.kind is AuthKind.PRESHARED_KEY and m.psk:
@@ -158,8 +163,12 @@ def _auth(rule: str, methods: tuple[AuthMethod, ...], certificate_for: Certifica
                 out.append(certificate_for(m.ca))
             except (OSError, ValueError, KeyError) as e:
                 warnings.append(f"rule {rule!r}: authentication by {m} skipped ({e})")
+        elif m.kind is AuthKind.KERBEROS and kerberos:
+            out.append(kerberos)
         else:
-            why = "no certificate on this node" if m.kind is AuthKind.CERTIFICATE else "not supported yet"
+            why = {AuthKind.CERTIFICATE: "no certificate on this node",
+                   AuthKind.KERBEROS: "no ike.kerberos (keytab, principal) in the node configuration: "
+                                      "not a domain member"}.get(m.kind, "not supported")
             warnings.append(f"rule {rule!r}: authentication by {m} skipped ({why})")
     if not out:
         warnings.append(f"rule {rule!r}: no authentication method IKE can use; its traffic cannot be secured")

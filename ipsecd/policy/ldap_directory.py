@@ -114,7 +114,7 @@ class Directory:
         import gssapi
 
         c = self.credentials
-        store = {"client_keytab": str(c.keytab)}
+        store: dict[bytes | str, bytes | str] = {"client_keytab": str(c.keytab)}
         if c.ccache:
             store["ccache"] = f"FILE:{c.ccache}"
         if not Path(str(c.keytab)).is_file():

@@ -29,6 +29,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from ipsecd import algorithms
 from ipsecd.driver import spd
+from ipsecd.yaml_lines import did_you_mean
 
 # Protocol names the Windows filter dialog offers, plus the SPD's own; any other protocol is a number.
 PROTOCOLS = {**spd.PROTOCOL_NUMBERS, "egp": 8, "hmp": 20, "xns-idp": 22, "rdp": 27, "rvd": 66, "raw": 255}
@@ -107,7 +108,8 @@ def parse_protocol(value: str | int) -> int | None:
         return PROTOCOLS[word]
     if word.isdigit() and 0 <= int(word) <= 255:
         return int(word)
-    raise ValueError(f"{value!r} is not 'any', a protocol name ({', '.join(PROTOCOLS)}) or a number 0-255")
+    raise ValueError(f"{value!r} is not 'any', a protocol name ({', '.join(PROTOCOLS)}) or a number 0-255"
+                     f"{did_you_mean(word, ['any', *PROTOCOLS])}")
 
 
 def protocol_name(number: int | None) -> str:
@@ -131,7 +133,19 @@ _QM_LIFETIME = re.compile(r"(?:(\d+)k)?/?(?:(\d+)s)?")
 
 def _words(table: dict[str, str | None], none: bool = True) -> str:
     """The netsh words a table takes, for an error message: '3DES|DES|...|None'."""
-    return "|".join(k.replace("NONE", "None") for k, v in table.items() if none or v is not None)
+    return "|".join(_spelt(k) for k, v in table.items() if none or v is not None)
+
+
+def _spelt(word: str) -> str:
+    return word.replace("NONE", "None")
+
+
+def _unknown(text: str, what: str, word: str, table: dict[str, str | None], none: bool = True) -> ValueError:
+    """An algorithm the table does not have: what it takes (read from ipsecd.algorithms), the closest name."""
+    known = [k for k, v in table.items() if none or v is not None]
+    hint = did_you_mean(word, known).replace("NONE", "None")
+    return ValueError(f"{text!r}: {_spelt(word)!r} is not {what}{hint}; "
+                      f"known: {_words(table, none)}")
 
 
 def parse_security_method(text: str) -> spd.SecurityMethod:
@@ -139,6 +153,13 @@ def parse_security_method(text: str) -> spd.SecurityMethod:
 
     ESP takes [cipher,integrity] (ESP_CIPHERS, ESP_INTEGRITY), AH takes [integrity]; the lifetime part
     ':<KB>k/<seconds>s' is optional, either half may be left out (Windows defaults: 100000 KB, 3600 s).
+    Its ranges (Windows': 300..172800 s, 20480..2147483647 KB) are checked with the policy (validate.py).
+
+    >>> parse_security_method("ESP[AES129,SHA1]")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'ESP[AES129,SHA1]': 'AES129' is not an ESP cipher (did you mean 'AES128'?); \
+known: None|DES|3DES|AES128|AES192|AES256|AES-GCM128|AES-GCM256
     """
     spec, _, lifetime = str(text).upper().replace(" ", "").partition(":")
     esp_cipher = esp_integrity = ah = None
@@ -149,8 +170,13 @@ def parse_security_method(text: str) -> spd.SecurityMethod:
             raise ValueError(f"{text!r}: {part!r} is not ESP[cipher,integrity] or AH[integrity]")
         proto, first, second = m.groups()
         if proto == "ESP":
-            if second is None or first not in ESP_CIPHERS or second not in ESP_INTEGRITY:
-                raise ValueError(f"{text!r}: ESP needs [{_words(ESP_CIPHERS)},{_words(ESP_INTEGRITY)}]")
+            if second is None:
+                raise ValueError(f"{text!r}: ESP takes [cipher,integrity]: a cipher of {_words(ESP_CIPHERS)} "
+                                 f"and an integrity algorithm of {_words(ESP_INTEGRITY)}")
+            if first not in ESP_CIPHERS:
+                raise _unknown(str(text), "an ESP cipher", first, ESP_CIPHERS)
+            if second not in ESP_INTEGRITY:
+                raise _unknown(str(text), "an ESP integrity algorithm", second, ESP_INTEGRITY)
             esp_cipher, esp_integrity = ESP_CIPHERS[first], ESP_INTEGRITY[second]
             if esp_cipher is None and esp_integrity is None:
                 raise ValueError(f"{text!r}: ESP[None,None] protects nothing")
@@ -158,7 +184,7 @@ def parse_security_method(text: str) -> spd.SecurityMethod:
                 raise ValueError(f"{text!r}: {first} authenticates itself; its integrity must be None")
         else:
             if second is not None or ESP_INTEGRITY.get(first) is None:
-                raise ValueError(f"{text!r}: AH needs [{_words(ESP_INTEGRITY, none=False)}]")
+                raise _unknown(str(text), "an AH integrity algorithm", first, ESP_INTEGRITY, none=False)
             ah = ESP_INTEGRITY[first]
     if len({p[:p.index("[")] for p in parts}) != len(parts):
         raise ValueError(f"{text!r}: ESP and AH may each appear once")
@@ -198,11 +224,17 @@ class MainModeMethod:
     @classmethod
     def parse(cls, text: str) -> MainModeMethod:
         """netsh ``mmsecmethods`` spelling: '3DES-SHA1-2' (cipher-hash-group; group 1, 2 or 14)."""
+        form = f"<{'|'.join(MM_CIPHERS)}>-<{'|'.join(MM_HASHES)}>-<{'|'.join(map(str, DH_GROUPS))}>"
         parts = str(text).upper().split("-")
-        if (len(parts) != 3 or parts[0] not in MM_CIPHERS or parts[1] not in MM_HASHES
-                or not parts[2].isdigit() or int(parts[2]) not in DH_GROUPS):
-            raise ValueError(f"{text!r} is not <{'|'.join(MM_CIPHERS)}>-<SHA1|MD5>-<1|2|14>")
-        return cls(MM_CIPHERS[parts[0]], MM_HASHES[parts[1]], int(parts[2]))
+        if len(parts) != 3:
+            raise ValueError(f"{text!r} is not {form}")
+        cipher, hash_, group = parts
+        for word, known, what in ((cipher, MM_CIPHERS, "a main mode cipher"), (hash_, MM_HASHES, "a hash"),
+                                  (group, [str(g) for g in DH_GROUPS], "a Diffie-Hellman group")):
+            if word not in known:
+                raise ValueError(f"{text!r}: {word!r} is not {what}{did_you_mean(word, known)}; "
+                                 f"write {form}")
+        return cls(MM_CIPHERS[cipher], MM_HASHES[hash_], int(group))
 
     def __str__(self) -> str:
         cipher = next(k for k, v in MM_CIPHERS.items() if v == self.encryption)

@@ -21,11 +21,10 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -38,19 +37,33 @@ T = TypeVar("T")
 _NAMESPACE = uuid.UUID("5b0d6f2e-1c7a-4f4e-9a53-6c1c2a1e9f00")  # ipsec-lab policy files
 _DURATION = re.compile(r"(\d+)\s*(s|min|h)")
 _UNITS = {"s": 1, "min": 60, "h": 3600}
+_LAST_STAMP = 253402300799  # 9999-12-31T23:59:59Z
+#: The tags a scalar may carry: YAML's core schema as the safe loader resolves it (no !!python/...).
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in
+                         ("str", "int", "float", "bool", "null", "timestamp", "binary"))
+_BAD_SCALAR = (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError)
 
 
 def load(path: str | os.PathLike[str]) -> model.Policy:
     """Read and validate one policy file; PolicyError names the file, line and field of each problem."""
     p = Path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
+        stamp = int(p.stat().st_mtime)
     except OSError as e:
         raise PolicyError([Problem("", f"cannot read: {e.strerror}", str(p))]) from None
-    return loads(text, str(p), default_stamp=int(p.stat().st_mtime))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, line_start = data.count(b"\n", 0, e.start) + 1, data.rfind(b"\n", 0, e.start) + 1
+        where = f"{p}:{line}"
+        raise PolicyError([Problem("", f"not UTF-8 text: byte {data[e.start]:#04x} at column "
+                                       f"{e.start - line_start + 1} ({e.reason})", where)]) from None
+    return loads(text, str(p), default_stamp=stamp)
 
 
 def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.Policy:
+    """Read and validate a policy; PolicyError lists every problem of the file, in the order of its lines."""
     try:
         root = yaml_lines.compose(text, source)
     except yaml_lines.YamlSyntaxError as e:
@@ -59,10 +72,20 @@ def loads(text: str, source: str = "<policy>", default_stamp: int = 0) -> model.
         raise PolicyError([Problem("", "the file is empty", source)])
     reader = _PolicyReader(source)
     policy = reader.policy(root, default_stamp)
+    problems = list(reader.problems)
     try:
-        return validate(policy)
+        validate(policy)
     except PolicyError as e:
-        raise PolicyError([Problem(p.path, p.message, reader.where(p.path)) for p in e.problems]) from None
+        problems += [Problem(p.path, p.message, reader.where(p.path)) for p in e.problems
+                     if not reader.stood_in(p.path)]
+    if problems:
+        raise PolicyError(sorted(problems, key=_line))
+    return policy
+
+
+def _line(problem: Problem) -> int:
+    _, _, line = problem.source.rpartition(":")
+    return int(line) if line.isdigit() else 0
 
 
 def dumps(policy: model.Policy, hide_keys: bool = False) -> str:
@@ -83,6 +106,8 @@ def write_atomically(path: Path, text: str) -> None:
 
     The file is readable by its owner only: policies may hold pre-shared keys.
     """
+    import tempfile  # here, not at start: with shutil, bz2 and lzma it is imported by every ipsecd otherwise
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -110,7 +135,7 @@ def parse_stamp(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a time")
     if isinstance(value, int):
-        return value
+        return _in_range(value, value)
     if isinstance(value, str):
         try:
             value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -119,8 +144,15 @@ def parse_stamp(value: object) -> int:
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.UTC)
-        return int(value.timestamp())
+        return _in_range(int(value.timestamp()), value)
     raise ValueError(f"{value!r} is not a time such as 2026-11-22T18:50:59Z")
+
+
+def _in_range(stamp: int, value: object) -> int:
+    """Stamps are shown as times (format_stamp): one past year 9999 raised OverflowError in the agent."""
+    if not 0 <= stamp <= _LAST_STAMP:
+        raise ValueError(f"{value!r} is not a time between 1970 and 9999")
+    return stamp
 
 
 def format_stamp(stamp: int) -> str:
@@ -128,11 +160,17 @@ def format_stamp(stamp: int) -> str:
 
 
 class _PolicyReader:
-    """Builds model objects from YAML nodes, remembering the line of every field it reads."""
+    """Builds model objects from YAML nodes, remembering the line of every field it reads.
+
+    It reads on past a bad value (a stand-in takes its place) and keeps every problem, so one run names
+    them all; ``stood_in`` says where stand-ins are, whose checks across fields would only mislead.
+    """
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.lines: dict[str, int] = {}
+        self.problems: list[Problem] = []
+        self._stand_ins: list[str] = []  # paths of parts built with a stand-in value
         self._shared: dict[int, object] = {}  # node id -> object, for anchored (shared) parts
         self._constructor = yaml.constructor.SafeConstructor()
         self._policy_guid = _NAMESPACE
@@ -143,53 +181,90 @@ class _PolicyReader:
         line = yaml_lines.enclosing_line(self.lines, path)
         return f"{self.source}:{line}" if line else self.source
 
-    def fail(self, node: yaml.Node, path: str, message: str) -> NoReturn:
-        raise PolicyError([Problem(path, message, f"{self.source}:{node.start_mark.line + 1}")])
+    def problem(self, node: yaml.Node, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message, f"{self.source}:{node.start_mark.line + 1}"))
+
+    def stand_in(self, path: str, spoils: str | None = None) -> None:
+        """A value at `path` could not be read: the part holding it (`spoils`: a larger one) is not what the
+        file says, so the checks of that part's own fields would only mislead (those of its list items,
+        such as one security method's lifetime, still hold)."""
+        whole = path.endswith("]") or "." not in path
+        self._stand_ins.append(spoils if spoils is not None else path if whole else path.rsplit(".", 1)[0])
+
+    def stood_in(self, path: str) -> bool:
+        """A check at `path` looked at a stand-in: a field of a part that could not be read, or a part that
+        holds one."""
+        return any(_within(s, path) or (_within(path, s) and "[" not in path[len(s):])
+                   for s in self._stand_ins)
 
     # --- generic readers
 
     def fields(self, node: yaml.Node, path: str, known: tuple[str, ...],
                required: tuple[str, ...] = ()) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
-            self.fail(node, path, "must be a mapping")
+            self.problem(node, path, "must be a mapping")
+            self._stand_ins.append(path)
+            return {}
         out: dict[str, yaml.Node] = {}
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):  # str() of an alias tree is exponential: a bomb
+                self.problem(key, path, "a field name must be a single word, not a list or mapping")
+                continue
             name = str(key.value)
             if name not in known:
-                self.fail(key, _join(path, name), f"unknown field (expected one of: {', '.join(known)})")
-            if name in out:
-                self.fail(key, _join(path, name), "given twice")
-            out[name] = value
-            self.lines[_join(path, name)] = key.start_mark.line + 1
+                self.problem(key, _join(path, name), f"unknown field{yaml_lines.did_you_mean(name, known)}; "
+                                                     f"expected one of: {', '.join(known)}")
+            elif name in out:
+                self.problem(key, _join(path, name), "given twice")
+            else:
+                out[name] = value
+                self.lines[_join(path, name)] = key.start_mark.line + 1
         for name in required:
             if name not in out:
-                self.fail(node, path, f"missing field {name!r}")
+                self.problem(node, _join(path, name), "missing field")
+                self._stand_ins.append(path or name)
         return out
 
     def items(self, node: yaml.Node, path: str) -> list[tuple[str, yaml.Node]]:
         if not isinstance(node, yaml.SequenceNode):
-            self.fail(node, path, "must be a list")
+            self.problem(node, path, "must be a list")
+            self._stand_ins.append(path)
+            return []
         out = []
         for i, item in enumerate(node.value):
             self.lines[f"{path}[{i}]"] = item.start_mark.line + 1
             out.append((f"{path}[{i}]", item))
         return out
 
-    def value(self, node: yaml.Node, path: str, convert: Callable[[Any], T]) -> T:
+    def value(self, node: yaml.Node, path: str, convert: Callable[[Any], T], stand_in: T,
+              spoils: str | None = None) -> T:
+        """The converted value, or `stand_in` after noting the problem."""
         if not isinstance(node, yaml.ScalarNode):
-            self.fail(node, path, "must be a single value")
-        try:
-            return convert(self._constructor.construct_object(node, deep=True))
-        except (ValueError, TypeError) as e:
-            self.fail(node, path, str(e))
+            self.problem(node, path, "must be a single value")
+        elif node.tag not in _SCALAR_TAGS:
+            self.problem(node, path, f"the tag {node.tag} is not allowed (a policy file is plain YAML data)")
+        else:
+            try:
+                value = self._constructor.construct_object(node, deep=True)
+            except _BAD_SCALAR as e:  # PyYAML's scalar constructors fail on bad text in several ways
+                self.problem(node, path,
+                             f"{node.value[:40]!r} is not a valid {node.tag.rsplit(':', 1)[-1]} ({e})")
+            else:
+                try:
+                    return convert(value)
+                except (ValueError, TypeError) as e:
+                    self.problem(node, path, str(e))
+        self.stand_in(path, spoils)
+        return stand_in
 
     def opt(self, f: dict[str, yaml.Node], key: str, path: str, convert: Callable[[Any], T], default: T) -> T:
-        return self.value(f[key], _join(path, key), convert) if key in f else default
+        """An optional field, or a required one whose absence `fields` reported (`default` stands in)."""
+        return self.value(f[key], _join(path, key), convert, default) if key in f else default
 
     def identity(self, f: dict[str, yaml.Node], path: str) -> dict[str, Any]:
         """guid and when_changed of a part; a missing GUID is derived from the policy's and the path."""
         return {
-            "guid": self.opt(f, "guid", path, uuid.UUID, uuid.uuid5(self._policy_guid, path)),
+            "guid": self.opt(f, "guid", path, _guid, uuid.uuid5(self._policy_guid, path)),
             "when_changed": self.opt(f, "when_changed", path, parse_stamp, self._stamp),
         }
 
@@ -204,8 +279,8 @@ class _PolicyReader:
     def policy(self, node: yaml.Node, default_stamp: int) -> model.Policy:
         f = self.fields(node, "", ("name", "guid", "when_changed", "description", "polling_interval",
                                    "key_exchange", "rules", "default_response_rule"), ("name",))
-        name = self.value(f["name"], "name", str)
-        self._policy_guid = self.opt(f, "guid", "", uuid.UUID, uuid.uuid5(_NAMESPACE, name))
+        name = self.opt(f, "name", "", str, "")
+        self._policy_guid = self.opt(f, "guid", "", _guid, uuid.uuid5(_NAMESPACE, name))
         self._stamp = self.opt(f, "when_changed", "", parse_stamp, default_stamp)
         rules = tuple(self.rule(n, p) for p, n in self.items(f["rules"], "rules")) if "rules" in f else ()
         return model.Policy(
@@ -229,7 +304,7 @@ class _PolicyReader:
                                      "master_key_pfs"))
         methods = model.DEFAULT_MAIN_MODE_METHODS
         if "methods" in f:
-            methods = tuple(self.value(n, p, model.MainModeMethod.parse)
+            methods = tuple(self.value(n, p, model.MainModeMethod.parse, model.MainModeMethod())
                             for p, n in self.items(f["methods"], path + ".methods"))
         return model.KeyExchange(
             methods=methods,
@@ -244,9 +319,11 @@ class _PolicyReader:
                                      "filter_action", "authentication", "tunnel", "connection_type"),
                         ("name", "filter_list", "filter_action"))
         return model.Rule(
-            name=self.value(f["name"], path + ".name", str),
-            filter_list=self.shared(self.filter_list, f["filter_list"], path),
-            filter_action=self.shared(self.filter_action, f["filter_action"], path),
+            name=self.opt(f, "name", path, str, ""),
+            filter_list=(self.shared(self.filter_list, f["filter_list"], path) if "filter_list" in f
+                         else model.FilterList("", ())),
+            filter_action=(self.shared(self.filter_action, f["filter_action"], path) if "filter_action" in f
+                           else model.FilterAction("", spd.Action.PERMIT)),
             authentication=self.authentication(f, path),
             tunnel=self.opt(f, "tunnel", path, _tunnel, None),
             connection_type=self.opt(f, "connection_type", path, _connection_type, model.ConnectionType.ALL),
@@ -260,9 +337,9 @@ class _PolicyReader:
         f = self.fields(node, path, ("name", "guid", "when_changed", "description", "filters"),
                         ("name", "filters"))
         return model.FilterList(
-            name=self.value(f["name"], path + ".name", str),
+            name=self.opt(f, "name", path, str, ""),
             filters=tuple(self.ip_filter(n, p, i) for i, (p, n) in
-                          enumerate(self.items(f["filters"], path + ".filters"))),
+                          enumerate(self.items(f["filters"], path + ".filters") if "filters" in f else [])),
             description=self.opt(f, "description", path, str, ""),
             **self.identity(f, path),
         )
@@ -273,8 +350,8 @@ class _PolicyReader:
                         ("source", "destination"))
         return model.IPFilter(
             name=self.opt(f, "name", path, str, str(index + 1)),
-            source=self.value(f["source"], path + ".source", model.Endpoint.parse),
-            destination=self.value(f["destination"], path + ".destination", model.Endpoint.parse),
+            source=self.opt(f, "source", path, model.Endpoint.parse, model.ANY),
+            destination=self.opt(f, "destination", path, model.Endpoint.parse, model.ANY),
             protocol=self.opt(f, "protocol", path, model.parse_protocol, None),
             source_port=self.opt(f, "source_port", path, model.parse_port, None),
             destination_port=self.opt(f, "destination_port", path, model.parse_port, None),
@@ -288,8 +365,10 @@ class _PolicyReader:
                                      "security_methods", "pfs", "accept_unsecured", "fallback_to_clear"),
                         ("name", "action"))
         return model.FilterAction(
-            name=self.value(f["name"], path + ".name", str),
-            action=self.value(f["action"], path + ".action", _action),
+            name=self.opt(f, "name", path, str, ""),
+            # a rule's checks depend on its action (tunnel, authentication): a bad one spoils the rule's
+            action=(self.value(f["action"], path + ".action", _action, spd.Action.PERMIT, spoils=rule_path)
+                    if "action" in f else spd.Action.PERMIT),
             security_methods=self.security_methods(f, path, ()),
             pfs=self.opt(f, "pfs", path, _boolean, False),
             accept_unsecured=self.opt(f, "accept_unsecured", path, _boolean, False),
@@ -302,7 +381,7 @@ class _PolicyReader:
                          default: tuple[spd.SecurityMethod, ...]) -> tuple[spd.SecurityMethod, ...]:
         if "security_methods" not in f:
             return default
-        return tuple(self.value(n, p, model.parse_security_method)
+        return tuple(self.value(n, p, model.parse_security_method, spd.SecurityMethod())
                      for p, n in self.items(f["security_methods"], path + ".security_methods"))
 
     def authentication(self, f: dict[str, yaml.Node], path: str) -> tuple[model.AuthMethod, ...]:
@@ -312,18 +391,22 @@ class _PolicyReader:
         return tuple(self.auth_method(n, p) for p, n in items)
 
     def auth_method(self, node: yaml.Node, path: str) -> model.AuthMethod:
+        how = "write kerberos, {psk: <key>} or {certificate: <CA name>}"
         if isinstance(node, yaml.ScalarNode):
             if node.value != "kerberos":
-                self.fail(node, path, "write kerberos, {psk: <key>} or {certificate: <CA name>}")
+                self.problem(node, path, f"{node.value!r} is not an authentication method"
+                                         f"{yaml_lines.did_you_mean(node.value, ['kerberos'])}; {how}")
+                self.stand_in(path)
             return model.AuthMethod(model.AuthKind.KERBEROS)
         f = self.fields(node, path, ("psk", "certificate"))
         if len(f) != 1:
-            self.fail(node, path, "write kerberos, {psk: <key>} or {certificate: <CA name>}")
+            if f or (isinstance(node, yaml.MappingNode) and not node.value):
+                self.problem(node, path, how)
+            self.stand_in(path)
+            return model.AuthMethod(model.AuthKind.KERBEROS)
         if "psk" in f:
-            psk = self.value(f["psk"], path + ".psk", str)
-            return model.AuthMethod(model.AuthKind.PRESHARED_KEY, psk=psk)
-        return model.AuthMethod(model.AuthKind.CERTIFICATE,
-                                ca=self.value(f["certificate"], path + ".certificate", str))
+            return model.AuthMethod(model.AuthKind.PRESHARED_KEY, psk=self.opt(f, "psk", path, str, "-"))
+        return model.AuthMethod(model.AuthKind.CERTIFICATE, ca=self.opt(f, "certificate", path, str, "-"))
 
     def default_response(self, node: yaml.Node) -> model.DefaultResponseRule:
         path = "default_response_rule"
@@ -338,6 +421,20 @@ class _PolicyReader:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _guid(value: object) -> uuid.UUID:
+    if not isinstance(value, str):  # uuid.UUID(123) raises AttributeError, not ValueError
+        raise ValueError(f"{value!r} is not a GUID such as 1e4d1a3b-...")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a GUID") from None
+
+
+def _within(path: str, part: str) -> bool:
+    """`path` names `part` or a field inside it ('' is the whole policy)."""
+    return not part or path == part or path.startswith((part + ".", part + "["))
 
 
 def _boolean(value: object) -> bool:
@@ -356,14 +453,16 @@ def _action(value: object) -> spd.Action:
     try:
         return spd.Action(str(value).lower())
     except ValueError:
-        raise ValueError(f"{value!r} is not permit, block or negotiate") from None
+        hint = yaml_lines.did_you_mean(str(value).lower(), [a.value for a in spd.Action])
+        raise ValueError(f"{value!r} is not permit, block or negotiate{hint}") from None
 
 
 def _connection_type(value: object) -> model.ConnectionType:
     try:
         return model.ConnectionType(str(value).lower())
     except ValueError:
-        raise ValueError(f"{value!r} is not all, lan or remote_access") from None
+        hint = yaml_lines.did_you_mean(str(value).lower(), [c.value for c in model.ConnectionType])
+        raise ValueError(f"{value!r} is not all, lan or remote_access{hint}") from None
 
 
 def _tunnel(value: object) -> model.IPv4Address | None:

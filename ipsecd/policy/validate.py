@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ipsecd.driver import spd
-from ipsecd.ike.settings import MAIN_MODE_LIFETIME_MAX, MAIN_MODE_LIFETIME_MIN
+from ipsecd.ike import settings
 from ipsecd.policy.model import AuthKind, AuthMethod, Policy, Rule
+
+SESSIONS_MAX = 2_147_483_647  # quick modes per main mode (a DWORD in ipsecISAKMPPolicy's data)
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,11 @@ def _check(policy: Policy) -> Iterator[tuple[str, str]]:
     kx = policy.key_exchange
     if not kx.methods:
         yield "key_exchange.methods", "main mode needs at least one security method"
-    if not MAIN_MODE_LIFETIME_MIN <= kx.lifetime_seconds <= MAIN_MODE_LIFETIME_MAX:
-        yield "key_exchange.lifetime", "the master key lifetime is between 5min and 48h"
-    if kx.sessions < 0:
-        yield "key_exchange.sessions", "must be 0 (unlimited) or more"
+    if not settings.MAIN_MODE_LIFETIME_MIN <= kx.lifetime_seconds <= settings.MAIN_MODE_LIFETIME_MAX:
+        yield "key_exchange.lifetime", (f"the master key lifetime is between 5min and 48h (Windows' range), "
+                                        f"not {kx.lifetime_seconds} s")
+    if not 0 <= kx.sessions <= SESSIONS_MAX:
+        yield "key_exchange.sessions", f"must be 0 (unlimited) .. {SESSIONS_MAX}, not {kx.sessions}"
     seen: dict[str, int] = {}
     for i, rule in enumerate(policy.rules):
         if rule.name in seen:
@@ -70,6 +73,8 @@ def _check(policy: Policy) -> Iterator[tuple[str, str]]:
     if policy.default_response and policy.default_response.active:
         if not policy.default_response.security_methods:
             yield "default_response_rule.security_methods", "needs at least one security method"
+        yield from _check_lifetimes(policy.default_response.security_methods,
+                                    "default_response_rule.security_methods")
         yield from _check_auth(policy.default_response.authentication, "default_response_rule.authentication")
     yield from _check_guids(policy)
 
@@ -87,6 +92,7 @@ def _check_rule(rule: Rule, path: str) -> Iterator[tuple[str, str]]:
             yield fpath + ".mirrored", "filters of a tunnel rule cannot be mirrored (one rule per direction)"
     action = rule.filter_action
     apath = f"{path}.filter_action"
+    yield from _check_lifetimes(action.security_methods, apath + ".security_methods")
     if action.action is spd.Action.NEGOTIATE:
         if not action.security_methods:
             yield apath + ".security_methods", "negotiate needs at least one security method"
@@ -99,6 +105,17 @@ def _check_rule(rule: Rule, path: str) -> Iterator[tuple[str, str]]:
                 yield f"{apath}.{flag}", f"only negotiate uses {flag}, not {action.action}"
         if rule.tunnel:
             yield path + ".tunnel", f"a tunnel needs a negotiate action, not {action.action}"
+
+
+def _check_lifetimes(methods: tuple[spd.SecurityMethod, ...], path: str) -> Iterator[tuple[str, str]]:
+    """Session key lifetimes in the ranges Windows takes (it refuses '10s' or '0k' when they are typed)."""
+    for k, m in enumerate(methods):
+        if not settings.QUICK_MODE_SECONDS_MIN <= m.lifetime_seconds <= settings.QUICK_MODE_SECONDS_MAX:
+            yield (f"{path}[{k}]", f"a lifetime of {m.lifetime_seconds} s is outside Windows' range "
+                                   f"{settings.QUICK_MODE_SECONDS_MIN}..{settings.QUICK_MODE_SECONDS_MAX} s")
+        if not settings.QUICK_MODE_KB_MIN <= m.lifetime_kb <= settings.QUICK_MODE_KB_MAX:
+            yield (f"{path}[{k}]", f"a lifetime of {m.lifetime_kb} KB is outside Windows' range "
+                                   f"{settings.QUICK_MODE_KB_MIN}..{settings.QUICK_MODE_KB_MAX} KB")
 
 
 def _check_auth(methods: tuple[AuthMethod, ...], path: str) -> Iterator[tuple[str, str]]:

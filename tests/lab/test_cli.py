@@ -63,9 +63,13 @@ def test_up_status_exec_capture_down(lab_cli, lab_backend, lab_name, tmp_path):
 
 
 def test_unrunnable_topology_and_bad_file_are_refused(lab_cli, lab_name, tmp_path):
-    refused = lab_cli("up", "domain", "--name", lab_name("never"))
+    later = tmp_path / "later.yaml"
+    later.write_text("name: later\nrunnable: false\nreason: its image comes later\n"
+                     "segments: {lan: {subnet: 10.0.0.0/24}}\n"
+                     "nodes: {a: {interfaces: {eth1: {segment: lan}}}}\n")
+    refused = lab_cli("up", str(later), "--name", lab_name("never"))
     assert refused.returncode == 1
-    assert "not runnable yet: the domain controller image" in refused.stderr
+    assert "not runnable yet: its image comes later" in refused.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nsegments: {lan: {subnet: 10.0.0.0/33}}\nnodes: {}\n")
     checked = lab_cli("validate", str(bad))

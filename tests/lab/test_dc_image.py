@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import node_setup
 from lab import topology as topologies
 from lab.backend import LabError
 from lab.capture import wait_until
@@ -22,15 +23,15 @@ from lab.running import Lab, Node, Process
 # images/dc/README.md: the start and readiness commands the lab runs in the dc node.
 DC_START = ["samba", "-F", "--no-process-group", "--debug-stdout", "-M", "single"]
 DC_READY = ["dc-ready"]
-DC_FILES = "/var/lib/ipsec-lab"  # what the image exports for members
-MEMBER_FILES = "/etc/ipsec-lab"
 PROBE = Path(__file__).parent / "dc_member_probe.py"
+PROBE_PATH = "/tmp/dc_member_probe.py"
 DEFAULT_POLICIES = ["Client (Respond Only)", "Secure Server (Require Security)", "Server (Request Security)"]
 MEMORY_TARGET = 80 * 2**20
 
 TOPOLOGY = """
 name: dc-image
 description: the dc image and one member on one segment
+domain: {realm: LAB.TEST, controller: dc}
 segments:
   lan: {subnet: 10.0.0.0/24}
 nodes:
@@ -41,6 +42,7 @@ nodes:
       eth1: {segment: lan, address: 10.0.0.10/24}
   member-a:
     role: host
+    join: {ou: OU=Servers}
     interfaces:
       eth1: {segment: lan, address: 10.0.0.1/24}
 """
@@ -48,17 +50,14 @@ nodes:
 
 @pytest.fixture(scope="module")
 def domain(lab_backend: DockerBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """The lab, samba not started yet; the member holds its keytab, the members' krb5.conf and the DC's CA."""
+    """The lab with samba stopped again after `lab up` started it; the member joined the domain (its keytab,
+    krb5.conf and the DC's CA: lab.node_setup)."""
     name = f"{lab_prefix()}-dc-image"
     lab_backend.down(name)
     lab = lab_backend.up(topologies.loads(TOPOLOGY), name, tmp_path_factory.mktemp("dc-image"))
     try:
-        dc, member = lab.node("dc"), lab.node("member-a")
-        for source, target in (("keytabs/member-a.keytab", "member-a.keytab"), ("krb5.conf", "krb5.conf")):
-            member.put_file(f"{MEMBER_FILES}/{target}", dc.get_file(f"{DC_FILES}/{source}"), mode=0o600)
-        member.put_file(f"{MEMBER_FILES}/ca.pem", dc.get_file(f"{DC_FILES}/ca.pem"))
-        member.put_file(f"{MEMBER_FILES}/probe.py", PROBE.read_text())
-        member.exec("echo '10.0.0.10 dc.lab.test' >> /etc/hosts", check=True)
+        stop_dc(lab.node("dc").process("samba"))
+        lab.node("member-a").put_file(PROBE_PATH, PROBE.read_text())
         yield lab
     finally:
         lab.down()
@@ -90,11 +89,11 @@ def running_dc(dc: Node) -> Process:
     return samba if dc.exec(DC_READY).ok else start_dc(dc)[0]
 
 
-def probe(member: Node, address: str, krb5_conf: str = "krb5.conf", searches: int = 0) -> dict:
+def probe(member: Node, address: str, krb5_conf: str = node_setup.MEMBER_KRB5_CONF, searches: int = 0) \
+        -> dict:
     """The member's bind as member-a$ with its keytab (dc_member_probe.py), as JSON."""
-    argv = ["python3", f"{MEMBER_FILES}/probe.py", address, f"{MEMBER_FILES}/member-a.keytab"]
-    argv += [f"{MEMBER_FILES}/ca.pem", str(searches)]
-    done = member.exec(argv, check=True, timeout=60, env={"KRB5_CONFIG": f"{MEMBER_FILES}/{krb5_conf}"})
+    argv = ["python3", PROBE_PATH, address, node_setup.MEMBER_KEYTAB, node_setup.MEMBER_CA, str(searches)]
+    done = member.exec(argv, check=True, timeout=60, env={"KRB5_CONFIG": krb5_conf})
     return json.loads(done.stdout)
 
 
@@ -102,7 +101,7 @@ def memory(dc: Node) -> tuple[int, str]:
     """The container's memory as `docker stats` counts it (cgroup usage less inactive file pages: named
     total_inactive_file under cgroup v1, inactive_file under v2; active page cache left by earlier samba
     starts still counts), its anonymous part, and samba's resident set."""
-    stats = dc.container.stats(stream=False)["memory_stats"]
+    stats = dc.backend.client.containers.get(dc.instance.name).stats(stream=False)["memory_stats"]
     counters = stats["stats"]
     used = stats["usage"] - counters.get("total_inactive_file", counters.get("inactive_file", 0))
     anonymous = counters.get("total_rss", counters.get("anon", 0))
@@ -146,7 +145,7 @@ def test_dc_ready_about_a_second_after_samba_starts(domain: Lab) -> None:
 def test_member_binds_as_its_computer_account_with_its_keytab(domain: Lab) -> None:
     dc, member = domain.node("dc"), domain.node("member-a")
     running_dc(dc)
-    keytab = member.exec(["klist", "-k", f"{MEMBER_FILES}/member-a.keytab"], check=True).stdout
+    keytab = member.exec(["klist", "-k", node_setup.MEMBER_KEYTAB], check=True).stdout
     for principal in (
         "member-a$@LAB.TEST",
         "host/member-a.lab.test@LAB.TEST",
@@ -177,10 +176,10 @@ def test_dc_serves_an_address_added_after_samba_started(domain: Lab) -> None:
     start_dc(dc)
     dc.exec(["ip", "addr", "add", "10.0.0.11/24", "dev", "eth1"], check=True)
     try:
-        late_kdc = member.exec(["cat", f"{MEMBER_FILES}/krb5.conf"], check=True).stdout
+        late_kdc = member.exec(["cat", node_setup.MEMBER_KRB5_CONF], check=True).stdout
         assert "kdc = 10.0.0.10" in late_kdc
-        member.put_file(f"{MEMBER_FILES}/krb5-late.conf", late_kdc.replace("10.0.0.10", "10.0.0.11"))
-        seen = probe(member, "10.0.0.11", krb5_conf="krb5-late.conf")
+        member.put_file("/tmp/krb5-late.conf", late_kdc.replace("10.0.0.10", "10.0.0.11"))
+        seen = probe(member, "10.0.0.11", krb5_conf="/tmp/krb5-late.conf")
         assert seen["bound"] and seen["policies"] == DEFAULT_POLICIES, seen
     finally:
         dc.exec(["ip", "addr", "del", "10.0.0.11/24", "dev", "eth1"])

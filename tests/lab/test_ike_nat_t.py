@@ -77,3 +77,7 @@ def test_ike_floats_to_4500_esp_in_udp_and_keepalives(natted):
     assert identities == ["192.168.1.10", SERVER]  # main mode 5-6 on 4500, decrypted after the marker
     inner, authentic = tshark_decrypted_payloads(cap.pcap, ["-d", "udp.port==4500,udpencap", *args])
     assert MARKER * 10 in inner and authentic > 0
+    # the client's keys, behind the NAT, decrypt its ESP as the public side sees it (from the NAT's address)
+    args = ipsecctl(client, "keys")["tshark_args"]
+    inner, authentic = tshark_decrypted_payloads(cap.pcap, ["-d", "udp.port==4500,udpencap", *args])
+    assert MARKER * 10 in inner and authentic == len(esp_in_udp)

@@ -64,9 +64,10 @@ def install_credentials(node: Node, pki: Pki) -> dict[str, str]:
     return paths
 
 
-def ipsecd_config(credentials: dict[str, str]) -> str:
+def ipsecd_config(credentials: dict[str, str], main_mode_lifetime: int | None = None) -> str:
     """gw-a's ipsecd.yaml: the policy store (its `assigned` file picks the policy), IKE on the WAN address,
-    the certificate, key and CA for the certificate cases (docs/ike.md, strongswan-interop layout)."""
+    the certificate, key and CA for the certificate cases (docs/ike.md, strongswan-interop layout), and a
+    lab's main mode lifetime if given."""
     return (
         f"policy: {{store: {POLICY_DIR}}}\n"
         "ike:\n"
@@ -74,14 +75,15 @@ def ipsecd_config(credentials: dict[str, str]) -> str:
         f"  certificate: {credentials['cert']}\n"
         f"  private_key: {credentials['key']}\n"
         f"  trusted_cas: [{credentials['ca']}]\n"
+        + (f"  main_mode_lifetime: {main_mode_lifetime}\n" if main_mode_lifetime else "")
     )
 
 
-def configure_ipsecd(node: Node, policy: str, pki: Pki) -> None:
+def configure_ipsecd(node: Node, policy: str, pki: Pki, main_mode_lifetime: int | None = None) -> None:
     """Give ipsecd in gw-a the policy (local store: a folder of policies and the `assigned` one), its
     certificate and the CA; make a running ipsecd re-read the policy (`ipsecctl refresh`), or (re)start it
     when it runs another configuration (a manual-key test before this one leaves its own ipsecd.yaml)."""
-    config = ipsecd_config(install_credentials(node, pki))
+    config = ipsecd_config(install_credentials(node, pki), main_mode_lifetime)
     node.put_file(f"{POLICY_DIR}/interop.yaml", policy)
     node.put_file(f"{POLICY_DIR}/assigned", "interop.yaml\n")
     daemon = node.process("ipsecd")
@@ -303,3 +305,64 @@ def test_quick_mode_rekey_while_traffic_flows_loses_no_connection(lab, strongswa
     out_spis = {spi for src, _, spi in udp_esp(wan.packets()) if src == GW_B}
     assert out_spis == {int(old_out, 16), int(new["spi-out"], 16)}
     assert int(new["spi-in"], 16) in {int(s["spi"], 16) for s in ipsecd_sas(gw_a)}
+
+
+#: ipsecd's main mode lifetime in the lifetime test (ipsecd.yaml ike.main_mode_lifetime: a lab's, below the
+#: 5 minutes a Windows policy allows), against strongSwan's 4 hours (+10 %).
+SHORT_MAIN_MODE = 40
+
+
+def test_a_main_mode_lifetime_shorter_than_strongswans_keeps_the_tunnel(lab, strongswan, pki):
+    """Issue 10 item 7: strongSwan begins main mode with its 4 h; ipsecd answers with RESPONDER-LIFETIME
+    40 s in main mode 6 and renegotiates main mode at 95 % (then 90 % of the ones it began) while the
+    quick mode SAs are in use; strongSwan moves its CHILD_SA to each new IKE SA (its IKEv1 reauthentication),
+    so the one quick mode SA pair carries a ping every 0.5 s across two main mode lifetimes and more.
+    Before, ipsecd deleted its expired main mode, strongSwan deleted the CHILD_SA with it, and ipsecd went on
+    sending on its own: every packet lost until the quick mode SA ended."""
+    suite = SUITES["aes128-sha1-modp2048"]
+    gw_a, host_a, host_b = lab.node("gw-a"), lab.node("host-a"), lab.node("host-b")
+    configure_ipsecd(gw_a, ipsecd_policy("gw-a", suite, "psk", pki), pki, main_mode_lifetime=SHORT_MAIN_MODE)
+    strongswan.load(tunnel("gw-b", suite, "psk"))
+    strongswan.initiate()
+    ((spi_in, spi_out),) = {(c["spi-in"], c["spi-out"]) for c in strongswan.child_sas()}
+    count = int(2.5 * SHORT_MAIN_MODE / 0.5)
+    ping = host_a.spawn(["ping", "-c", str(count), "-i", "0.5", "-W", "1", host_b.address()],
+                        name="ping-main-mode-lifetime")
+    wait_until(lambda: not ping.alive(), count * 0.5 + 30, what="the pings across two main mode lifetimes")
+    stats = json.loads(gw_a.exec(["ipsecctl", "stats", "--json"], check=True).stdout)["counters"]
+    assert lost_pings(ping.log()) <= 3, ping.log()
+    assert stats["ike_oakley_main_modes"] >= 3, stats  # strongSwan's, then ipsecd's before each one expired
+    assert {(c["spi-in"], c["spi-out"]) for c in strongswan.child_sas()} == {(spi_in, spi_out)}
+    assert "adopting 1 children" in strongswan.log()
+
+
+def test_a_restarted_strongswan_clears_ipsecds_stale_sas_with_initial_contact(lab, strongswan, pki):
+    """Issue 10 item 6 on the wire: charon is killed (no DELETE) and started again; its new main mode carries
+    INITIAL-CONTACT, and ipsecd drops every SA it had with the old charon although a NAT was seen
+    (strongSwan's libipsec always reports one): one main mode SA and one quick mode pair left, both the new
+    charon's, and traffic flows. Before, INITIAL-CONTACT was ignored after a NAT, and ipsecd's later quick
+    modes went out under the dead main mode SA for the rest of its lifetime."""
+    suite = SUITES["aes128-sha1-modp2048"]
+    gw_a, gw_b = lab.node("gw-a"), lab.node("gw-b")
+    configure_ipsecd(gw_a, ipsecd_policy("gw-a", suite, "psk", pki), pki)
+    strongswan.load(tunnel("gw-b", suite, "psk"))
+    strongswan.initiate()
+    gw_b.exec(["sh", "-c", "kill -9 $(pidof charon)"], check=True)
+    wait_until(lambda: not gw_b.process("charon").alive(), 10, what="charon to die")
+    strongswan.start()
+    strongswan.load(tunnel("gw-b", suite, "psk"))
+    strongswan.initiate()
+    (sa,) = strongswan.sas()
+    (child,) = sa["child-sas"].values()
+    cookies = f"{sa['initiator-spi']}:{sa['responder-spi']}"
+
+    def only_the_new_charons() -> bool:
+        main = json.loads(gw_a.exec(["ipsecctl", "mmsa", "--json"], check=True).stdout)
+        quick = json.loads(gw_a.exec(["ipsecctl", "qmsa", "--json"], check=True).stdout)
+        return [m["cookies"] for m in main] == [cookies] and [q["inbound spi"] for q in quick] == [
+            f"{int(child['spi-out'], 16):#010x}"]
+
+    wait_until(only_the_new_charons, 10, what="ipsecd to hold the new charon's SAs only")
+    host_a, host_b = lab.node("host-a"), lab.node("host-b")
+    host_a.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", host_b.address()], check=True)
+    host_b.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", host_a.address()], check=True)

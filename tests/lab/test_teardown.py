@@ -38,3 +38,30 @@ def test_down_after_a_crash_half_way(lab_backend, lab_name, tmp_path):
     assert removed == [f"{name}-client", f"netns ilab-{name}"]
     assert lab_backend.containers(name) == []
     assert name not in lab_backend.labs()
+
+
+def test_an_engine_that_does_not_answer_gives_a_named_error_and_leaves_nothing(
+    lab_backend, lab_name, tmp_path, monkeypatch
+):
+    """The engine times out on one container of a star (as at 100 nodes on a busy machine): `up` says which
+    and why, and removes every container it had made, the fabric namespace with its veths and bridge."""
+    import pytest
+    import requests
+
+    from lab.backend import LabError
+
+    name = lab_name("slow-engine")
+    links_before = _host_links()
+    start = lab_backend._start_container
+
+    def engine_times_out_on_client_5(lab, spec, image):
+        if spec.name == "client-5":
+            raise requests.exceptions.ReadTimeout("Read timed out. (read timeout=180)")
+        return start(lab, spec, image)
+
+    monkeypatch.setattr(lab_backend, "_start_container", engine_times_out_on_client_5)
+    with pytest.raises(LabError, match=rf"starting {name}-client-5: the Docker engine did not answer within"):
+        lab_backend.up(topology.load("star", {"parameters": {"clients": 8}}), name, tmp_path)
+    assert lab_backend.containers(name) == []
+    assert Fabric(name).name not in netns.listnetns()
+    assert _host_links() == links_before

@@ -19,7 +19,7 @@ from ipsecd.policy.directory_store import (
     graph_stamp,
     policy_from_entries,
 )
-from ipsecd.policy.ldap_directory import Credentials, DirectoryServer
+from ipsecd.policy.ldap_directory import Credentials, Directory, DirectoryServer
 from ipsecd.policy.model import AuthKind, AuthMethod
 from ipsecd.policy.predefined import predefined
 from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
@@ -117,6 +117,22 @@ def test_with_the_dc_unreachable_the_cache_serves_the_same_policy_and_stamp(tmp_
     status = s.status.to_dict()
     assert status["source"] == "cache" and status["ipsec_id"] == "{" + str(POLICY.guid).upper() + "}"
     assert status["when_changed_hex"] == f"{1715601600:08x}" and "refused" in status["reason"].lower()
+
+
+def test_polls_more_frequent_than_the_retry_delay_still_try_the_dc_again(tmp_path, refused_port, monkeypatch):
+    gpo = "CN={G},CN=Policies,CN=System,DC=lab,DC=test"
+    PolicyCache(tmp_path / "cache").write(CachedPolicy(POLICY_DN, gpo, graph_stamp(POLICY_DN, entries()),
+                                                       entries(), 0.0))
+    now = [0.0]
+    server = DirectoryServer("127.0.0.1", "dc.lab.test", "LAB.TEST", port=refused_port, timeout=1.0)
+    s = DirectoryStore(server, Credentials("member-a$", password="unused"), tmp_path / "cache",
+                       retry_after=5, clock=lambda: now[0])
+    attempts, connect = [], Directory.connect
+    monkeypatch.setattr(Directory, "connect", lambda self: (attempts.append(now[0]), connect(self))[1])
+    for now[0] in (0, 3, 6, 9, 12):  # the agent polling every 3 s with the DC down
+        s.change_stamp(s.assigned_policy())
+        assert 0 < s.seconds_until_group_policy() <= 5
+    assert attempts == [0, 6, 12]
 
 
 def test_with_the_dc_unreachable_and_no_cache_the_local_policy_or_unavailable(tmp_path, refused_port):

@@ -4,6 +4,7 @@ Retransmission, duplicates, NAT-T with port rewriting, keepalives, lifetimes and
 (test_ike_loopback.py runs the same component over real sockets.)
 """
 
+import dataclasses
 import heapq
 import itertools
 import json
@@ -346,17 +347,60 @@ def test_soft_lifetime_of_an_sa_the_peer_already_rekeyed_starts_no_second_rekey(
     assert any(f"{old_b.inbound.spi:#010x} rekeyed as" in text for _, text in lab.ike_b.events)
 
 
-def test_main_mode_expires_and_a_new_one_serves_the_next_rekey():
-    policy = PeerPolicy(
-        auth=[PreSharedKey(b"k")],
-        main_mode=[MainModeOffer(lifetime=300)],
-        quick_mode=[QuickModeOffer(lifetime_seconds=600)],
-    )
-    lab = negotiate(policy)
+def short_main_mode(lifetime=300, **kw) -> Lab:
+    return negotiate(PeerPolicy(auth=[PreSharedKey(b"k")], main_mode=[MainModeOffer(lifetime=lifetime)],
+                                quick_mode=[QuickModeOffer(lifetime_seconds=3600)]), **kw)
+
+
+def test_main_mode_is_renegotiated_before_it_expires_while_quick_mode_sas_are_in_use():
+    """At 90 % of its lifetime the side that began it negotiates a new main mode (no INITIAL-CONTACT: the
+    quick mode SAs stay); the old one expires on both sides and the quick mode SAs outlive it."""
+    lab = short_main_mode()
+    (old,) = lab.ike_a.main_modes
+    lab.clock.advance(269, lab.net)
+    assert lab.ike_a.counters["Oakley Main Modes"] == 1
+    lab.clock.advance(2, lab.net)  # 90 %
+    assert lab.ike_a.counters["Oakley Main Modes"] == lab.ike_b.counters["Oakley Main Modes"] == 2
+    lab.clock.advance(30, lab.net)  # past the old one's lifetime
+    for ike in (lab.ike_a, lab.ike_b):
+        assert old not in ike.main_modes and len(ike.main_modes) == 1
+        assert len(ike.quick_modes) == 1 and ike.counters["Key Deletions"] == 0
+    lab.clock.advance(300 * 3, lab.net)  # three lifetimes more: one new main mode each time, no crossing
+    assert lab.ike_a.counters["Oakley Main Modes"] == lab.ike_b.counters["Oakley Main Modes"] == 5
+    assert len(lab.ike_a.main_modes) == len(lab.ike_b.main_modes) == 1
+    assert len(lab.drv_a.added) == 1 and not lab.drv_a.deleted
+
+
+def test_the_responder_renegotiates_a_main_mode_that_the_initiator_lets_expire():
+    """A peer that keeps its quick mode SAs but does not renegotiate (strongSwan with a longer lifetime of its
+    own): our responder side begins the new main mode at 95 %."""
+    lab = short_main_mode()
+    for entry in lab.ike_a.main_modes.values():  # A forgets its renegotiation: as if its lifetime were longer
+        entry.timers[-1].cancel()
+    lab.clock.advance(286, lab.net)
+    assert lab.ike_b.counters["Oakley Main Modes"] == 2
+    assert any("renegotiating" in text for _, text in lab.ike_b.events)
+
+
+def test_main_mode_without_quick_mode_sas_expires_and_a_new_one_serves_the_next_acquire():
+    lab = short_main_mode()
+    lab.ike_a.idle(lab.drv_a.added[0].inbound.spi)
+    lab.net.run()
     lab.clock.advance(301, lab.net)
     assert not lab.ike_a.main_modes and not lab.ike_b.main_modes
-    lab.clock.advance(300, lab.net)  # quick mode soft lifetime: needs a new main mode first
+    lab.ike_a.acquire(lab.rule, host(A), host(B), B)
+    lab.net.run()
     assert lab.ike_a.counters["Oakley Main Modes"] == 2 and len(lab.drv_b.added) == 2
+
+
+def test_a_short_main_mode_lifetime_of_the_node_replaces_the_policys():
+    lab = short_main_mode()
+    lab.ike_a.main_mode_lifetime = 40
+    lab.ike_a.load_policy([lab.rule])
+    lab.ike_a.main_modes.clear()
+    lab.ike_a.acquire(lab.ike_a.rules[0], host(A), host(B), B)
+    lab.net.run()
+    assert {e.sa.lifetime for e in lab.ike_a.main_modes.values()} == {40}
 
 
 def test_idle_sa_is_deleted_on_both_sides():
@@ -415,3 +459,20 @@ def test_bundle_sas_are_installed_and_deleted_together():
     lab.net.run()
     assert len(lab.drv_a.deleted) == len(lab.drv_b.deleted) == 4
     assert {p for *_, p in lab.drv_b.deleted} == {"ah", "esp"} and not lab.ike_b.quick_modes
+
+
+def test_a_policy_change_of_authentication_deletes_the_main_mode_sa_at_both_ends():
+    lab = negotiate()
+    lab.ike_a.delete_main_modes({"unrelated rule"}, "not this one")
+    assert len(lab.ike_a.main_modes) == 1
+    lab.ike_a.delete_main_modes({"to-b"}, "the authentication of its policy rule changed")
+    lab.net.run()
+    assert not lab.ike_a.main_modes and not lab.ike_b.main_modes  # the peer got the ISAKMP delete
+    assert any("deleted: the authentication of its policy rule changed" in t for _, t in lab.ike_a.events)
+    # the next acquire authenticates anew: with a key the peer does not have, it fails
+    rekeyed = dataclasses.replace(lab.rule, policy=PeerPolicy(auth=[PreSharedKey(b"changed on one side")]))
+    lab.ike_a.load_policy([rekeyed])
+    lab.ike_a.acquire(rekeyed, host(A), host(B), B)
+    lab.net.run()
+    lab.clock.advance(1, lab.net)
+    assert lab.ike_b.counters["Negotiation Failures: authentication failed"] == 1

@@ -1,8 +1,10 @@
 """Main mode, quick mode and informational exchanges: two of our state machines talking in-process."""
 
+import dataclasses
 from itertools import count
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from ipsecd import algorithms
 from ipsecd.ike import events, informational, isakmp, main_mode, quick_mode
@@ -24,6 +26,10 @@ def converse(initiator, responder, first: bytes) -> int:
         replies = []
         for wire in pending:
             replies += side.receive(isakmp.Message.decode(wire))
+            work = side.take_blocking() if isinstance(side, main_mode.MainMode) else None
+            if work:  # what the component runs off its event loop (Kerberos: the ticket for main mode 3)
+                work()
+                replies += side.resume()
         if not replies and not side.done and not repeated:
             repeated = True
             continue
@@ -107,8 +113,25 @@ def test_main_mode_lifetime_is_the_smaller_one():
         PeerPolicy(auth=[PSK], main_mode=[MainModeOffer(lifetime=3600)]), PeerPolicy(auth=[PSK])
     )
     assert i.sa.lifetime == r.sa.lifetime == 3600
-    with pytest.raises(ValueError, match="5 minutes"):
-        MainModeOffer(lifetime=60)
+    with pytest.raises(ValueError, match="48 hours"):
+        MainModeOffer(lifetime=49 * 3600)
+
+
+def test_a_responder_with_a_shorter_main_mode_lifetime_says_so_in_main_mode_6():
+    """Main mode 2 echoes the initiator's transform unchanged: RESPONDER-LIFETIME (RFC 2407 §4.6.3.1) tells
+    the initiator the shorter lifetime, so both renegotiate before the responder's SA ends."""
+    short = PeerPolicy(auth=[PSK], main_mode=[MainModeOffer(lifetime=40)])
+    i, r, _ = main_mode_pair(PeerPolicy(auth=[PSK]), short)
+    assert (r.proposed_lifetime, r.sa.lifetime, i.sa.lifetime) == (28800, 40, 40)
+
+
+def test_a_responder_with_a_shorter_quick_mode_lifetime_says_so_in_quick_mode_2():
+    i, r, _ = main_mode_pair(PeerPolicy(auth=[PSK]), PeerPolicy(auth=[PSK]))
+    short = PeerPolicy(auth=[PSK], quick_mode=[QuickModeOffer(lifetime_seconds=300, lifetime_kb=20480)])
+    q_i, q_r = quick_mode_pair(i.sa, r.sa, PeerPolicy(auth=[PSK]), short)
+    (done_i,), (_ready, done_r) = q_i.events, q_r.events
+    assert (done_r.lifetime_seconds, done_r.lifetime_kb) == (done_i.lifetime_seconds, done_i.lifetime_kb)
+    assert (done_i.lifetime_seconds, done_i.lifetime_kb) == (300, 20480)
 
 
 def test_wrong_psk_fails_on_both_sides_with_reason():
@@ -257,7 +280,8 @@ def test_our_responder_accepts_strongswans_main_mode_1():
     chosen = reply.first(isakmp.SA).proposals[0].transforms[0]
     assert reply.icookie == mm1.icookie and reply.rcookie != bytes(8)
     assert main_mode.describe_transform(chosen) == "3DES/SHA1/group 2/PSK"
-    assert r.lifetime == 15840 and r.variant is natt.RFC3947  # strongSwan's 4 h + 10 %, its NAT-T flavour
+    assert r.lifetime == 15840  # strongSwan's 4 h + 10 %
+    assert r.variant is natt.DRAFT_02  # strongSwan announces both revisions; we, as Windows 2003, draft-02
     assert [natt.vendor_name(v) for v in r.peer_vids] == [
         "XAuth",
         "DPD (RFC 3706)",
@@ -304,3 +328,59 @@ def test_bundle_mismatch_names_the_bundle():
         "no proposal chosen: peer 192.0.2.1 offered AH[MD5] + ESP[3DES,NONE]; "
         "we accept ESP[3DES,SHA1] in transport mode"
     )
+
+
+class CorruptOnTheWire:
+    """A certificate whose DER, as sent in the CERT payload, has a subject that does not parse (CBC lets an
+    attacker flip bits of main mode 5's plaintext); everything else is the real certificate's."""
+
+    def __init__(self, cert):
+        self.cert = cert
+        der = bytearray(cert.public_bytes(serialization.Encoding.DER))
+        der[der.index(cert.subject.public_bytes()) + 15] = 0xFF  # inside the first attribute's value
+        self.der = bytes(der)
+
+    def __getattr__(self, name):
+        return getattr(self.cert, name)
+
+    def public_bytes(self, encoding):
+        return self.der
+
+
+def test_a_certificate_whose_subject_does_not_parse_is_refused_not_raised(pki):
+    """cryptography parses the subject lazily: it raised ValueError out of the chain check (the fuzzer)."""
+    _, cred_a, cred_b = pki
+    corrupt = dataclasses.replace(cred_a, certificate=CorruptOnTheWire(cred_a.certificate))
+    i, r, _ = main_mode_pair(PeerPolicy(auth=[corrupt]), PeerPolicy(auth=[cred_b]))
+    assert "INVALID-CERTIFICATE" in i.events[0].reason
+    assert r.events[0].counter == "authentication failed"
+    assert "CERT payload is not a DER X.509 certificate" in r.events[0].reason
+
+
+def one_proposal(proposals: list[isakmp.Proposal]) -> isakmp.SA:
+    """The initiator's offers as the transforms of one proposal, in its order (some initiators send that)."""
+    first = proposals[0]
+    transforms = [isakmp.Transform(n, t.transform_id, t.attributes)
+                  for n, t in enumerate((p.transforms[0] for p in proposals), start=1)]
+    return isakmp.SA([isakmp.Proposal(1, first.protocol, first.spi, transforms)])
+
+
+@pytest.mark.parametrize("layout", ["one proposal per offer", "one proposal, a transform per offer"])
+def test_the_quick_mode_responder_takes_the_initiators_first_acceptable_offer(monkeypatch, layout):
+    """As main mode does (RFC 2409 leaves the choice to the responder; Windows honours the initiator's order):
+    the responder's own order only says what it accepts."""
+    i, r, _ = main_mode_pair(PeerPolicy(auth=[PSK]), PeerPolicy(auth=[PSK]))
+    aes, des3 = QuickModeOffer("esp", "aes-cbc-128"), QuickModeOffer("esp", "3des-cbc")
+    q = quick_mode.QuickModeInitiator(i.sa, PeerPolicy(auth=[PSK], quick_mode=[aes, des3]),
+                                      Selector.parse("192.0.2.1/32"), Selector.parse("192.0.2.2/32"),
+                                      count(0x1000).__next__)
+    with monkeypatch.context() as patch:
+        if layout != "one proposal per offer":
+            patch.setattr(quick_mode, "SA", one_proposal)
+        first = q.start()
+    responder = quick_mode.QuickModeResponder(
+        r.sa, isakmp.Message.decode(first).message_id,
+        lambda *_: PeerPolicy(auth=[PSK], quick_mode=[des3, aes]), count(0x2000).__next__)
+    converse(q, responder, first)
+    (done,) = q.events
+    assert done.offer == aes and done.inbound.encryption == "aes-cbc-128"

@@ -3,11 +3,23 @@ half-open exchange left behind."""
 
 import struct
 
-from ipsecd.ike.component import EVENT_LENGTH
-from ipsecd.ike.isakmp import SA, Message, PayloadType, Proposal, ProtocolID, Transform
+from ipsecd.ike import informational
+from ipsecd.ike.component import EVENT_LENGTH, RATE_TABLE_LIMIT
+from ipsecd.ike.isakmp import (
+    SA,
+    ExchangeType,
+    Hash,
+    Message,
+    Nonce,
+    PayloadType,
+    Proposal,
+    ProtocolID,
+    Transform,
+)
 from ipsecd.ike.main_mode import offer_transform
+from ipsecd.ike.sa import MAX_IV_CHAINS
 from ipsecd.ike.settings import MainModeOffer, PeerPolicy, PreSharedKey
-from tests.unit.test_ike_component import A, pair
+from tests.unit.test_ike_component import A, B, negotiate, pair
 
 PSK = PeerPolicy(auth=[PreSharedKey(b"k")])
 
@@ -73,3 +85,67 @@ def test_a_defect_reached_by_a_datagram_is_counted_and_frees_the_exchange_it_ope
         feed(ike, main_mode_1(valid))
     assert ike.counters["Dropped: internal error"] == 3
     assert not ike.pending_main
+
+
+def retyped(wire: bytes, exchange: int | None = None, version: int | None = None) -> bytes:
+    """The datagram with another exchange type or version byte in its ISAKMP header."""
+    out = bytearray(wire)
+    if exchange is not None:
+        out[18] = exchange
+    if version is not None:
+        out[17] = version
+    return bytes(out)
+
+
+def test_aggressive_mode_and_ikev2_are_refused_as_such_not_as_malformed():
+    ike = responder()
+    valid = main_mode_1([offer_transform(1, MainModeOffer("3des-cbc", "sha1", 2), "psk")])
+    feed(ike, retyped(valid, exchange=4))
+    feed(ike, retyped(valid, exchange=1))
+    feed(ike, retyped(valid, version=0x20))
+    assert ike.counters["Dropped: unsupported exchange (aggressive mode)"] == 1
+    assert ike.counters["Dropped: unsupported exchange (other)"] == 1
+    assert ike.counters["Dropped: IKEv2 is not supported"] == 1
+    assert ike.counters["Malformed Packets"] == 0 and not ike.pending_main
+    said = [text for _, text in ike.events]
+    assert "unsupported exchange (aggressive mode)" in said[0] and "IKEv2 is not supported" in said[2]
+
+
+def test_messages_for_unknown_cookies_or_the_wrong_state_are_counted_by_name():
+    lab = negotiate()
+    ike, log = lab.ike_b, [data for _, _, _, data in lab.net.log]
+    before = dict(ike.counters)
+    unknown = b"\x99" * 16
+    feed(ike, unknown + log[6][16:])  # quick mode 1 under cookies nobody has
+    feed(ike, unknown + retyped(log[6], exchange=5)[16:])  # an informational: was dropped silently
+    feed(ike, log[4][:16] + log[0][16:])  # main mode 1 under the established SA's cookies
+    moved = {k: v - before.get(k, 0) for k, v in ike.counters.items() if v != before.get(k, 0)}
+    assert moved == {"Dropped: no SA for cookies": 2, "Dropped: not expected in this state": 1}
+
+
+def test_a_replayed_delete_and_an_informational_without_notifications_are_said():
+    lab = negotiate()
+    spi = lab.drv_a.added[0].inbound.spi
+    lab.ike_a.expire(spi, hard=True)
+    lab.net.run()
+    delete = lab.net.log[-1][3]
+    (mm,) = lab.ike_a.main_modes.values()
+    nonce_only = informational.protect(mm.sa, [Nonce(bytes(16))])
+    for wire in (delete, nonce_only):  # both verify, neither acts on anything
+        events = len(lab.ike_b.events)
+        feed(lab.ike_b, wire)
+        assert len(lab.ike_b.events) == events + 1
+    texts = [text for _, text in list(lab.ike_b.events)[-2:]]
+    assert "none of its SAs here" in texts[0] and "NONCE besides notifications" in texts[1]
+
+
+def test_phase_2_iv_chains_and_the_invalid_spi_table_stay_bounded():
+    """Message IDs and SPIs come from the network: what IKE keeps per ID or SPI has a ceiling."""
+    lab = negotiate()
+    (entry,) = lab.ike_a.main_modes.values()
+    for message_id in range(1, 1000):
+        entry.sa.seal(ExchangeType.QUICK_MODE, message_id, [Hash(bytes(20))])
+    assert len(entry.sa.ivs) == MAX_IV_CHAINS
+    for spi in range(RATE_TABLE_LIMIT * 2):
+        lab.ike_a.invalid_spi(spi + 0x1000, B)
+    assert len(lab.ike_a.invalid_spi_sent) <= RATE_TABLE_LIMIT

@@ -82,9 +82,21 @@ def test_udp_4500_framing():
     assert natt.classify_4500(natt.NAT_KEEPALIVE) == ("keepalive", b"")
 
 
+def test_main_mode_announces_only_the_draft_02_nat_t_revision_as_windows_2003_does():
+    """MS-IKEE <13>, <15>: Windows 2000 SP4, XP SP2 and Server 2003 send the draft-02 vendor ID alone (RFC
+    3947's from Vista on, which ipsecd.yaml's ike.nat_traversal: [rfc3947, draft-02] gives)."""
+    default = main_mode.MainModeInitiator(PeerPolicy(auth=[PreSharedKey(b"k")]), ("192.0.2.1", 500),
+                                          ("192.0.2.2", 500))
+    vids = [natt.vendor_name(v.data) for v in isakmp.Message.decode(default.start()).all(isakmp.VendorID)]
+    assert vids == ["MS NT5 ISAKMPOAKLEY version 4", "NAT-T (draft-02)"]
+    vista = PeerPolicy(auth=[PreSharedKey(b"k")], nat_traversal=("rfc3947", "draft-02"))
+    i = main_mode.MainModeInitiator(vista, ("192.0.2.1", 500), ("192.0.2.2", 500))
+    assert natt.VID_RFC3947 in [v.data for v in isakmp.Message.decode(i.start()).all(isakmp.VendorID)]
+
+
 def test_windows_2003_style_peer_gets_draft_02_numbers_on_the_wire():
     windows = PeerPolicy(auth=[PreSharedKey(b"k")], nat_traversal=("draft-02",))
-    ours = PeerPolicy(auth=[PreSharedKey(b"k")])
+    ours = PeerPolicy(auth=[PreSharedKey(b"k")], nat_traversal=("rfc3947", "draft-02"))
     i = main_mode.MainModeInitiator(windows, ("192.168.1.10", 500), ("198.51.100.2", 500))
     r = main_mode.MainModeResponder(ours, ("198.51.100.2", 500), ("203.0.113.5", 40110))
     mm1 = i.start()

@@ -82,3 +82,29 @@ def test_keys_to_a_file_is_refused(tmp_path):
     (tmp_path / "keys.txt").write_text("")
     with pytest.raises(SystemExit, match="not a folder"):
         ipsecctl.write_keys({"esp_sa": ""}, args("keys", "--wireshark", "-o", str(tmp_path / "keys.txt")))
+
+
+def test_policy_says_where_a_domain_members_policy_came_from():
+    source = {"source": "cache", "dc": "dc.lab.test (10.0.0.10:636)", "gpo": "CN={G},CN=Policies",
+              "ipsec_id": "{298D1349}", "when_changed": "2004-05-13T08:00:00Z",
+              "reason": "dc.lab.test (10.0.0.10:636): no keytab at /etc/krb5.keytab"}
+    shown = ipsecctl.show_policy({"source": source, "name": "Test Policy", "rules": []})
+    first, because, *policy = shown.splitlines()
+    assert first == ("# policy source: from the local cache; GPO CN={G},CN=Policies, ipsecID {298D1349}, "
+                     "whenChanged 2004-05-13T08:00:00Z")
+    assert because.endswith("no keytab at /etc/krb5.keytab") and "name: Test Policy" in policy
+    assert ipsecctl.show_policy({"source": {**source, "source": "none", "reason": ""}}).splitlines() == [
+        "# policy source: none; GPO CN={G},CN=Policies, ipsecID {298D1349}, whenChanged 2004-05-13T08:00:00Z",
+        "no policy assigned"]
+
+
+def test_static_takes_the_dc_from_ipsecd_yaml(tmp_path, monkeypatch):
+    config = tmp_path / "ipsecd.yaml"
+    config.write_text("policy:\n  store: p\n  directory: {dc: 10.0.0.10, realm: LAB.TEST, ca: ca.pem}\n")
+    seen = {}
+    monkeypatch.setattr("ipsecd.policy.directory_admin.main", lambda argv: seen.update(
+        argv=argv, server=os.environ["IPSEC_DC_ADDRESS"], ca=os.environ["IPSEC_DC_CA"]) or 0)
+    for name in ("IPSEC_DC_ADDRESS", "IPSEC_DC_CA", "IPSEC_REALM", "IPSEC_DC_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert ipsecctl.static(["list"], str(config)) == 0
+    assert seen == {"argv": ["list"], "server": "10.0.0.10", "ca": str(tmp_path / "ca.pem")}

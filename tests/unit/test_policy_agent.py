@@ -101,6 +101,22 @@ def test_a_bad_policy_is_refused_and_the_old_one_stays(node):
     assert "'my ip' is not an address" in event.message
 
 
+def test_the_refusal_names_every_problem_of_the_file(node):
+    node.agent.apply()
+    node.path.write_text(PAIR.replace("destination: 10.0.0.2", "destination: my ip")
+                         .replace("action: block}", "action: blok}")
+                         .replace('"ESP[3DES,SHA1]"', '"ESP[3DES,SHA1]:1000k/60s"'))
+    with pytest.raises(PolicyError) as refused:
+        node.agent.refresh()
+    assert [(p.source.rsplit(":", 1)[1], p.path) for p in refused.value.problems] == [
+        ("10", "rules[0].filter_action.action"), ("12", "rules[1].filter_list.filters[0].destination"),
+        ("13", "rules[1].filter_action.security_methods[0]"),
+        ("13", "rules[1].filter_action.security_methods[0]")]
+    message = node.agent.events[-1].message
+    assert "(did you mean 'block'?)" in message and "60 s is outside" in message
+    assert "1000 KB is outside" in message
+
+
 def test_polling_applies_only_what_changed(node):
     node.agent.apply()
     assert node.agent.seconds_until_poll() == 30  # the policy's own polling interval
@@ -236,7 +252,8 @@ def test_what_ike_cannot_use_is_skipped_with_a_warning(node):
     assert [r.name for r in node.ike.loaded[-1]] == ["<Dynamic> default response"]
     warnings = [e.message for e in node.agent.events if e.kind == "policy-warning"]
     assert warnings == [
-        "rule 'secure peer': authentication by kerberos skipped (not supported yet)",
+        "rule 'secure peer': authentication by kerberos skipped (no ike.kerberos (keytab, principal) in the "
+        "node configuration: not a domain member)",
         "rule 'secure peer': no authentication method IKE can use; its traffic cannot be secured"]
     node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"AH[SHA1]+ESP[3DES,SHA1]"'))
     node.agent.poll()  # an AH+ESP bundle is one quick mode proposal
@@ -267,7 +284,7 @@ def test_control_commands_answer_in_json(node, tmp_path):
         commands["policy_filters"](kind="dynamic")
     assert commands["refresh"]() == {"policy": "intranet pair", "change": {
         "touched_rules": [], "touched_filters": [], "added_rules": [], "main_mode_changed": False,
-        "text": "no SA touched"}}
+        "reauthenticate": [], "text": "no SA touched"}}
     out = tmp_path / "x.yaml"
     assert commands["export"](path=str(out))["guid"] == "0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a"
     assert commands["import"](path=str(out))["location"] == str(node.path)  # same GUID: same stored file
@@ -322,3 +339,73 @@ def test_run_applies_then_polls_at_the_policy_interval(node):
 
     asyncio.run(scenario())
     assert agent.events[-1].message.endswith("SAs of block telnet deleted")
+
+
+def test_a_file_that_is_not_utf8_is_refused_and_polling_goes_on(node):
+    """It stopped the agent's polling for good (only PolicyError was caught) and ended ipsecd at start."""
+    node.agent.apply()
+    node.path.write_bytes(PAIR.encode().replace(b"name: block telnet", b"name: block \xff telnet"))
+    node.clock.now += 60
+    assert node.agent.poll() is None and node.agent.applied.policy.name == "intranet pair"
+    event = node.agent.events[-1]
+    assert event.kind == "policy-refused"
+    assert "pair.yaml:6: not UTF-8 text: byte 0xff at column 17" in event.message
+    node.path.write_text(PAIR.replace("destination_port: 23", "destination_port: 2323"))
+    node.clock.now += 60
+    assert node.agent.poll().touched_rules == {"block telnet"}
+
+
+def test_a_change_stamp_past_year_9999_is_refused_and_polling_goes_on(node):
+    node.agent.apply()
+    node.path.write_text(PAIR.replace("when_changed: 2026-11-22T10:00:00Z", "when_changed: 99999999999999"))
+    node.clock.now += 60
+    assert node.agent.poll() is None and node.agent.applied.policy.when_changed < 2**32
+    assert node.agent.events[-1].kind == "policy-refused"
+
+
+def test_a_new_pre_shared_key_invalidates_the_main_mode_sas_of_its_rules(node):
+    node.agent.apply()
+    node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"ESP[DES,MD5]"'))
+    assert node.agent.refresh().reauthenticate == frozenset()  # another quick mode offer: main modes stay
+    node.path.write_text(PAIR.replace('"ESP[3DES,SHA1]"', '"ESP[DES,MD5]"')
+                         .replace("    authentication: [{psk: lab}]", "    authentication: [{psk: new}]"))
+    change = node.agent.refresh()
+    assert change.reauthenticate == {"secure peer/1"}  # the IKE rule (filter) names main modes carry
+    assert "main mode SAs of secure peer/1 deleted (authentication changed)" in change.describe()
+    node.path.write_text("name: empty\n")
+    assert node.agent.refresh().reauthenticate == {"secure peer/1", "<Dynamic> default response"}
+
+
+class GroupPolicyLocalStore(LocalStore):
+    """A local store that behaves as a directory store towards the agent (refresh, Group Policy, status)."""
+
+    def __init__(self, root, clock):
+        super().__init__(root)
+        self.clock, self.refreshed, self.resolved_at = clock, 0, clock()
+        self.status = SimpleNamespace(to_dict=lambda: {"source": "directory", "ipsec_id": "{X}"})
+
+    def refresh(self):
+        self.refreshed += 1
+
+    def seconds_until_group_policy(self):
+        return max(0.0, self.resolved_at + 10 - self.clock())
+
+    def save(self, policy):
+        raise PermissionError("a member cannot write to the directory: use ipsecctl static import")
+
+
+def test_with_a_directory_store_refresh_is_gpupdate_and_group_policy_bounds_the_poll(tmp_path, node):
+    store = GroupPolicyLocalStore(tmp_path / "gp", node.clock)
+    (store.root / "pair.yaml").write_text(PAIR)
+    store.assign(PolicyRef(str(store.root / "pair.yaml")))
+    agent = PolicyAgent(store, node.driver, node.ike, lambda: node.addresses, clock=node.clock)
+    agent.refresh()
+    assert store.refreshed == 1
+    assert agent.seconds_until_poll() == 10  # the policy polls every 30 s: the Group Policy comes first
+    node.clock.now += 11
+    assert agent.seconds_until_poll() == 0
+    shown = agent.show_policy()
+    assert shown["source"] == {"source": "directory", "ipsec_id": "{X}"} and shown["name"]
+    (tmp_path / "export.yaml").write_text(PAIR)
+    with pytest.raises(PermissionError, match="ipsecctl static import"):
+        agent.import_(tmp_path / "export.yaml")

@@ -98,10 +98,10 @@ def test_most_specific_filter_wins_across_rules():
 def test_actions_reach_the_driver():
     p = policy(rule("secure", "{source: me, destination: 10.0.0.2}",
                     '{name: req, action: negotiate, accept_unsecured: true, fallback_to_clear: true,'
-                    ' pfs: true, security_methods: ["ESP[DES,MD5]:1000k/60s"]}'))
+                    ' pfs: true, security_methods: ["ESP[DES,MD5]:20480k/300s"]}'))
     action = expand(p, [ME1])[0].action
     assert action == spd.SPDAction("req", spd.Action.NEGOTIATE,
-                                      (spd.SecurityMethod("des-cbc", "hmac-md5-96", None, 60, 1000),),
+                                      (spd.SecurityMethod("des-cbc", "hmac-md5-96", None, 300, 20480),),
                                       pfs=True, accept_unsecured=True, fallback_to_clear=True)
 
 

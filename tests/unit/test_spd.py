@@ -88,9 +88,12 @@ def test_mirrored_filter_matches_the_reply_inbound_only():
         IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=4500, dport=4500),
         IP(src="10.0.0.1", dst="224.0.0.5") / UDP(sport=1, dport=2),
         IP(src="10.0.0.1", dst="10.0.0.255") / UDP(sport=137, dport=137),
+        IP(src="10.0.0.1", dst="10.0.0.10") / UDP(sport=40000, dport=88),  # to the KDC
+        IP(src="10.0.0.10", dst="10.0.0.1") / TCP(sport=88, dport=40000),  # its answer
+        IP(src="10.0.0.1", dst="10.0.0.2", proto=46),  # RSVP
     ],
 )
-def test_ike_broadcast_and_multicast_are_exempt(packet):
+def test_ike_kerberos_rsvp_broadcast_and_multicast_are_exempt(packet):
     assert sel(packet).is_exempt()
 
 

@@ -13,7 +13,7 @@ from lab import model, topology
 from lab.backend import LabError
 from lab.docker_backend import DockerBackend
 from lab.graph import render, to_dot
-from lab.node_setup import firewall_ruleset, hosts_file, nat_ruleset
+from lab.node_setup import firewall_ruleset, hosts_file, krb5_conf, nat_ruleset
 
 GOOD = """\
 name: demo
@@ -41,7 +41,7 @@ def refused(text: str) -> list[str]:
     return caught.value.problems
 
 
-@pytest.mark.parametrize("name", ["intranet-pair", "nat-t", "gateway-tunnel", "domain"])
+@pytest.mark.parametrize("name", ["intranet-pair", "nat-t", "gateway-tunnel", "domain", "star"])
 def test_shipped_topologies_load(name):
     topo = topology.load(name)
     assert topo.name == name
@@ -54,7 +54,10 @@ def test_canonical_addresses():
     assert (nat.node("nat").address("eth2"), nat.node("server").address()) == ("203.0.113.1", "203.0.113.2")
     gw = topology.load("gateway-tunnel")
     assert gw.node("host-a").routes[0].via == gw.node("gw-a").interfaces["eth1"].address.ip
-    assert not topology.load("domain").runnable
+    domain = topology.load("domain")
+    assert domain.runnable and domain.domain == model.Domain("LAB.TEST", "dc")
+    assert [(n.name, n.join.ou) for n in domain.domain_members()] == [("member-a", "OU=Servers"),
+                                                                       ("member-b", "OU=Clients")]
 
 
 def test_good_file_builds_the_model():
@@ -181,6 +184,54 @@ def test_overrides_are_merged_before_validation(tmp_path: Path):
     assert topo.node("a").interfaces["eth1"].address is not None
 
 
+COUNTED = """\
+name: star
+parameters: {clients: 3}
+segments:
+  lan: {subnet: 10.0.0.0/24}
+nodes:
+  server:
+    interfaces:
+      eth1: {segment: lan, address: 10.0.0.1/24}
+  client:
+    count: clients
+    interfaces:
+      eth1: {segment: lan, address: 10.0.0.10/24}
+"""
+
+
+def test_a_counted_node_becomes_numbered_copies_with_shifted_addresses():
+    topo = topology.loads(COUNTED, "x.yaml")
+    assert {n: str(s.interfaces["eth1"].address) for n, s in topo.nodes.items()} == {
+        "server": "10.0.0.1/24", "client-1": "10.0.0.10/24", "client-2": "10.0.0.11/24",
+        "client-3": "10.0.0.12/24"}
+    assert len(topology.loads(COUNTED, "x.yaml", {"parameters": {"clients": 200}}).nodes) == 201
+    assert list(topology.loads(COUNTED.replace("count: clients", "count: 0"), "x.yaml").nodes) == ["server"]
+    shipped = topology.load("star", {"parameters": {"clients": 100}})
+    assert shipped.node("client-100").address() == "10.0.1.100" and shipped.node("client-1").ipsecd.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"parameters": {"clients": 300}},
+         "x.yaml:12: nodes.client.interfaces.eth1.address: client-247: 10.0.1.0/24 is outside segment lan's"),
+        ({"parameters": {"client": 3}}, "x.yaml: parameters.client: given, but the topology has no such"),
+        ({"nodes": {"client": {"count": "n"}}}, "x.yaml:10: nodes.client.count: 'n' is not a parameter"),
+        ({"nodes": {"client": {"count": -1}}}, "x.yaml:10: nodes.client.count: -1 is less than the minimum"),
+        ({"nodes": {"client-2": {"interfaces": {"eth1": {"segment": "lan"}}}}},
+         "x.yaml:9: nodes.client: client-2: a node of the file has the name of this copy of client"),
+        ({"nodes": {"client": {"interfaces": {"eth1": {"mac": "02:00:00:00:00:01"}}}}},
+         "x.yaml:12: nodes.client.interfaces.eth1.mac: client-1: a counted node cannot give a MAC"),
+    ],
+)
+def test_bad_counts_and_parameters_are_refused_once_at_the_counted_node(overrides, expected):
+    with pytest.raises(topology.TopologyError) as caught:
+        topology.loads(COUNTED, "x.yaml", overrides)
+    problems = caught.value.problems
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
 def test_macs_are_deterministic_locally_administered_unicast():
     mac = model.mac_address("lab", "host-a", "eth1")
     assert mac == model.mac_address("lab", "host-a", "eth1") != model.mac_address("lab2", "host-a", "eth1")
@@ -206,8 +257,32 @@ def test_firewall_ruleset_drops_in_every_direction():
 
 
 def test_unrunnable_topology_is_refused_with_its_reason():
-    with pytest.raises(LabError, match="not runnable yet: the domain controller image"):
-        DockerBackend(client=object(), images=object()).up(topology.load("domain"))
+    unrunnable = topology.loads(GOOD.replace("nodes:", "runnable: false\nreason: not yet\nnodes:", 1))
+    with pytest.raises(LabError, match="not runnable yet: not yet"):
+        DockerBackend(client=object(), images=object()).up(unrunnable)
+
+
+DOMAIN = "domain: {realm: LAB.TEST, controller: %s}\n"
+
+
+@pytest.mark.parametrize(("domain", "join", "expected"), [
+    ("", "{ou: OU=Servers}", "topologies/x.yaml:7: nodes.a.join: no domain to join"),
+    (DOMAIN % "dc", "{}", "topologies/x.yaml:1: domain.controller: no node 'dc'"),
+    (DOMAIN % "a", "{}", "topologies/x.yaml:8: nodes.a.join: the controller cannot join"),
+    ("domain: {realm: LAB, controller: gw}\n", "{}", "topologies/x.yaml:1: domain.realm: 'LAB' is not valid"),
+    (DOMAIN % "gw", "{ou: Servers}", "topologies/x.yaml:8: nodes.a.join.ou: 'Servers' is not valid"),
+])
+def test_domain_membership_is_checked(domain, join, expected):
+    problems = refused(domain + GOOD.replace("  a:\n", f"  a:\n    join: {join}\n", 1))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_domain_members_get_fully_qualified_names_and_a_krb5_conf_naming_the_kdc():
+    domain = topology.load("domain")
+    assert "10.0.0.10\tdc dc.lab.test dc-eth1" in hosts_file(domain)
+    conf = krb5_conf(domain.domain, "10.0.0.10")
+    assert "default_realm = LAB.TEST" in conf and "kdc = 10.0.0.10" in conf
+    assert "dns_lookup_kdc = false" in conf
 
 
 def test_graph_names_every_node_segment_and_address():

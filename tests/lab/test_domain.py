@@ -1,0 +1,293 @@
+"""The domain topology (issue 12): a Samba AD DC and two members whose ipsecd reads its policy from the
+directory by Group Policy, polls it and falls back to its cache. The documents' "Supporting Lab Work" step
+by step with `ipsecctl static`, Group Policy precedence, the cache with the DC stopped, the failure twins and
+the documents' warning case. Members authenticate IKE with a pre-shared key (Kerberos IKE comes later).
+
+The tests share one lab and run in file order; each sets the directory up as it needs it. Figures (fall back
+to the cache, a change seen by polling) are printed: run with -s to see them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from lab.capture import assert_marker_absent, assert_only_protocols, wait_until
+from lab.harness import ipsecctl, spis_by_filter, wait_for_sas
+from lab.running import Lab, Node
+from lab.traffic import tcp_transfer
+
+ADMIN = {"IPSEC_ADMIN_PASSWORD": "Lab-Admin-2003!"}  # images/dc/README.md (lab only)
+DOMAIN = "DC=lab,DC=test"
+SERVERS, CLIENTS = f"OU=Servers,{DOMAIN}", f"OU=Clients,{DOMAIN}"
+CACHE = "/var/lib/ipsecd/cache/policy.json"
+A, B = "10.0.0.1", "10.0.0.2"
+MARKER = b"DOMAIN-POLICY-MARKER-"
+SECURED = "secure tcp between members"
+MEMBERS = "10.0.0.0/29"  # member-a and member-b, not the DC (10.0.0.10): LDAP to it stays in clear
+FALLBACK_SECONDS = 3
+
+
+@pytest.fixture
+def domain(lab_up) -> Lab:
+    return lab_up("domain")
+
+
+def static(node: Node, *argv: str) -> Any:
+    """`ipsecctl static ... --json` in the node as Administrator (the DC's address from ipsecd.yaml)."""
+    done = node.exec(["ipsecctl", "static", "--json", *argv], timeout=60, env=ADMIN)
+    assert done.ok, f"{node.name}: ipsecctl static {' '.join(argv)}: {done.stdout}{done.stderr}"
+    return json.loads(done.stdout)
+
+
+def source(node: Node) -> dict:
+    """Where the member's policy in force came from (ipsecctl policy)."""
+    return ipsecctl(node, "policy")["source"]
+
+
+def rules(node: Node) -> list[str]:
+    return sorted(r["name"] for r in ipsecctl(node, "policy").get("rules", []))
+
+
+def on_dc(node: Node, name: str) -> dict:
+    return next(p for p in static(node, "list") if p["name"] == name)
+
+
+def edit_policy(node: Node, name: str, change: Callable[[dict], None]) -> None:
+    """Export, change the YAML, re-import: the snap-in's export, modify, import round."""
+    static(node, "export", name, "/tmp/policy.yaml")
+    data = yaml.safe_load(node.get_file("/tmp/policy.yaml"))
+    change(data)
+    node.put_file("/tmp/policy.yaml", yaml.safe_dump(data, sort_keys=False))
+    static(node, "import", "/tmp/policy.yaml")
+
+
+def add_secured_rule(data: dict) -> None:
+    data.setdefault("rules", []).append({
+        "name": SECURED, "filter_list": {"name": "members", "filters": [
+            {"name": "members tcp", "source": "me", "destination": MEMBERS, "protocol": "tcp"}]},
+        "filter_action": {"name": "Require ESP", "action": "negotiate",
+                          "security_methods": ["ESP[3DES,SHA1]"]},
+        "authentication": [{"psk": "domain-lab"}]})
+
+
+def ensure(node: Node, name: str, gpo: str, *containers: str) -> dict:
+    """Policy `name` (with the secured rule, polled every 3 s) assigned by GPO `gpo` linked to exactly
+    `containers`; returns the policy as the DC lists it."""
+    if not any(p["name"] == name for p in static(node, "list")):
+        static(node, "create", name, "--polling-interval", "3s")
+        edit_policy(node, name, add_secured_rule)
+    if gpo not in {g["name"] for g in static(node, "gpo", "list")}:
+        static(node, "gpo", "create", gpo)
+    for container in (DOMAIN, SERVERS, CLIENTS):  # link and unlink are idempotent
+        static(node, "gpo", "link" if container in containers else "unlink", gpo, container)
+    static(node, "assign", gpo, name)
+    return on_dc(node, name)
+
+
+def restart_ipsecd(node: Node, config: str | None = None) -> float:
+    """Stop the member's ipsecd and start it again (as at boot), optionally with another ipsecd.yaml;
+    returns the seconds until its control socket answers (after its first apply)."""
+    ipsecd = node.process("ipsecd")
+    ipsecd.stop()
+    node.exec(["rm", "-f", ipsecd.pid_path])
+    started = time.monotonic()
+    if config is None:
+        node.start_service("ipsecd")
+    else:
+        node.put_file("/etc/ipsecd/test.yaml", config)
+        node.spawn(["ipsecd", "--config", "/etc/ipsecd/test.yaml"], name="ipsecd", log=ipsecd.log_path)
+        wait_until(lambda: node.exec(["ipsecctl", "status"]).ok, 30, what=f"{node.name}: ipsecd to answer")
+    return time.monotonic() - started
+
+
+def secured_traffic(lab: Lab, a: Node, b: Node, port: int = 5001) -> None:
+    """A first transfer negotiates; a second, captured, is ESP only with the marker absent."""
+    assert tcp_transfer(a, b, MARKER * 50, port=port, timeout=20) == MARKER * 50
+    wait_for_sas(b, A)
+    with lab.capture_segment("lan") as cap:
+        assert tcp_transfer(a, b, MARKER * 50, port=port) == MARKER * 50
+    assert_only_protocols(cap.packets(), between=(A, B), allowed={"esp"})
+    assert_marker_absent(cap.packets(), MARKER)
+
+
+def test_supporting_lab_work(domain: Lab) -> None:
+    a, b = domain.node("member-a"), domain.node("member-b")
+    assert source(a)["source"] == "none", "lab up: no GPO assigns a policy yet"
+    created = static(a, "create", "Test Policy", "--polling-interval", "3s")
+    gpo = static(a, "gpo", "create", "IPsec for Servers")["dn"]
+    static(a, "gpo", "link", "IPsec for Servers", SERVERS)
+    static(a, "gpo", "link", "IPsec for Servers", CLIENTS)  # member-b runs it too: the traffic's peer
+    static(a, "assign", "IPsec for Servers", "Test Policy")
+    assert not a.exec(["test", "-e", CACHE]).ok, "a cache before the first download"
+
+    for member in (a, b):
+        ipsecctl(member, "refresh")  # gpupdate /force
+    first, listed = source(a), on_dc(a, "Test Policy")
+    assert first["source"] == "directory", first
+    assert first["ipsec_id"] == created["ipsec_id"] == listed["ipsec_id"]
+    assert first["gpo"].lower() == gpo.lower()
+    assert first["when_changed"].replace("-", "").replace("T", "").replace(":", "")[:14] \
+        == listed["when_changed"][:14]
+    cached = json.loads(a.get_file(CACHE))
+    assert cached["policy_dn"].lower() == created["dn"].lower() and cached["gpo_dn"].lower() == gpo.lower()
+
+    edit_policy(a, "Test Policy", add_secured_rule)  # a rule with a new filter, the same GUIDs
+    edited = on_dc(a, "Test Policy")
+    assert (edited["ipsec_id"], edited["dn"]) == (listed["ipsec_id"], listed["dn"])
+    assert edited["when_changed"] > listed["when_changed"]
+    started = time.monotonic()
+    for member in (a, b):  # polling, no refresh
+        wait_until(lambda m=member: SECURED in rules(m), 20, what=f"{member.name}'s poll to take the rule")
+    print(f"\nthe re-imported policy in force by polling after {time.monotonic() - started:.1f} s")
+    assert source(a)["ipsec_id"] == created["ipsec_id"]
+    assert source(a)["when_changed"] != first["when_changed"]
+    assert json.loads(a.get_file(CACHE))["stamp"] != cached["stamp"]
+    secured_traffic(domain, a, b)
+
+
+def test_ou_beats_domain_block_inheritance_and_unassigning_at_the_group_policy_poll(domain: Lab) -> None:
+    a, b = domain.node("member-a"), domain.node("member-b")
+    servers = ensure(a, "Test Policy", "IPsec for Servers", SERVERS)
+    everyone = ensure(a, "Domain Policy", "Domain IPsec", DOMAIN)
+    for member in (a, b):
+        ipsecctl(member, "refresh")
+    assert source(a)["ipsec_id"] == servers["ipsec_id"], "the OU's GPO beats the domain's"
+    assert source(b)["ipsec_id"] == everyone["ipsec_id"], "OU=Clients inherits the domain's"
+
+    static(a, "gpo", "block", CLIENTS)
+    try:
+        ipsecctl(b, "refresh")
+        assert source(b)["source"] == "none" and "policy" not in rules(b), source(b)
+    finally:
+        static(a, "gpo", "block", CLIENTS, "--off")
+    ipsecctl(b, "refresh")
+    assert source(b)["ipsec_id"] == everyone["ipsec_id"]
+
+    config = b.get_file("/etc/ipsecd/ipsecd.yaml").decode()
+    restart_ipsecd(b, config.replace("group_policy_interval: 90min", "group_policy_interval: 3s"))
+    try:
+        assert source(b)["ipsec_id"] == everyone["ipsec_id"]
+        static(a, "unassign", "Domain IPsec")
+        started = time.monotonic()
+        wait_until(lambda: source(b)["source"] == "none", 20, what="member-b's Group Policy poll")
+        print(f"\nunassigned: member-b without a policy {time.monotonic() - started:.1f} s later (3 s GP)")
+        assert not b.exec(["test", "-e", CACHE]).ok, "the cache of an unassigned policy is dropped"
+    finally:
+        restart_ipsecd(b)
+
+
+def test_dc_down_the_cache_applies_and_the_newer_directory_policy_replaces_it(domain: Lab) -> None:
+    dc, a, b = domain.node("dc"), domain.node("member-a"), domain.node("member-b")
+    before = ensure(a, "Test Policy", "IPsec for Servers", SERVERS, CLIENTS)
+    for member in (a, b):
+        ipsecctl(member, "refresh")
+    secured_traffic(domain, a, b)
+    spis = spis_by_filter(a)
+    samba = dc.process("samba")
+
+    samba.stop()  # the DC goes down under SAs in force: they stay, the cache serves
+    dc.exec(["rm", "-f", samba.pid_path])
+    try:
+        started = time.monotonic()
+        ipsecctl(a, "refresh")
+        fallback = time.monotonic() - started
+        offline = source(a)
+        assert offline["source"] == "cache" and offline["ipsec_id"] == before["ipsec_id"], offline
+        in_ipsecd = offline["timings"]["failed_search"] + offline["timings"]["cache_read"]
+        assert in_ipsecd < FALLBACK_SECONDS, offline["timings"]
+        assert spis_by_filter(a) == spis, "a fall back to the same policy touched SAs"
+        print(f"\nDC stopped: the cache applies {in_ipsecd:.3f} s after the attempt in ipsecd, "
+              f"{fallback:.2f} s after `ipsecctl refresh` started ({offline['reason']})")
+    finally:
+        dc.start_service("samba")
+
+    a.process("ipsecd").stop()  # the policy edited while member-a is down, then the DC down at its start
+    edit_policy(a, "Test Policy", lambda d: next(r for r in d["rules"] if r["name"] == SECURED)[
+        "filter_list"]["filters"][0].update(destination="10.0.0.0/30"))  # one filter edited alone
+    samba.stop()
+    dc.exec(["rm", "-f", samba.pid_path])
+    try:
+        boot = restart_ipsecd(a)
+        offline, stamp = source(a), json.loads(a.get_file(CACHE))["stamp"]
+        assert offline["source"] == "cache" and offline["ipsec_id"] == before["ipsec_id"], offline
+        print(f"member-a restarted with the DC down: the cached policy, control socket after {boot:.1f} s")
+        secured_traffic(domain, a, b)  # the cached policy's SAs negotiate (member-b keeps its own in force)
+    finally:
+        dc.start_service("samba")
+    wait_until(lambda: source(a)["source"] == "directory", 30, what="member-a back on the directory")
+    policy = ipsecctl(a, "policy")
+    destinations = [f["destination"] for r in policy["rules"] if r["name"] == SECURED
+                    for f in r["filter_list"]["filters"]]
+    assert destinations == ["10.0.0.0/30"], "the directory's newer policy did not replace the cached one"
+    assert json.loads(a.get_file(CACHE))["stamp"] != stamp, "the cache still holds the older policy"
+
+    dc.firewall(["tcp/636"])  # a DC that does not answer at all: the timeouts, no resolver stall
+    try:
+        ipsecctl(a, "refresh")
+        silent, dropped = source(a), dc.dropped()
+    finally:
+        dc.firewall([])
+    in_ipsecd = silent["timings"]["failed_search"] + silent["timings"]["cache_read"]
+    assert silent["source"] == "cache" and dropped > 0 and in_ipsecd < FALLBACK_SECONDS, silent
+    print(f"DC silent (LDAPS dropped): the cache applies {in_ipsecd:.2f} s after the connection attempt")
+
+
+def test_a_member_that_cannot_bind_uses_its_cache_and_says_so(domain: Lab) -> None:
+    dc, a = domain.node("dc"), domain.node("member-a")
+    before = ensure(a, "Test Policy", "IPsec for Servers", SERVERS)
+    ipsecctl(a, "refresh")
+    keytab = a.get_file("/etc/krb5.keytab")
+    a.exec(["rm", "-f", "/etc/krb5.keytab", "/run/ipsecd/krb5cc"], check=True)
+    try:
+        restart_ipsecd(a)
+        state = source(a)
+        assert state["source"] == "cache" and state["ipsec_id"] == before["ipsec_id"], state
+        assert "keytab" in state["reason"], state
+        shown = a.exec(["ipsecctl", "policy"], check=True).stdout
+        assert "from the local cache" in shown and "/etc/krb5.keytab" in shown, shown
+    finally:
+        a.put_file("/etc/krb5.keytab", keytab, mode=0o600)
+        restart_ipsecd(a)
+    assert source(a)["source"] == "directory"
+    assert dc.exec(["dc-ready"]).ok
+
+
+def test_a_corrupt_blob_is_refused_with_its_dn_and_the_policy_in_force_stays(domain: Lab) -> None:
+    a = domain.node("member-a")
+    ensure(a, "Test Policy", "IPsec for Servers", SERVERS)
+    ipsecctl(a, "refresh")
+    in_force = rules(a)
+    static(a, "export", "Test Policy", "/tmp/good.yaml")
+    entries = json.loads(a.get_file(CACHE))["entries"]
+    filter_dn = next(key for key in entries if key.startswith("cn=ipsecfilter"))
+    corrupt = ("from ipsecd.policy.ldap_directory import *; import os; "
+               "s = DirectoryServer('10.0.0.10', 'dc.lab.test', 'LAB.TEST', '/etc/ipsec-lab/dc-ca.pem'); "
+               "d = Directory(s, Credentials('Administrator', password=os.environ['IPSEC_ADMIN_PASSWORD'])); "
+               f"d.connect().write('modify', {filter_dn!r}, "
+               "{'ipsecData': [('MODIFY_REPLACE', [b'not a blob'])]})")
+    a.exec(["python3", "-c", corrupt], check=True, env=ADMIN)
+    try:
+        refused = wait_until(lambda: [e for e in ipsecctl(a, "events") if e["kind"] == "policy-refused"], 20,
+                             what="member-a's poll to refuse the corrupt filter")
+        assert filter_dn in refused[-1]["text"].lower() and "ipsecData" in refused[-1]["text"], refused[-1]
+        assert rules(a) == in_force, "the policy in force changed"
+        assert filter_dn in json.loads(a.get_file(CACHE))["entries"]
+    finally:
+        static(a, "import", "/tmp/good.yaml")
+
+
+def test_a_gpo_deleted_without_unassigning_leaves_members_on_the_cached_policy(domain: Lab) -> None:
+    a = domain.node("member-a")
+    policy = ensure(a, "Test Policy", "IPsec for Servers", SERVERS)
+    ipsecctl(a, "refresh")
+    static(a, "gpo", "delete", "IPsec for Servers")
+    ipsecctl(a, "refresh")
+    assert source(a)["ipsec_id"] == policy["ipsec_id"], source(a)
+    warnings = [e["text"] for e in ipsecctl(a, "events") if e["kind"] == "policy-warning"]
+    assert any("deleted without unassigning" in w for w in warnings), warnings

@@ -20,7 +20,7 @@ from lab.docker_backend import DockerBackend
 from lab.pytest_plugin import lab_prefix
 from lab.running import Node
 
-SCENARIO = Path(__file__).resolve().parent.parent / "tests" / "lab" / "scenarios" / "ike-transport-psk"
+SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "ike-transport-psk"
 DATAGRAMS = int(os.environ.get("BENCH_FLOOD_DATAGRAMS", "20000"))
 RATE = 1000  # per second
 B = "10.0.0.2"

@@ -10,6 +10,7 @@ lab decode PCAP                   the capture, decrypted with the keys collected
 lab graph TOPO|LAB [-o FILE]      draw a topology or a running lab (firewalls, IPsec relations)
 lab images [KIND...]              build images (base, node, ...) if their inputs changed
 lab validate FILE...              check topology files
+lab scenario list|show|run NAME   the troubleshooting catalogue (scenarios/), run with a report
 lab bench                         run the benchmarks in bench/
 
 A node name found in several running labs means this checkout's lab, else $LAB_NAME's; $LAB_NAME is also
@@ -35,6 +36,7 @@ from lab.docker_backend import DockerBackend
 from lab.graph import render
 from lab.images import ROOT, ImageError, Images
 from lab.running import Lab
+from lab.scenario_cli import add_to as add_scenario_verb
 from lab.yaml_source import FileProblems
 
 DEFAULT_TOPOLOGY = "intranet-pair"
@@ -426,6 +428,7 @@ def parser() -> argparse.ArgumentParser:
     s = verb("validate", cmd_validate, "check topology files")
     s.add_argument("files", nargs="+")
     verb("check", cmd_check, "can this machine run labs? what does the kernel offer?")
+    add_scenario_verb(sub)
     s = verb("bench", cmd_bench, "run benchmarks")
     s.add_argument("only", nargs="*")
     return p

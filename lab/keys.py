@@ -55,6 +55,12 @@ def collect(lab: Lab, pcap_folder: Path) -> Path | None:
     return folder
 
 
+def tshark_environment(keys: Path) -> tuple[list[str], dict[str, str]]:
+    """The tshark options and environment that decrypt with the key tables in folder `keys`."""
+    options = [a for p in ESP_PREFERENCES for a in ("-o", p)]
+    return options, {**os.environ, "WIRESHARK_CONFIG_DIR": str(keys)}
+
+
 def decode(pcap: Path, keys: Path | None = None, tshark_args: list[str] | None = None) -> int:
     """Print the conversation in `pcap` as tshark decodes it with the key tables in `keys` (default: the
     wireshark/ folder beside the pcap); tshark's exit status."""
@@ -62,6 +68,5 @@ def decode(pcap: Path, keys: Path | None = None, tshark_args: list[str] | None =
     if not all((keys / table).is_file() for table in TABLES):
         print(f"lab: no key tables in {keys} (collected by `lab capture stop` from ipsecd nodes): "
               "ESP stays encrypted", flush=True)
-    argv = ["tshark", "-n", "-r", str(pcap), *(a for p in ESP_PREFERENCES for a in ("-o", p))]
-    env = {**os.environ, "WIRESHARK_CONFIG_DIR": str(keys)}
-    return subprocess.call([*argv, *(tshark_args or [])], env=env)
+    options, env = tshark_environment(keys)
+    return subprocess.call(["tshark", "-n", "-r", str(pcap), *options, *(tshark_args or [])], env=env)

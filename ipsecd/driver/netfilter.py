@@ -15,7 +15,11 @@ The kernel decides per packet, so the daemon sees only traffic it must secure:
 - IKE (UDP 500/4500), Kerberos (TCP/UDP 88), RSVP, ESP/AH themselves, broadcast and multicast are exempt
   (spd.KERBEROS_PORT says why), in the same terms as
   `PacketSelector.is_exempt`; packets the daemon sends carry a bypass mark and are never re-marked; packets
-  the daemon writes back to the TUN after decapsulation are accepted.
+  the daemon writes back to the TUN after decapsulation are accepted;
+- what this host sends itself (to one of its own addresses, by lo) is left alone: it never reaches a wire,
+  and a `me <-> any` rule or a rule naming the host's own subnet would otherwise mark it for the TUN, where
+  the fail-closed rule drops it, among it the kernel's ICMP "fragmentation needed" that tells TCP the
+  TUN's MTU (TCP through the SA then stalls after its handshake).
 
 The table is replaced atomically (one `nft -f` transaction), so a policy change never leaves a gap.
 
@@ -115,6 +119,7 @@ table inet {TABLE} {{
   chain local_out {{
     type route hook output priority mangle; policy accept;
     meta mark {marks.bypass:#x} accept
+    fib daddr type local accept
     jump exempt
     jump outbound
   }}
@@ -132,6 +137,7 @@ table inet {TABLE} {{
   chain input {{
     type filter hook input priority filter; policy accept;
     iifname "{tun}" accept
+    iifname "lo" accept
     jump exempt
     jump inbound
   }}

@@ -1,7 +1,7 @@
 """Fixtures shared by the lab scenarios."""
 
 import pytest
-from scenarios.pki import Pki
+from pki import Pki
 
 
 @pytest.fixture(scope="module")

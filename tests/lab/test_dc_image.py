@@ -23,7 +23,7 @@ from lab.running import Lab, Node, Process
 # images/dc/README.md: the start and readiness commands the lab runs in the dc node.
 DC_START = ["samba", "-F", "--no-process-group", "--debug-stdout", "-M", "single"]
 DC_READY = ["dc-ready"]
-PROBE = Path(__file__).parent / "scenarios" / "dc_member_probe.py"
+PROBE = Path(__file__).parent / "dc_member_probe.py"
 PROBE_PATH = "/tmp/dc_member_probe.py"
 DEFAULT_POLICIES = ["Client (Respond Only)", "Secure Server (Require Security)", "Server (Request Security)"]
 MEMORY_TARGET = 80 * 2**20
@@ -91,7 +91,7 @@ def running_dc(dc: Node) -> Process:
 
 def probe(member: Node, address: str, krb5_conf: str = node_setup.MEMBER_KRB5_CONF, searches: int = 0) \
         -> dict:
-    """The member's bind as member-a$ with its keytab (scenarios/dc_member_probe.py), as JSON."""
+    """The member's bind as member-a$ with its keytab (dc_member_probe.py), as JSON."""
     argv = ["python3", PROBE_PATH, address, node_setup.MEMBER_KEYTAB, node_setup.MEMBER_CA, str(searches)]
     done = member.exec(argv, check=True, timeout=60, env={"KRB5_CONFIG": krb5_conf})
     return json.loads(done.stdout)

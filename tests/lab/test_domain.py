@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from scenarios.driver_lab import ipsecctl
-from scenarios.policy_lab import spis_by_filter, wait_for_sas
 
 from lab.capture import assert_marker_absent, assert_only_protocols, wait_until
+from lab.harness import ipsecctl, spis_by_filter, wait_for_sas
 from lab.running import Lab, Node
 from lab.traffic import tcp_transfer
 

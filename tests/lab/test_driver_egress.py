@@ -7,9 +7,9 @@ import pytest
 from scapy.layers.inet import IP
 from scapy.layers.ipsec import ESP
 from scapy.layers.l2 import Ether
-from scenarios.driver_lab import SCENARIOS, counters, ipsecctl, tshark_decrypted_payloads, wait_ready
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
+from lab.harness import SCENARIOS, counters, ipsecctl, tshark_decrypted_payloads, wait_ready
 from lab.traffic import tcp_transfer
 
 MARKER = b"DRIVER-EGRESS-MARKER-"

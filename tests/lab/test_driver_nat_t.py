@@ -4,9 +4,9 @@ See scenarios/driver-nat-t/README.md.
 """
 
 from scapy.layers.inet import IP, UDP
-from scenarios.driver_lab import counters, ipsecctl, overrides, wait_ready
 
 from lab.capture import assert_marker_absent, assert_only_protocols, ip_packets
+from lab.harness import counters, ipsecctl, overrides, wait_ready
 from lab.traffic import tcp_transfer
 
 MARKER = b"DRIVER-NAT-T-MARKER-"

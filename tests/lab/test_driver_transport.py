@@ -8,17 +8,6 @@ import pytest
 from scapy.layers.inet import IP
 from scapy.layers.ipsec import AH, ESP
 from scapy.layers.l2 import Ether
-from scenarios.driver_lab import (
-    counters,
-    inject_frames,
-    ipsecctl,
-    overrides,
-    reload_config,
-    scenario_config,
-    tshark_decrypted_payloads,
-    wait_counter,
-    wait_ready,
-)
 
 from lab.capture import (
     assert_marker_absent,
@@ -26,6 +15,17 @@ from lab.capture import (
     assert_only_protocols,
     assert_protocol_seen,
     wait_until,
+)
+from lab.harness import (
+    counters,
+    inject_frames,
+    ipsecctl,
+    overrides,
+    reload_config,
+    scenario_file,
+    tshark_decrypted_payloads,
+    wait_counter,
+    wait_ready,
 )
 from lab.traffic import tcp_transfer, udp_send
 
@@ -41,7 +41,7 @@ def pair(lab_up):
     wait_ready(a, b)
     yield lab, a, b
     for node in (a, b):  # whatever a test changed, the next one starts from the scenario's configuration
-        reload_config(node, scenario_config(SCENARIO, node.name))
+        reload_config(node, scenario_file(SCENARIO, node.name))
 
 
 def secured_exchange(lab, a, b, payload: bytes, port: int, protocol: str):
@@ -76,7 +76,7 @@ def test_ping_and_tcp_cross_the_lan_only_as_esp(pair):
 def test_ah_plus_esp_bundles_carry_the_traffic(pair):
     lab, a, b = pair
     for node in (a, b):
-        reload_config(node, scenario_config(SCENARIO, f"{node.name}-ah-esp"))
+        reload_config(node, scenario_file(SCENARIO, f"{node.name}-ah-esp"))
     payload = MARKER * 1000
     cap, pkts = secured_exchange(lab, a, b, payload, 5004, "ah")
     assert {p[AH].spi for p in pkts if AH in p} == {0x5102, 0x5202}
@@ -101,7 +101,7 @@ def test_esp_sa_table_for_wireshark(pair):
 
 def test_a_bad_configuration_is_refused_on_reload_and_the_old_one_stays(pair):
     _, a, _ = pair
-    bad = scenario_config(SCENARIO, "host-a").replace("encryption: aes-gcm-128", "encryption: aes-gcm-127")
+    bad = scenario_file(SCENARIO, "host-a").replace("encryption: aes-gcm-128", "encryption: aes-gcm-127")
     a.put_file("/etc/ipsecd/ipsecd.yaml", bad)
     refused = a.exec(["ipsecctl", "reload"])
     assert refused.rc == 1
@@ -123,7 +123,7 @@ def test_a_host_without_the_sa_sending_in_clear_gets_nothing_through(pair):
 
 def test_a_wrong_key_is_counted_as_not_authenticated(pair):
     _, a, b = pair
-    wrong = scenario_config(SCENARIO, "host-b").replace("05cb533f1bda15947e50d12fd489aeed809d230a",
+    wrong = scenario_file(SCENARIO, "host-b").replace("05cb533f1bda15947e50d12fd489aeed809d230a",
                                                         "15cb533f1bda15947e50d12fd489aeed809d230a")
     reload_config(b, wrong)
     assert a.exec(["ping", "-c", "2", "-i", "0.2", "-W", "1", B]).rc != 0

@@ -7,7 +7,9 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.ipsec import ESP
 from scapy.layers.l2 import Ether
-from scenarios.driver_lab import (
+
+from lab.capture import assert_marker_absent, assert_marker_present, assert_only_protocols
+from lab.harness import (
     counters,
     inject_frames,
     ipsecctl,
@@ -16,8 +18,6 @@ from scenarios.driver_lab import (
     wait_counter,
     wait_ready,
 )
-
-from lab.capture import assert_marker_absent, assert_marker_present, assert_only_protocols
 from lab.traffic import tcp_transfer
 
 MARKER = b"DRIVER-TUNNEL-MARKER-"

@@ -4,12 +4,11 @@ See scenarios/ike-transport-cert/README.md."""
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from pair import BARE_PAIR
 from scapy.layers.ipsec import ESP
-from scenarios.driver_lab import counters, ipsecctl
-from scenarios.ike_lab import dump, isakmp_rows, nodes, start, wait_event, wait_quick_mode
-from scenarios.pair import BARE_PAIR
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen
+from lab.harness import counters, dump, ipsecctl, isakmp_rows, nodes, start, wait_event, wait_quick_mode
 from lab.traffic import tcp_transfer
 from tests.vectors.pki import CA
 

@@ -25,7 +25,7 @@ from lab.running import Lab, Node
 from tests.lab.test_dc_image import DC_FILES, TOPOLOGY, running_dc
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIO = Path(__file__).parent / "scenarios" / "ike_kerberos_pair.py"
+SCENARIO = Path(__file__).parent / "ike_kerberos_pair.py"
 KDC_TIMEOUT = 3.0  # seconds (MIT's own retries take about 18 s)
 SILENT_KDC = [
     "nft add table inet krbt; nft add chain inet krbt input '{ type filter hook input priority 0; }'; "

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import IP, TCP
-from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
-from scenarios.ike_lab import dump, events, isakmp_rows, start, stop
-from scenarios.policy_lab import esp_sas, from_first, sources, wait_for_sas
 
 from ipsecd.policy.predefined import FILES, FOLDER
 from lab.backend import CommandError
@@ -26,6 +23,20 @@ from lab.capture import (
     ip_packets,
     protocol,
     wait_until,
+)
+from lab.harness import (
+    counters,
+    dump,
+    esp_sas,
+    events,
+    from_first,
+    ipsecctl,
+    isakmp_rows,
+    sources,
+    start,
+    stop,
+    tshark_decrypted_payloads,
+    wait_for_sas,
 )
 from lab.running import Lab, Node
 from lab.traffic import tcp_transfer

@@ -3,10 +3,20 @@ sends NAT-T keepalives. See scenarios/ike-nat-t/README.md."""
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
-from scenarios.ike_lab import dump, first_sends, isakmp_rows, nodes, peek, start, wait_quick_mode
 
 from lab.capture import assert_marker_absent, assert_only_protocols, wait_until
+from lab.harness import (
+    counters,
+    dump,
+    first_sends,
+    ipsecctl,
+    isakmp_rows,
+    nodes,
+    peek,
+    start,
+    tshark_decrypted_payloads,
+    wait_quick_mode,
+)
 from lab.traffic import tcp_transfer
 
 SCENARIO = "ike-nat-t"

@@ -1,29 +1,34 @@
 """ike-transport-psk on intranet-pair: two ipsecd nodes negotiate ESP transport mode with IKE, configured by
-Windows-style policies, and the failure twins (wrong pre-shared key, proposal mismatch, UDP 500 dropped).
+Windows-style policies. The failure twins (wrong pre-shared key, main and quick mode proposal mismatch,
+UDP 500 dropped) are scenarios of the catalogue now (scenarios/wrong-psk, main-mode-mismatch,
+quick-mode-mismatch, firewall-drops-ike; run by test_scenarios.py).
 
 See scenarios/ike-transport-psk/README.md. The module shares one lab; every test (re)starts ipsecd on both
 nodes with the scenario's folders, plus the change its twin makes.
 """
 
 import pytest
+from pair import BARE_PAIR
 from scapy.layers.inet import IP, UDP
 from scapy.layers.ipsec import AH, ESP
-from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads, wait_counter
-from scenarios.ike_lab import (
+
+from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
+from lab.harness import (
+    counters,
     dump,
     events,
     first_sends,
+    ipsecctl,
     isakmp_rows,
     node_files,
     nodes,
     start,
     stop,
+    tshark_decrypted_payloads,
+    wait_counter,
     wait_event,
     wait_quick_mode,
 )
-from scenarios.pair import BARE_PAIR
-
-from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
 from lab.traffic import tcp_transfer, udp_send
 
 SCENARIO = "ike-transport-psk"
@@ -103,23 +108,6 @@ def test_daemon_stop_deletes_the_sas_at_the_peer(pair):
     assert any("deleted" in e["text"] and A in e["text"] for e in events(b)) or ipsecctl(b, "sa") == []
 
 
-def test_wrong_psk_no_sa_and_authentication_failure(pair):
-    _lab, a, b = pair
-    start(a, SCENARIO)
-    start(b, SCENARIO, policy_of("host-b", "intranet-pair-lab", "not-the-key"))
-    assert not a.exec(["ping", "-c", "2", "-W", "2", B]).ok
-    # what Event 547 says on Windows: the reason in its words, the mode, the filter, who failed, the detail
-    failure = wait_event(b, "main mode with 10.0.0.1 failed: IKE authentication credentials are "
-                            "unacceptable. Mode: Key Exchange Mode (Main Mode). "
-                            "Filter: 10.0.0.2 <-> 10.0.0.1")
-    assert "Failure Point: Me" in failure["text"] and "pre-shared keys differ" in failure["text"]
-    assert "Failure Point: Peer" in wait_event(a, "AUTHENTICATION-FAILED")["text"]
-    assert failure["kind"] == "negotiation-failed"
-    wait_until(lambda: counters(b)["ike_authentication_failures"] >= 1, 10, what="the counter")
-    assert ipsecctl(a, "qmsa") == [] and ipsecctl(b, "qmsa") == []
-    assert ipsecctl(a, "sa") == [] and ipsecctl(b, "sa") == []
-
-
 def test_a_new_pre_shared_key_on_one_side_takes_effect_at_refresh(pair):
     """Changing the key and refreshing deletes the main mode SA authenticated with the old one (at the peer
     too), so the next packet authenticates anew: it fails for the wrong key and works once changed back."""
@@ -146,43 +134,6 @@ def test_a_new_pre_shared_key_on_one_side_takes_effect_at_refresh(pair):
     ipsecctl(a, "refresh")
     wait_until(lambda: a.exec(["ping", "-c", "1", "-W", "2", B]).ok, 20, what="ping with the key back")
     assert wait_quick_mode(a) and ipsecctl(a, "mmsa")
-
-
-@pytest.mark.parametrize(("old", "new", "mode", "detail"), [
-    ('["ESP[3DES,SHA1]"]', '["ESP[DES,MD5]"]', "quick mode",
-     "no proposal chosen: peer 10.0.0.1 offered ESP[3DES,SHA1]; we accept ESP[DES,MD5]"),
-    ("[3DES-SHA1-2]", "[DES-MD5-1]", "main mode",
-     "no proposal chosen: peer 10.0.0.1 offered 3DES/SHA1/group 2/PSK; we accept DES/MD5/group 1/PSK"),
-], ids=["quick-mode", "main-mode"])
-def test_proposal_mismatch_has_a_readable_reason(pair, old, new, mode, detail):
-    _lab, a, b = pair
-    start(a, SCENARIO)
-    start(b, SCENARIO, policy_of("host-b", old, new))
-    assert not a.exec(["ping", "-c", "2", "-W", "2", B]).ok
-    failure = wait_event(b, f"Detail: {detail}")
-    assert failure["kind"] == "negotiation-failed"
-    assert failure["text"].startswith(f"{mode} with 10.0.0.1 failed: IKE security attributes are "
-                                      "unacceptable")
-    wait_event(a, f"Failure Point: Peer. Detail: peer 10.0.0.2 refused {mode}: NO-PROPOSAL-CHOSEN")
-    assert counters(b)["ike_negotiation_failures"] >= 1
-    assert ipsecctl(a, "sa") == [] and ipsecctl(b, "sa") == []
-
-
-def test_udp_500_dropped_no_sa_after_retransmissions(pair):
-    lab, a, b = pair
-    for node in (a, b):
-        start(node, SCENARIO)
-    b.firewall(drop=["udp/500"])
-    with lab.capture_segment("lan") as cap:
-        assert not a.exec(["ping", "-c", "1", "-W", "2", B]).ok
-        failure = wait_event(a, "no answer", timeout=15)  # retransmit [1, 1, 1]: 4 sends, then 1 s
-    assert failure["text"].startswith("main mode with 10.0.0.2 failed: No response from peer. Mode: Key "
-                                      "Exchange Mode (Main Mode)") and "UDP 500" in failure["text"]
-    sent = [p for p in cap.packets() if UDP in p and p[UDP].dport == 500 and p[IP].src == A]
-    assert len(sent) >= 4  # the first send and three retransmissions
-    c = counters(a)
-    assert c["ike_negotiation_failures_no_response"] == 1 and c["ike_retransmissions"] == 3
-    assert b.dropped() >= 4 and ipsecctl(a, "sa") == []
 
 
 def test_policy_views_refresh_and_export_import(pair):

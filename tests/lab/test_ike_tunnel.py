@@ -3,10 +3,9 @@ talk and the WAN carries only IKE and ESP. See scenarios/ike-tunnel/README.md.""
 
 import pytest
 from scapy.layers.ipsec import ESP
-from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads
-from scenarios.ike_lab import dump, nodes, start, wait_quick_mode
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen
+from lab.harness import counters, dump, ipsecctl, nodes, start, tshark_decrypted_payloads, wait_quick_mode
 from lab.traffic import tcp_transfer
 
 SCENARIO = "ike-tunnel"

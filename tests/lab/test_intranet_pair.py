@@ -3,7 +3,7 @@
 import io
 import logging
 
-from scenarios.pair import BARE_PAIR
+from pair import BARE_PAIR
 
 from lab.capture import (
     assert_checksums_valid,

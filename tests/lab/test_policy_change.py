@@ -5,21 +5,23 @@ See scenarios/policy-change/README.md.
 """
 
 import pytest
-from scenarios.driver_lab import counters, ipsecctl, wait_counter
-from scenarios.pair import BARE_PAIR
-from scenarios.policy_lab import (
-    change_policy,
-    edit,
-    ipsecd_in,
-    refresh,
-    scenario_policy,
-    spis_by_filter,
-    start_ipsecd,
-    wait_for_sas,
-)
+from pair import BARE_PAIR
 
 from lab.backend import CommandError
 from lab.capture import assert_marker_absent, assert_only_protocols, wait_until
+from lab.harness import (
+    change_policy,
+    counters,
+    edit,
+    ipsecctl,
+    ipsecd_in,
+    refresh,
+    scenario_file,
+    spis_by_filter,
+    start_policy,
+    wait_counter,
+    wait_for_sas,
+)
 from lab.traffic import tcp_transfer, udp_send
 
 SCENARIO = "policy-change"
@@ -47,9 +49,9 @@ def secure_both_rules(a, b) -> dict[str, set[str]]:
 
 def test_a_changed_policy_is_taken_up_at_the_next_poll(pair):
     lab, a, b = pair
-    policy_b = scenario_policy(SCENARIO, "host-b")
-    start_ipsecd(a, scenario_policy(SCENARIO, "host-a"))
-    start_ipsecd(b, policy_b)
+    policy_b = scenario_file(SCENARIO, "host-b")
+    start_policy(a, scenario_file(SCENARIO, "host-a"))
+    start_policy(b, policy_b)
     assert tcp_transfer(a, b, MARKER, port=80) == MARKER  # web is permitted in clear
     spis = secure_both_rules(a, b)
     before = counters(b)["blocked_by_filter"]
@@ -70,10 +72,10 @@ def test_a_changed_policy_is_taken_up_at_the_next_poll(pair):
 
 def test_refresh_renegotiates_the_changed_rule_and_keeps_the_others(pair):
     lab, a, b = pair
-    slow = {n: edit(scenario_policy(SCENARIO, n.name), "polling_interval: 3s", "polling_interval: 180min")
+    slow = {n: edit(scenario_file(SCENARIO, n.name), "polling_interval: 3s", "polling_interval: 180min")
             for n in (a, b)}
     for node, policy in slow.items():
-        start_ipsecd(node, policy)
+        start_policy(node, policy)
     spis = secure_both_rules(a, b)
 
     for node, policy in slow.items():  # MD5 instead of SHA1 for TCP 5001, and a new rule blocking UDP 9999

@@ -4,9 +4,7 @@ See scenarios/policy-filters/README.md.
 """
 
 import pytest
-from scenarios.driver_lab import counters, ipsecctl, wait_counter
-from scenarios.pair import BARE_PAIR
-from scenarios.policy_lab import ipsecd_in, scenario_policy, sources, start_ipsecd, wait_for_sas
+from pair import BARE_PAIR
 
 from lab.backend import CommandError
 from lab.capture import (
@@ -14,6 +12,16 @@ from lab.capture import (
     assert_marker_present,
     assert_only_protocols,
     assert_protocol_seen,
+)
+from lab.harness import (
+    counters,
+    ipsecctl,
+    ipsecd_in,
+    scenario_file,
+    sources,
+    start_policy,
+    wait_counter,
+    wait_for_sas,
 )
 from lab.traffic import tcp_transfer
 
@@ -24,7 +32,7 @@ A, B = "10.0.0.1", "10.0.0.2"
 
 @pytest.fixture
 def pair(lab_up):
-    policies = {node: scenario_policy(SCENARIO, node) for node in ("host-a", "host-b")}
+    policies = {node: scenario_file(SCENARIO, node) for node in ("host-a", "host-b")}
     with ipsecd_in(lab_up("intranet-pair", overrides=BARE_PAIR), policies) as lab:
         yield lab, lab.node("host-a"), lab.node("host-b")
 
@@ -64,7 +72,7 @@ def test_web_crosses_in_clear_while_the_rest_is_secured(pair):
 
 def test_twin_without_the_web_permit_on_the_server_clear_web_is_dropped(pair):
     lab, a, b = pair
-    start_ipsecd(b, scenario_policy(SCENARIO, "host-b-no-web"))
+    start_policy(b, scenario_file(SCENARIO, "host-b-no-web"))
     before = counters(b)["unsecured_packets_dropped"]
     with lab.capture_segment("lan") as cap:
         with pytest.raises(CommandError):

@@ -5,24 +5,24 @@ See scenarios/policy-request-security/README.md. host-b runs Server (Request Sec
 """
 
 import pytest
-from scenarios.driver_lab import counters
-from scenarios.pair import BARE_PAIR
-from scenarios.policy_lab import (
-    esp_sas,
-    events,
-    from_first,
-    ipsecd_in,
-    predefined_policy,
-    sources,
-    start_ipsecd,
-    wait_for_sas,
-)
+from pair import BARE_PAIR
 
 from lab.capture import (
     assert_marker_absent,
     assert_marker_present,
     assert_only_protocols,
     assert_protocol_seen,
+)
+from lab.harness import (
+    counters,
+    esp_sas,
+    events,
+    from_first,
+    ipsecd_in,
+    predefined_policy,
+    sources,
+    start_policy,
+    wait_for_sas,
 )
 from lab.traffic import tcp_transfer
 
@@ -64,13 +64,13 @@ def test_a_host_without_ipsec_gets_clear_traffic_after_the_soft_association(pair
 
 def test_a_host_running_ipsecd_with_no_policy_gets_clear_traffic_too(pair):
     lab, a, b = pair
-    start_ipsecd(a, None)
+    start_policy(a, None)
     assert_soft_association(lab, a, b, port=5002)
 
 
 def test_twin_a_client_answers_ike_so_the_traffic_is_secured(pair):
     lab, a, b = pair
-    start_ipsecd(a, predefined_policy("client", PSK))
+    start_policy(a, predefined_policy("client", PSK))
     payload = MARKER * 500
     with lab.capture_segment("lan") as cap:
         assert tcp_transfer(b, a, payload, port=5003, timeout=20) == payload

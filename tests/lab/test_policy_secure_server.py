@@ -5,23 +5,26 @@ changes per test. The module shares one lab; each test restarts ipsecd and stops
 """
 
 import pytest
+from pair import BARE_PAIR
 from scapy.layers.inet import IP
 from scapy.layers.ipsec import ESP
-from scenarios.driver_lab import counters, ipsecctl, tshark_decrypted_payloads, wait_counter
-from scenarios.pair import BARE_PAIR
-from scenarios.policy_lab import (
-    esp_sas,
-    from_first,
-    ipsecd_in,
-    predefined_policy,
-    sources,
-    start_ipsecd,
-    stop_ipsecd,
-    wait_for_sas,
-)
 
 from lab.backend import CommandError
 from lab.capture import Capture, assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
+from lab.harness import (
+    counters,
+    esp_sas,
+    from_first,
+    ipsecctl,
+    ipsecd_in,
+    predefined_policy,
+    sources,
+    start_policy,
+    stop,
+    tshark_decrypted_payloads,
+    wait_counter,
+    wait_for_sas,
+)
 from lab.traffic import tcp_transfer
 
 SCENARIO = "policy-secure-server"
@@ -56,7 +59,7 @@ def assert_same_sas(a, b) -> None:
 
 def secured_transfer(lab, client, server, port: int, payload: bytes) -> Capture:
     """With host-a running Client: a TCP transfer, secured after IKE, both hosts holding the SA pair."""
-    start_ipsecd(lab.node("host-a"), predefined_policy("client", PSK))
+    start_policy(lab.node("host-a"), predefined_policy("client", PSK))
     with lab.capture_segment("lan") as cap:
         assert tcp_transfer(client, server, payload, port=port, timeout=20) == payload
     esp = assert_secured(cap.packets(), MARKER)
@@ -87,7 +90,7 @@ def test_the_secure_server_opening_the_connection_sends_nothing_in_clear(pair):
 
 def test_ping_crosses_in_clear_all_icmp_traffic_is_permitted(pair):
     lab, a, b = pair
-    start_ipsecd(a, predefined_policy("client", PSK))
+    start_policy(a, predefined_policy("client", PSK))
     with lab.capture_segment("lan") as cap:
         a.exec(["ping", "-c", "2", "-i", "0.2", "-W", "2", B], check=True)
     assert_only_protocols(cap.packets(), between=(A, B), allowed={"icmp"})
@@ -96,7 +99,7 @@ def test_ping_crosses_in_clear_all_icmp_traffic_is_permitted(pair):
 
 def test_twin_a_client_with_another_key_gets_nothing_through(pair):
     lab, a, b = pair
-    start_ipsecd(a, predefined_policy("client", "not-" + PSK))
+    start_policy(a, predefined_policy("client", "not-" + PSK))
     with lab.capture_segment("lan") as cap, pytest.raises(CommandError):
         tcp_transfer(a, b, MARKER * 100, port=5004, timeout=8)
     pkts = cap.packets()
@@ -137,7 +140,7 @@ def test_secured_traffic_never_leaves_in_clear_while_ipsecd_is_dead_and_flows_ag
     pkts = cap.packets()
     assert_marker_absent(pkts, MARKER)
     assert sources(pkts, "tcp/5007") <= {A}, "host-b sent its connection in clear with ipsecd dead"
-    start_ipsecd(b, predefined_policy("secure server", PSK))  # replaces what the dead one left in the kernel
+    start_policy(b, predefined_policy("secure server", PSK))  # replaces what the dead one left in the kernel
     assert counters(b)["dropped_fail_closed"] > 0  # the left-over ruleset's drops, carried over
     with lab.capture_segment("lan") as cap:
         assert tcp_transfer(b, a, MARKER * 1000, port=5008, timeout=20) == MARKER * 1000
@@ -147,6 +150,6 @@ def test_secured_traffic_never_leaves_in_clear_while_ipsecd_is_dead_and_flows_ag
 def test_a_clean_stop_removes_the_kernel_policy(pair):
     b = pair[2]
     assert b.exec(["nft", "list", "table", "inet", "ipsecd"]).ok
-    stop_ipsecd(b)
+    stop(b)
     assert not b.exec(["nft", "list", "table", "inet", "ipsecd"]).ok
     assert "fwmark" not in b.exec(["ip", "rule", "show"]).stdout

@@ -4,8 +4,6 @@ See scenarios/policy-tunnel/README.md.
 """
 
 import pytest
-from scenarios.driver_lab import ipsecctl
-from scenarios.policy_lab import edit, example_policy, ipsecd_in, sources, start_ipsecd, wait_for_sas
 
 from lab.backend import CommandError
 from lab.capture import (
@@ -14,6 +12,7 @@ from lab.capture import (
     assert_only_protocols,
     ip_packets,
 )
+from lab.harness import edit, example_policy, ipsecctl, ipsecd_in, sources, start_policy, wait_for_sas
 from lab.traffic import tcp_transfer
 
 MARKER = b"POLICY-TUNNEL-MARKER-"
@@ -25,7 +24,7 @@ HOST_A, HOST_B = "10.1.0.10", "10.2.0.10"
 def sites(lab_up):
     with ipsecd_in(lab_up("gateway-tunnel"), {}) as lab:
         gw_a, gw_b = lab.node("gw-a"), lab.node("gw-b")
-        start_ipsecd(gw_a, example_policy("gateway-tunnel-gw-a"), ike_address=GW_A)
+        start_policy(gw_a, example_policy("gateway-tunnel-gw-a"), ike_address=GW_A)
         yield lab, gw_a, gw_b
 
 
@@ -37,7 +36,7 @@ def assert_wan_carries_only_ike_and_esp(pkts) -> None:
 
 def test_the_sites_talk_through_the_tunnel(sites):
     lab, gw_a, gw_b = sites
-    start_ipsecd(gw_b, example_policy("gateway-tunnel-gw-b"), ike_address=GW_B)
+    start_policy(gw_b, example_policy("gateway-tunnel-gw-b"), ike_address=GW_B)
     host_a, host_b = lab.node("host-a"), lab.node("host-b")
     payload = MARKER * 1000
     with lab.capture_segment("wan") as wan, lab.capture_segment("site-b") as site_b:
@@ -57,7 +56,7 @@ def test_the_sites_talk_through_the_tunnel(sites):
 def test_twin_another_key_on_gw_b_lets_nothing_cross(sites):
     lab, gw_a, gw_b = sites
     wrong_key = edit(example_policy("gateway-tunnel-gw-b"), "gateway-tunnel-lab", "another-key", count=2)
-    start_ipsecd(gw_b, wrong_key, ike_address=GW_B)
+    start_policy(gw_b, wrong_key, ike_address=GW_B)
     host_a, host_b = lab.node("host-a"), lab.node("host-b")
     with lab.capture_segment("wan") as wan:
         assert not host_a.exec(["ping", "-c", "2", "-i", "0.5", "-W", "2", HOST_B]).ok

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from scenarios.driver_lab import tshark_decrypted_payloads
-from scenarios.pki import Pki
-from scenarios.swan_lab import (
+from pki import Pki
+from swan_lab import (
     AES_GCM,
     GW_A,
     GW_B,
@@ -31,6 +30,7 @@ from scenarios.swan_lab import (
 )
 
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
+from lab.harness import tshark_decrypted_payloads
 from lab.ike_probe import IkeProbe
 from lab.running import Node
 from lab.strongswan import Charon

@@ -1,0 +1,58 @@
+"""The catalogue's scenario files are valid, and a bad one is refused with file, line and field."""
+
+import pytest
+
+from lab import scenario as scenarios
+from lab.ike_sequence import messages
+
+
+@pytest.mark.parametrize("name", scenarios.available())
+def test_every_catalogue_scenario_loads_and_has_a_readme(name):
+    s = scenarios.load(name)
+    assert (s.readme.startswith("# ") and "**Fix.**" in s.readme) or s.name.startswith(("ike-", "policy-"))
+    assert s.expect
+
+
+def test_the_catalogue_has_at_least_fifteen_cases():
+    assert len(scenarios.available()) >= 15
+
+
+HEAD = ("title: t\ntopology: intranet-pair\nsteps:\n  - start: [host-a]\n"
+        "  - ping: {from: host-a, to: nowhere}\n  - stop: host-a\n    kill: host-b\n")
+
+
+def test_errors_name_file_line_and_field(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_text(HEAD + "expect:\n  - counter: {node: host-a, name: x, op: '=', value: 1}\n")
+    with pytest.raises(scenarios.ScenarioError) as refused:
+        scenarios.load(path)
+    problems = refused.value.problems
+    assert problems[0].startswith(f"{path}:9: expect[0].counter.op: '=' is not one of"), problems
+
+
+def test_semantic_errors_after_the_schema(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_text(HEAD + "expect:\n  - capture: {segment: wan}\n")
+    with pytest.raises(scenarios.ScenarioError) as refused:
+        scenarios.load(path)
+    assert refused.value.problems == [
+        f"{path}:4: steps[0].start: {tmp_path}/host-a/ipsecd.yaml does not exist "
+        "(a node's folder holds its /etc/ipsecd)",
+        f"{path}:5: steps[1].ping.to: 'nowhere' is neither a node of intranet-pair, node:ifname, "
+        "nor an IPv4 address",
+        f"{path}:6: steps[2]: names 2 actions (stop, kill): one per item",
+        f"{path}:9: expect[0].capture.segment: no segment 'wan' in intranet-pair (lan)",
+    ]
+
+
+def test_sequence_marks_retransmissions_and_incomplete_exchanges():
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.isakmp import ISAKMP
+
+    ike = UDP(sport=500, dport=500) / ISAKMP(init_cookie=b"A" * 8, exch_type=2)
+    mm1 = IP(src="10.0.0.1", dst="10.0.0.2") / ike
+    for i, p in enumerate((mm1, mm1, mm1)):
+        p.time = float(i)
+    found = messages([mm1.copy(), mm1.copy(), mm1.copy()])
+    assert [m.kind for m in found] == ["failed", "retransmit", "retransmit"]
+    assert found[0].label == "main mode 1: main mode never completed"

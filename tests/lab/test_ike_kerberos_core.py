@@ -22,9 +22,9 @@ from lab import topology as topologies
 from lab.docker_backend import DockerBackend
 from lab.pytest_plugin import lab_prefix
 from lab.running import Lab, Node
-from tests.lab.test_dc_image import DC_FILES, TOPOLOGY, running_dc
 
 ROOT = Path(__file__).resolve().parents[2]
+DC_FILES = "/var/lib/ipsec-lab"  # what the DC image exports for members (images/dc/README.md)
 SCENARIO = Path(__file__).parent / "ike_kerberos_pair.py"
 KDC_TIMEOUT = 3.0  # seconds (MIT's own retries take about 18 s)
 SILENT_KDC = [
@@ -37,16 +37,16 @@ SILENT_KDC = [
 def domain(
     lab_backend: DockerBackend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Lab, Path]]:
-    """The DC running and member-a's namespace; both members' keytabs and krb5.conf in a host folder."""
+    """The domain topology (its DC ready when `up` returns) and member-a's namespace; both members'
+    keytabs and krb5.conf in a host folder."""
     name = f"{lab_prefix()}-krb-core"
     lab_backend.down(name)
     files = tmp_path_factory.mktemp("krb-core")
-    lab = lab_backend.up(topologies.loads(TOPOLOGY), name, files / "lab")
+    lab = lab_backend.up(topologies.load("domain"), name, files / "lab")
     try:
         dc = lab.node("dc")
         for source in ("keytabs/member-a.keytab", "keytabs/member-b.keytab", "krb5.conf"):
             (files / Path(source).name).write_bytes(dc.get_file(f"{DC_FILES}/{source}"))
-        running_dc(dc)
         yield lab, files
     finally:
         lab.down()

@@ -359,6 +359,9 @@ class Runner:
             for edit in spec.get("edits", []):
                 files[edit["file"]] = harness.edit(files[edit["file"]], edit["old"], edit["new"])
             harness.start(node, "", files)
+        refused = harness.events(node, "policy-refused")
+        if refused:  # ipsecd runs on with no policy: every later check would fail for the scenario's fault
+            raise AssertionError(f"{node.name}: the policy was refused at start: {refused[0]['text']}")
         self.counters_before.setdefault(node.name, harness.counters(node))
 
     def step_stop(self, body: Any, step: Item) -> None:

@@ -22,11 +22,12 @@ import difflib
 import itertools
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import yaml
+from yaml._yaml import CParser
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
-from yaml.cyaml import CParser
 from yaml.resolver import Resolver
 
 
@@ -57,9 +58,9 @@ class _BoundedLoader(Composer, CParser, SafeConstructor, Resolver):
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.depth >= MAX_NESTING:
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, f"collections nested deeper than {MAX_NESTING}",
-                                              event.start_mark)
+            mark: Any = getattr(self.peek_event(), "start_mark", None)  # libyaml's Mark: the same fields
+            why = f"collections nested deeper than {MAX_NESTING}"
+            raise yaml.composer.ComposerError(None, None, why, mark)
         self.depth += 1
         try:
             return Composer.compose_node(self, parent, index)
@@ -70,7 +71,11 @@ class _BoundedLoader(Composer, CParser, SafeConstructor, Resolver):
 def compose(text: str, source: str) -> yaml.Node | None:
     """The node tree of `text` (None for an empty document); YamlSyntaxError names `source` and the line."""
     try:
-        return yaml.compose(text, Loader=_BoundedLoader)
+        loader = _BoundedLoader(text)
+        try:
+            return loader.get_single_node()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

@@ -377,9 +377,10 @@ class IKE:
     # -- driver -> IKE -------------------------------------------------------------------------------
 
     def acquire(self, rule: IKERule, local: Selector, remote: Selector, peer: str | None = None) -> None:
-        """A packet needs an SA: reuse or negotiate a main mode with the peer, then a quick mode."""
+        """A packet needs an SA: reuse or negotiate a main mode with the peer, then a quick mode. `rule` is
+        the Policy Agent's: ipsecd.yaml's IKE settings go on it here as on the rules we answer with."""
         peer = peer or rule.tunnel_endpoint or str(remote.network.network_address)
-        self._acquire(rule, local, remote, peer)
+        self._acquire(self._with_node_settings(rule), local, remote, peer)
 
     def _acquire(self, rule: IKERule, local: Selector, remote: Selector, peer: str) -> None:
         if self._negotiating(local, remote, peer):

@@ -32,6 +32,8 @@ def test_a_peer_cannot_delete_the_quick_mode_sas_of_another_peer():
     net.send(informational.delete_children(c_main.sa, victim.sa.outbound.chain()), (C, 500), (B, 500))
     net.run()
     assert of_peer(ike_b, A) == [victim]
+    assert ike_b.counters["Dropped: delete of another peer's SA"] == len(victim.sa.outbound.chain())
+    assert f"refused a delete from peer {C}" in ike_b.events[-1][1], ike_b.events[-1]
 
 
 def test_a_peer_cannot_delete_the_main_mode_sa_of_another_peer():
@@ -42,6 +44,7 @@ def test_a_peer_cannot_delete_the_main_mode_sa_of_another_peer():
     net.send(delete, (C, 500), (B, 500))
     net.run()
     assert any(e.sa.remote[0] == A for e in ike_b.main_modes.values())
+    assert ike_b.counters["Dropped: delete of another peer's SA"] == 1
 
 
 def restart_with_initial_contact(nat: bool):

@@ -671,6 +671,11 @@ class IKE:
             raise RuntimeError(f"main mode with {ex.peer[0]} has no rule")  # both sides start one with a rule
         entry = MainModeEntry(sa, ex.rule, self.clock.time(), ex)
         self.main_modes[sa.cookies] = entry
+        for other in self.pending_main.values():
+            if other.machine.initiator and other.peer[0] == sa.remote[0]:
+                # Begun when we had no SA with the peer (it was restarting): we have one now, and SAs under
+                # it that the peer must keep, so its main mode 5 no longer says INITIAL-CONTACT.
+                other.machine.initial_contact = False
         if ex.machine.peer_initial_contact:
             self._initial_contact(sa, ex.started)
         nat = f", {sa.nat.describe()}" if sa.nat else ""

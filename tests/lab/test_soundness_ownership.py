@@ -13,7 +13,7 @@ import pytest
 from pair import BARE_PAIR
 from scapy.layers.ipsec import ESP
 
-from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen
+from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
 from lab.harness import (
     counters,
     dump,
@@ -21,6 +21,7 @@ from lab.harness import (
     isakmp_rows,
     nodes,
     start,
+    stop,
     wait_counter,
     wait_event,
     wait_quick_mode,
@@ -31,6 +32,8 @@ from lab.traffic import tcp_transfer
 SCENARIO = "ike-transport-psk"
 PSK = "intranet-pair-lab"  # the scenario's key, in host-b's default response rule too
 MARKER = b"SOUNDNESS-OWNERSHIP-MARKER-"
+PATTERN = b"RESTART-MARKER!!"  # 16 bytes, ping's longest -p: every echo and reply carries it
+RESTARTS = 3
 A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 HOST_C = {"role": "host", "interfaces": {"eth1": {"segment": "lan", "address": f"{C}/24"}}}
 TRIO = {"nodes": {**BARE_PAIR["nodes"], "host-c": HOST_C}}
@@ -95,3 +98,66 @@ def test_an_authenticated_peer_cannot_delete_another_peers_sas(trio):
         (qa["inbound spi"], qa["outbound spi"])], dump(a)
     assert counters(b)["bad_spi_packets"] == 0 and counters(a)["bad_spi_packets"] == 0
     assert any(q["peer"] == C for q in ipsecctl(b, "qmsa"))  # host-c's own SAs, which it did not delete
+
+
+def ping(source, destination: str, count: int = 1, wait: float = 1):
+    return source.exec(["ping", "-c", str(count), "-i", "0.2", "-W", str(wait), "-p", PATTERN.hex(),
+                        destination])
+
+
+def sa_set(a, b) -> tuple[set[tuple[str, str]], set[str]] | None:
+    """Both sides' quick mode SAs (inbound, outbound SPI) and main mode cookies when they agree: host-a's
+    outbound SPIs are host-b's inbound and back, nothing on one side that the other lacks; else None."""
+    qa, qb = ipsecctl(a, "qmsa"), ipsecctl(b, "qmsa")
+    pairs = {(q["inbound spi"], q["outbound spi"]) for q in qa}
+    mm = {m["cookies"] for m in ipsecctl(a, "mmsa")}
+    agree = pairs == {(q["outbound spi"], q["inbound spi"]) for q in qb}
+    agree = agree and mm == {m["cookies"] for m in ipsecctl(b, "mmsa")} and len(pairs) == len(qa)
+    return (pairs, mm) if pairs and agree else None
+
+
+def settled(lab, a, b) -> tuple[set[tuple[str, str]], set[str]]:
+    """Wait until both sides hold one SA set and ping each other through it; then, under a capture, that set
+    stays and carries the traffic both ways: ESP on its SPIs only, no IKE, nothing in clear."""
+
+    def flowing():
+        now = sa_set(a, b)
+        return now if now and ping(a, B).ok and ping(b, A).ok and sa_set(a, b) == now else None
+
+    try:
+        found = wait_until(flowing, 20, what="one SA set on both sides and pings both ways")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\nhost-a: {dump(a)}\nhost-b: {dump(b)}") from None
+    with lab.capture_segment("lan") as cap:
+        for source, destination in ((a, B), (b, A)):
+            assert ping(source, destination, count=3, wait=2).ok, dump(source)
+    pkts = cap.packets()
+    assert_only_protocols(pkts, between=(A, B), allowed={"esp"})
+    assert_marker_absent(pkts, PATTERN)
+    esp = assert_protocol_seen(pkts, "esp", between=(A, B))
+    assert {p[ESP].spi for p in esp} <= {spi(s) for pair in found[0] for s in pair}, found
+    assert sa_set(a, b) == found, f"{dump(a)}\n{dump(b)}"
+    return found
+
+
+def test_graceful_restarts_with_traffic_both_ways_end_in_one_consistent_sa_set(trio):
+    """host-b's ipsecd stopped on purpose (SIGTERM: deletes sent, policy removed) and started again, three
+    times, while host-a and host-b ping each other every 0.2 s: each time both begin main mode at once, each
+    with INITIAL-CONTACT, and must end with the same SAs on both sides, carrying the traffic."""
+    lab, a, b, _ = trio
+    for node in (a, b):
+        start(node, SCENARIO)
+    streams = [a.spawn(["ping", "-i", "0.2", "-p", PATTERN.hex(), B], name="ping-to-b"),
+               b.spawn(["ping", "-i", "0.2", "-p", PATTERN.hex(), A], name="ping-to-a")]
+    try:
+        sets = [settled(lab, a, b)]
+        for _ in range(RESTARTS):
+            stop(b)
+            wait_until(lambda: not ipsecctl(a, "qmsa"), 10, what="host-a to drop the SAs host-b deleted")
+            start(b, SCENARIO)
+            sets.append(settled(lab, a, b))
+    finally:
+        for stream in streams:
+            stream.stop()
+    spis = [pair for pairs, _ in sets for pair in pairs]
+    assert len(set(spis)) == len(spis), sets  # every restart negotiated afresh

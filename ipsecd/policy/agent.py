@@ -11,7 +11,7 @@ SAs negotiated under those rules (the driver tags them with the rule name) and k
 
 Each look at the store is two halves: ``read`` does the store's I/O and nothing else (a directory store's
 LDAP to a DC that may not answer: seconds), ``act`` applies what it found. In the daemon (``look``) the read
-runs in a worker thread and the act on the event loop, so IKE, the driver and the control socket go on
+runs in a reader thread and the act on the event loop, so IKE, the driver and the control socket go on
 while a DC times out; ``apply``, ``poll`` and ``refresh`` do both halves in the caller's thread.
 
 >>> import tempfile
@@ -41,7 +41,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -63,6 +62,35 @@ from ipsecd.policy.validate import PolicyError
 #: store: 1 s to connect and 1 s to receive by default, 30 s at most); past it the policy in force stays.
 READ_TIMEOUT = 60.0
 RESCHEDULE_SECONDS = 1.0  # the polling task's longest sleep
+
+
+class StoreThread:
+    """The store's I/O off the event loop: one call at a time, each in a daemon thread, its outcome
+    delivered on the loop. Not an executor: its worker would hold ipsecd's exit until a read waiting on a
+    silent DC timed out."""
+
+    def __init__(self) -> None:
+        self._one_at_a_time = threading.Lock()
+
+    def run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Any] = loop.create_future()
+
+        def settle(value: Any, failed: bool) -> None:
+            if not outcome.done():  # a caller may have stopped waiting
+                (outcome.set_exception if failed else outcome.set_result)(value)
+
+        def work() -> None:
+            with self._one_at_a_time:
+                try:
+                    value, failed = function(*args), False
+                except Exception as e:  # handed to the caller on the loop
+                    value, failed = e, True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: ipsecd is stopping
+                loop.call_soon_threadsafe(settle, value, failed)
+
+        threading.Thread(target=work, name="policy-store", daemon=True).start()
+        return outcome
 
 
 class StoreStatus(Protocol):
@@ -249,8 +277,8 @@ class PolicyAgent:
         self._events_lock = threading.Lock()  # the store notes from the reader thread (its warnings)
         self._refused: tuple[PolicyRef, Hashable] | None = None  # not retried until its stamp moves
         self._next_poll = 0.0
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-store")
-        self._reading: Future[Reading] | None = None  # the read in the worker thread, if one runs
+        self._reader = StoreThread()
+        self._reading: asyncio.Future[Reading] | None = None  # the read in the reader thread, if one runs
 
     # --- applying
 
@@ -276,7 +304,7 @@ class PolicyAgent:
         return self.act(self.read(), force=False)
 
     def read(self, force: bool = False, group_policy: bool = False) -> Reading:
-        """The store's half of a look, and only its I/O (safe in a worker thread: it changes nothing the
+        """The store's half of a look, and only its I/O (safe in the reader thread: it changes nothing the
         loop uses): the assigned policy, its stamp, and the policy itself when `force` or when the stamp
         moved from the one in force or refused. `group_policy`: ``gpupdate /force`` first."""
         if group_policy and isinstance(self.store, GroupPolicyStore):
@@ -323,25 +351,28 @@ class PolicyAgent:
         return None
 
     async def look(self, force: bool = False, group_policy: bool = False) -> PolicyChange | None:
-        """`read` in a worker thread, `act` here on the loop: apply (`force`), refresh (and `group_policy`)
-        or poll without stalling the loop while the store waits on a DC. One read at a time: while one runs
-        (past READ_TIMEOUT, still waiting on the DC) another look says the store is unavailable."""
-        if self._reading is not None and not self._reading.done():
-            busy = StoreUnavailable("the previous read of the policy store has not finished")
-            reading = Reading(error=busy)
-        else:
-            self._reading = self._reader.submit(self.read, force, group_policy)
-            try:
-                reading = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._reading)),
-                                                 READ_TIMEOUT)
-            except TimeoutError:
-                reading = Reading(error=StoreUnavailable(f"the policy store did not answer in "
-                                                         f"{READ_TIMEOUT:g} s"))
+        """`read` in the reader thread, `act` here on the loop: apply (`force`), refresh (and `group_policy`)
+        or poll without stalling the loop while the store waits on a DC. One read at a time: a read still
+        running (a refresh's, or one past READ_TIMEOUT still waiting on the DC) is waited for first; each
+        wait is bounded by READ_TIMEOUT, past which the store is unavailable and the policy in force stays."""
+        reading = Reading(error=StoreUnavailable(f"the policy store did not answer in {READ_TIMEOUT:g} s"))
+        if await self._finished(self._reading):
+            self._reading = ours = self._reader.run(self.read, force, group_policy)
+            if await self._finished(ours):
+                reading = ours.result()
         return self.act(reading, force)
+
+    @staticmethod
+    async def _finished(read: asyncio.Future[Reading] | None) -> bool:
+        """Whether `read` (None: no read) has finished, waiting up to READ_TIMEOUT for it."""
+        if read is None or read.done():
+            return True
+        done, _running = await asyncio.wait({read}, timeout=READ_TIMEOUT)
+        return bool(done)
 
     async def in_reader(self, function: Callable[..., Any], *args: Any) -> Any:
         """`function(*args)` in the reader thread, after any read of the store there (one at a time)."""
-        return await asyncio.wrap_future(self._reader.submit(function, *args))
+        return await self._reader.run(function, *args)
 
     def seconds_until_poll(self) -> float:
         """Until the policy's polling interval ends or, with a directory store, the Group Policy one."""

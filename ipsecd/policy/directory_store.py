@@ -478,6 +478,9 @@ class DirectoryStore:
     def _local_ref(self, reason: str = "no Group Policy object assigns an IPsec policy") -> PolicyRef | None:
         ref = self.local.assigned_policy() if self.local else None
         self.status.source, self.status.reason = ("local" if ref else "none"), reason
+        if ref is None:  # what an earlier directory policy left there no longer applies
+            s = self.status
+            s.policy_dn = s.ipsec_id = s.when_changed = s.gpo_dn = None
         return ref
 
     def _is_local(self, ref: PolicyRef) -> bool:

@@ -164,6 +164,8 @@ class _Checker:
                 self.problem((*here, "file"), f"{self.folder / body['file']} does not exist")
             if "segment" in body:
                 self.segment((*here, "segment"), body["segment"])
+            if kind == "in_force" and not {"policy", "source"} & body.keys():
+                self.problem(here, "names no `policy` nor `source` to expect")
             if kind == "start" and "predefined" not in body and not body.get("topology"):
                 self.start_folder(here, body["node"], body.get("folder"))
             if kind == "start" and body.get("topology") and body["node"] in self.topology.nodes \

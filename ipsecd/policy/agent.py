@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -62,6 +63,8 @@ from ipsecd.policy.validate import PolicyError
 #: store: 1 s to connect and 1 s to receive by default, 30 s at most); past it the policy in force stays.
 READ_TIMEOUT = 60.0
 RESCHEDULE_SECONDS = 1.0  # the polling task's longest sleep
+
+log = logging.getLogger("ipsecd.policy")
 
 
 class StoreThread:
@@ -388,7 +391,13 @@ class PolicyAgent:
         while True:
             await asyncio.sleep(min(self.seconds_until_poll(), RESCHEDULE_SECONDS))
             if self.seconds_until_poll() <= 0:
-                on_change(await self.look())
+                try:
+                    on_change(await self.look())
+                except Exception as e:  # a defect, not a refusal or a silent store: said, and polling goes on
+                    self._schedule_poll()
+                    log.error("the Policy Agent's poll failed", exc_info=True)
+                    self.note("internal-error", f"the poll failed: {type(e).__name__}: {e}; "
+                                                f"keeping {self._in_force()}")
 
     def _install(self, ref: PolicyRef, stamp: Hashable, policy: model.Policy, kind: str) -> PolicyChange:
         addresses = self._my_addresses()

@@ -484,3 +484,38 @@ def test_a_read_past_the_bound_keeps_the_policy_in_force_and_the_next_look_waits
     said = [e.message for e in agent.event_list()]
     assert said[:2] == ["the policy store did not answer in 0.2 s; keeping no policy in force"] * 2
     assert said[2].startswith("intranet pair {0f6e3c4a")
+
+
+def test_a_defect_in_one_look_is_an_event_and_polling_goes_on(node, monkeypatch):
+    """An exception other than a refusal or an unreachable store (a defect in a store read, in `act`) ended
+    the polling task for good: later changes were never applied."""
+    node.path.write_text(PAIR.replace("polling_interval: 30s", "polling_interval: 1s"))
+    agent = PolicyAgent(node.store, node.driver, node.ike, lambda: node.addresses)  # real time
+    assigned = node.store.assigned_policy
+    failures = iter([RuntimeError("a defect in the store")])
+
+    def assigned_once_broken():
+        failure = next(failures, None)
+        if failure:
+            raise failure
+        return assigned()
+
+    async def scenario():
+        await agent.look(force=True)
+        monkeypatch.setattr(node.store, "assigned_policy", assigned_once_broken)
+        node.path.write_text(PAIR.replace("polling_interval: 30s", "polling_interval: 1s")
+                             .replace("destination_port: 23", "destination_port: 2323"))
+        task = asyncio.create_task(agent.run())
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(node.driver.loaded) < 2:
+                assert not task.done(), f"polling ended: {task.exception()!r}"
+                assert asyncio.get_running_loop().time() < deadline, "the change was never applied"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+
+    asyncio.run(scenario())
+    errors = [e for e in agent.events if e.kind == "internal-error"]
+    assert len(errors) == 1 and "RuntimeError: a defect in the store" in errors[0].message
+    assert "intranet pair" in errors[0].message  # what stays in force

@@ -9,10 +9,12 @@ When the node's addresses change (the Interface Manager's job) "my IP address" f
 Every apply returns a ``PolicyChange`` saying which rules changed or went away: the daemon deletes the
 SAs negotiated under those rules (the driver tags them with the rule name) and keeps every other SA.
 
-Each look at the store is two halves: ``read`` does the store's I/O and nothing else (a directory store's
-LDAP to a DC that may not answer: seconds), ``act`` applies what it found. In the daemon (``look``) the read
-runs in a reader thread and the act on the event loop, so IKE, the driver and the control socket go on
-while a DC times out; ``apply``, ``poll`` and ``refresh`` do both halves in the caller's thread.
+Each look at the store is two halves: ``read`` does the I/O and nothing else (a directory store's LDAP to a
+DC that may not answer, the lookups of the policy's DNS names: seconds each), ``act`` applies what it found.
+In the daemon (``look``) the read runs in a reader thread and the act on the event loop, so IKE, the driver
+and the control socket go on while a DC or a DNS server times out; ``apply``, ``poll`` and ``refresh`` do
+both halves in the caller's thread. DNS names are resolved when a policy is read (apply, refresh, a poll
+that finds it changed); an address change re-expands "my IP address" with the answers of that read.
 
 >>> import tempfile
 >>> from ipaddress import IPv4Address, IPv4Network
@@ -42,7 +44,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -53,14 +55,15 @@ from ipsecd.driver import spd
 from ipsecd.ike.settings import IKERule, Kerberos, PreSharedKey
 from ipsecd.ike.settings import Selector as IKESelector
 from ipsecd.policy import model, policyfile
-from ipsecd.policy.expand import Resolver, expand_rules, resolve_dns
+from ipsecd.policy.expand import ResolvedNames, Resolver, expand_rules, resolve_dns
 from ipsecd.policy.ike_settings import CertificateSource, IKERuleSet, ike_settings
 from ipsecd.policy.soft_association import SoftAssociations, Verdict
 from ipsecd.policy.store import LocalStore, PolicyRef, PolicyStore, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
 
 #: How long the loop waits for one read of the store: a backstop over the store's own timeouts (a directory
-#: store: 1 s to connect and 1 s to receive by default, 30 s at most); past it the policy in force stays.
+#: store: 1 s to connect and 1 s to receive by default, 30 s at most) and the resolver's (resolv.conf's
+#: timeout × attempts per DNS name); past it the policy in force stays.
 READ_TIMEOUT = 60.0
 RESCHEDULE_SECONDS = 1.0  # the polling task's longest sleep
 
@@ -151,21 +154,25 @@ class Event:
 @dataclass(frozen=True)
 class Reading:
     """What one read of the store found: the assigned policy's reference and stamp, the policy itself when
-    it was loaded (forced, or the stamp moved), or why the store could not answer or refused the policy."""
+    it was loaded (forced, or the stamp moved) with the answers for its DNS names, or why the store could
+    not answer or refused the policy."""
 
     ref: PolicyRef | None = None
     stamp: Hashable = None
     policy: model.Policy | None = None
     error: PolicyError | StoreUnavailable | None = None
+    names: ResolvedNames = field(default_factory=ResolvedNames)
 
 
 @dataclass(frozen=True)
 class AppliedPolicy:
-    """The policy in force: as read, as expanded for these addresses, as handed to IKE."""
+    """The policy in force: as read (with its DNS names' answers), as expanded for these addresses, as handed
+    to IKE."""
 
     ref: PolicyRef
     stamp: Hashable
     policy: model.Policy
+    names: ResolvedNames
     addresses: tuple[IPv4Address, ...]
     filters_by_rule: dict[str, tuple[spd.Filter, ...]]
     spd: spd.SPD
@@ -309,7 +316,8 @@ class PolicyAgent:
     def read(self, force: bool = False, group_policy: bool = False) -> Reading:
         """The store's half of a look, and only its I/O (safe in the reader thread: it changes nothing the
         loop uses): the assigned policy, its stamp, and the policy itself when `force` or when the stamp
-        moved from the one in force or refused. `group_policy`: ``gpupdate /force`` first."""
+        moved from the one in force or refused, with its DNS names resolved. `group_policy`: ``gpupdate
+        /force`` first."""
         if group_policy and isinstance(self.store, GroupPolicyStore):
             self.store.refresh()
         ref: PolicyRef | None = None
@@ -323,7 +331,8 @@ class PolicyAgent:
             known = {(current.ref, current.stamp) if current else None, self._refused}
             if not force and (ref, stamp) in known:
                 return Reading(ref, stamp)
-            return Reading(ref, stamp, self.store.load(ref))
+            policy = self.store.load(ref)
+            return Reading(ref, stamp, policy, names=ResolvedNames.lookup(policy, self.resolve))
         except (PolicyError, StoreUnavailable) as e:
             return Reading(ref, stamp, error=e)
 
@@ -340,7 +349,7 @@ class PolicyAgent:
             return self._unassign() if force or self.applied else None
         elif reading.policy is not None:
             try:
-                return self._install(ref, stamp, reading.policy, "policy-applied")
+                return self._install(ref, stamp, reading.policy, reading.names, "policy-applied")
             except PolicyError:
                 if force:
                     raise
@@ -348,7 +357,7 @@ class PolicyAgent:
         elif self.applied and (ref, stamp) == (self.applied.ref, self.applied.stamp) \
                 and self._my_addresses() != self.applied.addresses:
             with contextlib.suppress(PolicyError):
-                return self._install(ref, stamp, self.applied.policy, "addresses-changed")
+                return self._install(ref, stamp, self.applied.policy, self.applied.names, "addresses-changed")
         if force and error is not None:
             raise error
         return None
@@ -399,16 +408,17 @@ class PolicyAgent:
                     self.note("internal-error", f"the poll failed: {type(e).__name__}: {e}; "
                                                 f"keeping {self._in_force()}")
 
-    def _install(self, ref: PolicyRef, stamp: Hashable, policy: model.Policy, kind: str) -> PolicyChange:
+    def _install(self, ref: PolicyRef, stamp: Hashable, policy: model.Policy, names: ResolvedNames,
+                 kind: str) -> PolicyChange:
         addresses = self._my_addresses()
         try:
-            by_rule = expand_rules(policy, addresses, self.resolve)
+            by_rule = expand_rules(policy, addresses, names)
         except PolicyError as e:
             self._refuse(ref, stamp, e)
             raise
         filters = spd.SPD(f for rule_filters in by_rule.values() for f in rule_filters)
         settings = ike_settings(policy, by_rule, self.certificate_for, self.kerberos)
-        new = AppliedPolicy(ref, stamp, policy, addresses, by_rule, filters, settings)
+        new = AppliedPolicy(ref, stamp, policy, names, addresses, by_rule, filters, settings)
         previous = self.applied
         change = compare(previous, new)
         self.ike.load_policy(list(settings.rules))  # IKE first: it must know the rules the driver acquires

@@ -1,7 +1,9 @@
 """Generic filters to specific filters: what the Policy Agent hands the IPsec driver.
 
 "My IP address" becomes one filter per address of this node (re-expanded when addresses change), a DNS name
-one filter per address it resolves to (resolved when the policy is applied), "any" 0.0.0.0/0. A mirrored
+one filter per address it resolves to (resolved when the policy is applied), "any" 0.0.0.0/0. The Policy
+Agent looks a policy's names up at once as it reads the policy (``ResolvedNames.lookup``, in its reader
+thread: a DNS server that does not answer holds a lookup for seconds) and expands with the answers. A mirrored
 filter becomes two, one per direction. The result is ordered most specific first (``spd.Filter.weight``).
 
 A filter that is not mirrored matches one direction: inbound when its destination is this node and its
@@ -31,7 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from ipsecd.driver import spd
@@ -48,6 +51,39 @@ def resolve_dns(name: str) -> list[IPv4Address]:
     except socket.gaierror as e:
         raise ValueError(f"cannot resolve {name!r}: {e.strerror}") from None
     return list(dict.fromkeys(IPv4Address(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class ResolvedNames:
+    """A policy's DNS names, each with its addresses or why it did not resolve, looked up before expanding:
+    a Resolver that never waits, so the expansion can run on the event loop."""
+
+    answers: Mapping[str, tuple[IPv4Address, ...] | str] = field(default_factory=dict)
+
+    @classmethod
+    def lookup(cls, policy: Policy, resolve: Resolver = resolve_dns) -> ResolvedNames:
+        """Resolve every name the policy's active rules use (the ones `expand_rules` asks for)."""
+        answers: dict[str, tuple[IPv4Address, ...] | str] = {}
+        for name in dns_names(policy):
+            try:
+                answers[name] = tuple(resolve(name))
+            except ValueError as e:
+                answers[name] = str(e)
+        return cls(answers)
+
+    def __call__(self, name: str) -> Sequence[IPv4Address]:
+        """The addresses `name` resolved to; ValueError (why) if it did not. KeyError: never looked up."""
+        answer = self.answers[name]
+        if isinstance(answer, str):
+            raise ValueError(answer)
+        return answer
+
+
+def dns_names(policy: Policy) -> list[str]:
+    """The DNS names in the filters of the policy's active rules, each once, in the policy's order."""
+    return list(dict.fromkeys(endpoint.dns_name for rule in policy.rules if rule.active
+                              for generic in rule.filter_list.filters
+                              for endpoint in (generic.source, generic.destination) if endpoint.dns_name))
 
 
 def expand(policy: Policy, my_addresses: Iterable[IPv4Address],

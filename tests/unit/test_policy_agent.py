@@ -4,7 +4,7 @@ import asyncio
 import dataclasses
 import json
 import threading
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -464,6 +464,68 @@ def test_a_store_waiting_on_its_dc_does_not_stall_the_loop_and_its_answer_is_app
     answer = asyncio.run(scenario())
     assert answer["policy"] == "intranet pair" and len(node.driver.loaded) == 1
     assert agent.event_list()[-1].kind == "policy-applied"
+
+
+class SilentDNS:
+    """A resolver whose DNS server does not answer until `answer` is set: like getaddrinfo, it gives up
+    after its timeout (10 s) with ValueError. `asked`: the names looked up."""
+
+    def __init__(self):
+        self.waiting, self.answer, self.asked = threading.Event(), threading.Event(), []
+
+    def __call__(self, name):
+        self.asked.append(name)
+        self.waiting.set()
+        if not self.answer.wait(10):
+            raise ValueError(f"cannot resolve {name!r}: Temporary failure in name resolution")
+        return [IPv4Address("10.0.0.2")]
+
+
+def test_a_refresh_waiting_on_dns_does_not_stall_the_loop_and_its_answer_is_applied_there(node, tmp_path):
+    """A policy naming a host by DNS name was expanded on the loop, resolver and all: a DNS server that does
+    not answer stalled IKE, the driver and ipsecctl for the resolver's timeout on every apply. The names are
+    looked up with the read, in the reader thread; the loop answers ipsecctl meanwhile."""
+    node.path.write_text(PAIR.replace("destination: 10.0.0.2", "destination: peer.lab"))
+    dns = SilentDNS()
+    agent = PolicyAgent(node.store, node.driver, node.ike, lambda: node.addresses, clock=node.clock,
+                        resolve=dns)
+    socket_path = str(tmp_path / "ipsecd.sock")
+
+    async def scenario():
+        server = await control.serve(socket_path, agent.handlers())
+        try:
+            refresh = asyncio.create_task(asyncio.to_thread(control.request, socket_path, "refresh"))
+            await until(dns.waiting.is_set, "the refresh never asked the resolver")
+            shown = await asyncio.to_thread(control.request, socket_path, "policy_events", timeout=2)
+            assert shown == [] and not refresh.done() and node.driver.loaded == []  # the loop answered
+            dns.answer.set()
+            answer = await refresh
+        finally:
+            server.close()
+        return answer
+
+    answer = asyncio.run(scenario())
+    assert answer["policy"] == "intranet pair" and dns.asked == ["peer.lab"]
+    assert {str(f.dst) for f in node.driver.loaded[-1].filters if f.rule == "secure peer"} == {
+        "10.0.0.2/32", "10.0.0.1/32"}
+
+
+def test_names_are_resolved_when_the_policy_is_read_and_an_address_change_reuses_the_answers(node):
+    """Windows resolves a filter's DNS name when it applies the policy: a refresh asks again, while a new
+    address of this node re-expands "my IP address" with the names' answers in force (no lookup)."""
+    node.path.write_text(PAIR.replace("destination: 10.0.0.2", "destination: peer.lab"))
+    dns = SilentDNS()
+    dns.answer.set()
+    agent = PolicyAgent(node.store, node.driver, node.ike, lambda: node.addresses, clock=node.clock,
+                        resolve=dns)
+    agent.apply()
+    node.addresses.append(IPv4Address("172.16.0.1"))
+    assert agent.poll() is not None and agent.event_list()[-1].kind == "addresses-changed"
+    assert {str(f.src) for f in node.driver.loaded[-1].filters if f.dst == IPv4Network("10.0.0.2/32")} == {
+        "10.0.0.1/32", "172.16.0.1/32"}
+    assert dns.asked == ["peer.lab"]
+    agent.refresh()
+    assert dns.asked == ["peer.lab"] * 2
 
 
 def test_a_read_past_the_bound_keeps_the_policy_in_force_and_the_next_look_waits_for_it(node, monkeypatch):

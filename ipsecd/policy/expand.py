@@ -1,10 +1,10 @@
 """Generic filters to specific filters: what the Policy Agent hands the IPsec driver.
 
 "My IP address" becomes one filter per address of this node (re-expanded when addresses change), a DNS name
-one filter per address it resolves to (resolved when the policy is applied), "any" 0.0.0.0/0. The Policy
-Agent looks a policy's names up at once as it reads the policy (``ResolvedNames.lookup``, in its reader
-thread: a DNS server that does not answer holds a lookup for seconds) and expands with the answers. A mirrored
+one filter per address it resolves to (resolved when the policy is applied), "any" 0.0.0.0/0. A mirrored
 filter becomes two, one per direction. The result is ordered most specific first (``spd.Filter.weight``).
+The Policy Agent looks a policy's names up at once as it reads the policy (``ResolvedNames.lookup``, in its
+reader thread: a DNS server that does not answer holds a lookup for seconds) and expands with the answers.
 
 A filter that is not mirrored matches one direction: inbound when its destination is this node and its
 source is not, outbound otherwise; in a tunnel rule, inbound when the tunnel endpoint is this node (and

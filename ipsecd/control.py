@@ -17,6 +17,7 @@ The socket is root-only (mode 0600): it hands out SA keys for Wireshark, as `set
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -34,19 +35,20 @@ class ControlError(RuntimeError):
 
 
 async def serve(path: str, handlers: dict[str, Handler]) -> asyncio.AbstractServer:
-    """Answer requests on a unix socket; a handler's exception becomes an error answer, never a crash."""
+    """Answer requests on a unix socket; a handler's exception becomes an error answer, never a crash. A
+    handler may return a coroutine: the client waits for its result, the loop does not."""
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                writer.write(json.dumps(answer(line)).encode() + b"\n")
+                writer.write(json.dumps(await answer(line)).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
 
-    def answer(line: bytes) -> dict:
+    async def answer(line: bytes) -> dict:
         try:
             message = json.loads(line)
             command = message["command"]
@@ -55,7 +57,10 @@ async def serve(path: str, handlers: dict[str, Handler]) -> asyncio.AbstractServ
             return {"ok": False, "error": f"not a known request: {line[:80]!r}; "
                                          f"commands: {', '.join(sorted(handlers))}"}
         try:
-            return {"ok": True, "result": handler(**message.get("args", {}))}
+            result = handler(**message.get("args", {}))
+            if inspect.isawaitable(result):  # a command that waits for something (the policy store)
+                result = await result
+            return {"ok": True, "result": result}
         except Exception as e:  # the daemon keeps running; the caller reads why
             log.exception("control command %s failed", command)
             return {"ok": False, "error": f"{command}: {e}"}

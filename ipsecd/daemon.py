@@ -50,7 +50,6 @@ log = logging.getLogger("ipsecd")
 
 SOFT_FRACTION = 0.9  # a manual SA's soft lifetime, as a share of its hard lifetime
 EXPIRY_INTERVAL = 1.0
-RESCHEDULE_SECONDS = 1.0  # the polling task's longest sleep
 COUNTER_LABELS = dict(GLOBAL_COUNTERS) | dict(DRIVER_COUNTERS) | {
     "blocked_by_filter": "Packets Blocked By Filters (kernel)",
     "unsecured_packets_dropped": "Unsecured Packets Dropped (kernel)",
@@ -141,16 +140,13 @@ class PolicyKeying:
         loop = asyncio.get_running_loop()
         self.clock_offset = time.time() - loop.time()
         await self.ike.start()
-        with contextlib.suppress(PolicyError, StoreUnavailable):  # logged as policy-refused; polling goes on
-            self.agent.apply()
+        with contextlib.suppress(PolicyError, StoreUnavailable):  # logged as events; polling goes on
+            await self.agent.look(force=True)
 
     async def poll(self) -> None:
-        """The Policy Agent's polling, acting on what each change touched. It looks at the schedule every
-        second at least: a refresh applying a policy with a shorter interval moves the next poll closer."""
-        while True:
-            await asyncio.sleep(min(self.agent.seconds_until_poll(), RESCHEDULE_SECONDS))
-            if self.agent.seconds_until_poll() <= 0:
-                self.changed(self.agent.poll())
+        """The Policy Agent's polling (its reads of the store in its reader thread), acting on what each
+        change touched."""
+        await self.agent.run(self.changed)
 
     def changed(self, change: PolicyChange | None) -> None:
         """Delete the SAs of the rules a policy change touched (telling the peer), and the main mode SAs
@@ -161,8 +157,9 @@ class PolicyKeying:
             self.ike.expire(spi, hard=True, reason="its policy rule changed")
         self.ike.delete_main_modes(change.reauthenticate, "the authentication of its policy rule changed")
 
-    def refresh(self) -> dict:
-        change = self.agent.refresh()
+    async def refresh(self) -> dict:
+        change = await self.agent.look(force=True, group_policy=True)
+        assert change is not None
         self.changed(change)
         applied = self.agent.applied
         return {"policy": applied.policy.name if applied else None, "change": change.to_dict()}
@@ -181,7 +178,7 @@ class PolicyKeying:
     def events(self, since: float = 0.0) -> list[dict[str, Any]]:
         """Policy and negotiation events on one time line (wall clock), oldest first."""
         rows: list[dict[str, Any]] = [{"time": round(e.time, 3), "kind": e.kind, "text": e.message}
-                                      for e in self.agent.events]
+                                      for e in self.agent.event_list()]
         rows += [{"time": round(t + self.clock_offset, 3), "kind": event_kind(text), "text": text}
                  for t, text in self.ike.events]
         return sorted((r for r in rows if r["time"] >= since), key=lambda r: r["time"])
@@ -264,7 +261,7 @@ class Daemon:
                                    nat_keepalive=any(m.nat_keepalive for m in group))
                 self.manual[group] = sa
 
-    def reload(self) -> str:
+    async def reload(self) -> str:
         try:
             cfg = config.load(self.path)
         except ConfigError as e:
@@ -280,7 +277,7 @@ class Daemon:
                         self.path)
         if self.keying:
             self.cfg = cfg
-            return f"reloaded {self.path}; the policy: {self.keying.refresh()['change']['text']}"
+            return f"reloaded {self.path}; the policy: {(await self.keying.refresh())['change']['text']}"
         self.driver.load_policy(cfg.spd)
         self.install_manual(cfg)
         self.cfg = cfg
@@ -288,10 +285,10 @@ class Daemon:
         log.info(message)
         return message
 
-    def reload_quietly(self) -> None:
+    async def reload_quietly(self) -> None:
         """SIGHUP: reload; a bad file is logged and the running configuration stays."""
-        with contextlib.suppress(ConfigError):
-            self.reload()
+        with contextlib.suppress(ConfigError, PolicyError, StoreUnavailable):
+            await self.reload()
 
     # -- control commands ------------------------------------------------------------------------------------
 
@@ -333,7 +330,13 @@ class Daemon:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_quietly)
+        reloads: set[asyncio.Task] = set()  # kept until done (the loop holds only weak references)
+
+        def reload_on_hangup() -> None:
+            task = loop.create_task(self.reload_quietly())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+        loop.add_signal_handler(signal.SIGHUP, reload_on_hangup)
         self.wire.attach(loop, self.driver)
         polling = None
         if self.keying:

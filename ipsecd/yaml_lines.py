@@ -13,7 +13,7 @@ A misspelt name (a field, an algorithm, an action) gets the closest known one su
 >>> compose("a: b: c", "x.yaml")
 Traceback (most recent call last):
 ...
-ipsecd.yaml_lines.YamlSyntaxError: x.yaml:1: not valid YAML: mapping values are not allowed here
+ipsecd.yaml_lines.YamlSyntaxError: x.yaml:1: not valid YAML: mapping values are not allowed in this context
 """
 
 from __future__ import annotations
@@ -22,8 +22,13 @@ import difflib
 import itertools
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import yaml
+from yaml._yaml import CParser
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 
 class YamlSyntaxError(ValueError):
@@ -37,21 +42,28 @@ class YamlSyntaxError(ValueError):
 MAX_NESTING = 16  # a policy file nests 7 deep (policy, rules, rule, filter list, filters, filter, value)
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """The safe loader, refusing collections nested deeper than a policy has any use for: PyYAML
-    composes recursively (a deep file raised RecursionError) and scans deep flow collections in quadratic
-    time (3,000 '[' took seconds)."""
+class _BoundedLoader(Composer, CParser, SafeConstructor, Resolver):
+    """The safe loader with libyaml's scanner and parser (ten times PyYAML's pure Python ones: a policy
+    file is read at every start and every poll) and PyYAML's composer, which refuses collections nested
+    deeper than a policy has any use for (libyaml's own limit is 1,000: composing that deep recursed
+    out of the stack)."""
 
     depth = 0
 
+    def __init__(self, stream: str) -> None:
+        CParser.__init__(self, stream)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        Composer.__init__(self)
+
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.depth >= MAX_NESTING:
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, f"collections nested deeper than {MAX_NESTING}",
-                                              event.start_mark)
+            mark: Any = getattr(self.peek_event(), "start_mark", None)  # libyaml's Mark: the same fields
+            why = f"collections nested deeper than {MAX_NESTING}"
+            raise yaml.composer.ComposerError(None, None, why, mark)
         self.depth += 1
         try:
-            return super().compose_node(parent, index)
+            return Composer.compose_node(self, parent, index)
         finally:
             self.depth -= 1
 
@@ -59,7 +71,11 @@ class _BoundedLoader(yaml.SafeLoader):
 def compose(text: str, source: str) -> yaml.Node | None:
     """The node tree of `text` (None for an empty document); YamlSyntaxError names `source` and the line."""
     try:
-        return yaml.compose(text, Loader=_BoundedLoader)
+        loader = _BoundedLoader(text)
+        try:
+            return loader.get_single_node()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

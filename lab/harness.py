@@ -3,21 +3,25 @@
 A scenario folder (scenarios/<name>/) holds one folder per node that runs ipsecd with policies: the node's
 /etc/ipsecd (`ipsecd.yaml`, `policies/*.yaml`, certificates); `start(node, scenario, changes)` copies it in
 (plus `changes`: file name -> text, a failure twin's edits) and starts ipsecd; `start_policy(node, policy)`
-starts it with one policy text and nothing else. Manual-key scenarios (the driver's) give a single
-`<node>.yaml` that `lab up` starts (`overrides`). Then: ipsecctl views, counters, events, waits, and
-the independent decoder (tshark) that reads captures with ipsecd's keys (ipsecctl keys, or the tables
-lab.keys collects beside every pcap).
+starts it with one policy text and nothing else; `restart_ipsecd(node)` starts it again as `lab up` did
+(the topology's ipsecd for the node: a domain member's). Manual-key scenarios (the driver's) give a single
+`<node>.yaml` that `lab up` starts (`overrides`). Then: ipsecctl views, counters, events, waits, the domain's
+directory administered as its Administrator (`static`), and the independent decoder (tshark) that reads
+captures with ipsecd's keys (ipsecctl keys, or the tables lab.keys collects beside every pcap).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from scapy.error import Scapy_Exception
 from scapy.layers.inet import IP, UDP
@@ -40,6 +44,9 @@ POLICY_NODE_CONFIG = """\
 # ipsecd of a policy scenario: the Policy Agent reads the policy assigned in the store (lab.harness)
 policy: {store: policies%s}
 """
+#: The lab domain's Administrator (images/dc/README.md: a lab's password, never a real domain's), for
+#: `ipsecctl static` in a node.
+ADMIN = {"IPSEC_ADMIN_PASSWORD": "Lab-Admin-2003!"}
 
 
 # -- starting and stopping ipsecd --------------------------------------------------------------------------
@@ -77,6 +84,23 @@ def start_policy(node: Node, policy: str | None, ike_address: str | None = None)
     if policy is not None:
         files[f"policies/{POLICY_FILE}"] = policy
     start(node, "", files)
+
+
+def restart_ipsecd(node: Node, config: str | None = None) -> float:
+    """Stop ipsecd and start it again as `lab up` did (the topology's ipsecd for the node, as at boot), or
+    with `config` as its ipsecd.yaml instead (beside the topology's files in /etc/ipsecd); the seconds until
+    its control socket answers, after its first apply (a domain member's: after its DC or cache)."""
+    ipsecd = node.process("ipsecd")
+    ipsecd.stop()
+    node.exec(["rm", "-f", ipsecd.pid_path])
+    started = time.monotonic()
+    if config is None:
+        node.start_service("ipsecd")
+    else:
+        node.put_file(f"{ETC}/test.yaml", config)
+        node.spawn(["ipsecd", "--config", f"{ETC}/test.yaml"], name="ipsecd", log=ipsecd.log_path)
+        wait_until(lambda: running(node), 30, what=f"{node.name}: ipsecd to answer")
+    return time.monotonic() - started
 
 
 def stop(node: Node) -> None:
@@ -168,6 +192,24 @@ def reload_config(node: Node, text: str) -> None:
     """Put a new manual-key configuration in the node and make ipsecd take it (`ipsecctl reload`)."""
     node.put_file(CONFIG, text)
     node.exec(["ipsecctl", "reload"], check=True)
+
+
+# -- the domain's directory ------------------------------------------------------------------------------
+def static(node: Node, *argv: str) -> Any:
+    """`ipsecctl static ... --json` in the node as the domain's Administrator (a member finds the DC in its
+    ipsecd.yaml), decoded; AssertionError with its output if it fails."""
+    done = node.exec(["ipsecctl", "static", "--json", *argv], timeout=60, env=ADMIN)
+    if not done.ok:
+        raise AssertionError(f"{node.name}: ipsecctl static {' '.join(argv)}: {done.stdout}{done.stderr}")
+    return json.loads(done.stdout)
+
+
+def static_commands(node: Node, commands: Sequence[str]) -> str:
+    """`ipsecctl static` command lines (shell words: `gpo delete "IPsec for Members"`) in the node as the
+    domain's Administrator, in order and in one exec; their output. CommandError at the first that fails."""
+    script = "set -e\n" + "".join(f"echo '> ipsecctl static '{shlex.quote(c)}; ipsecctl static {c}\n"
+                                   for c in commands)
+    return node.exec(["sh", "-c", script], check=True, timeout=60 + 30 * len(commands), env=ADMIN).stdout
 
 
 # -- what ipsecd says ---------------------------------------------------------------------------------------

@@ -12,7 +12,11 @@ side (`IkeProbe`) copies this file into a node that has ipsecd (image `node`) an
 
 In the node it prints one JSON line per SA IKE hands the driver (`add_sa`) or deletes, between IKE's event log
 lines, and runs until stopped; with `"once": true` it initiates, prints `setup` (seconds from the acquire to
-the quick mode SA handed to the driver), deletes its SAs (telling the peer) and exits.
+the quick mode SA handed to the driver), deletes its SAs (telling the peer) and exits. `"tunnel": false`
+negotiates transport mode (`local_net`, `remote_net` then the two addresses). `"delete": {"esp": [SPI, ...],
+"isakmp": ["<icookie hex>:<rcookie hex>", ...]}` makes it, once its SA is in, send the peer a DELETE of those
+(protected under its main mode SA, as a peer deletes its own) and print `sent_delete`: a hostile peer naming
+SAs that are not its own.
 """
 
 from __future__ import annotations
@@ -129,6 +133,21 @@ def authentication(config: dict):
     return Certificates(cert, key, (x509.load_pem_x509_certificate(Path(config["ca"]).read_bytes()),))
 
 
+def send_delete(ike, peer: str, names: dict) -> None:
+    """DELETEs naming `names` (ESP SPIs, ISAKMP cookie pairs), under our main mode SA with `peer`."""
+    from ipsecd.ike import informational
+    from ipsecd.ike.isakmp import Delete, ProtocolID
+
+    mm = next(e for e in ike.main_modes.values() if e.sa.remote[0] == peer)
+    esp = [spi.to_bytes(4, "big") for spi in names.get("esp", [])]
+    cookies = [bytes.fromhex(pair.replace(":", "")) for pair in names.get("isakmp", [])]
+    for protocol, spis in ((ProtocolID.ESP, esp), (ProtocolID.ISAKMP, cookies)):
+        if spis:
+            wire = informational.protect(mm.sa, [Delete.of(protocol, spis)])
+            ike.sender(wire, mm.sa.remote, mm.sa.local[1])
+    emit(event="sent_delete", under=f"{mm.sa.icookie.hex()}:{mm.sa.rcookie.hex()}", **names)
+
+
 async def run(config: dict) -> None:
     from ipsecd.ike.component import IKE
     from ipsecd.ike.settings import IKERule, MainModeOffer, PeerPolicy, QuickModeOffer, Selector
@@ -138,7 +157,7 @@ async def run(config: dict) -> None:
         main_mode=[MainModeOffer(config["encryption"], "sha1", config["group"])],
         quick_mode=[QuickModeOffer("esp", config.get("esp_encryption", config["encryption"]),
                                    config.get("esp_integrity", "hmac-sha1-96"))],
-        tunnel=True,
+        tunnel=config.get("tunnel", True),
     )
     local, remote = Selector.parse(config["local_net"]), Selector.parse(config["remote_net"])
     rule = IKERule("to the far site", policy, local, remote, tunnel_endpoint=config["peer"])
@@ -151,6 +170,9 @@ async def run(config: dict) -> None:
     started = loop.time()
     if config.get("initiate"):
         ike.acquire(rule, local, remote)
+    if "delete" in config:
+        await asyncio.wait_for(driver.installed.wait(), 30)
+        send_delete(ike, config["peer"], config["delete"])
     if not config.get("once"):
         await asyncio.Event().wait()
     await asyncio.wait_for(driver.installed.wait(), 30)

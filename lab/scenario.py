@@ -164,8 +164,13 @@ class _Checker:
                 self.problem((*here, "file"), f"{self.folder / body['file']} does not exist")
             if "segment" in body:
                 self.segment((*here, "segment"), body["segment"])
-            if kind == "start" and "predefined" not in body:
+            if kind == "in_force" and not {"policy", "source"} & body.keys():
+                self.problem(here, "names no `policy` nor `source` to expect")
+            if kind == "start" and "predefined" not in body and not body.get("topology"):
                 self.start_folder(here, body["node"], body.get("folder"))
+            if kind == "start" and body.get("topology") and body["node"] in self.topology.nodes \
+                    and self.topology.nodes[body["node"]].ipsecd is None:
+                self.problem((*here, "topology"), f"the topology gives {body['node']} no ipsecd to start")
         elif kind == "start":
             for name in [body] if isinstance(body, str) else body:
                 self.start_folder(here, name, None)
@@ -213,6 +218,7 @@ def describe(kind: str, body: Any) -> str:
         return f"{kind} {body if isinstance(body, str) else ', '.join(body)}"
     if kind == "start":
         how = f" with predefined {body['predefined']}" if "predefined" in body else ""
+        how += " as the topology gives it" if body.get("topology") else ""
         return f"start {body['node']}{how}" + (f" ({len(body['edits'])} edits)" if "edits" in body else "")
     b = dict(body)
     if kind in ("ping", "tcp", "udp"):
@@ -233,6 +239,12 @@ def describe(kind: str, body: Any) -> str:
     if kind == "sa":
         where = "".join(f", {k}={v}" for k, v in b.get("where", {}).items())
         return f"{b['node']}: {b['table']} count {b.get('op', '==')} {b['count']}{where}"
+    if kind == "in_force":
+        policy = b.get("policy", "the policy")
+        what = "no policy" if policy is None else f"policy {policy!r}" if "policy" in b else policy
+        return f"{b['node']}: {what} in force" + (f", from the {b['source']}" if "source" in b else "")
+    if kind == "directory":
+        return f"directory (as Administrator, in {b['node']}): " + "; ".join(b["commands"])
     if kind == "capture":
         between = f" between {' and '.join(b['between'])}" if "between" in b else ""
         parts = [f"only {', '.join(b['only'])}" if "only" in b else "",
@@ -346,6 +358,8 @@ class Runner:
         """ipsecd in each named node (in parallel: a start waits seconds for the control socket)."""
         specs = [{"node": s} if isinstance(s, str) else s for s in ([body] if isinstance(body, (str, dict))
                                                                    else body)]
+        if any(harness.running(self.node(spec["node"])) for spec in specs):
+            self.gather_keys()  # a start over a running ipsecd takes its SAs away
         with ThreadPoolExecutor(max_workers=len(specs)) as pool:
             list(pool.map(self.start_one, specs))
 
@@ -353,6 +367,8 @@ class Runner:
         node = self.node(spec["node"])
         if "predefined" in spec:
             harness.start_policy(node, harness.predefined_policy(spec["predefined"], spec.get("psk", "")))
+        elif spec.get("topology"):
+            harness.restart_ipsecd(node)
         else:
             folder = self.scenario.folder / spec.get("folder", node.name)
             files = harness.node_files(folder.parent, folder.name)
@@ -438,6 +454,10 @@ class Runner:
         elif not result.ok:
             raise CommandError(body["node"], ["sh", "-c", body["command"]], result)
 
+    def step_directory(self, body: dict, step: Item) -> None:
+        out = harness.static_commands(self.node(body["node"]), body["commands"])
+        self.note("  " + out.strip()[:1500].replace("\n", "\n  "))
+
     def step_put(self, body: dict, step: Item) -> None:
         self.node(body["node"]).put_file(body["path"], (self.scenario.folder / body["file"]).read_bytes())
 
@@ -508,6 +528,18 @@ class Runner:
             kept = [r for r in rows if all(str(r.get(k)) == str(v) for k, v in body.get("where", {}).items())]
             shown = json.dumps(rows)[:400]
             return OPS[body.get("op", "==")](len(kept), body["count"]), f"{len(kept)} match: {shown}"
+        return self.poll(body, holds)
+
+    def expect_in_force(self, body: dict) -> tuple[bool, str]:
+        node = self.node(body["node"])
+
+        def holds() -> tuple[bool, str]:
+            shown = harness.ipsecctl(node, "policy") or {}
+            name, source = shown.get("name"), shown.get("source", {})
+            passed = ("policy" not in body or name == body["policy"]) and \
+                     ("source" not in body or source.get("source") == body["source"])
+            why = f" ({source['reason']})" if source.get("reason") else ""
+            return passed, f"in force: {name!r}, source {source.get('source', 'none')}{why}"
         return self.poll(body, holds)
 
     def expect_capture(self, body: dict) -> tuple[bool, str]:

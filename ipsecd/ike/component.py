@@ -50,6 +50,7 @@ COUNTER_NAMES = (
     "Duplicates Dropped",
     "Dropped: no SA for cookies",
     "Dropped: not expected in this state",
+    "Dropped: delete of another peer's SA",
     "Dropped: unsupported exchange (aggressive mode)",
     "Dropped: unsupported exchange (other)",
     "Dropped: IKEv2 is not supported",
@@ -377,9 +378,10 @@ class IKE:
     # -- driver -> IKE -------------------------------------------------------------------------------
 
     def acquire(self, rule: IKERule, local: Selector, remote: Selector, peer: str | None = None) -> None:
-        """A packet needs an SA: reuse or negotiate a main mode with the peer, then a quick mode."""
+        """A packet needs an SA: reuse or negotiate a main mode with the peer, then a quick mode. `rule` is
+        the Policy Agent's: ipsecd.yaml's IKE settings go on it here as on the rules we answer with."""
         peer = peer or rule.tunnel_endpoint or str(remote.network.network_address)
-        self._acquire(rule, local, remote, peer)
+        self._acquire(self._with_node_settings(rule), local, remote, peer)
 
     def _acquire(self, rule: IKERule, local: Selector, remote: Selector, peer: str) -> None:
         if self._negotiating(local, remote, peer):
@@ -670,6 +672,11 @@ class IKE:
             raise RuntimeError(f"main mode with {ex.peer[0]} has no rule")  # both sides start one with a rule
         entry = MainModeEntry(sa, ex.rule, self.clock.time(), ex)
         self.main_modes[sa.cookies] = entry
+        for other in self.pending_main.values():
+            if other.machine.initiator and other.peer[0] == sa.remote[0]:
+                # Begun when we had no SA with the peer (it was restarting): we have one now, and SAs under
+                # it that the peer must keep, so its main mode 5 no longer says INITIAL-CONTACT.
+                other.machine.initial_contact = False
         if ex.machine.peer_initial_contact:
             self._initial_contact(sa, ex.started)
         nat = f", {sa.nat.describe()}" if sa.nat else ""
@@ -817,24 +824,31 @@ class IKE:
                       "besides notifications and deletes: those ignored")
 
     def _peer_delete(self, mm: MainModeEntry, delete: isakmp.Delete) -> None:
-        """A DELETE acts on the sender's own SAs only: SPIs and cookies of another peer's are ignored."""
-        reason = f"peer {mm.sa.remote[0]} deleted it"
+        """A DELETE acts on the sender's own SAs only: an SPI or cookie pair of another peer's SA is refused,
+        counted and said; one of no SA (gone already: a late or replayed DELETE) is said."""
+        sender = mm.sa.remote[0]
+        reason = f"peer {sender} deleted it"
         for spi in delete.spis:
             if delete.protocol == ProtocolID.ISAKMP:
                 target = self.main_modes.get(spi)
-                owned = bool(target and same_peer(target.sa, mm.sa))
-                if owned:
+                owners = [target.sa] if target else []
+                if target and same_peer(target.sa, mm.sa):
                     self._remove_main_mode(spi, reason, notify_peer=False)
             else:
                 value = int.from_bytes(spi, "big")
-                inbound_spis = [inbound for inbound, entry in self.quick_modes.items()
-                                if value in (c.spi for c in entry.sa.outbound.chain())
-                                and same_peer(entry.sa.isakmp_sa, mm.sa)]
-                for inbound in inbound_spis:
-                    self._remove_quick_mode(inbound, reason, notify_peer=False)
-                owned = bool(inbound_spis)
-            if not owned:  # gone already (a late or replayed DELETE), or another peer's: nothing to do
-                self.note(f"peer {mm.sa.remote[0]} deleted {spi.hex()}, which is none of its SAs here")
+                named = {inbound: entry.sa.isakmp_sa for inbound, entry in self.quick_modes.items()
+                         if value in (c.spi for c in entry.sa.outbound.chain())}
+                owners = list(named.values())
+                for inbound, owner in named.items():
+                    if same_peer(owner, mm.sa):
+                        self._remove_quick_mode(inbound, reason, notify_peer=False)
+            others = [sa for sa in owners if not same_peer(sa, mm.sa)]
+            if others:
+                self.counters["Dropped: delete of another peer's SA"] += 1
+                self.note(f"refused a delete from peer {sender} of {spi.hex()}: an SA of peer "
+                          f"{others[0].remote[0]} ({others[0].peer_identity}), not of the sender")
+            elif not owners:
+                self.note(f"peer {sender} deleted {spi.hex()}, which is none of its SAs here")
 
     def _initial_contact(self, sa: IsakmpSA, since: float) -> None:
         """The peer (re)started before `since` (when the main mode that told us began): the SAs we had with

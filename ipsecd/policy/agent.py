@@ -9,6 +9,11 @@ When the node's addresses change (the Interface Manager's job) "my IP address" f
 Every apply returns a ``PolicyChange`` saying which rules changed or went away: the daemon deletes the
 SAs negotiated under those rules (the driver tags them with the rule name) and keeps every other SA.
 
+Each look at the store is two halves: ``read`` does the store's I/O and nothing else (a directory store's
+LDAP to a DC that may not answer: seconds), ``act`` applies what it found. In the daemon (``look``) the read
+runs in a reader thread and the act on the event loop, so IKE, the driver and the control socket go on
+while a DC times out; ``apply``, ``poll`` and ``refresh`` do both halves in the caller's thread.
+
 >>> import tempfile
 >>> from ipaddress import IPv4Address, IPv4Network
 >>> from ipsecd.policy.store import LocalStore
@@ -32,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
@@ -51,6 +58,42 @@ from ipsecd.policy.ike_settings import CertificateSource, IKERuleSet, ike_settin
 from ipsecd.policy.soft_association import SoftAssociations, Verdict
 from ipsecd.policy.store import LocalStore, PolicyRef, PolicyStore, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
+
+#: How long the loop waits for one read of the store: a backstop over the store's own timeouts (a directory
+#: store: 1 s to connect and 1 s to receive by default, 30 s at most); past it the policy in force stays.
+READ_TIMEOUT = 60.0
+RESCHEDULE_SECONDS = 1.0  # the polling task's longest sleep
+
+log = logging.getLogger("ipsecd.policy")
+
+
+class StoreThread:
+    """The store's I/O off the event loop: one call at a time, each in a daemon thread, its outcome
+    delivered on the loop. Not an executor: its worker would hold ipsecd's exit until a read waiting on a
+    silent DC timed out."""
+
+    def __init__(self) -> None:
+        self._one_at_a_time = threading.Lock()
+
+    def run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Any] = loop.create_future()
+
+        def settle(value: Any, failed: bool) -> None:
+            if not outcome.done():  # a caller may have stopped waiting
+                (outcome.set_exception if failed else outcome.set_result)(value)
+
+        def work() -> None:
+            with self._one_at_a_time:
+                try:
+                    value, failed = function(*args), False
+                except Exception as e:  # handed to the caller on the loop
+                    value, failed = e, True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: ipsecd is stopping
+                loop.call_soon_threadsafe(settle, value, failed)
+
+        threading.Thread(target=work, name="policy-store", daemon=True).start()
+        return outcome
 
 
 class StoreStatus(Protocol):
@@ -103,6 +146,17 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {"time": self.time, "kind": self.kind, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one read of the store found: the assigned policy's reference and stamp, the policy itself when
+    it was loaded (forced, or the stamp moved), or why the store could not answer or refused the policy."""
+
+    ref: PolicyRef | None = None
+    stamp: Hashable = None
+    policy: model.Policy | None = None
+    error: PolicyError | StoreUnavailable | None = None
 
 
 @dataclass(frozen=True)
@@ -223,60 +277,105 @@ class PolicyAgent:
         self.log = log
         self.applied: AppliedPolicy | None = None
         self.events: deque[Event] = deque(maxlen=max_events)
+        self._events_lock = threading.Lock()  # the store notes from the reader thread (its warnings)
         self._refused: tuple[PolicyRef, Hashable] | None = None  # not retried until its stamp moves
         self._next_poll = 0.0
+        self._reader = StoreThread()
+        self._reading: asyncio.Future[Reading] | None = None  # the read in the reader thread, if one runs
 
     # --- applying
 
     def apply(self) -> PolicyChange:
-        """Read the assigned policy and put it in force. Raises PolicyError (the old policy stays)."""
-        self._schedule_poll()
-        ref = self.store.assigned_policy()
-        if ref is None:
-            return self._unassign()
-        stamp = self.store.change_stamp(ref)
-        try:
-            policy = self.store.load(ref)
-        except PolicyError as e:
-            self._refuse(ref, stamp, e)
-            raise
-        return self._install(ref, stamp, policy, "policy-applied")
+        """Read the assigned policy and put it in force. Raises PolicyError or StoreUnavailable (the policy
+        in force stays)."""
+        change = self.act(self.read(force=True), force=True)
+        assert change is not None  # a forced act raises rather than returning None
+        return change
 
     def refresh(self) -> PolicyChange:
         """``ipsecctl refresh``: re-read the store now, whatever the change stamp says; a directory store
         reads its Group Policy objects again first (``gpupdate /force``)."""
-        if isinstance(self.store, GroupPolicyStore):
-            self.store.refresh()
-        return self.apply()
+        change = self.act(self.read(force=True, group_policy=True), force=True)
+        assert change is not None
+        return change
 
     def poll(self) -> PolicyChange | None:
         """The periodic check: apply when the assigned policy, its stamp or this node's addresses moved.
 
         Never raises for a bad policy or an unreachable store: both are logged and the old policy stays.
         """
-        self._schedule_poll()
+        return self.act(self.read(), force=False)
+
+    def read(self, force: bool = False, group_policy: bool = False) -> Reading:
+        """The store's half of a look, and only its I/O (safe in the reader thread: it changes nothing the
+        loop uses): the assigned policy, its stamp, and the policy itself when `force` or when the stamp
+        moved from the one in force or refused. `group_policy`: ``gpupdate /force`` first."""
+        if group_policy and isinstance(self.store, GroupPolicyStore):
+            self.store.refresh()
+        ref: PolicyRef | None = None
+        stamp: Hashable = None
         try:
             ref = self.store.assigned_policy()
-            stamp = self.store.change_stamp(ref) if ref else None
-        except StoreUnavailable as e:
-            self.note("store-unavailable", f"{e}; keeping {self._in_force()}")
-            return None
-        if ref is None:
-            return self._unassign() if self.applied else None
-        current = self.applied
-        if current and (ref, stamp) == (current.ref, current.stamp):
-            if self._my_addresses() == current.addresses:
-                return None
+            if ref is None:
+                return Reading()
+            stamp = self.store.change_stamp(ref)
+            current = self.applied
+            known = {(current.ref, current.stamp) if current else None, self._refused}
+            if not force and (ref, stamp) in known:
+                return Reading(ref, stamp)
+            return Reading(ref, stamp, self.store.load(ref))
+        except (PolicyError, StoreUnavailable) as e:
+            return Reading(ref, stamp, error=e)
+
+    def act(self, reading: Reading, force: bool) -> PolicyChange | None:
+        """The loop's half: put what `read` found in force. `force` (apply, refresh) raises the reading's
+        error and always returns a change; otherwise (a poll) errors are logged, None when nothing moved."""
+        self._schedule_poll()
+        ref, stamp, error = reading.ref, reading.stamp, reading.error
+        if isinstance(error, StoreUnavailable):
+            self.note("store-unavailable", f"{error}; keeping {self._in_force()}")
+        elif isinstance(error, PolicyError):
+            self._refuse(ref, stamp, error)
+        elif ref is None:
+            return self._unassign() if force or self.applied else None
+        elif reading.policy is not None:
             try:
-                return self._install(ref, stamp, current.policy, "addresses-changed")
+                return self._install(ref, stamp, reading.policy, "policy-applied")
             except PolicyError:
-                return None
-        if (ref, stamp) == self._refused:
+                if force:
+                    raise
             return None
-        try:
-            return self.apply()
-        except (PolicyError, StoreUnavailable):
-            return None
+        elif self.applied and (ref, stamp) == (self.applied.ref, self.applied.stamp) \
+                and self._my_addresses() != self.applied.addresses:
+            with contextlib.suppress(PolicyError):
+                return self._install(ref, stamp, self.applied.policy, "addresses-changed")
+        if force and error is not None:
+            raise error
+        return None
+
+    async def look(self, force: bool = False, group_policy: bool = False) -> PolicyChange | None:
+        """`read` in the reader thread, `act` here on the loop: apply (`force`), refresh (and `group_policy`)
+        or poll without stalling the loop while the store waits on a DC. One read at a time: a read still
+        running (a refresh's, or one past READ_TIMEOUT still waiting on the DC) is waited for first; each
+        wait is bounded by READ_TIMEOUT, past which the store is unavailable and the policy in force stays."""
+        reading = Reading(error=StoreUnavailable(f"the policy store did not answer in {READ_TIMEOUT:g} s"))
+        if await self._finished(self._reading):
+            self._reading = ours = self._reader.run(self.read, force, group_policy)
+            if await self._finished(ours):
+                reading = ours.result()
+        return self.act(reading, force)
+
+    @staticmethod
+    async def _finished(read: asyncio.Future[Reading] | None) -> bool:
+        """Whether `read` (None: no read) has finished, waiting up to READ_TIMEOUT for it."""
+        if read is None or read.done():
+            return True
+        done, _running = await asyncio.wait({read}, timeout=READ_TIMEOUT)
+        return bool(done)
+
+    async def in_reader(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` in the reader thread, after any read of the store there (one at a time)."""
+        return await self._reader.run(function, *args)
 
     def seconds_until_poll(self) -> float:
         """Until the policy's polling interval ends or, with a directory store, the Group Policy one."""
@@ -285,17 +384,20 @@ class PolicyAgent:
             wait = min(wait, self.store.seconds_until_group_policy())
         return max(0.0, wait)
 
-    async def run(self) -> None:
-        """Apply at start, then poll at the policy's interval, for ever (a task of the daemon's loop).
-
-        It runs in the loop's own thread, like the control commands and the driver: a poll that finds
-        nothing changed costs a stat and a small read; an apply that resolves DNS names blocks for that long.
-        """
-        with contextlib.suppress(PolicyError, StoreUnavailable):  # logged; polling tries again
-            self.apply()
+    async def run(self, on_change: Callable[[PolicyChange | None], None] = lambda change: None) -> None:
+        """Poll at the policy's interval for ever (a task of the daemon's loop, after the first apply),
+        each look's change to `on_change`. It looks at the schedule every second at least: a refresh
+        applying a policy with a shorter interval moves the next poll closer."""
         while True:
-            await asyncio.sleep(self.seconds_until_poll())
-            self.poll()
+            await asyncio.sleep(min(self.seconds_until_poll(), RESCHEDULE_SECONDS))
+            if self.seconds_until_poll() <= 0:
+                try:
+                    on_change(await self.look())
+                except Exception as e:  # a defect, not a refusal or a silent store: said, and polling goes on
+                    self._schedule_poll()
+                    log.error("the Policy Agent's poll failed", exc_info=True)
+                    self.note("internal-error", f"the poll failed: {type(e).__name__}: {e}; "
+                                                f"keeping {self._in_force()}")
 
     def _install(self, ref: PolicyRef, stamp: Hashable, policy: model.Policy, kind: str) -> PolicyChange:
         addresses = self._my_addresses()
@@ -330,9 +432,10 @@ class PolicyAgent:
         self.applied = None
         return change
 
-    def _refuse(self, ref: PolicyRef, stamp: Hashable, error: PolicyError) -> None:
-        self._refused = (ref, stamp)
-        self.note("policy-refused", f"{ref.location} refused, keeping {self._in_force()}:\n{error}")
+    def _refuse(self, ref: PolicyRef | None, stamp: Hashable, error: PolicyError) -> None:
+        self._refused = (ref, stamp) if ref else None
+        where = ref.location if ref else "the assigned policy"
+        self.note("policy-refused", f"{where} refused, keeping {self._in_force()}:\n{error}")
 
     def _in_force(self) -> str:
         return f"{self.applied.policy.name!r} in force" if self.applied else "no policy in force"
@@ -345,11 +448,18 @@ class PolicyAgent:
         self._next_poll = self.clock() + interval
 
     def note(self, kind: str, message: str) -> None:
-        """Add an event to the log (the Negotiator adds soft associations here too)."""
+        """Add an event to the log (the Negotiator adds soft associations here too; the store its warnings,
+        from the reader thread)."""
         event = Event(self.clock(), kind, message)
-        self.events.append(event)
+        with self._events_lock:
+            self.events.append(event)
         if self.log:
             self.log(event)
+
+    def event_list(self) -> list[Event]:
+        """The events so far, oldest first (a copy: the reader thread may add one meanwhile)."""
+        with self._events_lock:
+            return list(self.events)
 
     def ike_rule_for(self, f: spd.Filter) -> IKERule | None:
         """The IKE rule for a driver's acquire on filter f (the daemon's glue between the two)."""
@@ -424,7 +534,7 @@ class PolicyAgent:
         } for f in self.applied.spd.filters]
 
     def event_log(self, since: float = 0.0) -> list[dict[str, Any]]:
-        return [e.to_dict() | {"text": str(e)} for e in self.events if e.time >= since]
+        return [e.to_dict() | {"text": str(e)} for e in self.event_list() if e.time >= since]
 
     def stored_policies(self) -> list[dict[str, Any]]:
         """``ipsecctl show policy --all``: every policy in the store, the assigned one marked."""
@@ -436,17 +546,22 @@ class PolicyAgent:
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """The control-socket commands of the Policy Agent, to merge into the daemon's table for ipsecctl.
 
-        Each takes keyword arguments from the request and returns JSON-ready data; an exception (a refused
-        policy: PolicyError, with file, line and field) becomes the error answer.
+        Each takes keyword arguments from the request and returns JSON-ready data, or a coroutine of it for
+        those that read the store (in the reader thread); an exception (a refused policy: PolicyError, with
+        file, line and field) becomes the error answer.
         """
-        def refresh() -> dict[str, Any]:
-            change = self.refresh()
+        async def refresh() -> dict[str, Any]:
+            change = await self.look(force=True, group_policy=True)
+            assert change is not None
             applied = self.applied
             return {"policy": applied.policy.name if applied else None, "change": change.to_dict()}
 
-        def export(path: str, location: str | None = None) -> dict[str, Any]:
-            policy = self.export(path, PolicyRef(location) if location else None)
+        async def export(path: str, location: str | None = None) -> dict[str, Any]:
+            policy = await self.in_reader(self.export, path, PolicyRef(location) if location else None)
             return {"path": path, "name": policy.name, "guid": str(policy.guid)}
+
+        async def policies() -> list[dict[str, Any]]:
+            return await self.in_reader(self.stored_policies)
 
         def import_(path: str, assign: bool = False) -> dict[str, Any]:
             return {"location": self.import_(path, assign).location, "assigned": assign}
@@ -456,7 +571,7 @@ class PolicyAgent:
                 raise ValueError(f"filters are generic or specific, not {kind!r}")
             return self.generic_filters() if kind == "generic" else self.specific_filters()
 
-        return {"policy": self.show_policy, "policies": self.stored_policies, "policy_filters": filters,
+        return {"policy": self.show_policy, "policies": policies, "policy_filters": filters,
                 "policy_events": self.event_log, "refresh": refresh, "export": export, "import": import_}
 
 

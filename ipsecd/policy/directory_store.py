@@ -19,7 +19,9 @@ What the documents describe (Policy Agent, local cache, policies stored in Activ
   ``PolicyError`` naming the DN and the field; the cache keeps the last good download.
 - No GPO assigns a policy: the local store's assigned policy applies (precedence OU > domain > local); the
   cache is dropped, as Windows drops it. The documents' warning case holds: when the GPO that assigned the
-  policy is deleted without unassigning it first, the member stays on its cached policy.
+  policy is deleted without unassigning it first, the member "treat[s] the IPSec policy as if it cannot be
+  located and continue[s] to use a cached copy" (seed 004, KB Q234320): the cache is served, an ipsecd
+  restart included (the cache names the GPO), until a GPO assigns a policy again.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ipsecd.policy.directory_model import (
     ipsec_id,
     policy_from_objects,
 )
-from ipsecd.policy.gpo import Assignment, Container, assigned, precedence, scopes
+from ipsecd.policy.gpo import Assignment, Container, assigned, ipsec_pointer_dn, precedence, scopes
 from ipsecd.policy.ldap_directory import (
     BASE,
     SUBTREE,
@@ -210,6 +212,7 @@ class DirectoryStore:
         self._directory = Directory(server, credentials)
         self._failed: tuple[float, DirectoryUnavailable] | None = None
         self._assignment: Assignment | None = None
+        self._orphaned = ""  # why the assignment is served from the cache: its GPO was deleted (or "")
         self._resolved_at: float | None = None
         self._usn: tuple[str | None, str | None] = (None, None)  # (dsServiceName, highestCommittedUSN)
         self._stamps: dict[str, Stamp] = {}
@@ -242,13 +245,16 @@ class DirectoryStore:
     def change_stamp(self, ref: PolicyRef) -> Hashable:
         if self._is_local(ref):
             return ("local", self.local.change_stamp(ref)) if self.local else None
+        if self._orphaned:
+            cached = self._cached_copy(ref, self._orphaned, announce=False)
+            return cached.stamp if cached else None
         try:
             started = time.monotonic()
             stamp = self._directory_stamp(ref.location)
             self.status.timings["poll"] = time.monotonic() - started
         except DirectoryUnavailable as e:
-            cached = self._use_cache(e)
-            return cached.stamp if cached and dn_key(cached.policy_dn) == dn_key(ref.location) else None
+            cached = self._cached_copy(ref, str(e))
+            return cached.stamp if cached else None
         if self.status.source == "cache" and self._cache_matches(ref.location, stamp):
             self.status.source, self.status.reason = "directory", ""  # the DC is back with the same objects
         return stamp
@@ -259,22 +265,25 @@ class DirectoryStore:
             policy = self.local.load(ref)
             self._report("local", policy, None, None)
             return policy
-        try:
-            return self._download(ref.location)
-        except DirectoryUnavailable as e:
-            cached = self._use_cache(e)
-            if cached is None or dn_key(cached.policy_dn) != dn_key(ref.location):
-                raise StoreUnavailable(f"{e}; no cached copy of {ref.location}") from None
-            policy = policy_from_entries(cached.policy_dn, cached.entries)
-            self._report("cache", policy, cached.policy_dn, cached.gpo_dn)
-            return policy
+        reason = self._orphaned
+        if not reason:
+            try:
+                return self._download(ref.location)
+            except DirectoryUnavailable as e:
+                reason = str(e)
+        cached = self._cached_copy(ref, reason, announce=not self._orphaned)
+        if cached is None:
+            raise StoreUnavailable(f"{reason}; no cached copy of {ref.location}")
+        policy = policy_from_entries(cached.policy_dn, cached.entries)
+        self._report("cache", policy, cached.policy_dn, cached.gpo_dn)
+        return policy
 
     def list(self) -> list[tuple[PolicyRef, Policy]]:
         """Every valid policy in the directory (the cached one when the DC cannot be reached)."""
         try:
             entries = self._ipsec_entries()
         except DirectoryUnavailable as e:
-            cached = self._use_cache(e)
+            cached = self._use_cache(str(e))
             return [] if cached is None else [(PolicyRef(cached.policy_dn),
                                                policy_from_entries(cached.policy_dn, cached.entries))]
         out = []
@@ -365,18 +374,39 @@ class DirectoryStore:
             return next((text(attrs, "ipsecOwnersReference") for _, attrs in
                          self._search(dn, BASE, "(objectClass=*)", ["ipsecOwnersReference"])), None)
 
-        previous, self._assignment = self._assignment, assigned(gpos, pointer)
+        chosen, orphaned = assigned(gpos, pointer), ""
+        if chosen is None:
+            chosen, orphaned = self._orphan(self._assignment)
+        if orphaned and not self._orphaned:
+            assert chosen is not None
+            self._note("policy-warning", f"the GPO {chosen.gpo_dn} that assigned {chosen.policy_dn} was "
+                                         "deleted without unassigning it first: its cached copy stays")
+        previous, self._assignment, self._orphaned = self._assignment, chosen, orphaned
         self._resolved_at, self._failed = self.clock(), None
-        if self._assignment is None and previous is not None \
-                and not self._search(previous.gpo_dn, BASE, "(objectClass=*)", ["cn"]):
-            self._assignment = previous  # the documents' warning: a deleted GPO leaves the policy in force
-            self._note("policy-warning", f"the GPO {previous.gpo_dn} that assigned {previous.policy_dn} was "
-                                         "deleted without unassigning it first: the policy stays in force")
         if self._assignment is None:
             self.cache.clear()
         if previous != self._assignment:
             self._stamps.clear()
             self._usn = (None, None)
+
+    def _orphan(self, previous: Assignment | None) -> tuple[Assignment | None, str]:
+        """The documents' warning, when no GPO assigns a policy: the assignment known so far (or, after a
+        restart, the cache's) stays if its GPO was deleted rather than unassigned, served from the cache as a
+        policy that "cannot be located" (the assignment, and why). (None, "") when its GPO is still there
+        (unassigned or unlinked: the policy goes, as it should)."""
+        known = previous
+        if known is None:
+            try:
+                cached = self.cache.read()
+            except PolicyError:
+                return None, ""
+            if cached is None or not cached.gpo_dn:
+                return None, ""
+            known = Assignment(cached.policy_dn, cached.gpo_dn, ipsec_pointer_dn(cached.gpo_dn))
+        if self._search(known.gpo_dn, BASE, "(objectClass=*)", ["cn"]):
+            return None, ""
+        return known, (f"the GPO {known.gpo_dn} that assigned it was deleted without unassigning it first: "
+                       "the policy cannot be located, its cached copy stays in force")
 
     def _directory_stamp(self, policy_dn: str) -> Stamp:
         root = self._search("", BASE, "(objectClass=*)", ["highestCommittedUSN", "dsServiceName"])
@@ -409,19 +439,26 @@ class DirectoryStore:
 
     # --- the cache and the local store
 
-    def _use_cache(self, error: DirectoryUnavailable) -> CachedPolicy | None:
+    def _use_cache(self, reason: str, announce: bool = True) -> CachedPolicy | None:
+        """The cached policy, served because of `reason` (the DC cannot be used: a store-unavailable event
+        when the cache starts to serve, if `announce`)."""
         started = time.monotonic()
         try:
             cached = self.cache.read()
         except PolicyError as e:
-            self._note("store-unavailable", f"{error}; {e}")
+            self._note("store-unavailable", f"{reason}; {e}")
             return None
         if cached is not None:
-            if self.status.source != "cache":
-                self._note("store-unavailable", f"{error}; using the cached {cached.policy_dn}")
-            self.status.source, self.status.reason = "cache", str(error)
+            if self.status.source != "cache" and announce:
+                self._note("store-unavailable", f"{reason}; using the cached {cached.policy_dn}")
+            self.status.source, self.status.reason = "cache", reason
             self.status.timings["cache_read"] = time.monotonic() - started
         return cached
+
+    def _cached_copy(self, ref: PolicyRef, reason: str, announce: bool = True) -> CachedPolicy | None:
+        """The cache, if it holds the policy `ref` names."""
+        cached = self._use_cache(reason, announce)
+        return cached if cached and dn_key(cached.policy_dn) == dn_key(ref.location) else None
 
     def _cache_matches(self, policy_dn: str, stamp: Stamp) -> bool:
         try:
@@ -431,7 +468,7 @@ class DirectoryStore:
         return cached is not None and dn_key(cached.policy_dn) == dn_key(policy_dn) and cached.stamp == stamp
 
     def _cached_ref(self, error: DirectoryUnavailable) -> PolicyRef | None:
-        cached = self._use_cache(error)
+        cached = self._use_cache(str(error))
         if cached is not None:
             return PolicyRef(cached.policy_dn)
         if self.local is not None:
@@ -441,6 +478,9 @@ class DirectoryStore:
     def _local_ref(self, reason: str = "no Group Policy object assigns an IPsec policy") -> PolicyRef | None:
         ref = self.local.assigned_policy() if self.local else None
         self.status.source, self.status.reason = ("local" if ref else "none"), reason
+        if ref is None:  # what an earlier directory policy left there no longer applies
+            s = self.status
+            s.policy_dn = s.ipsec_id = s.when_changed = s.gpo_dn = None
         return ref
 
     def _is_local(self, ref: PolicyRef) -> bool:

@@ -2,7 +2,7 @@
 sends NAT-T keepalives. See scenarios/ike-nat-t/README.md."""
 
 import pytest
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import ICMP, IP, UDP
 
 from lab.capture import assert_marker_absent, assert_only_protocols, wait_until
 from lab.harness import (
@@ -15,6 +15,7 @@ from lab.harness import (
     peek,
     start,
     tshark_decrypted_payloads,
+    wait_event,
     wait_quick_mode,
 )
 from lab.traffic import tcp_transfer
@@ -81,3 +82,25 @@ def test_ike_floats_to_4500_esp_in_udp_and_keepalives(natted):
     args = ipsecctl(client, "keys")["tshark_args"]
     inner, authentic = tshark_decrypted_payloads(cap.pcap, ["-d", "udp.port==4500,udpencap", *args])
     assert MARKER * 10 in inner and authentic == len(esp_in_udp)
+
+
+def test_a_client_without_nat_t_announces_none_and_its_quick_mode_is_refused(natted):
+    """`ike.nat_traversal: []` on the client (Windows 2000 without the NAT-T update) toward this NAT-T
+    server: main mode 1 carries no NAT-T vendor ID, so no NAT-D and IKE stays on UDP 500; quick mode 1 then
+    names the client's private address, which no filter of the server covers (its rule names the NAT's):
+    refused as scenarios/transport-nat-without-nat-t says, and nothing crosses."""
+    lab, client, server = natted
+    start(client, "transport-nat-without-nat-t")
+    start(server, SCENARIO)
+    with lab.capture_segment("outside") as cap:
+        client.exec(["ping", "-c", "1", "-W", "2", SERVER])
+        wait_event(server, "No policy configured")
+        wait_event(client, "refused quick mode: INVALID-ID-INFORMATION")
+    pkts = cap.packets()
+    assert not udp(pkts, 4500) and not [p for p in pkts if ICMP in p or p[IP].proto == 50]
+    rows = isakmp_rows(cap.pcap, [], ["ip.src", "isakmp.exchangetype", "isakmp.vid_bytes"])
+    mm1, mm2 = rows[0], rows[1]
+    assert mm1[:2] == [NAT, "2"] and mm1[2] == "1e2b516905991c7d7c96fcbfb587e46100000004"  # MS NT5 alone
+    assert "90cb80913ebb696e086381b5ec427b1f" in mm2[2]  # the server announces draft-02 all the same
+    assert ipsecctl(server, "mmsa")[0]["nat"] == "no NAT-T" and not ipsecctl(server, "qmsa")
+    assert counters(server)["ike_negotiation_failures_invalid_selectors"] >= 1

@@ -18,11 +18,7 @@ from lab import scenario as scenarios
 from lab.scenario_report import execute, report_folder
 
 #: Scenarios whose correct behaviour ipsecd does not have yet: name -> the defect.
-KNOWN_DEFECTS = {
-    "transport-nat-without-nat-t": "with ike.nat_traversal: [] through the port-rewriting NAT no quick "
-                                   "mode completes (qmsa stays empty), so not even ping crosses: not "
-                                   "diagnosed yet",
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 REPORTS: dict[str, Path] = {}
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ipsecd.ike import natt
+from ipsecd.ike import isakmp, natt
 from ipsecd.ike.component import IKE, RETRANSMIT_BACKOFF
 from ipsecd.ike.settings import IKERule, MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from tests.unit.test_ike_exchanges import mirrored
@@ -398,9 +398,28 @@ def test_a_short_main_mode_lifetime_of_the_node_replaces_the_policys():
     lab.ike_a.main_mode_lifetime = 40
     lab.ike_a.load_policy([lab.rule])
     lab.ike_a.main_modes.clear()
-    lab.ike_a.acquire(lab.ike_a.rules[0], host(A), host(B), B)
+    lab.ike_a.acquire(lab.rule, host(A), host(B), B)  # the policy's rule, as the Policy Agent gives it
     lab.net.run()
     assert {e.sa.lifetime for e in lab.ike_a.main_modes.values()} == {40}
+
+
+def test_the_nodes_ike_settings_apply_to_what_it_initiates():
+    """The Policy Agent acquires with its policy's own rule: ipsecd.yaml's `ike.nat_traversal: []` and
+    `ike.main_mode_lifetime` must still shape main mode 1 (they did only as responder: a client with NAT-T
+    off announced draft-02 and floated to UDP 4500 with a NAT-T server)."""
+    clock = ManualClock()
+    net = Network(clock)
+    net.nat = ("192.168.1.10", "203.0.113.5")
+    rule = IKERule("to-b", PSK, host("192.168.1.10"), host(B))
+    ike_a, drv_a = net.attach("192.168.1.10", [rule], nat_traversal=(), main_mode_lifetime=40)
+    ike_b, drv_b = net.attach(B, [IKERule("any", PSK)])
+    ike_a.acquire(rule, host("192.168.1.10"), host(B), B)
+    net.run()
+    mm1 = isakmp.Message.decode(net.log[0][3])
+    assert [natt.vendor_name(v.data) for v in mm1.all(isakmp.VendorID)] == ["MS NT5 ISAKMPOAKLEY version 4"]
+    assert {dst[1] for *_, dst, _ in net.log} == {500} and len(drv_a.added) == len(drv_b.added) == 1
+    assert drv_b.added[0].udp_encapsulation is None and ike_b.main_mode_sas()[0]["nat"] == "no NAT-T"
+    assert {e.sa.lifetime for e in ike_b.main_modes.values()} == {40}  # what main mode 1 offered
 
 
 def test_idle_sa_is_deleted_on_both_sides():

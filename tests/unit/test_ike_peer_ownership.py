@@ -32,6 +32,8 @@ def test_a_peer_cannot_delete_the_quick_mode_sas_of_another_peer():
     net.send(informational.delete_children(c_main.sa, victim.sa.outbound.chain()), (C, 500), (B, 500))
     net.run()
     assert of_peer(ike_b, A) == [victim]
+    assert ike_b.counters["Dropped: delete of another peer's SA"] == len(victim.sa.outbound.chain())
+    assert f"refused a delete from peer {C}" in ike_b.events[-1][1], ike_b.events[-1]
 
 
 def test_a_peer_cannot_delete_the_main_mode_sa_of_another_peer():
@@ -42,6 +44,7 @@ def test_a_peer_cannot_delete_the_main_mode_sa_of_another_peer():
     net.send(delete, (C, 500), (B, 500))
     net.run()
     assert any(e.sa.remote[0] == A for e in ike_b.main_modes.values())
+    assert ike_b.counters["Dropped: delete of another peer's SA"] == 1
 
 
 def restart_with_initial_contact(nat: bool):
@@ -84,3 +87,30 @@ def test_main_modes_crossing_after_a_restart_leave_one_consistent_set_on_both_si
     assert inbound_a and inbound_a == outbound_b
     assert {c.spi for e in ike_b.quick_modes.values() for c in e.sa.inbound.chain()} == {
         c.spi for e in ike_a.quick_modes.values() for c in e.sa.outbound.chain()}
+
+
+def spis(ike, direction: str) -> set[int]:
+    return {c.spi for e in ike.quick_modes.values() for c in getattr(e.sa, direction).chain()}
+
+
+def test_a_main_mode_begun_while_the_peer_was_down_says_no_initial_contact_once_the_peers_own_is_in():
+    """A graceful restart of B with traffic both ways (lab: test_soundness_ownership.py): A's next packet
+    begins a main mode that B, down, does not hear; B comes back and begins its own, under which quick modes
+    go both ways; then A's retransmitted main mode 1 reaches B. A holds SAs with B by the time that main
+    mode says who it is: an INITIAL-CONTACT there made B delete the quick modes both had just set up, while
+    A kept them (an extra, dead pair at A)."""
+    clock, net, (ike_a, _), (ike_b, _), rule_a = pair(PSK)
+    net.drop = lambda src, dst, data: dst[0] == B  # B's ipsecd is down
+    ike_a.acquire(rule_a, host(A), host(B), B)
+    net.run()
+    net.drop = lambda src, dst, data: False
+    clock.now += 0.5  # B is back before A retransmits (1 s)
+    ike_b.acquire(ike_b.rules[0], host(B), host(A), A)
+    net.run()
+    assert len(ike_a.pending_main) == 1 and spis(ike_a, "inbound")  # A's first main mode still under way
+    clock.advance(120, net)
+    assert not ike_a.pending_main and len(ike_a.main_modes) == len(ike_b.main_modes) == 2
+    assert spis(ike_a, "inbound") == spis(ike_b, "outbound")
+    assert spis(ike_a, "outbound") == spis(ike_b, "inbound")
+    assert any(f"peer {B} sent INITIAL-CONTACT" in text for _, text in ike_a.events)  # B did restart
+    assert not any(f"peer {A} sent INITIAL-CONTACT" in text for _, text in ike_b.events)

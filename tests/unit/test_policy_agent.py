@@ -3,13 +3,16 @@
 import asyncio
 import dataclasses
 import json
+import threading
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from ipsecd import control
 from ipsecd.driver import spd
+from ipsecd.policy import agent as agent_module
 from ipsecd.policy import interface_manager, policyfile
 from ipsecd.policy.agent import PolicyAgent
 from ipsecd.policy.model import AuthKind, AuthMethod
@@ -282,13 +285,14 @@ def test_control_commands_answer_in_json(node, tmp_path):
     assert commands["policy_filters"]()[0]["direction"] == "outbound"
     with pytest.raises(ValueError, match="generic or specific"):
         commands["policy_filters"](kind="dynamic")
-    assert commands["refresh"]() == {"policy": "intranet pair", "change": {
+    # the commands that read the store answer as coroutines (the store's I/O in the agent's reader thread)
+    assert asyncio.run(commands["refresh"]()) == {"policy": "intranet pair", "change": {
         "touched_rules": [], "touched_filters": [], "added_rules": [], "main_mode_changed": False,
         "reauthenticate": [], "text": "no SA touched"}}
     out = tmp_path / "x.yaml"
-    assert commands["export"](path=str(out))["guid"] == "0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a"
+    assert asyncio.run(commands["export"](path=str(out)))["guid"] == "0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a"
     assert commands["import"](path=str(out))["location"] == str(node.path)  # same GUID: same stored file
-    assert commands["policies"]() == [{"location": str(node.path), "name": "intranet pair",
+    assert asyncio.run(commands["policies"]()) == [{"location": str(node.path), "name": "intranet pair",
                                        "guid": "0f6e3c4a-8a43-4c1e-9a0b-3f1d2e4c5b6a",
                                        "when_changed": "2026-11-22T10:00:00Z", "assigned": True}]
     assert [e["kind"] for e in commands["policy_events"]()][-2:] == ["policy-exported", "policy-imported"]
@@ -409,3 +413,109 @@ def test_with_a_directory_store_refresh_is_gpupdate_and_group_policy_bounds_the_
     (tmp_path / "export.yaml").write_text(PAIR)
     with pytest.raises(PermissionError, match="ipsecctl static import"):
         agent.import_(tmp_path / "export.yaml")
+
+
+class SilentStore(LocalStore):
+    """A store whose reads wait like a DC that does not answer (until `answer` is set): where it stands in
+    the read, `waiting` says."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.waiting, self.answer = threading.Event(), threading.Event()
+
+    def assigned_policy(self):
+        self.waiting.set()
+        assert self.answer.wait(20), "the test never let the store answer"
+        return super().assigned_policy()
+
+
+def silent_agent(node) -> tuple[PolicyAgent, SilentStore]:
+    store = SilentStore(node.store.root)
+    return PolicyAgent(store, node.driver, node.ike, lambda: node.addresses, clock=node.clock), store
+
+
+async def until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+def test_a_store_waiting_on_its_dc_does_not_stall_the_loop_and_its_answer_is_applied_there(node, tmp_path):
+    """ipsecd's one loop runs IKE, the driver and the control socket: a read of the store that waits on a
+    silent DC (seconds per attempt) ran in it and stalled them all. The read runs in the agent's reader
+    thread; the loop answers ipsecctl meanwhile, and applies the policy when the store answers."""
+    agent, store = silent_agent(node)
+    socket_path = str(tmp_path / "ipsecd.sock")
+
+    async def scenario():
+        server = await control.serve(socket_path, agent.handlers())
+        try:
+            refresh = asyncio.create_task(asyncio.to_thread(control.request, socket_path, "refresh"))
+            await until(store.waiting.is_set, "the refresh never reached the store")
+            shown = await asyncio.to_thread(control.request, socket_path, "policy_events", timeout=2)
+            assert shown == [] and not refresh.done() and node.driver.loaded == []  # the loop answered
+            store.answer.set()
+            answer = await refresh
+        finally:
+            server.close()
+        return answer
+
+    answer = asyncio.run(scenario())
+    assert answer["policy"] == "intranet pair" and len(node.driver.loaded) == 1
+    assert agent.event_list()[-1].kind == "policy-applied"
+
+
+def test_a_read_past_the_bound_keeps_the_policy_in_force_and_the_next_look_waits_for_it(node, monkeypatch):
+    monkeypatch.setattr(agent_module, "READ_TIMEOUT", 0.2)
+    agent, store = silent_agent(node)
+    reads = []
+    store.waiting = SimpleNamespace(set=lambda: reads.append(1))  # counts the reads that reach the store
+
+    async def scenario():
+        assert await agent.look() is None  # the read waits past the bound
+        assert await agent.look() is None  # and is still waiting: no second read piles up behind it
+        assert len(reads) == 1
+        store.answer.set()
+        return await agent.look(force=True)  # waits for the first read, then reads again
+
+    change = asyncio.run(scenario())
+    assert change is not None and "secure peer" in change.added_rules and len(reads) == 2
+    said = [e.message for e in agent.event_list()]
+    assert said[:2] == ["the policy store did not answer in 0.2 s; keeping no policy in force"] * 2
+    assert said[2].startswith("intranet pair {0f6e3c4a")
+
+
+def test_a_defect_in_one_look_is_an_event_and_polling_goes_on(node, monkeypatch):
+    """An exception other than a refusal or an unreachable store (a defect in a store read, in `act`) ended
+    the polling task for good: later changes were never applied."""
+    node.path.write_text(PAIR.replace("polling_interval: 30s", "polling_interval: 1s"))
+    agent = PolicyAgent(node.store, node.driver, node.ike, lambda: node.addresses)  # real time
+    assigned = node.store.assigned_policy
+    failures = iter([RuntimeError("a defect in the store")])
+
+    def assigned_once_broken():
+        failure = next(failures, None)
+        if failure:
+            raise failure
+        return assigned()
+
+    async def scenario():
+        await agent.look(force=True)
+        monkeypatch.setattr(node.store, "assigned_policy", assigned_once_broken)
+        node.path.write_text(PAIR.replace("polling_interval: 30s", "polling_interval: 1s")
+                             .replace("destination_port: 23", "destination_port: 2323"))
+        task = asyncio.create_task(agent.run())
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(node.driver.loaded) < 2:
+                assert not task.done(), f"polling ended: {task.exception()!r}"
+                assert asyncio.get_running_loop().time() < deadline, "the change was never applied"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+
+    asyncio.run(scenario())
+    errors = [e for e in agent.events if e.kind == "internal-error"]
+    assert len(errors) == 1 and "RuntimeError: a defect in the store" in errors[0].message
+    assert "intranet pair" in errors[0].message  # what stays in force

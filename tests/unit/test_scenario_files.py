@@ -45,6 +45,20 @@ def test_semantic_errors_after_the_schema(tmp_path):
     ]
 
 
+def test_a_start_as_the_topology_gives_it_needs_a_node_the_topology_gives_ipsecd(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_text("title: t\ntopology: domain\nsteps:\n  - start: {node: member-a, topology: true}\n"
+                    "  - start: {node: dc, topology: true}\n"
+                    "  - directory: {node: member-b, commands: [gpo list]}\n"
+                    "expect:\n  - in_force: {node: member-a}\n")
+    with pytest.raises(scenarios.ScenarioError) as refused:
+        scenarios.load(path)
+    assert refused.value.problems == [
+        f"{path}:5: steps[1].start.topology: the topology gives dc no ipsecd to start",
+        f"{path}:8: expect[0].in_force: names no `policy` nor `source` to expect",
+    ]
+
+
 def test_sequence_marks_retransmissions_and_incomplete_exchanges():
     from scapy.layers.inet import IP, UDP
     from scapy.layers.isakmp import ISAKMP

@@ -7,6 +7,9 @@ Wireshark's ``esp_sa`` table uses, the IKEv1 IPsec DOI numbers (RFC 2407 §4.4.4
 attribute values, RFC 4106 §8.1 for AES-GCM) that quick mode proposes, and for the CBC ciphers the Oakley
 number (RFC 2409 App. A) main mode proposes.
 
+A row names cryptography's cipher and hash through a function that imports cryptography when the first
+SA or IKE exchange is keyed: it is 6 MB of an ipsecd's memory, which an idle node does without (issue 16).
+
 >>> encryption("aes-cbc-128").key_size, integrity("hmac-sha1-96").icv_size
 (16, 12)
 >>> encryption("aes-gcm-128").wireshark
@@ -16,28 +19,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm
-from cryptography.hazmat.primitives.ciphers import algorithms as _ciphers
+if TYPE_CHECKING:  # the ciphers and hashes below import cryptography when first keyed (module doc)
+    from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm
+    from cryptography.hazmat.primitives.hashes import HashAlgorithm
 
 
-def _triple_des() -> Callable[[bytes], BlockCipherAlgorithm]:
+def _aes(key: bytes) -> BlockCipherAlgorithm:
+    from cryptography.hazmat.primitives.ciphers.algorithms import AES
+    return AES(key)
+
+
+def _triple_des(key: bytes) -> BlockCipherAlgorithm:
     try:  # cryptography >= 43 moved 3DES out of the main namespace
         from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
     except ImportError:  # pragma: no cover - older cryptography
-        return _ciphers.TripleDES
-    return TripleDES
-
-
-TripleDES = _triple_des()
+        from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES
+    return TripleDES(key)
 
 
 def _des(key: bytes) -> BlockCipherAlgorithm:
     # Single DES (RFC 2405) is 3DES-EDE with K1 = K2 = K3: E(K) D(K) E(K) = E(K).
     # OpenSSL 3 dropped plain DES from its default provider; this keeps it working.
-    return TripleDES(key * 3)
+    return _triple_des(key * 3)
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,15 @@ class Integrity:
     windows: str  # netsh spelling
     key_size: int
     icv_size: int
-    hash: type[hashes.HashAlgorithm]
+    hash_name: str  # cryptography's name of the hash (hashes.SHA1)
     wireshark: str
     ikev1_auth: int  # RFC 2407 §4.5 Authentication Algorithm attribute
     ikev1_ah_transform: int  # RFC 2407 §4.4.3 AH transform id
+
+    def hash(self) -> HashAlgorithm:
+        """cryptography's hash object for this HMAC (imported here, with the first SA: module doc)."""
+        from cryptography.hazmat.primitives import hashes
+        return getattr(hashes, self.hash_name)()
 
 
 _Row = TypeVar("_Row", Encryption, Integrity)
@@ -88,7 +98,7 @@ _Row = TypeVar("_Row", Encryption, Integrity)
 
 def _aes_cbc(bits: int) -> Encryption:
     return Encryption(f"aes-cbc-{bits}", f"AES{bits}", "cbc", bits // 8, 16, 16, "AES-CBC [RFC3602]", 12,
-                      bits, oakley_id=7, cipher=_ciphers.AES)
+                      bits, oakley_id=7, cipher=_aes)
 
 
 def _aes_gcm(bits: int) -> Encryption:
@@ -100,15 +110,15 @@ ENCRYPTIONS: dict[str, Encryption] = {e.name: e for e in (
     Encryption("null", "NONE", "null", 0, 0, 4, "NULL", 11),
     Encryption("des-cbc", "DES", "cbc", 8, 8, 8, "DES-CBC [RFC2405]", 2, oakley_id=1, cipher=_des),
     Encryption("3des-cbc", "3DES", "cbc", 24, 8, 8, "TripleDES-CBC [RFC2451]", 3, oakley_id=5,
-               cipher=TripleDES),
+               cipher=_triple_des),
     _aes_cbc(128), _aes_cbc(192), _aes_cbc(256),
     _aes_gcm(128), _aes_gcm(256),
 )}
 
 INTEGRITIES: dict[str, Integrity] = {i.name: i for i in (
-    Integrity("hmac-md5-96", "MD5", 16, 12, hashes.MD5, "HMAC-MD5-96 [RFC2403]", 1, 2),
-    Integrity("hmac-sha1-96", "SHA1", 20, 12, hashes.SHA1, "HMAC-SHA-1-96 [RFC2404]", 2, 3),
-    Integrity("hmac-sha256-128", "SHA256", 32, 16, hashes.SHA256, "HMAC-SHA-256-128 [RFC4868]", 5, 5),
+    Integrity("hmac-md5-96", "MD5", 16, 12, "MD5", "HMAC-MD5-96 [RFC2403]", 1, 2),
+    Integrity("hmac-sha1-96", "SHA1", 20, 12, "SHA1", "HMAC-SHA-1-96 [RFC2404]", 2, 3),
+    Integrity("hmac-sha256-128", "SHA256", 32, 16, "SHA256", "HMAC-SHA-256-128 [RFC4868]", 5, 5),
 )}
 
 

@@ -25,7 +25,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipsecd import config, control
 from ipsecd.config import ConfigError, DirectorySettings, ManualSA, NodeConfig, PolicySettings
@@ -40,10 +40,11 @@ from ipsecd.ike.component import IKE
 from ipsecd.ike_bridge import IKEBridge, certificate_source
 from ipsecd.policy import interface_manager
 from ipsecd.policy.agent import Negotiator, PolicyAgent, PolicyChange
-from ipsecd.policy.directory_store import DirectoryStore
-from ipsecd.policy.ldap_directory import Credentials, DirectoryServer
 from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
 from ipsecd.policy.validate import PolicyError
+
+if TYPE_CHECKING:  # a domain member's store is imported by directory_store(): other nodes never load it
+    from ipsecd.policy.directory_store import DirectoryStore
 
 log = logging.getLogger("ipsecd")
 
@@ -81,6 +82,9 @@ def event_kind(text: str) -> str:
 
 def directory_store(d: DirectorySettings, local: LocalStore) -> DirectoryStore:
     """A domain member's store: its DC by remembered address, its computer account's keytab, its cache."""
+    from ipsecd.policy.directory_store import DirectoryStore
+    from ipsecd.policy.ldap_directory import Credentials, DirectoryServer
+
     if d.krb5_config is not None:
         os.environ["KRB5_CONFIG"] = str(d.krb5_config)  # read by the Kerberos library at the first bind
     d.ccache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -113,13 +117,13 @@ class PolicyKeying:
             if not path.is_file():
                 raise ConfigError(f"{cfg.path}: policy.assign: {path} does not exist")
             local.assign(PolicyRef(str(path)))
-        store = directory_store(p.directory, local) if p.directory else local
+        directory = directory_store(p.directory, local) if p.directory else None
         certificates = certificate_source(s.certificate, s.private_key, s.trusted_cas)
-        self.agent = PolicyAgent(store, self.bridge, self.ike, addresses=self.addresses,
+        self.agent = PolicyAgent(directory or local, self.bridge, self.ike, addresses=self.addresses,
                                  certificate_for=certificates, kerberos=s.kerberos,
                                  log=lambda event: log.info("%s", event))
-        if isinstance(store, DirectoryStore):
-            store.log = self.agent.note  # the store's warnings (cache in use, refused objects) as events
+        if directory:
+            directory.log = self.agent.note  # the store's warnings (cache in use, refused objects) as events
         self.negotiator = Negotiator(self.agent, self.ike, driver)
         self.bridge.negotiator = self.negotiator
         self.ike.on_peer_message = self.negotiator.peer_answered

@@ -28,9 +28,6 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from ipsecd.driver.sad import Lifetime, SecurityAssociation
 from ipsecd.driver.spd import SPD, Action, Direction, Filter, PacketSelector, SecurityMethod, SPDAction
 from ipsecd.ike.component import RATE_TABLE_LIMIT
@@ -240,7 +237,10 @@ def certificate_source(certificate: Path | None, private_key: Path | None,
     def certificate_for(ca_name: str) -> Certificates:
         if certificate is None or private_key is None:
             raise KeyError("no ike.certificate and ike.private_key in the node configuration")
-        from cryptography import x509  # when a policy uses certificates: a PSK-only ipsecd never loads it
+        # when a policy uses certificates: a PSK-only ipsecd never loads them
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
 
         cert = x509.load_pem_x509_certificate(certificate.read_bytes())
         key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import hmac
 import struct
 
-from cryptography.hazmat.primitives import hmac as crypto_hmac
-
 from ipsecd.algorithms import Integrity
 from ipsecd.driver.errors import AuthenticationFailed, BadPacket
 
@@ -46,7 +44,8 @@ class AhTransform:
         self.length = AH_FIXED + -(-integ.icv_size // 4) * 4  # IPv4: 32-bit aligned
         self._payload_len = self.length // 4 - 2  # RFC 4302 §2.2
         self._zero_icv = bytes(self.length - AH_FIXED)
-        self._mac = crypto_hmac.HMAC(key, integ.hash())
+        from cryptography.hazmat.primitives.hmac import HMAC  # with the first SA (ipsecd.algorithms)
+        self._mac = HMAC(key, integ.hash())
 
     def _icv(self, header: bytes, fixed: bytes, payload: bytes) -> bytes:
         h = self._mac.copy()

@@ -26,14 +26,13 @@ import functools
 import hmac
 import os
 import struct
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hmac as crypto_hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from ipsecd.algorithms import Encryption, Integrity
 from ipsecd.driver.errors import AuthenticationFailed, BadPacket, DecryptionFailed
+
+if TYPE_CHECKING:  # a transform imports cryptography when the first SA is keyed (ipsecd.algorithms)
+    from cryptography.hazmat.primitives.hmac import HMAC
 
 ESP_HEADER = 8  # SPI + sequence number
 UDP_HEADER = 8
@@ -85,12 +84,13 @@ def _unpad(plain: bytes) -> tuple[int, bytes]:
     return plain[-1], plain[:end]
 
 
-def _keyed_hmac(integ: Integrity | None, key: bytes) -> crypto_hmac.HMAC | None:
+def _keyed_hmac(integ: Integrity | None, key: bytes) -> HMAC | None:
     if integ is None:
         return None
     if len(key) != integ.key_size:
         raise ValueError(f"{integ.name} needs a {integ.key_size}-byte key, got {len(key)}")
-    return crypto_hmac.HMAC(key, integ.hash())
+    from cryptography.hazmat.primitives.hmac import HMAC  # with the first SA (ipsecd.algorithms)
+    return HMAC(key, integ.hash())
 
 
 # -- transforms: one object per SA, holding the keyed cipher and HMAC --
@@ -171,6 +171,7 @@ class CbcTransform(_Transform):
         super().__init__(enc, integ, integ_key, enc.block_size)
         if enc.cipher is None:
             raise ValueError(f"{enc.name} is not a CBC cipher")
+        from cryptography.hazmat.primitives.ciphers import Cipher, modes  # with the first SA
         self._cipher = enc.cipher(key)
         self._stream = Cipher(self._cipher, modes.CBC(os.urandom(enc.block_size))).encryptor()
         self._zero = bytes(enc.block_size)
@@ -183,6 +184,7 @@ class CbcTransform(_Transform):
         if iv is None:
             body = self._stream.update(b"".join((self._zero, payload, trailer)))
         else:
+            from cryptography.hazmat.primitives.ciphers import Cipher, modes  # known-answer tests only
             body = iv + Cipher(self._cipher, modes.CBC(iv)).encryptor().update(payload + trailer)
         return self._with_icv(prefix, header, body)
 
@@ -211,7 +213,10 @@ class GcmTransform(_Transform):
 
     def __init__(self, enc: Encryption, key: bytes):
         super().__init__(enc, None, b"", 4)
+        from cryptography.exceptions import InvalidTag  # with the first SA (ipsecd.algorithms)
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         self._aead = AESGCM(key[: -enc.salt_size])
+        self._tag_mismatch = InvalidTag  # what decrypt raises for a forged or damaged packet
         self._salt = key[-enc.salt_size:]
         self._iv_mask = int.from_bytes(os.urandom(8), "big")
 
@@ -227,7 +232,7 @@ class GcmTransform(_Transform):
         try:
             plain = self._aead.decrypt(self._salt + data[start + 8:start + 16], data[start + 16:end],
                                        data[start:start + 8])
-        except InvalidTag:
+        except self._tag_mismatch:
             raise AuthenticationFailed("AES-GCM tag mismatch") from None
         return _unpad(plain)
 

@@ -27,17 +27,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
 from ipsecd.ike import kerberos
 from ipsecd.ike.events import NegotiationError
 from ipsecd.ike.isakmp import Attribute, GssToken, NotifyType, Payload, Transform
 from ipsecd.ike.natt import VID_MS_NT5
 from ipsecd.ike.settings import Kerberos
 
-if TYPE_CHECKING:  # annotations only: loading x509 costs every ipsecd 8 MB
+if TYPE_CHECKING:  # cryptography is imported where certificates are used: a PSK-only ipsecd never loads it
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 KERBEROS = 65001  # draft §3.3.1; also XAUTHInitPreShared, hence the vendor IDs
 AUTH_IDS = {"psk": 1, "rsa-sig": 3, "kerberos": KERBEROS}  # Oakley Authentication Method (RFC 2409 App. A)
@@ -58,6 +56,9 @@ def rsa_sign_raw(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
 
 
 def rsa_verify_raw(key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     try:
         return key.recover_data_from_signature(signature, padding.PKCS1v15(), None) == data
     except (InvalidSignature, ValueError):
@@ -105,6 +106,8 @@ def verify_chain(
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         cert.verify_directly_issued_by(issuer)
         return True
@@ -120,6 +123,8 @@ def load_certificate(der: bytes) -> x509.Certificate:
     """A peer's CERT payload, every field the checks read parsed now: cryptography parses the names, dates
     and key only when they are read, so a corrupt subject raised ValueError from inside the chain check."""
     from cryptography import x509  # here: a PSK-only ipsecd never loads it (8 MB)
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     try:
         cert = x509.load_der_x509_certificate(der)

@@ -15,9 +15,6 @@ import ipaddress
 import secrets
 from collections.abc import Callable
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from ipsecd.ike import auth as authentication
 from ipsecd.ike import informational, isakmp, natt, oakley
 from ipsecd.ike.auth import (
@@ -374,8 +371,10 @@ class MainMode:
     def _auth_payloads(self, own_hash: bytes) -> list[isakmp.Payload]:
         auth = self._auth()
         if isinstance(auth, Certificates):
+            from cryptography.hazmat.primitives.serialization import Encoding  # certificates only (auth.py)
+
             return [
-                Cert(auth.certificate.public_bytes(serialization.Encoding.DER)),
+                Cert(auth.certificate.public_bytes(Encoding.DER)),
                 Signature(rsa_sign_raw(auth.private_key, own_hash)),
             ]
         if self.gss:  # the hash wrapped with the GSS-API context
@@ -461,6 +460,8 @@ class MainMode:
                 NotifyType.INVALID_ID_INFORMATION,
                 "authentication failed",
             )
+        from cryptography.hazmat.primitives.asymmetric import rsa  # certificates only (auth.py)
+
         public_key = certs[0].public_key()
         if not isinstance(public_key, rsa.RSAPublicKey):
             raise NegotiationError(f"certificate {certs[0].subject.rfc4514_string()} has no RSA key",

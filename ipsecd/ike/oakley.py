@@ -11,16 +11,19 @@ known-answer test (the strongSwan captures in ../shared/vectors/strongswan-ikev1
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, modes
+from typing import TYPE_CHECKING
 
 from ipsecd import algorithms
+
+if TYPE_CHECKING:  # cryptography is imported by the first exchange that needs it (ipsecd.algorithms)
+    from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher
 
 # --- Diffie-Hellman groups (RFC 2409 §6.1, §6.2; RFC 3526 §3) --------------------------------------
 
@@ -46,6 +49,7 @@ MODP_2048 = int(
 )
 
 
+@functools.cache  # at the first exchange in the group: cryptography is not loaded before one needs it
 def _openssl_modexp(prime: int, generator: int):
     """OpenSSL's modular exponentiation for a group it knows (it skips its slow parameter checks for
     RFC 3526 primes: about 1 ms for group 14 against 7-10 ms for Python's pow); None when unavailable."""
@@ -82,7 +86,7 @@ class Group:
         return (self.prime.bit_length() + 7) // 8
 
     def _modexp(self, base: int, exponent: int) -> int:
-        fast = _OPENSSL.get(self.number) if self.openssl else None
+        fast = _openssl_modexp(self.prime, self.generator) if self.openssl else None
         return fast(base, exponent) if fast else pow(base, exponent, self.prime)
 
     def private_key(self) -> int:
@@ -109,7 +113,6 @@ GROUPS = {
         Group(14, "MODP 2048 (group 14)", MODP_2048, openssl=True),
     )
 }
-_OPENSSL = {g.number: _openssl_modexp(g.prime, g.generator) for g in GROUPS.values() if g.openssl}
 
 # --- hashes, PRF, phase 1 ciphers ------------------------------------------------------------------
 
@@ -163,6 +166,7 @@ class CipherAlg:
         return self.algorithm.ikev1_key_length is not None
 
     def _cipher(self, key: bytes, iv: bytes) -> Cipher:
+        from cryptography.hazmat.primitives.ciphers import Cipher, modes  # with the first exchange
         return Cipher(self.make(key), modes.CBC(iv))
 
     def encrypt(self, key: bytes, iv: bytes, plaintext: bytes) -> bytes:

@@ -15,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from ipsecd import algorithms
 
-if TYPE_CHECKING:  # annotations only: loading x509 costs every ipsecd 8 MB
+if TYPE_CHECKING:  # annotations only: a PSK-only ipsecd never loads cryptography's x509 and RSA
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 # The ranges Windows' key exchange and security method dialogs take: master key 5 minutes .. 48 hours,
 # session key 300 .. 172,800 s and 20,480 .. 2,147,483,647 KB.

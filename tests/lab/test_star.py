@@ -3,11 +3,32 @@ ends with exactly one quick mode SA pair with the server, and the server negotia
 
 Before the fix in ipsecd.ike (an acquire waits for the quick mode in progress with the peer) the server's
 reply to each held ping started a second quick mode the other way: two SA pairs per client.
+
+An idle ipsecd stays small (issue 16): a pre-shared key node loads cryptography (6 MB) with its first
+negotiation, not at start.
 """
 
-from lab.star import clients, ping_all_at_once, quick_modes
+from lab.running import Node
+from lab.star import clients, peers, ping_all_at_once, quick_modes
 
 CLIENTS = 10
+#: Whether ipsecd has mapped cryptography's compiled core (its OpenSSL included) into its memory.
+MAPS_CRYPTOGRAPHY = "grep -c /cryptography/ /proc/$(cat /run/lab/ipsecd.pid)/maps"
+
+
+def has_cryptography(node: Node) -> bool:
+    result = node.exec(["bash", "-c", MAPS_CRYPTOGRAPHY])
+    assert result.stdout.strip().isdigit(), f"{node.name}: no ipsecd to look at: {result.stderr}"
+    return int(result.stdout) > 0
+
+
+def test_a_psk_ipsecd_loads_cryptography_with_its_first_negotiation_not_at_start(lab_up):
+    lab = lab_up("star", overrides={"parameters": {"clients": 1}})
+    server, client = lab.node("server"), clients(lab)[0]
+    assert (has_cryptography(server), has_cryptography(client)) == (False, False)
+    assert client.exec(["ping", "-n", "-c", "1", "-W", "10", server.address()]).ok
+    assert peers(client) == {server.address()}
+    assert (has_cryptography(server), has_cryptography(client)) == (True, True)
 
 
 def test_every_client_pinging_at_once_gets_one_quick_mode_and_the_server_no_failure(lab_up):

@@ -29,7 +29,8 @@ from scapy.utils import PcapReader, wrpcap
 
 from lab import keys as lab_keys
 from lab.capture import Capture, ip_packets, protocol, wait_until
-from lab.running import Lab, Node
+from lab.running import Lab, Node, Process
+from lab.traffic import tcp_transfer
 
 #: The catalogue of scenarios (README.md, scenario.yaml, node folders), at the repository's root.
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
@@ -299,6 +300,21 @@ def wait_for_sas(node: Node, peer: str, timeout: float = 20) -> list[dict]:
         return wait_until(both, timeout, what=f"{node.name}: ESP SAs with {peer}")
     except TimeoutError as e:
         raise AssertionError(f"{e}; ipsecd log:\n{ipsecd_log(node)}") from None
+
+
+def refresh_while_silent(node: Node, peer: Node, silent: Node, port: int, marker: bytes) -> Process:
+    """`ipsecctl refresh` on `node` while `silent` (a DC, a DNS server) drops what the refresh asks it: in
+    the meantime `peer` negotiates with `node` and moves a TCP transfer, and `node`'s ipsecctl answers. The
+    refresh, still waiting, is returned (a store read or a lookup that stalled ipsecd's loop failed here)."""
+    refresh = node.spawn(["ipsecctl", "refresh"], name="refresh")
+    wait_until(lambda: silent.dropped() > 0, 10, what=f"{node.name}'s refresh to reach {silent.name}")
+    payload = marker * 50
+    transferred = tcp_transfer(peer, node, payload, port=port, timeout=6)
+    assert transferred == payload, f"{node.name}'s IKE did not answer"
+    assert node.exec(["ipsecctl", "status"], timeout=3).ok, f"{node.name}'s ipsecctl did not answer"
+    assert refresh.alive(), "the refresh was over before the negotiation: the test showed nothing"
+    wait_for_sas(peer, node.address(), timeout=2)  # the transfer was secured, negotiated meanwhile
+    return refresh
 
 
 def dump(node: Node) -> str:

@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from lab.capture import wait_until
-from lab.harness import SCENARIOS, events, ipsecctl, nodes, qmsa, start, wait_for_sas
-from lab.traffic import tcp_transfer
+from lab.harness import SCENARIOS, events, ipsecctl, nodes, qmsa, refresh_while_silent, start
 
 SCENARIO = "dns-name-filter-exempt"
 DNS_SERVER = SCENARIOS / "dns-name-filter" / "dns-server.py"
@@ -46,13 +45,7 @@ def test_a_silent_dns_server_stalls_neither_ike_nor_ipsecctl(dns_lab):
         assert {f["destination"] for f in by_name} >= {"10.0.0.2/32"}, "host-b.lab.test resolved at start"
         assert not qmsa(b), "no SA before the DNS server goes silent"
         dns.firewall(["udp/53"])
-        refresh = a.spawn(["ipsecctl", "refresh"], name="refresh")
-        wait_until(lambda: dns.dropped() > 0, 10, what="host-a's lookup to reach the silent DNS server")
-        payload = MARKER * 50
-        assert tcp_transfer(b, a, payload, port=5041, timeout=6) == payload, "host-a's IKE did not answer"
-        assert a.exec(["ipsecctl", "status"], timeout=3).ok, "host-a's ipsecctl did not answer"
-        assert refresh.alive(), "the lookup was over before the negotiation: the test showed nothing"
-        wait_for_sas(b, A, timeout=2)  # the transfer was secured, negotiated while the lookup waited
+        refresh = refresh_while_silent(a, b, dns, port=5041, marker=MARKER)
         wait_until(lambda: not refresh.alive(), DNS_TIMEOUT + 10, what="host-a's refresh to give up")
         refused = events(a, "policy-refused")
         assert refused and "host-b.lab.test" in refused[-1]["text"], refused

@@ -441,27 +441,32 @@ async def until(condition, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_a_store_waiting_on_its_dc_does_not_stall_the_loop_and_its_answer_is_applied_there(node, tmp_path):
-    """ipsecd's one loop runs IKE, the driver and the control socket: a read of the store that waits on a
-    silent DC (seconds per attempt) ran in it and stalled them all. The read runs in the agent's reader
-    thread; the loop answers ipsecctl meanwhile, and applies the policy when the store answers."""
-    agent, store = silent_agent(node)
+def refresh_while_waiting(agent, node, tmp_path, waiting: threading.Event, answer: threading.Event) -> dict:
+    """`ipsecctl refresh` through the control socket while the agent's read waits (on a DC, on DNS) until
+    `answer`: the loop must answer `ipsecctl events` meanwhile. The refresh's own answer."""
     socket_path = str(tmp_path / "ipsecd.sock")
 
     async def scenario():
         server = await control.serve(socket_path, agent.handlers())
         try:
             refresh = asyncio.create_task(asyncio.to_thread(control.request, socket_path, "refresh"))
-            await until(store.waiting.is_set, "the refresh never reached the store")
+            await until(waiting.is_set, "the refresh never reached the store or the resolver")
             shown = await asyncio.to_thread(control.request, socket_path, "policy_events", timeout=2)
             assert shown == [] and not refresh.done() and node.driver.loaded == []  # the loop answered
-            store.answer.set()
-            answer = await refresh
+            answer.set()
+            return await refresh
         finally:
             server.close()
-        return answer
 
-    answer = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_store_waiting_on_its_dc_does_not_stall_the_loop_and_its_answer_is_applied_there(node, tmp_path):
+    """ipsecd's one loop runs IKE, the driver and the control socket: a read of the store that waits on a
+    silent DC (seconds per attempt) ran in it and stalled them all. The read runs in the agent's reader
+    thread; the loop answers ipsecctl meanwhile, and applies the policy when the store answers."""
+    agent, store = silent_agent(node)
+    answer = refresh_while_waiting(agent, node, tmp_path, store.waiting, store.answer)
     assert answer["policy"] == "intranet pair" and len(node.driver.loaded) == 1
     assert agent.event_list()[-1].kind == "policy-applied"
 
@@ -489,22 +494,7 @@ def test_a_refresh_waiting_on_dns_does_not_stall_the_loop_and_its_answer_is_appl
     dns = SilentDNS()
     agent = PolicyAgent(node.store, node.driver, node.ike, lambda: node.addresses, clock=node.clock,
                         resolve=dns)
-    socket_path = str(tmp_path / "ipsecd.sock")
-
-    async def scenario():
-        server = await control.serve(socket_path, agent.handlers())
-        try:
-            refresh = asyncio.create_task(asyncio.to_thread(control.request, socket_path, "refresh"))
-            await until(dns.waiting.is_set, "the refresh never asked the resolver")
-            shown = await asyncio.to_thread(control.request, socket_path, "policy_events", timeout=2)
-            assert shown == [] and not refresh.done() and node.driver.loaded == []  # the loop answered
-            dns.answer.set()
-            answer = await refresh
-        finally:
-            server.close()
-        return answer
-
-    answer = asyncio.run(scenario())
+    answer = refresh_while_waiting(agent, node, tmp_path, dns.waiting, dns.answer)
     assert answer["policy"] == "intranet pair" and dns.asked == ["peer.lab"]
     assert {str(f.dst) for f in node.driver.loaded[-1].filters if f.rule == "secure peer"} == {
         "10.0.0.2/32", "10.0.0.1/32"}

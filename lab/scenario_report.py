@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shlex
 import shutil
 import time
@@ -93,14 +94,22 @@ def write(outcome: Outcome, lab: Lab | None, report: Path, before: dict[str, dic
     (report / "index.html").write_text(page(outcome, report, diagrams, before, after, nodes_seen))
 
 
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
 def _markdown(text: str) -> str:
-    """README.md as HTML: headings, paragraphs, list items, `code` (all the READMEs use)."""
+    """README.md as HTML: headings, paragraphs, list items, **bold** and `code` (all the READMEs use).
+
+    >>> _markdown("**Symptom.** ping fails: `a**b`")
+    '<p><b>Symptom.</b> ping fails: <code>a**b</code></p>'
+    """
     out: list[str] = []
     paragraph: list[str] = []
 
     def inline(s: str) -> str:
         parts = html.escape(s).split("`")
-        return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+        return "".join(f"<code>{p}</code>" if i % 2 else _BOLD.sub(r"<b>\1</b>", p)
+                       for i, p in enumerate(parts))
 
     def flush() -> None:
         if paragraph:

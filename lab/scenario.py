@@ -28,6 +28,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from ipsecd.yaml_lines import did_you_mean
 from lab import harness, keys, yaml_source
 from lab import topology as topologies
 from lab.backend import CommandError, LabError
@@ -38,6 +39,8 @@ from lab.traffic import tcp_transfer, udp_send
 
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
 SCENARIOS = harness.SCENARIOS
+#: The lab tests, some of which use a scenarios/ folder without scenario.yaml (node configurations only).
+LAB_TESTS = SCENARIOS.parent / "tests" / "lab"
 NODE_FIELDS = ("node", "from")
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne, ">=": operator.ge,
@@ -102,8 +105,22 @@ def find(name_or_path: str | Path) -> Path:
     if not path.is_file():
         path = SCENARIOS / str(name_or_path) / "scenario.yaml"
     if not path.is_file():
-        raise ScenarioError([f"{name_or_path}: no such scenario (catalogue: {', '.join(available())})"])
+        raise ScenarioError([_not_found(str(name_or_path))])
     return path
+
+
+def _not_found(name: str) -> str:
+    """Why `name` is no scenario: a misspelt one (the closest named), or a scenarios/ folder of node configs
+    that the lab tests use (no scenario.yaml), or nothing of the kind (the catalogue listed)."""
+    if (SCENARIOS / name / "README.md").is_file():
+        tests = [f"tests/lab/{t.name}" for t in sorted(LAB_TESTS.glob("test_*.py"))
+                 if re.search(rf"\b{re.escape(name)}\b", t.read_text())]
+        return (f"{name}: scenarios/{name}/ is not in the catalogue (no scenario.yaml): it holds node "
+                f"configurations and a README for the lab tests ({', '.join(tests) or 'tests/lab'}: "
+                "`python -m pytest FILE` runs one); `lab scenario list` shows the runnable scenarios")
+    if hint := did_you_mean(name, available()):
+        return f"{name}: no such scenario{hint}"
+    return f"{name}: no such scenario (catalogue: {', '.join(available())})"
 
 
 def load(name_or_path: str | Path) -> Scenario:

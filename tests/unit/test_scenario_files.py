@@ -70,3 +70,17 @@ def test_sequence_marks_retransmissions_and_incomplete_exchanges():
     found = messages([mm1.copy(), mm1.copy(), mm1.copy()])
     assert [m.kind for m in found] == ["failed", "retransmit", "retransmit"]
     assert found[0].label == "main mode 1: main mode never completed"
+
+
+def test_a_misspelt_name_or_a_test_only_folder_says_what_to_run_instead():
+    with pytest.raises(scenarios.ScenarioError) as misspelt:
+        scenarios.load("wrong-pks")
+    assert misspelt.value.problems == ["wrong-pks: no such scenario (did you mean 'wrong-psk'?)"]
+    with pytest.raises(scenarios.ScenarioError) as test_only:
+        scenarios.load("driver-transport")
+    message = test_only.value.problems[0]
+    assert "not in the catalogue (no scenario.yaml)" in message, message
+    assert "tests/lab/test_driver_transport.py" in message and "lab scenario list" in message
+    with pytest.raises(scenarios.ScenarioError) as unknown:
+        scenarios.load("zzz")
+    assert "(catalogue: cannot-be-secured, " in unknown.value.problems[0]

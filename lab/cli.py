@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from ipsecd.yaml_lines import did_you_mean
 from lab import keys
 from lab import topology as topologies
 from lab.backend import RESULTS, Backend, LabError, NodeStatus
@@ -162,31 +163,56 @@ def cmd_status(args) -> int:
     if not rows:
         print("no lab is running")
         return 0
-    services = _services(engine, rows)
-    print(f"{'LAB':20} {'NODE':12} {'ROLE':10} {'STATE':9} {'SERVICES':17} ADDRESSES")
-    for r in rows:
-        running = services.get((r["lab"], r["node"]), "") or "-"
-        print(f"{r['lab']:20} {r['node']:12} {r['role']:10} {r['state']:9} {running:17} "
-              f"{' '.join(r['addresses'])}")
+    print("\n".join(status_table(rows, _services(engine, rows))))
     return 0
 
 
+def status_table(rows: list[NodeStatus], services: dict[tuple[str, str], str]) -> list[str]:
+    """`lab status` as aligned columns, each as wide as its longest cell (lab names such as
+    s10-firewall-drops-esp are long).
+
+    >>> row = NodeStatus(lab="scn-firewall-drops-esp", node="host-a", role="host", state="running",
+    ...                  addresses=["eth1=10.0.0.1/24"], checkout="")
+    >>> print("\\n".join(status_table([row], {("scn-firewall-drops-esp", "host-a"): "ipsecd running"})))
+    LAB                     NODE    ROLE  STATE    SERVICES        ADDRESSES
+    scn-firewall-drops-esp  host-a  host  running  ipsecd running  eth1=10.0.0.1/24
+    """
+    table = [["LAB", "NODE", "ROLE", "STATE", "SERVICES", "ADDRESSES"]] + [
+        [r["lab"], r["node"], r["role"], r["state"], services.get((r["lab"], r["node"]), "") or "-",
+         " ".join(r["addresses"])] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1]
+            for line in table]
+
+
 def _attach(args) -> Lab:
+    """The lab a node verb names (--name, $LAB_NAME, else the one lab holding the node), its node checked."""
     name = args.name or os.environ.get(NAME_VARIABLE) or _find_lab_of(args.node)
     engine = backend()
     topology = engine.topology_of(name)
     if topology is None:
-        raise LabError(f"lab {name} is not up")
-    return engine.attach(name, topologies.load(topology))
+        running = engine.labs()
+        raise LabError(f"lab {name} is not up{did_you_mean(name, running)} (running: "
+                       f"{', '.join(running) or 'none'}; `lab status` shows them)")
+    lab = engine.attach(name, topologies.load(topology))
+    if args.node not in lab.nodes:
+        raise LabError(f"lab {name} has no node {args.node!r}{did_you_mean(args.node, lab.nodes)} "
+                       f"(nodes: {', '.join(lab.nodes)})")
+    return lab
 
 
 def _find_lab_of(node: str) -> str:
     """The running lab holding `node`: the only one, else the only one of this checkout."""
-    rows = [r for r in backend().status() if r["node"] == node]
+    every = backend().status()
+    rows = [r for r in every if r["node"] == node]
     labs = sorted({r["lab"] for r in rows})
     mine = sorted({r["lab"] for r in rows if r["checkout"] == str(ROOT)})
     if len(labs) == 1 or len(mine) == 1:
         return (mine or labs)[0]
+    if not labs:
+        nodes = sorted({r["node"] for r in every})
+        raise LabError(f"no running lab has a node {node!r}{did_you_mean(node, nodes)} (`lab status` shows "
+                       "the labs and their nodes)")
     raise LabError(
         f"node {node} is in {len(labs)} running labs ({', '.join(labs) or 'none'})"
         + (f", {len(mine)} of them from this checkout" if mine else "")
@@ -262,6 +288,10 @@ def cmd_capture(args) -> int:
     if not args.node:
         raise LabError(f"lab capture {args.action} NODE IFNAME")
     lab = _attach(args)
+    interfaces = lab.node(args.node).spec.interfaces
+    if args.ifname not in interfaces:
+        raise LabError(f"{args.node} has no interface {args.ifname!r}{did_you_mean(args.ifname, interfaces)} "
+                       f"(interfaces: {', '.join(interfaces)})")
     if args.action == "start":
         cap = lab.node(args.node).capture(args.ifname).start(detached=True)
         print(f"capturing {args.node}:{args.ifname} -> {cap.pcap}")

@@ -35,7 +35,18 @@ def test_up_status_exec_capture_down(lab_cli, lab_backend, lab_name, tmp_path):
         assert "ipsecctl qmsa" in tries[1] and "lab capture stop" in tries[2]
         assert "is already up" in lab_cli("up", "intranet-pair", "--name", name).stdout
         status = lab_cli("status").stdout
-        assert f"{name:20} host-b       host       running   ipsecd running    eth1=10.0.0.2/24" in status
+        row = [name, "host-b", "host", "running", "ipsecd", "running", "eth1=10.0.0.2/24"]
+        assert row in [line.split() for line in status.splitlines()], status
+        # a mistyped node, interface or lab is named with the closest, never a traceback
+        for argv, expected in (
+            (("exec", "router", "--name", name, "--", "true"), "no node 'router' (nodes: host-a, host-b)"),
+            (("logs", "hostb", "--name", name), "has no node 'hostb' (did you mean 'host-b'?)"),
+            (("capture", "start", "host-b", "eht1", "--name", name), "'eht1' (did you mean 'eth1'?)"),
+            (("exec", "host-a", "--name", f"{name}x", "--", "true"), f"lab {name}x is not up (did you mean"),
+        ):
+            refused = lab_cli(*argv)
+            assert refused.returncode == 1 and expected in refused.stderr, refused.stderr
+            assert "Traceback" not in refused.stderr
         restarted = lab_cli("restart", "host-b", "--name", name)
         assert restarted.returncode == 0 and "restarted and re-wired" in restarted.stdout, restarted.stderr
         started = lab_cli("capture", "start", "host-b", "eth1", "--name", name)

@@ -9,7 +9,7 @@ lab capture start|stop|list ...   pcaps per node interface, under results/labs/<
 lab decode PCAP                   the capture, decrypted with the keys collected beside it (tshark)
 lab graph TOPO|LAB [-o FILE]      draw a topology or a running lab (firewalls, IPsec relations)
 lab images [KIND...]              build images (base, node, ...) if their inputs changed
-lab validate FILE...              check topology files
+lab validate FILE...              check topology files and scenarios
 lab scenario list|show|run NAME   the troubleshooting catalogue (scenarios/), run with a report
 lab bench                         run the benchmarks in bench/
 
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ipsecd.yaml_lines import did_you_mean
 from lab import keys
+from lab import scenario as scenarios
 from lab import topology as topologies
 from lab.backend import RESULTS, Backend, LabError, NodeStatus
 from lab.capture import Capture
@@ -43,6 +44,13 @@ from lab.yaml_source import FileProblems
 DEFAULT_TOPOLOGY = "intranet-pair"
 #: The lab a verb acts on when --name is not given (and the name `lab up` gives).
 NAME_VARIABLE = "LAB_NAME"
+
+
+FIRST_STEPS = """first steps:
+  lab up                     the default lab (intranet-pair); it prints three commands to try
+  lab scenario list          troubleshooting scenarios; lab scenario run wrong-psk
+  lab status                 what runs; lab down [--name LAB] when done
+  lab VERB --help            each verb's options; README.md for the rest"""
 
 
 def backend() -> Backend:
@@ -368,12 +376,16 @@ def _kinds_in_use() -> set[str]:
 
 
 def cmd_validate(args) -> int:
+    """Topology files, and scenarios (a scenario.yaml or its folder) as `lab scenario run` checks them."""
     failed = 0
     for path in args.files:
         try:
-            topologies.load(path)
+            if Path(path).name == "scenario.yaml" or (Path(path) / "scenario.yaml").is_file():
+                scenarios.load(path)
+            else:
+                topologies.load(path)
             print(f"{path}: ok")
-        except topologies.TopologyError as exc:
+        except FileProblems as exc:
             print(exc, file=sys.stderr)
             failed += 1
     return 1 if failed else 0
@@ -390,8 +402,9 @@ def cmd_bench(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lab", description="ipsec-lab topologies in Docker")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p = argparse.ArgumentParser(prog="lab", description="ipsec-lab topologies in Docker", epilog=FIRST_STEPS,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="verb", required=True)
 
     def verb(name, func, help_text):
@@ -418,32 +431,32 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--replace", action="store_true", help="tear the lab down first if it is up")
             s.add_argument("--param", action="append", default=[], metavar="NAME=N", help="e.g. clients=100")
     s = verb("status", cmd_status, "running labs")
-    s.add_argument("--json", action="store_true")
-    s = verb("exec", cmd_exec, "run a command in a node")
-    s.add_argument("node")
+    s.add_argument("--json", action="store_true", help="one object per node, with the checkout that made it")
+    s = verb("exec", cmd_exec, "run a command in a node: lab exec host-a -- ping -c1 host-b")
+    s.add_argument("node", help="a node of a running lab (lab status)")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
-    s.add_argument("command", nargs="*", help="after --")
+    s.add_argument("command", nargs="*", help="after --: the command and its arguments")
     s = verb("cp", cmd_cp, "copy files or folders between the host and a node (NODE:PATH), as docker cp")
-    s.add_argument("source")
-    s.add_argument("destination")
+    s.add_argument("source", help="a host path, or NODE:PATH")
+    s.add_argument("destination", help="a host path, or NODE:PATH")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s = verb("restart", cmd_restart, "recreate a node and re-wire its links")
-    s.add_argument("node")
+    s.add_argument("node", help="a node of a running lab (lab status)")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s = verb("logs", cmd_logs, "logs of a node's services and background processes (ipsecd, ...)")
-    s.add_argument("node")
+    s.add_argument("node", help="a node of a running lab (lab status)")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
-    s.add_argument("-n", "--lines", type=int, default=50)
+    s.add_argument("-n", "--lines", type=int, default=50, help="the last LINES of each log (default 50)")
     s = verb("shell", cmd_shell, "bash in a node (interactive on a terminal, else reading stdin)")
-    s.add_argument("node")
+    s.add_argument("node", help="a node of a running lab (lab status)")
     s.add_argument("--name", help="lab name (needed when the node name is in several labs)")
     s = verb("capture", cmd_capture, "start, stop or list captures")
-    s.add_argument("action", choices=["start", "stop", "list"])
-    s.add_argument("node", nargs="?")
-    s.add_argument("ifname", nargs="?", default="eth1")
+    s.add_argument("action", choices=["start", "stop", "list"], help="stop also collects the ipsecd keys")
+    s.add_argument("node", nargs="?", help="start/stop: the node whose interface is captured")
+    s.add_argument("ifname", nargs="?", default="eth1", help="its interface (default eth1)")
     s.add_argument("--name", help="lab name")
     s = verb("decode", cmd_decode, "print a capture decrypted with the keys collected beside it")
-    s.add_argument("pcap")
+    s.add_argument("pcap", help="a capture (lab capture list; a scenario report's segment-*.pcap)")
     s.add_argument("--keys", help="folder of the key tables (default: wireshark/ beside the pcap)")
     s.add_argument("command", nargs="*", help="after --: more tshark options (-V, -Y FILTER, ...)")
     s = verb("graph", cmd_graph, "draw a topology, or a running lab with its firewalls and IPsec")
@@ -451,16 +464,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="a running lab (default: the topology's lab if it runs)")
     s.add_argument("-o", "--output", help="output file, .svg, .png or .dot (default: <name>.svg)")
     s = verb("images", cmd_images, "build images")
-    s.add_argument("kinds", nargs="*")
+    s.add_argument("kinds", nargs="*", help="folders of images/ (default: base and those in use)")
     s.add_argument("--if-possible", action="store_true", help="skip (exit 0) without root or Docker")
     s.add_argument("--prune", action="store_true", help="remove unused node-level images (not bases)")
     s.add_argument("--older-than", type=float, default=1.0, metavar="HOURS", help="with --prune (default 1)")
-    s = verb("validate", cmd_validate, "check topology files")
-    s.add_argument("files", nargs="+")
+    s = verb("validate", cmd_validate, "check topology files and scenarios (scenario.yaml or its folder)")
+    s.add_argument("files", nargs="+", metavar="FILE", help="topology, scenario.yaml or scenario folder")
     verb("check", cmd_check, "can this machine run labs? what does the kernel offer?")
     add_scenario_verb(sub)
     s = verb("bench", cmd_bench, "run benchmarks")
-    s.add_argument("only", nargs="*")
+    s.add_argument("only", nargs="*", help="bench/bench_NAME.py names (default: all)")
     return p
 
 

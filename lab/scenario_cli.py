@@ -17,7 +17,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     """The `scenario` verb of the `lab` command."""
     s = sub.add_parser("scenario", help="troubleshooting scenarios: list, show, run")
     s.set_defaults(func=cmd_scenario)
-    s.add_argument("action", choices=["list", "show", "run"])
+    s.add_argument("action", choices=["list", "show", "run"],
+                   help="list the catalogue, show one's README and checks, run one with a report")
     s.add_argument("scenario", nargs="?", help="a name from `lab scenario list`, or a folder")
     s.add_argument("--keep", action="store_true", help="run: leave the lab up afterwards")
     s.add_argument("--name", help="run: the lab's name (default: $LAB_PREFIX or scn, then the scenario)")

@@ -176,7 +176,8 @@ class Topology:
                 at = (*where, "interfaces", iface.name)
                 segment = self.segments.get(iface.segment)
                 if segment is None:
-                    errors.append(ModelError((*at, "segment"), f"unknown segment {iface.segment!r}"))
+                    errors.append(ModelError((*at, "segment"), f"unknown segment {iface.segment!r} "
+                                                          f"(segments: {', '.join(self.segments)})"))
                 if iface.address is None:
                     continue
                 connected.append(iface.address)

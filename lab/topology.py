@@ -18,7 +18,8 @@ from typing import Any
 
 import jsonschema
 
-from lab import services, yaml_source
+from ipsecd.yaml_lines import did_you_mean
+from lab import images, services, yaml_source
 from lab.model import Domain, Interface, Join, ModelError, Nat, NodeSpec, Route, Segment, Topology
 
 SCHEMA_PATH = Path(__file__).with_name("topology.schema.json")
@@ -148,6 +149,11 @@ def loads(text: str, path: Path | str = "<string>", overrides: dict | None = Non
             if node.ipsecd is not None
             and (problem := _service_file_problem(node.image, "ipsecd", node.ipsecd))
         ]
+        + [
+            ModelError(("nodes", node.name, "image"), problem)
+            for node in topology.nodes.values()
+            if topology.runnable and (problem := _image_problem(node.image))
+        ]
     )
     problems = yaml_source.in_line_order(_located(source, errors, template_of))
     if problems:
@@ -240,6 +246,15 @@ def _located(
             field, message = ("nodes", template_of[field[1]], *field[2:]), f"{field[1]}: {message}"
         located.setdefault((field, message if field == error.field else ""), source.locate(field, message))
     return list(located.values())
+
+
+def _image_problem(kind: str) -> str | None:
+    """Why a node's image kind cannot be built (no images/<kind>/Dockerfile), or None: found by `lab
+    validate`, not when `lab up` starts building."""
+    if (images.IMAGES_DIR / kind / "Dockerfile").is_file():
+        return None
+    known = sorted(p.parent.name for p in images.IMAGES_DIR.glob("*/Dockerfile"))
+    return f"no image kind {kind!r}{did_you_mean(kind, known)} (images/: {', '.join(known)})"
 
 
 def _service_file_problem(image: str, service: str, path: Path) -> str | None:

@@ -122,7 +122,7 @@ def test_good_file_builds_the_model():
         (
             "eth1: {segment: lan, address: 10.0.0.1/24}",
             "eth1: {segment: lam, address: 10.0.0.1/24}",
-            "topologies/x.yaml:8: nodes.a.interfaces.eth1.segment: unknown segment 'lam'",
+            "topologies/x.yaml:8: nodes.a.interfaces.eth1.segment: unknown segment 'lam' (segments: lan, wan",
         ),
         (
             "address: 10.0.0.254/24",
@@ -150,6 +150,8 @@ def test_good_file_builds_the_model():
             "topologies/x.yaml:11: nodes.gw.nat: a node with role nat needs nat settings",
         ),
         ("  a:\n", "  a:\n    ipsecd: missing.yaml\n", "topologies/x.yaml:7: nodes.a.ipsecd: "),
+        ("  a:\n", "  a:\n    image: nod\n",
+         "topologies/x.yaml:7: nodes.a.image: no image kind 'nod' (did you mean 'node'?) (images/: dc, "),
         # YAML-level errors
         (
             "  wan: {subnet: 198.51.100.0/24}",

@@ -123,6 +123,8 @@ def _describe(error: jsonschema.ValidationError, format_names: dict[str, str]) -
         error.validator == "pattern" and list(error.absolute_schema_path)[-2:-1] == ["propertyNames"]
     ):
         return (*field, error.instance), f"{error.instance!r} is not a valid name ({error.message})"
+    if error.validator == "pattern" and "description" in error.schema:
+        return field, f"{error.instance!r} is not valid here: expected {error.schema['description']}"
     if error.validator == "pattern":
         return field, f"{error.instance!r} is not valid here ({error.message})"
     return field, error.message

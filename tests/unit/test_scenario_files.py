@@ -84,3 +84,13 @@ def test_a_misspelt_name_or_a_test_only_folder_says_what_to_run_instead():
     with pytest.raises(scenarios.ScenarioError) as unknown:
         scenarios.load("zzz")
     assert "(catalogue: cannot-be-secured, " in unknown.value.problems[0]
+
+
+def test_a_capture_protocol_is_written_as_the_capture_names_it(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_text(HEAD + "expect:\n  - capture: {segment: lan, only: [udp/500, udp500]}\n")
+    with pytest.raises(scenarios.ScenarioError) as refused:
+        scenarios.load(path)
+    assert refused.value.problems == [
+        f"{path}:9: expect[0].capture.only[1]: 'udp500' is not valid here: expected esp, ah, icmp, tcp/PORT, "
+        "udp/PORT or ip/PROTO, as lab.capture.protocol names a packet"]

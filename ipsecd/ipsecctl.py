@@ -1,6 +1,7 @@
 """ipsecctl: look at a running ipsecd (the ipsecmon of this lab) and administer it.
 
-    ipsecctl status | sa | filters | stats [--json]
+    ipsecctl status                         components, the policy in force, SA and filter counts
+    ipsecctl sa | filters | stats [--json]  the driver's SAs (SAD), its filters (SPD), every counter
     ipsecctl keys --wireshark [-o DIR]      Wireshark's esp_sa and ikev1_decryption_table UAT files, written
                                             into DIR (made if missing: a Wireshark profile or configuration
                                             folder); without -o both tables on stdout, '#'-headed
@@ -12,7 +13,7 @@ With a policy (docs/ike.md):
     ipsecctl policy [--all]                 the assigned policy as its file reads (pre-shared keys hidden);
                                             --all: every policy in the store
     ipsecctl filters --generic|--specific   the policy's filters as written / as expanded for the driver
-    ipsecctl mmsa | qmsa                    main mode (ISAKMP) and quick mode SAs
+    ipsecctl mmsa | qmsa                    main mode (ISAKMP) and quick mode SAs (EXPIRES IN: seconds)
     ipsecctl stats                          the driver's counters and IKE's (ike_oakley_main_modes, ...)
     ipsecctl events [--since SECONDS]       policy and negotiation events, oldest first
     ipsecctl refresh                        re-read the policy now (gpupdate); SAs of changed rules go
@@ -28,7 +29,8 @@ the policy came from (directory, cache or local store), its ipsecID, whenChanged
                                             ipsecd.yaml's; administrator credentials: --password-file,
                                             $IPSEC_ADMIN_PASSWORD or --keytab
 
-Exit code 0 on success, 1 when ipsecd refuses or cannot be reached (the reason on stderr).
+Exit code 0 on success, 1 when ipsecd refuses or cannot be reached (the reason on stderr), 2 for a command
+line ipsecctl does not understand.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import yaml
 
 from ipsecd import config
 from ipsecd.control import ControlError, request
+from ipsecd.yaml_lines import did_you_mean
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
@@ -206,11 +209,16 @@ def write_keys(result: dict, args: argparse.Namespace) -> None:
         sys.stdout.write(text)
 
 
+COMMANDS = [*VIEWS, "keys", "reload", "export", "import", "static"]
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipsecctl", description="monitor and administer ipsecd")
+    """The command line; --help shows this module's docstring: every command and what it shows."""
+    parser = argparse.ArgumentParser(prog="ipsecctl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-s", "--socket", default=config.DriverSettings.socket, help="ipsecd control socket")
-    parser.add_argument("command", choices=[*VIEWS, "keys", "reload", "export", "import", "static"],
-                        help="static: see `ipsecctl static --help`")
+    parser.add_argument("command", choices=COMMANDS, metavar="COMMAND",
+                        help=f"{', '.join(COMMANDS)} (above); static: see `ipsecctl static --help`")
     parser.add_argument("path", nargs="?", help="export/import: the policy file")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--generic", action="store_true", help="filters: the policy's filters as written")
@@ -248,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["static"]:
         return static(argv[1:])
+    if argv[:1] and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        print(f"ipsecctl: no command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}; one of "
+              f"{', '.join(COMMANDS)} (ipsecctl --help says what each shows)", file=sys.stderr)
+        return 2
     args = make_parser().parse_args(argv)
     command, command_args = request_for(args)
     try:

@@ -27,6 +27,9 @@ TABLES = ("esp_sa", "ikev1_decryption_table")
 IN_NODE = "/run/lab/wireshark"
 #: tshark preferences that make it use the esp_sa table (the IKE table needs none).
 ESP_PREFERENCES = ("esp.enable_encryption_decode:TRUE", "esp.enable_authentication_check:TRUE")
+#: `lab decode`'s columns: tshark's own plus the ESP SPI, so that a decrypted packet still shows it was ESP.
+COLUMNS = ('gui.column.format:"No.","%m","Time","%t","Source","%s","Destination","%d","Protocol","%p",'
+           '"Length","%L","ESP SPI","%Cus:esp.spi:0:U","Info","%i"')
 
 
 def collect(lab: Lab, pcap_folder: Path) -> Path | None:
@@ -69,4 +72,7 @@ def decode(pcap: Path, keys: Path | None = None, tshark_args: list[str] | None =
         print(f"lab: no key tables in {keys} (collected by `lab capture stop` from ipsecd nodes): "
               "ESP stays encrypted", flush=True)
     options, env = tshark_environment(keys)
-    return subprocess.call(["tshark", "-n", "-r", str(pcap), *options, *(tshark_args or [])], env=env)
+    if not tshark_args:
+        print("(an ESP packet shows its SPI after the length, then what it carries, decrypted)", flush=True)
+    return subprocess.call(["tshark", "-n", "-r", str(pcap), *options, "-o", COLUMNS, *(tshark_args or [])],
+                           env=env)

@@ -223,6 +223,18 @@ class _Checker:
                                 f"(a node's folder holds its /etc/ipsecd)")
 
 
+def no_counter(name: str, counters: dict[str, int]) -> str:
+    """Why a counter expectation cannot hold: the name is not among ipsecd's counters (a typo, the closest
+    named; or a counter of a failure that has not happened: those appear with their first count).
+
+    >>> no_counter("ike_auth_failures", {"ike_authentication_failures": 0, "bad_spi_packets": 0})
+    "ipsecctl stats has no counter 'ike_auth_failures' (did you mean 'ike_authentication_failures'?); \
+`ipsecctl stats --json` names them"
+    """
+    return (f"ipsecctl stats has no counter {name!r}{did_you_mean(name, [*counters, FIREWALL_DROPPED])}; "
+            "`ipsecctl stats --json` names them")
+
+
 def _node_names(kind: str, body: Any) -> list[str]:
     if kind in ("start", "stop", "kill", "restart", "refresh") and not isinstance(body, dict):
         return [body] if isinstance(body, str) else list(body)
@@ -515,10 +527,11 @@ class Runner:
         node = self.node(body["node"])
 
         def holds() -> tuple[bool, str]:
-            value = (node.dropped() if body["name"] == FIREWALL_DROPPED
-                     else harness.counters(node).get(body["name"]))
-            if value is None:
-                return False, f"ipsecctl stats has no counter {body['name']!r}"
+            counters = {FIREWALL_DROPPED: node.dropped()} if body["name"] == FIREWALL_DROPPED \
+                else harness.counters(node)
+            if body["name"] not in counters:
+                return False, no_counter(body["name"], counters)
+            value = counters[body["name"]]
             return OPS[body["op"]](value, body["value"]), f"it is {value}"
         return self.poll(body, holds)
 

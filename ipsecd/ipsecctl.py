@@ -15,7 +15,8 @@ With a policy (docs/ike.md):
     ipsecctl filters --generic|--specific   the policy's filters as written / as expanded for the driver
     ipsecctl mmsa | qmsa                    main mode (ISAKMP) and quick mode SAs (EXPIRES IN: seconds)
     ipsecctl stats                          the driver's counters and IKE's (ike_oakley_main_modes, ...)
-    ipsecctl events [--since SECONDS]       policy and negotiation events, oldest first
+    ipsecctl events [--since AGE]           policy and negotiation events, oldest first; AGE: 90, 90s,
+                                            5min or 2h
     ipsecctl refresh                        re-read the policy now (gpupdate); SAs of changed rules go
     ipsecctl export FILE | import FILE [--assign]
 
@@ -46,11 +47,15 @@ import yaml
 
 from ipsecd import config
 from ipsecd.control import ControlError, request
+from ipsecd.policy import policyfile
 from ipsecd.yaml_lines import did_you_mean
+
+CELL: dict[bool | None, str] = {True: "yes", False: "no", None: ""}
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
-    cells = [headers, *[["" if c is None else str(c) for c in row] for row in rows]]
+    cells = [headers, *[[CELL.get(c, str(c)) if isinstance(c, bool | None) else str(c) for c in row]
+                        for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
     return "\n".join(lines)
@@ -210,6 +215,21 @@ def write_keys(result: dict, args: argparse.Namespace) -> None:
 
 
 COMMANDS = [*VIEWS, "keys", "reload", "export", "import", "static"]
+#: The options that say something to one command only: given to another, they are refused, not ignored.
+OPTION_COMMANDS = {"generic": "filters", "specific": "filters", "all": "policy", "assign": "import",
+                   "since": "events", "wireshark": "keys", "tshark": "keys", "output": "keys"}
+
+
+def age(text: str) -> float:
+    """--since: seconds, bare or as a policy file's durations say them (90s, 5min, 2h)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return float(policyfile.parse_duration(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age such as 90, 90s, 5min or 2h") from None
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -225,7 +245,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--specific", action="store_true", help="filters: as expanded for the driver")
     parser.add_argument("--all", action="store_true", help="policy: every policy in the store")
     parser.add_argument("--assign", action="store_true", help="import: assign the imported policy")
-    parser.add_argument("--since", type=float, help="events: only the last SECONDS")
+    parser.add_argument("--since", type=age, metavar="AGE",
+                        help="events: only the last AGE (90, 90s, 5min, 2h)")
     parser.add_argument("--wireshark", action="store_true", help="keys: esp_sa table (the default)")
     parser.add_argument("--tshark", action="store_true", help="keys: tshark -o options, one per line")
     parser.add_argument("-o", "--output", help="keys: the folder for the Wireshark tables (--tshark, --json: "
@@ -260,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ipsecctl: no command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}; one of "
               f"{', '.join(COMMANDS)} (ipsecctl --help says what each shows)", file=sys.stderr)
         return 2
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    for option, command in OPTION_COMMANDS.items():
+        if getattr(args, option) not in (None, False) and args.command != command:
+            parser.error(f"--{option} is an option of `ipsecctl {command}`, not of `ipsecctl {args.command}`")
     command, command_args = request_for(args)
     try:
         result = request(args.socket, command, **command_args)

@@ -22,7 +22,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from ipsecd.ike import events, informational, isakmp, keylog, main_mode, natt, quick_mode
+from ipsecd.ike import events, fragments, informational, isakmp, keylog, main_mode, natt, quick_mode
 from ipsecd.ike.events import Established, Failure, InboundReady, NegotiationError
 from ipsecd.ike.isakmp import ExchangeType, MalformedMessage, Message, NotifyType, ProtocolID
 from ipsecd.ike.sa import IsakmpSA, QuickModeDone
@@ -309,6 +309,7 @@ class IKE:
         self.keepalive_timers: dict[bytes, Timer] = {}
         self.invalid_spi_sent: dict[tuple[str, int], float] = {}
         self.send_errors: dict[str, str] = {}  # by peer address: why our last send on UDP 4500 failed
+        self.reassembly = fragments.Reassembly()  # messages a peer sent in IKE fragments
 
     @property
     def clock(self) -> Clock:
@@ -530,6 +531,9 @@ class IKE:
             self.counters["Malformed Packets"] += 1
             self.note(f"dropped a malformed packet from {addr[0]}:{addr[1]}: {exc}")
             return
+        if len(msg.payloads) == 1 and isinstance(msg.payloads[0], isakmp.Fragment):
+            self._fragment(msg, addr, local_port)
+            return
         if self.on_peer_message:
             self.on_peer_message(addr[0])
         cookies = msg.icookie + msg.rcookie
@@ -548,6 +552,19 @@ class IKE:
             self._quick_mode_message(self.main_modes[cookies], msg, data, addr, local_port)
         elif msg.exchange == ExchangeType.INFORMATIONAL:
             self._informational(self.main_modes[cookies], msg, addr)
+
+    def _fragment(self, msg: Message, addr: tuple[str, int], local_port: int) -> None:
+        """A piece of a message the peer cut into IKE fragments (fragments.py): once all are in, the whole
+        message goes where it would have gone unfragmented."""
+        self.counters["Fragments Received"] += 1
+        try:
+            whole = self.reassembly.add(addr[0], msg, self.clock.time())
+        except fragments.FragmentError as exc:
+            self._drop("bad fragment", f"a fragment from {addr[0]}:{addr[1]}: {exc}")
+            return
+        if whole is not None:
+            self.counters["Fragmented Messages Reassembled"] += 1
+            self._dispatch(whole, addr, local_port)
 
     def _no_sa(self, msg: Message, addr: tuple[str, int]) -> None:
         kind = "main mode" if msg.exchange == ExchangeType.MAIN_MODE else (

@@ -107,7 +107,7 @@ class PolicyKeying:
         address = s.address or next(iter(self.addresses()), None)
         if address is None:
             raise ConfigError(f"{cfg.path}: ike.address: this node has no IPv4 address to run IKE on")
-        self.ike = IKE(str(address), self.bridge, send_4500=wire.send_udp, retransmit=s.retransmit,
+        self.ike = IKE(str(address), self.bridge, send_4500=wire.send_ike, retransmit=s.retransmit,
                        keepalive_interval=s.keepalive_seconds, main_mode_lifetime=s.main_mode_lifetime,
                        nat_traversal=s.nat_traversal)
         self.bridge.ike = self.ike

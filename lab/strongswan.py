@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from lab.capture import wait_until
@@ -82,7 +82,9 @@ class Tunnel:
     the ESP proposal for PFS). `psk` set: pre-shared key with ID_IPV4_ADDR identities; else certificates:
     `cert` (a file in /etc/swanctl/x509, key in /etc/swanctl/private) and the peer's DN as `remote_id`.
     `start_action`: none (initiate by hand) or start (at load); trap (on the first packet) does nothing
-    with libipsec 5.9.8, which raises no acquire.
+    with libipsec 5.9.8, which raises no acquire. `options` and `child_options` add or replace swanctl
+    settings of the connection (version = 2, aggressive = yes, fragmentation = force, dpd_delay = 5s) and
+    of the child (mode = transport, life_time = 40s).
     """
 
     local_addr: str
@@ -97,6 +99,8 @@ class Tunnel:
     start_action: str = "none"
     name: str = "lab"
     child: str = "net"
+    options: dict[str, str] = field(default_factory=dict)
+    child_options: dict[str, str] = field(default_factory=dict)
 
     def render(self) -> str:
         """The swanctl.conf text for this tunnel."""
@@ -114,6 +118,7 @@ class Tunnel:
             "remote_ts": self.remote_ts,
             "esp_proposals": self.esp_proposal,
             "start_action": self.start_action,
+            **self.child_options,
         }
         connection = {
             "version": 1,
@@ -125,6 +130,7 @@ class Tunnel:
             "local": local,
             "remote": remote,
             "children": {self.child: child},
+            **self.options,
         }
         settings: dict = {"connections": {self.name: connection}}
         if self.psk is not None:

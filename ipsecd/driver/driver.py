@@ -99,6 +99,10 @@ class RecordingWire:
         self.sent_udp.append((payload, addr))
         self.sent_udp_tos.append(tos)
 
+    def send_ike(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """IKE's datagrams on port 4500 (KernelWire.send_ike; the daemon wires IKE to it)."""
+        self.send_udp(datagram, addr)
+
     def deliver(self, packet: bytes, stale_checksum: bool = False) -> None:
         self.delivered.append(fix_l4_checksum(packet) if stale_checksum else packet)
 

@@ -29,9 +29,34 @@ IP_TOS, IP_RECVERR, IP_RECVTOS = 1, 11, 13
 SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 8 << 20
 IP_MTU_DISCOVER = 10
-IP_PMTUDISC_PROBE = 3
+IP_PMTUDISC_DONT, IP_PMTUDISC_PROBE = 0, 3
 DRAIN = 64  # packets read per wake-up
 REFRESH_SECONDS = 1.0  # how often the packet socket's next hops are read again from the kernel
+
+
+def udp_4500_socket(port: int, bypass_mark: int) -> socket.socket:
+    """The UDP 4500 socket: ESP in UDP and IKE after a NAT, marked to bypass our own policy routing. It sends
+    with DF and ignores the path MTU the kernel learns for inner traffic (the TUN MTU), which must not cap
+    our outer packets; the TUN MTU keeps ESP under the link's."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, bypass_mark)
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+    sock.bind(("0.0.0.0", port))
+    return sock
+
+
+def send_fragmentable(sock: socket.socket, datagram: bytes, addr: tuple[str, int]) -> None:
+    """One datagram that the kernel may cut into IP fragments, from a socket that otherwise sends with DF
+    (udp_4500_socket): a main mode message with a certificate is longer than the link MTU, and with DF the
+    kernel refuses it (EMSGSIZE) where Windows, and our UDP 500 socket, send it in fragments."""
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+    try:
+        sock.sendto(datagram, addr)
+    finally:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
 
 
 class KernelWire:
@@ -51,18 +76,12 @@ class KernelWire:
         self.raw_out = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.esp_in = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_ESP)
         self.ah_in = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_AH)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        self.udp.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
-        self.udp.bind(("0.0.0.0", nat_t_port))
+        self.udp = udp_4500_socket(nat_t_port, bypass_mark)
         # A full device queue drops a raw send silently unless the socket asks for errors: with IP_RECVERR
         # the ENOBUFS comes back and the packet is counted as a send error, not lost unseen.
         self.raw_out.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-        for sock in (self.raw_out, self.udp):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, bypass_mark)
-            # The path MTU the kernel learns for inner traffic (TUN MTU) must not cap our outer packets.
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        self.raw_out.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, bypass_mark)
+        self.raw_out.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
         for sock in (self.esp_in, self.ah_in, self.udp):
             # Bursts arrive faster than Python drains them; a deep queue beats dropping (and TCP backing off).
             with contextlib.suppress(OSError):
@@ -87,6 +106,11 @@ class KernelWire:
 
     def _send_raw(self, packet: bytes, dst: str) -> None:
         self.raw_out.sendto(packet, (dst, 0))
+
+    def send_ike(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """IKE's datagrams on UDP 4500 (after the non-ESP marker) and its NAT keepalives: sent at once, and
+        cut into IP fragments when longer than the link MTU (send_fragmentable)."""
+        send_fragmentable(self.udp, datagram, addr)
 
     def send_udp(self, payload: bytes, addr: tuple[str, int], tos: int = 0) -> None:
         batch = self._batch

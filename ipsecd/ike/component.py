@@ -22,7 +22,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from ipsecd.ike import events, informational, isakmp, keylog, main_mode, natt, quick_mode
+from ipsecd.ike import events, fragments, informational, isakmp, keylog, main_mode, natt, quick_mode
 from ipsecd.ike.events import Established, Failure, InboundReady, NegotiationError
 from ipsecd.ike.isakmp import ExchangeType, MalformedMessage, Message, NotifyType, ProtocolID
 from ipsecd.ike.sa import IsakmpSA, QuickModeDone
@@ -195,6 +195,24 @@ def _peer_identity(ex: Exchange) -> str:
     return f"{how} {machine.sa.peer_identity}, peer IP address {ex.peer[0]}"
 
 
+def _refusable(ex: Exchange) -> bool:
+    """A quick mode the peer can still refuse with an error notify: ours, or one we answered whose quick
+    mode 3 has not come (strongSwan, as initiator, sends NO-PROPOSAL-CHOSEN instead when it cannot install
+    the SAs our quick mode 2 agreed)."""
+    return isinstance(ex.machine, quick_mode.QuickModeInitiator) or (
+        ex.early_inbound is not None and not ex.machine.done)
+
+
+def _quick_mode_spis(ex: Exchange) -> set[bytes]:
+    """The SPIs a notify may name to refuse this quick mode: the ones its proposal carried, ours as initiator,
+    the peer's and ours once we answered."""
+    if isinstance(ex.machine, quick_mode.QuickModeInitiator):
+        return {ex.machine.spi}
+    done = ex.early_inbound
+    children = [*done.inbound.chain(), *done.outbound.chain()] if done else []
+    return {c.spi.to_bytes(4, "big") for c in children}
+
+
 def _silent_exchange(table: dict[Key, Exchange[Any]], addr: tuple[str, int]) -> Key | None:
     """The newest exchange with `addr` that has sent nothing yet."""
     newest_first = reversed(list(table.items()))
@@ -290,6 +308,8 @@ class IKE:
         self.sender: Callable[[bytes, tuple[str, int], int], None] = self._send_udp
         self.keepalive_timers: dict[bytes, Timer] = {}
         self.invalid_spi_sent: dict[tuple[str, int], float] = {}
+        self.send_errors: dict[str, str] = {}  # by peer address: why our last send on UDP 4500 failed
+        self.reassembly = fragments.Reassembly()  # messages a peer sent in IKE fragments
 
     @property
     def clock(self) -> Clock:
@@ -355,12 +375,27 @@ class IKE:
 
     def _send_udp(self, data: bytes, addr: tuple[str, int], local_port: int) -> None:
         if local_port == self.natt_port:
-            self._sender_4500()(natt.frame(data, natt.NATT_PORT), addr)
+            self._send_4500(natt.frame(data, natt.NATT_PORT), addr)
         # asyncio's datagram transports queue in user space and say how much (typeshed's class omits it)
         elif self.sockets[0].get_write_buffer_size() > SEND_QUEUE_LIMIT:  # type: ignore[attr-defined]
             self.counters["Dropped: send queue full"] += 1
         else:
             self.sockets[0].sendto(data, addr)
+
+    def _send_4500(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """A datagram on UDP 4500 through the driver's socket. A send the kernel refuses (a message too long
+        for the link, no route) is counted and said, and the exchange goes on: its retransmissions try again
+        and its failure names the error."""
+        try:
+            self._sender_4500()(datagram, addr)
+        except OSError as exc:
+            self.counters["Dropped: send failed"] += 1
+            if len(self.send_errors) >= RATE_TABLE_LIMIT:  # addresses come from the network: bounded
+                self.send_errors.clear()
+            self.send_errors[addr[0]] = f"{exc.strerror or exc}, {len(datagram)} bytes"
+            self.note(f"could not send {len(datagram)} bytes to {addr[0]}:{addr[1]} on UDP 4500: {exc}")
+        else:
+            self.send_errors.pop(addr[0], None)
 
     def _sender_4500(self) -> Callable[[bytes, tuple[str, int]], None]:
         """Who sends on UDP 4500: the driver (send_4500=) or, once started, our own socket."""
@@ -496,6 +531,9 @@ class IKE:
             self.counters["Malformed Packets"] += 1
             self.note(f"dropped a malformed packet from {addr[0]}:{addr[1]}: {exc}")
             return
+        if len(msg.payloads) == 1 and isinstance(msg.payloads[0], isakmp.Fragment):
+            self._fragment(msg, addr, local_port)
+            return
         if self.on_peer_message:
             self.on_peer_message(addr[0])
         cookies = msg.icookie + msg.rcookie
@@ -514,6 +552,19 @@ class IKE:
             self._quick_mode_message(self.main_modes[cookies], msg, data, addr, local_port)
         elif msg.exchange == ExchangeType.INFORMATIONAL:
             self._informational(self.main_modes[cookies], msg, addr)
+
+    def _fragment(self, msg: Message, addr: tuple[str, int], local_port: int) -> None:
+        """A piece of a message the peer cut into IKE fragments (fragments.py): once all are in, the whole
+        message goes where it would have gone unfragmented."""
+        self.counters["Fragments Received"] += 1
+        try:
+            whole = self.reassembly.add(addr[0], msg, self.clock.time())
+        except fragments.FragmentError as exc:
+            self._drop("bad fragment", f"a fragment from {addr[0]}:{addr[1]}: {exc}")
+            return
+        if whole is not None:
+            self.counters["Fragmented Messages Reassembled"] += 1
+            self._dispatch(whole, addr, local_port)
 
     def _no_sa(self, msg: Message, addr: tuple[str, int]) -> None:
         kind = "main mode" if msg.exchange == ExchangeType.MAIN_MODE else (
@@ -702,7 +753,7 @@ class IKE:
 
     def _keepalive(self, sa: IsakmpSA) -> None:
         if sa.cookies in self.main_modes:
-            self._sender_4500()(natt.NAT_KEEPALIVE, sa.remote)
+            self._send_4500(natt.NAT_KEEPALIVE, sa.remote)
             self._schedule_keepalive(sa)
 
     def _quick_mode_message(
@@ -802,11 +853,7 @@ class IKE:
                 self.note(f"quick mode SA {older.sa.inbound.spi:#010x} rekeyed as {done.inbound.spi:#010x}")
 
     def _informational(self, mm: MainModeEntry, msg: Message, addr: tuple[str, int]) -> None:
-        pending = [
-            ex
-            for ex in self.pending_quick.values()
-            if ex.machine.sa is mm.sa and isinstance(ex.machine, quick_mode.QuickModeInitiator)
-        ]
+        pending = [ex for ex in self.pending_quick.values() if ex.machine.sa is mm.sa and _refusable(ex)]
         try:
             payloads = informational.open_informational(mm.sa, msg)
         except NegotiationError as exc:
@@ -880,7 +927,7 @@ class IKE:
             self.note(f"peer {mm.sa.remote[0]} sent status {notify.name}")
             return
         for ex in pending:
-            if ex.machine.spi == notify.spi or len(pending) == 1:
+            if notify.spi in _quick_mode_spis(ex) or len(pending) == 1:
                 ex.machine.fail(
                     f"peer {mm.sa.remote[0]} refused quick mode: {notify.name}",
                     events.REFUSAL_COUNTERS.get(notify.notify_type, "negotiation failed"),
@@ -948,7 +995,9 @@ class IKE:
         if ex.attempts >= len(self.retransmit):  # 7 sends, then one more interval of silence
             kind = "main mode" if isinstance(ex.machine, main_mode.MainMode) else "quick mode"
             hint = ""
-            if ex.machine.state in ("MM5 sent",):
+            if ex.peer[0] in self.send_errors:
+                hint = f" (our sends failed: {self.send_errors.pop(ex.peer[0])})"
+            elif ex.machine.state in ("MM5 sent",):
                 hint = " (the peer may have rejected our authentication: check the pre-shared key)"
             elif ex.machine.state == "MM1 sent":
                 hint = " (is UDP 500 blocked or the peer down?)"

@@ -63,6 +63,7 @@ class PayloadType(enum.IntEnum):
     GSS_TOKEN = 129  # draft-ietf-ipsec-isakmp-gss-auth-07 §3.3 (private range): Kerberos in main mode
     NAT_D_DRAFT = 130  # draft-ietf-ipsec-nat-t-ike-02, what Windows 2003 sends
     NAT_OA_DRAFT = 131
+    FRAGMENT = 132  # IKEv1 fragmentation (MS-IKEE §2.2.3; Cisco's, as strongSwan sends it)
 
 
 class Flag(enum.IntFlag):
@@ -546,6 +547,20 @@ class NatOADraft(NatOA):
 
 
 @dataclass
+class Fragment(Payload):
+    """One piece of an IKE message cut to fit the path (MS-IKEE §2.2.3): the pieces' data, in order of
+    their numbers (from 1, the last flagged), is the whole message, ISAKMP header included."""
+
+    TYPE = PayloadType.FRAGMENT
+    LAST = 0x01
+    FIELDS = (Int("fragment_id", 2), Int("number", 1), Int("flags", 1), Rest("data"))
+    fragment_id: int
+    number: int
+    data: bytes
+    flags: int = 0
+
+
+@dataclass
 class Unknown(Payload):
     """A payload type we do not know: kept as raw bytes so the exchange can refuse it."""
 
@@ -574,6 +589,7 @@ TOP_LEVEL: dict[int, type[Payload]] = {
         NatDDraft,
         NatOA,
         NatOADraft,
+        Fragment,
     )
 }
 

@@ -194,6 +194,8 @@ class MainMode:
             return []
         if msg.exchange == ExchangeType.INFORMATIONAL and not msg.flags & Flag.ENCRYPTION:
             return self._guarded(lambda: self._peer_notify(msg))
+        if msg.exchange == ExchangeType.INFORMATIONAL:
+            return self._guarded(lambda: self._protected_notify(msg))
         if msg.exchange != ExchangeType.MAIN_MODE:
             return []
         return self._guarded(lambda: self._step(msg))
@@ -233,6 +235,24 @@ class MainMode:
     def _peer_notify(self, msg: Message) -> list[bytes]:
         notify = msg.first(Notify)
         if notify is not None:
+            refusal(notify, "main mode", self.remote[0])
+        return []
+
+    def _protected_notify(self, msg: Message) -> list[bytes]:
+        """An encrypted informational before main mode ends: the peer's refusal of our main mode 5 (strongSwan
+        sends AUTHENTICATION-FAILED so when no configuration accepts our identity), under the keys of main
+        mode 3/4 with its IV from the last main mode block (RFC 2409 App. B; MS-IKEE <12>). One that does
+        not decrypt or whose HASH(1) does not verify is dropped (and counted), as a corrupted message is."""
+        if self._keys is None:
+            return []
+        unfinished = IsakmpSA(self.icookie, self.rcookie, self.initiator, self.suite, self.keys,
+                              self.lifetime, self.local, self.remote, self.method, "", self.iv)
+        try:
+            payloads = informational.open_informational(unfinished, msg)
+        except NegotiationError as exc:
+            self.dropped.append(f"encrypted informational: {exc.reason}")
+            return []
+        for notify in (p for p in payloads if isinstance(p, Notify)):
             refusal(notify, "main mode", self.remote[0])
         return []
 

@@ -7,10 +7,13 @@ float IKE to 4500 and use UDP-encapsulated tunnel mode (RFC 3947/3948) even with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import yaml
 from pki import Pki
+from scapy.layers.inet import IP
 from swan_lab import (
     AES_GCM,
     GW_A,
@@ -29,11 +32,12 @@ from swan_lab import (
     udp_esp,
 )
 
+from lab.backend import CommandError
 from lab.capture import assert_marker_absent, assert_only_protocols, assert_protocol_seen, wait_until
-from lab.harness import tshark_decrypted_payloads
+from lab.harness import counters, ipsecctl, tshark_decrypted_payloads, tshark_fields, wait_event
 from lab.ike_probe import IkeProbe
 from lab.running import Node
-from lab.strongswan import Charon
+from lab.strongswan import Charon, Tunnel
 from lab.traffic import tcp_transfer, wait_listening
 
 MARKER = b"STRONGSWAN-INTEROP-MARKER-"
@@ -54,9 +58,10 @@ def strongswan(lab) -> Charon:
     return Charon(lab.node("gw-b")).fresh(key_log=True)
 
 
-def install_credentials(node: Node, pki: Pki) -> dict[str, str]:
-    """gw-a's certificate, key and the CA in CERT_DIR; returns their paths."""
-    me = pki.issue("gw-a", GW_A)
+def install_credentials(node: Node, pki: Pki, dns_names: int = 0) -> dict[str, str]:
+    """gw-a's certificate (with `dns_names` to make it long), key and the CA in CERT_DIR; returns their
+    paths."""
+    me = pki.issue("gw-a", GW_A, dns_names)
     paths = {"cert": f"{CERT_DIR}/gw-a.pem", "key": f"{CERT_DIR}/gw-a.key", "ca": f"{CERT_DIR}/lab-ca.pem"}
     node.put_file(paths["cert"], me.cert_pem)
     node.put_file(paths["key"], me.key_pem, mode=0o600)
@@ -79,11 +84,12 @@ def ipsecd_config(credentials: dict[str, str], main_mode_lifetime: int | None = 
     )
 
 
-def configure_ipsecd(node: Node, policy: str, pki: Pki, main_mode_lifetime: int | None = None) -> None:
+def configure_ipsecd(node: Node, policy: str, pki: Pki, main_mode_lifetime: int | None = None,
+                     dns_names: int = 0) -> None:
     """Give ipsecd in gw-a the policy (local store: a folder of policies and the `assigned` one), its
     certificate and the CA; make a running ipsecd re-read the policy (`ipsecctl refresh`), or (re)start it
     when it runs another configuration (a manual-key test before this one leaves its own ipsecd.yaml)."""
-    config = ipsecd_config(install_credentials(node, pki), main_mode_lifetime)
+    config = ipsecd_config(install_credentials(node, pki, dns_names), main_mode_lifetime)
     node.put_file(f"{POLICY_DIR}/interop.yaml", policy)
     node.put_file(f"{POLICY_DIR}/assigned", "interop.yaml\n")
     daemon = node.process("ipsecd")
@@ -366,3 +372,148 @@ def test_a_restarted_strongswan_clears_ipsecds_stale_sas_with_initial_contact(la
     host_a, host_b = lab.node("host-a"), lab.node("host-b")
     host_a.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", host_b.address()], check=True)
     host_b.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", host_a.address()], check=True)
+
+
+# -- strongSwan settings beyond the suites: what ipsecd refuses, and what once failed ------------------------
+# (the probes of branch interop: DH groups 1/2/14/5/15/19, AES-128/256, 3DES, MD5, SHA-256, PFS, lifetimes,
+# rekey and reauthentication, DPD, child deletes were found to work or to be refused cleanly; these are the
+# refusals that matter most and the four faults fixed then)
+
+#: strongSwan settings Windows Server 2003 does not speak: what ipsecd says and the counter that moves.
+REFUSALS = {
+    "IKEv2": ({"options": {"version": "2"}}, "IKEv2 is not supported", "ike_dropped_ikev2_is_not_supported"),
+    "aggressive mode": ({"options": {"aggressive": "yes"}}, "unsupported exchange (aggressive mode)",
+                        "ike_dropped_unsupported_exchange_aggressive_mode"),
+    "DH group 19": ({"ike_proposal": "aes128-sha1-ecp256"}, "no proposal chosen: peer 198.51.100.2 offered "
+                    "AES128/SHA1/group 19/PSK", "ike_negotiation_failures_no_proposal_chosen"),
+}
+
+
+@pytest.mark.parametrize("refused", REFUSALS)
+def test_what_windows_2003_does_not_speak_is_refused_in_words_and_counted(lab, strongswan, pki, refused):
+    """IKEv2 and aggressive mode are dropped (Windows Server 2003 answers neither), an ECP group is refused
+    with NO-PROPOSAL-CHOSEN; each is an event and a counter, and tshark reads what strongSwan sent."""
+    changes, text, counter = REFUSALS[refused]
+    suite = SUITES["aes128-sha1-modp2048"]
+    gw_a = lab.node("gw-a")
+    configure_ipsecd(gw_a, ipsecd_policy("gw-a", suite, "psk", pki), pki)
+    before = counters(gw_a).get(counter, 0)  # counters of a reason appear once it happens
+    strongswan.load(dataclasses.replace(tunnel("gw-b", suite, "psk"), **changes))
+    with lab.capture_segment("wan") as wan:
+        with pytest.raises(CommandError):
+            strongswan.initiate(timeout=3)
+        wait_until(lambda: counters(gw_a).get(counter, 0) > before, 5, what=f"gw-a: {counter} to move")
+    assert text in wait_event(gw_a, text, timeout=5)["text"]
+    assert not strongswan.child_sas()
+    assert all(sa.get("state") != "ESTABLISHED" for sa in strongswan.sas())
+    fields = ["isakmp.version", "isakmp.exchangetype", "isakmp.ike.attr.group_description"]
+    first = tshark_fields(wan.pcap, [], fields, f"isakmp && ip.src == {GW_B}")[0]
+    assert first == {"IKEv2": ["0x20", "34", ""], "aggressive mode": ["0x10", "4", "14"],
+                     "DH group 19": ["0x10", "2", "19"]}[refused]
+
+
+def test_a_main_mode_5_strongswan_refuses_ends_at_once_with_its_reason(lab, strongswan, pki):
+    """strongSwan knows gw-a by another identity: it answers main mode 5 with an encrypted informational
+    HASH + N(AUTHENTICATION-FAILED). ipsecd reads it and fails main mode at once, Failure Point: Peer.
+    Before, it dropped it as 'not expected in this state', sent main mode 5 six more times over a minute and
+    then reported no answer from the peer."""
+    suite = SUITES["aes128-sha1-modp2048"]
+    gw_a = lab.node("gw-a")
+    configure_ipsecd(gw_a, ipsecd_policy("gw-a", suite, "psk", pki), pki)
+    before = counters(gw_a)
+    strongswan.load(dataclasses.replace(tunnel("gw-b", suite, "psk"), remote_id="198.51.100.99"))
+    with lab.capture_segment("wan") as wan:
+        lab.node("host-a").exec(["ping", "-c", "1", "-W", "1", lab.node("host-b").address()])
+        event = wait_event(gw_a, "refused main mode: AUTHENTICATION-FAILED", timeout=8)
+    assert "IKE authentication credentials are unacceptable" in event["text"]
+    assert "Failure Point: Peer" in event["text"]
+    after = counters(gw_a)
+    assert after["ike_authentication_failures"] == before["ike_authentication_failures"] + 1
+    assert after["ike_retransmissions"] == before["ike_retransmissions"]
+    assert "no peer config found" in strongswan.log()
+    rows = tshark_fields(wan.pcap, [], ["ip.src", "isakmp.exchangetype"], "isakmp")
+    assert rows[-1] == [GW_B, "5"]  # the refusal, after main mode 1-5, and nothing after it
+
+
+def transport_policy(suite) -> str:
+    """gw-a's policy securing its own traffic with gw-b in transport mode (one mirrored filter)."""
+    main_mode, quick_mode = suite.windows
+    rule = {
+        "name": "gw-b transport",
+        "filter_list": {"name": "gw-a <-> gw-b", "filters": [
+            {"name": "gw-b", "source": "me", "destination": GW_B, "protocol": "any", "mirrored": True}]},
+        "filter_action": {"name": "Require Security", "action": "negotiate",
+                          "security_methods": [quick_mode]},
+        "authentication": [{"psk": PSK}],
+    }
+    return yaml.safe_dump({"name": "transport with gw-b", "polling_interval": "30s",
+                           "key_exchange": {"methods": [main_mode]}, "rules": [rule]}, sort_keys=False)
+
+
+def test_a_quick_mode_strongswan_cannot_install_ends_on_its_refusal(lab, strongswan, pki):
+    """libipsec has no transport mode: strongSwan, as initiator, takes quick mode 2 and sends HASH +
+    N(NO-PROPOSAL-CHOSEN) naming its SPI instead of quick mode 3. ipsecd, the responder, fails that quick
+    mode at once and removes the inbound SAs it installed with quick mode 2. Before, it kept them and
+    retransmitted quick mode 2 for a minute, then said the peer never answered."""
+    suite = SUITES["aes128-sha1-modp2048"]
+    gw_a = lab.node("gw-a")
+    configure_ipsecd(gw_a, transport_policy(suite), pki)
+    before = counters(gw_a)
+    strongswan.load(Tunnel(GW_B, GW_A, GW_B, GW_A, suite.ike, suite.esp, psk=PSK,
+                           child_options={"mode": "transport"}))
+    with lab.capture_segment("wan") as wan:
+        with pytest.raises(CommandError, match="unable to install"):
+            strongswan.initiate(timeout=5)
+        event = wait_event(gw_a, "refused quick mode: NO-PROPOSAL-CHOSEN", timeout=5)
+    assert "Failure Point: Peer" in event["text"] and f"{GW_A}/32 <-> {GW_B}/32" in event["text"]
+    assert not [sa for sa in ipsecd_sas(gw_a) if GW_B in (sa["source"], sa["destination"])]
+    after = counters(gw_a)
+    added, deleted = (after[k] - before[k] for k in ("key_additions", "key_deletions"))
+    assert added == deleted == 1  # the inbound SA of quick mode 2, then gone
+    assert after["ike_retransmissions"] == before["ike_retransmissions"]
+    rows = tshark_fields(wan.pcap, ipsecctl(gw_a, "keys")["tshark_args"],
+                         ["ip.src", "isakmp.exchangetype", "isakmp.notify.msgtype"], "isakmp")
+    assert rows[-1] == [GW_B, "5", "14"]  # strongSwan's refusal, decrypted with ipsecd's keys
+
+
+#: strongSwan's `fragmentation` and who initiates: with `yes` (its default) strongSwan sends main mode 5 in
+#: IP fragments, ipsecd's main mode 6 must go the same way; with `force` strongSwan's main mode 6 comes in
+#: IKE fragments (payload 132) and ipsecd's main mode 5 in IP fragments.
+FRAGMENTATION = [("yes", "strongswan"), ("force", "ipsecd")]
+LONG_CERTIFICATE = 40  # DNS names: a 3.5 KB certificate, main mode 5 and 6 of about 4 KB
+
+
+@pytest.mark.parametrize(("fragmentation", "initiator"), FRAGMENTATION)
+def test_certificates_longer_than_the_link_mtu_negotiate_in_fragments(lab, strongswan, pki, fragmentation,
+                                                                     initiator):
+    """Main mode 5 and 6 with 3.5 KB certificates. Before, ipsecd could send neither: its UDP 4500 socket
+    sends with DF (for ESP), the kernel refused the datagram (EMSGSIZE) and main mode stalled for good; and
+    IKE fragments were dropped as unexpected messages."""
+    suite = SUITES["aes128-sha1-modp2048"]
+    gw_a = lab.node("gw-a")
+    configure_ipsecd(gw_a, ipsecd_policy("gw-a", suite, "cert", pki), pki, dns_names=LONG_CERTIFICATE)
+    before = counters(gw_a)
+    me = pki.issue("gw-b", GW_B, LONG_CERTIFICATE)
+    strongswan.load(tunnel("gw-b", suite, "cert", options={"fragmentation": fragmentation}),
+                    files=credentials(pki, me))
+    with lab.capture_segment("wan") as wan:
+        if initiator == "strongswan":
+            strongswan.initiate()
+        else:
+            until_ping_passes(lab)
+        host_a, host_b = lab.node("host-a"), lab.node("host-b")
+        host_a.exec(["ping", "-c", "2", "-i", "0.2", "-W", "2", host_b.address()], check=True)
+        host_b.exec(["ping", "-c", "2", "-i", "0.2", "-W", "2", host_a.address()], check=True)
+    after = counters(gw_a)
+    assert after.get("ike_dropped_send_failed", 0) == before.get("ike_dropped_send_failed", 0)
+    reassembled = after.get("ike_fragmented_messages_reassembled", 0) - before.get(
+        "ike_fragmented_messages_reassembled", 0)
+    assert reassembled == (1 if fragmentation == "force" else 0)
+    ip_fragmented = {p[IP].src for p in wan.packets() if IP in p and (p[IP].flags.MF or p[IP].frag)}
+    assert GW_A in ip_fragmented  # ipsecd's main mode 5 or 6
+    # tshark, with ipsecd's keys, puts each long message together and reads both certificates
+    rows = tshark_fields(wan.pcap, ipsecctl(gw_a, "keys")["tshark_args"], ["ip.src", "isakmp.cert.encoding"],
+                         "isakmp.cert.encoding")
+    assert sorted(src for src, _ in rows) == sorted([GW_A, GW_B]) and {e for _, e in rows} == {"4"}
+    (sa,) = strongswan.sas()
+    assert sa["remote-id"] == Pki.dn_of("gw-a")

@@ -5,14 +5,16 @@ Retransmission, duplicates, NAT-T with port rewriting, keepalives, lifetimes and
 """
 
 import dataclasses
+import errno
 import heapq
 import itertools
 import json
+import os
 from dataclasses import dataclass
 
 import pytest
 
-from ipsecd.ike import isakmp, natt
+from ipsecd.ike import informational, isakmp, natt
 from ipsecd.ike.component import IKE, RETRANSMIT_BACKOFF
 from ipsecd.ike.settings import IKERule, MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 from tests.unit.test_ike_exchanges import mirrored
@@ -189,6 +191,29 @@ def test_the_responder_installs_its_inbound_sas_as_quick_mode_2_leaves():
     assert {(spi, dst) for spi, dst, _ in drv_b.deleted} == {(c.spi, c.dst) for c in ready.inbound.chain()}
 
 
+def test_the_initiators_refusal_after_quick_mode_2_ends_the_responders_quick_mode():
+    """strongSwan, as initiator, sends NO-PROPOSAL-CHOSEN naming its SPI instead of quick mode 3 when it
+    cannot install the SAs quick mode 2 agreed (libipsec: transport mode, AH): the responder fails the quick
+    mode at once (Failure Point: Peer) and removes its inbound SAs, rather than retransmitting quick mode 2
+    for a minute and then saying the peer never answered."""
+    clock, net, (ike_a, drv_a), (ike_b, drv_b), rule = pair(PSK)
+    net.drop = drop_after(4, A)  # MM1, MM3, MM5, QM1: A's quick mode 3 never leaves
+    ike_a.acquire(rule, host(A), host(B), B)
+    net.run()
+    (ready,) = drv_b.inbound_added
+    (sa_a,) = [entry.sa for entry in ike_a.main_modes.values()]
+    spi_a = drv_a.added[0].inbound.spi.to_bytes(4, "big")
+    refusal = informational.notify(sa_a, isakmp.NotifyType.NO_PROPOSAL_CHOSEN, isakmp.ProtocolID.ESP, spi_a)
+    ike_b.datagram_received(refusal, (A, 500), 500)
+    failed = [t for _, t in ike_b.events if t.startswith("quick mode with")]
+    assert len(failed) == 1
+    assert f"Failure Point: Peer. Detail: peer {A} refused quick mode: NO-PROPOSAL-CHOSEN" in failed[0]
+    assert ike_b.counters["Negotiation Failures: no proposal chosen"] == 1
+    assert {(spi, dst) for spi, dst, _ in drv_b.deleted} == {(c.spi, c.dst) for c in ready.inbound.chain()}
+    clock.advance(100, net)
+    assert ike_b.counters["Retransmissions"] == 0 and drv_b.added == []
+
+
 def test_a_completed_quick_mode_adds_the_responders_outbound_to_the_inbound_it_has():
     lab = negotiate()
     (ready,) = lab.drv_b.inbound_added
@@ -294,6 +319,32 @@ def test_nat_with_port_rewriting_floats_to_4500_and_sends_keepalives():
     clock.advance(61, net)
     keepalives = [t for t, src, dst, d in net.log[start:] if d == natt.NAT_KEEPALIVE]
     assert keepalives == [20, 40, 60]
+
+
+def test_a_send_the_kernel_refuses_on_udp_4500_is_counted_and_the_negotiation_fails_naming_it():
+    """Main mode 5 with a large certificate once came back from the driver's UDP 4500 socket as EMSGSIZE: it
+    escaped as an internal error and left main mode without a retransmission timer, so the peer was never
+    tried again. A refused send is counted and said; the retransmissions run and the failure names it."""
+    clock = ManualClock()
+    net = Network(clock)
+    net.nat = ("192.168.1.10", "203.0.113.5")  # a NAT: main mode 5 on goes to UDP 4500
+    rule_a = IKERule("to-b", PSK, host("192.168.1.10"), host(B))
+    (ike_a, _), _ = net.attach("192.168.1.10", [rule_a]), net.attach(B, [IKERule("any", PSK)])
+    to_network = ike_a.sender
+
+    def too_long(datagram, addr):
+        raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
+
+    ike_a.send_4500 = too_long
+    ike_a.sender = lambda d, a, port: ike_a._send_udp(d, a, port) if port == 4500 else to_network(d, a, port)
+    ike_a.acquire(rule_a, host("192.168.1.10"), host(B), B)
+    net.run()
+    assert ike_a.counters["Dropped: send failed"] == 1 and ike_a.counters["Dropped: internal error"] == 0
+    assert any("could not send" in t and "Message too long" in t for _, t in ike_a.events)
+    clock.advance(200, net)
+    assert ike_a.counters["Dropped: send failed"] >= 7 and not ike_a.pending_main  # each send, resend
+    (failed,) = [t for _, t in ike_a.events if t.startswith("main mode with") and " failed: " in t]
+    assert "No response from peer" in failed and "(our sends failed: Message too long, " in failed
 
 
 def test_quick_mode_rekeys_before_expiry_and_old_sas_go_at_hard_lifetime():

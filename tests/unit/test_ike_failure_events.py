@@ -2,10 +2,12 @@
 the filter, the peer's identity, who failed (me or the peer) and the reason in Windows' words, then the
 detail. One test per kind of failure, over the in-memory network of test_ike_component."""
 
+import dataclasses
+
 import pytest
 from test_ike_component import PSK, A, B, host, negotiate, pair
 
-from ipsecd.ike import events
+from ipsecd.ike import events, informational
 from ipsecd.ike.isakmp import Message, NotifyType
 from ipsecd.ike.settings import IKERule, MainModeOffer, PeerPolicy, PreSharedKey, QuickModeOffer, Selector
 
@@ -132,3 +134,39 @@ def test_a_malformed_datagram_is_said_in_words_before_the_parser_detail():
     assert "malformed message (invalid payload length): SA at offset 28: payload length 22315 with" in text
     with pytest.raises(ValueError, match=r"^malformed message \(invalid payload length\)"):
         Message.decode(bytes(first))
+
+
+def main_mode_6_lost():
+    """A waits in "MM5 sent" (main mode 6 lost); B has the keys. Returns the clock, the network, A, B's main
+    mode SA and main mode 5 as A sent it."""
+    clock, net, (ike_a, _), (ike_b, _), rule = pair(PSK)
+    net.drop = lambda src, dst, data: src[0] == B and len([d for _, s, _, d in net.log if s[0] == B]) >= 3
+    ike_a.acquire(rule, host(A), host(B), B)
+    net.run()
+    (established,) = [entry.sa for entry in ike_b.main_modes.values()]
+    return clock, net, ike_a, established, [d for _, s, _, d in net.log if s[0] == A][2]
+
+
+def test_an_encrypted_refusal_of_main_mode_5_ends_the_negotiation_at_once():
+    """strongSwan refuses main mode 5 (no configuration accepts our identity) with an informational HASH +
+    N(AUTHENTICATION-FAILED) under the main mode keys, its IV from main mode 5's last block: the initiator
+    reads the refusal (Failure Point: Peer) instead of dropping it as unexpected and retransmitting main
+    mode 5 for a minute to a peer that has forgotten the exchange."""
+    clock, net, ike_a, established, mm5 = main_mode_6_lost()
+    refusing = dataclasses.replace(established, last_block=mm5[-established.suite.cipher.block_size:])
+    ike_a.datagram_received(informational.notify(refusing, NotifyType.AUTHENTICATION_FAILED), (B, 500), 500)
+    assert only_failure(ike_a).startswith(
+        f"main mode with {B} failed: IKE authentication credentials are unacceptable. {MM}. "
+        f"Filter: {A} <-> {B} (rule to-b). Peer Identity: pre-shared key, peer IP address {B}. "
+        f"Failure Point: Peer. Detail: peer {B} refused main mode: AUTHENTICATION-FAILED")
+    assert ike_a.counters["Authentication Failures"] == 1 and not ike_a.pending_main
+    clock.advance(100, net)
+    assert ike_a.counters["Retransmissions"] == 0
+
+
+def test_an_encrypted_informational_that_does_not_verify_is_dropped_and_counted():
+    _, _, ike_a, established, _ = main_mode_6_lost()
+    wrong_iv = informational.notify(established, NotifyType.AUTHENTICATION_FAILED)  # MM6's block, not MM5's
+    ike_a.datagram_received(wrong_iv, (B, 500), 500)
+    assert not failures(ike_a) and ike_a.counters["Malformed Packets"] == 1
+    assert ike_a.pending_main  # still waiting for main mode 6

@@ -292,6 +292,12 @@ class IKE:
         self.invalid_spi_sent: dict[tuple[str, int], float] = {}
 
     @property
+    def give_up_after(self) -> float:
+        """Seconds from an exchange's first send until it fails unanswered: its last send comes one
+        interval before (Windows' schedule: sends at 0, 1, 3, 7, 15, 31, 63 s, failure at 95 s)."""
+        return sum(self.retransmit) + self.retransmit[-1]
+
+    @property
     def clock(self) -> Clock:
         """Time and timers: the one given, or the event loop's once started."""
         if self._clock is None:
@@ -759,8 +765,9 @@ class IKE:
                 self._install(event, ex)
         ex.machine.events.clear()
         if ex.machine.done and not ex.timer:
-            # keep a finished responder a little for duplicate QM3s; the initiator's QM3 for a lost-reply QM2
-            self.clock.call_later(self.retransmit[-1], lambda: self._forget_quick(key))
+            # Kept while the peer may still retransmit (its schedule taken to be ours): the initiator answers
+            # each QM2 repeated for a lost QM3 with QM3 again; the responder counts late QM3s as duplicates.
+            self.clock.call_later(self.give_up_after, lambda: self._forget_quick(key))
 
     def _forget_quick(self, key: tuple[bytes, int]) -> None:
         self.pending_quick.pop(key, None)

@@ -403,8 +403,12 @@ class IKE:
 
     def _negotiating(self, local: Selector, remote: Selector, peer: str) -> bool:
         """A quick mode in progress with `peer` will secure this traffic: ours for the same acquire, or the
-        peer's that we answered (its SAs cover the packet, typically our reply to the packet it holds).
-        A finished exchange kept for duplicates does not count."""
+        peer's that we answered (its SAs cover the packet, typically our reply to the packet it holds), or
+        ours waiting for the main mode under way (the driver asks again every 5 s; a main mode may take
+        longer). A finished exchange kept for duplicates does not count."""
+        if any((waiting_local, waiting_remote) == (local, remote)
+               for _, waiting_local, waiting_remote in self.waiting.get(peer, ())):
+            return True
         for ex in self.pending_quick.values():
             machine = ex.machine
             if machine.sa.remote[0] != peer or machine.done:

@@ -259,6 +259,20 @@ def test_a_lost_quick_mode_3_is_sent_again_for_each_quick_mode_2_the_responder_r
     assert ike_b.counters["Negotiation Failures"] == 0 and not drv_b.deleted
 
 
+def test_the_drivers_repeated_acquires_during_a_slow_main_mode_give_one_quick_mode():
+    """The driver asks again every 5 s while a packet waits (ACQUIRE_RETRY_SECONDS); a main mode that takes
+    longer (lost datagrams, Windows' schedule) must still bring one quick mode, not one per acquire."""
+    clock, net, (ike_a, drv_a), (ike_b, drv_b), rule = pair(PSK)
+    net.drop = lambda src, dst, data: src[0] == B and clock.now < 12  # main mode 2 lost until 15 s
+    for _ in range(3):  # at 0, 5 and 10 s
+        ike_a.acquire(rule, host(A), host(B), B)
+        net.run()
+        clock.advance(5, net)
+    clock.advance(100, net)
+    assert ike_a.counters["Oakley Main Modes"] == 1 and ike_a.counters["Negotiation Failures"] == 0
+    assert len(drv_a.added) == len(drv_b.added) == 1 and mirrored(drv_a.added[0], drv_b.added[0])
+
+
 def test_wrong_psk_counts_authentication_failures_on_both_sides():
     lab = negotiate(PSK, PeerPolicy(auth=[PreSharedKey(b"other")]))
     # the responder drops the first main mode 5 it cannot decrypt (a corrupted datagram looks the same)

@@ -396,19 +396,26 @@ class IKE:
         if mm:
             self._start_quick_mode(mm, rule, local, remote)
             return
-        waiting = self.waiting.setdefault(peer, [])
-        waiting.append((rule, local, remote))
-        if len(waiting) == 1 and not any(ex.peer[0] == peer for ex in self.pending_main.values()):
+        if not self._waits(peer, local, remote):  # the driver asks every 5 s; a main mode may take longer
+            self.waiting.setdefault(peer, []).append((rule, local, remote))
+        if not self._main_mode_under_way(peer):
             self._start_main_mode(rule, peer)
+
+    def _waits(self, peer: str, local: Selector, remote: Selector) -> bool:
+        """This traffic waits for a main mode with `peer` (to start its quick mode when one is in)."""
+        return any((waiting_local, waiting_remote) == (local, remote)
+                   for _, waiting_local, waiting_remote in self.waiting.get(peer, ()))
+
+    def _main_mode_under_way(self, peer: str) -> bool:
+        """A main mode with `peer` that will end established or failed (and then serve or drop what waits
+        for it): ours, or the peer's past its first message. A half-open one never ends so (its initiator
+        may be gone: it is only forgotten after HALF_OPEN_SECONDS) and is not waited for."""
+        return any(ex.peer[0] == peer and not _half_open(ex) for ex in self.pending_main.values())
 
     def _negotiating(self, local: Selector, remote: Selector, peer: str) -> bool:
         """A quick mode in progress with `peer` will secure this traffic: ours for the same acquire, or the
-        peer's that we answered (its SAs cover the packet, typically our reply to the packet it holds), or
-        ours waiting for the main mode under way (the driver asks again every 5 s; a main mode may take
-        longer). A finished exchange kept for duplicates does not count."""
-        if any((waiting_local, waiting_remote) == (local, remote)
-               for _, waiting_local, waiting_remote in self.waiting.get(peer, ())):
-            return True
+        peer's that we answered (its SAs cover the packet, typically our reply to the packet it holds).
+        A finished exchange kept for duplicates does not count."""
         for ex in self.pending_quick.values():
             machine = ex.machine
             if machine.sa.remote[0] != peer or machine.done:

@@ -88,8 +88,8 @@ KERNEL = [
     _kernel(
         "netem",
         "ip link add name lv0 type veth peer name lv1 && tc qdisc add dev lv0 root netem delay 1ms",
-        "link delay/loss impairments (tc netem); no shipped scenario uses them: IKE loss and retransmission "
-        "cases drop packets with the node firewall (`drop:`) instead",
+        "link delay/loss impairments (tc netem); not needed: lab.linkfaults impairs links with nftables "
+        "and NFQUEUE, the scenarios drop packets with the node firewall (`drop:`)",
         False,
     ),
 ]

@@ -312,6 +312,12 @@ class IKE:
         self.reassembly = fragments.Reassembly()  # messages a peer sent in IKE fragments
 
     @property
+    def give_up_after(self) -> float:
+        """Seconds from an exchange's first send until it fails unanswered: its last send comes one
+        interval before (Windows' schedule: sends at 0, 1, 3, 7, 15, 31, 63 s, failure at 95 s)."""
+        return sum(self.retransmit) + self.retransmit[-1]
+
+    @property
     def clock(self) -> Clock:
         """Time and timers: the one given, or the event loop's once started."""
         if self._clock is None:
@@ -425,10 +431,21 @@ class IKE:
         if mm:
             self._start_quick_mode(mm, rule, local, remote)
             return
-        waiting = self.waiting.setdefault(peer, [])
-        waiting.append((rule, local, remote))
-        if len(waiting) == 1 and not any(ex.peer[0] == peer for ex in self.pending_main.values()):
+        if not self._waits(peer, local, remote):  # the driver asks every 5 s; a main mode may take longer
+            self.waiting.setdefault(peer, []).append((rule, local, remote))
+        if not self._main_mode_under_way(peer):
             self._start_main_mode(rule, peer)
+
+    def _waits(self, peer: str, local: Selector, remote: Selector) -> bool:
+        """This traffic waits for a main mode with `peer` (to start its quick mode when one is in)."""
+        return any((waiting_local, waiting_remote) == (local, remote)
+                   for _, waiting_local, waiting_remote in self.waiting.get(peer, ()))
+
+    def _main_mode_under_way(self, peer: str) -> bool:
+        """A main mode with `peer` that will end established or failed (and then serve or drop what waits
+        for it): ours, or the peer's past its first message. A half-open one never ends so (its initiator
+        may be gone: it is only forgotten after HALF_OPEN_SECONDS) and is not waited for."""
+        return any(ex.peer[0] == peer and not _half_open(ex) for ex in self.pending_main.values())
 
     def _negotiating(self, local: Selector, remote: Selector, peer: str) -> bool:
         """A quick mode in progress with `peer` will secure this traffic: ours for the same acquire, or the
@@ -810,8 +827,9 @@ class IKE:
                 self._install(event, ex)
         ex.machine.events.clear()
         if ex.machine.done and not ex.timer:
-            # keep a finished responder a little for duplicate QM3s; the initiator's QM3 for a lost-reply QM2
-            self.clock.call_later(self.retransmit[-1], lambda: self._forget_quick(key))
+            # Kept while the peer may still retransmit (its schedule taken to be ours): the initiator answers
+            # each QM2 repeated for a lost QM3 with QM3 again; the responder counts late QM3s as duplicates.
+            self.clock.call_later(self.give_up_after, lambda: self._forget_quick(key))
 
     def _forget_quick(self, key: tuple[bytes, int]) -> None:
         self.pending_quick.pop(key, None)

@@ -82,4 +82,4 @@ def test_check_says_what_no_netem_costs(monkeypatch):
     monkeypatch.setattr(preflight, "_scratch", lambda script: (False, "Error: Specified qdisc not found."))
     netem = next(c for c in (check() for check in preflight.KERNEL) if c.name == "netem")
     assert not netem.ok and not netem.required
-    assert "no shipped scenario uses them" in netem.detail
+    assert "not needed: lab.linkfaults" in netem.detail

@@ -260,6 +260,64 @@ def test_lost_reply_is_answered_from_the_last_reply():
     assert len(drv_a.added) == len(drv_b.added) == 1
 
 
+def test_a_lost_quick_mode_3_is_sent_again_for_each_quick_mode_2_the_responder_retransmits():
+    """The lab's schedule (1, 1, 1): the responder sends quick mode 2 at 0, 1, 2 and 3 s and gives up at 4 s.
+    The initiator, finished at 0 s, keeps its quick mode that long to answer them: forgotten after the last
+    interval (1 s), it dropped the retransmissions and kept an SA pair the responder never installed."""
+    clock, net, (ike_a, drv_a), (ike_b, drv_b), rule = pair(PSK)
+    for ike in (ike_a, ike_b):
+        ike.retransmit = (1, 1, 1)
+    quick_mode_3 = []
+
+    def lose_three_quick_mode_3(src, dst, data):
+        if src[0] == A and isakmp.Message.decode(data).exchange == isakmp.ExchangeType.QUICK_MODE:
+            quick_mode_3.append(data)  # QM1 too: the first one is let through below
+            return 2 <= len(quick_mode_3) <= 4
+        return False
+
+    net.drop = lose_three_quick_mode_3
+    ike_a.acquire(rule, host(A), host(B), B)
+    net.run()
+    clock.advance(10, net)
+    assert len(quick_mode_3) == 5  # QM1, then QM3 at 0, 1, 2 (lost) and 3 s
+    assert len(drv_a.added) == len(drv_b.added) == 1 and mirrored(drv_a.added[0], drv_b.added[0])
+    assert ike_b.counters["Negotiation Failures"] == 0 and not drv_b.deleted
+
+
+def test_the_drivers_repeated_acquires_during_a_slow_main_mode_give_one_quick_mode():
+    """The driver asks again every 5 s while a packet waits (ACQUIRE_RETRY_SECONDS); a main mode that takes
+    longer (lost datagrams, Windows' schedule) must still bring one quick mode, not one per acquire."""
+    clock, net, (ike_a, drv_a), (_, drv_b), rule = pair(PSK)
+    net.drop = lambda src, dst, data: src[0] == B and clock.now < 12  # main mode 2 lost until 15 s
+    for _ in range(3):  # at 0, 5 and 10 s
+        ike_a.acquire(rule, host(A), host(B), B)
+        net.run()
+        clock.advance(5, net)
+    clock.advance(100, net)
+    assert ike_a.counters["Oakley Main Modes"] == 1 and ike_a.counters["Negotiation Failures"] == 0
+    assert len(drv_a.added) == len(drv_b.added) == 1 and mirrored(drv_a.added[0], drv_b.added[0])
+
+
+def test_a_main_mode_half_open_at_the_responder_does_not_hold_back_its_own():
+    """A's main mode fails (B's answers lost); B, left with it half-open, then has traffic for A. B waited
+    for that main mode, which never ends (it is forgotten after 30 s), and then, the driver asking again
+    every 5 s, waited on with none at all: B never reached A again."""
+    clock, net, (ike_a, drv_a), (ike_b, drv_b), rule = pair(PSK)
+    for ike in (ike_a, ike_b):
+        ike.retransmit = (1, 1, 1)
+    net.drop = lambda src, dst, data: src[0] == B and clock.now < 5
+    ike_a.acquire(rule, host(A), host(B), B)
+    net.run()
+    clock.advance(5, net)
+    assert ike_a.counters["Negotiation Failures: no response"] == 1 and ike_b.counters["Duplicates Answered"]
+    while not drv_b.added and clock.now < 60:  # the driver's acquires while B's packet waits
+        ike_b.acquire(ike_b.rules[0], host(B), host(A), A)
+        net.run()
+        clock.advance(5, net)
+    assert clock.now == 10  # B negotiated at its first acquire
+    assert len(drv_a.added) == len(drv_b.added) == 1 and mirrored(drv_a.added[0], drv_b.added[0])
+
+
 def test_wrong_psk_counts_authentication_failures_on_both_sides():
     lab = negotiate(PSK, PeerPolicy(auth=[PreSharedKey(b"other")]))
     # the responder drops the first main mode 5 it cannot decrypt (a corrupted datagram looks the same)

@@ -13,6 +13,14 @@ def test_every_catalogue_scenario_loads_and_has_a_readme(name):
     assert s.expect
 
 
+def refusal(path, text: str) -> list[str]:
+    """What loading `text` as the scenario file `path` is refused with."""
+    path.write_text(text)
+    with pytest.raises(scenarios.ScenarioError) as refused:
+        scenarios.load(path)
+    return refused.value.problems
+
+
 def test_the_catalogue_has_at_least_fifteen_cases():
     assert len(scenarios.available()) >= 15
 
@@ -23,19 +31,14 @@ HEAD = ("title: t\ntopology: intranet-pair\nsteps:\n  - start: [host-a]\n"
 
 def test_errors_name_file_line_and_field(tmp_path):
     path = tmp_path / "scenario.yaml"
-    path.write_text(HEAD + "expect:\n  - counter: {node: host-a, name: x, op: '=', value: 1}\n")
-    with pytest.raises(scenarios.ScenarioError) as refused:
-        scenarios.load(path)
-    problems = refused.value.problems
+    problems = refusal(path, HEAD + "expect:\n  - counter: {node: host-a, name: x, op: '=', value: 1}\n")
     assert problems[0].startswith(f"{path}:9: expect[0].counter.op: '=' is not one of"), problems
 
 
 def test_semantic_errors_after_the_schema(tmp_path):
     path = tmp_path / "scenario.yaml"
-    path.write_text(HEAD + "expect:\n  - capture: {segment: wan}\n")
-    with pytest.raises(scenarios.ScenarioError) as refused:
-        scenarios.load(path)
-    assert refused.value.problems == [
+    problems = refusal(path, HEAD + "expect:\n  - capture: {segment: wan}\n")
+    assert problems == [
         f"{path}:4: steps[0].start: {tmp_path}/host-a/ipsecd.yaml does not exist "
         "(a node's folder holds its /etc/ipsecd)",
         f"{path}:5: steps[1].ping.to: 'nowhere' is neither a node of intranet-pair, node:ifname, "
@@ -47,13 +50,12 @@ def test_semantic_errors_after_the_schema(tmp_path):
 
 def test_a_start_as_the_topology_gives_it_needs_a_node_the_topology_gives_ipsecd(tmp_path):
     path = tmp_path / "scenario.yaml"
-    path.write_text("title: t\ntopology: domain\nsteps:\n  - start: {node: member-a, topology: true}\n"
-                    "  - start: {node: dc, topology: true}\n"
-                    "  - directory: {node: member-b, commands: [gpo list]}\n"
-                    "expect:\n  - in_force: {node: member-a}\n")
-    with pytest.raises(scenarios.ScenarioError) as refused:
-        scenarios.load(path)
-    assert refused.value.problems == [
+    problems = refusal(path, "title: t\ntopology: domain\nsteps:\n"
+                       "  - start: {node: member-a, topology: true}\n"
+                       "  - start: {node: dc, topology: true}\n"
+                       "  - directory: {node: member-b, commands: [gpo list]}\n"
+                       "expect:\n  - in_force: {node: member-a}\n")
+    assert problems == [
         f"{path}:5: steps[1].start.topology: the topology gives dc no ipsecd to start",
         f"{path}:8: expect[0].in_force: names no `policy` nor `source` to expect",
     ]
@@ -88,9 +90,7 @@ def test_a_misspelt_name_or_a_test_only_folder_says_what_to_run_instead():
 
 def test_a_capture_protocol_is_written_as_the_capture_names_it(tmp_path):
     path = tmp_path / "scenario.yaml"
-    path.write_text(HEAD + "expect:\n  - capture: {segment: lan, only: [udp/500, udp500]}\n")
-    with pytest.raises(scenarios.ScenarioError) as refused:
-        scenarios.load(path)
-    assert refused.value.problems == [
+    problems = refusal(path, HEAD + "expect:\n  - capture: {segment: lan, only: [udp/500, udp500]}\n")
+    assert problems == [
         f"{path}:9: expect[0].capture.only[1]: 'udp500' is not valid here: expected esp, ah, icmp, tcp/PORT, "
         "udp/PORT or ip/PROTO, as lab.capture.protocol names a packet"]

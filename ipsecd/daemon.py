@@ -41,7 +41,8 @@ from ipsecd.ike_bridge import IKEBridge, certificate_source
 from ipsecd.policy import interface_manager
 from ipsecd.policy.agent import Negotiator, PolicyAgent, PolicyChange
 from ipsecd.policy.store import LocalStore, PolicyRef, StoreUnavailable
-from ipsecd.policy.validate import PolicyError
+from ipsecd.policy.validate import PolicyError, Problem
+from ipsecd.yaml_lines import did_you_mean
 
 if TYPE_CHECKING:  # a domain member's store is imported by directory_store(): other nodes never load it
     from ipsecd.policy.directory_store import DirectoryStore
@@ -378,9 +379,14 @@ def _manual_only(command: str):
     return refuse
 
 
-def check_policy(settings: PolicySettings) -> str:
+def check_policy(settings: PolicySettings, config_path: str = "") -> str:
     """`ipsecd --check` for a policy node: the assigned policy, read and checked as the agent does."""
     store, assign = LocalStore(settings.store), settings.assign
+    if assign and not (settings.store / assign).is_file():
+        present = sorted(p.name for p in settings.store.glob("*.yaml"))
+        raise PolicyError([Problem("policy.assign", f"{assign!r} is not a policy file in the store "
+                                   f"{settings.store}{did_you_mean(assign, present)}; it holds: "
+                                   f"{', '.join(present) or 'no policy file'}", config_path)])
     ref = PolicyRef(str(settings.store / assign)) if assign else store.assigned_policy()
     d = settings.directory
     domain = f"; the domain's Group Policy first (DC {d.dc}, {d.realm}: not contacted by --check)" \
@@ -409,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: OK, {len(cfg.spd)} filters, {len(cfg.sas)} manual SAs")
             return 0
         try:
-            print(f"{args.config}: OK, {check_policy(cfg.policy)}")
+            print(f"{args.config}: OK, {check_policy(cfg.policy, args.config)}")
         except PolicyError as e:
             count = len(e.problems)
             print(f"ipsecd: the assigned policy is refused ({count} problem{'s' * (count != 1)}):\n{e}",

@@ -115,6 +115,21 @@ def test_check_reads_the_assigned_policy(tmp_path, capsys):
     assert not (store / "assigned").exists()  # --check assigns nothing
 
 
+def test_check_names_a_missing_assigned_file_with_the_store_it_looked_in(tmp_path, capsys):
+    """It said only "cannot read: No such file or directory", without the field or what the store holds."""
+    from ipsecd.daemon import main
+
+    store = tmp_path / "policies"
+    store.mkdir()
+    (store / "secure-server.yaml").write_text("name: a\nrules: []\n")
+    config_file = tmp_path / "ipsecd.yaml"
+    config_file.write_text("policy: {store: policies, assign: secure-servr.yaml}\n")
+    assert main(["--check", "-c", str(config_file)]) == 2
+    assert capsys.readouterr().err.splitlines()[1] == (
+        f"{config_file}: policy.assign: 'secure-servr.yaml' is not a policy file in the store {store} "
+        "(did you mean 'secure-server.yaml'?); it holds: secure-server.yaml")
+
+
 def test_check_names_every_problem_of_the_policy_at_once(tmp_path, capsys):
     from ipsecd.daemon import main
 
